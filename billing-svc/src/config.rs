@@ -1,0 +1,104 @@
+//! billing-svc configuration, from environment variables only.
+use std::time::Duration;
+
+use shared::config::{CommonConfig, ConfigError, env_list, env_opt, env_or, env_secs};
+
+pub const ENV_HELP: &str = "\
+Environment (default in parentheses):
+  BILLING_LISTEN_ADDR           gRPC listen address (0.0.0.0:50052)
+  BILLING_DATABASE_URL          postgres://… of billing's own database; falls back to
+                                DATABASE_URL, else 127.0.0.1:5432 or a private
+                                cluster under target/ (database \"billing\")
+  BILLING_AUTH_TOKENS           comma-separated bearer tokens of callers (required)
+  BILLING_ADMIN_TOKENS          comma-separated admin bearer tokens (none)
+  GATEWAY_KEY_ID                sandbox gateway key id (rzp_test_sandbox)
+  GATEWAY_KEY_SECRET            secret for payment signatures (required)
+  GATEWAY_WEBHOOK_SECRET        secret for webhook signatures (required)
+  JOBS_ENABLED                  run periodic jobs inside serve (true)
+  AUTO_DEDUCT_INTERVAL_SECS     auto-deduction tick (30)
+  ROLLOVER_INTERVAL_SECS        billing-period rollover tick (60)
+  USAGE_STATS_INTERVAL_SECS     usage rollup tick (300)
+  IDEMPOTENCY_PURGE_INTERVAL_SECS  purge of 24 h old idempotency keys (3600)
+  STUCK_SESSION_HOURS           reconcile flags ACTIVE usage sessions older than this (24)";
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub key_id: String,
+    pub key_secret: String,
+    pub webhook_secret: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobsConfig {
+    pub enabled: bool,
+    pub auto_deduct_interval: Duration,
+    pub rollover_interval: Duration,
+    pub usage_stats_interval: Duration,
+    pub idempotency_purge_interval: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auto_deduct_interval: Duration::from_secs(30),
+            rollover_interval: Duration::from_secs(60),
+            usage_stats_interval: Duration::from_secs(300),
+            idempotency_purge_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen_addr: String,
+    /// None: resolve with the embedded-default bootstrap.
+    pub database_url: Option<String>,
+    pub auth_tokens: Vec<String>,
+    pub admin_tokens: Vec<String>,
+    pub gateway: GatewayConfig,
+    pub jobs: JobsConfig,
+    pub stuck_session_after: chrono::Duration,
+    pub common: CommonConfig,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen_addr: env_or("BILLING_LISTEN_ADDR", "0.0.0.0:50052".to_owned())?,
+            database_url: env_opt("BILLING_DATABASE_URL").or_else(|| env_opt("DATABASE_URL")),
+            auth_tokens: env_list("BILLING_AUTH_TOKENS"),
+            admin_tokens: env_list("BILLING_ADMIN_TOKENS"),
+            gateway: GatewayConfig {
+                key_id: env_or("GATEWAY_KEY_ID", "rzp_test_sandbox".to_owned())?,
+                key_secret: env_opt("GATEWAY_KEY_SECRET").unwrap_or_default(),
+                webhook_secret: env_opt("GATEWAY_WEBHOOK_SECRET").unwrap_or_default(),
+            },
+            jobs: JobsConfig {
+                enabled: env_or("JOBS_ENABLED", true)?,
+                auto_deduct_interval: env_secs("AUTO_DEDUCT_INTERVAL_SECS", 30)?,
+                rollover_interval: env_secs("ROLLOVER_INTERVAL_SECS", 60)?,
+                usage_stats_interval: env_secs("USAGE_STATS_INTERVAL_SECS", 300)?,
+                idempotency_purge_interval: env_secs("IDEMPOTENCY_PURGE_INTERVAL_SECS", 3600)?,
+            },
+            stuck_session_after: chrono::Duration::hours(env_or("STUCK_SESSION_HOURS", 24i64)?),
+            common: CommonConfig::from_env()?,
+        })
+    }
+
+    /// What `serve` needs beyond the other subcommands (migrate and reconcile
+    /// run without tokens or gateway secrets).
+    pub fn check_serving(&self) -> Result<(), ConfigError> {
+        let missing = |name: &str, reason: &str| ConfigError { name: name.into(), value: String::new(), reason: reason.into() };
+        if self.auth_tokens.is_empty() {
+            return Err(missing("BILLING_AUTH_TOKENS", "at least one token must be set"));
+        }
+        if self.gateway.key_secret.is_empty() {
+            return Err(missing("GATEWAY_KEY_SECRET", "must be set"));
+        }
+        if self.gateway.webhook_secret.is_empty() {
+            return Err(missing("GATEWAY_WEBHOOK_SECRET", "must be set"));
+        }
+        Ok(())
+    }
+}

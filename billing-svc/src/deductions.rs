@@ -1,0 +1,128 @@
+//! Credit deductions. Every path that changes a balance (the Deduct RPC, the
+//! auto-deduction job, EndUsageSession, reconcile's repair of stuck sessions)
+//! calls [`charge`], which runs the `billing_charge` SQL function: one
+//! statement that locks the usage session and then its subscription, reads
+//! the fresh rows, and writes ledger rows and the balance together (seed 004:
+//! the cron pre-marked sessions, end double-billed, nothing was locked).
+use chrono::{DateTime, Utc};
+use diesel::{prelude::*, sql_types};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::Deserialize;
+use shared::db::Conn;
+use uuid::Uuid;
+
+use crate::{
+    Error, Result,
+    error::TX_ATTEMPTS,
+    schema::usage_sessions,
+    usage::{SessionView, UsageSession},
+};
+
+diesel::define_sql_function! {
+    /// See migrations/*_functions/up.sql.
+    fn billing_charge(session: sql_types::Uuid, mode: sql_types::Text, units: sql_types::BigInt, deduction_id: sql_types::Nullable<sql_types::Text>, now: sql_types::Timestamptz) -> sql_types::Jsonb;
+}
+
+pub const MAX_UNITS: i64 = 1000;
+
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Complete intervals elapsed since the last auto charge.
+    Auto,
+    /// The Deduct RPC: `units`, idempotent on `deduction_id`.
+    Explicit { deduction_id: String, units: i64 },
+    /// EndUsageSession: `max(0, ceil(duration/interval) - auto) + manual`.
+    End { manual: i64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Charged {
+    pub view: SessionView,
+    /// Units paid from the balance by this call.
+    pub charged: i64,
+    /// Units that found no credits and were recorded as unpaid.
+    pub unpaid: i64,
+    pub replayed: bool,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    error: Option<String>,
+    charged: Option<i64>,
+    unpaid: Option<i64>,
+    replayed: Option<bool>,
+    session: Option<UsageSession>,
+    credits_remaining: Option<i64>,
+}
+
+/// Applies one deduction in one statement (its own transaction unless the
+/// caller has one open).
+pub async fn charge(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateTime<Utc>) -> Result<Charged> {
+    let (name, units, deduction_id) = match mode {
+        Mode::Auto => ("AUTO", 0, None),
+        Mode::Explicit { deduction_id, units } => ("EXPLICIT", *units, Some(deduction_id.as_str())),
+        Mode::End { manual } => ("END", *manual, None),
+    };
+    let mut attempt = 1;
+    let json: serde_json::Value = loop {
+        let r = diesel::select(billing_charge(session_id, name, units, deduction_id, now))
+            .get_result(conn)
+            .await
+            .map_err(Error::from);
+        match r {
+            Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => attempt += 1,
+            other => break other?,
+        }
+    };
+    let reply: Reply = serde_json::from_value(json).map_err(|e| Error::Internal(format!("billing_charge reply: {e}")))?;
+    match reply.error.as_deref() {
+        None => {}
+        Some("NOT_FOUND") => return Err(Error::not_found("usage_session", session_id)),
+        Some("SESSION_ENDED") => {
+            return Err(Error::FailedPrecondition {
+                kind: "SESSION_ENDED",
+                subject: format!("usage_session:{session_id}"),
+                description: "the usage session has ended".into(),
+            });
+        }
+        Some("DEDUCTION_ID_REUSED") => return Err(Error::IdempotencyKeyReused),
+        Some(other) => return Err(Error::Internal(format!("billing_charge: {other}"))),
+    }
+    let session = reply.session.ok_or_else(|| Error::Internal("billing_charge returned no session".into()))?;
+    Ok(Charged {
+        view: SessionView { session, credits_remaining: reply.credits_remaining.unwrap_or_default() },
+        charged: reply.charged.unwrap_or_default(),
+        unpaid: reply.unpaid.unwrap_or_default(),
+        replayed: reply.replayed.unwrap_or_default(),
+    })
+}
+
+/// The auto-deduction job's iteration: charges every ACTIVE session with a
+/// complete interval due, `batch` at a time, skipping sessions another
+/// replica (or a concurrent Deduct/End) holds. Never pre-marks anything: the
+/// same function computes and charges under the locks.
+pub async fn auto_deduct_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result<(usize, i64)> {
+    conn.transaction(async |c| {
+        let due: Vec<Uuid> = usage_sessions::table
+            .filter(usage_sessions::status.eq("ACTIVE"))
+            .filter(
+                diesel::dsl::sql::<sql_types::Bool>(
+                    "started_at + make_interval(secs => deduction_interval_seconds * (auto_deductions_processed + 1)) <= ",
+                )
+                .bind::<sql_types::Timestamptz, _>(now),
+            )
+            .select(usage_sessions::id)
+            .order(usage_sessions::started_at)
+            .limit(batch)
+            .for_update()
+            .skip_locked()
+            .load(c)
+            .await?;
+        let mut credits = 0;
+        for id in &due {
+            credits += charge(c, *id, &Mode::Auto, now).await?.charged;
+        }
+        Ok::<_, Error>((due.len(), credits))
+    })
+    .await
+}

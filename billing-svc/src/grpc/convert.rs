@@ -1,0 +1,122 @@
+//! Domain → protobuf conversions.
+use proto::billing::v1 as pb;
+use shared::time::{opt_to_proto, to_proto};
+
+use crate::{
+    deductions::Charged,
+    limits::UsageReport,
+    orders::OrderView,
+    plans::Plan,
+    subscriptions::Subscription,
+    usage::{SessionView, UsageSession},
+};
+
+pub fn limits(p: &Plan) -> pb::PlanLimits {
+    pb::PlanLimits {
+        max_sessions_per_period: p.max_sessions_per_period,
+        max_minutes_per_period: p.max_minutes_per_period,
+        max_upload_bytes: p.max_upload_bytes,
+    }
+}
+
+pub fn plan(p: &Plan) -> pb::Plan {
+    pb::Plan {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        price_minor: p.price_minor,
+        currency: p.currency.clone(),
+        period: p.period.clone(),
+        credits_per_period: p.credits_per_period,
+        deduction_interval_seconds: p.deduction_interval_seconds,
+        limits: Some(limits(p)),
+        active: p.active,
+    }
+}
+
+pub fn order(v: &OrderView) -> pb::Order {
+    let o = &v.order;
+    pb::Order {
+        id: o.id.clone(),
+        checkout_session_id: o.checkout_session_id.to_string(),
+        user_id: o.user_id.clone(),
+        plan_id: o.plan_id.clone(),
+        amount_minor: o.amount_minor,
+        currency: o.currency.clone(),
+        status: if o.is_paid() { pb::OrderStatus::Paid } else { pb::OrderStatus::Created } as i32,
+        payment_id: o.payment_id.clone().unwrap_or_default(),
+        subscription_id: v.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
+        created_at: Some(to_proto(o.created_at)),
+        paid_at: opt_to_proto(o.paid_at),
+    }
+}
+
+pub fn subscription(s: &Subscription) -> pb::Subscription {
+    let status = match s.status.as_str() {
+        "ACTIVE" => pb::SubscriptionStatus::Active,
+        "REPLACED" => pb::SubscriptionStatus::Replaced,
+        "CANCELLED" => pb::SubscriptionStatus::Cancelled,
+        _ => pb::SubscriptionStatus::Unspecified,
+    };
+    pb::Subscription {
+        id: s.id.to_string(),
+        user_id: s.user_id.clone(),
+        plan_id: s.plan_id.clone(),
+        status: status as i32,
+        order_id: s.order_id.clone().unwrap_or_default(),
+        period_start: Some(to_proto(s.period_start)),
+        period_end: Some(to_proto(s.period_end)),
+        credits_granted: s.credits_granted,
+        credits_remaining: s.credits_remaining,
+        created_at: Some(to_proto(s.created_at)),
+    }
+}
+
+fn session_proto(s: &UsageSession, credits_remaining: i64) -> pb::UsageSession {
+    let kind = match s.kind.as_str() {
+        "TEXT" => pb::UsageKind::Text,
+        "CALL" => pb::UsageKind::Call,
+        _ => pb::UsageKind::Unspecified,
+    };
+    let status = match s.status.as_str() {
+        "ACTIVE" => pb::UsageSessionStatus::Active,
+        "ENDED" => pb::UsageSessionStatus::Ended,
+        _ => pb::UsageSessionStatus::Unspecified,
+    };
+    pb::UsageSession {
+        id: s.id.to_string(),
+        user_id: s.user_id.clone(),
+        subscription_id: s.subscription_id.to_string(),
+        kind: kind as i32,
+        status: status as i32,
+        started_at: Some(to_proto(s.started_at)),
+        ended_at: opt_to_proto(s.ended_at),
+        deduction_interval_seconds: s.deduction_interval_seconds,
+        auto_deductions_processed: s.auto_deductions_processed,
+        units_charged: s.units_charged,
+        units_unpaid: s.units_unpaid,
+        credits_remaining,
+    }
+}
+
+pub fn usage_session(v: &SessionView) -> pb::UsageSession {
+    session_proto(&v.session, v.credits_remaining)
+}
+
+pub fn charged(c: &Charged) -> pb::UsageSession {
+    usage_session(&c.view)
+}
+
+pub fn usage(user_id: &str, r: &UsageReport) -> pb::Usage {
+    pb::Usage {
+        user_id: user_id.to_owned(),
+        plan_id: r.plan.id.clone(),
+        subscription_id: r.subscription.id.to_string(),
+        period_start: Some(to_proto(r.subscription.period_start)),
+        period_end: Some(to_proto(r.subscription.period_end)),
+        sessions_used: r.used.sessions,
+        minutes_used: r.used.minutes,
+        credits_granted: r.subscription.credits_granted,
+        credits_remaining: r.subscription.credits_remaining,
+        limits: Some(limits(&r.plan)),
+    }
+}

@@ -1,0 +1,368 @@
+//! gRPC handlers: validate and translate proto ↔ domain, nothing else.
+//! Effects run in a spawned task so a cancelled RPC cannot stop a
+//! transaction halfway (DESIGN §8).
+mod convert;
+
+use std::future::Future;
+
+use chrono::{Duration, NaiveDate};
+use diesel_async::AsyncConnection;
+use proto::billing::v1::{self as pb, billing_service_server::BillingService};
+use shared::{
+    auth::require_admin,
+    idempotency::{self, Begin, IdempotencyError, Key},
+    status::{MAX_ID_LEN, Violations},
+};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::{
+    App, Error, deductions, limits, orders, payments, plans, reconcile, stats, subscriptions,
+    usage::{self, Kind},
+    webhooks,
+};
+
+pub struct BillingGrpc {
+    app: App,
+}
+
+impl BillingGrpc {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+/// Runs `f` on its own task and maps the domain error to a status.
+async fn run<T, F>(f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: Future<Output = crate::Result<T>> + Send + 'static,
+{
+    match tokio::spawn(f).await {
+        Ok(r) => r.map_err(Status::from),
+        Err(e) => Err(shared::status::internal(&e)),
+    }
+}
+
+fn usage_kind(v: i32) -> Option<Kind> {
+    match pb::UsageKind::try_from(v) {
+        Ok(pb::UsageKind::Text) => Some(Kind::Text),
+        Ok(pb::UsageKind::Call) => Some(Kind::Call),
+        _ => None,
+    }
+}
+
+fn day(field: &str, s: &str, default: NaiveDate, v: &mut Violations) -> NaiveDate {
+    if s.is_empty() {
+        return default;
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap_or_else(|_| {
+        v.add(field, "must be YYYY-MM-DD");
+        default
+    })
+}
+
+impl From<IdempotencyError> for Error {
+    fn from(e: IdempotencyError) -> Self {
+        match e {
+            IdempotencyError::Reused => Error::IdempotencyKeyReused,
+            IdempotencyError::InFlight => Error::IdempotencyKeyInFlight,
+            IdempotencyError::Db(d) => Error::Db(d),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl BillingService for BillingGrpc {
+    #[instrument(skip_all)]
+    async fn list_plans(&self, _req: Request<pb::ListPlansRequest>) -> RpcResult<pb::ListPlansResponse> {
+        let app = self.app.clone();
+        let plans = run(async move { plans::list(&mut *app.conn().await?).await }).await?;
+        Ok(Response::new(pb::ListPlansResponse { plans: plans.iter().map(convert::plan).collect() }))
+    }
+
+    #[instrument(skip_all, fields(plan_id = %req.get_ref().id))]
+    async fn get_plan(&self, req: Request<pb::GetPlanRequest>) -> RpcResult<pb::GetPlanResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.text("id", &r.id, MAX_ID_LEN);
+        v.finish()?;
+        let app = self.app.clone();
+        let plan = run(async move { plans::get(&mut *app.conn().await?, &r.id).await }).await?;
+        Ok(Response::new(pb::GetPlanResponse { plan: Some(convert::plan(&plan)) }))
+    }
+
+    #[instrument(skip_all, fields(checkout_session_id = %req.get_ref().checkout_session_id))]
+    async fn create_order(&self, req: Request<pb::CreateOrderRequest>) -> RpcResult<pb::CreateOrderResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let session_id = v.uuid("checkout_session_id", &r.checkout_session_id);
+        v.text("user_id", &r.user_id, MAX_ID_LEN);
+        v.text("plan_id", &r.plan_id, MAX_ID_LEN);
+        v.finish()?;
+        let app = self.app.clone();
+        let order = run(async move {
+            let mut c = app.conn().await?;
+            orders::create(&mut c, app.gateway.as_ref(), app.clock.now(), session_id, &r.user_id, &r.plan_id).await
+        })
+        .await?;
+        Ok(Response::new(pb::CreateOrderResponse {
+            order: Some(convert::order(&orders::OrderView { order, subscription_id: None })),
+            gateway_key_id: self.app.gateway.key_id().to_owned(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(orders = req.get_ref().order_ids.len(), sessions = req.get_ref().checkout_session_ids.len()))]
+    async fn batch_get_orders(&self, req: Request<pb::BatchGetOrdersRequest>) -> RpcResult<pb::BatchGetOrdersResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        if r.order_ids.len() + r.checkout_session_ids.len() > orders::MAX_BATCH {
+            v.add("order_ids", format!("at most {} ids in all", orders::MAX_BATCH));
+        }
+        for id in &r.order_ids {
+            v.text("order_ids", id, MAX_ID_LEN);
+        }
+        let session_ids: Vec<Uuid> = r.checkout_session_ids.iter().map(|s| v.uuid("checkout_session_ids", s)).collect();
+        v.finish()?;
+        let app = self.app.clone();
+        let views = run(async move { orders::batch_get(&mut *app.conn().await?, &r.order_ids, &session_ids).await }).await?;
+        Ok(Response::new(pb::BatchGetOrdersResponse { orders: views.iter().map(convert::order).collect() }))
+    }
+
+    #[instrument(skip_all, fields(order_id = %req.get_ref().order_id))]
+    async fn verify_payment(&self, req: Request<pb::VerifyPaymentRequest>) -> RpcResult<pb::VerifyPaymentResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.text("order_id", &r.order_id, MAX_ID_LEN);
+        v.text("payment_id", &r.payment_id, MAX_ID_LEN);
+        v.text("signature", &r.signature, 256);
+        v.finish()?;
+        let app = self.app.clone();
+        let c = run(async move { payments::verify(&app, &r.order_id, &r.payment_id, &r.signature).await }).await?;
+        let view = orders::OrderView { subscription_id: Some(c.subscription.id), order: c.order };
+        Ok(Response::new(pb::VerifyPaymentResponse {
+            order: Some(convert::order(&view)),
+            subscription: Some(convert::subscription(&c.subscription)),
+            replayed: c.replayed,
+        }))
+    }
+
+    #[instrument(skip_all, fields(event_id = %req.get_ref().event_id, bytes = req.get_ref().body.len()))]
+    async fn handle_gateway_webhook(
+        &self,
+        req: Request<pb::HandleGatewayWebhookRequest>,
+    ) -> RpcResult<pb::HandleGatewayWebhookResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.text("event_id", &r.event_id, MAX_ID_LEN);
+        v.text("signature", &r.signature, 256);
+        if r.body.is_empty() {
+            v.add("body", "is required");
+        } else if r.body.len() > webhooks::MAX_BODY_BYTES {
+            v.add("body", format!("must be at most {} bytes", webhooks::MAX_BODY_BYTES));
+        }
+        v.finish()?;
+        let app = self.app.clone();
+        let o = run(async move { webhooks::handle(&app, &r.body, &r.signature, &r.event_id).await }).await?;
+        Ok(Response::new(pb::HandleGatewayWebhookResponse {
+            duplicate: o.duplicate,
+            event_type: o.event_type,
+            outcome: o.outcome,
+            subscription_id: o.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(subscription_id = %req.get_ref().id))]
+    async fn get_subscription(&self, req: Request<pb::GetSubscriptionRequest>) -> RpcResult<pb::GetSubscriptionResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = v.uuid("id", &r.id);
+        v.finish()?;
+        let app = self.app.clone();
+        let s = run(async move {
+            let now = app.clock.now();
+            let mut c = app.conn().await?;
+            // Reading a subscription past its period end opens the new period.
+            c.transaction(async |c| {
+                let s = subscriptions::get(c, id).await?;
+                if s.status == "ACTIVE" && now >= s.period_end {
+                    subscriptions::current_locked(c, &s.user_id, now).await
+                } else {
+                    Ok(s)
+                }
+            })
+            .await
+        })
+        .await?;
+        Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(convert::subscription(&s)) }))
+    }
+
+    #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
+    async fn list_subscriptions(&self, req: Request<pb::ListSubscriptionsRequest>) -> RpcResult<pb::ListSubscriptionsResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.text("user_id", &r.user_id, MAX_ID_LEN);
+        v.finish()?;
+        let app = self.app.clone();
+        let subs = run(async move { subscriptions::list_for_user(&mut *app.conn().await?, &r.user_id).await }).await?;
+        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions: subs.iter().map(convert::subscription).collect() }))
+    }
+
+    #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
+    async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> RpcResult<pb::GetUsageResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.text("user_id", &r.user_id, MAX_ID_LEN);
+        v.finish()?;
+        let app = self.app.clone();
+        let user_id = r.user_id.clone();
+        let report = run(async move { limits::report(&app, &user_id).await }).await?;
+        Ok(Response::new(pb::GetUsageResponse { usage: Some(convert::usage(&r.user_id, &report)) }))
+    }
+
+    #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
+    async fn start_usage_session(&self, req: Request<pb::StartUsageSessionRequest>) -> RpcResult<pb::StartUsageSessionResponse> {
+        let key = Key::from_request(&req, "billing.StartUsageSession")?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.text("user_id", &r.user_id, MAX_ID_LEN);
+        let kind = usage_kind(r.kind);
+        if kind.is_none() {
+            v.add("kind", "must be USAGE_KIND_TEXT or USAGE_KIND_CALL");
+        }
+        v.finish()?;
+        let kind = kind.unwrap_or(Kind::Text);
+        let app = self.app.clone();
+        let resp = run(async move {
+            let Some(key) = key else {
+                let view = usage::start(&app, &r.user_id, kind).await?;
+                return Ok(pb::StartUsageSessionResponse { session: Some(convert::usage_session(&view)) });
+            };
+            // With a key, the key and the new session commit together.
+            let now = app.clock.now();
+            let mut c = app.conn().await?;
+            c.transaction(async |c| match idempotency::begin(c, &key, now).await? {
+                Begin::Replay(bytes) => Ok(idempotency::decode(&bytes)?),
+                Begin::Fresh => {
+                    let view = usage::start_in_tx(c, &r.user_id, kind, now).await?;
+                    let resp = pb::StartUsageSessionResponse { session: Some(convert::usage_session(&view)) };
+                    idempotency::finish(c, &key, &prost::Message::encode_to_vec(&resp)).await?;
+                    Ok::<_, Error>(resp)
+                }
+            })
+            .await
+        })
+        .await?;
+        Ok(Response::new(resp))
+    }
+
+    #[instrument(skip_all, fields(user_id = %req.get_ref().user_id, size = req.get_ref().size_bytes))]
+    async fn authorize_upload(&self, req: Request<pb::AuthorizeUploadRequest>) -> RpcResult<pb::AuthorizeUploadResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.text("user_id", &r.user_id, MAX_ID_LEN);
+        v.range("size_bytes", r.size_bytes, 1, 1 << 40);
+        v.finish()?;
+        let app = self.app.clone();
+        let max = run(async move { limits::authorize_upload(&app, &r.user_id, r.size_bytes).await }).await?;
+        Ok(Response::new(pb::AuthorizeUploadResponse { allowed: true, max_upload_bytes: max }))
+    }
+
+    #[instrument(skip_all, fields(usage_session_id = %req.get_ref().usage_session_id, units = req.get_ref().units))]
+    async fn deduct(&self, req: Request<pb::DeductRequest>) -> RpcResult<pb::DeductResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = v.uuid("usage_session_id", &r.usage_session_id);
+        v.text("deduction_id", &r.deduction_id, MAX_ID_LEN);
+        v.range("units", r.units, 1, deductions::MAX_UNITS);
+        v.finish()?;
+        let app = self.app.clone();
+        let mode = deductions::Mode::Explicit { deduction_id: r.deduction_id, units: r.units };
+        let c = run(async move { deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await }).await?;
+        Ok(Response::new(pb::DeductResponse {
+            session: Some(convert::charged(&c)),
+            units_charged: c.charged,
+            units_unpaid: c.unpaid,
+            replayed: c.replayed,
+        }))
+    }
+
+    #[instrument(skip_all, fields(usage_session_id = %req.get_ref().id))]
+    async fn end_usage_session(&self, req: Request<pb::EndUsageSessionRequest>) -> RpcResult<pb::EndUsageSessionResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = v.uuid("id", &r.id);
+        v.range("manual_deductions", r.manual_deductions, 0, deductions::MAX_UNITS);
+        v.finish()?;
+        let app = self.app.clone();
+        let mode = deductions::Mode::End { manual: r.manual_deductions };
+        let c = run(async move { deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await }).await?;
+        Ok(Response::new(pb::EndUsageSessionResponse {
+            session: Some(convert::charged(&c)),
+            final_units_charged: c.view.session.final_units_charged.unwrap_or_default(),
+            replayed: c.replayed,
+        }))
+    }
+
+    #[instrument(skip_all, fields(usage_session_id = %req.get_ref().id))]
+    async fn get_usage_session(&self, req: Request<pb::GetUsageSessionRequest>) -> RpcResult<pb::GetUsageSessionResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = v.uuid("id", &r.id);
+        v.finish()?;
+        let app = self.app.clone();
+        let view = run(async move { usage::view(&mut *app.conn().await?, id).await }).await?;
+        Ok(Response::new(pb::GetUsageSessionResponse { session: Some(convert::usage_session(&view)) }))
+    }
+
+    #[instrument(skip_all, fields(fix = req.get_ref().fix))]
+    async fn run_reconciliation(&self, req: Request<pb::RunReconciliationRequest>) -> RpcResult<pb::RunReconciliationResponse> {
+        require_admin(&req)?;
+        let fix = req.into_inner().fix;
+        let app = self.app.clone();
+        let report = run(async move {
+            let stuck = app.config.stuck_session_after;
+            reconcile::run(&mut *app.conn().await?, app.clock.now(), stuck, fix).await
+        })
+        .await?;
+        Ok(Response::new(pb::RunReconciliationResponse {
+            fixed: report.fixed as i64,
+            findings: report
+                .findings
+                .into_iter()
+                .map(|f| pb::Finding { kind: f.kind.to_owned(), subject_id: f.subject_id, detail: f.detail, fixed: f.fixed })
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_usage_stats(&self, req: Request<pb::GetUsageStatsRequest>) -> RpcResult<pb::GetUsageStatsResponse> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        let today = self.app.clock.now().date_naive();
+        let mut v = Violations::new();
+        let from = day("from_day", &r.from_day, today - Duration::days(30), &mut v);
+        let to = day("to_day", &r.to_day, today, &mut v);
+        if from > to {
+            v.add("from_day", "must not be after to_day");
+        }
+        v.finish()?;
+        let app = self.app.clone();
+        let rows = run(async move { stats::list(&mut *app.conn().await?, from, to).await }).await?;
+        Ok(Response::new(pb::GetUsageStatsResponse {
+            stats: rows
+                .into_iter()
+                .map(|s| pb::UsageStat {
+                    day: s.day.to_string(),
+                    plan_id: s.plan_id,
+                    sessions: s.sessions,
+                    minutes: s.minutes,
+                    credits: s.credits,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,63 @@
+//! billing's periodic jobs. Each iteration takes one pooled connection and
+//! returns it before the sleep (seed 000); each is safe on every replica
+//! (`FOR UPDATE SKIP LOCKED` or idempotent upserts) and safe to run twice.
+use chrono::Duration;
+use tokio::task::JoinHandle;
+
+use crate::{App, deductions, stats, subscriptions};
+
+pub const NAMES: &[&str] = &["auto-deduct", "rollover", "usage-stats", "purge-idempotency-keys"];
+const BATCH: i64 = 200;
+
+/// Runs one iteration of job `name`; returns a one-line summary.
+pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
+    let now = app.clock.now();
+    let mut conn = app.conn().await?;
+    Ok(match name {
+        "auto-deduct" => {
+            let (mut sessions, mut credits) = (0, 0);
+            loop {
+                let (n, c) = deductions::auto_deduct_due(&mut conn, now, BATCH).await?;
+                sessions += n;
+                credits += c;
+                if (n as i64) < BATCH {
+                    break;
+                }
+            }
+            format!("auto-deduct: {sessions} sessions, {credits} credits charged")
+        }
+        "rollover" => {
+            let mut rolled = 0;
+            loop {
+                let n = subscriptions::roll_due(&mut conn, now, BATCH).await?;
+                rolled += n;
+                if (n as i64) < BATCH {
+                    break;
+                }
+            }
+            format!("rollover: {rolled} subscriptions opened a new period")
+        }
+        "usage-stats" => format!("usage-stats: {} (day, plan) rows", stats::rollup(&mut conn, now).await?),
+        "purge-idempotency-keys" => {
+            let n = shared::idempotency::purge(&mut conn, now - Duration::hours(24)).await?;
+            format!("purge-idempotency-keys: {n} deleted")
+        }
+        other => anyhow::bail!("unknown job {other:?}; jobs: {}", NAMES.join(", ")),
+    })
+}
+
+pub fn spawn_all(app: &App, shutdown: &shared::server::Shutdown) -> Vec<JoinHandle<()>> {
+    let j = &app.config.jobs;
+    let intervals = [j.auto_deduct_interval, j.rollover_interval, j.usage_stats_interval, j.idempotency_purge_interval];
+    NAMES
+        .iter()
+        .zip(intervals)
+        .map(|(name, every)| {
+            let app = app.clone();
+            shared::jobs::spawn_periodic(name, every, shutdown.clone(), move || {
+                let app = app.clone();
+                async move { run_once(&app, name).await }
+            })
+        })
+        .collect()
+}

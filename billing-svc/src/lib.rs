@@ -1,0 +1,26 @@
+//! billing-svc: plans, gateway orders, idempotent payment capture and
+//! webhooks, subscriptions with billing periods, plan limits, usage sessions
+//! with locked credit deductions, a ledger and reconciliation.
+
+pub mod app;
+pub mod config;
+pub mod deductions;
+pub mod error;
+pub mod gateway;
+pub mod grpc;
+pub mod jobs;
+pub mod ledger;
+pub mod limits;
+pub mod orders;
+pub mod payments;
+pub mod plans;
+pub mod reconcile;
+pub mod schema;
+pub mod stats;
+pub mod subscriptions;
+pub mod usage;
+pub mod webhooks;
+
+pub use app::{App, MIGRATIONS, serve};
+pub use config::Config;
+pub use error::{Error, Result};

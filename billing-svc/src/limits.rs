@@ -1,0 +1,169 @@
+//! Plan limits, counted only inside the subscription's current billing period
+//! (seed 003: counting all history locked users out after a reset).
+use std::fmt::Display;
+
+use chrono::{DateTime, Utc};
+use diesel::{prelude::*, sql_types};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use shared::db::Conn;
+
+use crate::{App, Error, Result, plans::Plan, subscriptions::Subscription};
+
+/// Usage inside one billing period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeriodUsage {
+    /// Sessions started in the period.
+    pub sessions: i64,
+    /// Minutes of ended sessions plus the elapsed time of active ones,
+    /// clipped to the period, rounded up.
+    pub minutes: i64,
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = sql_types::BigInt)]
+    sessions: i64,
+    #[diesel(sql_type = sql_types::BigInt)]
+    minutes: i64,
+}
+
+pub async fn period_usage(conn: &mut Conn, user_id: &str, sub: &Subscription, now: DateTime<Utc>) -> Result<PeriodUsage> {
+    let row: Row = diesel::sql_query(
+        "SELECT count(*) FILTER (WHERE started_at >= $2) AS sessions, \
+                coalesce(ceil(sum(extract(epoch FROM \
+                    least(coalesce(ended_at, $4), $3, $4) - greatest(started_at, $2))) / 60), 0)::bigint AS minutes \
+           FROM usage_sessions \
+          WHERE user_id = $1 AND started_at < $3 AND coalesce(ended_at, $4) > $2",
+    )
+    .bind::<sql_types::Text, _>(user_id)
+    .bind::<sql_types::Timestamptz, _>(sub.period_start)
+    .bind::<sql_types::Timestamptz, _>(sub.period_end)
+    .bind::<sql_types::Timestamptz, _>(now)
+    .get_result(conn)
+    .await?;
+    Ok(PeriodUsage { sessions: row.sessions, minutes: row.minutes.max(0) })
+}
+
+fn exceeded(reason: &'static str, plan: &Plan, current: i64, limit: i64, what: impl Display) -> Error {
+    Error::QuotaExceeded {
+        reason,
+        plan: plan.id.clone(),
+        current_usage: current,
+        limit,
+        description: format!("{what}: {current} of {limit} used in the current billing period of plan {}", plan.id),
+    }
+}
+
+/// Whether one more session may start. A limit of 0 means unlimited.
+pub fn check_start(plan: &Plan, sub: &Subscription, used: &PeriodUsage) -> Result<()> {
+    let max_sessions = i64::from(plan.max_sessions_per_period);
+    if max_sessions > 0 && used.sessions >= max_sessions {
+        return Err(exceeded("SESSION_LIMIT_EXCEEDED", plan, used.sessions, max_sessions, "session limit reached"));
+    }
+    let max_minutes = i64::from(plan.max_minutes_per_period);
+    if max_minutes > 0 && used.minutes >= max_minutes {
+        return Err(exceeded("MINUTES_LIMIT_EXCEEDED", plan, used.minutes, max_minutes, "minutes limit reached"));
+    }
+    if sub.credits_remaining <= 0 {
+        return Err(Error::QuotaExceeded {
+            reason: "NO_CREDITS",
+            plan: plan.id.clone(),
+            current_usage: sub.credits_granted - sub.credits_remaining,
+            limit: sub.credits_granted,
+            description: format!("no credits left in the current billing period of plan {}", plan.id),
+        });
+    }
+    Ok(())
+}
+
+/// The current period's usage with its subscription and plan.
+#[derive(Debug, Clone)]
+pub struct UsageReport {
+    pub subscription: Subscription,
+    pub plan: Plan,
+    pub used: PeriodUsage,
+}
+
+pub async fn report(app: &App, user_id: &str) -> Result<UsageReport> {
+    let now = app.clock.now();
+    let mut conn = app.conn().await?;
+    conn.transaction(async |c| {
+        let subscription = crate::subscriptions::current_locked(c, user_id, now).await?;
+        let plan = crate::plans::get(c, &subscription.plan_id).await?;
+        let used = period_usage(c, user_id, &subscription, now).await?;
+        Ok(UsageReport { subscription, plan, used })
+    })
+    .await
+}
+
+/// AuthorizeUpload: the plan's typed max upload size (seed 003 issue 5 read it
+/// from the wrong type and crashed).
+pub async fn authorize_upload(app: &App, user_id: &str, size_bytes: i64) -> Result<i64> {
+    let report = report(app, user_id).await?;
+    let max = report.plan.max_upload_bytes;
+    if size_bytes > max {
+        return Err(exceeded("UPLOAD_TOO_LARGE", &report.plan, size_bytes, max, "upload too large"));
+    }
+    Ok(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(max_sessions: i32, max_minutes: i32) -> Plan {
+        Plan {
+            id: "p".into(),
+            name: "P".into(),
+            price_minor: 0,
+            currency: "INR".into(),
+            period: "monthly".into(),
+            credits_per_period: 10,
+            deduction_interval_seconds: 600,
+            max_sessions_per_period: max_sessions,
+            max_minutes_per_period: max_minutes,
+            max_upload_bytes: 1,
+            active: true,
+        }
+    }
+
+    fn sub(remaining: i64) -> Subscription {
+        Subscription {
+            id: uuid::Uuid::nil(),
+            user_id: "u".into(),
+            plan_id: "p".into(),
+            order_id: None,
+            status: "ACTIVE".into(),
+            period_start: Utc::now(),
+            period_end: Utc::now(),
+            credits_granted: 10,
+            credits_remaining: remaining,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn reason(r: Result<()>) -> Option<&'static str> {
+        match r {
+            Err(Error::QuotaExceeded { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn session_limit_boundaries() {
+        let p = plan(5, 0);
+        assert_eq!(reason(check_start(&p, &sub(1), &PeriodUsage { sessions: 4, minutes: 0 })), None);
+        assert_eq!(reason(check_start(&p, &sub(1), &PeriodUsage { sessions: 5, minutes: 0 })), Some("SESSION_LIMIT_EXCEEDED"));
+        assert_eq!(reason(check_start(&p, &sub(1), &PeriodUsage { sessions: 6, minutes: 0 })), Some("SESSION_LIMIT_EXCEEDED"));
+        assert_eq!(reason(check_start(&plan(0, 0), &sub(1), &PeriodUsage { sessions: 1000, minutes: 0 })), None);
+    }
+
+    #[test]
+    fn minutes_and_credits() {
+        assert_eq!(
+            reason(check_start(&plan(0, 60), &sub(1), &PeriodUsage { sessions: 0, minutes: 60 })),
+            Some("MINUTES_LIMIT_EXCEEDED")
+        );
+        assert_eq!(reason(check_start(&plan(0, 60), &sub(0), &PeriodUsage { sessions: 0, minutes: 59 })), Some("NO_CREDITS"));
+    }
+}

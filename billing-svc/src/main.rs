@@ -1,0 +1,169 @@
+//! billing-svc binary: a thin CLI over the library.
+use std::process::ExitCode;
+
+use billing_svc::{App, Config, config::ENV_HELP, gateway::Sandbox};
+use clap::{Parser, Subcommand};
+use proto::billing::v1::{self as pb, billing_service_client::BillingServiceClient};
+use shared::{Clock, server::Shutdown};
+
+#[derive(Parser)]
+#[command(name = "billing-svc", version, about = "Billing: plans, payments, subscriptions, usage and credits (gRPC)", after_help = help())]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn help() -> String {
+    format!("{ENV_HELP}\n{}", shared::config::COMMON_ENV_HELP)
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (migrates on start; health turns SERVING when the database answers).
+    Serve,
+    /// Run pending database migrations and exit.
+    Migrate,
+    /// Find inconsistencies; exit 1 when any is found (for cron alerting).
+    Reconcile {
+        /// Repair what is safely repairable, with an audit row per repair.
+        #[arg(long)]
+        fix: bool,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Periodic jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Play the customer's side of the sandbox gateway.
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Run one iteration of a job: auto-deduct, rollover, usage-stats, purge-idempotency-keys.
+    RunOnce { job: String },
+}
+
+#[derive(Subcommand)]
+enum SandboxCommand {
+    /// Pay an order: print a payment id and its signature for VerifyPayment /
+    /// CompleteSession; with --webhook also deliver the signed payment.captured
+    /// webhook to billing (BILLING_ENDPOINT, BILLING_TOKEN).
+    Pay {
+        #[arg(long)]
+        order_id: String,
+        #[arg(long)]
+        webhook: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = match shared::telemetry::init("billing-svc") {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("billing-svc: telemetry: {e}");
+            None
+        }
+    };
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("billing-svc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::from_env()?;
+    if let Command::Sandbox { command: SandboxCommand::Pay { order_id, webhook } } = cli.command {
+        return sandbox_pay(&config, &order_id, webhook).await;
+    }
+    let (url, _server) = shared::pg::resolve_database_url(config.database_url.clone(), "billing").await?;
+    match cli.command {
+        Command::Serve => {
+            config.check_serving()?;
+            let listener = shared::server::bind(&config.listen_addr, "BILLING_LISTEN_ADDR").await?;
+            let shutdown = Shutdown::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                shared::server::termination_signal().await;
+                trigger.trigger();
+            });
+            billing_svc::serve(config, url, listener, Clock::system(), shutdown).await?;
+        }
+        Command::Migrate => {
+            let done = billing_svc::app::migrate(&url).await?;
+            println!("billing-svc: {} migration(s) applied", done.len());
+        }
+        Command::Reconcile { fix, json } => {
+            billing_svc::app::migrate(&url).await?;
+            let app = App::new(config, &url, Clock::system());
+            let mut conn = app.conn().await?;
+            let report = billing_svc::reconcile::run(&mut conn, app.clock.now(), app.config.stuck_session_after, fix).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else if report.findings.is_empty() {
+                println!("reconcile: no inconsistencies found");
+            } else {
+                for f in &report.findings {
+                    println!("{:<34} {:<40} {}{}", f.kind, f.subject_id, f.detail, if f.fixed { "  [fixed]" } else { "" });
+                }
+                println!("reconcile: {} finding(s), {} fixed", report.findings.len(), report.fixed);
+            }
+            let unfixed = report.findings.iter().any(|f| !f.fixed);
+            return Ok(if unfixed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        }
+        Command::Jobs { command: JobsCommand::RunOnce { job } } => {
+            let app = App::new(config, &url, Clock::system());
+            println!("{}", billing_svc::jobs::run_once(&app, &job).await?);
+        }
+        Command::Sandbox { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool) -> anyhow::Result<ExitCode> {
+    if config.gateway.key_secret.is_empty() {
+        anyhow::bail!("GATEWAY_KEY_SECRET must be set (the stack prints it in target/stack/stack.env)");
+    }
+    let sandbox = Sandbox::new(config.gateway.clone());
+    let payment_id = Sandbox::new_payment_id();
+    let signature = sandbox.sign_payment(order_id, &payment_id);
+    println!("order_id={order_id}\npayment_id={payment_id}\nsignature={signature}");
+    if !webhook {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let endpoint = shared::config::env_or("BILLING_ENDPOINT", "http://127.0.0.1:50052".to_owned())?;
+    let token = shared::config::env_opt("BILLING_TOKEN").unwrap_or_default();
+    let mut client = BillingServiceClient::connect(endpoint.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach billing at {endpoint} (BILLING_ENDPOINT): {e}"))?;
+    let budget = shared::client::Budget::new(std::time::Duration::from_secs(10));
+    let found =
+        client
+            .batch_get_orders(budget.request(
+                pb::BatchGetOrdersRequest { order_ids: vec![order_id.to_owned()], checkout_session_ids: vec![] },
+                &token,
+            ))
+            .await?
+            .into_inner();
+    let order = found.orders.first().ok_or_else(|| anyhow::anyhow!("order {order_id} not found at billing"))?;
+    let body = Sandbox::captured_event_body(order_id, &payment_id, order.amount_minor, &order.currency);
+    let req = pb::HandleGatewayWebhookRequest {
+        signature: sandbox.sign_webhook(&body),
+        body,
+        event_id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
+    };
+    let resp = client.handle_gateway_webhook(budget.request(req, &token)).await?.into_inner();
+    println!("webhook: outcome={} subscription_id={}", resp.outcome, resp.subscription_id);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,120 @@
+//! Gateway orders: one per checkout session (the natural idempotency key).
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use shared::db::Conn;
+use uuid::Uuid;
+
+use crate::{
+    Error, Result,
+    gateway::Gateway,
+    plans,
+    schema::{orders, subscriptions},
+};
+
+pub const MAX_BATCH: usize = 500;
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
+pub struct Order {
+    pub id: String,
+    pub checkout_session_id: Uuid,
+    pub user_id: String,
+    pub plan_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: String,
+    pub payment_id: Option<String>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Order {
+    pub fn is_paid(&self) -> bool {
+        self.status == "PAID"
+    }
+}
+
+/// An order with the subscription its payment created, if any.
+#[derive(Debug, Clone)]
+pub struct OrderView {
+    pub order: Order,
+    pub subscription_id: Option<Uuid>,
+}
+
+/// Creates the order of a checkout session, or returns the existing one.
+pub async fn create(
+    conn: &mut Conn,
+    gateway: &dyn Gateway,
+    now: DateTime<Utc>,
+    session_id: Uuid,
+    user_id: &str,
+    plan_id: &str,
+) -> Result<Order> {
+    let plan = plans::get(conn, plan_id).await?;
+    if !plan.active || plan.price_minor <= 0 {
+        return Err(Error::FailedPrecondition {
+            kind: "PLAN_NOT_PURCHASABLE",
+            subject: format!("plan:{plan_id}"),
+            description: format!("plan {plan_id} cannot be bought"),
+        });
+    }
+    let inserted: Option<Order> = diesel::insert_into(orders::table)
+        .values((
+            orders::id.eq(gateway.new_order_id()),
+            orders::checkout_session_id.eq(session_id),
+            orders::user_id.eq(user_id),
+            orders::plan_id.eq(&plan.id),
+            orders::amount_minor.eq(plan.price_minor),
+            orders::currency.eq(&plan.currency),
+            orders::created_at.eq(now),
+            orders::updated_at.eq(now),
+        ))
+        .on_conflict(orders::checkout_session_id)
+        .do_nothing()
+        .returning(Order::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+    if let Some(order) = inserted {
+        return Ok(order);
+    }
+    let existing =
+        orders::table.filter(orders::checkout_session_id.eq(session_id)).select(Order::as_select()).first(conn).await?;
+    if existing.user_id != user_id || existing.plan_id != plan_id {
+        return Err(Error::FailedPrecondition {
+            kind: "ORDER_EXISTS",
+            subject: format!("checkout_session:{session_id}"),
+            description: "this checkout session already has an order for another user or plan".into(),
+        });
+    }
+    Ok(existing)
+}
+
+pub async fn get(conn: &mut Conn, id: &str) -> Result<Order> {
+    orders::table.find(id).select(Order::as_select()).first(conn).await.optional()?.ok_or_else(|| Error::not_found("order", id))
+}
+
+/// Locks the order row for the rest of the transaction.
+pub async fn lock(conn: &mut Conn, id: &str) -> Result<Order> {
+    orders::table
+        .find(id)
+        .select(Order::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| Error::not_found("order", id))
+}
+
+/// Up to [`MAX_BATCH`] orders by order id or checkout session id, with their
+/// subscriptions, in one query (checkout's completion sync).
+pub async fn batch_get(conn: &mut Conn, order_ids: &[String], session_ids: &[Uuid]) -> Result<Vec<OrderView>> {
+    let rows: Vec<(Order, Option<Uuid>)> = orders::table
+        .left_join(subscriptions::table.on(subscriptions::order_id.eq(orders::id.nullable())))
+        .filter(orders::id.eq_any(order_ids).or(orders::checkout_session_id.eq_any(session_ids)))
+        .select((Order::as_select(), subscriptions::id.nullable()))
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|(order, subscription_id)| OrderView { order, subscription_id }).collect())
+}

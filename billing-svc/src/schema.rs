@@ -1,0 +1,136 @@
+// Diesel table definitions, kept in step with migrations/ by hand.
+
+diesel::table! {
+    plans (id) {
+        id -> Text,
+        name -> Text,
+        price_minor -> BigInt,
+        currency -> Bpchar,
+        period -> Text,
+        credits_per_period -> BigInt,
+        deduction_interval_seconds -> Integer,
+        max_sessions_per_period -> Integer,
+        max_minutes_per_period -> Integer,
+        max_upload_bytes -> BigInt,
+        active -> Bool,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> Text,
+        checkout_session_id -> Uuid,
+        user_id -> Text,
+        plan_id -> Text,
+        amount_minor -> BigInt,
+        currency -> Bpchar,
+        status -> Text,
+        payment_id -> Nullable<Text>,
+        paid_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    subscriptions (id) {
+        id -> Uuid,
+        user_id -> Text,
+        plan_id -> Text,
+        order_id -> Nullable<Text>,
+        status -> Text,
+        anchor_at -> Timestamptz,
+        calendar_periods -> Bool,
+        period_start -> Timestamptz,
+        period_end -> Timestamptz,
+        credits_granted -> BigInt,
+        credits_remaining -> BigInt,
+        replaced_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_events (event_id) {
+        event_id -> Text,
+        event_type -> Text,
+        body -> Bytea,
+        order_id -> Nullable<Text>,
+        outcome -> Text,
+        detail -> Text,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    usage_sessions (id) {
+        id -> Uuid,
+        user_id -> Text,
+        subscription_id -> Uuid,
+        kind -> Text,
+        status -> Text,
+        started_at -> Timestamptz,
+        ended_at -> Nullable<Timestamptz>,
+        deduction_interval_seconds -> Integer,
+        auto_deductions_processed -> BigInt,
+        manual_deductions -> BigInt,
+        next_unit_index -> BigInt,
+        units_charged -> BigInt,
+        units_unpaid -> BigInt,
+        final_units_charged -> Nullable<BigInt>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    ledger (id) {
+        id -> BigInt,
+        subscription_id -> Uuid,
+        period_start -> Timestamptz,
+        usage_session_id -> Nullable<Uuid>,
+        unit_index -> Nullable<BigInt>,
+        kind -> Text,
+        credits -> BigInt,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    deductions (usage_session_id, deduction_id) {
+        usage_session_id -> Uuid,
+        deduction_id -> Text,
+        units -> BigInt,
+        units_charged -> BigInt,
+        units_unpaid -> BigInt,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    reconcile_audit (id) {
+        id -> BigInt,
+        kind -> Text,
+        subject_id -> Text,
+        action -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    usage_stats_daily (day, plan_id) {
+        day -> Date,
+        plan_id -> Text,
+        sessions -> BigInt,
+        minutes -> BigInt,
+        credits -> BigInt,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(orders -> plans (plan_id));
+diesel::joinable!(subscriptions -> plans (plan_id));
+diesel::joinable!(usage_sessions -> subscriptions (subscription_id));
+diesel::allow_tables_to_appear_in_same_query!(plans, orders, subscriptions, usage_sessions, ledger, deductions);

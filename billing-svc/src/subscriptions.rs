@@ -1,0 +1,201 @@
+//! Subscriptions and their billing periods. Paid plans use anniversary
+//! periods anchored at the payment; the free plan (given to every user on
+//! first use) uses calendar months. At most one ACTIVE subscription per user,
+//! so every balance lives in one row with one lock (DESIGN §5.7).
+use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
+use diesel::{prelude::*, sql_types};
+use diesel_async::RunQueryDsl;
+use shared::db::Conn;
+use uuid::Uuid;
+
+use crate::{
+    Error, Result, ledger,
+    plans::{self, FREE_PLAN_ID, Plan},
+    schema::subscriptions,
+};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = subscriptions, check_for_backend(diesel::pg::Pg))]
+pub struct Subscription {
+    pub id: Uuid,
+    pub user_id: String,
+    pub plan_id: String,
+    pub order_id: Option<String>,
+    pub status: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub credits_granted: i64,
+    pub credits_remaining: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The calendar month containing `now` (free plan periods).
+pub fn calendar_month(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let start = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().unwrap_or(now);
+    (start, start.checked_add_months(Months::new(1)).unwrap_or(start))
+}
+
+pub async fn get(conn: &mut Conn, id: Uuid) -> Result<Subscription> {
+    subscriptions::table
+        .find(id)
+        .select(Subscription::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| Error::not_found("subscription", id))
+}
+
+pub async fn list_for_user(conn: &mut Conn, user_id: &str) -> Result<Vec<Subscription>> {
+    Ok(subscriptions::table
+        .filter(subscriptions::user_id.eq(user_id))
+        .order((subscriptions::created_at.desc(), subscriptions::id.desc()))
+        .select(Subscription::as_select())
+        .load(conn)
+        .await?)
+}
+
+pub async fn by_order(conn: &mut Conn, order_id: &str) -> Result<Option<Subscription>> {
+    Ok(subscriptions::table
+        .filter(subscriptions::order_id.eq(order_id))
+        .select(Subscription::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+async fn lock_active(conn: &mut Conn, user_id: &str) -> Result<Option<Subscription>> {
+    Ok(subscriptions::table
+        .filter(subscriptions::user_id.eq(user_id))
+        .filter(subscriptions::status.eq("ACTIVE"))
+        .select(Subscription::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Opens the period containing `now` if the current one has ended (caller
+/// holds the row lock). Returns whether a new period was opened.
+pub async fn roll(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
+    #[derive(QueryableByName)]
+    struct Rolled {
+        #[diesel(sql_type = sql_types::Bool)]
+        rolled: bool,
+    }
+    let r: Rolled = diesel::sql_query("SELECT billing_roll_period($1, $2) AS rolled")
+        .bind::<sql_types::Uuid, _>(id)
+        .bind::<sql_types::Timestamptz, _>(now)
+        .get_result(conn)
+        .await?;
+    Ok(r.rolled)
+}
+
+/// The user's ACTIVE subscription, locked, in its current period; a free
+/// subscription is created on first use. Call inside a transaction.
+pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Result<Subscription> {
+    if lock_active(conn, user_id).await?.is_none() {
+        let free = plans::get(conn, FREE_PLAN_ID).await?;
+        let (start, end) = calendar_month(now);
+        // Two first uses at once: the partial unique index lets one insert win.
+        diesel::sql_query(
+            "INSERT INTO subscriptions (id, user_id, plan_id, status, anchor_at, calendar_periods, period_start, period_end, \
+             credits_granted, credits_remaining, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'ACTIVE', $4, true, $4, $5, $6, $6, $7, $7) \
+             ON CONFLICT (user_id) WHERE status = 'ACTIVE' DO NOTHING",
+        )
+        .bind::<sql_types::Uuid, _>(Uuid::new_v4())
+        .bind::<sql_types::Text, _>(user_id)
+        .bind::<sql_types::Text, _>(&free.id)
+        .bind::<sql_types::Timestamptz, _>(start)
+        .bind::<sql_types::Timestamptz, _>(end)
+        .bind::<sql_types::BigInt, _>(free.credits_per_period)
+        .bind::<sql_types::Timestamptz, _>(now)
+        .execute(conn)
+        .await?;
+    }
+    let sub = lock_active(conn, user_id)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("no active subscription for {user_id} after creating one")))?;
+    if now >= sub.period_end && roll(conn, sub.id, now).await? {
+        return get(conn, sub.id).await;
+    }
+    Ok(sub)
+}
+
+/// Creates the subscription a paid order buys. The user's current ACTIVE
+/// subscription becomes REPLACED and its remaining credits carry over through
+/// a ledger entry (so invariant 3 holds on both rows). Call inside the
+/// capture transaction, with the order row locked.
+pub async fn create_paid(
+    conn: &mut Conn,
+    user_id: &str,
+    plan: &Plan,
+    order_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Subscription> {
+    let id = Uuid::new_v4();
+    let mut carried = 0;
+    let old = lock_active(conn, user_id).await?;
+    if let Some(old) = &old {
+        if old.credits_remaining > 0 && now < old.period_end {
+            carried = old.credits_remaining;
+            ledger::carry_over(conn, old, now).await?;
+        }
+        // The new row must exist before replaced_by can point at it, and the
+        // old one must leave ACTIVE before the new one enters it.
+        diesel::update(subscriptions::table.find(old.id))
+            .set((subscriptions::status.eq("REPLACED"), subscriptions::updated_at.eq(now)))
+            .execute(conn)
+            .await?;
+    }
+    let end = now.checked_add_months(Months::new(1)).unwrap_or(now);
+    let credits = plan.credits_per_period + carried;
+    let sub = diesel::insert_into(subscriptions::table)
+        .values((
+            subscriptions::id.eq(id),
+            subscriptions::user_id.eq(user_id),
+            subscriptions::plan_id.eq(&plan.id),
+            subscriptions::order_id.eq(order_id),
+            subscriptions::status.eq("ACTIVE"),
+            subscriptions::anchor_at.eq(now),
+            subscriptions::calendar_periods.eq(false),
+            subscriptions::period_start.eq(now),
+            subscriptions::period_end.eq(end),
+            subscriptions::credits_granted.eq(credits),
+            subscriptions::credits_remaining.eq(credits),
+            subscriptions::created_at.eq(now),
+            subscriptions::updated_at.eq(now),
+        ))
+        .returning(Subscription::as_returning())
+        .get_result(conn)
+        .await?;
+    if let Some(old) = old {
+        diesel::update(subscriptions::table.find(old.id)).set(subscriptions::replaced_by.eq(id)).execute(conn).await?;
+    }
+    Ok(sub)
+}
+
+/// Rollover job: opens the next period of every ACTIVE subscription whose
+/// period ended, in batches, skipping rows another replica holds.
+pub async fn roll_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result<usize> {
+    use diesel_async::AsyncConnection;
+    conn.transaction(async |conn| {
+        let due: Vec<Uuid> = subscriptions::table
+            .filter(subscriptions::status.eq("ACTIVE"))
+            .filter(subscriptions::period_end.le(now))
+            .select(subscriptions::id)
+            .limit(batch)
+            .for_update()
+            .skip_locked()
+            .load(conn)
+            .await?;
+        let mut rolled = 0;
+        for id in due {
+            if roll(conn, id, now).await? {
+                rolled += 1;
+            }
+        }
+        Ok(rolled)
+    })
+    .await
+}

@@ -1,0 +1,123 @@
+//! Usage sessions (TEXT and CALL): started under the plan's limits, charged
+//! through `deductions`, ended with a final deduction.
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::Deserialize;
+use shared::db::Conn;
+use uuid::Uuid;
+
+use crate::{
+    App, Error, Result,
+    error::TX_ATTEMPTS,
+    limits, plans,
+    schema::usage_sessions,
+    subscriptions::{self, Subscription},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Call,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Text => "TEXT",
+            Kind::Call => "CALL",
+        }
+    }
+}
+
+/// A usage session row. Also read from the JSON that `billing_charge` returns.
+#[derive(Debug, Clone, Queryable, Selectable, Deserialize)]
+#[diesel(table_name = usage_sessions, check_for_backend(diesel::pg::Pg))]
+pub struct UsageSession {
+    pub id: Uuid,
+    pub user_id: String,
+    pub subscription_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub deduction_interval_seconds: i32,
+    pub auto_deductions_processed: i64,
+    pub units_charged: i64,
+    pub units_unpaid: i64,
+    pub final_units_charged: Option<i64>,
+}
+
+pub async fn get(conn: &mut Conn, id: Uuid) -> Result<UsageSession> {
+    usage_sessions::table
+        .find(id)
+        .select(UsageSession::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| Error::not_found("usage_session", id))
+}
+
+/// A session with the balance of its subscription.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub session: UsageSession,
+    pub credits_remaining: i64,
+}
+
+pub async fn view(conn: &mut Conn, id: Uuid) -> Result<SessionView> {
+    let session = get(conn, id).await?;
+    let sub = subscriptions::get(conn, session.subscription_id).await?;
+    Ok(SessionView { session, credits_remaining: sub.credits_remaining })
+}
+
+/// Starts a session if the plan's limits, counted inside the current billing
+/// period only (seed 003), allow it. The subscription row stays locked while
+/// counting, so concurrent starts cannot overshoot a limit.
+pub async fn start(app: &App, user_id: &str, kind: Kind) -> Result<SessionView> {
+    let now = app.clock.now();
+    let mut conn = app.conn().await?;
+    let mut attempt = 1;
+    loop {
+        let run = conn.transaction(async |c| start_in_tx(c, user_id, kind, now).await).await;
+        match run {
+            Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+/// [`start`] inside the caller's transaction (used with idempotency keys).
+pub async fn start_in_tx(c: &mut Conn, user_id: &str, kind: Kind, now: DateTime<Utc>) -> Result<SessionView> {
+    let sub = subscriptions::current_locked(c, user_id, now).await?;
+    let plan = plans::get(c, &sub.plan_id).await?;
+    let used = limits::period_usage(c, user_id, &sub, now).await?;
+    limits::check_start(&plan, &sub, &used)?;
+    let session = insert(c, user_id, &sub, plan.deduction_interval_seconds, kind, now).await?;
+    Ok(SessionView { session, credits_remaining: sub.credits_remaining })
+}
+
+async fn insert(
+    conn: &mut Conn,
+    user_id: &str,
+    sub: &Subscription,
+    interval: i32,
+    kind: Kind,
+    now: DateTime<Utc>,
+) -> Result<UsageSession> {
+    Ok(diesel::insert_into(usage_sessions::table)
+        .values((
+            usage_sessions::id.eq(Uuid::new_v4()),
+            usage_sessions::user_id.eq(user_id),
+            usage_sessions::subscription_id.eq(sub.id),
+            usage_sessions::kind.eq(kind.as_str()),
+            usage_sessions::status.eq("ACTIVE"),
+            usage_sessions::started_at.eq(now),
+            usage_sessions::deduction_interval_seconds.eq(interval),
+            usage_sessions::created_at.eq(now),
+            usage_sessions::updated_at.eq(now),
+        ))
+        .returning(UsageSession::as_returning())
+        .get_result(conn)
+        .await?)
+}

@@ -1,0 +1,69 @@
+//! Wiring: the pool, the clock, the billing client, the gRPC service, jobs.
+use std::sync::Arc;
+
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use proto::checkout::v1::checkout_service_server::CheckoutServiceServer;
+use shared::{Clock, auth::Authenticator, db, server::Shutdown};
+use tokio::net::TcpListener;
+
+use crate::{billing::Billing, config::Config};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// Advisory-lock key under which replicas run migrations one at a time.
+const MIGRATION_LOCK: i64 = 0x0c4e_c0de;
+
+#[derive(Clone, Debug)]
+pub struct App {
+    pub pool: db::Pool,
+    pub clock: Clock,
+    pub billing: Billing,
+    pub config: Arc<Config>,
+}
+
+impl App {
+    pub fn new(config: Config, database_url: &str, clock: Clock) -> anyhow::Result<Self> {
+        let pool = db::pool(database_url, config.common.pool_size, config.common.connect_timeout);
+        let billing = Billing::new(&config.billing_endpoint, &config.billing_token)?;
+        Ok(Self { pool, clock, billing, config: Arc::new(config) })
+    }
+
+    pub async fn conn(&self) -> Result<db::PooledConn<'_>, crate::Error> {
+        Ok(db::conn(&self.pool).await?)
+    }
+}
+
+pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
+    db::migrate(database_url, MIGRATIONS, MIGRATION_LOCK).await
+}
+
+/// Serves checkout on `listener` until `shutdown`; migrates on the way to
+/// SERVING; runs the periodic jobs when enabled.
+pub async fn serve(
+    config: Config,
+    database_url: String,
+    listener: TcpListener,
+    clock: Clock,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let app = App::new(config, &database_url, clock)?;
+    let auth = Authenticator::new(&app.config.auth_tokens, &app.config.admin_tokens);
+    let svc = CheckoutServiceServer::with_interceptor(crate::grpc::CheckoutGrpc::new(app.clone()), auth);
+    let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };
+    let pool = app.pool.clone();
+    let stop = shutdown.clone();
+    let result =
+        shared::server::serve(proto::CHECKOUT_SERVICE_NAME, listener, svc, &app.config.common, shutdown, move |readiness| {
+            shared::server::become_ready(readiness, stop, move || {
+                let url = database_url.clone();
+                let pool = pool.clone();
+                async move {
+                    migrate(&url).await?;
+                    db::ping(&pool).await?;
+                    Ok(())
+                }
+            })
+        })
+        .await;
+    shared::jobs::drain(jobs, app.config.common.shutdown_grace).await;
+    result
+}

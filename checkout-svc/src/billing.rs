@@ -1,0 +1,101 @@
+//! checkout's client of billing-svc: every call carries a deadline from the
+//! caller's remaining budget, the trace context and checkout's service token;
+//! idempotent calls retry on UNAVAILABLE / ABORTED, bounded, with jitter.
+use std::time::Duration;
+
+use proto::billing::v1::{self as pb, billing_service_client::BillingServiceClient};
+use shared::client::{Budget, retry};
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+const ATTEMPTS: u32 = 3;
+
+#[derive(Clone, Debug)]
+pub struct Billing {
+    client: BillingServiceClient<Channel>,
+    token: String,
+}
+
+impl Billing {
+    /// Connects lazily: checkout starts (and answers UNAVAILABLE for calls
+    /// that need billing) even while billing is down.
+    pub fn new(endpoint: &str, token: &str) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| anyhow::anyhow!("invalid BILLING_ENDPOINT {endpoint:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .connect_lazy();
+        Ok(Self { client: BillingServiceClient::new(channel), token: token.to_owned() })
+    }
+
+    pub async fn get_plan(&self, budget: Budget, plan_id: &str) -> Result<pb::Plan> {
+        let resp = retry(budget, ATTEMPTS, || {
+            let mut c = self.client.clone();
+            let req = budget.request(pb::GetPlanRequest { id: plan_id.to_owned() }, &self.token);
+            async move { c.get_plan(req).await }
+        })
+        .await
+        .map_err(Error::from_billing)?;
+        resp.into_inner().plan.ok_or_else(|| Error::Internal("billing returned no plan".into()))
+    }
+
+    /// Idempotent per checkout session id, so retries are safe.
+    pub async fn create_order(&self, budget: Budget, session_id: Uuid, user_id: &str, plan_id: &str) -> Result<pb::Order> {
+        let resp = retry(budget, ATTEMPTS, || {
+            let mut c = self.client.clone();
+            let req = budget.request(
+                pb::CreateOrderRequest {
+                    checkout_session_id: session_id.to_string(),
+                    user_id: user_id.to_owned(),
+                    plan_id: plan_id.to_owned(),
+                },
+                &self.token,
+            );
+            async move { c.create_order(req).await }
+        })
+        .await
+        .map_err(Error::from_billing)?;
+        resp.into_inner().order.ok_or_else(|| Error::Internal("billing returned no order".into()))
+    }
+
+    /// Idempotent per order (a repeat returns the same subscription).
+    pub async fn verify_payment(
+        &self,
+        budget: Budget,
+        order_id: &str,
+        payment_id: &str,
+        signature: &str,
+    ) -> Result<pb::VerifyPaymentResponse> {
+        let resp = retry(budget, ATTEMPTS, || {
+            let mut c = self.client.clone();
+            let req = budget.request(
+                pb::VerifyPaymentRequest {
+                    order_id: order_id.to_owned(),
+                    payment_id: payment_id.to_owned(),
+                    signature: signature.to_owned(),
+                },
+                &self.token,
+            );
+            async move { c.verify_payment(req).await }
+        })
+        .await
+        .map_err(Error::from_billing)?;
+        Ok(resp.into_inner())
+    }
+
+    /// Read-only, so retries are safe.
+    pub async fn batch_get_orders(&self, budget: Budget, order_ids: &[String]) -> Result<Vec<pb::Order>> {
+        let resp = retry(budget, ATTEMPTS, || {
+            let mut c = self.client.clone();
+            let req = budget
+                .request(pb::BatchGetOrdersRequest { order_ids: order_ids.to_vec(), checkout_session_ids: vec![] }, &self.token);
+            async move { c.batch_get_orders(req).await }
+        })
+        .await
+        .map_err(Error::from_billing)?;
+        Ok(resp.into_inner().orders)
+    }
+}

@@ -1,0 +1,45 @@
+//! Domain → protobuf conversions.
+use proto::checkout::v1 as pb;
+use shared::time::{opt_to_proto, to_proto};
+
+use crate::sessions::{CleanupCounts, Session};
+
+pub fn status(s: &str) -> pb::SessionStatus {
+    match s {
+        "ACTIVE" => pb::SessionStatus::Active,
+        "COMPLETED" => pb::SessionStatus::Completed,
+        "EXPIRED" => pb::SessionStatus::Expired,
+        "INVALIDATED" => pb::SessionStatus::Invalidated,
+        _ => pb::SessionStatus::Unspecified,
+    }
+}
+
+pub fn session(s: &Session) -> pb::Session {
+    pb::Session {
+        id: s.id.to_string(),
+        user_id: s.user_id.clone(),
+        plan_id: s.plan_id.clone(),
+        status: status(&s.status) as i32,
+        amount_minor: s.amount_minor,
+        currency: s.currency.clone(),
+        order_id: s.order_id.clone(),
+        created_at: Some(to_proto(s.created_at)),
+        updated_at: Some(to_proto(s.updated_at)),
+        expires_at: Some(to_proto(s.expires_at)),
+        completed_at: opt_to_proto(s.completed_at),
+        replaced_by: s.replaced_by.map(|u| u.to_string()).unwrap_or_default(),
+        recovered_from: s.recovered_from.map(|u| u.to_string()).unwrap_or_default(),
+        subscription_id: s.subscription_id.clone().unwrap_or_default(),
+        payment_id: s.payment_id.clone().unwrap_or_default(),
+    }
+}
+
+pub fn cleanup(c: &CleanupCounts) -> pb::CleanupSessionsResponse {
+    pb::CleanupSessionsResponse {
+        expired: c.expired,
+        deleted: c.deleted,
+        completed_by_sync: c.completed_by_sync,
+        skipped_billing_unavailable: c.skipped_billing_unavailable,
+        dry_run: c.dry_run,
+    }
+}

@@ -1,0 +1,102 @@
+//! checkout-svc binary: a thin CLI over the library.
+use std::process::ExitCode;
+
+use checkout_svc::{App, Config, config::ENV_HELP};
+use clap::{Parser, Subcommand};
+use shared::{Clock, server::Shutdown};
+
+#[derive(Parser)]
+#[command(name = "checkout-svc", version, about = "Checkout sessions (gRPC); calls billing-svc", after_help = help())]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn help() -> String {
+    format!("{ENV_HELP}\n{}", shared::config::COMMON_ENV_HELP)
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (migrates on start; health turns SERVING when the database answers).
+    Serve,
+    /// Run pending database migrations and exit.
+    Migrate,
+    /// Expire ACTIVE sessions past 24 h and delete unpaid ones older than 7 days
+    /// (asks billing first; a paid session is completed instead).
+    Cleanup {
+        /// Only count what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Periodic jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Run one iteration of a job: cleanup, completion-sync, purge-idempotency-keys.
+    RunOnce { job: String },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = match shared::telemetry::init("checkout-svc") {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("checkout-svc: telemetry: {e}");
+            None
+        }
+    };
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("checkout-svc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let (url, _server) = shared::pg::resolve_database_url(config.database_url.clone(), "checkout").await?;
+    match cli.command {
+        Command::Serve => {
+            config.check_serving()?;
+            let listener = shared::server::bind(&config.listen_addr, "CHECKOUT_LISTEN_ADDR").await?;
+            let shutdown = Shutdown::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                shared::server::termination_signal().await;
+                trigger.trigger();
+            });
+            checkout_svc::serve(config, url, listener, Clock::system(), shutdown).await?;
+        }
+        Command::Migrate => {
+            let done = checkout_svc::app::migrate(&url).await?;
+            println!("checkout-svc: {} migration(s) applied", done.len());
+        }
+        Command::Cleanup { dry_run } => {
+            checkout_svc::app::migrate(&url).await?;
+            let app = App::new(config, &url, Clock::system())?;
+            let c = checkout_svc::sessions::cleanup(&app, dry_run).await?;
+            println!(
+                "cleanup{}: expired {} deleted {} completed_by_sync {} skipped_billing_unavailable {}",
+                if dry_run { " (dry run)" } else { "" },
+                c.expired,
+                c.deleted,
+                c.completed_by_sync,
+                c.skipped_billing_unavailable
+            );
+        }
+        Command::Jobs { command: JobsCommand::RunOnce { job } } => {
+            let app = App::new(config, &url, Clock::system())?;
+            println!("{}", checkout_svc::jobs::run_once(&app, &job).await?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Completing sessions: CompleteSession (the customer came back with the
+//! gateway's signature) and the completion sync (the customer paid, the
+//! webhook reached billing, and nobody came back). Both end in
+//! [`mark_completed`]. A verified payment completes even an expired or
+//! invalidated session: money was taken, so the record must say so.
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use proto::billing::v1 as bpb;
+use shared::{
+    client::Budget,
+    db::Conn,
+    idempotency::{Key, Outcome},
+    keyed_transaction,
+};
+use uuid::Uuid;
+
+use super::{RETENTION, Session, Status, find, lock, start::Encode};
+use crate::{App, Error, Result, schema::checkout_sessions as cs};
+
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub session: Session,
+    /// The session had been completed before (retry or sync).
+    pub replayed: bool,
+}
+
+/// Marks a session COMPLETED with billing's subscription (idempotent).
+pub(super) async fn mark_completed(
+    c: &mut Conn,
+    id: Uuid,
+    payment_id: &str,
+    subscription_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Completed> {
+    let s = lock(c, id).await?;
+    if s.is(Status::Completed) {
+        return Ok(Completed { session: s, replayed: true });
+    }
+    let session = diesel::update(cs::table.find(id))
+        .set((
+            cs::status.eq("COMPLETED"),
+            cs::completed_at.eq(now),
+            cs::payment_id.eq(payment_id),
+            cs::subscription_id.eq(subscription_id),
+            cs::updated_at.eq(now),
+        ))
+        .returning(Session::as_returning())
+        .get_result(c)
+        .await?;
+    tracing::info!(session_id = %id, subscription_id, "checkout session completed");
+    Ok(Completed { session, replayed: false })
+}
+
+/// CompleteSession: billing verifies the signature against the order and
+/// captures the payment; a bad signature leaves the session as it was.
+pub async fn complete(
+    app: &App,
+    id: Uuid,
+    payment_id: &str,
+    signature: &str,
+    budget: Budget,
+    key: Option<&Key>,
+    encode: Encode<'_, Completed>,
+) -> Result<Outcome<Completed>> {
+    let session = find(&mut *app.conn().await?, id).await?;
+    if session.is(Status::Completed) {
+        if session.payment_id.as_deref() == Some(payment_id) {
+            return Ok(Outcome::Fresh(Completed { session, replayed: true }));
+        }
+        return Err(Error::precondition("SESSION_COMPLETED", id, "the session was completed with another payment"));
+    }
+    let verified = app.billing.verify_payment(budget, &session.order_id, payment_id, signature).await?;
+    let subscription_id = verified
+        .subscription
+        .map(|s| s.id)
+        .ok_or_else(|| Error::Internal("billing verified the payment but returned no subscription".into()))?;
+    let now = app.clock.now();
+    let mut conn = app.conn().await?;
+    keyed_transaction!(conn, key, now, encode, |c| mark_completed(c, id, payment_id, &subscription_id, now).await?)
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncCounts {
+    /// Orders asked about.
+    pub checked: usize,
+    /// Sessions found paid and completed.
+    pub completed: usize,
+}
+
+/// How far back the sync looks: everything cleanup has not deleted yet.
+fn sync_horizon(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - RETENTION - Duration::days(1)
+}
+
+/// The paid ones among `sessions`, per billing (one batched call).
+pub(super) async fn paid_orders(app: &App, budget: Budget, sessions: &[Session]) -> Result<Vec<(Uuid, bpb::Order)>> {
+    if sessions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = sessions.iter().map(|s| s.order_id.clone()).collect();
+    let orders = app.billing.batch_get_orders(budget, &ids).await?;
+    Ok(sessions
+        .iter()
+        .filter_map(|s| {
+            orders
+                .iter()
+                .find(|o| o.id == s.order_id && o.status == bpb::OrderStatus::Paid as i32 && !o.subscription_id.is_empty())
+                .map(|o| (s.id, o.clone()))
+        })
+        .collect())
+}
+
+/// Completes the sessions among `paid` (from [`paid_orders`]).
+pub(super) async fn complete_paid(app: &App, paid: &[(Uuid, bpb::Order)]) -> Result<usize> {
+    let now = app.clock.now();
+    let mut conn = app.conn().await?;
+    let mut n = 0;
+    for (id, order) in paid {
+        let done = {
+            use diesel_async::AsyncConnection;
+            conn.transaction(async |c| mark_completed(c, *id, &order.payment_id, &order.subscription_id, now).await).await?
+        };
+        if !done.replayed {
+            n += 1;
+            tracing::info!(session_id = %id, order_id = %order.id, "completed by sync: paid at billing, never completed here");
+        }
+    }
+    Ok(n)
+}
+
+/// Completion sync: pages through non-COMPLETED sessions, asks billing about
+/// their orders `batch` at a time, and completes the paid ones.
+pub async fn completion_sync(app: &App, batch: i64) -> Result<SyncCounts> {
+    let now = app.clock.now();
+    let mut counts = SyncCounts::default();
+    let mut after = Uuid::nil();
+    loop {
+        let page: Vec<Session> = {
+            let mut c = app.conn().await?;
+            cs::table
+                .filter(cs::status.ne("COMPLETED"))
+                .filter(cs::created_at.gt(sync_horizon(now)))
+                .filter(cs::id.gt(after))
+                .order(cs::id)
+                .limit(batch)
+                .select(Session::as_select())
+                .load(&mut *c)
+                .await?
+        };
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        counts.checked += page.len();
+        let paid = paid_orders(app, Budget::new(app.config.billing_timeout), &page).await?;
+        counts.completed += complete_paid(app, &paid).await?;
+        if (page.len() as i64) < batch {
+            break;
+        }
+    }
+    Ok(counts)
+}

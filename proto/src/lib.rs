@@ -1,0 +1,21 @@
+//! The public contracts of checkout-svc and billing-svc, generated from
+//! `proto/*/v1/*.proto`.
+
+pub mod checkout {
+    pub mod v1 {
+        tonic::include_proto!("checkout.v1");
+    }
+}
+
+pub mod billing {
+    pub mod v1 {
+        tonic::include_proto!("billing.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of both packages, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+/// Health-check service names (the readiness signal of each service).
+pub const CHECKOUT_SERVICE_NAME: &str = "checkout.v1.CheckoutService";
+pub const BILLING_SERVICE_NAME: &str = "billing.v1.BillingService";

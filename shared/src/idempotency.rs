@@ -1,0 +1,194 @@
+//! Idempotency keys (DESIGN §8). The key, a hash of the request and the
+//! encoded response are written in the caller's transaction, together with
+//! the effect: a crash can never leave an effect without its key or a key
+//! without its effect.
+//!
+//! In the effect's transaction: [`begin`] claims the key (or finds the stored
+//! response to replay), the effect runs, [`finish`] stores the response.
+//! A concurrent request with the same key waits briefly on the first one's
+//! uncommitted row and then fails with ABORTED (in flight).
+use chrono::{DateTime, Utc};
+use diesel::{
+    OptionalExtension,
+    sql_types::{Binary, Text, Timestamptz},
+};
+use diesel_async::RunQueryDsl;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+use crate::db::{Conn, DbError};
+
+pub const METADATA_KEY: &str = "idempotency-key";
+const MAX_KEY_LEN: usize = 200;
+
+/// A claimed or claimable key for one RPC method.
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub method: &'static str,
+    pub key: String,
+    pub request_hash: Vec<u8>,
+}
+
+impl Key {
+    /// Reads `idempotency-key` from the request metadata, if present.
+    pub fn from_request<T: prost::Message>(req: &Request<T>, method: &'static str) -> Result<Option<Self>, Status> {
+        let Some(raw) = req.metadata().get(METADATA_KEY) else { return Ok(None) };
+        let key =
+            raw.to_str().map_err(|_| crate::status::invalid_field(METADATA_KEY, "must be printable ASCII"))?.trim().to_owned();
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(crate::status::invalid_field(METADATA_KEY, format!("must be 1..{MAX_KEY_LEN} characters")));
+        }
+        Ok(Some(Self { method, key, request_hash: Sha256::digest(req.get_ref().encode_to_vec()).to_vec() }))
+    }
+}
+
+#[derive(Debug)]
+pub enum Begin {
+    /// The key is ours: run the effect, then [`finish`].
+    Fresh,
+    /// The same request ran before: return this encoded response.
+    Replay(Vec<u8>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    #[error("idempotency key reused with a different request")]
+    Reused,
+    #[error("a request with this idempotency key is still in flight")]
+    InFlight,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+#[derive(diesel::QueryableByName)]
+struct Stored {
+    #[diesel(sql_type = Binary)]
+    request_hash: Vec<u8>,
+    #[diesel(sql_type = Binary)]
+    response: Vec<u8>,
+}
+
+/// Claims `key` inside the caller's open transaction.
+pub async fn begin(conn: &mut Conn, key: &Key, now: DateTime<Utc>) -> Result<Begin, IdempotencyError> {
+    // Wait only briefly on a concurrent claim of the same key.
+    diesel::sql_query("SELECT set_config('lock_timeout', '300ms', true)").execute(conn).await.map_err(DbError::from)?;
+    let inserted = diesel::sql_query(
+        "INSERT INTO idempotency_keys (method, key, request_hash, response, created_at) \
+         VALUES ($1, $2, $3, '\\x', $4) ON CONFLICT DO NOTHING",
+    )
+    .bind::<Text, _>(key.method)
+    .bind::<Text, _>(&key.key)
+    .bind::<Binary, _>(&key.request_hash)
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)
+    .await
+    .map_err(|e| match DbError::from(e) {
+        DbError::Conflict(_) => IdempotencyError::InFlight,
+        other => IdempotencyError::Db(other),
+    })?;
+    diesel::sql_query("SELECT set_config('lock_timeout', '0', true)").execute(conn).await.map_err(DbError::from)?;
+    if inserted == 1 {
+        return Ok(Begin::Fresh);
+    }
+    let stored: Stored = diesel::sql_query("SELECT request_hash, response FROM idempotency_keys WHERE method = $1 AND key = $2")
+        .bind::<Text, _>(key.method)
+        .bind::<Text, _>(&key.key)
+        .get_result(conn)
+        .await
+        .map_err(DbError::from)?;
+    if stored.request_hash != key.request_hash {
+        return Err(IdempotencyError::Reused);
+    }
+    Ok(Begin::Replay(stored.response))
+}
+
+/// Stores the encoded response of a [`Begin::Fresh`] key, in the same
+/// transaction as the effect.
+pub async fn finish(conn: &mut Conn, key: &Key, response: &[u8]) -> Result<(), DbError> {
+    diesel::sql_query("UPDATE idempotency_keys SET response = $3 WHERE method = $1 AND key = $2")
+        .bind::<Text, _>(key.method)
+        .bind::<Text, _>(&key.key)
+        .bind::<Binary, _>(response)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+impl Key {
+    /// A UUID derived from the key, so a retry with the same key names the
+    /// same new resource (and downstream natural idempotency applies).
+    pub fn derived_uuid(&self, salt: &str) -> uuid::Uuid {
+        let digest = Sha256::digest(format!("{}|{}|{salt}", self.method, self.key).as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+}
+
+/// Decodes a stored response for a replay.
+pub fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, DbError> {
+    M::decode(bytes).map_err(|e| DbError::Other(format!("stored idempotent response is corrupt: {e}")))
+}
+
+/// Deletes keys older than `before` (24 h retention); returns how many.
+pub async fn purge(conn: &mut Conn, before: DateTime<Utc>) -> Result<usize, DbError> {
+    Ok(diesel::sql_query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        .bind::<Timestamptz, _>(before)
+        .execute(conn)
+        .await?)
+}
+
+/// What a keyed effect produced: a fresh value, or the stored encoded
+/// response of an earlier identical request.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    Fresh(T),
+    Replay(Vec<u8>),
+}
+
+/// Runs `body` in a transaction together with an optional idempotency key:
+/// claims the key (or returns the stored response), runs the effect, and
+/// stores `encode(&value)` before commit. The error type of the surrounding
+/// function must convert from `IdempotencyError` and `DbError`.
+///
+/// `keyed_transaction!(conn, key: Option<&Key>, now, encode, |c| expr)`
+#[macro_export]
+macro_rules! keyed_transaction {
+    ($conn:expr, $key:expr, $now:expr, $encode:expr, |$c:ident| $body:expr) => {{
+        use diesel_async::AsyncConnection as _;
+        let key: Option<&$crate::idempotency::Key> = $key;
+        let now = $now;
+        $conn
+            .transaction(async |$c| {
+                if let Some(k) = key
+                    && let $crate::idempotency::Begin::Replay(bytes) = $crate::idempotency::begin($c, k, now).await?
+                {
+                    return Ok($crate::idempotency::Outcome::Replay(bytes));
+                }
+                let value = $body;
+                if let Some(k) = key {
+                    $crate::idempotency::finish($c, k, &($encode)(&value)).await?;
+                }
+                Ok($crate::idempotency::Outcome::Fresh(value))
+            })
+            .await
+    }};
+}
+
+/// Looks a key up outside any transaction: lets a handler answer a replay
+/// before doing slow work (the transaction checks again).
+pub async fn peek(conn: &mut Conn, key: &Key) -> Result<Option<Vec<u8>>, IdempotencyError> {
+    let stored: Option<Stored> =
+        diesel::sql_query("SELECT request_hash, response FROM idempotency_keys WHERE method = $1 AND key = $2")
+            .bind::<Text, _>(key.method)
+            .bind::<Text, _>(&key.key)
+            .get_result(conn)
+            .await
+            .optional()
+            .map_err(DbError::from)?;
+    match stored {
+        None => Ok(None),
+        Some(s) if s.request_hash != key.request_hash => Err(IdempotencyError::Reused),
+        Some(s) => Ok(Some(s.response)),
+    }
+}

@@ -1,0 +1,19 @@
+//! Plumbing shared by checkout-svc and billing-svc: configuration, the
+//! database pool and migrations, the PostgreSQL bootstrap, the clock,
+//! telemetry, gRPC server assembly (health, reflection, auth, load shedding,
+//! graceful shutdown), error helpers, client retries and periodic jobs.
+
+pub mod auth;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod idempotency;
+pub mod jobs;
+pub mod pg;
+pub mod server;
+pub mod status;
+pub mod telemetry;
+pub mod time;
+
+pub use clock::Clock;

@@ -1,0 +1,212 @@
+//! The gRPC server every service runs: health, reflection (v1 and v1alpha),
+//! request tracing, load shedding, HTTP/2 connection ageing, and graceful
+//! shutdown (NOT_SERVING first, then a bounded drain).
+use std::{convert::Infallible, future::Future, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+use tonic::{server::NamedService, transport::Server};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::{BoxError, ServiceBuilder};
+
+use crate::config::CommonConfig;
+
+/// A shutdown signal shared by the server and the service's jobs.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    tx: watch::Sender<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self { tx: watch::channel(false).0 }
+    }
+
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Resolves once [`Shutdown::trigger`] has been called.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Binds a listener with a one-line error naming the variable on failure.
+pub async fn bind(addr: &str, var: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({var}): {e}"))
+}
+
+/// Readiness of the named health service.
+#[derive(Clone)]
+pub struct Readiness {
+    reporter: HealthReporter,
+    name: &'static str,
+}
+
+impl Readiness {
+    pub async fn set(&self, serving: bool) {
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status(self.name, status).await;
+    }
+}
+
+/// Serves `svc` plus health and reflection on `listener` until `shutdown`
+/// fires, then reports NOT_SERVING and drains in-flight RPCs for at most
+/// `config.shutdown_grace`.
+///
+/// `ready` is called with the [`Readiness`] handle once the server is
+/// listening; it should flip the named service to SERVING when the database
+/// is migrated and answers.
+pub async fn serve<S, B, R, RF>(
+    service_name: &'static str,
+    listener: TcpListener,
+    svc: S,
+    config: &CommonConfig,
+    shutdown: Shutdown,
+    ready: R,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    R: FnOnce(Readiness) -> RF,
+    RF: Future<Output = ()> + Send + 'static,
+{
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let readiness = Readiness { reporter: reporter.clone(), name: service_name };
+    readiness.set(false).await;
+    tokio::spawn(ready(readiness.clone()));
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(service_name)
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let max_in_flight = config.max_concurrent_requests;
+    // Beyond the global limit a request is shed at once with UNAVAILABLE
+    // (retryable, maybe on another replica) instead of queueing unbounded.
+    let shed = ServiceBuilder::new()
+        .map_err(move |e: BoxError| -> BoxError {
+            if e.is::<tower::load_shed::error::Overloaded>() {
+                Box::new(tonic::Status::unavailable(format!("server overloaded ({max_in_flight} requests in flight), retry")))
+            } else {
+                e
+            }
+        })
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_in_flight))
+        .into_inner();
+
+    let mut builder = Server::builder()
+        .trace_fn(crate::telemetry::server_span)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(age) = config.max_connection_age {
+        builder = builder.max_connection_age(age).max_connection_age_grace(config.shutdown_grace);
+    }
+    let router =
+        builder.layer(shed).add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha).add_service(svc);
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, service = service_name, "listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = shutdown.wait();
+    let draining = readiness.clone();
+    let signal = async move {
+        stop.await;
+        // Load balancers stop sending before we stop accepting.
+        draining.set(false).await;
+        reporter.set_service_status("", ServingStatus::NotServing).await;
+        tracing::info!("shutting down: draining in-flight requests");
+    };
+    let server = router.serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+    let grace = config.shutdown_grace;
+    let stop = shutdown.wait();
+    tokio::select! {
+        res = &mut server => res?,
+        _ = stop => {
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(res) => res?,
+                Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "drain timed out; closing remaining connections"),
+            }
+        }
+    }
+    tracing::info!(service = service_name, "stopped");
+    Ok(())
+}
+
+/// Flips readiness to SERVING once `check` succeeds, retrying with backoff
+/// (capped at 10 s) while the database is unreachable.
+pub async fn become_ready<F, Fut>(readiness: Readiness, shutdown: Shutdown, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if shutdown.is_triggered() {
+            return;
+        }
+        match check().await {
+            Ok(()) => {
+                readiness.set(true).await;
+                tracing::info!("ready: database migrated and answering");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "not ready yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

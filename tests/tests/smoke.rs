@@ -1,0 +1,93 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Foundation: both services up over real sockets, health, reflection, auth
+//! and the error shape of malformed input.
+use proto::{billing::v1 as bpb, checkout::v1 as cpb};
+use tests::{billing_client, checkout_client, spawn_app};
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_reflection::pb::v1alpha::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+    server_reflection_response::MessageResponse,
+};
+use tonic_types::StatusExt;
+
+#[tokio::test]
+async fn both_services_report_serving_on_their_named_health_service() {
+    let app = spawn_app().await;
+    for (addr, name) in [(app.checkout_addr, proto::CHECKOUT_SERVICE_NAME), (app.billing_addr, proto::BILLING_SERVICE_NAME)] {
+        let mut h = HealthClient::new(tests::clients::channel(&addr.to_string()).unwrap());
+        let s = h.check(HealthCheckRequest { service: name.into() }).await.unwrap().into_inner();
+        assert_eq!(s.status, ServingStatus::Serving as i32, "{name}");
+        let unknown = h.check(HealthCheckRequest { service: "nope.v1.Nope".into() }).await;
+        assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
+    }
+}
+
+async fn list_services(addr: &str) -> Vec<String> {
+    let mut c = ServerReflectionClient::new(tests::clients::channel(addr).unwrap());
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = c.server_reflection_info(futures::stream::iter(vec![req])).await.unwrap().into_inner();
+    let msg = stream.message().await.unwrap().unwrap();
+    match msg.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_lists_each_service_and_health() {
+    let app = spawn_app().await;
+    let checkout = list_services(&app.checkout_addr.to_string()).await;
+    assert!(checkout.contains(&proto::CHECKOUT_SERVICE_NAME.to_owned()), "{checkout:?}");
+    assert!(checkout.contains(&"grpc.health.v1.Health".to_owned()), "{checkout:?}");
+    let billing = list_services(&app.billing_addr.to_string()).await;
+    assert!(billing.contains(&proto::BILLING_SERVICE_NAME.to_owned()), "{billing:?}");
+}
+
+#[tokio::test]
+async fn missing_or_wrong_token_is_unauthenticated() {
+    let app = spawn_app().await;
+    let mut anon = checkout_client(&app.checkout_addr.to_string(), "").unwrap();
+    let e = anon.get_session(cpb::GetSessionRequest { id: uuid::Uuid::new_v4().to_string() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut wrong = billing_client(&app.billing_addr.to_string(), "not-a-token").unwrap();
+    let e = wrong.list_plans(bpb::ListPlansRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn service_token_on_admin_rpc_is_permission_denied() {
+    let mut app = spawn_app().await;
+    let e = app.checkout.cleanup_sessions(cpb::CleanupSessionsRequest { dry_run: true }).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = app.billing.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // The admin token passes.
+    app.checkout_admin.cleanup_sessions(cpb::CleanupSessionsRequest { dry_run: true }).await.unwrap();
+    app.billing_admin.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_id_is_invalid_argument_with_field_violation() {
+    let mut app = spawn_app().await;
+    let e = app.checkout.get_session(cpb::GetSessionRequest { id: "not-a-uuid".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let details = e.get_error_details();
+    let fields: Vec<_> = details.bad_request().unwrap().field_violations.iter().map(|v| v.field.clone()).collect();
+    assert_eq!(fields, vec!["id".to_owned()]);
+
+    let e = app.billing.get_usage_session(bpb::GetUsageSessionRequest { id: String::new() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.get_error_details().bad_request().is_some());
+}
+
+#[tokio::test]
+async fn unknown_id_is_not_found_with_resource_info() {
+    let mut app = spawn_app().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let e = app.checkout.get_session(cpb::GetSessionRequest { id: id.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(e.get_error_details().resource_info().unwrap().resource_name, id);
+    let e = app.billing.get_plan(bpb::GetPlanRequest { id: "no-such-plan".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
