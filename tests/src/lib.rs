@@ -6,6 +6,7 @@
 
 pub mod clients;
 pub mod harness;
+pub mod helpers;
 
 pub use clients::{BillingClient, CheckoutClient, billing_client, checkout_client};
 pub use harness::{TestApp, spawn_app, spawn_app_with};
