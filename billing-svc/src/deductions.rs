@@ -6,7 +6,7 @@
 //! the cron pre-marked sessions, end double-billed, nothing was locked).
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde::Deserialize;
 use shared::db::Conn;
 use uuid::Uuid;
@@ -48,6 +48,8 @@ pub struct Charged {
 #[derive(Deserialize)]
 struct Reply {
     error: Option<String>,
+    #[serde(default)]
+    skipped: bool,
     charged: Option<i64>,
     unpaid: Option<i64>,
     replayed: Option<bool>,
@@ -58,6 +60,12 @@ struct Reply {
 /// Applies one deduction in one statement (its own transaction unless the
 /// caller has one open).
 pub async fn charge(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateTime<Utc>) -> Result<Charged> {
+    charge_inner(conn, session_id, mode, now).await?.ok_or_else(|| Error::Internal("only AUTO charges are skipped".into()))
+}
+
+/// Like [`charge`]; `None` when an AUTO charge skipped a session held by
+/// someone else.
+async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateTime<Utc>) -> Result<Option<Charged>> {
     let (name, units, deduction_id) = match mode {
         Mode::Auto => ("AUTO", 0, None),
         Mode::Explicit { deduction_id, units } => ("EXPLICIT", *units, Some(deduction_id.as_str())),
@@ -75,6 +83,9 @@ pub async fn charge(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateTim
         }
     };
     let reply: Reply = serde_json::from_value(json).map_err(|e| Error::Internal(format!("billing_charge reply: {e}")))?;
+    if reply.skipped {
+        return Ok(None);
+    }
     match reply.error.as_deref() {
         None => {}
         Some("NOT_FOUND") => return Err(Error::not_found("usage_session", session_id)),
@@ -89,40 +100,55 @@ pub async fn charge(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateTim
         Some(other) => return Err(Error::Internal(format!("billing_charge: {other}"))),
     }
     let session = reply.session.ok_or_else(|| Error::Internal("billing_charge returned no session".into()))?;
-    Ok(Charged {
+    Ok(Some(Charged {
         view: SessionView { session, credits_remaining: reply.credits_remaining.unwrap_or_default() },
         charged: reply.charged.unwrap_or_default(),
         unpaid: reply.unpaid.unwrap_or_default(),
         replayed: reply.replayed.unwrap_or_default(),
-    })
+    }))
 }
 
 /// The auto-deduction job's iteration: charges every ACTIVE session with a
-/// complete interval due, `batch` at a time, skipping sessions another
-/// replica (or a concurrent Deduct/End) holds. Never pre-marks anything: the
-/// same function computes and charges under the locks.
+/// complete interval due, on one connection, one statement per session. Each
+/// charge locks its session with SKIP LOCKED, so replicas share the work and
+/// the job never queues behind a hang-up; it never pre-marks anything (seed
+/// 004): the same function computes and charges under the locks.
+/// Returns (sessions charged, credits charged).
 pub async fn auto_deduct_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result<(usize, i64)> {
-    conn.transaction(async |c| {
-        let due: Vec<Uuid> = usage_sessions::table
+    let (mut sessions, mut credits) = (0, 0);
+    let mut after = (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil());
+    loop {
+        let due: Vec<(DateTime<Utc>, Uuid)> = usage_sessions::table
             .filter(usage_sessions::status.eq("ACTIVE"))
+            .filter(
+                usage_sessions::started_at
+                    .gt(after.0)
+                    .or(usage_sessions::started_at.eq(after.0).and(usage_sessions::id.gt(after.1))),
+            )
             .filter(
                 diesel::dsl::sql::<sql_types::Bool>(
                     "started_at + make_interval(secs => deduction_interval_seconds * (auto_deductions_processed + 1)) <= ",
                 )
                 .bind::<sql_types::Timestamptz, _>(now),
             )
-            .select(usage_sessions::id)
-            .order(usage_sessions::started_at)
+            .select((usage_sessions::started_at, usage_sessions::id))
+            .order((usage_sessions::started_at, usage_sessions::id))
             .limit(batch)
-            .for_update()
-            .skip_locked()
-            .load(c)
+            .load(conn)
             .await?;
-        let mut credits = 0;
-        for id in &due {
-            credits += charge(c, *id, &Mode::Auto, now).await?.charged;
+        let Some(last) = due.last().copied() else { break };
+        after = last;
+        for (_, id) in &due {
+            if let Some(c) = charge_inner(conn, *id, &Mode::Auto, now).await?
+                && c.charged + c.unpaid > 0
+            {
+                sessions += 1;
+                credits += c.charged;
+            }
         }
-        Ok::<_, Error>((due.len(), credits))
-    })
-    .await
+        if (due.len() as i64) < batch {
+            break;
+        }
+    }
+    Ok((sessions, credits))
 }

@@ -15,15 +15,7 @@ pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
     let mut conn = app.conn().await?;
     Ok(match name {
         "auto-deduct" => {
-            let (mut sessions, mut credits) = (0, 0);
-            loop {
-                let (n, c) = deductions::auto_deduct_due(&mut conn, now, BATCH).await?;
-                sessions += n;
-                credits += c;
-                if (n as i64) < BATCH {
-                    break;
-                }
-            }
+            let (sessions, credits) = deductions::auto_deduct_due(&mut conn, now, BATCH).await?;
             format!("auto-deduct: {sessions} sessions, {credits} credits charged")
         }
         "rollover" => {

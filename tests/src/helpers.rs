@@ -85,3 +85,64 @@ impl TestApp {
         .map(|r| r.into_inner())
     }
 }
+
+impl TestApp {
+    /// Buys `plan` for `user` through CreateOrder + VerifyPayment; returns the
+    /// subscription.
+    pub async fn subscribe(&self, user: &str, plan: &str) -> proto::billing::v1::Subscription {
+        let mut b = self.billing.clone();
+        let order = b
+            .create_order(bpb::CreateOrderRequest {
+                checkout_session_id: uuid::Uuid::new_v4().to_string(),
+                user_id: user.into(),
+                plan_id: plan.into(),
+            })
+            .await
+            .map(|r| r.into_inner().order.unwrap_or_default());
+        let order = match order {
+            Ok(o) => o,
+            Err(e) => panic!("CreateOrder: {e:?}"),
+        };
+        let (payment_id, signature) = self.pay(&order.id);
+        match b.verify_payment(bpb::VerifyPaymentRequest { order_id: order.id, payment_id, signature }).await {
+            Ok(r) => r.into_inner().subscription.unwrap_or_default(),
+            Err(e) => panic!("VerifyPayment: {e:?}"),
+        }
+    }
+
+    pub async fn start_usage(&self, user: &str, kind: bpb::UsageKind) -> Result<bpb::UsageSession, Status> {
+        let mut b = self.billing.clone();
+        b.start_usage_session(bpb::StartUsageSessionRequest { user_id: user.into(), kind: kind as i32 })
+            .await
+            .map(|r| r.into_inner().session.unwrap_or_default())
+    }
+
+    pub async fn end_usage(&self, id: &str, manual: i64) -> Result<bpb::EndUsageSessionResponse, Status> {
+        let mut b = self.billing.clone();
+        b.end_usage_session(bpb::EndUsageSessionRequest { id: id.into(), manual_deductions: manual })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn usage_session(&self, id: &str) -> bpb::UsageSession {
+        let mut b = self.billing.clone();
+        match b.get_usage_session(bpb::GetUsageSessionRequest { id: id.into() }).await {
+            Ok(r) => r.into_inner().session.unwrap_or_default(),
+            Err(e) => panic!("GetUsageSession: {e:?}"),
+        }
+    }
+}
+
+/// Asserts DESIGN §5.3 on every subscription: the ledger of the current
+/// period explains the balance, and no balance is negative.
+pub async fn assert_ledger_matches_balances(conn: &mut AsyncPgConnection) {
+    let bad = scalar(
+        conn,
+        "SELECT count(*) AS n FROM subscriptions s LEFT JOIN ( \
+           SELECT subscription_id, period_start, sum(credits) AS total FROM ledger GROUP BY 1, 2) l \
+           ON l.subscription_id = s.id AND l.period_start = s.period_start \
+         WHERE coalesce(l.total, 0) <> s.credits_granted - s.credits_remaining OR s.credits_remaining < 0",
+    )
+    .await;
+    assert_eq!(bad, 0, "subscriptions whose ledger does not match the balance");
+}

@@ -56,7 +56,8 @@ END $$;
 --   AUTO     charge the complete intervals elapsed since the last auto charge
 --   EXPLICIT charge p_units, idempotent on p_deduction_id
 --   END      end the session: max(0, ceil(duration/interval) - auto) + p_units
--- Returns jsonb: {error} or {charged, unpaid, replayed, session: {...}, credits_remaining}.
+-- Returns jsonb: {error}, {skipped} (AUTO only) or
+-- {charged, unpaid, replayed, session: {...}, credits_remaining}.
 CREATE FUNCTION billing_charge(p_session uuid, p_mode text, p_units bigint, p_deduction_id text, p_now timestamptz)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
@@ -67,11 +68,19 @@ DECLARE
   paid bigint;
   prior deductions;
   replayed boolean := false;
-  inserted integer;
 BEGIN
-  SELECT * INTO us FROM usage_sessions WHERE id = p_session FOR UPDATE;
-  IF NOT FOUND THEN
-    RETURN jsonb_build_object('error', 'NOT_FOUND');
+  IF p_mode = 'AUTO' THEN
+    -- The job never waits: a session someone else holds (an End, a Deduct,
+    -- another replica's job) is skipped and picked up on the next tick.
+    SELECT * INTO us FROM usage_sessions WHERE id = p_session FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+      RETURN jsonb_build_object('skipped', true);
+    END IF;
+  ELSE
+    SELECT * INTO us FROM usage_sessions WHERE id = p_session FOR UPDATE;
+    IF NOT FOUND THEN
+      RETURN jsonb_build_object('error', 'NOT_FOUND');
+    END IF;
   END IF;
 
   IF p_mode = 'AUTO' THEN

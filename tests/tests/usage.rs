@@ -1,0 +1,352 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! billing.v1 usage: limits counted per billing period (seed 003), locked
+//! deductions with a ledger (seed 004), races and bad input.
+use std::collections::HashMap;
+
+use chrono::{Duration, TimeZone, Utc};
+use futures::{StreamExt, future::join_all, stream};
+use proto::billing::v1::{self as bpb, UsageKind};
+use tests::{
+    helpers::{assert_ledger_matches_balances, exec, scalar},
+    spawn_app,
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn quota(e: &tonic::Status) -> (String, HashMap<String, String>) {
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let d = e.get_error_details();
+    assert!(d.quota_failure().is_some(), "QuotaFailure detail");
+    let info = d.error_info().unwrap();
+    (info.reason.clone(), info.metadata.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_003_no_subscription_means_the_free_plan_with_calendar_periods() {
+    let mut app = spawn_app().await;
+    let u = app.billing.get_usage(bpb::GetUsageRequest { user_id: "newbie".into() }).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!(u.plan_id, "free");
+    assert_eq!(u.period_start.unwrap().seconds, Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap().timestamp());
+    assert_eq!(u.period_end.unwrap().seconds, Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap().timestamp());
+    assert_eq!((u.sessions_used, u.minutes_used, u.credits_remaining), (0, 0, 30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_003_usage_of_the_previous_period_does_not_count_in_the_new_one() {
+    let mut app = spawn_app().await;
+    // The free plan allows 5 sessions a period: use them all in March.
+    for _ in 0..5 {
+        let s = app.start_usage("heavy", UsageKind::Text).await.unwrap();
+        app.end_usage(&s.id, 0).await.unwrap();
+    }
+    let e = app.start_usage("heavy", UsageKind::Text).await.unwrap_err();
+    let (reason, meta) = quota(&e);
+    assert_eq!(reason, "SESSION_LIMIT_EXCEEDED");
+    assert_eq!(meta["plan"], "free");
+    assert_eq!(meta["current_usage"], "5");
+    assert_eq!(meta["limit"], "5");
+    // April: a new period starts at zero (this is what the origin got wrong).
+    app.clock.set(Utc.with_ymd_and_hms(2026, 4, 2, 9, 0, 0).unwrap());
+    app.start_usage("heavy", UsageKind::Text).await.expect("new period, fresh limits");
+    let u = app.billing.get_usage(bpb::GetUsageRequest { user_id: "heavy".into() }).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!(u.sessions_used, 1);
+    assert_eq!(u.period_start.unwrap().seconds, Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap().timestamp());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_003_session_limit_at_the_exact_boundary() {
+    let app = spawn_app().await;
+    let mut db = app.billing_db().await;
+    for _ in 0..4 {
+        app.start_usage("edge", UsageKind::Text).await.unwrap();
+    }
+    // limit - 1 used: allowed (and reaches the limit).
+    app.start_usage("edge", UsageKind::Text).await.expect("4 of 5 used: one more is allowed");
+    // limit used: refused.
+    let (reason, meta) = quota(&app.start_usage("edge", UsageKind::Text).await.unwrap_err());
+    assert_eq!((reason.as_str(), meta["current_usage"].as_str()), ("SESSION_LIMIT_EXCEEDED", "5"));
+    // limit + 1 (e.g. a limit lowered by an operator): refused, usage reported.
+    exec(&mut db, "INSERT INTO usage_sessions (id, user_id, subscription_id, kind, status, started_at, ended_at, deduction_interval_seconds) \
+                   SELECT gen_random_uuid(), user_id, subscription_id, 'TEXT', 'ENDED', started_at, started_at, 600 FROM usage_sessions WHERE user_id = 'edge' LIMIT 1").await;
+    let (_, meta) = quota(&app.start_usage("edge", UsageKind::Text).await.unwrap_err());
+    assert_eq!(meta["current_usage"], "6");
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM usage_sessions WHERE user_id = 'edge'").await,
+        6,
+        "refusals write nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_003_minutes_limit_counts_active_time_clipped_to_the_period() {
+    let app = spawn_app().await;
+    app.start_usage("talker", UsageKind::Call).await.unwrap();
+    app.clock.advance(Duration::minutes(59));
+    app.start_usage("talker", UsageKind::Call).await.expect("59 active minutes: under the 60 minute limit");
+    app.clock.advance(Duration::seconds(30));
+    let (reason, meta) = quota(&app.start_usage("talker", UsageKind::Call).await.unwrap_err());
+    assert_eq!(reason, "MINUTES_LIMIT_EXCEEDED");
+    assert_eq!(meta["limit"], "60");
+    assert!(meta["current_usage"].parse::<i64>().unwrap() >= 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_003_upload_limit_reads_the_typed_plan_limit() {
+    let mut app = spawn_app().await;
+    let ok = app
+        .billing
+        .authorize_upload(bpb::AuthorizeUploadRequest { user_id: "up".into(), size_bytes: 10 << 20 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ok.allowed, ok.max_upload_bytes), (true, 10 << 20));
+    let e = app
+        .billing
+        .authorize_upload(bpb::AuthorizeUploadRequest { user_id: "up".into(), size_bytes: (10 << 20) + 1 })
+        .await
+        .unwrap_err();
+    let (reason, meta) = quota(&e);
+    assert_eq!((reason.as_str(), meta["limit"].as_str(), meta["plan"].as_str()), ("UPLOAD_TOO_LARGE", "10485760", "free"));
+    let e = app.billing.authorize_upload(bpb::AuthorizeUploadRequest { user_id: "up".into(), size_bytes: 0 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_003_concurrent_starts_never_overshoot_the_session_limit() {
+    let app = spawn_app().await;
+    let results = join_all((0..20).map(|_| app.start_usage("rusher", UsageKind::Text))).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 5, "the free plan allows exactly 5");
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert_eq!(quota(r.as_ref().unwrap_err()).0, "SESSION_LIMIT_EXCEEDED");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_004_ticks_then_end_never_double_bill() {
+    let app = spawn_app().await;
+    app.subscribe("caller", "basic-monthly").await;
+    let s = app.start_usage("caller", UsageKind::Call).await.unwrap();
+    app.clock.advance(Duration::minutes(10));
+    billing_svc::jobs::run_once(&app.billing_app, "auto-deduct").await.unwrap();
+    app.clock.advance(Duration::minutes(10));
+    billing_svc::jobs::run_once(&app.billing_app, "auto-deduct").await.unwrap();
+    assert_eq!(app.usage_session(&s.id).await.auto_deductions_processed, 2);
+    app.clock.advance(Duration::minutes(5));
+    let end = app.end_usage(&s.id, 0).await.unwrap();
+    assert_eq!(end.final_units_charged, 1, "25 min = 3 units, 2 already charged by the ticks");
+    let after = end.session.unwrap();
+    assert_eq!(after.units_charged, 3);
+    assert_eq!(after.credits_remaining, 300 - 3);
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM ledger WHERE usage_session_id = '{}'", s.id)).await, 3);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_004_end_then_late_tick_charges_nothing_more() {
+    let app = spawn_app().await;
+    app.subscribe("hangup", "basic-monthly").await;
+    let s = app.start_usage("hangup", UsageKind::Call).await.unwrap();
+    app.clock.advance(Duration::minutes(25));
+    let end = app.end_usage(&s.id, 1).await.unwrap();
+    assert_eq!(end.final_units_charged, 4, "ceil(25/10) + 1 manual");
+    billing_svc::jobs::run_once(&app.billing_app, "auto-deduct").await.unwrap();
+    app.clock.advance(Duration::minutes(30));
+    billing_svc::jobs::run_once(&app.billing_app, "auto-deduct").await.unwrap();
+    assert_eq!(app.usage_session(&s.id).await.units_charged, 4);
+    let again = app.end_usage(&s.id, 1).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.session.unwrap().units_charged, 4, "ending twice charges once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_004_tick_and_end_at_the_same_instant_1000_times() {
+    let app = spawn_app().await;
+    let sub = app.subscribe("crowd", "pro-monthly").await;
+    let mut db = app.billing_db().await;
+    exec(
+        &mut db,
+        &format!("UPDATE subscriptions SET credits_granted = 100000, credits_remaining = 100000 WHERE id = '{}'", sub.id),
+    )
+    .await;
+    let ids: Vec<String> = stream::iter(0..1000)
+        .map(|_| app.start_usage("crowd", UsageKind::Call))
+        .buffer_unordered(50)
+        .map(|r| r.unwrap().id)
+        .collect()
+        .await;
+    app.clock.advance(Duration::minutes(25));
+    // The ticks and the hang-ups land at the same instant.
+    let ticks = join_all((0..4).map(|_| billing_svc::jobs::run_once(&app.billing_app, "auto-deduct")));
+    let ends = stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| app.end_usage(id, (i % 2) as i64))
+        .buffer_unordered(100)
+        .collect::<Vec<_>>();
+    let (ticks, ends) = tokio::join!(ticks, ends);
+    for t in ticks {
+        t.unwrap();
+    }
+    for e in ends {
+        e.unwrap();
+    }
+    // Every session: exactly ceil(25/10) = 3 units plus its manual unit.
+    let wrong = scalar(
+        &mut db,
+        "SELECT count(*) AS n FROM usage_sessions WHERE user_id = 'crowd' \
+         AND (status <> 'ENDED' OR units_charged + units_unpaid <> 3 + manual_deductions OR auto_deductions_processed > 2)",
+    )
+    .await;
+    assert_eq!(wrong, 0);
+    assert_eq!(
+        scalar(
+            &mut db,
+            "SELECT count(*) AS n FROM ledger l JOIN usage_sessions s ON s.id = l.usage_session_id WHERE s.user_id = 'crowd'"
+        )
+        .await,
+        3000 + 500
+    );
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_004_10000_concurrent_deducts_on_one_subscription() {
+    let app = tests::spawn_app_with(tests::harness::Options { pool_size: 16, max_concurrent_requests: 20_000 }).await;
+    let sub = app.subscribe("hot", "pro-monthly").await;
+    let mut db = app.billing_db().await;
+    let initial = 6000;
+    exec(
+        &mut db,
+        &format!("UPDATE subscriptions SET credits_granted = {initial}, credits_remaining = {initial} WHERE id = '{}'", sub.id),
+    )
+    .await;
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        sessions.push(app.start_usage("hot", UsageKind::Text).await.unwrap().id);
+    }
+    let results: Vec<_> = stream::iter(0..10_000)
+        .map(|i| {
+            let mut b = app.billing.clone();
+            let id = sessions[i % sessions.len()].clone();
+            async move { b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: format!("d-{i}"), units: 1 }).await }
+        })
+        .buffer_unordered(1000)
+        .collect()
+        .await;
+    let mut charged = 0;
+    let mut unpaid = 0;
+    for r in &results {
+        match r {
+            Ok(r) => {
+                let r = r.get_ref();
+                charged += r.units_charged;
+                unpaid += r.units_unpaid;
+            }
+            Err(e) => assert!(matches!(e.code(), Code::Unavailable | Code::Aborted), "only retryable failures: {e:?}"),
+        }
+    }
+    assert!(charged > 0);
+    let remaining = scalar(&mut db, &format!("SELECT credits_remaining AS n FROM subscriptions WHERE id = '{}'", sub.id)).await;
+    assert_eq!(remaining, initial - charged, "balance == initial - successful units");
+    assert!(remaining >= 0);
+    assert_eq!(scalar(&mut db, "SELECT coalesce(sum(units_charged), 0)::bigint AS n FROM deductions").await, charged);
+    assert_eq!(
+        scalar(&mut db, "SELECT coalesce(sum(units_unpaid), 0)::bigint AS n FROM usage_sessions WHERE user_id = 'hot'").await,
+        unpaid
+    );
+    assert_eq!(
+        scalar(
+            &mut db,
+            "SELECT count(*) AS n FROM (SELECT usage_session_id, unit_index FROM ledger GROUP BY 1, 2 HAVING count(*) > 1) d"
+        )
+        .await,
+        0
+    );
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deduct_is_idempotent_and_never_drives_a_balance_negative() {
+    let mut app = spawn_app().await;
+    let s = app.start_usage("poor", UsageKind::Text).await.unwrap();
+    let mut db = app.billing_db().await;
+    exec(&mut db, "UPDATE subscriptions SET credits_remaining = 2 WHERE user_id = 'poor'").await;
+    exec(&mut db, "INSERT INTO ledger (subscription_id, period_start, kind, credits) SELECT id, period_start, 'CARRY_OVER', 28 FROM subscriptions WHERE user_id = 'poor'").await;
+    let r = app
+        .billing
+        .deduct(bpb::DeductRequest { usage_session_id: s.id.clone(), deduction_id: "big".into(), units: 5 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.units_charged, r.units_unpaid, r.replayed), (2, 3, false));
+    assert_eq!(r.session.as_ref().unwrap().credits_remaining, 0);
+    assert_eq!(r.session.unwrap().units_unpaid, 3, "unpaid units are recorded on the session");
+    let again = app
+        .billing
+        .deduct(bpb::DeductRequest { usage_session_id: s.id.clone(), deduction_id: "big".into(), units: 5 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.units_charged, again.units_unpaid, again.replayed), (2, 3, true));
+    let e = app
+        .billing
+        .deduct(bpb::DeductRequest { usage_session_id: s.id.clone(), deduction_id: "big".into(), units: 6 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.get_error_details().error_info().unwrap().reason, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM ledger WHERE usage_session_id = '{}'", s.id)).await, 2);
+    assert_ledger_matches_balances(&mut db).await;
+    // With no credits left, a new session is refused with NO_CREDITS.
+    let (reason, _) = quota(&app.start_usage("poor", UsageKind::Text).await.unwrap_err());
+    assert_eq!(reason, "NO_CREDITS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_usage_input_gets_precise_statuses_and_writes_nothing() {
+    let mut app = spawn_app().await;
+    let s = app.start_usage("badu", UsageKind::Text).await.unwrap();
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let deduct = |id: &str, units: i64| bpb::DeductRequest { usage_session_id: id.into(), deduction_id: "x".into(), units };
+    assert_eq!(app.billing.deduct(deduct(&unknown, 1)).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(app.billing.deduct(deduct(&s.id, -1)).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(app.billing.deduct(deduct(&s.id, 0)).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(app.billing.deduct(deduct(&s.id, 1_000_000)).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(app.billing.deduct(deduct("nope", 1)).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut no_id = deduct(&s.id, 1);
+    no_id.deduction_id = String::new();
+    assert_eq!(app.billing.deduct(no_id).await.unwrap_err().code(), Code::InvalidArgument);
+    for kind in [0, 99] {
+        let e =
+            app.billing.start_usage_session(bpb::StartUsageSessionRequest { user_id: "badu".into(), kind }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(e.get_error_details().bad_request().unwrap().field_violations[0].field, "kind");
+    }
+    assert_eq!(app.end_usage(&unknown, 0).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(app.end_usage(&s.id, -3).await.unwrap_err().code(), Code::InvalidArgument);
+    app.end_usage(&s.id, 0).await.unwrap();
+    let e = app.billing.deduct(deduct(&s.id, 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "an ended session takes no deductions");
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM ledger").await, 0);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM deductions").await, 0);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM usage_sessions").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_stats_roll_up_per_day_and_plan() {
+    let mut app = spawn_app().await;
+    for _ in 0..2 {
+        let s = app.start_usage("stats", UsageKind::Call).await.unwrap();
+        app.clock.advance(Duration::minutes(15));
+        app.end_usage(&s.id, 0).await.unwrap();
+    }
+    billing_svc::jobs::run_once(&app.billing_app, "usage-stats").await.unwrap();
+    billing_svc::jobs::run_once(&app.billing_app, "usage-stats").await.unwrap();
+    let stats = app.billing_admin.get_usage_stats(bpb::GetUsageStatsRequest::default()).await.unwrap().into_inner().stats;
+    assert_eq!(stats.len(), 1, "{stats:?}");
+    assert_eq!((stats[0].day.as_str(), stats[0].plan_id.as_str()), ("2026-03-15", "free"));
+    assert_eq!((stats[0].sessions, stats[0].minutes, stats[0].credits), (2, 30, 4));
+    let e = app.billing.get_usage_stats(bpb::GetUsageStatsRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+}
