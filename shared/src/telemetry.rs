@@ -41,17 +41,18 @@ pub fn init(default_service_name: &str) -> anyhow::Result<TelemetryGuard> {
     // Spans get trace ids even without an exporter, so logs and INTERNAL
     // errors always carry one and the context still propagates downstream.
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,opentelemetry=warn,opentelemetry_sdk=warn"));
     let json = match crate::config::env_opt("LOG_FORMAT").as_deref() {
         Some("json") => true,
         Some(_) => false,
-        None => !std::io::stdout().is_terminal(),
+        None => !std::io::stderr().is_terminal(),
     };
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = if json {
         registry.with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false)).try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().compact()).try_init()
+        registry.with(tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr)).try_init()
     };
     global::set_tracer_provider(provider.clone());
     Ok(TelemetryGuard { provider })

@@ -41,6 +41,9 @@ async fn seed_002_normal_flow_create_pay_complete() {
     assert_eq!(subs.len(), 1);
     assert_eq!(subs[0].id, done_s.subscription_id);
     assert_eq!(subs[0].plan_id, "pro-monthly");
+    // A repeat with a wrong signature is refused even though the session is
+    // already complete (the signature is checked on every call).
+    assert_eq!(app.complete(&s.id, &payment_id, &"00".repeat(32)).await.unwrap_err().code(), Code::InvalidArgument);
     // A repeat is a replay, not a second charge.
     let again = app.complete(&s.id, &payment_id, &sig).await.unwrap();
     assert!(again.replayed);

@@ -64,12 +64,11 @@ pub async fn complete(
     encode: Encode<'_, Completed>,
 ) -> Result<Outcome<Completed>> {
     let session = find(&mut *app.conn().await?, id).await?;
-    if session.is(Status::Completed) {
-        if session.payment_id.as_deref() == Some(payment_id) {
-            return Ok(Outcome::Fresh(Completed { session, replayed: true }));
-        }
+    if session.is(Status::Completed) && session.payment_id.as_deref() != Some(payment_id) {
         return Err(Error::precondition("SESSION_COMPLETED", id, "the session was completed with another payment"));
     }
+    // Always through billing, even for a repeat: the signature is checked on
+    // every call, and billing answers a repeat with the same subscription.
     let verified = app.billing.verify_payment(budget, &session.order_id, payment_id, signature).await?;
     let subscription_id = verified
         .subscription
