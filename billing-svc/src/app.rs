@@ -51,6 +51,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let app = App::new(config, &database_url, clock);
+    let _pool_gauge = shared::metrics::observe_pool("billing", app.pool.clone());
     let auth = Authenticator::new(&app.config.auth_tokens, &app.config.admin_tokens);
     let svc = BillingServiceServer::with_interceptor(crate::grpc::BillingGrpc::new(app.clone()), auth);
     let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };

@@ -100,6 +100,7 @@ async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateT
         Some(other) => return Err(Error::Internal(format!("billing_charge: {other}"))),
     }
     let session = reply.session.ok_or_else(|| Error::Internal("billing_charge returned no session".into()))?;
+    shared::metrics::credits_charged(name, reply.charged, reply.unpaid, reply.replayed);
     Ok(Some(Charged {
         view: SessionView { session, credits_remaining: reply.credits_remaining.unwrap_or_default() },
         charged: reply.charged.unwrap_or_default(),

@@ -46,6 +46,7 @@ pub async fn capture_in_tx(conn: &mut Conn, order_id: &str, payment_id: &str, no
                 subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, now).await?
             }
         };
+        shared::metrics::payment_captured(true);
         return Ok(Captured { order, subscription, replayed: true });
     }
     // Checked first so the common case does not abort the transaction with a
@@ -74,6 +75,7 @@ pub async fn capture_in_tx(conn: &mut Conn, order_id: &str, payment_id: &str, no
     let plan = plans::get(conn, &order.plan_id).await?;
     let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, now).await?;
     tracing::info!(order_id = %order.id, subscription_id = %subscription.id, "payment captured");
+    shared::metrics::payment_captured(false);
     Ok(Captured { order, subscription, replayed: false })
 }
 

@@ -31,6 +31,7 @@ impl Billing {
         Ok(Self { client: BillingServiceClient::new(channel), token: token.to_owned() })
     }
 
+    #[tracing::instrument(name = "billing.v1.BillingService/GetPlan", skip_all, fields(otel.kind = "client", rpc.system = "grpc"))]
     pub async fn get_plan(&self, budget: Budget, plan_id: &str) -> Result<pb::Plan> {
         let resp = retry(budget, ATTEMPTS, || {
             let mut c = self.client.clone();
@@ -43,6 +44,7 @@ impl Billing {
     }
 
     /// Idempotent per checkout session id, so retries are safe.
+    #[tracing::instrument(name = "billing.v1.BillingService/CreateOrder", skip_all, fields(otel.kind = "client", rpc.system = "grpc"))]
     pub async fn create_order(&self, budget: Budget, session_id: Uuid, user_id: &str, plan_id: &str) -> Result<pb::Order> {
         let resp = retry(budget, ATTEMPTS, || {
             let mut c = self.client.clone();
@@ -62,6 +64,7 @@ impl Billing {
     }
 
     /// Idempotent per order (a repeat returns the same subscription).
+    #[tracing::instrument(name = "billing.v1.BillingService/VerifyPayment", skip_all, fields(otel.kind = "client", rpc.system = "grpc"))]
     pub async fn verify_payment(
         &self,
         budget: Budget,
@@ -87,6 +90,7 @@ impl Billing {
     }
 
     /// Read-only, so retries are safe.
+    #[tracing::instrument(name = "billing.v1.BillingService/BatchGetOrders", skip_all, fields(otel.kind = "client", rpc.system = "grpc"))]
     pub async fn batch_get_orders(&self, budget: Budget, order_ids: &[String]) -> Result<Vec<pb::Order>> {
         let resp = retry(budget, ATTEMPTS, || {
             let mut c = self.client.clone();

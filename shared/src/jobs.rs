@@ -27,7 +27,9 @@ where
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.wait() => break,
             }
-            match iteration().await {
+            let result = iteration().await;
+            crate::metrics::job_run(name, result.is_ok());
+            match result {
                 Ok(summary) => {
                     failures = 0;
                     tracing::debug!(job = name, %summary, "job iteration done");

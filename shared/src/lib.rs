@@ -1,7 +1,8 @@
 //! Plumbing shared by checkout-svc and billing-svc: configuration, the
 //! database pool and migrations, the PostgreSQL bootstrap, the clock,
-//! telemetry, gRPC server assembly (health, reflection, auth, load shedding,
-//! graceful shutdown), error helpers, client retries and periodic jobs.
+//! telemetry and metrics, gRPC server assembly (health, reflection, auth,
+//! load shedding, graceful shutdown), error helpers, client retries and
+//! periodic jobs.
 
 pub mod auth;
 pub mod client;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod idempotency;
 pub mod jobs;
+pub mod metrics;
 pub mod pg;
 pub mod server;
 pub mod status;

@@ -1,6 +1,6 @@
 //! The gRPC server every service runs: health, reflection (v1 and v1alpha),
-//! request tracing, load shedding, HTTP/2 connection ageing, and graceful
-//! shutdown (NOT_SERVING first, then a bounded drain).
+//! request tracing and metrics, load shedding, HTTP/2 connection ageing, and
+//! graceful shutdown (NOT_SERVING first, then a bounded drain).
 use std::{convert::Infallible, future::Future, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
@@ -133,7 +133,9 @@ where
     let max_in_flight = config.max_concurrent_requests;
     // Beyond the global limit a request is shed at once with UNAVAILABLE
     // (retryable, maybe on another replica) instead of queueing unbounded.
-    let shed = ServiceBuilder::new()
+    // RPC metrics sit outside, so shed requests are counted too.
+    let layers = ServiceBuilder::new()
+        .layer(crate::metrics::RpcMetricsLayer)
         .map_err(move |e: BoxError| -> BoxError {
             if e.is::<tower::load_shed::error::Overloaded>() {
                 Box::new(tonic::Status::unavailable(format!("server overloaded ({max_in_flight} requests in flight), retry")))
@@ -153,7 +155,7 @@ where
         builder = builder.max_connection_age(age).max_connection_age_grace(config.shutdown_grace);
     }
     let router =
-        builder.layer(shed).add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha).add_service(svc);
+        builder.layer(layers).add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha).add_service(svc);
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, service = service_name, "listening");

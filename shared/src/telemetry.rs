@@ -1,46 +1,99 @@
-//! Logs and traces: `tracing` everywhere, JSON logs in production (pretty on
-//! a terminal), OpenTelemetry spans exported over OTLP when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace context carried in gRPC
-//! metadata so one trace spans checkout and billing.
-use std::io::IsTerminal;
+//! Logs, traces and metrics: `tracing` everywhere, JSON logs in production
+//! (pretty on a terminal) carrying the OpenTelemetry `trace_id` and `span_id`
+//! of the span they were emitted in, OpenTelemetry spans and metrics
+//! ([`crate::metrics`]) exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! is set, and W3C trace context carried in gRPC metadata so one trace spans
+//! checkout and billing.
+use std::{fmt, io::IsTerminal};
 
 use opentelemetry::{
     global,
     propagation::{Extractor, Injector},
     trace::{TraceContextExt, TracerProvider as _},
 };
-use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    metrics::{SdkMeterProvider, exporter::PushMetricExporter},
+    propagation::TraceContextPropagator,
+    trace::{SdkTracerProvider, SpanExporter},
+};
+use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{
+        FmtContext, FormatEvent, FormatFields,
+        format::{Format, Json, Writer},
+    },
+    layer::SubscriberExt,
+    registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
-/// Flushes and stops the trace exporter when dropped.
-#[must_use = "dropping the guard stops trace export"]
+/// Flushes and stops trace and metric export when dropped.
+#[must_use = "dropping the guard stops trace and metric export"]
 pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
+    tracer: SdkTracerProvider,
+    meter: SdkMeterProvider,
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span and the current metric values now.
+    pub fn force_flush(&self) -> anyhow::Result<()> {
+        self.tracer.force_flush()?;
+        self.meter.force_flush()?;
+        Ok(())
+    }
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        let _ = self.tracer.shutdown();
+        let _ = self.meter.shutdown();
     }
 }
 
-/// Installs the global subscriber. Safe to call more than once (tests): later
-/// calls keep the first subscriber.
+/// Installs the global subscriber, tracer and meter providers. Safe to call
+/// more than once (tests): later calls keep the first ones.
 pub fn init(default_service_name: &str) -> anyhow::Result<TelemetryGuard> {
+    install(default_service_name, |t| t, |m| m)
+}
+
+/// Like [`init`], and also sends every span, as it ends, to `spans` and
+/// metrics (on [`TelemetryGuard::force_flush`] and periodically) to
+/// `metrics`: for tests with in-memory exporters. To be the subscriber that
+/// is used, it must be the first one installed in the process.
+pub fn init_with_exporters<S, M>(default_service_name: &str, spans: S, metrics: M) -> anyhow::Result<TelemetryGuard>
+where
+    S: SpanExporter + 'static,
+    M: PushMetricExporter,
+{
+    install(default_service_name, |t| t.with_simple_exporter(spans), |m| m.with_periodic_exporter(metrics))
+}
+
+fn install(
+    default_service_name: &str,
+    extra_spans: impl FnOnce(opentelemetry_sdk::trace::TracerProviderBuilder) -> opentelemetry_sdk::trace::TracerProviderBuilder,
+    extra_metrics: impl FnOnce(opentelemetry_sdk::metrics::MeterProviderBuilder) -> opentelemetry_sdk::metrics::MeterProviderBuilder,
+) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let service_name = crate::config::env_opt("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service_name.to_owned());
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name.clone()).build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let resource = Resource::builder().with_service_name(service_name.clone()).build();
+    let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone());
+    // Without a reader nothing is aggregated: recording is close to free.
+    let mut meter = SdkMeterProvider::builder().with_resource(resource);
     if let Some(endpoint) = crate::config::env_opt("OTEL_EXPORTER_OTLP_ENDPOINT") {
         use opentelemetry_otlp::WithExportConfig;
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
-        builder = builder.with_batch_exporter(exporter);
+        let spans = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint.clone()).build()?;
+        tracer = tracer.with_batch_exporter(spans);
+        let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
+        meter = meter.with_periodic_exporter(metrics);
     }
-    let provider = builder.build();
+    let tracer = extra_spans(tracer).build();
+    let meter = extra_metrics(meter).build();
     // Spans get trace ids even without an exporter, so logs and INTERNAL
     // errors always carry one and the context still propagates downstream.
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer.tracer(service_name));
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,opentelemetry=warn,opentelemetry_sdk=warn"));
     let json = match crate::config::env_opt("LOG_FORMAT").as_deref() {
@@ -49,13 +102,58 @@ pub fn init(default_service_name: &str) -> anyhow::Result<TelemetryGuard> {
         None => !std::io::stderr().is_terminal(),
     };
     let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let _ = if json {
-        registry.with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false)).try_init()
+    let installed = if json {
+        registry.with(json_layer().with_writer(std::io::stderr)).try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr)).try_init()
     };
-    global::set_tracer_provider(provider.clone());
-    Ok(TelemetryGuard { provider })
+    // First one wins for the providers too, so they match the subscriber.
+    if installed.is_ok() {
+        global::set_tracer_provider(tracer.clone());
+        global::set_meter_provider(meter.clone());
+    }
+    Ok(TelemetryGuard { tracer, meter })
+}
+
+/// The JSON log layer: one object per line, with the current span's fields
+/// and, inside a span, its OpenTelemetry `trace_id` and `span_id`.
+fn json_layer<S>() -> tracing_subscriber::fmt::Layer<S, tracing_subscriber::fmt::format::JsonFields, JsonWithTraceIds>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let format = tracing_subscriber::fmt::format().json().with_current_span(true).with_span_list(false);
+    tracing_subscriber::fmt::layer().json().event_format(JsonWithTraceIds(format))
+}
+
+/// `tracing-subscriber`'s JSON event format plus `trace_id` and `span_id`.
+/// The ids come from the OpenTelemetry context that `tracing-opentelemetry`
+/// attaches while a span is entered (context activation, on by default), so
+/// they are the ids exported with the span and propagated downstream.
+struct JsonWithTraceIds(Format<Json>);
+
+impl<S, N> FormatEvent<S, N> for JsonWithTraceIds
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::with_capacity(256);
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // The inner format writes exactly one JSON object and a newline.
+        match line.trim_end().strip_suffix('}') {
+            Some(object) => {
+                let sep = if object.ends_with('{') { "" } else { "," };
+                writeln!(writer, "{object}{sep}\"trace_id\":\"{}\",\"span_id\":\"{}\"}}", sc.trace_id(), sc.span_id())
+            }
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
@@ -101,4 +199,66 @@ pub fn current_trace_id() -> Option<String> {
     let cx = tracing::Span::current().context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_logs_carry_trace_and_span_ids() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(json_layer().with_writer(move || writer.clone()));
+        let (outer_ids, inner_ids) = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any span");
+            let outer = tracing::info_span!("outer", user = "alice");
+            let _o = outer.enter();
+            tracing::info!(n = 1, "in outer");
+            let inner = tracing::info_span!("inner");
+            let ids = |s: &tracing::Span| {
+                let cx = s.context();
+                let sc = cx.span().span_context().clone();
+                (sc.trace_id().to_string(), sc.span_id().to_string())
+            };
+            inner.in_scope(|| tracing::info!("in inner"));
+            (ids(&outer), ids(&inner))
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].get("trace_id").is_none() && lines[0].get("span_id").is_none(), "{text}");
+        assert_eq!(lines[1]["fields"]["message"], "in outer");
+        assert_eq!(lines[1]["span"]["user"], "alice");
+        assert_eq!(
+            (lines[1]["trace_id"].as_str().unwrap(), lines[1]["span_id"].as_str().unwrap()),
+            (&*outer_ids.0, &*outer_ids.1)
+        );
+        assert_eq!(
+            (lines[2]["trace_id"].as_str().unwrap(), lines[2]["span_id"].as_str().unwrap()),
+            (&*inner_ids.0, &*inner_ids.1)
+        );
+        assert_eq!(outer_ids.0, inner_ids.0, "one trace");
+        assert_ne!(outer_ids.1, inner_ids.1);
+        assert_eq!(outer_ids.0.len(), 32);
+        assert_eq!(outer_ids.1.len(), 16);
+    }
 }

@@ -23,6 +23,22 @@ pub const GATEWAY_WEBHOOK_SECRET: &str = "test-gateway-webhook-secret";
 static SERVER: OnceCell<PgServer> = OnceCell::const_new();
 static TELEMETRY: std::sync::OnceLock<Option<shared::telemetry::TelemetryGuard>> = std::sync::OnceLock::new();
 
+/// Installs this process's telemetry with `init` instead of the
+/// `shared::telemetry::init("tests")` that [`spawn_app`] does on first use
+/// (e.g. `shared::telemetry::init_with_exporters` with in-memory exporters).
+/// Call it before the first `spawn_app`. Returns the guard (to force-flush),
+/// or `None` when telemetry was already initialised or `init` failed.
+pub fn init_telemetry(
+    init: impl FnOnce() -> anyhow::Result<shared::telemetry::TelemetryGuard>,
+) -> Option<&'static shared::telemetry::TelemetryGuard> {
+    let mut ran = false;
+    let guard = TELEMETRY.get_or_init(|| {
+        ran = true;
+        init().ok()
+    });
+    if ran { guard.as_ref() } else { None }
+}
+
 /// The PostgreSQL server tests use (DESIGN §3 bootstrap), once per process.
 pub async fn pg() -> anyhow::Result<&'static PgServer> {
     SERVER.get_or_try_init(|| async { PgServer::resolve(&workspace_root().join("target/pg")).await }).await
