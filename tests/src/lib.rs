@@ -7,6 +7,7 @@
 pub mod clients;
 pub mod harness;
 pub mod helpers;
+pub mod loadgen;
 
 pub use clients::{BillingClient, CheckoutClient, billing_client, checkout_client};
 pub use harness::{TestApp, spawn_app, spawn_app_with};

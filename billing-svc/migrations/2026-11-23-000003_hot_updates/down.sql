@@ -1,0 +1,2 @@
+ALTER TABLE subscriptions RESET (fillfactor);
+ALTER TABLE usage_sessions RESET (fillfactor);

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Benchmark the gRPC path against the database itself, in one run:
+#   1. pgbench runs the deduction as the naive locked transaction and as the
+#      best single statement (tests/bench/*.sql), spread over 10,000
+#      subscriptions and hot on one subscription;
+#   2. loadgen drives the running stack (deduct, deduct-hot, create-session,
+#      verify-payment) with the same concurrency;
+#   3. a table of throughput ratios (gRPC tps / pgbench tps).
+# Starts the stack if target/stack/stack.env does not point at a live one.
+#
+# Usage: bash tests/bench/compare.sh [concurrency=8] [seconds=15]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+C=${1:-8}
+T=${2:-15}
+OUT=target/bench
+mkdir -p "$OUT"
+
+cargo build --release --quiet --bin stack --bin loadgen
+
+stack_up() { [ -f target/stack/stack.env ] && ./target/release/loadgen --help >/dev/null 2>&1 \
+  && (. target/stack/stack.env; pg_isready -q -d "$BILLING_DATABASE_URL" && timeout 1 bash -c "</dev/tcp/${BILLING_ADDR%:*}/${BILLING_ADDR##*:}" 2>/dev/null); }
+STACK_PID=""
+if ! stack_up; then
+  rm -f target/stack/stack.env
+  echo "starting the stack..."
+  ./target/release/stack >"$OUT/stack.log" 2>&1 &
+  STACK_PID=$!
+  for _ in $(seq 1 120); do [ -f target/stack/stack.env ] && break; sleep 0.5; done
+  [ -f target/stack/stack.env ] || { echo "stack did not start; see $OUT/stack.log"; exit 1; }
+fi
+trap '[ -n "$STACK_PID" ] && kill -INT $STACK_PID 2>/dev/null; wait 2>/dev/null || true' EXIT
+set -a; . target/stack/stack.env; set +a
+
+# pgbench against a scratch database on the same server.
+ADMIN_URL="${BILLING_DATABASE_URL%/*}/postgres"
+BENCH_URL="${BILLING_DATABASE_URL%/*}/bench"
+psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench" >/dev/null
+psql -q "$BENCH_URL" -f tests/bench/schema.sql >/dev/null 2>&1
+pg_tps() { pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f "tests/bench/$1.sql" "$BENCH_URL" 2>/dev/null | awk '/^tps/ {print $3}'; }
+declare -A PG
+for s in naive single naive_hot single_hot; do
+  PG[$s]=$(pg_tps $s)
+  echo "pgbench $s: ${PG[$s]} tps"
+done
+
+declare -A LG
+for s in deduct deduct-hot create-session verify-payment; do
+  ./target/release/loadgen --scenario $s --concurrency "$C" --duration "$T" --json >"$OUT/$s.json" 2>"$OUT/$s.log"
+  LG[$s]=$(python3 -c "import json,sys; r=json.load(open('$OUT/$s.json')); print(f\"{r['throughput_rps']:.1f} {r['p50_ms']:.2f} {r['p99_ms']:.2f} {sum(r['errors'].values())}\")")
+  echo "loadgen $s: ${LG[$s]}  (tps p50_ms p99_ms errors)"
+done
+
+ratio() { python3 -c "print(f'{float($1)/float($2):.2f}x')"; }
+read -r d_tps d_p50 d_p99 d_err <<<"${LG[deduct]}"
+read -r h_tps h_p50 h_p99 h_err <<<"${LG[deduct-hot]}"
+echo
+echo "concurrency $C, $T s per run, same machine, same PostgreSQL"
+printf '%-34s %10s %10s %10s %8s\n' "gRPC scenario vs pgbench" "gRPC tps" "pg tps" "ratio" "p99 ms"
+printf '%-34s %10s %10s %10s %8s\n' "deduct / naive transaction" "$d_tps" "${PG[naive]}" "$(ratio "$d_tps" "${PG[naive]}")" "$d_p99"
+printf '%-34s %10s %10s %10s %8s\n' "deduct / single statement" "$d_tps" "${PG[single]}" "$(ratio "$d_tps" "${PG[single]}")" "$d_p99"
+printf '%-34s %10s %10s %10s %8s\n' "deduct-hot / naive hot" "$h_tps" "${PG[naive_hot]}" "$(ratio "$h_tps" "${PG[naive_hot]}")" "$h_p99"
+printf '%-34s %10s %10s %10s %8s\n' "deduct-hot / single statement hot" "$h_tps" "${PG[single_hot]}" "$(ratio "$h_tps" "${PG[single_hot]}")" "$h_p99"
+echo "errors: deduct $d_err, deduct-hot $h_err; raw JSON in $OUT/"
+echo "create-session: ${LG[create-session]}   verify-payment: ${LG[verify-payment]}   (tps p50 p99 errors)"

@@ -1,0 +1,210 @@
+//! loadgen scenarios: set-up (untimed) and the measured operation.
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use billing_svc::{config::GatewayConfig, gateway::Sandbox};
+use futures::{StreamExt, stream};
+use proto::{billing::v1 as bpb, checkout::v1 as cpb};
+use tonic::Status;
+
+use super::Report;
+use crate::{BillingClient, CheckoutClient, billing_client, checkout_client, helpers::scalar};
+
+/// Where the stack is, from `target/stack/stack.env`.
+pub struct Target {
+    pub checkout_addr: String,
+    pub billing_addr: String,
+    pub checkout_token: String,
+    pub billing_token: String,
+    pub billing_db_url: String,
+    pub gateway: Sandbox,
+}
+
+impl Target {
+    pub fn from_env(env: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let get = |k: &str| env.get(k).cloned().ok_or_else(|| anyhow::anyhow!("{k} missing from the stack env file"));
+        Ok(Self {
+            checkout_addr: get("CHECKOUT_ADDR")?,
+            billing_addr: get("BILLING_ADDR")?,
+            checkout_token: get("CHECKOUT_TOKEN")?,
+            billing_token: get("BILLING_TOKEN")?,
+            billing_db_url: get("BILLING_DATABASE_URL")?,
+            gateway: Sandbox::new(GatewayConfig {
+                key_id: String::new(),
+                key_secret: get("GATEWAY_KEY_SECRET")?,
+                webhook_secret: get("GATEWAY_WEBHOOK_SECRET")?,
+            }),
+        })
+    }
+
+    fn billing(&self) -> anyhow::Result<BillingClient> {
+        billing_client(&self.billing_addr, &self.billing_token)
+    }
+
+    /// One client (one HTTP/2 connection) per worker.
+    fn billing_pool(&self, n: usize) -> anyhow::Result<Arc<Vec<BillingClient>>> {
+        Ok(Arc::new((0..n).map(|_| self.billing()).collect::<anyhow::Result<_>>()?))
+    }
+}
+
+/// A tag that keeps runs apart in a long-lived stack database.
+fn run_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+pub struct Timing {
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+pub async fn create_session(t: &Target, timing: &Timing) -> anyhow::Result<Report> {
+    let tag = run_tag();
+    let clients: Arc<Vec<CheckoutClient>> = Arc::new(
+        (0..timing.concurrency).map(|_| checkout_client(&t.checkout_addr, &t.checkout_token)).collect::<anyhow::Result<_>>()?,
+    );
+    super::run("create-session", timing.concurrency, timing.warmup, timing.duration, move |w, i| {
+        let mut c = clients[w].clone();
+        let req = cpb::CreateSessionRequest {
+            user_id: format!("lg-{tag}-{w}-{i}"),
+            plan_id: if i % 2 == 0 { "pro-monthly" } else { "basic-monthly" }.into(),
+        };
+        async move { c.create_session(req).await.map(|_| ()) }
+    })
+    .await
+}
+
+async fn create_orders(t: &Target, n: usize, tag: &str) -> anyhow::Result<Vec<bpb::Order>> {
+    let client = t.billing()?;
+    let orders: Vec<Result<bpb::Order, Status>> = stream::iter(0..n)
+        .map(|i| {
+            let mut c = client.clone();
+            let req = bpb::CreateOrderRequest {
+                checkout_session_id: uuid::Uuid::new_v4().to_string(),
+                user_id: format!("lg-{tag}-{i}"),
+                plan_id: "pro-monthly".into(),
+            };
+            async move { c.create_order(req).await.map(|r| r.into_inner().order.unwrap_or_default()) }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    Ok(orders.into_iter().collect::<Result<_, _>>()?)
+}
+
+/// VerifyPayment on fresh orders; with `storm > 1` each operation sends
+/// `storm` identical VerifyPayment calls at once and checks that exactly one
+/// captured the payment and all got the same subscription.
+pub async fn verify_payment(t: &Target, timing: &Timing, orders: usize, storm: usize) -> anyhow::Result<Report> {
+    let tag = run_tag();
+    eprintln!("verify-payment: creating {orders} orders...");
+    let orders = Arc::new(create_orders(t, orders, &tag).await?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let bad_storms = Arc::new(AtomicI64::new(0));
+    let clients = t.billing_pool(timing.concurrency)?;
+    let gateway = t.gateway.clone();
+    let (n2, b2) = (next.clone(), bad_storms.clone());
+    let mut report = super::run("verify-payment", timing.concurrency, timing.warmup, timing.duration, move |w, _| {
+        let (orders, next, bad, gateway) = (orders.clone(), n2.clone(), b2.clone(), gateway.clone());
+        let client = clients[w].clone();
+        async move {
+            let Some(order) = orders.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                return Err(Status::resource_exhausted("loadgen ran out of pre-created orders; raise --orders"));
+            };
+            let payment_id = Sandbox::new_payment_id();
+            let req = bpb::VerifyPaymentRequest {
+                order_id: order.id.clone(),
+                signature: gateway.sign_payment(&order.id, &payment_id),
+                payment_id,
+            };
+            let calls = (0..storm.max(1)).map(|_| {
+                let mut c = client.clone();
+                let req = req.clone();
+                async move { c.verify_payment(req).await.map(|r| r.into_inner()) }
+            });
+            let answers = futures::future::join_all(calls).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+            let fresh = answers.iter().filter(|a| !a.replayed).count();
+            let first = answers.first().and_then(|a| a.subscription.as_ref()).map(|s| s.id.clone());
+            if fresh != 1 || answers.iter().any(|a| a.subscription.as_ref().map(|s| s.id.clone()) != first) {
+                bad.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let mut db = crate::harness::connect(&t.billing_db_url).await;
+    let dup_subs = scalar(
+        &mut db,
+        "SELECT count(*) AS n FROM (SELECT order_id FROM subscriptions WHERE order_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1) d",
+    )
+    .await;
+    report.extra.insert("storm_size".into(), storm.max(1) as i64);
+    report.extra.insert("storms_with_more_than_one_capture".into(), bad_storms.load(Ordering::Relaxed));
+    report.extra.insert("duplicate_subscriptions_in_db".into(), dup_subs);
+    Ok(report)
+}
+
+/// Deduct across `sessions` usage sessions of `sessions` different users
+/// (`hot = false`), or across 100 sessions sharing one subscription.
+pub async fn deduct(t: &Target, timing: &Timing, sessions: usize, hot: bool) -> anyhow::Result<Report> {
+    let tag = run_tag();
+    let client = t.billing()?;
+    let (users, per_user) = if hot { (1, 100) } else { (sessions, 1) };
+    if hot {
+        // The free plan allows 5 sessions a period; the hot user buys "pro".
+        let order = create_orders(t, 1, &tag).await?.remove(0);
+        let payment_id = Sandbox::new_payment_id();
+        let mut c = client.clone();
+        c.verify_payment(bpb::VerifyPaymentRequest {
+            order_id: order.id.clone(),
+            signature: t.gateway.sign_payment(&order.id, &payment_id),
+            payment_id,
+        })
+        .await?;
+    }
+    eprintln!("deduct: starting {} usage sessions for {users} user(s)...", users * per_user);
+    let ids: Vec<Result<String, Status>> = stream::iter(0..users * per_user)
+        .map(|i| {
+            let mut c = client.clone();
+            // create_orders names its users lg-<tag>-<i>; the hot user is lg-<tag>-0.
+            let user = format!("lg-{tag}-{}", i / per_user);
+            async move {
+                c.start_usage_session(bpb::StartUsageSessionRequest { user_id: user, kind: bpb::UsageKind::Text as i32 })
+                    .await
+                    .map(|r| r.into_inner().session.map(|s| s.id).unwrap_or_default())
+            }
+        })
+        .buffer_unordered(if hot { 1 } else { 32 })
+        .collect()
+        .await;
+    let ids: Arc<Vec<String>> = Arc::new(ids.into_iter().collect::<Result<_, _>>()?);
+    // Enough credits that the run measures charging, not the empty-balance path.
+    let mut db = crate::harness::connect(&t.billing_db_url).await;
+    crate::helpers::exec(
+        &mut db,
+        &format!(
+            "UPDATE subscriptions SET plan_id = 'pro-monthly', credits_granted = 1000000000, credits_remaining = 1000000000 \
+             WHERE user_id LIKE 'lg-{tag}-%' AND status = 'ACTIVE'"
+        ),
+    )
+    .await;
+    let clients = t.billing_pool(timing.concurrency)?;
+    let name = if hot { "deduct-hot" } else { "deduct" };
+    super::run(name, timing.concurrency, timing.warmup, timing.duration, move |w, i| {
+        let mut c = clients[w].clone();
+        let n = ids.len();
+        let req = bpb::DeductRequest {
+            usage_session_id: ids[(w * 7919 + i as usize * 31) % n].clone(),
+            deduction_id: format!("{w}-{i}"),
+            units: 1,
+        };
+        async move { c.deduct(req).await.map(|_| ()) }
+    })
+    .await
+}
