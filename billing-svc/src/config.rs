@@ -19,7 +19,9 @@ Environment (default in parentheses):
   ROLLOVER_INTERVAL_SECS        billing-period rollover tick (60)
   USAGE_STATS_INTERVAL_SECS     usage rollup tick (300)
   IDEMPOTENCY_PURGE_INTERVAL_SECS  purge of 24 h old idempotency keys (3600)
-  STUCK_SESSION_HOURS           reconcile flags ACTIVE usage sessions older than this (24)";
+  STUCK_SESSION_HOURS           reconcile flags ACTIVE usage sessions older than this (24)
+  CHECKOUT_ENDPOINT             reconcile: also list paid orders checkout does not know (unset)
+  CHECKOUT_TOKEN                reconcile: bearer token for CHECKOUT_ENDPOINT";
 
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod config;
+pub mod cross_check;
 pub mod deductions;
 pub mod error;
 pub mod gateway;

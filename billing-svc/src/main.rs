@@ -109,15 +109,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = App::new(config, &url, Clock::system());
             let mut conn = app.conn().await?;
             let report = billing_svc::reconcile::run(&mut conn, app.clock.now(), app.config.stuck_session_after, fix).await?;
+            // Informational: paid orders checkout does not know (never fails the run).
+            let info = match shared::config::env_opt("CHECKOUT_ENDPOINT") {
+                Some(endpoint) => {
+                    let token = shared::config::env_opt("CHECKOUT_TOKEN").unwrap_or_default();
+                    let since = app.clock.now() - chrono::Duration::days(30);
+                    billing_svc::cross_check::paid_orders_unknown_to_checkout(&mut conn, &endpoint, &token, since, 5000).await?
+                }
+                None => Vec::new(),
+            };
             if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else if report.findings.is_empty() {
-                println!("reconcile: no inconsistencies found");
+                println!("{}", serde_json::json!({ "findings": report.findings, "fixed": report.fixed, "information": info }));
             } else {
-                for f in &report.findings {
+                for f in report.findings.iter().chain(&info) {
                     println!("{:<34} {:<40} {}{}", f.kind, f.subject_id, f.detail, if f.fixed { "  [fixed]" } else { "" });
                 }
-                println!("reconcile: {} finding(s), {} fixed", report.findings.len(), report.fixed);
+                match report.findings.len() {
+                    0 => println!("reconcile: no inconsistencies found"),
+                    n => println!("reconcile: {n} finding(s), {} fixed", report.fixed),
+                }
+                if !info.is_empty() {
+                    println!("reconcile: {} paid order(s) unknown to checkout (information)", info.len());
+                }
             }
             let unfixed = report.findings.iter().any(|f| !f.fixed);
             return Ok(if unfixed { ExitCode::FAILURE } else { ExitCode::SUCCESS });

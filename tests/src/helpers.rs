@@ -146,3 +146,23 @@ pub async fn assert_ledger_matches_balances(conn: &mut AsyncPgConnection) {
     .await;
     assert_eq!(bad, 0, "subscriptions whose ledger does not match the balance");
 }
+
+/// Retries a call on UNAVAILABLE / ABORTED, as a well-behaved client does
+/// (bounded: 50 attempts, 20 ms apart). For set-up and storms whose subject
+/// is not the retryable error itself.
+pub async fn retrying<T, F, Fut>(mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::Aborted) && attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -7,7 +7,7 @@ use chrono::{Duration, TimeZone, Utc};
 use futures::{StreamExt, future::join_all, stream};
 use proto::billing::v1::{self as bpb, UsageKind};
 use tests::{
-    helpers::{assert_ledger_matches_balances, exec, scalar},
+    helpers::{assert_ledger_matches_balances, exec, retrying, scalar},
     spawn_app,
 };
 use tonic::Code;
@@ -163,6 +163,7 @@ async fn seed_004_end_then_late_tick_charges_nothing_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_004_tick_and_end_at_the_same_instant_1000_times() {
     let app = spawn_app().await;
+    let app = &app;
     let sub = app.subscribe("crowd", "pro-monthly").await;
     let mut db = app.billing_db().await;
     exec(
@@ -171,7 +172,7 @@ async fn seed_004_tick_and_end_at_the_same_instant_1000_times() {
     )
     .await;
     let ids: Vec<String> = stream::iter(0..1000)
-        .map(|_| app.start_usage("crowd", UsageKind::Call))
+        .map(|_| retrying(|| app.start_usage("crowd", UsageKind::Call)))
         .buffer_unordered(50)
         .map(|r| r.unwrap().id)
         .collect()
@@ -180,7 +181,7 @@ async fn seed_004_tick_and_end_at_the_same_instant_1000_times() {
     // The ticks and the hang-ups land at the same instant.
     let ticks = join_all((0..4).map(|_| billing_svc::jobs::run_once(&app.billing_app, "auto-deduct")));
     let ends = stream::iter(ids.iter().enumerate())
-        .map(|(i, id)| app.end_usage(id, (i % 2) as i64))
+        .map(|(i, id)| retrying(move || app.end_usage(id, (i % 2) as i64)))
         .buffer_unordered(100)
         .collect::<Vec<_>>();
     let (ticks, ends) = tokio::join!(ticks, ends);

@@ -1,0 +1,176 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Cross-service consistency: a paid order always ends in a COMPLETED
+//! checkout session, even when the customer never comes back (seed 001's
+//! "payment captured, nobody returned").
+use chrono::Duration;
+use futures::future::join_all;
+use proto::{
+    billing::v1 as bpb,
+    checkout::v1::{self as cpb, SessionStatus},
+};
+use tests::{helpers::scalar, spawn_app};
+use tonic::Code;
+
+async fn capture_by_webhook(app: &mut tests::TestApp, s: &cpb::Session, event: &str) -> String {
+    let (payment_id, _) = app.pay(&s.order_id);
+    let hook = app.captured_webhook(&s.order_id, &payment_id, s.amount_minor, &s.currency, event);
+    let r = app.billing.handle_gateway_webhook(hook).await.unwrap().into_inner();
+    assert_eq!(r.outcome, "PROCESSED");
+    r.subscription_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_only_payment_is_completed_by_one_sync_run() {
+    let mut app = spawn_app().await;
+    let s = app.create_session("gone", "pro-monthly").await;
+    let other = app.create_session("unpaid", "pro-monthly").await;
+    let sub = capture_by_webhook(&mut app, &s, "evt-gone").await;
+    let out = checkout_svc::jobs::run_once(&app.checkout_app, "completion-sync").await.unwrap();
+    assert!(out.contains("completed 1"), "{out}");
+    let done = app.get_session(&s.id).await;
+    assert_eq!(done.status, SessionStatus::Completed as i32);
+    assert_eq!(done.subscription_id, sub);
+    assert!(!done.payment_id.is_empty());
+    assert_eq!(app.get_session(&other.id).await.status, SessionStatus::Active as i32, "unpaid sessions are left alone");
+    // A second run has nothing to do.
+    let out = checkout_svc::jobs::run_once(&app.checkout_app, "completion-sync").await.unwrap();
+    assert!(out.contains("completed 0"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_then_paid_is_completed_and_survives_cleanup() {
+    let mut app = spawn_app().await;
+    let s = app.create_session("tardy", "basic-monthly").await;
+    app.clock.advance(Duration::hours(25));
+    assert_eq!(app.get_session(&s.id).await.status, SessionStatus::Expired as i32);
+    let sub = capture_by_webhook(&mut app, &s, "evt-tardy").await;
+    checkout_svc::jobs::run_once(&app.checkout_app, "completion-sync").await.unwrap();
+    let done = app.get_session(&s.id).await;
+    assert_eq!((done.status, done.subscription_id.clone()), (SessionStatus::Completed as i32, sub.clone()));
+    app.clock.advance(Duration::days(8));
+    app.checkout_admin.cleanup_sessions(cpb::CleanupSessionsRequest { dry_run: false }).await.unwrap();
+    assert_eq!(app.get_session(&s.id).await.subscription_id, sub, "cleanup at 8 days keeps the paid session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cleanup_completes_paid_sessions_instead_of_deleting_them() {
+    let mut app = spawn_app().await;
+    let s = app.create_session("paid-late", "basic-monthly").await;
+    let sub = capture_by_webhook(&mut app, &s, "evt-late").await;
+    app.clock.advance(Duration::days(8));
+    // No sync ran: cleanup itself asks billing first.
+    let r = app.checkout_admin.cleanup_sessions(cpb::CleanupSessionsRequest { dry_run: false }).await.unwrap().into_inner();
+    assert_eq!((r.completed_by_sync, r.deleted, r.expired), (1, 0, 0));
+    assert_eq!(app.get_session(&s.id).await.subscription_id, sub);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn billing_down_during_cleanup_touches_nothing_then_recovers() {
+    let mut app = spawn_app().await;
+    let paid = app.create_session("down-paid", "basic-monthly").await;
+    let unpaid = app.create_session("down-unpaid", "basic-monthly").await;
+    let sub = capture_by_webhook(&mut app, &paid, "evt-down").await;
+    app.clock.advance(Duration::days(8));
+    app.stop_billing().await;
+    let r = app.checkout_admin.cleanup_sessions(cpb::CleanupSessionsRequest { dry_run: false }).await.unwrap().into_inner();
+    assert_eq!((r.expired, r.deleted, r.completed_by_sync), (0, 0, 0));
+    assert_eq!(r.skipped_billing_unavailable, 2);
+    let mut db = app.checkout_db().await;
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE status = 'ACTIVE'").await,
+        2,
+        "nothing changed"
+    );
+    app.start_billing_again().await.unwrap();
+    let r = app.checkout_admin.cleanup_sessions(cpb::CleanupSessionsRequest { dry_run: false }).await.unwrap().into_inner();
+    assert_eq!((r.completed_by_sync, r.deleted, r.skipped_billing_unavailable), (1, 1, 0));
+    assert_eq!(app.get_session(&paid.id).await.subscription_id, sub);
+    assert_eq!(
+        app.checkout.get_session(cpb::GetSessionRequest { id: unpaid.id.clone() }).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_complete_and_sync_agree_on_one_outcome() {
+    let mut app = spawn_app().await;
+    for round in 0..5 {
+        let s = app.create_session(&format!("both-{round}"), "pro-monthly").await;
+        let (p, sig) = app.pay(&s.order_id);
+        let hook = app.captured_webhook(&s.order_id, &p, s.amount_minor, &s.currency, &format!("evt-both-{round}"));
+        app.billing.handle_gateway_webhook(hook).await.unwrap();
+        let completes = join_all((0..5).map(|_| app.complete(&s.id, &p, &sig)));
+        let syncs = join_all((0..3).map(|_| checkout_svc::jobs::run_once(&app.checkout_app, "completion-sync")));
+        let (completes, syncs) = tokio::join!(completes, syncs);
+        for s in syncs {
+            s.unwrap();
+        }
+        let subs: Vec<String> = completes.into_iter().map(|r| r.unwrap().session.unwrap().subscription_id).collect();
+        assert!(subs.iter().all(|x| *x == subs[0]), "{subs:?}");
+        let read = app.get_session(&s.id).await;
+        assert_eq!((read.status, read.subscription_id), (SessionStatus::Completed as i32, subs[0].clone()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_get_orders_is_bounded_and_reports_payment_state() {
+    let mut app = spawn_app().await;
+    let s = app.create_session("batch", "pro-monthly").await;
+    let (p, sig) = app.pay(&s.order_id);
+    let done = app.complete(&s.id, &p, &sig).await.unwrap().session.unwrap();
+    let r = app
+        .billing
+        .batch_get_orders(bpb::BatchGetOrdersRequest {
+            order_ids: vec![s.order_id.clone(), "order_unknown".into()],
+            checkout_session_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.orders.len(), 1, "unknown ids are left out");
+    let o = &r.orders[0];
+    assert_eq!(
+        (o.status, o.payment_id.clone(), o.subscription_id.clone()),
+        (bpb::OrderStatus::Paid as i32, p, done.subscription_id)
+    );
+    let by_session = app
+        .billing
+        .batch_get_orders(bpb::BatchGetOrdersRequest { order_ids: vec![], checkout_session_ids: vec![s.id.clone()] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_session.orders[0].id, s.order_id);
+    let too_many = (0..501).map(|i| format!("order_{i}")).collect();
+    let e = app
+        .billing
+        .batch_get_orders(bpb::BatchGetOrdersRequest { order_ids: too_many, checkout_session_ids: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconcile_lists_paid_orders_that_checkout_does_not_know() {
+    let app = spawn_app().await;
+    let kept = app.create_session("known", "basic-monthly").await;
+    let lost = app.create_session("lost", "basic-monthly").await;
+    for s in [&kept, &lost] {
+        let (p, sig) = app.pay(&s.order_id);
+        app.complete(&s.id, &p, &sig).await.unwrap();
+    }
+    let mut db = app.checkout_db().await;
+    tests::helpers::exec(&mut db, &format!("DELETE FROM checkout_sessions WHERE id = '{}'", lost.id)).await;
+    let mut billing = app.billing_db().await;
+    let since = app.clock.now() - Duration::days(30);
+    let found = billing_svc::cross_check::paid_orders_unknown_to_checkout(
+        &mut billing,
+        &format!("http://{}", app.checkout_addr),
+        tests::harness::SERVICE_TOKEN,
+        since,
+        100,
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].kind, found[0].subject_id.as_str()), ("PAID_ORDER_UNKNOWN_TO_CHECKOUT", lost.order_id.as_str()));
+}
