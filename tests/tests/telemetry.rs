@@ -106,10 +106,8 @@ fn find_chain(spans: &[SpanData], user: &str) -> Result<Chain, String> {
     Ok(Chain { trace_id, links })
 }
 
-// Fails until the services' `grpc::run` helpers spawn their effect task
-// with `.in_current_span()`: `tokio::spawn` drops the handler's span, so the
-// client span starts a new trace (the fix is outside this change's files).
-#[ignore = "needs tokio::spawn(f.in_current_span()) in checkout-svc and billing-svc grpc::run"]
+// The services' `grpc::run` spawns effects `.in_current_span()`; a plain
+// `tokio::spawn` would drop the handler's span and start a new trace here.
 #[tokio::test]
 async fn create_session_is_one_trace_from_checkout_handler_through_client_call_to_billing_handler() {
     let t = telemetry();

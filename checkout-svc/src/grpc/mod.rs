@@ -39,7 +39,7 @@ where
     T: Send + 'static,
     F: Future<Output = crate::Result<T>> + Send + 'static,
 {
-    match tokio::spawn(f).await {
+    match tokio::spawn(tracing::Instrument::in_current_span(f)).await {
         Ok(r) => r.map_err(Status::from),
         Err(e) => Err(shared::status::internal(&e)),
     }
