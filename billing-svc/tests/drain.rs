@@ -127,3 +127,68 @@ async fn sigterm_under_load_drains_in_flight_requests() {
     server.drop_database(&db).await.unwrap();
     std::mem::forget(server);
 }
+
+#[test]
+fn port_in_use_is_one_line_naming_the_variable() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("BILLING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("BILLING_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("BILLING_AUTH_TOKENS", "t")
+        .env("GATEWAY_KEY_SECRET", "k")
+        .env("GATEWAY_WEBHOOK_SECRET", "w")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().filter(|l| l.contains("billing-svc:")).collect::<Vec<_>>();
+    assert_eq!(line.len(), 1, "{err}");
+    assert!(line[0].contains("BILLING_LISTEN_ADDR"), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_unreachable_at_start_stays_not_serving_and_answers_unavailable_fast() {
+    let port = free_port();
+    // Nothing listens on port 1: the database is unreachable.
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("BILLING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("BILLING_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("BILLING_AUTH_TOKENS", "t")
+        .env("GATEWAY_KEY_SECRET", "k")
+        .env("GATEWAY_WEBHOOK_SECRET", "w")
+        .env("DB_CONNECT_TIMEOUT_MS", "1500")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut channel = None;
+    for _ in 0..100 {
+        if let Ok(ch) = Endpoint::from_shared(addr.clone()).unwrap().connect().await {
+            channel = Some(ch);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let channel = channel.expect("serve listens even without a database");
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest { service: proto::BILLING_SERVICE_NAME.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::NotServing as i32);
+    let mut c = BillingServiceClient::new(channel);
+    let mut req = tonic::Request::new(GetPlanRequest { id: "pro-monthly".into() });
+    req.metadata_mut().insert("authorization", "Bearer t".parse().unwrap());
+    let started = std::time::Instant::now();
+    let e = c.get_plan(req).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(took < Duration::from_secs(5), "UNAVAILABLE after the 1.5 s pool timeout, not a hang: took {took:?}");
+    child.kill().unwrap();
+    let _ = child.wait();
+}

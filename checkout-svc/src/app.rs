@@ -50,21 +50,17 @@ pub async fn serve(
     let auth = Authenticator::new(&app.config.auth_tokens, &app.config.admin_tokens);
     let svc = CheckoutServiceServer::with_interceptor(crate::grpc::CheckoutGrpc::new(app.clone()), auth);
     let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };
-    let pool = app.pool.clone();
-    let stop = shutdown.clone();
-    let result =
-        shared::server::serve(proto::CHECKOUT_SERVICE_NAME, listener, svc, &app.config.common, shutdown, move |readiness| {
-            shared::server::become_ready(readiness, stop, move || {
-                let url = database_url.clone();
-                let pool = pool.clone();
-                async move {
-                    migrate(&url).await?;
-                    db::ping(&pool).await?;
-                    Ok(())
-                }
-            })
-        })
-        .await;
+    let result = shared::server::serve_migrated(
+        proto::CHECKOUT_SERVICE_NAME,
+        listener,
+        svc,
+        &app.config.common,
+        shutdown,
+        database_url,
+        app.pool.clone(),
+        |url| async move { migrate(&url).await },
+    )
+    .await;
     shared::jobs::drain(jobs, app.config.common.shutdown_grace).await;
     result
 }

@@ -33,16 +33,11 @@ pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
 
 pub fn spawn_all(app: &App, shutdown: &shared::server::Shutdown) -> Vec<JoinHandle<()>> {
     let j = &app.config.jobs;
-    let intervals = [j.cleanup_interval, j.completion_sync_interval, j.idempotency_purge_interval];
-    NAMES
-        .iter()
-        .zip(intervals)
-        .map(|(name, every)| {
-            let app = app.clone();
-            shared::jobs::spawn_periodic(name, every, shutdown.clone(), move || {
-                let app = app.clone();
-                async move { run_once(&app, name).await }
-            })
-        })
-        .collect()
+    let jobs: Vec<_> =
+        NAMES.iter().copied().zip([j.cleanup_interval, j.completion_sync_interval, j.idempotency_purge_interval]).collect();
+    let app = app.clone();
+    shared::jobs::spawn_all(&jobs, shutdown, move |name| {
+        let app = app.clone();
+        async move { run_once(&app, name).await }
+    })
 }

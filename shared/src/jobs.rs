@@ -20,8 +20,8 @@ where
             let wait = if failures == 0 {
                 interval
             } else {
-                // 1 s, 2 s, 4 s ... capped at the interval (and at 60 s).
-                Duration::from_secs(1u64 << failures.min(6)).min(interval.max(Duration::from_secs(1)))
+                // 1 s, 2 s, 4 s ... 64 s, but never longer than the interval.
+                Duration::from_secs(1u64 << (failures - 1).min(6)).min(interval.max(Duration::from_secs(1)))
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -42,6 +42,21 @@ where
         }
         tracing::info!(job = name, "job stopped");
     })
+}
+
+/// Spawns every `(name, interval)` job with [`spawn_periodic`]; `run(name)`
+/// runs one iteration of the named job.
+pub fn spawn_all<F, Fut>(jobs: &[(&'static str, Duration)], shutdown: &Shutdown, run: F) -> Vec<JoinHandle<()>>
+where
+    F: Fn(&'static str) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<String>> + Send,
+{
+    jobs.iter()
+        .map(|&(name, every)| {
+            let run = run.clone();
+            spawn_periodic(name, every, shutdown.clone(), move || run(name))
+        })
+        .collect()
 }
 
 /// Waits for job tasks to finish their current iteration, at most `grace`.

@@ -35,16 +35,9 @@ impl BillingGrpc {
 
 type RpcResult<T> = Result<Response<T>, Status>;
 
-/// Runs `f` on its own task and maps the domain error to a status.
-async fn run<T, F>(f: F) -> Result<T, Status>
-where
-    T: Send + 'static,
-    F: Future<Output = crate::Result<T>> + Send + 'static,
-{
-    match tokio::spawn(tracing::Instrument::in_current_span(f)).await {
-        Ok(r) => r.map_err(Status::from),
-        Err(e) => Err(shared::status::internal(&e)),
-    }
+/// Effects run on their own task; see [`shared::server::run_effect`].
+async fn run<T: Send + 'static>(f: impl Future<Output = crate::Result<T>> + Send + 'static) -> Result<T, Status> {
+    shared::server::run_effect(f).await
 }
 
 fn usage_kind(v: i32) -> Option<Kind> {
