@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use proto::checkout::v1::{GetSessionRequest, checkout_service_client::CheckoutServiceClient};
-use shared::{client::Budget, db::Conn};
+use shared::{client::Budget, db::Pool};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -13,19 +13,20 @@ use crate::{reconcile::Finding, schema::orders};
 
 /// Checks up to `limit` orders paid since `since`, one GetSession each.
 pub async fn paid_orders_unknown_to_checkout(
-    conn: &mut Conn,
+    pool: &Pool,
     endpoint: &str,
     token: &str,
     since: DateTime<Utc>,
     limit: i64,
 ) -> anyhow::Result<Vec<Finding>> {
+    // The connection goes back to the pool before the RPCs start.
     let paid: Vec<(String, Uuid)> = orders::table
         .filter(orders::status.eq("PAID"))
         .filter(orders::paid_at.ge(since))
         .order(orders::paid_at.desc())
         .limit(limit)
         .select((orders::id, orders::checkout_session_id))
-        .load(conn)
+        .load(&mut *shared::db::conn(pool).await?)
         .await
         .map_err(crate::Error::from)?;
     let mut client = CheckoutServiceClient::connect(endpoint.to_owned())

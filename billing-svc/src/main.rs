@@ -114,7 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(endpoint) => {
                     let token = shared::config::env_opt("CHECKOUT_TOKEN").unwrap_or_default();
                     let since = app.clock.now() - chrono::Duration::days(30);
-                    billing_svc::cross_check::paid_orders_unknown_to_checkout(&mut conn, &endpoint, &token, since, 5000).await?
+                    billing_svc::cross_check::paid_orders_unknown_to_checkout(&app.pool, &endpoint, &token, since, 5000).await?
                 }
                 None => Vec::new(),
             };

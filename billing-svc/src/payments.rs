@@ -65,13 +65,10 @@ pub async fn capture_in_tx(conn: &mut Conn, order_id: &str, payment_id: &str, no
         ))
         .returning(Order::as_returning())
         .get_result(conn)
-        .await
-        .map_err(|e| match Error::from(e) {
-            Error::Db(shared::db::DbError::UniqueViolation { constraint }) if constraint.contains("payment_id") => {
-                payment_used(payment_id)
-            }
-            other => other,
-        })?;
+        // A unique violation here is a concurrent capture of this payment id
+        // on another order: retryable; the retry's pre-check answers
+        // PAYMENT_USED without aborting the transaction.
+        .await?;
     let plan = plans::get(conn, &order.plan_id).await?;
     let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, now).await?;
     tracing::info!(order_id = %order.id, subscription_id = %subscription.id, "payment captured");
@@ -107,5 +104,39 @@ pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str
         tracing::warn!(order_id = %order.id, "payment signature mismatch");
         return Err(Error::BadSignature);
     }
-    capture(&mut conn, &order.id, payment_id, app.clock.now()).await
+    let now = app.clock.now();
+    let result = capture(&mut conn, &order.id, payment_id, now).await;
+    if let Err(Error::FailedPrecondition { kind, description, .. }) = &result {
+        // A second, validly signed payment for a paid order (or a payment id
+        // reused across orders): money may have been taken twice. Record it
+        // where reconciliation looks for discrepancies.
+        record_discrepancy(&mut conn, &order.id, payment_id, kind, description, now).await?;
+    }
+    result
+}
+
+async fn record_discrepancy(
+    conn: &mut Conn,
+    order_id: &str,
+    payment_id: &str,
+    kind: &str,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    use crate::schema::webhook_events as ev;
+    diesel::insert_into(ev::table)
+        .values((
+            ev::event_id.eq(format!("verify:{order_id}:{payment_id}")),
+            ev::event_type.eq(format!("verify_payment.{}", kind.to_ascii_lowercase())),
+            ev::body.eq(Vec::<u8>::new()),
+            ev::order_id.eq(order_id),
+            ev::outcome.eq("DISCREPANCY"),
+            ev::detail.eq(format!("{detail} (payment {payment_id})")),
+            ev::received_at.eq(now),
+        ))
+        .on_conflict(ev::event_id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(())
 }

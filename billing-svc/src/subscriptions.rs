@@ -115,7 +115,8 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
     }
     let sub = lock_active(conn, user_id)
         .await?
-        .ok_or_else(|| Error::Internal(format!("no active subscription for {user_id} after creating one")))?;
+        // Replaced or cancelled between the insert and this read: retryable.
+        .ok_or_else(|| Error::Db(shared::db::DbError::Conflict(format!("active subscription of {user_id} changed"))))?;
     if now >= sub.period_end && roll(conn, sub.id, now).await? {
         return get(conn, sub.id).await;
     }

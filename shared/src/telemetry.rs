@@ -56,8 +56,16 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber, tracer and meter providers. Safe to call
 /// more than once (tests): later calls keep the first ones.
 pub fn init(default_service_name: &str) -> anyhow::Result<TelemetryGuard> {
-    install(default_service_name, |t| t, |m| m)
+    install(default_service_name, DEFAULT_FILTER, |t| t, |m| m)
 }
+
+/// Like [`init`] with warnings only unless `RUST_LOG` says otherwise: the
+/// in-process services of system tests would otherwise flood test output.
+pub fn init_quiet(default_service_name: &str) -> anyhow::Result<TelemetryGuard> {
+    install(default_service_name, "warn", |t| t, |m| m)
+}
+
+const DEFAULT_FILTER: &str = "info,opentelemetry=warn,opentelemetry_sdk=warn";
 
 /// Like [`init`], and also sends every span, as it ends, to `spans` and
 /// metrics (on [`TelemetryGuard::force_flush`] and periodically) to
@@ -68,11 +76,12 @@ where
     S: SpanExporter + 'static,
     M: PushMetricExporter,
 {
-    install(default_service_name, |t| t.with_simple_exporter(spans), |m| m.with_periodic_exporter(metrics))
+    install(default_service_name, DEFAULT_FILTER, |t| t.with_simple_exporter(spans), |m| m.with_periodic_exporter(metrics))
 }
 
 fn install(
     default_service_name: &str,
+    default_filter: &str,
     extra_spans: impl FnOnce(opentelemetry_sdk::trace::TracerProviderBuilder) -> opentelemetry_sdk::trace::TracerProviderBuilder,
     extra_metrics: impl FnOnce(opentelemetry_sdk::metrics::MeterProviderBuilder) -> opentelemetry_sdk::metrics::MeterProviderBuilder,
 ) -> anyhow::Result<TelemetryGuard> {
@@ -94,8 +103,7 @@ fn install(
     // Spans get trace ids even without an exporter, so logs and INTERNAL
     // errors always carry one and the context still propagates downstream.
     let otel = tracing_opentelemetry::layer().with_tracer(tracer.tracer(service_name));
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,opentelemetry=warn,opentelemetry_sdk=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = match crate::config::env_opt("LOG_FORMAT").as_deref() {
         Some("json") => true,
         Some(_) => false,

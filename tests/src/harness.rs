@@ -182,7 +182,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
 }
 
 async fn try_spawn(opts: Options) -> anyhow::Result<TestApp> {
-    TELEMETRY.get_or_init(|| shared::telemetry::init("tests").ok());
+    TELEMETRY.get_or_init(|| shared::telemetry::init_quiet("tests").ok());
     let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).single().unwrap_or_default());
     let billing_db_url = fresh_database("billing-svc", |u| Box::pin(async move { billing_svc::app::migrate(&u).await })).await?;
     let checkout_db_url =

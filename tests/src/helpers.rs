@@ -87,6 +87,22 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// A gateway order for a fresh checkout session id.
+    pub async fn order(&self, user: &str, plan: &str) -> bpb::Order {
+        let mut b = self.billing.clone();
+        let r = b
+            .create_order(bpb::CreateOrderRequest {
+                checkout_session_id: uuid::Uuid::new_v4().to_string(),
+                user_id: user.into(),
+                plan_id: plan.into(),
+            })
+            .await;
+        match r {
+            Ok(r) => r.into_inner().order.unwrap_or_default(),
+            Err(e) => panic!("CreateOrder: {e:?}"),
+        }
+    }
+
     /// Buys `plan` for `user` through CreateOrder + VerifyPayment; returns the
     /// subscription.
     pub async fn subscribe(&self, user: &str, plan: &str) -> proto::billing::v1::Subscription {

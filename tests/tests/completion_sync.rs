@@ -160,10 +160,9 @@ async fn reconcile_lists_paid_orders_that_checkout_does_not_know() {
     }
     let mut db = app.checkout_db().await;
     tests::helpers::exec(&mut db, &format!("DELETE FROM checkout_sessions WHERE id = '{}'", lost.id)).await;
-    let mut billing = app.billing_db().await;
     let since = app.clock.now() - Duration::days(30);
     let found = billing_svc::cross_check::paid_orders_unknown_to_checkout(
-        &mut billing,
+        &app.billing_app.pool,
         &format!("http://{}", app.checkout_addr),
         tests::harness::SERVICE_TOKEN,
         since,
@@ -173,4 +172,47 @@ async fn reconcile_lists_paid_orders_that_checkout_does_not_know() {
     .unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!((found[0].kind, found[0].subject_id.as_str()), ("PAID_ORDER_UNKNOWN_TO_CHECKOUT", lost.order_id.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paid_but_unsynced_session_is_completed_not_sold_again() {
+    let mut app = spawn_app().await;
+    let expired = app.create_session("twice", "pro-monthly").await;
+    app.clock.advance(Duration::hours(25));
+    capture_by_webhook(&mut app, &expired, "evt-twice").await;
+    let e = app.checkout.recover_session(cpb::RecoverSessionRequest { id: expired.id.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(app.get_session(&expired.id).await.status, SessionStatus::Completed as i32);
+
+    let active = app.create_session("twice-2", "pro-monthly").await;
+    capture_by_webhook(&mut app, &active, "evt-twice-2").await;
+    let e = app
+        .checkout
+        .renew_session(cpb::RenewSessionRequest { id: active.id.clone(), plan_id: "basic-monthly".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(app.get_session(&active.id).await.status, SessionStatus::Completed as i32);
+    let mut db = app.checkout_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions").await, 2, "no new session was sold");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paying_an_old_session_retires_the_users_active_one() {
+    let mut app = spawn_app().await;
+    let a = app.create_session("switcher", "pro-monthly").await;
+    let b = app
+        .checkout
+        .renew_session(cpb::RenewSessionRequest { id: a.id.clone(), plan_id: "basic-monthly".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    // The customer pays the first order from an old tab.
+    let (p, sig) = app.pay(&a.order_id);
+    assert_eq!(app.complete(&a.id, &p, &sig).await.unwrap().session.unwrap().status, SessionStatus::Completed as i32);
+    let b_now = app.get_session(&b.id).await;
+    assert_eq!(b_now.status, SessionStatus::Invalidated as i32, "the newer checkout cannot take a second payment");
+    assert_eq!(b_now.replaced_by, a.id);
 }

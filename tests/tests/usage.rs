@@ -351,3 +351,40 @@ async fn usage_stats_roll_up_per_day_and_plan() {
     let e = app.billing.get_usage_stats(bpb::GetUsageStatsRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_004_explicit_interval_deductions_count_toward_the_end() {
+    let mut app = spawn_app().await;
+    app.subscribe("ticker", "basic-monthly").await;
+    let s = app.start_usage("ticker", UsageKind::Call).await.unwrap();
+    // The client's own per-interval deduction calls (the origin's "deduction" endpoint).
+    for (minute, id) in [(10, "interval-1"), (20, "interval-2")] {
+        app.clock.set(Utc.with_ymd_and_hms(2026, 3, 15, 12, minute, 0).unwrap());
+        app.billing
+            .deduct(bpb::DeductRequest { usage_session_id: s.id.clone(), deduction_id: id.into(), units: 1 })
+            .await
+            .unwrap();
+    }
+    // The server's job at the same moment finds nothing left to charge.
+    billing_svc::jobs::run_once(&app.billing_app, "auto-deduct").await.unwrap();
+    assert_eq!(app.usage_session(&s.id).await.units_charged, 2);
+    app.clock.set(Utc.with_ymd_and_hms(2026, 3, 15, 12, 25, 0).unwrap());
+    let end = app.end_usage(&s.id, 0).await.unwrap();
+    assert_eq!(end.final_units_charged, 1, "hang-up at 25 min after two interval deductions: one more unit, not three");
+    assert_eq!(end.session.unwrap().units_charged, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_running_when_the_user_pays_is_charged_to_the_new_subscription() {
+    let app = spawn_app().await;
+    let s = app.start_usage("upgrader", UsageKind::Call).await.unwrap();
+    let paid = app.subscribe("upgrader", "pro-monthly").await;
+    assert_eq!(paid.credits_granted, 1500 + 30, "the free credits carried over");
+    app.clock.advance(Duration::minutes(15));
+    let end = app.end_usage(&s.id, 0).await.unwrap().session.unwrap();
+    assert_eq!((end.units_charged, end.units_unpaid), (2, 0), "charged from the balance the user now has");
+    assert_eq!(end.subscription_id, paid.id);
+    assert_eq!(end.credits_remaining, 1530 - 2);
+    let mut db = app.billing_db().await;
+    assert_ledger_matches_balances(&mut db).await;
+}

@@ -54,7 +54,9 @@ END $$;
 --
 -- p_mode:
 --   AUTO     charge the complete intervals elapsed since the last auto charge
---   EXPLICIT charge p_units, idempotent on p_deduction_id
+--   EXPLICIT the caller's per-interval deduction (Deduct): charge p_units,
+--            idempotent on p_deduction_id; the units count as processed
+--            intervals, so neither the job nor END charges them again
 --   END      end the session: max(0, ceil(duration/interval) - auto) + p_units
 -- Returns jsonb: {error}, {skipped} (AUTO only) or
 -- {charged, unpaid, replayed, session: {...}, credits_remaining}.
@@ -68,6 +70,7 @@ DECLARE
   paid bigint;
   prior deductions;
   replayed boolean := false;
+  moved boolean := false;
 BEGIN
   IF p_mode = 'AUTO' THEN
     -- The job never waits: a session someone else holds (an End, a Deduct,
@@ -105,6 +108,7 @@ BEGIN
       RETURN jsonb_build_object('error', 'SESSION_ENDED');
     END IF;
     due := p_units;
+    us.auto_deductions_processed := us.auto_deductions_processed + p_units;
   ELSIF p_mode = 'END' THEN
     IF us.status = 'ENDED' THEN
       SELECT * INTO sub FROM subscriptions WHERE id = us.subscription_id;
@@ -121,6 +125,16 @@ BEGIN
   END IF;
 
   SELECT * INTO sub FROM subscriptions WHERE id = us.subscription_id FOR UPDATE;
+  IF sub.status <> 'ACTIVE' THEN
+    -- The user paid (or was moved to another plan) while the session ran:
+    -- the balance now lives in the user's ACTIVE subscription.
+    SELECT * INTO sub FROM subscriptions WHERE user_id = us.user_id AND status = 'ACTIVE' FOR UPDATE;
+    IF NOT FOUND THEN
+      SELECT * INTO sub FROM subscriptions WHERE id = us.subscription_id;
+    END IF;
+    moved := us.subscription_id IS DISTINCT FROM sub.id;
+    us.subscription_id := sub.id;
+  END IF;
   IF sub.status = 'ACTIVE' AND p_now >= sub.period_end THEN
     PERFORM billing_roll_period(sub.id, p_now);
     SELECT * INTO sub FROM subscriptions WHERE id = us.subscription_id;
@@ -141,9 +155,9 @@ BEGIN
   IF p_mode = 'END' THEN
     us.final_units_charged := due;
   END IF;
-  IF due > 0 OR p_mode = 'END' THEN
+  IF due > 0 OR p_mode = 'END' OR moved THEN
     UPDATE usage_sessions
-       SET status = us.status, ended_at = us.ended_at,
+       SET status = us.status, ended_at = us.ended_at, subscription_id = us.subscription_id,
            auto_deductions_processed = us.auto_deductions_processed,
            manual_deductions = us.manual_deductions,
            next_unit_index = us.next_unit_index,

@@ -37,6 +37,12 @@ pub(super) async fn mark_completed(
     if s.is(Status::Completed) {
         return Ok(Completed { session: s, replayed: true });
     }
+    // Paid: the user's other ACTIVE session (a replacement or a newer
+    // checkout) must not take a second payment.
+    diesel::update(cs::table.filter(cs::user_id.eq(&s.user_id)).filter(cs::status.eq("ACTIVE")).filter(cs::id.ne(id)))
+        .set((cs::status.eq("INVALIDATED"), cs::replaced_by.eq(id), cs::updated_at.eq(now)))
+        .execute(c)
+        .await?;
     let session = diesel::update(cs::table.find(id))
         .set((
             cs::status.eq("COMPLETED"),
@@ -92,7 +98,9 @@ fn sync_horizon(now: DateTime<Utc>) -> DateTime<Utc> {
     now - RETENTION - Duration::days(1)
 }
 
-/// The paid ones among `sessions`, per billing (one batched call).
+/// The sessions among `sessions` whose order billing reports PAID (one
+/// batched call). A paid order is never expired or deleted, even in the odd
+/// case that billing has no subscription for it yet.
 pub(super) async fn paid_orders(app: &App, budget: Budget, sessions: &[Session]) -> Result<Vec<(Uuid, bpb::Order)>> {
     if sessions.is_empty() {
         return Ok(Vec::new());
@@ -102,20 +110,26 @@ pub(super) async fn paid_orders(app: &App, budget: Budget, sessions: &[Session])
     Ok(sessions
         .iter()
         .filter_map(|s| {
-            orders
-                .iter()
-                .find(|o| o.id == s.order_id && o.status == bpb::OrderStatus::Paid as i32 && !o.subscription_id.is_empty())
-                .map(|o| (s.id, o.clone()))
+            orders.iter().find(|o| o.id == s.order_id && o.status == bpb::OrderStatus::Paid as i32).map(|o| (s.id, o.clone()))
         })
         .collect())
 }
 
-/// Completes the sessions among `paid` (from [`paid_orders`]).
+/// Billing's view of one session's order: completes the session when the
+/// order is paid (the customer paid and never came back). Renew and recover
+/// ask this first, so a paid session is never sold a second time.
+pub(super) async fn sync_one(app: &App, budget: Budget, session: &Session) -> Result<bool> {
+    let paid = paid_orders(app, budget, std::slice::from_ref(session)).await?;
+    Ok(complete_paid(app, &paid).await? > 0 || !paid.is_empty())
+}
+
+/// Completes the sessions among `paid` (from [`paid_orders`]) that billing
+/// has a subscription for (reconcile repairs a paid order without one).
 pub(super) async fn complete_paid(app: &App, paid: &[(Uuid, bpb::Order)]) -> Result<usize> {
     let now = app.clock.now();
     let mut conn = app.conn().await?;
     let mut n = 0;
-    for (id, order) in paid {
+    for (id, order) in paid.iter().filter(|(_, o)| !o.subscription_id.is_empty()) {
         let done = {
             use diesel_async::AsyncConnection;
             conn.transaction(async |c| mark_completed(c, *id, &order.payment_id, &order.subscription_id, now).await).await?

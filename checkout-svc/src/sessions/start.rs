@@ -110,10 +110,20 @@ pub async fn create(
     let mut conn = app.conn().await?;
     keyed_transaction!(conn, key, now, encode, |c| {
         lock_user(c, user_id).await?;
-        let previous = retire_active(c, user_id, id, now).await?;
-        let session = insert(c, id, user_id, &q, None, now).await?;
-        Started { session, previous }
+        match existing(c, id).await? {
+            // Same key after its 24 h record was purged: the same session.
+            Some(session) => Started { session, previous: None },
+            None => {
+                let previous = retire_active(c, user_id, id, now).await?;
+                let session = insert(c, id, user_id, &q, None, now).await?;
+                Started { session, previous }
+            }
+        }
     })
+}
+
+async fn existing(c: &mut Conn, id: Uuid) -> Result<Option<Session>> {
+    Ok(cs::table.find(id).select(Session::as_select()).first(c).await.optional()?)
 }
 
 /// The newest session in a chain of replacements.
@@ -166,6 +176,9 @@ pub async fn renew(
     if let Some(e) = not_renewable(&head, now) {
         return Err(e);
     }
+    if super::complete::sync_one(app, budget, &head).await? {
+        return Err(Error::precondition("SESSION_COMPLETED", head.id, "the session is already paid"));
+    }
     if head.plan_id == plan_id {
         let previous = (head.id != original.id).then_some(original);
         return Ok(Outcome::Fresh(Started { session: head, previous }));
@@ -186,6 +199,8 @@ pub async fn renew(
                     Error::precondition("SESSION_CHANGED", head.id, "the session changed meanwhile; read it and retry")
                 }));
             }
+        } else if let Some(session) = existing(c, new_id).await? {
+            Started { session, previous: Some(head.clone()) }
         } else {
             let previous = retire_active(c, &head.user_id, new_id, now).await?;
             let session = insert(c, new_id, &head.user_id, &q, None, now).await?;
@@ -240,6 +255,11 @@ pub async fn recover(
             id,
             "sessions older than 7 days cannot be recovered; create a new one",
         ));
+    }
+    // Paid at the gateway but never completed here: complete it instead of
+    // selling the same purchase twice.
+    if super::complete::sync_one(app, budget, &source).await? {
+        return Err(Error::precondition("SESSION_COMPLETED", id, "the session is paid; nothing to recover"));
     }
     let new_id = recovery_id(id);
     let q = quote(app, budget, new_id, &source.user_id, &source.plan_id).await?;
