@@ -5,7 +5,9 @@
 #      subscriptions and hot on one subscription;
 #   2. loadgen drives the running stack (deduct, deduct-hot, create-session,
 #      verify-payment) with the same concurrency;
-#   3. a table of throughput ratios (gRPC tps / pgbench tps).
+#   3. pgbench on the service's own statement (billing_charge), to separate
+#      the database's share of the cost from the gRPC path's;
+#   4. a table of throughput ratios (gRPC tps / pgbench tps).
 # Starts the stack if target/stack/stack.env does not point at a live one.
 #
 # Usage: bash tests/bench/compare.sh [concurrency=8] [seconds=15]
@@ -51,6 +53,17 @@ for s in deduct deduct-hot create-session verify-payment; do
   echo "loadgen $s: ${LG[$s]}  (tps p50_ms p99_ms errors)"
 done
 
+# The service's own deduction statement, straight from pgbench (no gRPC):
+# how much of the gap is the database work itself.
+psql -q "$BILLING_DATABASE_URL" -c "DROP TABLE IF EXISTS bench_ids" \
+  -c "CREATE TABLE bench_ids AS SELECT row_number() OVER () AS n, id FROM usage_sessions s
+      WHERE status = 'ACTIVE' AND EXISTS (SELECT 1 FROM subscriptions b WHERE b.id = s.subscription_id AND b.credits_remaining > 1000000)
+        AND (SELECT count(*) FROM usage_sessions u WHERE u.subscription_id = s.subscription_id) = 1
+      LIMIT 10000" -c "CREATE UNIQUE INDEX ON bench_ids (n)" >/dev/null
+PG[billing_charge]=$(pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f tests/bench/billing_charge.sql "$BILLING_DATABASE_URL" 2>/dev/null | awk '/^tps/ {print $3}')
+psql -q "$BILLING_DATABASE_URL" -c "DROP TABLE bench_ids" >/dev/null
+echo "pgbench billing_charge: ${PG[billing_charge]} tps"
+
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}x')"; }
 read -r d_tps d_p50 d_p99 d_err <<<"${LG[deduct]}"
 read -r h_tps h_p50 h_p99 h_err <<<"${LG[deduct-hot]}"
@@ -59,6 +72,7 @@ echo "concurrency $C, $T s per run, same machine, same PostgreSQL"
 printf '%-34s %10s %10s %10s %8s\n' "gRPC scenario vs pgbench" "gRPC tps" "pg tps" "ratio" "p99 ms"
 printf '%-34s %10s %10s %10s %8s\n' "deduct / naive transaction" "$d_tps" "${PG[naive]}" "$(ratio "$d_tps" "${PG[naive]}")" "$d_p99"
 printf '%-34s %10s %10s %10s %8s\n' "deduct / single statement" "$d_tps" "${PG[single]}" "$(ratio "$d_tps" "${PG[single]}")" "$d_p99"
+printf '%-34s %10s %10s %10s %8s\n' "deduct / billing_charge via pgbench" "$d_tps" "${PG[billing_charge]}" "$(ratio "$d_tps" "${PG[billing_charge]}")" "$d_p99"
 printf '%-34s %10s %10s %10s %8s\n' "deduct-hot / naive hot" "$h_tps" "${PG[naive_hot]}" "$(ratio "$h_tps" "${PG[naive_hot]}")" "$h_p99"
 printf '%-34s %10s %10s %10s %8s\n' "deduct-hot / single statement hot" "$h_tps" "${PG[single_hot]}" "$(ratio "$h_tps" "${PG[single_hot]}")" "$h_p99"
 echo "errors: deduct $d_err, deduct-hot $h_err; raw JSON in $OUT/"
