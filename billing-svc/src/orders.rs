@@ -118,3 +118,14 @@ pub async fn batch_get(conn: &mut Conn, order_ids: &[String], session_ids: &[Uui
         .await?;
     Ok(rows.into_iter().map(|(order, subscription_id)| OrderView { order, subscription_id }).collect())
 }
+
+/// Cancels the CREATED orders among `order_ids` (each under its row lock: a
+/// concurrent capture either finishes first and the order stays PAID, or
+/// finds it CANCELLED) and returns the orders as they are now.
+pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[String], now: DateTime<Utc>) -> Result<Vec<OrderView>> {
+    diesel::update(orders::table.filter(orders::id.eq_any(order_ids)).filter(orders::status.eq("CREATED")))
+        .set((orders::status.eq("CANCELLED"), orders::updated_at.eq(now)))
+        .execute(conn)
+        .await?;
+    batch_get(conn, order_ids, &[]).await
+}

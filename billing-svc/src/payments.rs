@@ -28,6 +28,14 @@ pub struct Captured {
 /// Captures `payment_id` for `order_id` inside the caller's transaction.
 pub async fn capture_in_tx(conn: &mut Conn, order_id: &str, payment_id: &str, now: DateTime<Utc>) -> Result<Captured> {
     let order = orders::lock(conn, order_id).await?;
+    if order.status == "CANCELLED" {
+        tracing::error!(order_id, payment_id, "a payment arrived for a cancelled order; needs a refund");
+        return Err(Error::FailedPrecondition {
+            kind: "ORDER_CANCELLED",
+            subject: format!("order:{order_id}"),
+            description: "the order was cancelled (its checkout session expired and was cleaned up)".into(),
+        });
+    }
     if order.is_paid() {
         if order.payment_id.as_deref() != Some(payment_id) {
             tracing::error!(order_id, payment_id, "a second payment arrived for a paid order; needs a refund");

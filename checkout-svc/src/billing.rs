@@ -102,4 +102,17 @@ impl Billing {
         .map_err(Error::from_billing)?;
         Ok(resp.into_inner().orders)
     }
+
+    /// Idempotent (a cancelled order stays cancelled), so retries are safe.
+    #[tracing::instrument(name = "billing.v1.BillingService/CancelOrders", skip_all, fields(otel.kind = "client"))]
+    pub async fn cancel_orders(&self, budget: Budget, order_ids: &[String]) -> Result<Vec<pb::Order>> {
+        let resp = retry(budget, ATTEMPTS, || {
+            let mut c = self.client.clone();
+            let req = budget.request(pb::CancelOrdersRequest { order_ids: order_ids.to_vec() }, &self.token);
+            async move { c.cancel_orders(req).await }
+        })
+        .await
+        .map_err(Error::from_billing)?;
+        Ok(resp.into_inner().orders)
+    }
 }

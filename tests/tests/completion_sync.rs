@@ -216,3 +216,64 @@ async fn paying_an_old_session_retires_the_users_active_one() {
     assert_eq!(b_now.status, SessionStatus::Invalidated as i32, "the newer checkout cannot take a second payment");
     assert_eq!(b_now.replaced_by, a.id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cleanup_cancels_the_order_before_deleting_so_a_late_payment_is_a_discrepancy() {
+    let mut app = spawn_app().await;
+    let s = app.create_session("very-late", "basic-monthly").await;
+    app.clock.advance(Duration::days(8));
+    let r = app.checkout_admin.cleanup_sessions(cpb::CleanupSessionsRequest { dry_run: false }).await.unwrap().into_inner();
+    assert_eq!(r.deleted, 1);
+    let order = app
+        .billing
+        .batch_get_orders(bpb::BatchGetOrdersRequest { order_ids: vec![s.order_id.clone()], checkout_session_ids: vec![] })
+        .await
+        .unwrap()
+        .into_inner()
+        .orders
+        .remove(0);
+    assert_eq!(order.status, bpb::OrderStatus::Cancelled as i32, "the order is withdrawn before its session is deleted");
+    // The customer pays the old order anyway: recorded, never silently lost.
+    let (p, sig) = app.pay(&s.order_id);
+    let hook = app.captured_webhook(&s.order_id, &p, s.amount_minor, &s.currency, "evt-very-late");
+    assert_eq!(app.billing.handle_gateway_webhook(hook).await.unwrap().into_inner().outcome, "DISCREPANCY");
+    let e = app
+        .billing
+        .verify_payment(bpb::VerifyPaymentRequest { order_id: s.order_id.clone(), payment_id: p, signature: sig })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let findings =
+        app.billing_admin.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap().into_inner().findings;
+    assert!(findings.iter().any(|f| f.kind == "WEBHOOK_DISCREPANCY"), "{findings:?}");
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE order_id IS NOT NULL").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_orders_keeps_paid_orders_paid() {
+    let mut app = spawn_app().await;
+    let paid = app.order("c-paid", "basic-monthly").await;
+    let (p, sig) = app.pay(&paid.id);
+    app.billing
+        .verify_payment(bpb::VerifyPaymentRequest { order_id: paid.id.clone(), payment_id: p, signature: sig })
+        .await
+        .unwrap();
+    let open = app.order("c-open", "basic-monthly").await;
+    let r = app
+        .billing
+        .cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![paid.id.clone(), open.id.clone(), "order_unknown".into()] })
+        .await
+        .unwrap()
+        .into_inner()
+        .orders;
+    let status = |id: &str| r.iter().find(|o| o.id == id).map(|o| o.status);
+    assert_eq!(status(&paid.id), Some(bpb::OrderStatus::Paid as i32));
+    assert_eq!(status(&open.id), Some(bpb::OrderStatus::Cancelled as i32));
+    assert_eq!(r.len(), 2);
+    let too_many = (0..501).map(|i| format!("order_{i}")).collect();
+    assert_eq!(
+        app.billing.cancel_orders(bpb::CancelOrdersRequest { order_ids: too_many }).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}

@@ -42,7 +42,11 @@ pub fn order(v: &OrderView) -> pb::Order {
         plan_id: o.plan_id.clone(),
         amount_minor: o.amount_minor,
         currency: o.currency.clone(),
-        status: if o.is_paid() { pb::OrderStatus::Paid } else { pb::OrderStatus::Created } as i32,
+        status: match o.status.as_str() {
+            "PAID" => pb::OrderStatus::Paid,
+            "CANCELLED" => pb::OrderStatus::Cancelled,
+            _ => pb::OrderStatus::Created,
+        } as i32,
         payment_id: o.payment_id.clone().unwrap_or_default(),
         subscription_id: v.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
         created_at: Some(to_proto(o.created_at)),

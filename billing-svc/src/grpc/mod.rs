@@ -125,6 +125,23 @@ impl BillingService for BillingGrpc {
         Ok(Response::new(pb::BatchGetOrdersResponse { orders: views.iter().map(convert::order).collect() }))
     }
 
+    #[instrument(skip_all, fields(orders = req.get_ref().order_ids.len()))]
+    async fn cancel_orders(&self, req: Request<pb::CancelOrdersRequest>) -> RpcResult<pb::CancelOrdersResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        if r.order_ids.len() > orders::MAX_BATCH {
+            v.add("order_ids", format!("at most {} ids", orders::MAX_BATCH));
+        }
+        for id in &r.order_ids {
+            v.text("order_ids", id, MAX_ID_LEN);
+        }
+        v.finish()?;
+        let app = self.app.clone();
+        let views =
+            run(async move { orders::cancel_unpaid(&mut *app.conn().await?, &r.order_ids, app.clock.now()).await }).await?;
+        Ok(Response::new(pb::CancelOrdersResponse { orders: views.iter().map(convert::order).collect() }))
+    }
+
     #[instrument(skip_all, fields(order_id = %req.get_ref().order_id))]
     async fn verify_payment(&self, req: Request<pb::VerifyPaymentRequest>) -> RpcResult<pb::VerifyPaymentResponse> {
         let r = req.into_inner();

@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use diesel::{dsl::count_star, prelude::*};
 use diesel_async::RunQueryDsl;
+use proto::billing::v1 as bpb;
 use shared::client::Budget;
 use uuid::Uuid;
 
@@ -61,10 +62,24 @@ pub async fn cleanup(app: &App, dry_run: bool) -> Result<CleanupCounts> {
             Err(e) => return Err(e),
         };
         counts.completed_by_sync += if dry_run { paid.len() } else { complete_paid(app, &paid).await? } as i64;
-        let unpaid: Vec<Uuid> = page.iter().map(|s| s.id).filter(|id| !paid.iter().any(|(p, _)| p == id)).collect();
-        let (expired, deleted) = apply(app, &unpaid, now, cutoff, dry_run).await?;
-        counts.expired += expired;
-        counts.deleted += deleted;
+        let unpaid: Vec<&Session> = page.iter().filter(|s| !paid.iter().any(|(p, _)| *p == s.id)).collect();
+        counts.expired += expire(app, &unpaid.iter().map(|s| s.id).collect::<Vec<_>>(), now, dry_run).await?;
+        let stale: Vec<&Session> = unpaid.into_iter().filter(|s| s.status != "COMPLETED" && s.created_at < cutoff).collect();
+        if dry_run {
+            counts.deleted += stale.len() as i64;
+        } else {
+            match delete_withdrawn(app, &stale, cutoff).await {
+                Ok((deleted, completed)) => {
+                    counts.deleted += deleted;
+                    counts.completed_by_sync += completed;
+                }
+                Err(Error::BillingUnavailable(e)) => {
+                    tracing::warn!(sessions = stale.len(), error = %e, "cleanup kept sessions: billing unavailable");
+                    counts.skipped_billing_unavailable += stale.len() as i64;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if (page.len() as i64) < PAGE {
             break;
         }
@@ -73,17 +88,44 @@ pub async fn cleanup(app: &App, dry_run: bool) -> Result<CleanupCounts> {
     Ok(counts)
 }
 
-async fn apply(app: &App, ids: &[Uuid], now: DateTime<Utc>, cutoff: DateTime<Utc>, dry_run: bool) -> Result<(i64, i64)> {
+/// ACTIVE sessions past their expiry among `ids` → EXPIRED.
+async fn expire(app: &App, ids: &[Uuid], now: DateTime<Utc>, dry_run: bool) -> Result<i64> {
     let mut c = app.conn().await?;
     let lapsed = cs::id.eq_any(ids).and(cs::status.eq("ACTIVE")).and(cs::expires_at.le(now));
-    let stale = cs::id.eq_any(ids).and(cs::status.ne("COMPLETED")).and(cs::created_at.lt(cutoff));
     if dry_run {
-        let expired: i64 = cs::table.filter(lapsed).select(count_star()).first(&mut *c).await?;
-        let deleted: i64 = cs::table.filter(stale).select(count_star()).first(&mut *c).await?;
-        return Ok((expired, deleted));
+        return Ok(cs::table.filter(lapsed).select(count_star()).first(&mut *c).await?);
     }
-    let expired =
+    let n =
         diesel::update(cs::table.filter(lapsed)).set((cs::status.eq("EXPIRED"), cs::updated_at.eq(now))).execute(&mut *c).await?;
-    let deleted = diesel::delete(cs::table.filter(stale)).execute(&mut *c).await?;
-    Ok((expired as i64, deleted as i64))
+    Ok(n as i64)
+}
+
+/// Deletes stale unpaid sessions, but only after billing cancelled their
+/// orders: a payment that lands afterwards becomes a discrepancy at billing
+/// instead of money with no checkout record. Orders that turn out PAID are
+/// completed instead. Returns (deleted, completed).
+async fn delete_withdrawn(app: &App, stale: &[&Session], cutoff: DateTime<Utc>) -> Result<(i64, i64)> {
+    if stale.is_empty() {
+        return Ok((0, 0));
+    }
+    let order_ids: Vec<String> = stale.iter().map(|s| s.order_id.clone()).collect();
+    let orders = app.billing.cancel_orders(Budget::new(app.config.billing_timeout), &order_ids).await?;
+    let status_of = |s: &Session| orders.iter().find(|o| o.id == s.order_id).map(|o| o.status);
+    let paid: Vec<(Uuid, bpb::Order)> = stale
+        .iter()
+        .filter_map(|s| {
+            orders.iter().find(|o| o.id == s.order_id && o.status == bpb::OrderStatus::Paid as i32).map(|o| (s.id, o.clone()))
+        })
+        .collect();
+    let completed = complete_paid(app, &paid).await? as i64;
+    // Unknown to billing (never created there) or cancelled: safe to delete.
+    let withdrawn: Vec<Uuid> =
+        stale.iter().filter(|s| status_of(s).is_none_or(|x| x == bpb::OrderStatus::Cancelled as i32)).map(|s| s.id).collect();
+    let mut c = app.conn().await?;
+    let deleted = diesel::delete(
+        cs::table.filter(cs::id.eq_any(&withdrawn)).filter(cs::status.ne("COMPLETED")).filter(cs::created_at.lt(cutoff)),
+    )
+    .execute(&mut *c)
+    .await?;
+    Ok((deleted as i64, completed))
 }
