@@ -102,7 +102,14 @@ fn install(
     let meter = extra_metrics(meter).build();
     // Spans get trace ids even without an exporter, so logs and INTERNAL
     // errors always carry one and the context still propagates downstream.
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer.tracer(service_name));
+    // Busy/idle timing, thread ids and code locations cost a clock read or
+    // more on every poll of every instrumented future; the hot paths do not
+    // need them.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_tracer(tracer.tracer(service_name));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = match crate::config::env_opt("LOG_FORMAT").as_deref() {
         Some("json") => true,

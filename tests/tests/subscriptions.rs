@@ -245,3 +245,73 @@ async fn seed_000_job_keeps_running_across_a_database_outage_and_returns_its_con
     assert_eq!(state.connections, state.idle_connections, "{state:?}");
     assert!(state.connections <= 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn race_concurrent_payments_of_one_user_leave_one_active_subscription() {
+    let app = spawn_app().await;
+    // The free subscription exists first (first use), then five orders are paid at once.
+    app.billing.clone().get_usage(bpb::GetUsageRequest { user_id: "multi".into() }).await.unwrap();
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        orders.push(app.order("multi", "basic-monthly").await);
+    }
+    let calls = orders.iter().map(|o| {
+        let b = app.billing.clone();
+        let (payment_id, signature) = app.pay(&o.id);
+        let order_id = o.id.clone();
+        async move {
+            tests::helpers::retrying(|| {
+                let req = bpb::VerifyPaymentRequest {
+                    order_id: order_id.clone(),
+                    payment_id: payment_id.clone(),
+                    signature: signature.clone(),
+                };
+                let mut b = b.clone();
+                async move { b.verify_payment(req).await }
+            })
+            .await
+        }
+    });
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE user_id = 'multi' AND status = 'ACTIVE'").await, 1);
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE user_id = 'multi' AND status = 'REPLACED'").await,
+        5
+    );
+    // Every credit is accounted for: 30 free + 5 x 300, all carried into the last one.
+    assert_eq!(
+        scalar(&mut db, "SELECT credits_remaining AS n FROM subscriptions WHERE user_id = 'multi' AND status = 'ACTIVE'").await,
+        30 + 5 * 300
+    );
+    tests::helpers::assert_ledger_matches_balances(&mut db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn race_concurrent_rollover_runs_open_each_period_once() {
+    let app = spawn_app().await;
+    for i in 0..20 {
+        app.subscribe(&format!("period-{i}"), "basic-monthly").await;
+    }
+    app.clock.advance(Duration::days(40));
+    let runs = futures::future::join_all((0..4).map(|_| billing_svc::jobs::run_once(&app.billing_app, "rollover"))).await;
+    let opened: usize = runs
+        .into_iter()
+        .map(|r| r.unwrap().split(": ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse::<usize>().ok()).unwrap())
+        .sum();
+    assert_eq!(opened, 20, "each subscription's new period is opened by exactly one run");
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(
+            &mut db,
+            "SELECT count(*) AS n FROM subscriptions WHERE status = 'ACTIVE' AND plan_id = 'basic-monthly' \
+             AND period_start = anchor_at + interval '1 month' AND credits_granted = 300 AND credits_remaining = 300"
+        )
+        .await,
+        20,
+        "every subscription is in its second period, with one fresh grant"
+    );
+    tests::helpers::assert_ledger_matches_balances(&mut db).await;
+}
