@@ -20,6 +20,18 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 
 const BIN: &str = env!("CARGO_BIN_EXE_billing-svc");
 
+/// `billing-svc serve` on 127.0.0.1:`port` with the required settings.
+fn serve_cmd(port: u16, database_url: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("serve")
+        .env("BILLING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("BILLING_DATABASE_URL", database_url)
+        .env("BILLING_AUTH_TOKENS", "t")
+        .env("GATEWAY_KEY_SECRET", "k")
+        .env("GATEWAY_WEBHOOK_SECRET", "w");
+    c
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -42,13 +54,7 @@ async fn sigterm_under_load_drains_in_flight_requests() {
     let db = format!("drain_{}", uuid::Uuid::new_v4().simple());
     server.ensure_database(&db, None).await.unwrap();
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .env("BILLING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("BILLING_DATABASE_URL", server.url(&db))
-        .env("BILLING_AUTH_TOKENS", "t")
-        .env("GATEWAY_KEY_SECRET", "k")
-        .env("GATEWAY_WEBHOOK_SECRET", "w")
+    let mut child = serve_cmd(port, &server.url(&db))
         .env("SHUTDOWN_GRACE_SECS", "10")
         .env("JOBS_ENABLED", "false")
         .env("RUST_LOG", "warn")
@@ -170,15 +176,7 @@ async fn sigterm_under_load_drains_in_flight_requests() {
 fn port_in_use_is_one_line_naming_the_variable() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
-    let out = Command::new(BIN)
-        .arg("serve")
-        .env("BILLING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("BILLING_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
-        .env("BILLING_AUTH_TOKENS", "t")
-        .env("GATEWAY_KEY_SECRET", "k")
-        .env("GATEWAY_WEBHOOK_SECRET", "w")
-        .output()
-        .unwrap();
+    let out = serve_cmd(port, "postgres://postgres@127.0.0.1:1/none").output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err.lines().filter(|l| l.contains("billing-svc:")).collect::<Vec<_>>();
@@ -191,13 +189,7 @@ fn port_in_use_is_one_line_naming_the_variable() {
 async fn database_unreachable_at_start_stays_not_serving_and_answers_unavailable_fast() {
     let port = free_port();
     // Nothing listens on port 1: the database is unreachable.
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .env("BILLING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("BILLING_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
-        .env("BILLING_AUTH_TOKENS", "t")
-        .env("GATEWAY_KEY_SECRET", "k")
-        .env("GATEWAY_WEBHOOK_SECRET", "w")
+    let mut child = serve_cmd(port, "postgres://postgres@127.0.0.1:1/none")
         .env("DB_CONNECT_TIMEOUT_MS", "1500")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
