@@ -102,7 +102,13 @@ pub async fn authorize_upload(app: &App, user_id: &str, size_bytes: i64) -> Resu
     let report = report(app, user_id).await?;
     let max = report.plan.max_upload_bytes;
     if size_bytes > max {
-        return Err(exceeded("UPLOAD_TOO_LARGE", &report.plan, size_bytes, max, "upload too large"));
+        return Err(Error::QuotaExceeded {
+            reason: "UPLOAD_TOO_LARGE",
+            plan: report.plan.id.clone(),
+            current_usage: size_bytes,
+            limit: max,
+            description: format!("an upload of {size_bytes} bytes exceeds the {max} bytes plan {} allows", report.plan.id),
+        });
     }
     Ok(max)
 }

@@ -189,22 +189,33 @@ pub async fn deduct(t: &Target, timing: &Timing, sessions: usize, hot: bool) -> 
     crate::helpers::exec(
         &mut db,
         &format!(
-            "UPDATE subscriptions SET plan_id = 'pro-monthly', credits_granted = 1000000000, credits_remaining = 1000000000 \
+            "UPDATE subscriptions SET credits_granted = 1000000000, credits_remaining = 1000000000 \
              WHERE user_id LIKE 'lg-{tag}-%' AND status = 'ACTIVE'"
         ),
     )
     .await;
     let clients = t.billing_pool(timing.concurrency)?;
     let name = if hot { "deduct-hot" } else { "deduct" };
-    super::run(name, timing.concurrency, timing.warmup, timing.duration, move |w, i| {
+    let run_ids = ids.clone();
+    let report = super::run(name, timing.concurrency, timing.warmup, timing.duration, move |w, i| {
         let mut c = clients[w].clone();
-        let n = ids.len();
+        let n = run_ids.len();
         let req = bpb::DeductRequest {
-            usage_session_id: ids[(w * 7919 + i as usize * 31) % n].clone(),
+            usage_session_id: run_ids[(w * 7919 + i as usize * 31) % n].clone(),
             deduction_id: format!("{w}-{i}"),
             units: 1,
         };
         async move { c.deduct(req).await.map(|_| ()) }
     })
-    .await
+    .await?;
+    // Leave no usage session ACTIVE behind (reconcile would flag them later).
+    let _: Vec<_> = stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let mut c = client.clone();
+            async move { c.end_usage_session(bpb::EndUsageSessionRequest { id, manual_deductions: 0 }).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    Ok(report)
 }
