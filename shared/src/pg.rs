@@ -42,7 +42,10 @@ impl PgServer {
         }
         let cluster = PrivateCluster::start(scratch)?;
         let port = cluster.port;
-        let server = Self { admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), private: Some(cluster.inner) };
+        // Only the process that started the cluster stops it; others (test
+        // processes, a second stack) share it.
+        let private = cluster.owned.then_some(cluster.inner);
+        let server = Self { admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), private };
         server.wait_ready(Duration::from_secs(20)).await?;
         Ok(server)
     }
@@ -125,6 +128,30 @@ impl Drop for PgServer {
 struct Started {
     inner: PrivateCluster,
     port: u16,
+    owned: bool,
+}
+
+/// A cross-process mutex: a directory that exists while it is held (test
+/// processes may try to set the cluster up at the same time).
+struct DirLock(PathBuf);
+
+impl DirLock {
+    fn acquire(path: PathBuf) -> Self {
+        for _ in 0..600 {
+            if std::fs::create_dir(&path).is_ok() {
+                return Self(path);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // A holder that died left it behind: take it over.
+        Self(path)
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 impl PrivateCluster {
@@ -137,7 +164,11 @@ impl PrivateCluster {
         if let Some(user) = &run_as {
             chown_to(&scratch, user)?;
         }
+        let _lock = DirLock::acquire(scratch.join("setup.lock"));
         let cluster = PrivateCluster { bindir, data: data.clone(), run_as };
+        if let Some(port) = cluster.running_port() {
+            return Ok(Started { inner: cluster, port, owned: false });
+        }
         if !data.join("PG_VERSION").exists() {
             let status = cluster
                 .cmd("initdb")
@@ -157,7 +188,17 @@ impl PrivateCluster {
         if !status.success() {
             bail!("pg_ctl start failed ({status}); see {}", log.display());
         }
-        Ok(Started { inner: cluster, port })
+        Ok(Started { inner: cluster, port, owned: true })
+    }
+
+    /// The port of a server already running on this data directory.
+    fn running_port(&self) -> Option<u16> {
+        let running = self.pg_ctl(&["status"]).stdout(std::process::Stdio::null()).status().ok()?.success();
+        if !running {
+            return None;
+        }
+        // postmaster.pid: line 4 is the port.
+        std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?.lines().nth(3)?.trim().parse().ok()
     }
 
     fn cmd(&self, program: &str) -> Command {
