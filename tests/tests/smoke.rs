@@ -91,3 +91,40 @@ async fn unknown_id_is_not_found_with_resource_info() {
     let e = app.billing.get_plan(bpb::GetPlanRequest { id: "no-such-plan".into() }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_beyond_the_concurrency_limit_are_shed_with_unavailable() {
+    use diesel_async::RunQueryDsl;
+    let app = tests::spawn_app_with(tests::harness::Options { pool_size: 4, max_concurrent_requests: 2 }).await;
+    let s = app.start_usage("busy", bpb::UsageKind::Text).await.unwrap();
+    // Two Deducts wait on a row lock this test holds: both slots are taken.
+    let mut holder = app.billing_db().await;
+    diesel::sql_query("BEGIN").execute(&mut holder).await.unwrap();
+    diesel::sql_query(format!("SELECT 1 FROM usage_sessions WHERE id = '{}' FOR UPDATE", s.id))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let stuck: Vec<_> = (0..2)
+        .map(|i| {
+            let mut b = app.billing.clone();
+            let id = s.id.clone();
+            tokio::spawn(async move {
+                b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: format!("d{i}"), units: 1 }).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut b = app.billing.clone();
+    // Without shedding this would queue behind the lock: bound the wait.
+    let mut req = tonic::Request::new(bpb::ListPlansRequest {});
+    req.set_timeout(std::time::Duration::from_secs(3));
+    let e = b.list_plans(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("overloaded"), "{e:?}");
+    diesel::sql_query("COMMIT").execute(&mut holder).await.unwrap();
+    for r in futures::future::join_all(stuck).await {
+        r.unwrap().unwrap();
+    }
+    // Capacity is back.
+    b.list_plans(bpb::ListPlansRequest {}).await.unwrap();
+}
