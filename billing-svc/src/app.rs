@@ -55,7 +55,7 @@ pub async fn serve(
     let auth = Authenticator::new(&app.config.auth_tokens, &app.config.admin_tokens);
     let svc = BillingServiceServer::with_interceptor(crate::grpc::BillingGrpc::new(app.clone()), auth);
     let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };
-    let result = shared::server::serve_migrated(
+    let result = shared::server::serve(
         proto::BILLING_SERVICE_NAME,
         listener,
         svc,

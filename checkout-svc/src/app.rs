@@ -50,7 +50,7 @@ pub async fn serve(
     let auth = Authenticator::new(&app.config.auth_tokens, &app.config.admin_tokens);
     let svc = CheckoutServiceServer::with_interceptor(crate::grpc::CheckoutGrpc::new(app.clone()), auth);
     let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };
-    let result = shared::server::serve_migrated(
+    let result = shared::server::serve(
         proto::CHECKOUT_SERVICE_NAME,
         listener,
         svc,

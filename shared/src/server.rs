@@ -90,16 +90,19 @@ impl Readiness {
 /// fires, then reports NOT_SERVING and drains in-flight RPCs for at most
 /// `config.shutdown_grace`.
 ///
-/// `ready` is called with the [`Readiness`] handle once the server is
-/// listening; it should flip the named service to SERVING when the database
-/// is migrated and answers.
-pub async fn serve<S, B, R, RF>(
+/// The named health service turns SERVING once `migrate(database_url)` has
+/// run and `pool` answers a ping (retried with backoff while the database is
+/// unreachable).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<S, B, M, MF>(
     service_name: &'static str,
     listener: TcpListener,
     svc: S,
     config: &CommonConfig,
     shutdown: Shutdown,
-    ready: R,
+    database_url: String,
+    pool: crate::db::Pool,
+    migrate: M,
 ) -> anyhow::Result<()>
 where
     S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
@@ -111,13 +114,20 @@ where
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
-    R: FnOnce(Readiness) -> RF,
-    RF: Future<Output = ()> + Send + 'static,
+    M: Fn(String) -> MF + Send + 'static,
+    MF: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
 {
     let (reporter, health) = tonic_health::server::health_reporter();
     let readiness = Readiness { reporter: reporter.clone(), name: service_name };
     readiness.set(false).await;
-    tokio::spawn(ready(readiness.clone()));
+    tokio::spawn(become_ready(readiness.clone(), shutdown.clone(), move || {
+        let (migrated, pool) = (migrate(database_url.clone()), pool.clone());
+        async move {
+            migrated.await?;
+            crate::db::ping(&pool).await?;
+            Ok(())
+        }
+    }));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -215,46 +225,6 @@ where
             }
         }
     }
-}
-
-/// [`serve`] whose readiness waits for `migrate(url)` and a ping of `pool`
-/// (retried with backoff while the database is unreachable).
-#[allow(clippy::too_many_arguments)]
-pub async fn serve_migrated<S, B, M, MF>(
-    service_name: &'static str,
-    listener: TcpListener,
-    svc: S,
-    config: &CommonConfig,
-    shutdown: Shutdown,
-    database_url: String,
-    pool: crate::db::Pool,
-    migrate: M,
-) -> anyhow::Result<()>
-where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    M: Fn(String) -> MF + Send + 'static,
-    MF: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
-{
-    let stop = shutdown.clone();
-    serve(service_name, listener, svc, config, shutdown, move |readiness| {
-        become_ready(readiness, stop, move || {
-            let (migrated, pool) = (migrate(database_url.clone()), pool.clone());
-            async move {
-                migrated.await?;
-                crate::db::ping(&pool).await?;
-                Ok(())
-            }
-        })
-    })
-    .await
 }
 
 /// Runs a handler's effect on its own task (keeping the handler's span), so

@@ -20,31 +20,13 @@ use tests::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paying_again_replaces_the_subscription_and_carries_credits_over() {
     let mut app = spawn_app().await;
-    let first = app.order("upgrader", "basic-monthly").await;
-    let (p, sig) = app.pay(&first.id);
-    let s1 = app
-        .billing
-        .verify_payment(bpb::VerifyPaymentRequest { order_id: first.id.clone(), payment_id: p, signature: sig })
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let s1 = app.subscribe("upgrader", "basic-monthly").await;
     assert_eq!(s1.credits_remaining, 300);
     let mut db = app.billing_db().await;
     exec(&mut db, &format!("UPDATE subscriptions SET credits_remaining = 290 WHERE id = '{}'", s1.id)).await;
     exec(&mut db, &format!("INSERT INTO ledger (subscription_id, period_start, kind, credits) SELECT id, period_start, 'CARRY_OVER', 10 FROM subscriptions WHERE id = '{}'", s1.id)).await;
     app.clock.advance(Duration::days(3));
-    let second = app.order("upgrader", "pro-monthly").await;
-    let (p, sig) = app.pay(&second.id);
-    let s2 = app
-        .billing
-        .verify_payment(bpb::VerifyPaymentRequest { order_id: second.id.clone(), payment_id: p, signature: sig })
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let s2 = app.subscribe("upgrader", "pro-monthly").await;
     assert_eq!(s2.credits_granted, 1500 + 290);
     let subs = app
         .billing
@@ -67,16 +49,7 @@ async fn paying_again_replaces_the_subscription_and_carries_credits_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rollover_opens_the_next_period_exactly_once() {
     let mut app = spawn_app().await;
-    let order = app.order("roller", "basic-monthly").await;
-    let (p, sig) = app.pay(&order.id);
-    let sub = app
-        .billing
-        .verify_payment(bpb::VerifyPaymentRequest { order_id: order.id.clone(), payment_id: p, signature: sig })
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let sub = app.subscribe("roller", "basic-monthly").await;
     let start = sub.period_start.unwrap().seconds;
     let t0 = chrono::DateTime::from_timestamp(start, 0).unwrap();
     assert_eq!(sub.period_end.unwrap().seconds, (t0 + Months::new(1)).timestamp());
