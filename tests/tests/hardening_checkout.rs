@@ -161,3 +161,38 @@ async fn race_one_key_two_bodies_never_collide_at_billing() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renew_finds_the_head_of_a_chain_of_70_replacements() {
+    let app = spawn_app().await;
+    let mut checkout = app.checkout.clone();
+    let first = app.create_session("chain", "pro-monthly").await;
+    let mut head = first.clone();
+    for i in 0..70 {
+        let plan = if i % 2 == 0 { "basic-monthly" } else { "pro-monthly" };
+        let r = checkout.renew_session(cpb::RenewSessionRequest { id: head.id.clone(), plan_id: plan.into() }).await.unwrap();
+        head = r.into_inner().session.unwrap();
+    }
+    // The head's plan: the head itself.
+    let same = checkout
+        .renew_session(cpb::RenewSessionRequest { id: first.id.clone(), plan_id: head.plan_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(same.session.unwrap().id, head.id);
+    // Another plan: the head is replaced.
+    let other = if head.plan_id == "pro-monthly" { "basic-monthly" } else { "pro-monthly" };
+    let next = checkout
+        .renew_session(cpb::RenewSessionRequest { id: first.id.clone(), plan_id: other.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.previous.unwrap().id, head.id);
+    let next = next.session.unwrap();
+    assert_eq!(app.get_session(&head.id).await.replaced_by, next.id);
+    let mut db = app.checkout_db().await;
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'chain' AND status = 'ACTIVE'").await,
+        1
+    );
+}

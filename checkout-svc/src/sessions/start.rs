@@ -212,15 +212,48 @@ async fn existing(c: &mut Conn, id: Uuid) -> Result<Option<Session>> {
     Ok(cs::table.find(id).select(Session::as_select()).first(c).await.optional()?)
 }
 
-/// The newest session in a chain of replacements.
-async fn head_of(c: &mut Conn, mut s: Session) -> Result<Session> {
-    for _ in 0..64 {
-        match s.replaced_by {
-            Some(next) if s.is(Status::Invalidated) => s = find(c, next).await?,
-            _ => return Ok(s),
-        }
+/// Hops [`head_of`] follows before giving up: far beyond any real chain of
+/// plan changes, small enough to bound one query.
+const MAX_CHAIN: i32 = 10_000;
+
+#[derive(QueryableByName)]
+struct Link {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    more: bool,
+}
+
+/// The newest session in a chain of replacements, found with one recursive
+/// query however long the chain is.
+async fn head_of(c: &mut Conn, s: Session) -> Result<Session> {
+    if !(s.is(Status::Invalidated) && s.replaced_by.is_some()) {
+        return Ok(s);
     }
-    Err(Error::Internal(format!("replacement chain of {} too long", s.id)))
+    let last: Link = diesel::sql_query(
+        "WITH RECURSIVE chain AS ( \
+           SELECT id, status, replaced_by, 0 AS depth FROM checkout_sessions WHERE id = $1 \
+           UNION ALL \
+           SELECT n.id, n.status, n.replaced_by, chain.depth + 1 \
+           FROM chain JOIN checkout_sessions n ON n.id = chain.replaced_by \
+           WHERE chain.status = 'INVALIDATED' AND chain.depth < $2) \
+         SELECT id, (status = 'INVALIDATED' AND replaced_by IS NOT NULL) AS more \
+         FROM chain ORDER BY depth DESC LIMIT 1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(s.id)
+    .bind::<diesel::sql_types::Integer, _>(MAX_CHAIN)
+    .get_result(c)
+    .await
+    .optional()?
+    .ok_or_else(|| Error::not_found("checkout_session", s.id))?;
+    if last.more {
+        return Err(Error::precondition(
+            "REPLACEMENT_CHAIN_TOO_LONG",
+            s.id,
+            format!("the session was replaced more than {MAX_CHAIN} times; start a new session (CreateSession)"),
+        ));
+    }
+    find(c, last.id).await
 }
 
 fn not_renewable(s: &Session, now: DateTime<Utc>) -> Option<Error> {
