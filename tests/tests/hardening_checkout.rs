@@ -163,6 +163,37 @@ async fn race_one_key_two_bodies_never_collide_at_billing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reused_key_on_complete_is_refused_before_billing_captures() {
+    let app = spawn_app().await;
+    let mut checkout = app.checkout.clone();
+    let a = app.create_session("first-buyer", "pro-monthly").await;
+    let b = app.create_session("second-buyer", "basic-monthly").await;
+    let (pa, sa) = app.pay(&a.order_id);
+    let req = |id: &str, p: &str, s: &str| {
+        with_key(cpb::CompleteSessionRequest { id: id.into(), payment_id: p.into(), signature: s.into() }, "complete-key")
+    };
+    let done = checkout.complete_session(req(&a.id, &pa, &sa)).await.unwrap().into_inner();
+    assert_eq!(status(&done.session.unwrap()), SessionStatus::Completed);
+
+    let (pb_, sb) = app.pay(&b.order_id);
+    let e = checkout.complete_session(req(&b.id, &pb_, &sb)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+
+    let mut billing_db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut billing_db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'CREATED'", b.order_id))
+            .await,
+        1,
+        "B's payment must not have been captured"
+    );
+    assert_eq!(scalar(&mut billing_db, "SELECT count(*) AS n FROM subscriptions WHERE user_id = 'second-buyer'").await, 0);
+    // The same request under the same key replays.
+    let again = checkout.complete_session(req(&a.id, &pa, &sa)).await.unwrap().into_inner();
+    assert_eq!(again.session.unwrap().id, a.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn renew_finds_the_head_of_a_chain_of_70_replacements() {
     let app = spawn_app().await;
     let mut checkout = app.checkout.clone();

@@ -69,6 +69,11 @@ pub async fn complete(
     key: Option<&Key>,
     encode: Encode<'_, Completed>,
 ) -> Result<Outcome<Completed>> {
+    // A reused key is refused before billing captures anything: the
+    // transaction below would refuse it only after the money moved.
+    if let Some(bytes) = super::start::peek(app, key).await? {
+        return Ok(Outcome::Replay(bytes));
+    }
     let session = find(&mut *app.conn().await?, id).await?;
     if session.is(Status::Completed) && session.payment_id.as_deref() != Some(payment_id) {
         return Err(Error::precondition("SESSION_COMPLETED", id, "the session was completed with another payment"));
