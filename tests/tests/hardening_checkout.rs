@@ -30,6 +30,11 @@ fn precondition_types(s: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Lower-case hex, as page tokens are written.
+fn hex(s: impl AsRef<[u8]>) -> String {
+    s.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A CreateSession request with an idempotency key.
 fn keyed_create(user: &str, plan: &str, key: &str) -> tonic::Request<cpb::CreateSessionRequest> {
     with_key(cpb::CreateSessionRequest { user_id: user.into(), plan_id: plan.into() }, key)
@@ -226,4 +231,41 @@ async fn renew_finds_the_head_of_a_chain_of_70_replacements() {
         scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'chain' AND status = 'ACTIVE'").await,
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_page_tokens_are_invalid_argument() {
+    let app = spawn_app().await;
+    app.create_session("pager", "pro-monthly").await;
+    let id = uuid::Uuid::new_v4();
+    let tokens = [
+        // Within chrono's range but before PostgreSQL's (4713 BC).
+        hex(format!("-8000000000000000000|{id}")),
+        // Around year 300000.
+        hex(format!("9467000000000000000|{id}")),
+        hex(format!("{}|{id}", i64::MAX)),
+        "not-a-token".to_owned(),
+        hex("garbage"),
+        "ff".repeat(5000),
+    ];
+    for token in tokens {
+        let e = app
+            .checkout
+            .clone()
+            .list_sessions(cpb::ListSessionsRequest {
+                user_id: "pager".into(),
+                page_size: 10,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{token}: {e:?}");
+        let fields: Vec<String> = e
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, vec!["page_token".to_owned()], "{token}: {e:?}");
+    }
 }

@@ -1,11 +1,11 @@
 //! gRPC handlers: validate and translate proto ↔ domain, nothing else.
 //! Effects run in a spawned task so a cancelled RPC cannot stop a
-//! transaction halfway (DESIGN §8).
+//! transaction halfway.
 mod convert;
 
 use std::future::Future;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use proto::checkout::v1::{self as pb, checkout_service_server::CheckoutService};
 use shared::{
     auth::require_admin,
@@ -77,10 +77,20 @@ fn page_token(t: DateTime<Utc>, id: Uuid) -> String {
     hex::encode(format!("{}|{id}", t.timestamp_micros()))
 }
 
+/// Longest token [`page_token`] makes (hex of 20 digits, '|' and a UUID).
+const MAX_PAGE_TOKEN_LEN: usize = 2 * (20 + 1 + 36);
+
+/// Decodes a token of [`page_token`]. A forged token can carry any number:
+/// only instants of years 1..=9999 pass, so PostgreSQL (whose range is
+/// narrower than chrono's) never sees one it cannot hold.
 fn parse_page_token(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    if token.len() > MAX_PAGE_TOKEN_LEN {
+        return None;
+    }
     let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
     let (micros, id) = raw.split_once('|')?;
-    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, Uuid::parse_str(id).ok()?))
+    let t = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    (1..=9999).contains(&t.year()).then_some((t, Uuid::parse_str(id).ok()?))
 }
 
 #[tonic::async_trait]
@@ -228,5 +238,18 @@ mod tests {
         assert_eq!(parse_page_token(&page_token(t, id)), Some((t, id)));
         assert_eq!(parse_page_token("zz"), None);
         assert_eq!(parse_page_token(&hex::encode("1|nope")), None);
+    }
+
+    #[test]
+    fn page_tokens_outside_postgres_range_are_refused() {
+        let id = Uuid::new_v4();
+        // Within chrono's range, outside PostgreSQL's (before 4713 BC).
+        let ancient = DateTime::from_timestamp_micros(-8_000_000_000_000_000_000).map(|t| page_token(t, id));
+        assert!(ancient.is_some());
+        assert_eq!(ancient.and_then(|t| parse_page_token(&t)), None);
+        // Beyond chrono and PostgreSQL (around year 300000).
+        assert_eq!(parse_page_token(&hex::encode(format!("9467000000000000000|{id}"))), None);
+        assert_eq!(parse_page_token(&hex::encode(format!("{}|{id}", i64::MAX))), None);
+        assert_eq!(parse_page_token(&"ab".repeat(1000)), None);
     }
 }
