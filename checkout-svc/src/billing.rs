@@ -21,12 +21,19 @@ pub struct Billing {
 impl Billing {
     /// Connects lazily: checkout starts (and answers UNAVAILABLE for calls
     /// that need billing) even while billing is down.
+    ///
+    /// A stalled billing must not leave calls piling up on one dead HTTP/2
+    /// connection: unanswered keep-alive pings close it within seconds (the
+    /// calls on it fail as UNAVAILABLE and are retried on a new one), each
+    /// call is bounded by its budget in [`retry`], and a connection billing
+    /// resets (GOAWAY) is replaced on the next call.
     pub fn new(endpoint: &str, token: &str) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| anyhow::anyhow!("invalid BILLING_ENDPOINT {endpoint:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
         Ok(Self { client: BillingServiceClient::new(channel), token: token.to_owned() })
     }

@@ -1,4 +1,4 @@
-//! checkout-svc's one error enum and its one mapping to gRPC statuses (DESIGN §7).
+//! checkout-svc's one error enum and its one mapping to gRPC statuses.
 use std::time::Duration;
 
 use shared::{db::DbError, idempotency::IdempotencyError, status};
@@ -56,8 +56,13 @@ impl Error {
         Error::FailedPrecondition { kind, subject: subject.to_string(), description: description.into() }
     }
 
-    /// Classifies a status from billing.
+    /// Classifies a status from billing. A failure of the connection (reset,
+    /// GOAWAY, timeout) is billing being unreachable, whatever code tonic
+    /// gave it: never passed through as if billing had answered it.
     pub fn from_billing(s: Status) -> Self {
+        if shared::client::is_transport_failure(&s) {
+            return Error::BillingUnavailable(format!("transport {:?}: {}", s.code(), s.message()));
+        }
         match s.code() {
             Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::ResourceExhausted => Error::Billing(s),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted | Code::Unknown => {
@@ -100,3 +105,51 @@ impl From<Error> for Status {
 
 /// Attempts of a transaction that lost a race before ABORTED goes out.
 pub const TX_ATTEMPTS: u32 = 5;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    fn answered(s: Status) -> Status {
+        Status::from(Error::from_billing(s))
+    }
+
+    #[test]
+    fn transport_failures_of_billing_calls_are_unavailable_with_retry_info() {
+        let io: Box<dyn std::error::Error + Send + Sync> = Box::new(std::io::Error::other("broken pipe"));
+        for s in [
+            Status::new(
+                Code::ResourceExhausted,
+                "h2 protocol error: connection error received: error code 11 (ENHANCE_YOUR_CALM)",
+            ),
+            Status::new(Code::Internal, "h2 protocol error: stream error received: unspecific protocol error detected"),
+            Status::new(Code::Unknown, "transport error"),
+            Status::new(Code::Cancelled, "Timeout expired"),
+            Status::new(Code::ResourceExhausted, "Too many active requests for the connection"),
+            Status::from_error(io),
+        ] {
+            let out = answered(s);
+            assert_eq!(out.code(), Code::Unavailable, "{out:?}");
+            assert!(out.get_error_details().retry_info().is_some(), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn billing_answers_keep_their_meaning() {
+        let quota = status::quota_exceeded("PLAN_LIMIT", "plan:basic", "limit reached", HashMap::new());
+        let out = answered(quota);
+        assert_eq!(out.code(), Code::ResourceExhausted);
+        assert!(out.get_error_details().quota_failure().is_some());
+        let pre = answered(status::precondition("ORDER_CANCELLED", "checkout_session:x", "cancelled"));
+        assert_eq!(pre.code(), Code::FailedPrecondition);
+        assert!(pre.get_error_details().precondition_failure().is_some());
+        assert_eq!(answered(Status::not_found("plan")).code(), Code::NotFound);
+        assert_eq!(answered(Status::unavailable("shed")).code(), Code::Unavailable);
+        // billing's own bug stays INTERNAL here (logged with a trace id).
+        assert_eq!(answered(Status::internal("internal error (trace id 1)")).code(), Code::Internal);
+    }
+}
