@@ -4,7 +4,34 @@
 //! `target/stack/stack.env` for scripts. Ctrl-C or SIGTERM stops everything.
 use std::{path::Path, process::ExitCode, time::Duration};
 
+use clap::Parser;
 use shared::{Clock, config::env_or, pg::PgServer, server::Shutdown};
+
+/// Everything is configured through the environment, so `--help` (and
+/// `--version`) are the only arguments; anything else is refused before a
+/// port is bound.
+#[derive(Parser)]
+#[command(
+    name = "stack",
+    version,
+    about = "PostgreSQL (found or started) + billing-svc + checkout-svc with demo plans, for local use",
+    after_help = ENV_HELP
+)]
+struct Cli {}
+
+const ENV_HELP: &str = "\
+Environment:
+  CHECKOUT_LISTEN_ADDR    checkout's address (default 127.0.0.1:50051)
+  BILLING_LISTEN_ADDR     billing's address (default 127.0.0.1:50052)
+  CHECKOUT_TOKEN          caller token of checkout (default dev-checkout-token)
+  BILLING_TOKEN           caller token of billing, also used by checkout (default dev-billing-token)
+  ADMIN_TOKEN             admin token of both (default dev-admin-token)
+  GATEWAY_KEY_SECRET      sandbox payment signature key (default dev-gateway-key-secret)
+  GATEWAY_WEBHOOK_SECRET  sandbox webhook signature key (default dev-gateway-webhook-secret)
+  DATABASE_URL            PostgreSQL server to use (default: 127.0.0.1:5432, else a private cluster under target/pg)
+  and every variable of `checkout-svc --help` and `billing-svc --help`.
+
+Writes target/stack/stack.env with the addresses and tokens. Ctrl-C or SIGTERM stops everything.";
 
 struct Settings {
     checkout_listen: String,
@@ -30,6 +57,7 @@ fn settings() -> anyhow::Result<Settings> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let Cli {} = Cli::parse();
     let _telemetry = shared::telemetry::init("stack").ok();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
