@@ -24,7 +24,7 @@ use std::{
 
 use opentelemetry::{
     KeyValue, global,
-    metrics::{Counter, Histogram, Meter},
+    metrics::{Counter, Gauge, Histogram, Meter},
 };
 use tower::BoxError;
 
@@ -42,6 +42,7 @@ struct Instruments {
     credits_charged: Counter<u64>,
     credits_unpaid: Counter<u64>,
     captures: Counter<u64>,
+    pool_connections: Gauge<u64>,
 }
 
 static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
@@ -68,8 +69,19 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
             .u64_counter("billing.payment.captures")
             .with_description("Payment captures, first time (captured) or repeated (replayed)")
             .build(),
+        pool_connections: pool_gauge(&m),
     }
 });
+
+/// `db.client.connection.count`, a synchronous gauge that [`observe_pool`]
+/// samples. Not an observable gauge: OpenTelemetry 0.33 resolves an
+/// observable instrument's aggregators when it is built and, with no metric
+/// reader configured (no OTLP endpoint), logs InstrumentCreationFailed at
+/// ERROR and drops its callback for good; synchronous instruments are
+/// silently inert without a reader.
+fn pool_gauge(m: &Meter) -> Gauge<u64> {
+    m.u64_gauge("db.client.connection.count").with_description("Pooled database connections, by state").build()
+}
 
 /// One run of the periodic job `job`.
 pub fn job_run(job: &'static str, ok: bool) {
@@ -103,56 +115,66 @@ pub fn payment_captured(replayed: bool) {
 // ---------------------------------------------------------------------------
 // Pool gauges
 
+/// How often a pool's connection counts are sampled (export is every 60 s
+/// by default, so a sample is at most this old when exported).
+const POOL_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Pools currently observed: (registration id, pool name, pool). A pool is
 /// held only while its [`PoolGauge`] lives, so a stopped service releases
 /// its connections.
 static POOLS: Mutex<Vec<(u64, &'static str, Pool)>> = Mutex::new(Vec::new());
 static NEXT_POOL: AtomicU64 = AtomicU64::new(0);
-/// Registers the gauge callback once per process (callbacks live as long as
-/// the meter provider, so one callback reads every registered pool).
-static POOL_GAUGE: LazyLock<()> = LazyLock::new(|| {
-    let _ = meter()
-        .u64_observable_gauge("db.client.connection.count")
-        .with_description("Pooled database connections, by state")
-        .with_callback(|obs| {
-            // Pools of the same name (several instances in one process, as in
-            // tests) are summed.
-            let mut by_name: Vec<(&'static str, u64, u64)> = Vec::new();
-            for (_, name, pool) in POOLS.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-                let s = pool.state();
-                let (idle, used) = (u64::from(s.idle_connections), u64::from(s.connections.saturating_sub(s.idle_connections)));
-                match by_name.iter_mut().find(|(n, ..)| n == name) {
-                    Some(e) => (e.1, e.2) = (e.1 + idle, e.2 + used),
-                    None => by_name.push((name, idle, used)),
-                }
-            }
-            for (name, idle, used) in by_name {
-                let pool = KeyValue::new("db.client.connection.pool.name", name);
-                obs.observe(idle, &[pool.clone(), KeyValue::new("db.client.connection.state", "idle")]);
-                obs.observe(used, &[pool, KeyValue::new("db.client.connection.state", "used")]);
-            }
-        })
-        .build();
-});
+
+/// Records the idle / used connections of every pool named `name` (pools of
+/// one name, as several service instances in one test process, are summed).
+fn sample_pools(name: &'static str) {
+    let (mut idle, mut used) = (0u64, 0u64);
+    for (_, n, pool) in POOLS.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        if *n == name {
+            let s = pool.state();
+            idle += u64::from(s.idle_connections);
+            used += u64::from(s.connections.saturating_sub(s.idle_connections));
+        }
+    }
+    let pool = KeyValue::new("db.client.connection.pool.name", name);
+    INSTRUMENTS.pool_connections.record(idle, &[pool.clone(), KeyValue::new("db.client.connection.state", "idle")]);
+    INSTRUMENTS.pool_connections.record(used, &[pool, KeyValue::new("db.client.connection.state", "used")]);
+}
 
 /// Reports `pool`'s connections (idle / used) as `name` while the returned
-/// guard lives.
+/// guard lives: sampled at once and every few seconds on the current tokio
+/// runtime (without one, only at once).
 #[must_use = "the pool is observed only while the guard lives"]
 pub fn observe_pool(name: &'static str, pool: Pool) -> PoolGauge {
-    LazyLock::force(&POOL_GAUGE);
     let id = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
     POOLS.lock().unwrap_or_else(PoisonError::into_inner).push((id, name, pool));
-    PoolGauge { id }
+    sample_pools(name);
+    let sampler = tokio::runtime::Handle::try_current().ok().map(|rt| {
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(POOL_SAMPLE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                sample_pools(name);
+            }
+        })
+        .abort_handle()
+    });
+    PoolGauge { id, sampler }
 }
 
 /// Stops observing a pool when dropped.
 #[derive(Debug)]
 pub struct PoolGauge {
     id: u64,
+    sampler: Option<tokio::task::AbortHandle>,
 }
 
 impl Drop for PoolGauge {
     fn drop(&mut self) {
+        if let Some(s) = &self.sampler {
+            s.abort();
+        }
         POOLS.lock().unwrap_or_else(PoisonError::into_inner).retain(|(id, ..)| *id != self.id);
     }
 }
@@ -233,7 +255,36 @@ fn record_rpc(path: &str, code: i64, seconds: f64) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, atomic::AtomicUsize};
+
+    use opentelemetry::metrics::MeterProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
     use super::*;
+
+    /// Counts ERROR events, as the SDK's internal logging emits them.
+    struct Errors(Arc<AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Errors {
+        fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if *e.metadata().level() == tracing::Level::ERROR {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn pool_gauge_builds_silently_without_a_metric_reader() {
+        let errors = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry().with(Errors(errors.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            // What a service has when OTEL_EXPORTER_OTLP_ENDPOINT is unset.
+            let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+            let gauge = pool_gauge(&provider.meter(METER));
+            gauge.record(3, &[KeyValue::new("db.client.connection.state", "idle")]);
+        });
+        assert_eq!(errors.load(Ordering::Relaxed), 0);
+    }
 
     #[tokio::test]
     async fn layer_passes_responses_and_errors_through() {
