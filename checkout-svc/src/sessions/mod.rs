@@ -1,8 +1,7 @@
-//! Checkout sessions, stored in PostgreSQL only (seed 002: sessions kept in
-//! process memory were lost on restart and broke package changes). A session
-//! is visible to every replica the moment the RPC that created it returns,
-//! because the RPC returns only after its transaction committed (seed 003,
-//! issue 6).
+//! Checkout sessions, stored in PostgreSQL only: sessions kept in process
+//! memory were lost on restart and broke package changes. A session is
+//! visible to every replica the moment the RPC that created it returns,
+//! because the RPC returns only after its transaction committed.
 mod cleanup;
 mod complete;
 mod start;
