@@ -3,13 +3,17 @@ use std::sync::Arc;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use proto::billing::v1::billing_service_server::BillingServiceServer;
-use shared::{Clock, auth::Authenticator, db, server::Shutdown};
+use shared::{Clock, auth::Authenticator, db, gate::Gate, server::Shutdown};
 use tokio::net::TcpListener;
 
 use crate::{
     config::Config,
     gateway::{Gateway, Sandbox},
 };
+
+/// Requests naming one row (a user, a usage session, an order) that may hold
+/// pooled connections at once; they serialize on the row's lock anyway.
+const GATE_PER_KEY: usize = 4;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Advisory-lock key under which replicas run migrations one at a time.
@@ -19,6 +23,8 @@ const MIGRATION_LOCK: i64 = 0x0b11_11b6;
 #[derive(Clone, Debug)]
 pub struct App {
     pub pool: db::Pool,
+    /// Per-row admission: a held row cannot take every pooled connection.
+    pub gate: Arc<Gate>,
     pub clock: Clock,
     pub gateway: Arc<dyn Gateway>,
     pub config: Arc<Config>,
@@ -26,9 +32,10 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config, database_url: &str, clock: Clock) -> Self {
-        let pool = db::pool(database_url, config.common.pool_size, config.common.connect_timeout);
+        let pool = db::pool(database_url, &config.common);
+        let gate = Arc::new(Gate::new(GATE_PER_KEY, config.common.lock_timeout));
         let gateway: Arc<dyn Gateway> = Arc::new(Sandbox::new(config.gateway.clone()));
-        Self { pool, clock, gateway, config: Arc::new(config) }
+        Self { pool, gate, clock, gateway, config: Arc::new(config) }
     }
 
     pub async fn conn(&self) -> Result<db::PooledConn<'_>, crate::Error> {

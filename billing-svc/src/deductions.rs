@@ -71,6 +71,9 @@ async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateT
         Mode::Explicit { deduction_id, units } => ("EXPLICIT", *units, Some(deduction_id.as_str())),
         Mode::End { manual } => ("END", *manual, None),
     };
+    // Inside a caller's transaction a failed statement aborted it: only the
+    // caller may retry, so run once there.
+    let attempts = if shared::db::in_transaction(conn) { 1 } else { TX_ATTEMPTS };
     let mut attempt = 1;
     let json: serde_json::Value = loop {
         let r = diesel::select(billing_charge(session_id, name, units, deduction_id, now))
@@ -78,7 +81,7 @@ async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateT
             .await
             .map_err(Error::from);
         match r {
-            Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => attempt += 1,
+            Err(e) if e.is_retryable() && attempt < attempts => attempt += 1,
             other => break other?,
         }
     };

@@ -33,6 +33,12 @@ impl From<diesel::result::Error> for Error {
     }
 }
 
+impl From<shared::gate::Busy> for Error {
+    fn from(e: shared::gate::Busy) -> Self {
+        Error::Db(DbError::Timeout(e.to_string()))
+    }
+}
+
 impl Error {
     pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
         Error::InvalidArgument { field, description: description.into() }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod cross_check;
 pub mod deductions;
+pub mod discrepancies;
 pub mod error;
 pub mod gateway;
 pub mod grpc;

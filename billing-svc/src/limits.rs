@@ -4,7 +4,7 @@ use std::fmt::Display;
 
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 
 use crate::{App, Error, Result, plans::Plan, subscriptions::Subscription};
@@ -84,16 +84,15 @@ pub struct UsageReport {
     pub used: PeriodUsage,
 }
 
+/// A read: it neither writes (no free subscription is created for an
+/// unknown user) nor locks.
 pub async fn report(app: &App, user_id: &str) -> Result<UsageReport> {
     let now = app.clock.now();
-    let mut conn = app.conn().await?;
-    conn.transaction(async |c| {
-        let subscription = crate::subscriptions::current_locked(c, user_id, now).await?;
-        let plan = crate::plans::get(c, &subscription.plan_id).await?;
-        let used = period_usage(c, user_id, &subscription, now).await?;
-        Ok(UsageReport { subscription, plan, used })
-    })
-    .await
+    let mut c = app.conn().await?;
+    let subscription = crate::subscriptions::current(&mut c, user_id, now).await?;
+    let plan = crate::plans::get(&mut c, &subscription.plan_id).await?;
+    let used = period_usage(&mut c, user_id, &subscription, now).await?;
+    Ok(UsageReport { subscription, plan, used })
 }
 
 /// AuthorizeUpload: the plan's typed max upload size (seed 003 issue 5 read it

@@ -32,6 +32,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Close a finding that `reconcile --fix` never closes (a payment
+    /// discrepancy refunded by hand or judged not owed, or a refused webhook
+    /// event), with a note; audited.
+    Acknowledge {
+        /// PAYMENT_DISCREPANCY or WEBHOOK_REJECTED.
+        #[arg(long)]
+        kind: String,
+        /// The finding's subject id, as `reconcile` prints it.
+        #[arg(long)]
+        subject: String,
+        /// Why it is closed (who refunded what, the gateway's refund id...).
+        #[arg(long)]
+        note: String,
+    },
     /// Periodic jobs.
     Jobs {
         #[command(subcommand)]
@@ -134,6 +148,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let unfixed = report.findings.iter().any(|f| !f.fixed);
             return Ok(if unfixed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        }
+        Command::Acknowledge { kind, subject, note } => {
+            billing_svc::app::migrate(&url).await?;
+            let app = App::new(config, &url, Clock::system());
+            let mut conn = app.conn().await?;
+            match billing_svc::reconcile::acknowledge(&mut conn, &kind, &subject, &note, app.clock.now()).await {
+                Ok(true) => println!("acknowledged {kind} {subject}"),
+                Ok(false) => println!("{kind} {subject} was already closed; nothing changed"),
+                Err(e) => anyhow::bail!("{e}"),
+            }
         }
         Command::Jobs { command: JobsCommand::RunOnce { job } } => {
             let app = App::new(config, &url, Clock::system());

@@ -27,6 +27,8 @@ pub struct Order {
     pub payment_id: Option<String>,
     pub paid_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Creation order, strictly increasing.
+    pub seq: i64,
 }
 
 impl Order {
@@ -81,30 +83,40 @@ pub async fn create(
     }
     let existing =
         orders::table.filter(orders::checkout_session_id.eq(session_id)).select(Order::as_select()).first(conn).await?;
+    let subject = format!("checkout_session:{session_id}");
     if existing.user_id != user_id || existing.plan_id != plan_id {
         return Err(Error::FailedPrecondition {
             kind: "ORDER_EXISTS",
-            subject: format!("checkout_session:{session_id}"),
+            subject,
             description: "this checkout session already has an order for another user or plan".into(),
         });
     }
-    Ok(existing)
+    // Only an order that can still be paid is handed out: a payment of a
+    // cancelled order would be refused, and a paid one is spent.
+    match existing.status.as_str() {
+        "CANCELLED" => Err(Error::FailedPrecondition {
+            kind: "ORDER_CANCELLED",
+            subject,
+            description: format!(
+                "the order of checkout session {session_id} was cancelled; start a new checkout (with a new idempotency key)"
+            ),
+        }),
+        "PAID" => Err(Error::FailedPrecondition {
+            kind: "ORDER_PAID",
+            subject,
+            description: format!("the order of checkout session {session_id} is already paid"),
+        }),
+        _ => Ok(existing),
+    }
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Order> {
     orders::table.find(id).select(Order::as_select()).first(conn).await.optional()?.ok_or_else(|| Error::not_found("order", id))
 }
 
-/// Locks the order row for the rest of the transaction.
-pub async fn lock(conn: &mut Conn, id: &str) -> Result<Order> {
-    orders::table
-        .find(id)
-        .select(Order::as_select())
-        .for_update()
-        .first(conn)
-        .await
-        .optional()?
-        .ok_or_else(|| Error::not_found("order", id))
+/// Locks the order row, if it exists, for the rest of the transaction.
+pub async fn lock_optional(conn: &mut Conn, id: &str) -> Result<Option<Order>> {
+    Ok(orders::table.find(id).select(Order::as_select()).for_update().first(conn).await.optional()?)
 }
 
 /// Up to [`MAX_BATCH`] orders by order id or checkout session id, with their

@@ -1,8 +1,11 @@
 //! Payment capture: the one path by which an order becomes PAID and its
-//! subscription is created, shared by VerifyPayment and the webhook. Seed 001
-//! (verify and webhook racing into duplicate or missing subscriptions) is
-//! impossible because the order row is locked for the whole transaction,
-//! the order allows one payment id, and subscriptions allow one row per order.
+//! subscription is created, shared by VerifyPayment, the webhook and
+//! reconciliation. Verify and webhook racing into duplicate or missing
+//! subscriptions is impossible because the order row is locked for the whole
+//! transaction, the order allows one payment id, and subscriptions allow one
+//! row per order. A payment that must not buy anything (a late payment of a
+//! superseded or cancelled order, a second payment) is recorded as a
+//! payment discrepancy in the same transaction, never silently dropped.
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -10,6 +13,7 @@ use shared::db::Conn;
 
 use crate::{
     App, Error, Result,
+    discrepancies::{self, Discrepancy, Kind, Source},
     error::TX_ATTEMPTS,
     orders::{self, Order},
     plans,
@@ -25,78 +29,132 @@ pub struct Captured {
     pub replayed: bool,
 }
 
-/// Captures `payment_id` for `order_id` inside the caller's transaction.
-pub async fn capture_in_tx(conn: &mut Conn, order_id: &str, payment_id: &str, now: DateTime<Utc>) -> Result<Captured> {
-    let order = orders::lock(conn, order_id).await?;
+/// What a gateway payment turned into.
+#[derive(Debug, Clone)]
+pub enum Capture {
+    Captured(Box<Captured>),
+    /// Money taken that buys nothing, recorded as an open discrepancy.
+    Discrepancy(Discrepancy),
+}
+
+/// A payment as a capture path received it.
+#[derive(Debug, Clone, Copy)]
+pub struct Payment<'a> {
+    pub order_id: &'a str,
+    pub payment_id: &'a str,
+    /// Amount and currency when the gateway told them (webhooks).
+    pub paid: Option<(i64, &'a str)>,
+    pub source: Source,
+}
+
+/// Captures a payment inside the caller's transaction.
+pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
+    let discrepancy = |kind, order_id: Option<&str>, detail: String| Discrepancy {
+        kind,
+        order_id: order_id.map(str::to_owned),
+        payment_id: p.payment_id.to_owned(),
+        detail,
+    };
+    let Some(order) = orders::lock_optional(conn, p.order_id).await? else {
+        let d = discrepancy(Kind::UnknownOrder, None, format!("unknown order {}", p.order_id));
+        return refuse(conn, d, p, now).await;
+    };
+    if let Some((amount, currency)) = p.paid
+        && (amount != order.amount_minor || !currency.eq_ignore_ascii_case(&order.currency))
+    {
+        let detail = format!("paid {amount} {currency} but order {} is {} {}", order.id, order.amount_minor, order.currency);
+        return refuse(conn, discrepancy(Kind::AmountMismatch, Some(&order.id), detail), p, now).await;
+    }
     if order.status == "CANCELLED" {
-        tracing::error!(order_id, payment_id, "a payment arrived for a cancelled order; needs a refund");
-        return Err(Error::FailedPrecondition {
-            kind: "ORDER_CANCELLED",
-            subject: format!("order:{order_id}"),
-            description: "the order was cancelled (its checkout session expired and was cleaned up)".into(),
-        });
+        let detail = format!("order {} was cancelled (its checkout session expired and was cleaned up)", order.id);
+        return refuse(conn, discrepancy(Kind::OrderCancelled, Some(&order.id), detail), p, now).await;
     }
     if order.is_paid() {
-        if order.payment_id.as_deref() != Some(payment_id) {
-            tracing::error!(order_id, payment_id, "a second payment arrived for a paid order; needs a refund");
-            return Err(Error::FailedPrecondition {
-                kind: "ORDER_ALREADY_PAID",
-                subject: format!("order:{order_id}"),
-                description: "order was already paid with another payment".into(),
-            });
+        if order.payment_id.as_deref() != Some(p.payment_id) {
+            let detail = format!("order {} was already paid with another payment", order.id);
+            return refuse(conn, discrepancy(Kind::SecondPayment, Some(&order.id), detail), p, now).await;
         }
-        let subscription = match subscriptions::by_order(conn, &order.id).await? {
-            Some(s) => s,
-            // Paid without a subscription can only come from outside this code
-            // (manual edits, restores); the capture path repairs it.
-            None => {
-                let plan = plans::get(conn, &order.plan_id).await?;
-                subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, now).await?
+        return match subscriptions::by_order(conn, &order.id).await? {
+            Some(subscription) => {
+                shared::metrics::payment_captured(true);
+                Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: true })))
             }
+            // Paid without a subscription can only come from outside this
+            // code (manual edits, restores): the same rules as a capture.
+            None => subscribe(conn, order, p, now, true).await,
         };
-        shared::metrics::payment_captured(true);
-        return Ok(Captured { order, subscription, replayed: true });
     }
     // Checked first so the common case does not abort the transaction with a
     // unique violation (the constraint still guards the race).
     let used_by: Option<String> =
-        orders_t::table.filter(orders_t::payment_id.eq(payment_id)).select(orders_t::id).first(conn).await.optional()?;
+        orders_t::table.filter(orders_t::payment_id.eq(p.payment_id)).select(orders_t::id).first(conn).await.optional()?;
     if used_by.is_some() {
-        return Err(payment_used(payment_id));
+        return Err(Error::FailedPrecondition {
+            kind: "PAYMENT_USED",
+            subject: format!("payment:{}", p.payment_id),
+            description: "this payment id already paid another order".into(),
+        });
     }
-    let order: Order = diesel::update(orders_t::table.find(&order.id))
-        .set((
-            orders_t::status.eq("PAID"),
-            orders_t::payment_id.eq(payment_id),
-            orders_t::paid_at.eq(now),
-            orders_t::updated_at.eq(now),
-        ))
-        .returning(Order::as_returning())
-        .get_result(conn)
-        // A unique violation here is a concurrent capture of this payment id
-        // on another order: retryable; the retry's pre-check answers
-        // PAYMENT_USED without aborting the transaction.
-        .await?;
-    let plan = plans::get(conn, &order.plan_id).await?;
-    let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, now).await?;
-    tracing::info!(order_id = %order.id, subscription_id = %subscription.id, "payment captured");
-    shared::metrics::payment_captured(false);
-    Ok(Captured { order, subscription, replayed: false })
+    subscribe(conn, order, p, now, false).await
 }
 
-fn payment_used(payment_id: &str) -> Error {
-    Error::FailedPrecondition {
-        kind: "PAYMENT_USED",
-        subject: format!("payment:{payment_id}"),
-        description: "this payment id already paid another order".into(),
+/// Marks `order` PAID (unless it is already) and creates its subscription,
+/// unless the user's live subscription was bought by a newer order: then
+/// the payment is a discrepancy and nothing else changes.
+async fn subscribe(conn: &mut Conn, order: Order, p: Payment<'_>, now: DateTime<Utc>, already_paid: bool) -> Result<Capture> {
+    // Lock order: order row (held), then the user's live subscription.
+    let live = subscriptions::lock_active(conn, &order.user_id).await?;
+    if let Some(newer) = newer_order(conn, &order, live.as_ref()).await? {
+        let detail = format!("order {} was superseded by order {newer}, which bought the user's current subscription", order.id);
+        let d = Discrepancy {
+            kind: Kind::OrderSuperseded,
+            order_id: Some(order.id.clone()),
+            payment_id: p.payment_id.to_owned(),
+            detail,
+        };
+        return refuse(conn, d, p, now).await;
     }
+    let order = if already_paid {
+        order
+    } else {
+        diesel::update(orders_t::table.find(&order.id))
+            .set((
+                orders_t::status.eq("PAID"),
+                orders_t::payment_id.eq(p.payment_id),
+                orders_t::paid_at.eq(now),
+                orders_t::updated_at.eq(now),
+            ))
+            .returning(Order::as_returning())
+            .get_result(conn)
+            // A unique violation here is a concurrent capture of this payment
+            // id on another order: retryable; the retry's pre-check answers
+            // PAYMENT_USED without aborting the transaction.
+            .await?
+    };
+    let plan = plans::get(conn, &order.plan_id).await?;
+    let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, live, now).await?;
+    tracing::info!(order_id = %order.id, subscription_id = %subscription.id, "payment captured");
+    shared::metrics::payment_captured(false);
+    Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))
+}
+
+/// The order that bought `live`, if it was created after `order`.
+async fn newer_order(conn: &mut Conn, order: &Order, live: Option<&Subscription>) -> Result<Option<String>> {
+    let Some(live_order) = live.and_then(|s| s.order_id.as_deref()) else { return Ok(None) };
+    let seq: i64 = orders_t::table.find(live_order).select(orders_t::seq).first(conn).await?;
+    Ok((seq > order.seq).then(|| live_order.to_owned()))
+}
+
+async fn refuse(conn: &mut Conn, d: Discrepancy, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
+    discrepancies::record(conn, &d, p.paid, p.source, now).await?;
+    Ok(Capture::Discrepancy(d))
 }
 
 /// Runs a capture in its own transaction, retrying lost races.
-pub async fn capture(conn: &mut Conn, order_id: &str, payment_id: &str, now: DateTime<Utc>) -> Result<Captured> {
+pub async fn capture(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
     let mut attempt = 1;
     loop {
-        match conn.transaction(async |c| capture_in_tx(c, order_id, payment_id, now).await).await {
+        match conn.transaction(async |c| capture_in_tx(c, p, now).await).await {
             Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => attempt += 1,
             other => return other,
         }
@@ -104,7 +162,8 @@ pub async fn capture(conn: &mut Conn, order_id: &str, payment_id: &str, now: Dat
 }
 
 /// VerifyPayment: checks the signature against the *stored* order id, then
-/// captures. A bad signature writes nothing.
+/// captures. A bad signature writes nothing; a payment that buys nothing is
+/// recorded (committed) and answered FAILED_PRECONDITION.
 pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str) -> Result<Captured> {
     let mut conn = app.conn().await?;
     let order = orders::get(&mut conn, order_id).await?;
@@ -112,39 +171,9 @@ pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str
         tracing::warn!(order_id = %order.id, "payment signature mismatch");
         return Err(Error::BadSignature);
     }
-    let now = app.clock.now();
-    let result = capture(&mut conn, &order.id, payment_id, now).await;
-    if let Err(Error::FailedPrecondition { kind, description, .. }) = &result {
-        // A second, validly signed payment for a paid order (or a payment id
-        // reused across orders): money may have been taken twice. Record it
-        // where reconciliation looks for discrepancies.
-        record_discrepancy(&mut conn, &order.id, payment_id, kind, description, now).await?;
+    let payment = Payment { order_id: &order.id, payment_id, paid: None, source: Source::VerifyPayment };
+    match capture(&mut conn, payment, app.clock.now()).await? {
+        Capture::Captured(c) => Ok(*c),
+        Capture::Discrepancy(d) => Err(d.to_error()),
     }
-    result
-}
-
-async fn record_discrepancy(
-    conn: &mut Conn,
-    order_id: &str,
-    payment_id: &str,
-    kind: &str,
-    detail: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    use crate::schema::webhook_events as ev;
-    diesel::insert_into(ev::table)
-        .values((
-            ev::event_id.eq(format!("verify:{order_id}:{payment_id}")),
-            ev::event_type.eq(format!("verify_payment.{}", kind.to_ascii_lowercase())),
-            ev::body.eq(Vec::<u8>::new()),
-            ev::order_id.eq(order_id),
-            ev::outcome.eq("DISCREPANCY"),
-            ev::detail.eq(format!("{detail} (payment {payment_id})")),
-            ev::received_at.eq(now),
-        ))
-        .on_conflict(ev::event_id)
-        .do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(())
 }

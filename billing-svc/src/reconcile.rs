@@ -1,6 +1,14 @@
-//! Reconciliation (DESIGN §6): finds inconsistencies and, with `fix`,
-//! repairs each one in its own transaction with an audit row. Every repair
-//! removes the condition that found it, so a second run finds nothing.
+//! Reconciliation: finds inconsistencies and, with `fix`, repairs each one in
+//! its own transaction with an audit row. A repair first takes the locks the
+//! normal path takes, then checks again that the finding still holds, so a
+//! finding is repaired at most once however many runs race, and never from
+//! a stale snapshot. Every repair removes the condition that found it, so a
+//! second run finds nothing new.
+//!
+//! Payment discrepancies (money taken that bought nothing) and refused
+//! webhook events are never closed by `fix`: they stay findings, and keep
+//! the exit code non-zero, until refunded or acknowledged by an operator
+//! with a note ([`acknowledge`], audited).
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -9,7 +17,10 @@ use shared::db::Conn;
 use uuid::Uuid;
 
 use crate::{
-    Error, Result, deductions, payments,
+    Error, Result, deductions, discrepancies,
+    discrepancies::Source,
+    orders,
+    payments::{self, Capture, Payment},
     schema::{reconcile_audit, subscriptions, webhook_events},
 };
 
@@ -35,13 +46,17 @@ struct Subject {
     detail: String,
 }
 
+pub const PAYMENT_DISCREPANCY: &str = "PAYMENT_DISCREPANCY";
+pub const WEBHOOK_REJECTED: &str = "WEBHOOK_REJECTED";
+
 /// (kind, query returning subject + detail). $1 = now, $2 = stuck cutoff.
 const CHECKS: &[(&str, &str)] = &[
     (
         "PAID_ORDER_WITHOUT_SUBSCRIPTION",
         "SELECT o.id AS subject, 'order paid at ' || o.paid_at || ' has no subscription' AS detail \
            FROM orders o LEFT JOIN subscriptions s ON s.order_id = o.id \
-          WHERE o.status = 'PAID' AND s.id IS NULL",
+          WHERE o.status = 'PAID' AND s.id IS NULL \
+            AND NOT EXISTS (SELECT 1 FROM payment_discrepancies d WHERE d.payment_id = o.payment_id)",
     ),
     (
         "SUBSCRIPTION_WITHOUT_PAID_ORDER",
@@ -57,7 +72,18 @@ const CHECKS: &[(&str, &str)] = &[
                 SELECT 1 FROM subscriptions f WHERE f.order_id = s.order_id AND f.status <> 'CANCELLED' \
                    AND (f.created_at, f.id) < (s.created_at, s.id))",
     ),
-    ("WEBHOOK_DISCREPANCY", "SELECT event_id AS subject, detail FROM webhook_events WHERE outcome = 'DISCREPANCY'"),
+    (
+        PAYMENT_DISCREPANCY,
+        "SELECT id::text AS subject, \
+                kind || ': ' || detail || ' (payment ' || payment_id || \
+                coalesce(', ' || amount_minor || ' ' || currency, '') || '); refund it or acknowledge it' AS detail \
+           FROM payment_discrepancies WHERE status = 'OPEN'",
+    ),
+    (
+        WEBHOOK_REJECTED,
+        "SELECT event_id AS subject, 'stored but refused: ' || detail AS detail FROM webhook_events \
+          WHERE outcome = 'REJECTED' AND reviewed_note IS NULL",
+    ),
     (
         "LEDGER_MISMATCH",
         "SELECT s.id::text AS subject, \
@@ -83,7 +109,7 @@ pub async fn run(conn: &mut Conn, now: DateTime<Utc>, stuck_after: chrono::Durat
             .load(conn)
             .await?;
         for row in rows {
-            let fixed = if fix { repair(conn, kind, &row.subject, now).await? } else { false };
+            let fixed = if fix { repair(conn, kind, &row.subject, now, stuck_after).await? } else { false };
             if fixed {
                 report.fixed += 1;
             }
@@ -100,22 +126,67 @@ fn uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|e| Error::Internal(format!("bad id {s}: {e}")))
 }
 
-async fn repair(conn: &mut Conn, kind: &'static str, subject: &str, now: DateTime<Utc>) -> Result<bool> {
-    if !CHECKS.iter().any(|(k, _)| *k == kind) {
-        return Ok(false);
+/// Whether finding (`kind`, `subject`) still holds, from a fresh snapshot.
+async fn still_holds(c: &mut Conn, kind: &str, subject: &str, now: DateTime<Utc>, stuck_after: chrono::Duration) -> Result<bool> {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = sql_types::BigInt)]
+        n: i64,
     }
-    conn.transaction(async |c| {
-        let action = match kind {
-            // The capture path creates the missing subscription.
+    let Some((_, sql)) = CHECKS.iter().find(|(k, _)| *k == kind) else { return Ok(false) };
+    let n: N = diesel::sql_query(format!("SELECT count(*) AS n FROM ({sql}) q WHERE q.subject = $3"))
+        .bind::<sql_types::Timestamptz, _>(now)
+        .bind::<sql_types::Timestamptz, _>(now - stuck_after)
+        .bind::<sql_types::Text, _>(subject)
+        .get_result(c)
+        .await?;
+    Ok(n.n > 0)
+}
+
+async fn lock_subscription(c: &mut Conn, id: Uuid) -> Result<()> {
+    subscriptions::table.find(id).select(subscriptions::id).for_update().first::<Uuid>(c).await.optional()?;
+    Ok(())
+}
+
+/// Repairs one finding if it still holds once its rows are locked; returns
+/// whether a repair (and its audit row) was written.
+async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<Utc>, stuck: chrono::Duration) -> Result<bool> {
+    c.transaction(async |c| {
+        // The locks of the normal path first, in its order.
+        match kind {
             "PAID_ORDER_WITHOUT_SUBSCRIPTION" => {
-                let order = crate::orders::get(c, subject).await?;
+                orders::lock_optional(c, subject).await?;
+            }
+            "SUBSCRIPTION_WITHOUT_PAID_ORDER" | "DUPLICATE_SUBSCRIPTIONS_FOR_ORDER" | "LEDGER_MISMATCH" => {
+                lock_subscription(c, uuid(subject)?).await?
+            }
+            // The deduction function takes its own locks and is idempotent.
+            "STUCK_USAGE_SESSION" => {}
+            // Closed only by a refund or an operator's acknowledgement.
+            _ => return Ok(false),
+        }
+        if !still_holds(c, kind, subject, now, stuck).await? {
+            return Ok(false);
+        }
+        let action = match kind {
+            // The capture path creates the missing subscription, or records
+            // the payment as a discrepancy when a newer order's
+            // subscription is live.
+            "PAID_ORDER_WITHOUT_SUBSCRIPTION" => {
+                let order = orders::get(c, subject).await?;
                 let payment_id = order.payment_id.clone().unwrap_or_default();
-                let captured = payments::capture_in_tx(c, &order.id, &payment_id, now).await?;
-                format!("created subscription {}", captured.subscription.id)
+                let payment = Payment { order_id: &order.id, payment_id: &payment_id, paid: None, source: Source::Reconcile };
+                match payments::capture_in_tx(c, payment, now).await? {
+                    Capture::Captured(cap) => format!("created subscription {}", cap.subscription.id),
+                    Capture::Discrepancy(d) => format!("recorded payment discrepancy {}: {}", d.kind.as_str(), d.detail),
+                }
             }
             // Ended through the one deduction path, charging its duration.
             "STUCK_USAGE_SESSION" => {
                 let ch = deductions::charge(c, uuid(subject)?, &deductions::Mode::End { manual: 0 }, now).await?;
+                if ch.replayed {
+                    return Ok(false);
+                }
                 format!("ended; charged {} unpaid {}", ch.charged, ch.unpaid)
             }
             "SUBSCRIPTION_WITHOUT_PAID_ORDER" | "DUPLICATE_SUBSCRIPTIONS_FOR_ORDER" => {
@@ -125,15 +196,9 @@ async fn repair(conn: &mut Conn, kind: &'static str, subject: &str, now: DateTim
                     .await?;
                 "cancelled subscription".to_owned()
             }
-            "WEBHOOK_DISCREPANCY" => {
-                diesel::update(webhook_events::table.find(subject))
-                    .set(webhook_events::outcome.eq("DISCREPANCY_REVIEWED"))
-                    .execute(c)
-                    .await?;
-                "marked reviewed; refund or re-capture at the gateway by hand".to_owned()
-            }
             _ => {
                 // LEDGER_MISMATCH: trust the ledger, it has a row per credit.
+                // The row is locked, so no deduction commits in between.
                 diesel::sql_query(
                     "UPDATE subscriptions s SET \
                        credits_granted = greatest(s.credits_granted, l.total), \
@@ -151,19 +216,62 @@ async fn repair(conn: &mut Conn, kind: &'static str, subject: &str, now: DateTim
                 "balance set from the ledger".to_owned()
             }
         };
-        audit(c, kind, subject, &action, now).await
+        audit(c, kind, subject, &action, None, now).await?;
+        Ok(true)
     })
-    .await?;
-    Ok(true)
+    .await
 }
 
-async fn audit(conn: &mut Conn, kind: &str, subject: &str, action: &str, now: DateTime<Utc>) -> Result<()> {
+/// An operator closes a finding that `fix` never closes: a payment
+/// discrepancy (refunded at the gateway by hand, or judged not owed) or a
+/// refused webhook event, with a note, audited. Returns false when it was
+/// already closed.
+pub async fn acknowledge(conn: &mut Conn, kind: &str, subject: &str, note: &str, now: DateTime<Utc>) -> Result<bool> {
+    let note = note.trim();
+    if note.is_empty() {
+        return Err(Error::invalid("note", "is required: say why this is closed"));
+    }
+    conn.transaction(async |c| {
+        let closed = match kind {
+            PAYMENT_DISCREPANCY => {
+                let id: i64 = subject.parse().map_err(|_| Error::invalid("subject", "must be a payment discrepancy id"))?;
+                discrepancies::acknowledge(c, id, note, now).await?
+            }
+            WEBHOOK_REJECTED => {
+                let n = diesel::update(
+                    webhook_events::table
+                        .find(subject)
+                        .filter(webhook_events::outcome.eq("REJECTED"))
+                        .filter(webhook_events::reviewed_note.is_null()),
+                )
+                .set(webhook_events::reviewed_note.eq(note))
+                .execute(c)
+                .await?;
+                n == 1
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "kind",
+                    format!("only {PAYMENT_DISCREPANCY} and {WEBHOOK_REJECTED} are acknowledged; the rest are repaired by --fix"),
+                ));
+            }
+        };
+        if closed {
+            audit(c, kind, subject, "acknowledged by an operator", Some(note), now).await?;
+        }
+        Ok(closed)
+    })
+    .await
+}
+
+async fn audit(conn: &mut Conn, kind: &str, subject: &str, action: &str, note: Option<&str>, now: DateTime<Utc>) -> Result<()> {
     tracing::info!(kind, subject, action, "reconcile repair");
     diesel::insert_into(reconcile_audit::table)
         .values((
             reconcile_audit::kind.eq(kind),
             reconcile_audit::subject_id.eq(subject),
             reconcile_audit::action.eq(action),
+            reconcile_audit::note.eq(note),
             reconcile_audit::created_at.eq(now),
         ))
         .execute(conn)

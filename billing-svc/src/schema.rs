@@ -30,6 +30,7 @@ diesel::table! {
         paid_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        seq -> BigInt,
     }
 }
 
@@ -61,6 +62,24 @@ diesel::table! {
         outcome -> Text,
         detail -> Text,
         received_at -> Timestamptz,
+        reviewed_note -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    payment_discrepancies (id) {
+        id -> BigInt,
+        payment_id -> Text,
+        order_id -> Nullable<Text>,
+        kind -> Text,
+        amount_minor -> Nullable<BigInt>,
+        currency -> Nullable<Text>,
+        status -> Text,
+        source -> Text,
+        detail -> Text,
+        note -> Nullable<Text>,
+        created_at -> Timestamptz,
+        resolved_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -116,6 +135,7 @@ diesel::table! {
         subject_id -> Text,
         action -> Text,
         created_at -> Timestamptz,
+        note -> Nullable<Text>,
     }
 }
 

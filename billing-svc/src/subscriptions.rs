@@ -63,7 +63,7 @@ pub async fn by_order(conn: &mut Conn, order_id: &str) -> Result<Option<Subscrip
         .optional()?)
 }
 
-async fn lock_active(conn: &mut Conn, user_id: &str) -> Result<Option<Subscription>> {
+pub async fn lock_active(conn: &mut Conn, user_id: &str) -> Result<Option<Subscription>> {
     Ok(subscriptions::table
         .filter(subscriptions::user_id.eq(user_id))
         .filter(subscriptions::status.eq("ACTIVE"))
@@ -88,6 +88,73 @@ pub async fn roll(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<bool>
         .get_result(conn)
         .await?;
     Ok(r.rolled)
+}
+
+/// `sub` as it reads at `now`, without writing: an ACTIVE subscription
+/// whose period ended shows the period containing `now` with that period's
+/// grant, exactly what the next locked use will open.
+pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Result<Subscription> {
+    if sub.status != "ACTIVE" || now < sub.period_end {
+        return Ok(sub);
+    }
+    #[derive(QueryableByName)]
+    struct Period {
+        #[diesel(sql_type = sql_types::Timestamptz)]
+        period_start: DateTime<Utc>,
+        #[diesel(sql_type = sql_types::Timestamptz)]
+        period_end: DateTime<Utc>,
+        #[diesel(sql_type = sql_types::BigInt)]
+        credits: i64,
+    }
+    let p: Period = diesel::sql_query(
+        "SELECT b.period_start, b.period_end, p.credits_per_period AS credits \
+           FROM subscriptions s JOIN plans p ON p.id = s.plan_id, \
+                billing_period_at(s.anchor_at, s.calendar_periods, $2) b \
+          WHERE s.id = $1",
+    )
+    .bind::<sql_types::Uuid, _>(sub.id)
+    .bind::<sql_types::Timestamptz, _>(now)
+    .get_result(conn)
+    .await?;
+    Ok(Subscription {
+        period_start: p.period_start,
+        period_end: p.period_end,
+        credits_granted: p.credits,
+        credits_remaining: p.credits,
+        ..sub
+    })
+}
+
+/// The user's live subscription as it reads at `now`, without writing or
+/// locking: for a user who never used the service, the free plan's first
+/// calendar month as it would be created (with a nil id: no row exists yet).
+pub async fn current(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Result<Subscription> {
+    let live = subscriptions::table
+        .filter(subscriptions::user_id.eq(user_id))
+        .filter(subscriptions::status.eq("ACTIVE"))
+        .select(Subscription::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    match live {
+        Some(sub) => as_of(conn, sub, now).await,
+        None => {
+            let free = plans::get(conn, FREE_PLAN_ID).await?;
+            let (start, end) = calendar_month(now);
+            Ok(Subscription {
+                id: Uuid::nil(),
+                user_id: user_id.to_owned(),
+                plan_id: free.id,
+                order_id: None,
+                status: "ACTIVE".into(),
+                period_start: start,
+                period_end: end,
+                credits_granted: free.credits_per_period,
+                credits_remaining: free.credits_per_period,
+                created_at: now,
+            })
+        }
+    }
 }
 
 /// The user's ACTIVE subscription, locked, in its current period; a free
@@ -123,20 +190,23 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
     Ok(sub)
 }
 
-/// Creates the subscription a paid order buys. The user's current ACTIVE
-/// subscription becomes REPLACED and its remaining credits carry over through
-/// a ledger entry (so invariant 3 holds on both rows). Call inside the
-/// capture transaction, with the order row locked.
+/// Creates the subscription a paid order buys. `old`, the user's live
+/// subscription as the caller locked it (and judged it replaceable), becomes
+/// REPLACED and its remaining credits carry over through a ledger entry (so
+/// the ledger still explains both balances). It is not read again here: a
+/// live row that appeared since makes the insert hit the one-ACTIVE-per-user
+/// index, and the caller's retry judges it afresh. Call inside the capture
+/// transaction, with the order row locked.
 pub async fn create_paid(
     conn: &mut Conn,
     user_id: &str,
     plan: &Plan,
     order_id: &str,
+    old: Option<Subscription>,
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
     let id = Uuid::new_v4();
     let mut carried = 0;
-    let old = lock_active(conn, user_id).await?;
     if let Some(old) = &old {
         if old.credits_remaining > 0 && now < old.period_end {
             carried = old.credits_remaining;

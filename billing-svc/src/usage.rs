@@ -65,9 +65,17 @@ pub struct SessionView {
     pub credits_remaining: i64,
 }
 
-pub async fn view(conn: &mut Conn, id: Uuid) -> Result<SessionView> {
+/// The session with the balance its next charge draws on: after the user
+/// paid, that is the user's live subscription, not the replaced one the
+/// session started on. A read: no writes, no locks.
+pub async fn view(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<SessionView> {
     let session = get(conn, id).await?;
-    let sub = subscriptions::get(conn, session.subscription_id).await?;
+    let started_on = subscriptions::get(conn, session.subscription_id).await?;
+    let sub = if started_on.status == "ACTIVE" {
+        subscriptions::as_of(conn, started_on, now).await?
+    } else {
+        subscriptions::current(conn, &session.user_id, now).await?
+    };
     Ok(SessionView { session, credits_remaining: sub.credits_remaining })
 }
 

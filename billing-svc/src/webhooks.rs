@@ -1,41 +1,86 @@
 //! Gateway webhooks: signature over the raw body, an inbox keyed by event id
 //! (a redelivery is acknowledged, not reprocessed), and `payment.captured` /
 //! `order.paid` through the same capture path as VerifyPayment.
+//!
+//! Every field taken from a body is bounded and checked before it reaches
+//! the database. A signed event whose content is refused (not JSON, no
+//! event type, a capture without valid payment fields) is still stored, raw,
+//! with outcome REJECTED and acknowledged, so the gateway stops retrying and
+//! reconciliation shows it to an operator.
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::Value;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use crate::{App, Error, Result, error::TX_ATTEMPTS, payments, schema::webhook_events as ev};
+use crate::{
+    App, Error, Result,
+    discrepancies::Source,
+    error::TX_ATTEMPTS,
+    payments::{self, Capture, Payment},
+    schema::webhook_events as ev,
+};
 
 /// Largest body accepted (Razorpay's are a few KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Longest gateway id (payment, order) or event type accepted from a body.
+const MAX_FIELD: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub duplicate: bool,
     pub event_type: String,
-    /// PROCESSED | IGNORED | DISCREPANCY
+    /// PROCESSED | IGNORED | DISCREPANCY | REJECTED
     pub outcome: String,
     pub subscription_id: Option<Uuid>,
 }
 
-/// The payment fields of a capture event.
+/// The payment fields of a capture event, checked.
 #[derive(Debug)]
-struct Payment {
+struct PaymentFields {
     id: String,
     order_id: String,
     amount: i64,
     currency: String,
 }
 
-fn payment_of(event: &Value) -> Result<Payment> {
+/// What the body says, or why its content is refused.
+enum Content {
+    Capture(String, PaymentFields),
+    Other(String),
+    Refused(String),
+}
+
+/// Gateway ids are short ASCII tokens (`pay_…`, `order_…`).
+fn gateway_id(v: &Value) -> Option<String> {
+    let s = v.as_str()?;
+    let ok = !s.is_empty() && s.len() <= MAX_FIELD && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    ok.then(|| s.to_owned())
+}
+
+fn event_type(v: &Value) -> Option<String> {
+    let s = v.as_str()?;
+    let ok = !s.is_empty() && s.len() <= MAX_FIELD && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    ok.then(|| s.to_owned())
+}
+
+fn parse(body: &[u8]) -> Content {
+    let Ok(event) = serde_json::from_slice::<Value>(body) else { return Content::Refused("body is not valid JSON".into()) };
+    let Some(kind) = event_type(&event["event"]) else {
+        return Content::Refused(format!("\"event\" must be 1..{MAX_FIELD} characters of [A-Za-z0-9._-]"));
+    };
+    if !matches!(kind.as_str(), "payment.captured" | "order.paid") {
+        return Content::Other(kind);
+    }
     let p = &event["payload"]["payment"]["entity"];
-    let field = |name: &str| p[name].as_str().map(str::to_owned);
-    match (field("id"), field("order_id"), p["amount"].as_i64(), field("currency")) {
-        (Some(id), Some(order_id), Some(amount), Some(currency)) => Ok(Payment { id, order_id, amount, currency }),
-        _ => Err(Error::invalid("body", "payload.payment.entity needs id, order_id, amount and currency")),
+    let currency = p["currency"].as_str().filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()));
+    match (gateway_id(&p["id"]), gateway_id(&p["order_id"]), p["amount"].as_i64().filter(|a| *a >= 0), currency) {
+        (Some(id), Some(order_id), Some(amount), Some(currency)) => {
+            Content::Capture(kind, PaymentFields { id, order_id, amount, currency: currency.to_ascii_uppercase() })
+        }
+        _ => Content::Refused(format!(
+            "payload.payment.entity needs id and order_id (1..{MAX_FIELD} of [A-Za-z0-9_-]), amount >= 0 and a 3-letter currency"
+        )),
     }
 }
 
@@ -44,19 +89,12 @@ pub async fn handle(app: &App, body: &[u8], signature: &str, event_id: &str) -> 
         tracing::warn!(event_id, "webhook signature mismatch");
         return Err(Error::BadSignature);
     }
-    let event: Value = serde_json::from_slice(body).map_err(|_| Error::invalid("body", "is not valid JSON"))?;
-    let event_type = event["event"]
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| Error::invalid("body", "has no \"event\" type"))?
-        .to_owned();
-    let capture = matches!(event_type.as_str(), "payment.captured" | "order.paid");
-    let payment = if capture { Some(payment_of(&event)?) } else { None };
+    let content = parse(body);
     let now = app.clock.now();
     let mut conn = app.conn().await?;
     let mut attempt = 1;
     loop {
-        let run = conn.transaction(async |c| process(c, body, event_id, &event_type, payment.as_ref(), now).await).await;
+        let run = conn.transaction(async |c| process(c, body, event_id, &content, now).await).await;
         match run {
             Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => attempt += 1,
             other => return other,
@@ -68,16 +106,20 @@ async fn process(
     conn: &mut Conn,
     body: &[u8],
     event_id: &str,
-    event_type: &str,
-    payment: Option<&Payment>,
+    content: &Content,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Outcome> {
+    let (event_type, order_id) = match content {
+        Content::Capture(t, p) => (t.as_str(), Some(p.order_id.as_str())),
+        Content::Other(t) => (t.as_str(), None),
+        Content::Refused(_) => ("(refused)", None),
+    };
     let inserted = diesel::insert_into(ev::table)
         .values((
             ev::event_id.eq(event_id),
             ev::event_type.eq(event_type),
             ev::body.eq(body),
-            ev::order_id.eq(payment.map(|p| p.order_id.clone())),
+            ev::order_id.eq(order_id),
             ev::outcome.eq("RECEIVED"),
             ev::received_at.eq(now),
         ))
@@ -90,25 +132,26 @@ async fn process(
             ev::table.find(event_id).select((ev::event_type, ev::outcome)).first(conn).await?;
         return Ok(Outcome { duplicate: true, event_type: stored_type, outcome, subscription_id: None });
     }
-    let (outcome, detail, subscription_id) = match payment {
-        None => ("IGNORED", String::new(), None),
-        Some(p) => match crate::orders::get(conn, &p.order_id).await {
-            Err(Error::NotFound { .. }) => ("DISCREPANCY", format!("unknown order {}", p.order_id), None),
-            Err(e) => return Err(e),
-            Ok(order) if order.amount_minor != p.amount || !order.currency.eq_ignore_ascii_case(&p.currency) => (
-                "DISCREPANCY",
-                format!("paid {} {} but order {} is {} {}", p.amount, p.currency, order.id, order.amount_minor, order.currency),
-                None,
-            ),
-            Ok(order) => match payments::capture_in_tx(conn, &order.id, &p.id, now).await {
-                Ok(c) => ("PROCESSED", String::new(), Some(c.subscription.id)),
-                Err(Error::FailedPrecondition { description, .. }) => ("DISCREPANCY", description, None),
+    let (outcome, detail, subscription_id) = match content {
+        Content::Refused(why) => ("REJECTED", why.clone(), None),
+        Content::Other(_) => ("IGNORED", String::new(), None),
+        Content::Capture(_, p) => {
+            let payment = Payment {
+                order_id: &p.order_id,
+                payment_id: &p.id,
+                paid: Some((p.amount, &p.currency)),
+                source: Source::Webhook,
+            };
+            match payments::capture_in_tx(conn, payment, now).await {
+                Ok(Capture::Captured(c)) => ("PROCESSED", String::new(), Some(c.subscription.id)),
+                Ok(Capture::Discrepancy(d)) => ("DISCREPANCY", d.detail, None),
+                Err(Error::FailedPrecondition { description, .. }) => ("REJECTED", description, None),
                 Err(e) => return Err(e),
-            },
-        },
+            }
+        }
     };
-    if outcome == "DISCREPANCY" {
-        tracing::warn!(event_id, %detail, "webhook recorded as a discrepancy for reconciliation");
+    if outcome == "REJECTED" {
+        tracing::warn!(event_id, %detail, "webhook content refused; stored for review");
     }
     diesel::update(ev::table.find(event_id)).set((ev::outcome.eq(outcome), ev::detail.eq(&detail))).execute(conn).await?;
     Ok(Outcome { duplicate: false, event_type: event_type.to_owned(), outcome: outcome.to_owned(), subscription_id })

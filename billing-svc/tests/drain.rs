@@ -56,6 +56,9 @@ async fn sigterm_under_load_drains_in_flight_requests() {
     let port = free_port();
     let mut child = serve_cmd(port, &server.url(&db))
         .env("SHUTDOWN_GRACE_SECS", "10")
+        // The in-flight calls wait on a row held across the signal for
+        // longer than the default lock bound: this test is about draining.
+        .env("DB_LOCK_TIMEOUT_MS", "10000")
         .env("JOBS_ENABLED", "false")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

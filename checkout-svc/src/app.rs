@@ -22,7 +22,7 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config, database_url: &str, clock: Clock) -> anyhow::Result<Self> {
-        let pool = db::pool(database_url, config.common.pool_size, config.common.connect_timeout);
+        let pool = db::pool(database_url, &config.common);
         let billing = Billing::new(&config.billing_endpoint, &config.billing_token)?;
         Ok(Self { pool, clock, billing, config: Arc::new(config) })
     }

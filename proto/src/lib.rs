@@ -1,15 +1,19 @@
 //! The public contracts of checkout-svc and billing-svc, generated from
 //! `proto/*/v1/*.proto`.
 
+pub mod codec;
+
 pub mod checkout {
     pub mod v1 {
         tonic::include_proto!("checkout.v1");
+        include!(concat!(env!("OUT_DIR"), "/server/checkout.v1.rs"));
     }
 }
 
 pub mod billing {
     pub mod v1 {
         tonic::include_proto!("billing.v1");
+        include!(concat!(env!("OUT_DIR"), "/server/billing.v1.rs"));
     }
 }
 

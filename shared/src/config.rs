@@ -68,6 +68,12 @@ pub struct CommonConfig {
     /// `GRPC_MAX_CONNECTION_AGE_SECS` (default 300, 0 = off): clients
     /// reconnect periodically so HTTP/2 load spreads across replicas.
     pub max_connection_age: Option<Duration>,
+    /// `DB_LOCK_TIMEOUT_MS` (default 1000, 0 = server default): the longest a
+    /// statement waits for a row lock before the RPC answers ABORTED.
+    pub lock_timeout: Duration,
+    /// `DB_STATEMENT_TIMEOUT_MS` (default 10000, 0 = server default): the
+    /// longest one statement runs.
+    pub statement_timeout: Duration,
 }
 
 impl CommonConfig {
@@ -79,6 +85,8 @@ impl CommonConfig {
             max_concurrent_requests: env_or("MAX_CONCURRENT_REQUESTS", 512usize)?.max(1),
             shutdown_grace: env_secs("SHUTDOWN_GRACE_SECS", 25)?,
             max_connection_age: (age > 0).then(|| Duration::from_secs(age)),
+            lock_timeout: env_millis("DB_LOCK_TIMEOUT_MS", 1000)?,
+            statement_timeout: env_millis("DB_STATEMENT_TIMEOUT_MS", 10_000)?,
         })
     }
 }
@@ -91,6 +99,8 @@ impl Default for CommonConfig {
             max_concurrent_requests: 512,
             shutdown_grace: Duration::from_secs(25),
             max_connection_age: Some(Duration::from_secs(300)),
+            lock_timeout: Duration::from_millis(1000),
+            statement_timeout: Duration::from_millis(10_000),
         }
     }
 }
@@ -99,6 +109,8 @@ impl Default for CommonConfig {
 pub const COMMON_ENV_HELP: &str = "\
   DB_POOL_SIZE                  connections per replica (16)
   DB_CONNECT_TIMEOUT_MS         wait for a pooled connection before UNAVAILABLE (1500)
+  DB_LOCK_TIMEOUT_MS            longest wait for a row lock before ABORTED, 0 = server default (1000)
+  DB_STATEMENT_TIMEOUT_MS       longest statement, 0 = server default (10000)
   MAX_CONCURRENT_REQUESTS       in-flight RPCs before shedding with UNAVAILABLE (512)
   SHUTDOWN_GRACE_SECS           bound on draining in-flight RPCs on SIGTERM (25)
   GRPC_MAX_CONNECTION_AGE_SECS  close client connections after this age, 0 = never (300)

@@ -20,9 +20,19 @@ pub enum DbError {
     /// UNAVAILABLE, retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// Serialization failure, deadlock, lock timeout: ABORTED, retry now.
+    /// Serialization failure or deadlock: ABORTED; the transaction may be
+    /// retried at once.
     #[error("transaction conflict: {0}")]
     Conflict(String),
+    /// A lock wait or a statement ran past its bound (`lock_timeout`,
+    /// `statement_timeout`): ABORTED to the caller, never retried in
+    /// process, so one held row cannot pin pooled connections for long.
+    #[error("timed out in the database: {0}")]
+    Timeout(String),
+    /// A value PostgreSQL cannot hold or parse (SQLSTATE class 22, an index
+    /// row too large): the caller's input, INVALID_ARGUMENT.
+    #[error("invalid value: {0}")]
+    InvalidInput(String),
     /// A unique constraint fired; callers that expect races turn this into a
     /// replay, the rest treat it as a conflict.
     #[error("unique violation on {constraint}")]
@@ -45,23 +55,58 @@ impl From<DieselError> for DbError {
                     DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection => {
                         DbError::Unavailable(msg.to_owned())
                     }
+                    _ if is_timeout_message(msg) => DbError::Timeout(msg.to_owned()),
                     _ if is_retryable_message(msg) => DbError::Conflict(msg.to_owned()),
                     _ if is_unavailable_message(msg) => DbError::Unavailable(msg.to_owned()),
+                    _ if is_data_exception_message(msg) => DbError::InvalidInput(msg.to_owned()),
                     _ => DbError::Other(e.to_string()),
                 }
             }
             DieselError::BrokenTransactionManager => DbError::Unavailable(e.to_string()),
+            // A bound value the driver cannot encode for PostgreSQL (a time
+            // outside its range): the value came from the caller.
+            DieselError::SerializationError(inner) => DbError::InvalidInput(inner.to_string()),
             _ => DbError::Other(e.to_string()),
         }
     }
 }
 
-// 40P01 and 55P03 arrive as unclassified errors from diesel-async.
+// diesel-async passes SQLSTATEs other than a handful of constraint and
+// serialization codes on as unclassified errors, with the server's message.
+// 40P01 deadlock, 40001 serialization failure:
 fn is_retryable_message(msg: &str) -> bool {
-    msg.contains("deadlock detected")
-        || msg.contains("could not obtain lock")
-        || msg.contains("lock timeout")
-        || msg.contains("could not serialize")
+    msg.contains("deadlock detected") || msg.contains("could not serialize")
+}
+
+// 55P03 lock_not_available (lock_timeout, NOWAIT), 57014 query_canceled
+// (statement_timeout):
+fn is_timeout_message(msg: &str) -> bool {
+    msg.contains("could not obtain lock") || msg.contains("lock timeout") || msg.contains("statement timeout")
+}
+
+// SQLSTATE class 22 (data exception) and 54000 (an index row too large):
+// messages PostgreSQL gives for values it cannot hold or parse.
+fn is_data_exception_message(msg: &str) -> bool {
+    const PATTERNS: &[&str] = &[
+        "out of range",
+        "invalid input syntax",
+        "invalid input value",
+        "invalid byte sequence",
+        "value too long",
+        "numeric field overflow",
+        "division by zero",
+        "cannot be converted to text",
+        "unsupported Unicode escape",
+        "null character not permitted",
+        "invalid escape",
+        "untranslatable character",
+        "invalid regular expression",
+        "index row size",
+        "index row requires",
+        "string is too long",
+        "array size exceeds",
+    ];
+    PATTERNS.iter().any(|p| msg.contains(p))
 }
 
 // 57P01/57P02/57P03: the server is shutting down or starting.
@@ -95,14 +140,44 @@ impl bb8::ErrorSink<PoolError> for LogSink {
 
 /// Builds a pool without connecting: a service starts (NOT_SERVING) even when
 /// the database is down, and RPCs fail fast with UNAVAILABLE until it is back.
-pub fn pool(url: &str, max_size: u32, connect_timeout: Duration) -> Pool {
+/// Every pooled connection starts with the configured `lock_timeout` and
+/// `statement_timeout` as its defaults, so a request queued behind a held
+/// row lock gives its connection back (ABORTED) instead of pinning it.
+pub fn pool(url: &str, config: &crate::config::CommonConfig) -> Pool {
+    let url = with_session_limits(url, config.lock_timeout, config.statement_timeout);
     bb8::Pool::builder()
-        .max_size(max_size)
-        .min_idle(Some(1.min(max_size)))
-        .connection_timeout(connect_timeout)
+        .max_size(config.pool_size)
+        .min_idle(Some(1.min(config.pool_size)))
+        .connection_timeout(config.connect_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .error_sink(Box::new(LogSink))
         .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
+}
+
+/// Adds `lock_timeout` and `statement_timeout` to a connection URL as
+/// start-up options (libpq's `options`), so they are the session defaults:
+/// `SET LOCAL ... TO DEFAULT` returns to them, and no round trip is spent.
+/// A zero duration leaves the server's default.
+pub fn with_session_limits(url: &str, lock_timeout: Duration, statement_timeout: Duration) -> String {
+    let mut opts = Vec::new();
+    if !lock_timeout.is_zero() {
+        opts.push(format!("-c%20lock_timeout%3D{}", lock_timeout.as_millis()));
+    }
+    if !statement_timeout.is_zero() {
+        opts.push(format!("-c%20statement_timeout%3D{}", statement_timeout.as_millis()));
+    }
+    if opts.is_empty() {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options={}", opts.join("%20"))
+}
+
+/// Whether `conn` is inside an open transaction. A statement that failed in
+/// there aborted the whole transaction, so only its owner may retry it.
+pub fn in_transaction(conn: &mut Conn) -> bool {
+    use diesel_async::{AsyncConnection, TransactionManager};
+    !matches!(<Conn as AsyncConnection>::TransactionManager::transaction_manager_status_mut(conn).transaction_depth(), Ok(None))
 }
 
 /// Takes a connection from the pool; waits at most the pool's timeout.
@@ -146,5 +221,40 @@ mod tests {
     fn deadlock_is_retryable() {
         assert!(is_retryable_message("deadlock detected"));
         assert!(!is_retryable_message("syntax error at or near"));
+    }
+
+    #[test]
+    fn lock_timeouts_are_not_retried_in_process() {
+        assert!(is_timeout_message("canceling statement due to lock timeout"));
+        assert!(is_timeout_message("canceling statement due to statement timeout"));
+        assert!(!is_retryable_message("canceling statement due to lock timeout"));
+    }
+
+    #[test]
+    fn data_exceptions_are_the_callers() {
+        for m in [
+            "timestamp out of range",
+            "date out of range for timestamp",
+            "invalid byte sequence for encoding \"UTF8\": 0x00",
+            "index row size 2720 exceeds btree version 4 maximum 2704 for index \"orders_payment_id_key\"",
+            "unsupported Unicode escape sequence",
+        ] {
+            assert!(is_data_exception_message(m), "{m}");
+        }
+        assert!(!is_data_exception_message("relation \"orders\" does not exist"));
+    }
+
+    #[test]
+    fn session_limits_become_startup_options() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            with_session_limits("postgres://h/db", ms(500), ms(5000)),
+            "postgres://h/db?options=-c%20lock_timeout%3D500%20-c%20statement_timeout%3D5000"
+        );
+        assert_eq!(
+            with_session_limits("postgres://h/db?sslmode=disable", ms(1), Duration::ZERO),
+            "postgres://h/db?sslmode=disable&options=-c%20lock_timeout%3D1"
+        );
+        assert_eq!(with_session_limits("postgres://h/db", Duration::ZERO, Duration::ZERO), "postgres://h/db");
     }
 }

@@ -83,10 +83,11 @@ pub async fn begin(conn: &mut Conn, key: &Key, now: DateTime<Utc>) -> Result<Beg
     .execute(conn)
     .await
     .map_err(|e| match DbError::from(e) {
-        DbError::Conflict(_) => IdempotencyError::InFlight,
+        DbError::Timeout(_) => IdempotencyError::InFlight,
         other => IdempotencyError::Db(other),
     })?;
-    diesel::sql_query("SELECT set_config('lock_timeout', '0', true)").execute(conn).await.map_err(DbError::from)?;
+    // Back to the pool's bound for the rest of the transaction.
+    diesel::sql_query("SET LOCAL lock_timeout TO DEFAULT").execute(conn).await.map_err(DbError::from)?;
     if inserted == 1 {
         return Ok(Begin::Fresh);
     }

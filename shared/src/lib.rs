@@ -9,6 +9,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod gate;
 pub mod idempotency;
 pub mod jobs;
 pub mod metrics;

@@ -141,6 +141,7 @@ where
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let max_in_flight = config.max_concurrent_requests;
+    const MAX_RESET_STREAMS: usize = 4096;
     // Beyond the global limit a request is shed at once with UNAVAILABLE
     // (retryable, maybe on another replica) instead of queueing unbounded.
     // RPC metrics sit outside, so shed requests are counted too.
@@ -160,7 +161,13 @@ where
     let mut builder = Server::builder()
         .trace_fn(crate::telemetry::server_span)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Callers are internal and authenticated. A caller that gives up on
+        // many calls at once (a deadline during a stall) resets many streams;
+        // h2's default of 20 pending resets answers that with GOAWAY
+        // ENHANCE_YOUR_CALM and fails every call on the connection.
+        .http2_max_pending_accept_reset_streams(Some(MAX_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_RESET_STREAMS));
     if let Some(age) = config.max_connection_age {
         builder = builder.max_connection_age(age).max_connection_age_grace(config.shutdown_grace);
     }

@@ -82,6 +82,15 @@ pub fn from_db(e: &DbError) -> Status {
             tracing::info!(error = %m, "transaction conflict");
             aborted("concurrent update, retry")
         }
+        DbError::Timeout(m) => {
+            tracing::info!(error = %m, "database wait past its bound");
+            aborted("the data is busy (a lock wait or statement ran past its bound), retry")
+        }
+        DbError::InvalidInput(m) => {
+            let mut m = m.clone();
+            m.truncate(m.floor_char_boundary(MAX_DETAIL));
+            invalid_field("request", format!("a value cannot be stored: {m}"))
+        }
         DbError::UniqueViolation { constraint } => {
             tracing::info!(constraint = %constraint, "unexpected unique violation");
             aborted(format!("concurrent update ({constraint}), retry"))
@@ -90,11 +99,34 @@ pub fn from_db(e: &DbError) -> Status {
     }
 }
 
-/// Collects field violations so one response lists every bad field.
+/// Checks a repeated field's length before its items are looked at, so a
+/// huge list is refused at once, without walking it.
+pub fn check_count(field: &str, len: usize, max: usize) -> Result<(), Status> {
+    if len > max { Err(invalid_field(field, format!("at most {max} items (got {len})"))) } else { Ok(()) }
+}
+
+/// Collects field violations so one response lists the bad fields. Only the
+/// first [`MAX_VIOLATIONS`] are kept (plus a count of the rest), each cut to
+/// [`MAX_DETAIL`] bytes, so an error stays a few KB whatever the request.
 #[derive(Default, Debug)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations {
+    kept: Vec<FieldViolation>,
+    dropped: usize,
+}
 
 pub const MAX_ID_LEN: usize = 128;
+/// Violations listed in one error.
+pub const MAX_VIOLATIONS: usize = 10;
+/// Longest field name or description in an error detail.
+pub const MAX_DETAIL: usize = 200;
+
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_DETAIL {
+        s.truncate(s.floor_char_boundary(MAX_DETAIL));
+        s.push('…');
+    }
+    s
+}
 
 impl Violations {
     pub fn new() -> Self {
@@ -102,7 +134,15 @@ impl Violations {
     }
 
     pub fn add(&mut self, field: &str, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
+        if self.kept.len() < MAX_VIOLATIONS {
+            self.kept.push(FieldViolation::new(clip(field.to_owned()), clip(description.into())));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
     }
 
     /// Required text of 1..=max characters without control characters.
@@ -140,8 +180,14 @@ impl Violations {
         value
     }
 
-    pub fn finish(self) -> Result<(), Status> {
-        if self.0.is_empty() { Ok(()) } else { Err(invalid(self.0)) }
+    pub fn finish(mut self) -> Result<(), Status> {
+        if self.kept.is_empty() {
+            return Ok(());
+        }
+        if self.dropped > 0 {
+            self.kept.push(FieldViolation::new("*", format!("and {} more violations", self.dropped)));
+        }
+        Err(invalid(self.kept))
     }
 }
 
@@ -165,5 +211,20 @@ mod tests {
             })
             .unwrap_or_default();
         assert_eq!(fields, vec!["id".to_owned(), "user_id".to_owned()]);
+    }
+
+    #[test]
+    fn errors_stay_small_whatever_the_request() {
+        let mut v = Violations::new();
+        let long = "x".repeat(100_000);
+        for _ in 0..100_000 {
+            v.text(&long, "", MAX_ID_LEN);
+        }
+        let status = v.finish().err().unwrap_or_else(|| Status::ok(""));
+        let details = status.get_error_details();
+        let listed = details.bad_request().map(|b| b.field_violations.len()).unwrap_or_default();
+        assert_eq!(listed, MAX_VIOLATIONS + 1, "ten violations and a count");
+        assert!(status.message().len() + status.details().len() < 8 * 1024, "{} bytes", status.details().len());
+        assert!(status.message().contains("99990 more"), "{}", status.message());
     }
 }

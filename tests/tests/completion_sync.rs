@@ -245,7 +245,7 @@ async fn cleanup_cancels_the_order_before_deleting_so_a_late_payment_is_a_discre
     assert_eq!(e.code(), Code::FailedPrecondition);
     let findings =
         app.billing_admin.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap().into_inner().findings;
-    assert!(findings.iter().any(|f| f.kind == "WEBHOOK_DISCREPANCY"), "{findings:?}");
+    assert!(findings.iter().any(|f| f.kind == "PAYMENT_DISCREPANCY"), "{findings:?}");
     let mut db = app.billing_db().await;
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE order_id IS NOT NULL").await, 0);
 }

@@ -195,7 +195,9 @@ async fn bad_payment_input_gets_precise_statuses_and_writes_nothing() {
     let junk = b"not json".to_vec();
     let malformed =
         bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&junk), body: junk, event_id: "evt-junk".into() };
-    assert_eq!(app.billing.handle_gateway_webhook(malformed).await.unwrap_err().code(), Code::InvalidArgument);
+    // Validly signed but unreadable: stored and acknowledged as REJECTED (a
+    // gateway must not retry it forever), for an operator to review.
+    assert_eq!(app.billing.handle_gateway_webhook(malformed).await.unwrap().into_inner().outcome, "REJECTED");
     let huge = vec![b' '; (1 << 20) + 1];
     let oversized =
         bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&huge), body: huge, event_id: "evt-huge".into() };
@@ -208,10 +210,15 @@ async fn bad_payment_input_gets_precise_statuses_and_writes_nothing() {
         body: missing_fields,
         event_id: "evt-partial".into(),
     };
-    assert_eq!(app.billing.handle_gateway_webhook(partial).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(app.billing.handle_gateway_webhook(partial).await.unwrap().into_inner().outcome, "REJECTED");
 
     let mut db = app.billing_db().await;
-    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM webhook_events").await, 0);
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM webhook_events").await,
+        2,
+        "only the two signed events are stored, both REJECTED; bad signatures and bad envelopes store nothing"
+    );
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM webhook_events WHERE outcome = 'REJECTED'").await, 2);
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE status = 'PAID'").await, 0);
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE order_id IS NOT NULL").await, 0);
 }
@@ -236,5 +243,5 @@ async fn a_second_payment_for_a_paid_order_is_refused_and_recorded() {
     assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE order_id = '{}'", order.id)).await, 1);
     let r = app.billing_admin.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap().into_inner();
     assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
-    assert_eq!(r.findings[0].kind, "WEBHOOK_DISCREPANCY");
+    assert_eq!(r.findings[0].kind, "PAYMENT_DISCREPANCY");
 }

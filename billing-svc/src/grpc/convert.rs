@@ -114,7 +114,8 @@ pub fn usage(user_id: &str, r: &UsageReport) -> pb::Usage {
     pb::Usage {
         user_id: user_id.to_owned(),
         plan_id: r.plan.id.clone(),
-        subscription_id: r.subscription.id.to_string(),
+        // Nil: a user who never used the service has no row yet.
+        subscription_id: if r.subscription.id.is_nil() { String::new() } else { r.subscription.id.to_string() },
         period_start: Some(to_proto(r.subscription.period_start)),
         period_end: Some(to_proto(r.subscription.period_end)),
         sessions_used: r.used.sessions,

@@ -5,13 +5,13 @@ mod convert;
 
 use std::future::Future;
 
-use chrono::{Duration, NaiveDate};
+use chrono::{Datelike, Duration, NaiveDate};
 use diesel_async::AsyncConnection;
 use proto::billing::v1::{self as pb, billing_service_server::BillingService};
 use shared::{
     auth::require_admin,
     idempotency::{self, Begin, IdempotencyError, Key},
-    status::{MAX_ID_LEN, Violations},
+    status::{MAX_ID_LEN, Violations, check_count},
 };
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -48,14 +48,19 @@ fn usage_kind(v: i32) -> Option<Kind> {
     }
 }
 
+/// A day of usage statistics: YYYY-MM-DD between 2000 and 9999 (a range
+/// PostgreSQL's `date` holds, and this service's lifetime).
 fn day(field: &str, s: &str, default: NaiveDate, v: &mut Violations) -> NaiveDate {
     if s.is_empty() {
         return default;
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap_or_else(|_| {
-        v.add(field, "must be YYYY-MM-DD");
-        default
-    })
+    match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Ok(d) if (2000..=9999).contains(&d.year()) => d,
+        _ => {
+            v.add(field, "must be a YYYY-MM-DD day between 2000-01-01 and 9999-12-31");
+            default
+        }
+    }
 }
 
 impl From<IdempotencyError> for Error {
@@ -98,6 +103,7 @@ impl BillingService for BillingGrpc {
         v.finish()?;
         let app = self.app.clone();
         let order = run(async move {
+            let _pass = app.gate.enter(&format!("checkout_session:{session_id}")).await?;
             let mut c = app.conn().await?;
             orders::create(&mut c, app.gateway.as_ref(), app.clock.now(), session_id, &r.user_id, &r.plan_id).await
         })
@@ -112,9 +118,8 @@ impl BillingService for BillingGrpc {
     async fn batch_get_orders(&self, req: Request<pb::BatchGetOrdersRequest>) -> RpcResult<pb::BatchGetOrdersResponse> {
         let r = req.into_inner();
         let mut v = Violations::new();
-        if r.order_ids.len() + r.checkout_session_ids.len() > orders::MAX_BATCH {
-            v.add("order_ids", format!("at most {} ids in all", orders::MAX_BATCH));
-        }
+        // The count first: a huge list is refused without walking it.
+        check_count("order_ids", r.order_ids.len() + r.checkout_session_ids.len(), orders::MAX_BATCH)?;
         for id in &r.order_ids {
             v.text("order_ids", id, MAX_ID_LEN);
         }
@@ -129,9 +134,7 @@ impl BillingService for BillingGrpc {
     async fn cancel_orders(&self, req: Request<pb::CancelOrdersRequest>) -> RpcResult<pb::CancelOrdersResponse> {
         let r = req.into_inner();
         let mut v = Violations::new();
-        if r.order_ids.len() > orders::MAX_BATCH {
-            v.add("order_ids", format!("at most {} ids", orders::MAX_BATCH));
-        }
+        check_count("order_ids", r.order_ids.len(), orders::MAX_BATCH)?;
         for id in &r.order_ids {
             v.text("order_ids", id, MAX_ID_LEN);
         }
@@ -151,7 +154,11 @@ impl BillingService for BillingGrpc {
         v.text("signature", &r.signature, 256);
         v.finish()?;
         let app = self.app.clone();
-        let c = run(async move { payments::verify(&app, &r.order_id, &r.payment_id, &r.signature).await }).await?;
+        let c = run(async move {
+            let _pass = app.gate.enter(&format!("order:{}", r.order_id)).await?;
+            payments::verify(&app, &r.order_id, &r.payment_id, &r.signature).await
+        })
+        .await?;
         let view = orders::OrderView { subscription_id: Some(c.subscription.id), order: c.order };
         Ok(Response::new(pb::VerifyPaymentResponse {
             order: Some(convert::order(&view)),
@@ -193,18 +200,10 @@ impl BillingService for BillingGrpc {
         v.finish()?;
         let app = self.app.clone();
         let s = run(async move {
-            let now = app.clock.now();
             let mut c = app.conn().await?;
-            // Reading a subscription past its period end opens the new period.
-            c.transaction(async |c| {
-                let s = subscriptions::get(c, id).await?;
-                if s.status == "ACTIVE" && now >= s.period_end {
-                    subscriptions::current_locked(c, &s.user_id, now).await
-                } else {
-                    Ok(s)
-                }
-            })
-            .await
+            // Past its period end it reads as the period now open would be.
+            let s = subscriptions::get(&mut c, id).await?;
+            subscriptions::as_of(&mut c, s, app.clock.now()).await
         })
         .await?;
         Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(convert::subscription(&s)) }))
@@ -247,6 +246,7 @@ impl BillingService for BillingGrpc {
         let kind = kind.unwrap_or(Kind::Text);
         let app = self.app.clone();
         let resp = run(async move {
+            let _pass = app.gate.enter(&format!("user:{}", r.user_id)).await?;
             let Some(key) = key else {
                 let view = usage::start(&app, &r.user_id, kind).await?;
                 return Ok(pb::StartUsageSessionResponse { session: Some(convert::usage_session(&view)) });
@@ -291,7 +291,11 @@ impl BillingService for BillingGrpc {
         v.finish()?;
         let app = self.app.clone();
         let mode = deductions::Mode::Explicit { deduction_id: r.deduction_id, units: r.units };
-        let c = run(async move { deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await }).await?;
+        let c = run(async move {
+            let _pass = app.gate.enter(&format!("usage_session:{id}")).await?;
+            deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await
+        })
+        .await?;
         Ok(Response::new(pb::DeductResponse {
             session: Some(convert::charged(&c)),
             units_charged: c.charged,
@@ -309,7 +313,11 @@ impl BillingService for BillingGrpc {
         v.finish()?;
         let app = self.app.clone();
         let mode = deductions::Mode::End { manual: r.manual_deductions };
-        let c = run(async move { deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await }).await?;
+        let c = run(async move {
+            let _pass = app.gate.enter(&format!("usage_session:{id}")).await?;
+            deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await
+        })
+        .await?;
         Ok(Response::new(pb::EndUsageSessionResponse {
             session: Some(convert::charged(&c)),
             final_units_charged: c.view.session.final_units_charged.unwrap_or_default(),
@@ -324,7 +332,7 @@ impl BillingService for BillingGrpc {
         let id = v.uuid("id", &r.id);
         v.finish()?;
         let app = self.app.clone();
-        let view = run(async move { usage::view(&mut *app.conn().await?, id).await }).await?;
+        let view = run(async move { usage::view(&mut *app.conn().await?, id, app.clock.now()).await }).await?;
         Ok(Response::new(pb::GetUsageSessionResponse { session: Some(convert::usage_session(&view)) }))
     }
 

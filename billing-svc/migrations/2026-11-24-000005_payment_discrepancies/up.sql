@@ -1,0 +1,96 @@
+-- Money taken that buys nothing: a late payment of an order a newer one
+-- superseded, a payment of a cancelled order, a second payment of a paid
+-- order, a payment whose amount or order does not match. One row per gateway
+-- payment, OPEN until it is refunded or an operator acknowledges it with a
+-- note (both audited). Reconciliation reports every OPEN row and keeps
+-- failing until then; `--fix` never closes one.
+CREATE TABLE payment_discrepancies (
+  id            bigserial PRIMARY KEY,
+  payment_id    text NOT NULL UNIQUE,
+  order_id      text,
+  kind          text NOT NULL CHECK (kind IN ('ORDER_SUPERSEDED', 'ORDER_CANCELLED', 'SECOND_PAYMENT',
+                                              'AMOUNT_MISMATCH', 'UNKNOWN_ORDER', 'RECORDED_BEFORE_CLASSIFICATION')),
+  amount_minor  bigint,
+  currency      text,
+  status        text NOT NULL DEFAULT 'OPEN' CHECK (status IN ('OPEN', 'ACKNOWLEDGED', 'REFUNDED')),
+  source        text NOT NULL CHECK (source IN ('VERIFY_PAYMENT', 'WEBHOOK', 'RECONCILE')),
+  detail        text NOT NULL,
+  note          text,
+  created_at    timestamptz NOT NULL,
+  resolved_at   timestamptz,
+  CHECK ((status = 'OPEN') = (resolved_at IS NULL)),
+  CHECK (status <> 'ACKNOWLEDGED' OR length(note) > 0)
+);
+CREATE INDEX payment_discrepancies_open_idx ON payment_discrepancies (created_at) WHERE status = 'OPEN';
+
+-- Discrepancies recorded before this table existed lived in the webhook
+-- inbox; some were closed by `reconcile --fix` without a refund. Reopen all.
+INSERT INTO payment_discrepancies (payment_id, order_id, kind, status, source, detail, created_at)
+SELECT coalesce(nullif(split_part(event_id, ':', 3), ''), 'event:' || event_id), order_id,
+       'RECORDED_BEFORE_CLASSIFICATION', 'OPEN',
+       CASE WHEN event_id LIKE 'verify:%' THEN 'VERIFY_PAYMENT' ELSE 'WEBHOOK' END,
+       detail, received_at
+  FROM webhook_events
+ WHERE outcome IN ('DISCREPANCY', 'DISCREPANCY_REVIEWED')
+ON CONFLICT (payment_id) DO NOTHING;
+UPDATE webhook_events SET outcome = 'DISCREPANCY' WHERE outcome = 'DISCREPANCY_REVIEWED';
+
+-- Webhook events whose content was refused (unparsable, fields out of
+-- bounds) are stored and acknowledged to the gateway, then reviewed.
+ALTER TABLE webhook_events ADD COLUMN reviewed_note text;
+CREATE INDEX webhook_events_rejected_idx ON webhook_events (received_at) WHERE outcome = 'REJECTED' AND reviewed_note IS NULL;
+
+-- Creation order of orders, strictly increasing even when two orders share a
+-- timestamp: a capture never replaces a subscription bought by a newer order.
+ALTER TABLE orders ADD COLUMN seq bigserial;
+ALTER TABLE orders ADD CONSTRAINT orders_seq_key UNIQUE (seq);
+
+-- Audit rows of operators' acknowledgements carry their note.
+ALTER TABLE reconcile_audit ADD COLUMN note text;
+
+-- The billing period of a subscription that contains `at`, without writing:
+-- calendar months for the free plan, anniversary months from the anchor for
+-- paid plans (computed from the anchor each time so month ends never drift).
+CREATE FUNCTION billing_period_at(p_anchor timestamptz, p_calendar boolean, p_at timestamptz,
+                                  OUT period_start timestamptz, OUT period_end timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  k integer;
+  a timestamp;
+BEGIN
+  IF p_calendar THEN
+    period_start := date_trunc('month', p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    period_end := (date_trunc('month', p_at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
+    RETURN;
+  END IF;
+  a := p_anchor AT TIME ZONE 'UTC';
+  k := (extract(year FROM age(p_at AT TIME ZONE 'UTC', a)) * 12
+        + extract(month FROM age(p_at AT TIME ZONE 'UTC', a)))::integer;
+  LOOP
+    period_start := (a + make_interval(months => k)) AT TIME ZONE 'UTC';
+    period_end := (a + make_interval(months => k + 1)) AT TIME ZONE 'UTC';
+    EXIT WHEN period_start <= p_at AND p_at < period_end;
+    IF period_start > p_at THEN k := k - 1; ELSE k := k + 1; END IF;
+  END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION billing_roll_period(p_sub uuid, p_now timestamptz) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+  s subscriptions;
+  p record;
+  grant_credits bigint;
+BEGIN
+  SELECT * INTO s FROM subscriptions WHERE id = p_sub;
+  IF NOT FOUND OR s.status <> 'ACTIVE' OR p_now < s.period_end THEN
+    RETURN false;
+  END IF;
+  SELECT * INTO p FROM billing_period_at(s.anchor_at, s.calendar_periods, p_now);
+  SELECT credits_per_period INTO grant_credits FROM plans WHERE id = s.plan_id;
+  UPDATE subscriptions
+     SET period_start = p.period_start, period_end = p.period_end,
+         credits_granted = grant_credits, credits_remaining = grant_credits,
+         updated_at = p_now
+   WHERE id = p_sub;
+  RETURN true;
+END $$;
