@@ -54,15 +54,36 @@ for s in deduct deduct-hot create-session verify-payment; do
 done
 
 # The service's own deduction statement, straight from pgbench (no gRPC):
-# how much of the gap is the database work itself.
-psql -q "$BILLING_DATABASE_URL" -c "DROP TABLE IF EXISTS bench_ids" \
-  -c "CREATE TABLE bench_ids AS SELECT row_number() OVER () AS n, id FROM usage_sessions s
-      WHERE status = 'ACTIVE' AND EXISTS (SELECT 1 FROM subscriptions b WHERE b.id = s.subscription_id AND b.credits_remaining > 1000000)
-        AND (SELECT count(*) FROM usage_sessions u WHERE u.subscription_id = s.subscription_id) = 1
-      LIMIT 10000" -c "CREATE UNIQUE INDEX ON bench_ids (n)" >/dev/null
-PG[billing_charge]=$(pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f tests/bench/billing_charge.sql "$BILLING_DATABASE_URL" 2>/dev/null | awk '/^tps/ {print $3}')
-psql -q "$BILLING_DATABASE_URL" -c "DROP TABLE bench_ids" >/dev/null
-echo "pgbench billing_charge: ${PG[billing_charge]} tps"
+# how much of the gap is the database work itself. It runs on its own
+# sessions (one per subscription, credits that cannot run out), and the
+# figure counts only if the database shows the work afterwards: one
+# deductions row and one ledger row per transaction pgbench reports.
+psql -q -v ON_ERROR_STOP=1 "$BILLING_DATABASE_URL" \
+  -c "INSERT INTO subscriptions (id, user_id, plan_id, status, anchor_at, period_start, period_end, credits_granted, credits_remaining)
+      SELECT gen_random_uuid(), 'bench-pg-' || g, 'pro-monthly', 'ACTIVE', now(), now(), now() + interval '1 month', 1000000000, 1000000000
+        FROM generate_series(1, 10000) g ON CONFLICT DO NOTHING" \
+  -c "INSERT INTO usage_sessions (id, user_id, subscription_id, kind, status, started_at, deduction_interval_seconds)
+      SELECT gen_random_uuid(), user_id, id, 'TEXT', 'ACTIVE', now(), 600 FROM subscriptions
+       WHERE user_id LIKE 'bench-pg-%' AND status = 'ACTIVE'" \
+  -c "DROP TABLE IF EXISTS bench_ids" \
+  -c "CREATE TABLE bench_ids AS SELECT row_number() OVER () AS n, id FROM usage_sessions
+       WHERE user_id LIKE 'bench-pg-%' AND status = 'ACTIVE' LIMIT 10000" \
+  -c "CREATE UNIQUE INDEX ON bench_ids (n)" >/dev/null
+ids=$(psql -tA "$BILLING_DATABASE_URL" -c "SELECT count(*) FROM bench_ids")
+[ "$ids" -eq 10000 ] || { echo "compare.sh: expected 10000 bench sessions, found $ids" >&2; exit 1; }
+work() { psql -tA "$BILLING_DATABASE_URL" -c "SELECT (SELECT count(*) FROM deductions WHERE deduction_id LIKE 'pgbench-%') || ' ' || (SELECT count(*) FROM ledger l JOIN bench_ids b ON b.id = l.usage_session_id)"; }
+read -r ded0 led0 <<<"$(work)"
+pgb=$(pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f tests/bench/billing_charge.sql "$BILLING_DATABASE_URL" 2>/dev/null)
+PG[billing_charge]=$(awk '/^tps/ {print $3}' <<<"$pgb")
+done_tx=$(awk -F': ' '/number of transactions actually processed/ {split($2, a, "/"); print a[1]}' <<<"$pgb")
+read -r ded1 led1 <<<"$(work)"
+psql -q "$BILLING_DATABASE_URL" -c "UPDATE usage_sessions SET status = 'ENDED', ended_at = now(), final_units_charged = 0
+  WHERE id IN (SELECT id FROM bench_ids)" -c "DROP TABLE bench_ids" >/dev/null
+if [ -z "$done_tx" ] || [ "$done_tx" -eq 0 ] || [ $((ded1 - ded0)) -ne "$done_tx" ] || [ $((led1 - led0)) -ne "$done_tx" ]; then
+  echo "compare.sh: pgbench billing_charge reported ${done_tx:-no} transactions, but the database shows $((ded1 - ded0)) deductions and $((led1 - led0)) ledger rows: not measured" >&2
+  exit 1
+fi
+echo "pgbench billing_charge: ${PG[billing_charge]} tps (checked: $done_tx deductions and ledger rows written)"
 
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}x')"; }
 read -r d_tps d_p50 d_p99 d_err <<<"${LG[deduct]}"
