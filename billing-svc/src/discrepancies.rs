@@ -23,6 +23,8 @@ pub enum Kind {
     AmountMismatch,
     /// The payment names an order billing never created.
     UnknownOrder,
+    /// Recorded before kinds were told apart (read the detail).
+    RecordedBeforeClassification,
 }
 
 impl Kind {
@@ -33,7 +35,21 @@ impl Kind {
             Kind::SecondPayment => "SECOND_PAYMENT",
             Kind::AmountMismatch => "AMOUNT_MISMATCH",
             Kind::UnknownOrder => "UNKNOWN_ORDER",
+            Kind::RecordedBeforeClassification => "RECORDED_BEFORE_CLASSIFICATION",
         }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            Kind::OrderSuperseded,
+            Kind::OrderCancelled,
+            Kind::SecondPayment,
+            Kind::AmountMismatch,
+            Kind::UnknownOrder,
+            Kind::RecordedBeforeClassification,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -74,6 +90,25 @@ impl Discrepancy {
             description: format!("{}; the payment is recorded for a refund and bought no subscription", self.detail),
         }
     }
+}
+
+/// The discrepancy already recorded for `payment_id`, if any: such a payment
+/// never buys anything later (a retried VerifyPayment without an amount, a
+/// redelivered event after the newer plan ended), or it would be both a
+/// subscription and an open refund.
+pub async fn of_payment(conn: &mut Conn, payment_id: &str) -> Result<Option<Discrepancy>> {
+    let row: Option<(String, Option<String>, String)> = pd::table
+        .filter(pd::payment_id.eq(payment_id))
+        .select((pd::kind, pd::order_id, pd::detail))
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(row.map(|(kind, order_id, detail)| Discrepancy {
+        kind: Kind::parse(&kind).unwrap_or(Kind::RecordedBeforeClassification),
+        order_id,
+        payment_id: payment_id.to_owned(),
+        detail,
+    }))
 }
 
 /// Records `d` in the caller's transaction (once per payment id).

@@ -55,7 +55,12 @@ pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) 
         payment_id: p.payment_id.to_owned(),
         detail,
     };
-    let Some(order) = orders::lock_optional(conn, p.order_id).await? else {
+    let order = orders::lock_optional(conn, p.order_id).await?;
+    // Once refused, a payment stays refused, whichever path meets it again.
+    if let Some(d) = discrepancies::of_payment(conn, p.payment_id).await? {
+        return Ok(Capture::Discrepancy(d));
+    }
+    let Some(order) = order else {
         let d = discrepancy(Kind::UnknownOrder, None, format!("unknown order {}", p.order_id));
         return refuse(conn, d, p, now).await;
     };

@@ -71,12 +71,14 @@ pub struct SessionView {
 pub async fn view(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<SessionView> {
     let session = get(conn, id).await?;
     let started_on = subscriptions::get(conn, session.subscription_id).await?;
-    let sub = if started_on.status == "ACTIVE" {
-        subscriptions::as_of(conn, started_on, now).await?
+    let credits_remaining = if started_on.status == "ACTIVE" {
+        subscriptions::as_of(conn, started_on, now).await?.credits_remaining
     } else {
-        subscriptions::current(conn, &session.user_id, now).await?
+        let live = subscriptions::current(conn, &session.user_id, now).await?;
+        // No live row at all: the next charge records its units unpaid.
+        if live.id.is_nil() { 0 } else { live.credits_remaining }
     };
-    Ok(SessionView { session, credits_remaining: sub.credits_remaining })
+    Ok(SessionView { session, credits_remaining })
 }
 
 /// Starts a session if the plan's limits, counted inside the current billing

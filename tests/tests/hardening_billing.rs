@@ -88,6 +88,25 @@ async fn a_late_payment_of_a_superseded_order_is_a_discrepancy_never_a_downgrade
     assert_ledger_matches_balances(&mut db).await;
 }
 
+/// A payment refused once (here: the webhook's amount is not the order's)
+/// stays refused when VerifyPayment, which carries no amount, meets it: it
+/// never becomes both a subscription and an open refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_payment_stays_refused_on_every_path() {
+    let app = spawn_app().await;
+    let order = app.order("under", "pro-monthly").await;
+    let pay = app.pay(&order.id);
+    let hook = app.captured_webhook(&order.id, &pay.0, 1, &order.currency, "evt-under");
+    let r = app.billing.clone().handle_gateway_webhook(hook).await.unwrap().into_inner();
+    assert_eq!(r.outcome, "DISCREPANCY");
+    let e = verify(&app, &order.id, &pay).await.unwrap_err();
+    assert_eq!((e.code(), precondition_type(&e).as_str()), (Code::FailedPrecondition, "AMOUNT_MISMATCH"), "{e:?}");
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE order_id IS NOT NULL").await, 0);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE status = 'PAID'").await, 0);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies WHERE status = 'OPEN'").await, 1);
+}
+
 /// Payments of an older and a newer order of one user, captured in every
 /// interleaving through both paths: the newer order's plan always ends up
 /// live, and the older payment either came first (and was replaced, its

@@ -24,9 +24,18 @@ CREATE TABLE payment_discrepancies (
 CREATE INDEX payment_discrepancies_open_idx ON payment_discrepancies (created_at) WHERE status = 'OPEN';
 
 -- Discrepancies recorded before this table existed lived in the webhook
--- inbox; some were closed by `reconcile --fix` without a refund. Reopen all.
+-- inbox; some were closed by `reconcile --fix` without a refund. Reopen all,
+-- one per payment (VerifyPayment's rows name it in the event id, webhooks in
+-- the body).
+CREATE FUNCTION pg_temp.payment_id_of(b bytea) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN convert_from(b, 'UTF8')::jsonb #>> '{payload,payment,entity,id}';
+EXCEPTION WHEN others THEN
+  RETURN NULL;
+END $$;
 INSERT INTO payment_discrepancies (payment_id, order_id, kind, status, source, detail, created_at)
-SELECT coalesce(nullif(split_part(event_id, ':', 3), ''), 'event:' || event_id), order_id,
+SELECT coalesce(CASE WHEN event_id LIKE 'verify:%' THEN nullif(split_part(event_id, ':', 3), '') END,
+                pg_temp.payment_id_of(body), 'event:' || event_id), order_id,
        'RECORDED_BEFORE_CLASSIFICATION', 'OPEN',
        CASE WHEN event_id LIKE 'verify:%' THEN 'VERIFY_PAYMENT' ELSE 'WEBHOOK' END,
        detail, received_at
@@ -42,7 +51,14 @@ CREATE INDEX webhook_events_rejected_idx ON webhook_events (received_at) WHERE o
 
 -- Creation order of orders, strictly increasing even when two orders share a
 -- timestamp: a capture never replaces a subscription bought by a newer order.
-ALTER TABLE orders ADD COLUMN seq bigserial;
+-- Existing orders are numbered by creation time (a bigserial would number
+-- them in their order on disk).
+ALTER TABLE orders ADD COLUMN seq bigint;
+UPDATE orders o SET seq = r.n
+  FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) AS n FROM orders) r WHERE r.id = o.id;
+CREATE SEQUENCE orders_seq_seq OWNED BY orders.seq;
+SELECT setval('orders_seq_seq', coalesce((SELECT max(seq) FROM orders), 0) + 1, false);
+ALTER TABLE orders ALTER COLUMN seq SET DEFAULT nextval('orders_seq_seq'), ALTER COLUMN seq SET NOT NULL;
 ALTER TABLE orders ADD CONSTRAINT orders_seq_key UNIQUE (seq);
 
 -- Audit rows of operators' acknowledgements carry their note.
