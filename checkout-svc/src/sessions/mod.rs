@@ -4,6 +4,8 @@
 //! because the RPC returns only after its transaction committed.
 mod cleanup;
 mod complete;
+mod recover;
+mod renew;
 mod start;
 
 use chrono::{DateTime, Duration, Utc};
@@ -14,7 +16,9 @@ use uuid::Uuid;
 
 pub use cleanup::{CleanupCounts, cleanup};
 pub use complete::{Completed, complete, completion_sync};
-pub use start::{Started, create, recover, renew};
+pub use recover::recover;
+pub use renew::renew;
+pub use start::{Started, create};
 
 use crate::{Error, Result, schema::checkout_sessions as cs};
 

@@ -1,0 +1,134 @@
+//! RenewSession (package change): the session becomes INVALIDATED with
+//! `replaced_by`, and a new ACTIVE one starts for the new plan. Shares the
+//! order/transaction shape of [`super::start`].
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use shared::{
+    client::Budget,
+    db::Conn,
+    idempotency::{Key, Outcome},
+    keyed_transaction,
+};
+use uuid::Uuid;
+
+use super::{Session, Status, find, lock, lock_user};
+use crate::{App, Error, Result};
+
+use super::start::{Encode, Started, existing, insert, keyed_id, peek, quote, retire_active};
+
+/// Hops [`head_of`] follows before giving up: far beyond any real chain of
+/// plan changes, small enough to bound one query.
+const MAX_CHAIN: i32 = 10_000;
+
+#[derive(QueryableByName)]
+struct Link {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    more: bool,
+}
+
+/// The newest session in a chain of replacements, found with one recursive
+/// query however long the chain is.
+async fn head_of(c: &mut Conn, s: Session) -> Result<Session> {
+    if !(s.is(Status::Invalidated) && s.replaced_by.is_some()) {
+        return Ok(s);
+    }
+    let last: Link = diesel::sql_query(
+        "WITH RECURSIVE chain AS ( \
+           SELECT id, status, replaced_by, 0 AS depth FROM checkout_sessions WHERE id = $1 \
+           UNION ALL \
+           SELECT n.id, n.status, n.replaced_by, chain.depth + 1 \
+           FROM chain JOIN checkout_sessions n ON n.id = chain.replaced_by \
+           WHERE chain.status = 'INVALIDATED' AND chain.depth < $2) \
+         SELECT id, (status = 'INVALIDATED' AND replaced_by IS NOT NULL) AS more \
+         FROM chain ORDER BY depth DESC LIMIT 1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(s.id)
+    .bind::<diesel::sql_types::Integer, _>(MAX_CHAIN)
+    .get_result(c)
+    .await
+    .optional()?
+    .ok_or_else(|| Error::not_found("checkout_session", s.id))?;
+    if last.more {
+        return Err(Error::precondition(
+            "REPLACEMENT_CHAIN_TOO_LONG",
+            s.id,
+            format!("the session was replaced more than {MAX_CHAIN} times; start a new session (CreateSession)"),
+        ));
+    }
+    find(c, last.id).await
+}
+
+fn not_renewable(s: &Session, now: DateTime<Utc>) -> Option<Error> {
+    if s.is(Status::Completed) {
+        return Some(Error::precondition("SESSION_COMPLETED", s.id, "the session is already paid"));
+    }
+    if !s.is(Status::Active) || s.lapsed(now) {
+        return Some(Error::precondition(
+            "SESSION_NOT_ACTIVE",
+            s.id,
+            "the session expired or was invalidated; recover it first (RecoverSession)",
+        ));
+    }
+    None
+}
+
+/// RenewSession (package change): the session becomes INVALIDATED
+/// with `replaced_by`, a new ACTIVE one starts for `plan_id` with a fresh
+/// 24 h. Renewing an already replaced session with the plan of its
+/// replacement returns the replacement.
+pub async fn renew(
+    app: &App,
+    id: Uuid,
+    plan_id: &str,
+    budget: Budget,
+    key: Option<&Key>,
+    encode: Encode<'_, Started>,
+) -> Result<Outcome<Started>> {
+    if let Some(bytes) = peek(app, key).await? {
+        return Ok(Outcome::Replay(bytes));
+    }
+    let now = app.clock.now();
+    let (original, head) = {
+        let mut c = app.conn().await?;
+        let original = find(&mut c, id).await?;
+        let head = head_of(&mut c, original.clone()).await?;
+        (original, head)
+    };
+    if let Some(e) = not_renewable(&head, now) {
+        return Err(e);
+    }
+    if super::complete::sync_one(app, budget, &head).await? {
+        return Err(Error::precondition("SESSION_COMPLETED", head.id, "the session is already paid"));
+    }
+    if head.plan_id == plan_id {
+        let previous = (head.id != original.id).then_some(original);
+        return Ok(Outcome::Fresh(Started { session: head, previous }));
+    }
+    let new_id = key.map(|k| keyed_id(k, &head.id.to_string())).unwrap_or_else(Uuid::new_v4);
+    let q = quote(app, budget, new_id, &head.user_id, plan_id).await?;
+    let mut conn = app.conn().await?;
+    keyed_transaction!(conn, key, now, encode, |c| {
+        lock_user(c, &head.user_id).await?;
+        let current = lock(c, head.id).await?;
+        if !current.is(Status::Active) || current.lapsed(now) {
+            // Lost a race with another renew, a completion or expiry.
+            let newest = head_of(c, current).await?;
+            if newest.is(Status::Active) && !newest.lapsed(now) && newest.plan_id == plan_id {
+                Started { session: newest, previous: Some(head.clone()) }
+            } else {
+                return Err(not_renewable(&newest, now).unwrap_or_else(|| {
+                    Error::precondition("SESSION_CHANGED", head.id, "the session changed meanwhile; read it and retry")
+                }));
+            }
+        } else if let Some(session) = existing(c, new_id).await? {
+            Started { session, previous: Some(head.clone()) }
+        } else {
+            let previous = retire_active(c, &head.user_id, new_id, now).await?;
+            let session = insert(c, new_id, &head.user_id, &q, None, now).await?;
+            Started { session, previous }
+        }
+    })
+}
