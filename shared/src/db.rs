@@ -154,23 +154,44 @@ pub fn pool(url: &str, config: &crate::config::CommonConfig) -> Pool {
         .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
 }
 
-/// Adds `lock_timeout` and `statement_timeout` to a connection URL as
+/// Adds `lock_timeout` and `statement_timeout` to a connection string as
 /// start-up options (libpq's `options`), so they are the session defaults:
 /// `SET LOCAL ... TO DEFAULT` returns to them, and no round trip is spent.
+/// Options the operator already set are kept (ours are appended to theirs).
 /// A zero duration leaves the server's default.
 pub fn with_session_limits(url: &str, lock_timeout: Duration, statement_timeout: Duration) -> String {
     let mut opts = Vec::new();
     if !lock_timeout.is_zero() {
-        opts.push(format!("-c%20lock_timeout%3D{}", lock_timeout.as_millis()));
+        opts.push(format!("-c lock_timeout={}", lock_timeout.as_millis()));
     }
     if !statement_timeout.is_zero() {
-        opts.push(format!("-c%20statement_timeout%3D{}", statement_timeout.as_millis()));
+        opts.push(format!("-c statement_timeout={}", statement_timeout.as_millis()));
     }
     if opts.is_empty() {
         return url.to_owned();
     }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options={}", opts.join("%20"))
+    let opts = opts.join(" ");
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        // key=value form: a later `options` would replace an earlier one.
+        if url.split_whitespace().any(|kv| kv.starts_with("options=")) {
+            tracing::warn!(
+                "the database connection string sets `options`; DB_LOCK_TIMEOUT_MS/DB_STATEMENT_TIMEOUT_MS not applied"
+            );
+            return url.to_owned();
+        }
+        return format!("{url} options='{opts}'");
+    }
+    let encoded = opts.replace(' ', "%20").replace('=', "%3D");
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<String> = query.split('&').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    match params.iter_mut().find(|p| p.starts_with("options=")) {
+        Some(existing) => {
+            existing.push_str("%20");
+            existing.push_str(&encoded);
+        }
+        None => params.push(format!("options={encoded}")),
+    }
+    format!("{base}?{}", params.join("&"))
 }
 
 /// Whether `conn` is inside an open transaction. A statement that failed in
@@ -256,5 +277,14 @@ mod tests {
             "postgres://h/db?sslmode=disable&options=-c%20lock_timeout%3D1"
         );
         assert_eq!(with_session_limits("postgres://h/db", Duration::ZERO, Duration::ZERO), "postgres://h/db");
+        assert_eq!(
+            with_session_limits("postgres://h/db?options=-c%20search_path%3Dbilling&x=1", ms(5), Duration::ZERO),
+            "postgres://h/db?options=-c%20search_path%3Dbilling%20-c%20lock_timeout%3D5&x=1",
+            "an operator's own options are kept"
+        );
+        assert_eq!(
+            with_session_limits("host=h dbname=db", ms(5), ms(6)),
+            "host=h dbname=db options='-c lock_timeout=5 -c statement_timeout=6'"
+        );
     }
 }
