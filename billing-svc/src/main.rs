@@ -101,7 +101,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Sandbox { command: SandboxCommand::Pay { order_id, webhook } } = cli.command {
         return sandbox_pay(&config, &order_id, webhook).await;
     }
-    let (url, _server) = shared::pg::resolve_database_url(config.database_url.clone(), "billing").await?;
+    // No database, no work: there is no embedded fallback in this binary.
+    let url = shared::config::require_database_url(config.database_url.clone(), "BILLING_DATABASE_URL", "billing")?;
     match cli.command {
         Command::Serve => {
             config.check_serving()?;

@@ -63,7 +63,8 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    let (url, _server) = shared::pg::resolve_database_url(config.database_url.clone(), "checkout").await?;
+    // No database, no work: there is no embedded fallback in this binary.
+    let url = shared::config::require_database_url(config.database_url.clone(), "CHECKOUT_DATABASE_URL", "checkout")?;
     match cli.command {
         Command::Serve => {
             config.check_serving()?;

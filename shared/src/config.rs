@@ -37,6 +37,27 @@ pub fn env_opt(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// A database URL the process cannot run without was not given.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{var} (or DATABASE_URL) must be set to the postgres:// URL of {database}'s database; \
+     the services never start a PostgreSQL of their own (`stack` and the tests do)"
+)]
+pub struct MissingDatabaseUrl {
+    /// The service's own variable, e.g. `BILLING_DATABASE_URL`.
+    pub var: String,
+    /// The service's database, e.g. `billing`.
+    pub database: String,
+}
+
+/// The URL a service's database commands use: `url` (read from `var`, else
+/// `DATABASE_URL`), or a one-line error naming `var`. There is deliberately no
+/// fallback: a replica without a URL must fail before it touches anything
+/// (docs/design.md, "Development PostgreSQL").
+pub fn require_database_url(url: Option<String>, var: &str, database: &str) -> Result<String, MissingDatabaseUrl> {
+    url.ok_or_else(|| MissingDatabaseUrl { var: var.to_owned(), database: database.to_owned() })
+}
+
 /// Reads a comma-separated list; empty entries are dropped.
 pub fn env_list(name: &str) -> Vec<String> {
     env_opt(name).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
@@ -129,5 +150,16 @@ mod tests {
         assert!(err.is_some_and(|e| e.contains("DB_POOL_SIZE") && e.contains("twelve")));
         assert_eq!(parse_or("DB_POOL_SIZE", Some(" 7 ".into()), 1u32).ok(), Some(7));
         assert_eq!(parse_or("DB_POOL_SIZE", None, 3u32).ok(), Some(3));
+    }
+
+    #[test]
+    fn missing_database_url_is_one_line_naming_the_variable() {
+        assert_eq!(
+            require_database_url(Some("postgres://h/b".into()), "BILLING_DATABASE_URL", "billing").ok().as_deref(),
+            Some("postgres://h/b")
+        );
+        let err = require_database_url(None, "BILLING_DATABASE_URL", "billing").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("BILLING_DATABASE_URL (or DATABASE_URL) must be set"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 }

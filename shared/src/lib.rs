@@ -1,5 +1,6 @@
 //! Plumbing shared by checkout-svc and billing-svc: configuration, the
-//! database pool and migrations, the PostgreSQL bootstrap, the clock,
+//! database pool and migrations, the PostgreSQL bootstrap (feature
+//! `pg-bootstrap`, for `stack` and the tests only), the clock,
 //! telemetry and metrics, gRPC server assembly (health, reflection, auth,
 //! load shedding, graceful shutdown), error helpers, client retries and
 //! periodic jobs.

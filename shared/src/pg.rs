@@ -1,9 +1,17 @@
-//! Finding or starting PostgreSQL for `stack` and the tests (DESIGN §3).
+//! Finding or starting PostgreSQL for `stack` and the tests (docs/design.md,
+//! "Development PostgreSQL").
 //!
 //! Order: `DATABASE_URL` if set; else a server answering on 127.0.0.1:5432;
 //! else a private throwaway cluster under `target/` started with the system
 //! `initdb`/`pg_ctl` (as the `postgres` OS user when we run as root, since
 //! PostgreSQL refuses to run as root).
+//!
+//! Compiled only with the `pg-bootstrap` feature, which only the `tests`
+//! crate (and billing-svc's own tests) enable: the service binaries never
+//! link it, so a pod without a database URL fails at once instead of running
+//! `initdb` and `chown -R` (see `shared::config::require_database_url`).
+#![cfg(feature = "pg-bootstrap")]
+
 use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -30,8 +38,8 @@ struct PrivateCluster {
 }
 
 impl PgServer {
-    /// Resolves the server as DESIGN §3 describes. `scratch` is where a
-    /// private cluster lives (e.g. `target/pg`).
+    /// Resolves the server in the order the module comment gives. `scratch`
+    /// is where a private cluster lives (e.g. `target/pg`).
     pub async fn resolve(scratch: &Path) -> anyhow::Result<Self> {
         if let Some(url) = crate::config::env_opt("DATABASE_URL") {
             return Ok(Self { admin_url: with_database(&url, "postgres"), private: None });
@@ -286,19 +294,6 @@ fn ident(name: &str) -> anyhow::Result<String> {
         bail!("refusing odd database name {name:?}");
     }
     Ok(format!("\"{name}\""))
-}
-
-/// The database URL a service should use: `explicit` if given, else database
-/// `name` on the embedded-default server (created if missing). The returned
-/// server, if any, must stay alive while the database is used.
-pub async fn resolve_database_url(explicit: Option<String>, name: &str) -> anyhow::Result<(String, Option<PgServer>)> {
-    if let Some(url) = explicit {
-        return Ok((url, None));
-    }
-    let server = PgServer::resolve(Path::new("target/pg")).await?;
-    server.ensure_database(name, None).await?;
-    tracing::info!(database = name, private = server.is_private(), "using the embedded-default PostgreSQL");
-    Ok((server.url(name), Some(server)))
 }
 
 #[cfg(test)]

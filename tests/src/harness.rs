@@ -39,7 +39,8 @@ pub fn init_telemetry(
     if ran { guard.as_ref() } else { None }
 }
 
-/// The PostgreSQL server tests use (DESIGN §3 bootstrap), once per process.
+/// The PostgreSQL server tests use (`shared::pg`, docs/design.md
+/// "Development PostgreSQL"), once per process.
 pub async fn pg() -> anyhow::Result<&'static PgServer> {
     SERVER.get_or_try_init(|| async { PgServer::resolve(&workspace_root().join("target/pg")).await }).await
 }
