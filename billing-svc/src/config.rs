@@ -23,11 +23,18 @@ Environment (default in parentheses):
   CHECKOUT_ENDPOINT             reconcile: also list paid orders checkout does not know (unset)
   CHECKOUT_TOKEN                reconcile: bearer token for CHECKOUT_ENDPOINT";
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GatewayConfig {
     pub key_id: String,
     pub key_secret: String,
     pub webhook_secret: String,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    // The secrets never reach a log or a Debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -1,8 +1,10 @@
 //! billing-svc's one error enum and its one mapping to gRPC statuses (DESIGN §7).
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use shared::{db::DbError, status};
 use tonic::{Code, Status};
+
+use crate::gateway::GatewayError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,6 +25,8 @@ pub enum Error {
     IdempotencyKeyInFlight,
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Gateway(#[from] crate::gateway::GatewayError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -73,6 +77,14 @@ impl From<Error> for Status {
             ),
             Error::IdempotencyKeyInFlight => status::aborted("a request with this idempotency key is in flight, retry"),
             Error::Db(e) => status::from_db(&e),
+            Error::Gateway(GatewayError::Unavailable { message, retry_after }) => {
+                tracing::warn!(error = %message, "payment gateway unavailable");
+                status::unavailable("payment gateway unavailable, retry later", retry_after.unwrap_or(Duration::from_secs(1)))
+            }
+            Error::Gateway(GatewayError::Refused { code, message }) => {
+                tracing::warn!(%code, %message, "payment gateway refused a request");
+                status::precondition("GATEWAY_REFUSED", &code, message)
+            }
             Error::Internal(m) => status::internal(&m),
         }
     }

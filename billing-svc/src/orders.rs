@@ -6,8 +6,8 @@ use shared::db::Conn;
 use uuid::Uuid;
 
 use crate::{
-    Error, Result,
-    gateway::Gateway,
+    App, Error, Result,
+    gateway::NewOrder,
     plans,
     schema::{orders, subscriptions},
 };
@@ -45,15 +45,18 @@ pub struct OrderView {
 }
 
 /// Creates the order of a checkout session, or returns the existing one.
-pub async fn create(
-    conn: &mut Conn,
-    gateway: &dyn Gateway,
-    now: DateTime<Utc>,
-    session_id: Uuid,
-    user_id: &str,
-    plan_id: &str,
-) -> Result<Order> {
-    let plan = plans::get(conn, plan_id).await?;
+/// The gateway is called with no pooled connection held; two concurrent
+/// first calls for one session may each create a gateway order, but only one
+/// is stored and handed out (the other is never paid and lapses at the
+/// gateway).
+pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -> Result<Order> {
+    let plan = {
+        let mut conn = app.conn().await?;
+        if let Some(existing) = by_session(&mut conn, session_id).await? {
+            return reuse(existing, session_id, user_id, plan_id);
+        }
+        plans::get(&mut conn, plan_id).await?
+    };
     if !plan.active || plan.price_minor <= 0 {
         return Err(Error::FailedPrecondition {
             kind: "PLAN_NOT_PURCHASABLE",
@@ -61,9 +64,22 @@ pub async fn create(
             description: format!("plan {plan_id} cannot be bought"),
         });
     }
+    let receipt = session_id.to_string();
+    let at_gateway = app
+        .gateway
+        .create_order(&NewOrder {
+            amount_minor: plan.price_minor,
+            currency: &plan.currency,
+            receipt: &receipt,
+            user_id,
+            plan_id: &plan.id,
+        })
+        .await?;
+    let now = app.clock.now();
+    let mut conn = app.conn().await?;
     let inserted: Option<Order> = diesel::insert_into(orders::table)
         .values((
-            orders::id.eq(gateway.new_order_id()),
+            orders::id.eq(&at_gateway.id),
             orders::checkout_session_id.eq(session_id),
             orders::user_id.eq(user_id),
             orders::plan_id.eq(&plan.id),
@@ -75,14 +91,30 @@ pub async fn create(
         .on_conflict(orders::checkout_session_id)
         .do_nothing()
         .returning(Order::as_returning())
-        .get_result(conn)
+        .get_result(&mut conn)
         .await
         .optional()?;
-    if let Some(order) = inserted {
-        return Ok(order);
+    match inserted {
+        Some(order) => Ok(order),
+        None => match by_session(&mut conn, session_id).await? {
+            Some(existing) => reuse(existing, session_id, user_id, plan_id),
+            None => Err(Error::Db(shared::db::DbError::Conflict(format!("order of {session_id} changed")))),
+        },
     }
-    let existing =
-        orders::table.filter(orders::checkout_session_id.eq(session_id)).select(Order::as_select()).first(conn).await?;
+}
+
+async fn by_session(conn: &mut Conn, session_id: Uuid) -> Result<Option<Order>> {
+    Ok(orders::table
+        .filter(orders::checkout_session_id.eq(session_id))
+        .select(Order::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// The session's existing order, if it is the same purchase and can still
+/// be paid.
+fn reuse(existing: Order, session_id: Uuid, user_id: &str, plan_id: &str) -> Result<Order> {
     let subject = format!("checkout_session:{session_id}");
     if existing.user_id != user_id || existing.plan_id != plan_id {
         return Err(Error::FailedPrecondition {

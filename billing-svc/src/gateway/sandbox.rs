@@ -1,22 +1,9 @@
-//! The payment gateway seen from billing: a small trait and the built-in
-//! sandbox, which behaves like Razorpay (order ids, HMAC-SHA256 payment
-//! signatures over "order_id|payment_id", signed webhooks with event ids).
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
-
+//! The built-in sandbox gateway: behaves like Razorpay (order ids,
+//! HMAC-SHA256 payment signatures over "order_id|payment_id", signed webhooks
+//! with event ids) without leaving the process. The default for `stack` and
+//! the tests; `billing-svc sandbox pay` plays its customer.
+use super::{Gateway, GatewayError, GatewayOrder, GatewayPayment, NewOrder, hex_eq, hmac_hex};
 use crate::config::GatewayConfig;
-
-pub trait Gateway: Send + Sync + std::fmt::Debug {
-    /// Public key id handed to the customer's checkout widget.
-    fn key_id(&self) -> &str;
-    /// A fresh gateway order id.
-    fn new_order_id(&self) -> String;
-    /// Checks a payment signature. `order_id` must be the *stored* order id.
-    fn payment_signature_valid(&self, order_id: &str, payment_id: &str, signature_hex: &str) -> bool;
-    /// Checks a webhook signature over the raw body bytes.
-    fn webhook_signature_valid(&self, body: &[u8], signature_hex: &str) -> bool;
-}
 
 #[derive(Clone)]
 pub struct Sandbox {
@@ -28,24 +15,6 @@ impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sandbox").field("key_id", &self.config.key_id).finish_non_exhaustive()
     }
-}
-
-fn hmac_hex(secret: &str, data: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
-        Ok(mut mac) => {
-            mac.update(data);
-            hex::encode(mac.finalize().into_bytes())
-        }
-        Err(_) => String::new(),
-    }
-}
-
-fn hex_eq(expected_hex: &str, given_hex: &str) -> bool {
-    let (Ok(a), Ok(b)) = (hex::decode(expected_hex), hex::decode(given_hex.trim().to_ascii_lowercase())) else {
-        return false;
-    };
-    !a.is_empty() && a.len() == b.len() && bool::from(a.ct_eq(&b))
 }
 
 impl Sandbox {
@@ -85,13 +54,10 @@ impl Sandbox {
     }
 }
 
+#[tonic::async_trait]
 impl Gateway for Sandbox {
     fn key_id(&self) -> &str {
         &self.config.key_id
-    }
-
-    fn new_order_id(&self) -> String {
-        format!("order_{}", uuid::Uuid::new_v4().simple())
     }
 
     fn payment_signature_valid(&self, order_id: &str, payment_id: &str, signature_hex: &str) -> bool {
@@ -100,6 +66,16 @@ impl Gateway for Sandbox {
 
     fn webhook_signature_valid(&self, body: &[u8], signature_hex: &str) -> bool {
         hex_eq(&self.sign_webhook(body), signature_hex)
+    }
+
+    async fn create_order(&self, _order: &NewOrder<'_>) -> Result<GatewayOrder, GatewayError> {
+        Ok(GatewayOrder { id: format!("order_{}", uuid::Uuid::new_v4().simple()) })
+    }
+
+    /// The sandbox keeps no payment records: the signature it issued is the
+    /// proof of payment, as for Razorpay's checkout handler.
+    async fn fetch_payment(&self, _payment_id: &str) -> Result<Option<GatewayPayment>, GatewayError> {
+        Ok(None)
     }
 }
 

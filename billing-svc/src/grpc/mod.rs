@@ -104,8 +104,7 @@ impl BillingService for BillingGrpc {
         let app = self.app.clone();
         let order = run(async move {
             let _pass = app.gate.enter(&format!("checkout_session:{session_id}")).await?;
-            let mut c = app.conn().await?;
-            orders::create(&mut c, app.gateway.as_ref(), app.clock.now(), session_id, &r.user_id, &r.plan_id).await
+            orders::create(&app, session_id, &r.user_id, &r.plan_id).await
         })
         .await?;
         Ok(Response::new(pb::CreateOrderResponse {

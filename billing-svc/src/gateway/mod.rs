@@ -1,0 +1,96 @@
+//! The payment gateway seen from billing: one async trait with the
+//! operations billing needs, and its implementations (the built-in sandbox;
+//! a real gateway's adapter sits beside it). Errors say only what a caller
+//! can act on: UNAVAILABLE (timeouts, 5xx, 429: retry later) or a refusal
+//! (4xx: the request itself is wrong or not allowed), never INTERNAL.
+mod sandbox;
+
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+pub use sandbox::Sandbox;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// An order to create at the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOrder<'a> {
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    /// Our reference (the checkout session id): the gateway's `receipt`, also
+    /// how a retried create finds the order a timed-out attempt created.
+    pub receipt: &'a str,
+    pub user_id: &'a str,
+    pub plan_id: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayOrder {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    Created,
+    Authorized,
+    Captured,
+    Refunded,
+    Failed,
+}
+
+/// A payment as the gateway records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayPayment {
+    pub id: String,
+    pub order_id: Option<String>,
+    pub status: PaymentStatus,
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GatewayError {
+    /// Timeout, connection failure, 5xx or 429: try again later.
+    #[error("payment gateway unavailable: {message}")]
+    Unavailable { message: String, retry_after: Option<Duration> },
+    /// The gateway refused the request (4xx): retrying will not help.
+    #[error("payment gateway refused the request ({code}): {message}")]
+    Refused { code: String, message: String },
+}
+
+#[tonic::async_trait]
+pub trait Gateway: Send + Sync + std::fmt::Debug {
+    /// Public key id handed to the customer's checkout widget.
+    fn key_id(&self) -> &str;
+    /// Checks a payment signature. `order_id` must be the *stored* order id.
+    fn payment_signature_valid(&self, order_id: &str, payment_id: &str, signature_hex: &str) -> bool;
+    /// Checks a webhook signature over the raw body bytes.
+    fn webhook_signature_valid(&self, body: &[u8], signature_hex: &str) -> bool;
+    /// Creates an order. Called with no database connection held; a retry
+    /// after a timeout must not leave two orders for one receipt.
+    async fn create_order(&self, order: &NewOrder<'_>) -> Result<GatewayOrder, GatewayError>;
+    /// The gateway's record of a payment, to confirm a capture's amount and
+    /// currency against the order; `None` when the gateway keeps no records
+    /// billing can read (the sandbox).
+    async fn fetch_payment(&self, payment_id: &str) -> Result<Option<GatewayPayment>, GatewayError>;
+}
+
+/// Hex HMAC-SHA256 of `data` (payment and webhook signatures).
+pub(crate) fn hmac_hex(secret: &str, data: &[u8]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(data);
+            hex::encode(mac.finalize().into_bytes())
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// Constant-time comparison of two hex digests (case-insensitive).
+pub(crate) fn hex_eq(expected_hex: &str, given_hex: &str) -> bool {
+    let (Ok(a), Ok(b)) = (hex::decode(expected_hex), hex::decode(given_hex.trim().to_ascii_lowercase())) else {
+        return false;
+    };
+    !a.is_empty() && a.len() == b.len() && bool::from(a.ct_eq(&b))
+}
