@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! billing.v1 usage: limits counted per billing period (seed 003), locked
-//! deductions with a ledger (seed 004), races and bad input.
+//! billing.v1 usage: limits counted per billing period (docs/design.md,
+//! Invariants 13), locked deductions with a ledger (Invariants 10 and 11),
+//! races and bad input.
 use std::collections::HashMap;
 
 use chrono::{Duration, TimeZone, Utc};
@@ -22,7 +23,7 @@ fn quota(e: &tonic::Status) -> (String, HashMap<String, String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_003_no_subscription_means_the_free_plan_with_calendar_periods() {
+async fn no_subscription_means_the_free_plan_with_calendar_periods() {
     let mut app = spawn_app().await;
     let u = app.billing.get_usage(bpb::GetUsageRequest { user_id: "newbie".into() }).await.unwrap().into_inner().usage.unwrap();
     assert_eq!(u.plan_id, "free");
@@ -32,7 +33,7 @@ async fn seed_003_no_subscription_means_the_free_plan_with_calendar_periods() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_003_usage_of_the_previous_period_does_not_count_in_the_new_one() {
+async fn usage_of_the_previous_period_does_not_count_in_the_new_one() {
     let mut app = spawn_app().await;
     // The free plan allows 5 sessions a period: use them all in March.
     for _ in 0..5 {
@@ -54,7 +55,7 @@ async fn seed_003_usage_of_the_previous_period_does_not_count_in_the_new_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_003_session_limit_at_the_exact_boundary() {
+async fn session_limit_at_the_exact_boundary() {
     let app = spawn_app().await;
     let mut db = app.billing_db().await;
     for _ in 0..4 {
@@ -78,7 +79,7 @@ async fn seed_003_session_limit_at_the_exact_boundary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_003_minutes_limit_counts_active_time_clipped_to_the_period() {
+async fn minutes_limit_counts_active_time_clipped_to_the_period() {
     let app = spawn_app().await;
     app.start_usage("talker", UsageKind::Call).await.unwrap();
     app.clock.advance(Duration::minutes(59));
@@ -91,7 +92,7 @@ async fn seed_003_minutes_limit_counts_active_time_clipped_to_the_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_003_upload_limit_reads_the_typed_plan_limit() {
+async fn upload_limit_is_the_plans_max_upload_bytes() {
     let mut app = spawn_app().await;
     let ok = app
         .billing
@@ -112,7 +113,7 @@ async fn seed_003_upload_limit_reads_the_typed_plan_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_003_concurrent_starts_never_overshoot_the_session_limit() {
+async fn concurrent_starts_never_overshoot_the_session_limit() {
     let app = spawn_app().await;
     let results = join_all((0..20).map(|_| app.start_usage("rusher", UsageKind::Text))).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -123,7 +124,7 @@ async fn seed_003_concurrent_starts_never_overshoot_the_session_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_004_ticks_then_end_never_double_bill() {
+async fn ticks_then_end_never_double_bill() {
     let app = spawn_app().await;
     app.subscribe("caller", "basic-monthly").await;
     let s = app.start_usage("caller", UsageKind::Call).await.unwrap();
@@ -144,7 +145,7 @@ async fn seed_004_ticks_then_end_never_double_bill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_004_end_then_late_tick_charges_nothing_more() {
+async fn end_then_late_tick_charges_nothing_more() {
     let app = spawn_app().await;
     app.subscribe("hangup", "basic-monthly").await;
     let s = app.start_usage("hangup", UsageKind::Call).await.unwrap();
@@ -161,7 +162,7 @@ async fn seed_004_end_then_late_tick_charges_nothing_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_004_tick_and_end_at_the_same_instant_1000_times() {
+async fn tick_and_end_at_the_same_instant_charge_each_unit_once_1000_times() {
     let app = spawn_app().await;
     let app = &app;
     let sub = app.subscribe("crowd", "pro-monthly").await;
@@ -210,12 +211,22 @@ async fn seed_004_tick_and_end_at_the_same_instant_1000_times() {
     assert_ledger_matches_balances(&mut db).await;
 }
 
+/// 10,000 Deducts of one unit over 20 sessions that share one balance of
+/// 6,000 credits, 64 in flight at once (four times the pool, so they queue
+/// for connections, the per-session admission and the subscription row).
+/// The balance must run out: exactly 6,000 units are paid and 4,000 unpaid.
+/// A refusal (ABORTED: admission or lock bound; UNAVAILABLE: no connection
+/// in time) is retried with the same deduction id, which replays the charge
+/// if it had committed, so every Deduct ends with exactly one answer and the
+/// totals are exact; any other failure fails the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_004_10000_concurrent_deducts_on_one_subscription() {
+async fn deducts_10000_at_once_on_one_subscription_keep_balance_and_ledger_exact() {
+    const DEDUCTS: usize = 10_000;
+    const IN_FLIGHT: usize = 64;
     let app = tests::spawn_app_with(tests::harness::Options { pool_size: 16, max_concurrent_requests: 20_000 }).await;
     let sub = app.subscribe("hot", "pro-monthly").await;
     let mut db = app.billing_db().await;
-    let initial = 6000;
+    let initial: i64 = 6000;
     exec(
         &mut db,
         &format!("UPDATE subscriptions SET credits_granted = {initial}, credits_remaining = {initial} WHERE id = '{}'", sub.id),
@@ -225,35 +236,62 @@ async fn seed_004_10000_concurrent_deducts_on_one_subscription() {
     for _ in 0..20 {
         sessions.push(app.start_usage("hot", UsageKind::Text).await.unwrap().id);
     }
-    let results: Vec<_> = stream::iter(0..10_000)
+    let refusals = std::sync::atomic::AtomicUsize::new(0);
+    let refusals = &refusals;
+    let results: Vec<_> = stream::iter(0..DEDUCTS)
         .map(|i| {
-            let mut b = app.billing.clone();
+            let b = app.billing.clone();
             let id = sessions[i % sessions.len()].clone();
-            async move { b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: format!("d-{i}"), units: 1 }).await }
+            async move {
+                retrying(|| {
+                    let mut b = b.clone();
+                    let req = bpb::DeductRequest { usage_session_id: id.clone(), deduction_id: format!("d-{i}"), units: 1 };
+                    async move {
+                        let r = b.deduct(req).await;
+                        if r.is_err() {
+                            refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        r
+                    }
+                })
+                .await
+            }
         })
-        .buffer_unordered(1000)
+        .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
     let mut charged = 0;
     let mut unpaid = 0;
     for r in &results {
-        match r {
-            Ok(r) => {
-                let r = r.get_ref();
-                charged += r.units_charged;
-                unpaid += r.units_unpaid;
-            }
-            Err(e) => assert!(matches!(e.code(), Code::Unavailable | Code::Aborted), "only retryable failures: {e:?}"),
+        let r = r.as_ref().expect("every Deduct gets an answer (refusals retried)").get_ref();
+        assert_eq!(r.units_charged + r.units_unpaid, 1, "{r:?}");
+        if r.units_unpaid > 0 {
+            assert_eq!(r.session.as_ref().unwrap().credits_remaining, 0, "a unit went unpaid while credits remained: {r:?}");
         }
+        charged += r.units_charged;
+        unpaid += r.units_unpaid;
     }
-    assert!(charged > 0);
+    println!(
+        "{DEDUCTS} deducts, {IN_FLIGHT} in flight: {} refusals retried",
+        refusals.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!((charged, unpaid), (initial, DEDUCTS as i64 - initial), "the balance ran out: every credit paid one unit");
     let remaining = scalar(&mut db, &format!("SELECT credits_remaining AS n FROM subscriptions WHERE id = '{}'", sub.id)).await;
-    assert_eq!(remaining, initial - charged, "balance == initial - successful units");
-    assert!(remaining >= 0);
+    assert_eq!(remaining, 0, "balance == initial - successful units");
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM deductions").await, DEDUCTS as i64, "one row per Deduct");
     assert_eq!(scalar(&mut db, "SELECT coalesce(sum(units_charged), 0)::bigint AS n FROM deductions").await, charged);
     assert_eq!(
         scalar(&mut db, "SELECT coalesce(sum(units_unpaid), 0)::bigint AS n FROM usage_sessions WHERE user_id = 'hot'").await,
         unpaid
+    );
+    assert_eq!(
+        scalar(&mut db, "SELECT coalesce(sum(units_charged), 0)::bigint AS n FROM usage_sessions WHERE user_id = 'hot'").await,
+        charged
+    );
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM ledger WHERE kind = 'USAGE' AND subscription_id = '{}'", sub.id))
+            .await,
+        charged
     );
     assert_eq!(
         scalar(
@@ -353,7 +391,7 @@ async fn usage_stats_roll_up_per_day_and_plan() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_004_explicit_interval_deductions_count_toward_the_end() {
+async fn explicit_interval_deductions_count_toward_the_end() {
     let mut app = spawn_app().await;
     app.subscribe("ticker", "basic-monthly").await;
     let s = app.start_usage("ticker", UsageKind::Call).await.unwrap();
