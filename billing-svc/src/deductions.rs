@@ -2,8 +2,9 @@
 //! auto-deduction job, EndUsageSession, reconcile's repair of stuck sessions)
 //! calls [`charge`], which runs the `billing_charge` SQL function: one
 //! statement that locks the usage session and then its subscription, reads
-//! the fresh rows, and writes ledger rows and the balance together (seed 004:
-//! the cron pre-marked sessions, end double-billed, nothing was locked).
+//! the fresh rows, and writes ledger rows and the balance together. Nothing
+//! is marked before it is charged, so a tick and a hang-up can never both
+//! charge one unit (docs/design.md, Deductions).
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
@@ -115,8 +116,8 @@ async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateT
 /// The auto-deduction job's iteration: charges every ACTIVE session with a
 /// complete interval due, on one connection, one statement per session. Each
 /// charge locks its session with SKIP LOCKED, so replicas share the work and
-/// the job never queues behind a hang-up; it never pre-marks anything (seed
-/// 004): the same function computes and charges under the locks.
+/// the job never queues behind a hang-up; it never pre-marks anything: the
+/// same function computes and charges under the locks.
 /// Returns (sessions charged, credits charged).
 pub async fn auto_deduct_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result<(usize, i64)> {
     let (mut sessions, mut credits) = (0, 0);

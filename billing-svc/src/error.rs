@@ -1,4 +1,5 @@
-//! billing-svc's one error enum and its one mapping to gRPC statuses (DESIGN §7).
+//! billing-svc's one error enum and its one mapping to gRPC statuses
+//! (docs/design.md, Error model).
 use std::{collections::HashMap, time::Duration};
 
 use shared::{db::DbError, status};
@@ -14,7 +15,8 @@ pub enum Error {
     NotFound { resource: &'static str, id: String },
     #[error("{description}")]
     FailedPrecondition { kind: &'static str, subject: String, description: String },
-    /// A plan limit or an empty balance (seed 003's structured 403).
+    /// A plan limit or an empty balance: RESOURCE_EXHAUSTED with QuotaFailure
+    /// and ErrorInfo {reason, plan, current_usage, limit}.
     #[error("{description}")]
     QuotaExceeded { reason: &'static str, plan: String, current_usage: i64, limit: i64, description: String },
     #[error("gateway signature does not match")]

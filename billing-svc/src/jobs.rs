@@ -1,5 +1,5 @@
 //! billing's periodic jobs. Each iteration takes one pooled connection and
-//! returns it before the sleep (seed 000); each is safe on every replica
+//! returns it before the sleep (docs/design.md, Jobs); each is safe on every replica
 //! (`FOR UPDATE SKIP LOCKED` or idempotent upserts) and safe to run twice.
 use chrono::Duration;
 use tokio::task::JoinHandle;

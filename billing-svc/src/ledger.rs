@@ -1,6 +1,6 @@
 //! The credit ledger: every credit that leaves a balance has a row, so
-//! `sum(ledger of a period) == credits_granted - credits_remaining` (DESIGN
-//! §5.3). Usage rows are written by the `billing_charge` SQL function (see
+//! `sum(ledger of a period) == credits_granted - credits_remaining`
+//! (docs/design.md, Invariants 10). Usage rows are written by the `billing_charge` SQL function (see
 //! `deductions`); carry-overs are written here.
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;

@@ -1,5 +1,6 @@
 //! Plan limits, counted only inside the subscription's current billing period
-//! (seed 003: counting all history locked users out after a reset).
+//! (docs/design.md, Invariants 13): counting all history would lock users
+//! out after a period reset.
 use std::fmt::Display;
 
 use chrono::{DateTime, Utc};
@@ -95,8 +96,8 @@ pub async fn report(app: &App, user_id: &str) -> Result<UsageReport> {
     Ok(UsageReport { subscription, plan, used })
 }
 
-/// AuthorizeUpload: the plan's typed max upload size (seed 003 issue 5 read it
-/// from the wrong type and crashed).
+/// AuthorizeUpload: the plan's max upload size, read from its typed
+/// `max_upload_bytes` column.
 pub async fn authorize_upload(app: &App, user_id: &str, size_bytes: i64) -> Result<i64> {
     let report = report(app, user_id).await?;
     let max = report.plan.max_upload_bytes;

@@ -1,7 +1,8 @@
 //! Subscriptions and their billing periods. Paid plans use anniversary
 //! periods anchored at the payment; the free plan (given to every user on
 //! first use) uses calendar months. At most one ACTIVE subscription per user,
-//! so every balance lives in one row with one lock (DESIGN §5.7).
+//! so every balance lives in one row with one lock (docs/design.md,
+//! Invariants 6).
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;

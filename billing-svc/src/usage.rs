@@ -82,7 +82,7 @@ pub async fn view(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<Sessi
 }
 
 /// Starts a session if the plan's limits, counted inside the current billing
-/// period only (seed 003), allow it. The subscription row stays locked while
+/// period only (docs/design.md, Invariants 13), allow it. The subscription row stays locked while
 /// counting, so concurrent starts cannot overshoot a limit.
 pub async fn start(app: &App, user_id: &str, kind: Kind) -> Result<SessionView> {
     let now = app.clock.now();

@@ -1,4 +1,4 @@
-//! Idempotency keys (DESIGN §8). The key, a hash of the request and the
+//! Idempotency keys (docs/design.md, Idempotency). The key, a hash of the request and the
 //! encoded response are written in the caller's transaction, together with
 //! the effect: a crash can never leave an effect without its key or a key
 //! without its effect.

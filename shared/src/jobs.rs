@@ -1,4 +1,4 @@
-//! Periodic background jobs (DESIGN §5.6): a job takes a pooled connection
+//! Periodic background jobs (docs/design.md, Jobs): a job takes a pooled connection
 //! per iteration only, never across the sleep; a failed iteration is logged
 //! and retried with backoff; shutdown waits for the running iteration instead
 //! of cancelling it halfway.

@@ -235,7 +235,8 @@ where
 }
 
 /// Runs a handler's effect on its own task (keeping the handler's span), so
-/// a cancelled RPC cannot stop a transaction halfway (DESIGN §8), and maps
+/// a cancelled RPC cannot stop a transaction halfway (docs/design.md,
+/// Idempotency), and maps
 /// the domain error to a status.
 pub async fn run_effect<T, E, F>(f: F) -> Result<T, tonic::Status>
 where

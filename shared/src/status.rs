@@ -1,4 +1,5 @@
-//! Building the gRPC statuses of DESIGN §7 with their `google.rpc` details.
+//! Building the gRPC statuses of docs/design.md, Error model, with their
+//! `google.rpc` details.
 //! Each service's `error.rs` maps its domain errors through these helpers, so
 //! every status of one kind looks the same on the wire.
 use std::{collections::HashMap, time::Duration};

@@ -149,8 +149,8 @@ impl TestApp {
     }
 }
 
-/// Asserts DESIGN §5.3 on every subscription: the ledger of the current
-/// period explains the balance, and no balance is negative.
+/// Asserts docs/design.md, Invariants 10, on every subscription: the ledger
+/// of the current period explains the balance, and no balance is negative.
 pub async fn assert_ledger_matches_balances(conn: &mut AsyncPgConnection) {
     let bad = scalar(
         conn,

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! checkout.v1 under concurrency (DESIGN §5.1: one ACTIVE session per user;
-//! one outcome per session) and idempotency keys. Both services, real
+//! checkout.v1 under concurrency (docs/design.md, Invariants 1 and 2: one
+//! ACTIVE session per user; one outcome per session) and idempotency keys. Both services, real
 //! PostgreSQL, real sockets.
 use chrono::Duration;
 use futures::future::join_all;

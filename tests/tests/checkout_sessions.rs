@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! checkout.v1 end to end: the seed-002 checklist, seed-003's "visible right
-//! after create", cleanup by moving the clock, listing and bad input (races
+//! checkout.v1 end to end: create, renew, recover and complete flows,
+//! "visible right after create", cleanup by moving the clock, listing and bad input (races
 //! and idempotency keys: checkout_races.rs). Both services, real PostgreSQL, real sockets.
 use chrono::Duration;
 use proto::checkout::v1::{self as cpb, SessionStatus};
@@ -16,7 +16,7 @@ fn status(s: &cpb::Session) -> SessionStatus {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_002_normal_flow_create_pay_complete() {
+async fn normal_flow_create_pay_complete() {
     let mut app = spawn_app().await;
     let s = app.create_session("alice", "pro-monthly").await;
     assert_eq!(status(&s), SessionStatus::Active);
@@ -49,7 +49,7 @@ async fn seed_002_normal_flow_create_pay_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_002_package_change_create_renew_renew_back_complete() {
+async fn package_change_create_renew_renew_back_complete() {
     let mut app = spawn_app().await;
     let a = app.create_session("bob", "pro-monthly").await;
     let b = app
@@ -95,7 +95,7 @@ async fn seed_002_package_change_create_renew_renew_back_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_002_expired_then_recover_then_complete() {
+async fn expired_then_recover_then_complete() {
     let mut app = spawn_app().await;
     let a = app.create_session("carol", "basic-monthly").await;
     app.clock.advance(Duration::hours(25));
@@ -147,7 +147,7 @@ async fn recover_refuses_sessions_older_than_seven_days() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_002_invalid_ids_get_clean_errors() {
+async fn unknown_ids_are_not_found_and_malformed_ids_invalid_argument() {
     let mut app = spawn_app().await;
     let unknown = uuid::Uuid::new_v4().to_string();
     assert_eq!(code(app.checkout.get_session(cpb::GetSessionRequest { id: unknown.clone() }).await), Code::NotFound);
@@ -161,7 +161,7 @@ async fn seed_002_invalid_ids_get_clean_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_002_restart_between_create_and_complete_loses_nothing() {
+async fn checkout_restart_between_create_and_complete_loses_nothing() {
     let mut app = spawn_app().await;
     let a = app.create_session("erin", "pro-monthly").await;
     app.restart_checkout().await.unwrap();
@@ -173,7 +173,7 @@ async fn seed_002_restart_between_create_and_complete_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_003_session_is_readable_the_moment_create_returns() {
+async fn session_is_readable_from_another_connection_the_moment_create_returns() {
     let app = spawn_app().await;
     // A second client (another connection, as another replica would be).
     let mut reader = tests::checkout_client(&app.checkout_addr.to_string(), tests::harness::SERVICE_TOKEN).unwrap();

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Cross-service consistency: a paid order always ends in a COMPLETED
-//! checkout session, even when the customer never comes back (seed 001's
-//! "payment captured, nobody returned").
+//! checkout session, even when the customer never comes back: payment
+//! captured, nobody returned (docs/design.md, Invariants 3).
 use chrono::Duration;
 use futures::future::join_all;
 use proto::{

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! billing.v1 payments: VerifyPayment and webhooks racing (seed 001), the
+//! billing.v1 payments: VerifyPayment and webhooks racing (docs/design.md,
+//! Invariants 5), the
 //! crash windows, webhook inbox behaviour, and bad input.
 use chrono::Duration;
 use futures::future::join_all;
@@ -11,18 +12,18 @@ use tonic_types::StatusExt;
 
 /// 100 concurrent deliveries for one order: VerifyPayment retries, webhook
 /// redeliveries (same event id) and distinct events, shuffled.
-async fn storm(app: &tests::TestApp, seed: u64) {
-    let user = format!("storm-{seed}");
+async fn storm(app: &tests::TestApp, seed_value: u64) {
+    let user = format!("storm-{seed_value}");
     let order = app.order(&user, "pro-monthly").await;
     let (payment_id, sig) = app.pay(&order.id);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value);
     let mut kinds: Vec<u8> = (0..100).map(|i| (i % 3) as u8).collect();
     kinds.shuffle(&mut rng);
     let futs = kinds.into_iter().enumerate().map(|(i, kind)| {
         let mut b = app.billing.clone();
         let verify =
             bpb::VerifyPaymentRequest { order_id: order.id.clone(), payment_id: payment_id.clone(), signature: sig.clone() };
-        let event = if kind == 1 { "evt-same".to_owned() } else { format!("evt-{seed}-{i}-{}", rng.random::<u32>()) };
+        let event = if kind == 1 { "evt-same".to_owned() } else { format!("evt-{seed_value}-{i}-{}", rng.random::<u32>()) };
         let hook = app.captured_webhook(&order.id, &payment_id, order.amount_minor, &order.currency, &event);
         async move {
             if kind == 0 {
@@ -43,7 +44,7 @@ async fn storm(app: &tests::TestApp, seed: u64) {
     let results = join_all(futs).await;
     let subs: Vec<String> = results.into_iter().filter_map(|r| r.expect("every delivery succeeds")).collect();
     assert!(!subs.is_empty());
-    assert!(subs.iter().all(|s| *s == subs[0]), "seed {seed}: all point at one subscription");
+    assert!(subs.iter().all(|s| *s == subs[0]), "seed_value {seed_value}: all point at one subscription");
     let mut db = app.billing_db().await;
     assert_eq!(
         scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'PAID'", order.id)).await,
@@ -57,10 +58,10 @@ async fn storm(app: &tests::TestApp, seed: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_001_verify_and_webhook_race_storm_creates_exactly_one_subscription() {
+async fn verify_and_webhook_race_storm_creates_exactly_one_subscription() {
     let app = spawn_app().await;
-    for seed in [1, 7, 42, 1234] {
-        storm(&app, seed).await;
+    for seed_value in [1, 7, 42, 1234] {
+        storm(&app, seed_value).await;
     }
 }
 

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! billing.v1 subscriptions: replacement with carried-over credits, billing
 //! period rollover, reconciliation, and background jobs across a database
-//! outage (seed 000).
+//! outage (docs/design.md, Jobs).
 use std::{
     sync::{
         Arc,
@@ -188,7 +188,7 @@ async fn reconciliation_finds_each_inconsistency_fixes_it_and_then_finds_nothing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_000_job_keeps_running_across_a_database_outage_and_returns_its_connections() {
+async fn job_keeps_running_across_a_database_outage_and_returns_its_connections() {
     let app = spawn_app().await;
     let db_name = app.billing_db_url.rsplit('/').next().unwrap().to_owned();
     let server = tests::harness::pg().await.unwrap();

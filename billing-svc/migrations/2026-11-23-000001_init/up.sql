@@ -68,7 +68,7 @@ CREATE TABLE subscriptions (
   CHECK (period_start < period_end),
   CHECK (credits_remaining <= credits_granted)
 );
--- Invariant 7: at most one ACTIVE subscription per user.
+-- At most one ACTIVE subscription per user (docs/design.md, Invariants 6).
 CREATE UNIQUE INDEX subscriptions_one_active_per_user ON subscriptions (user_id) WHERE status = 'ACTIVE';
 CREATE INDEX subscriptions_user_idx ON subscriptions (user_id, created_at DESC);
 CREATE INDEX subscriptions_period_end_idx ON subscriptions (period_end) WHERE status = 'ACTIVE';
@@ -109,7 +109,7 @@ CREATE INDEX usage_sessions_user_started_idx ON usage_sessions (user_id, started
 CREATE INDEX usage_sessions_active_idx ON usage_sessions (started_at) WHERE status = 'ACTIVE';
 CREATE INDEX usage_sessions_subscription_idx ON usage_sessions (subscription_id);
 
--- Every credit that leaves a balance has a row here (invariant 3).
+-- Every credit that leaves a balance has a row here (docs/design.md, Invariants 10).
 CREATE TABLE ledger (
   id                bigserial PRIMARY KEY,
   subscription_id   uuid NOT NULL REFERENCES subscriptions(id),
@@ -135,7 +135,7 @@ CREATE TABLE deductions (
   PRIMARY KEY (usage_session_id, deduction_id)
 );
 
--- Idempotency keys (DESIGN §8): stored with the effect, in its transaction.
+-- Idempotency keys (docs/design.md, Idempotency): stored with the effect, in its transaction.
 CREATE TABLE idempotency_keys (
   method        text NOT NULL,
   key           text NOT NULL,

@@ -44,7 +44,7 @@ BEGIN
   RETURN true;
 END $$;
 
--- The one code path that changes a balance (DESIGN §4, §5.3, §5.4).
+-- The one code path that changes a balance (docs/design.md, Deductions).
 --
 -- Locks the usage session, then its subscription (always in that order),
 -- works out how many units to charge from the fresh rows, writes one ledger

@@ -1,5 +1,5 @@
 -- The previous definition is in 2026-11-23-000002_functions/up.sql.
--- The one code path that changes a balance (DESIGN §4, §5.3, §5.4).
+-- The one code path that changes a balance (docs/design.md, Deductions).
 --
 -- Locks the usage session, then its subscription (always in that order),
 -- works out how many units to charge from the fresh rows, writes one ledger

@@ -1,6 +1,6 @@
 //! gRPC handlers: validate and translate proto ↔ domain, nothing else.
 //! Effects run in a spawned task so a cancelled RPC cannot stop a
-//! transaction halfway (DESIGN §8).
+//! transaction halfway (docs/design.md, Idempotency).
 mod convert;
 
 use std::future::Future;

@@ -27,7 +27,7 @@ CREATE TABLE checkout_sessions (
   updated_at       timestamptz NOT NULL,
   CHECK ((status = 'COMPLETED') = (completed_at IS NOT NULL AND subscription_id IS NOT NULL))
 );
--- Invariant 1: at most one ACTIVE session per user.
+-- At most one ACTIVE session per user (docs/design.md, Invariants 1).
 CREATE UNIQUE INDEX checkout_sessions_one_active_per_user ON checkout_sessions (user_id) WHERE status = 'ACTIVE';
 -- Recovering twice yields the same session: one recovery per source.
 CREATE UNIQUE INDEX checkout_sessions_recovered_from_uniq ON checkout_sessions (recovered_from) WHERE recovered_from IS NOT NULL;
@@ -38,7 +38,7 @@ CREATE INDEX checkout_sessions_user_created_idx ON checkout_sessions (user_id, c
 CREATE TRIGGER checkout_sessions_touch BEFORE UPDATE ON checkout_sessions
   FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
 
--- Idempotency keys (DESIGN §8): stored with the effect, in its transaction.
+-- Idempotency keys (docs/design.md, Idempotency): stored with the effect, in its transaction.
 CREATE TABLE idempotency_keys (
   method        text NOT NULL,
   key           text NOT NULL,
