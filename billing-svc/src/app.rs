@@ -7,8 +7,8 @@ use shared::{Clock, auth::Authenticator, db, gate::Gate, server::Shutdown};
 use tokio::net::TcpListener;
 
 use crate::{
-    config::Config,
-    gateway::{Gateway, Sandbox},
+    config::{Config, GatewayKind},
+    gateway::{Gateway, Razorpay, Sandbox},
 };
 
 /// Requests naming one row (a user, a usage session, an order) that may hold
@@ -34,7 +34,10 @@ impl App {
     pub fn new(config: Config, database_url: &str, clock: Clock) -> Self {
         let pool = db::pool(database_url, &config.common);
         let gate = Arc::new(Gate::new(GATE_PER_KEY, config.common.lock_timeout));
-        let gateway: Arc<dyn Gateway> = Arc::new(Sandbox::new(config.gateway.clone()));
+        let gateway: Arc<dyn Gateway> = match config.gateway.kind {
+            GatewayKind::Sandbox => Arc::new(Sandbox::new(config.gateway.clone())),
+            GatewayKind::Razorpay => Arc::new(Razorpay::new(config.gateway.clone())),
+        };
         Self { pool, gate, clock, gateway, config: Arc::new(config) }
     }
 

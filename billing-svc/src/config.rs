@@ -1,7 +1,7 @@
 //! billing-svc configuration, from environment variables only.
 use std::time::Duration;
 
-use shared::config::{CommonConfig, ConfigError, env_list, env_opt, env_or, env_secs};
+use shared::config::{CommonConfig, ConfigError, env_list, env_millis, env_opt, env_or, env_secs};
 
 pub const ENV_HELP: &str = "\
 Environment (default in parentheses):
@@ -11,9 +11,13 @@ Environment (default in parentheses):
                                 cluster under target/ (database \"billing\")
   BILLING_AUTH_TOKENS           comma-separated bearer tokens of callers (required)
   BILLING_ADMIN_TOKENS          comma-separated admin bearer tokens (none)
-  GATEWAY_KEY_ID                sandbox gateway key id (rzp_test_sandbox)
-  GATEWAY_KEY_SECRET            secret for payment signatures (required)
+  GATEWAY                       payment gateway: sandbox or razorpay (sandbox)
+  GATEWAY_KEY_ID                gateway key id (rzp_test_sandbox; required for razorpay)
+  GATEWAY_KEY_SECRET            gateway key secret: API calls and payment signatures (required)
   GATEWAY_WEBHOOK_SECRET        secret for webhook signatures (required)
+  GATEWAY_API_BASE_URL          razorpay: API base URL (https://api.razorpay.com)
+  GATEWAY_TIMEOUT_MS            razorpay: timeout of one API call (5000)
+  SANDBOX_FAIL_CHARGES          sandbox: decline every charge of a saved method (false)
   JOBS_ENABLED                  run periodic jobs inside serve (true)
   AUTO_DEDUCT_INTERVAL_SECS     auto-deduction tick (30)
   ROLLOVER_INTERVAL_SECS        billing-period rollover tick (60)
@@ -23,17 +27,68 @@ Environment (default in parentheses):
   CHECKOUT_ENDPOINT             reconcile: also list paid orders checkout does not know (unset)
   CHECKOUT_TOKEN                reconcile: bearer token for CHECKOUT_ENDPOINT";
 
+/// Which payment gateway billing talks to (`GATEWAY`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GatewayKind {
+    /// The built-in sandbox: no network, the default for `stack` and tests.
+    #[default]
+    Sandbox,
+    Razorpay,
+}
+
+impl std::str::FromStr for GatewayKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "sandbox" => Ok(Self::Sandbox),
+            "razorpay" => Ok(Self::Razorpay),
+            _ => Err("expected sandbox or razorpay".into()),
+        }
+    }
+}
+
+pub const DEFAULT_GATEWAY_API_BASE_URL: &str = "https://api.razorpay.com";
+pub const DEFAULT_GATEWAY_KEY_ID: &str = "rzp_test_sandbox";
+
 #[derive(Clone)]
 pub struct GatewayConfig {
     pub key_id: String,
     pub key_secret: String,
     pub webhook_secret: String,
+    pub kind: GatewayKind,
+    /// Razorpay's API base URL, without `/v1`.
+    pub api_base_url: String,
+    /// Timeout of one API call to the gateway.
+    pub timeout: Duration,
+    /// Sandbox only: every charge of a saved method is declined.
+    pub sandbox_fail_charges: bool,
+}
+
+impl Default for GatewayConfig {
+    /// The sandbox, with empty secrets.
+    fn default() -> Self {
+        Self {
+            key_id: DEFAULT_GATEWAY_KEY_ID.into(),
+            key_secret: String::new(),
+            webhook_secret: String::new(),
+            kind: GatewayKind::Sandbox,
+            api_base_url: DEFAULT_GATEWAY_API_BASE_URL.into(),
+            timeout: Duration::from_millis(5000),
+            sandbox_fail_charges: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for GatewayConfig {
     // The secrets never reach a log or a Debug output.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewayConfig").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("GatewayConfig")
+            .field("kind", &self.kind)
+            .field("key_id", &self.key_id)
+            .field("api_base_url", &self.api_base_url)
+            .field("timeout", &self.timeout)
+            .field("sandbox_fail_charges", &self.sandbox_fail_charges)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,9 +134,13 @@ impl Config {
             auth_tokens: env_list("BILLING_AUTH_TOKENS"),
             admin_tokens: env_list("BILLING_ADMIN_TOKENS"),
             gateway: GatewayConfig {
-                key_id: env_or("GATEWAY_KEY_ID", "rzp_test_sandbox".to_owned())?,
+                key_id: env_or("GATEWAY_KEY_ID", DEFAULT_GATEWAY_KEY_ID.to_owned())?,
                 key_secret: env_opt("GATEWAY_KEY_SECRET").unwrap_or_default(),
                 webhook_secret: env_opt("GATEWAY_WEBHOOK_SECRET").unwrap_or_default(),
+                kind: env_or("GATEWAY", GatewayKind::Sandbox)?,
+                api_base_url: env_or("GATEWAY_API_BASE_URL", DEFAULT_GATEWAY_API_BASE_URL.to_owned())?,
+                timeout: env_millis("GATEWAY_TIMEOUT_MS", 5000)?,
+                sandbox_fail_charges: env_or("SANDBOX_FAIL_CHARGES", false)?,
             },
             jobs: JobsConfig {
                 enabled: env_or("JOBS_ENABLED", true)?,
@@ -107,6 +166,22 @@ impl Config {
         }
         if self.gateway.webhook_secret.is_empty() {
             return Err(missing("GATEWAY_WEBHOOK_SECRET", "must be set"));
+        }
+        if self.gateway.kind == GatewayKind::Razorpay {
+            if self.gateway.key_id.is_empty() || self.gateway.key_id == DEFAULT_GATEWAY_KEY_ID {
+                return Err(missing("GATEWAY_KEY_ID", "must be set to the Razorpay key id when GATEWAY=razorpay"));
+            }
+            let url = &self.gateway.api_base_url;
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError {
+                    name: "GATEWAY_API_BASE_URL".into(),
+                    value: url.clone(),
+                    reason: "must be an http(s):// URL".into(),
+                });
+            }
+        }
+        if self.gateway.timeout.is_zero() {
+            return Err(ConfigError { name: "GATEWAY_TIMEOUT_MS".into(), value: "0".into(), reason: "must be positive".into() });
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use crate::{
     App, Error, Result,
     discrepancies::{self, Discrepancy, Kind, Source},
     error::TX_ATTEMPTS,
+    gateway::PaymentStatus,
     orders::{self, Order},
     plans,
     schema::orders as orders_t,
@@ -167,16 +168,46 @@ pub async fn capture(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) -> Res
 }
 
 /// VerifyPayment: checks the signature against the *stored* order id, then
-/// captures. A bad signature writes nothing; a payment that buys nothing is
-/// recorded (committed) and answered FAILED_PRECONDITION.
+/// asks the gateway for its record of the payment (with no pooled
+/// connection held) and captures. A bad signature writes nothing; neither
+/// does a payment the gateway places on another order
+/// (FAILED_PRECONDITION PAYMENT_ORDER_MISMATCH) or has not captured yet
+/// (FAILED_PRECONDITION PAYMENT_NOT_CAPTURED: verify again later). The
+/// amount and currency the gateway reports go to the capture, which records
+/// a mismatch with the order as a discrepancy; a payment that buys nothing is
+/// recorded (committed) and answered FAILED_PRECONDITION. A gateway that
+/// keeps no readable records (the sandbox) leaves the signature as the proof.
 pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str) -> Result<Captured> {
-    let mut conn = app.conn().await?;
-    let order = orders::get(&mut conn, order_id).await?;
+    let order = {
+        let mut conn = app.conn().await?;
+        orders::get(&mut conn, order_id).await?
+    };
     if !app.gateway.payment_signature_valid(&order.id, payment_id, signature) {
         tracing::warn!(order_id = %order.id, "payment signature mismatch");
         return Err(Error::BadSignature);
     }
-    let payment = Payment { order_id: &order.id, payment_id, paid: None, source: Source::VerifyPayment };
+    let at_gateway = app.gateway.fetch_payment(payment_id).await?;
+    if let Some(p) = &at_gateway {
+        if p.order_id.as_deref() != Some(order.id.as_str()) {
+            tracing::warn!(order_id = %order.id, payment_id, gateway_order_id = ?p.order_id, "payment belongs to another order");
+            return Err(Error::FailedPrecondition {
+                kind: "PAYMENT_ORDER_MISMATCH",
+                subject: format!("payment:{payment_id}"),
+                description: format!("the gateway records this payment against another order than {}", order.id),
+            });
+        }
+        if p.status != PaymentStatus::Captured {
+            return Err(Error::FailedPrecondition {
+                kind: "PAYMENT_NOT_CAPTURED",
+                subject: format!("payment:{payment_id}"),
+                description: format!("the gateway reports this payment as {:?}, not captured; verify again later", p.status)
+                    .to_lowercase(),
+            });
+        }
+    }
+    let paid = at_gateway.as_ref().map(|p| (p.amount_minor, p.currency.as_str()));
+    let payment = Payment { order_id: &order.id, payment_id, paid, source: Source::VerifyPayment };
+    let mut conn = app.conn().await?;
     match capture(&mut conn, payment, app.clock.now()).await? {
         Capture::Captured(c) => Ok(*c),
         Capture::Discrepancy(d) => Err(d.to_error()),

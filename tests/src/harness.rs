@@ -140,6 +140,7 @@ pub fn billing_config(opts: &Options) -> billing_svc::Config {
             key_id: "rzp_test_sandbox".into(),
             key_secret: GATEWAY_KEY_SECRET.into(),
             webhook_secret: GATEWAY_WEBHOOK_SECRET.into(),
+            ..Default::default()
         },
         jobs: billing_svc::config::JobsConfig { enabled: false, ..Default::default() },
         stuck_session_after: chrono::Duration::hours(24),

@@ -3,11 +3,13 @@
 //! a real gateway's adapter sits beside it). Errors say only what a caller
 //! can act on: UNAVAILABLE (timeouts, 5xx, 429: retry later) or a refusal
 //! (4xx: the request itself is wrong or not allowed), never INTERNAL.
+mod razorpay;
 mod sandbox;
 
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
+pub use razorpay::Razorpay;
 pub use sandbox::Sandbox;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -48,6 +50,35 @@ pub struct GatewayPayment {
     pub currency: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundStatus {
+    /// Accepted by the gateway, not yet settled with the bank.
+    Pending,
+    Processed,
+    Failed,
+}
+
+/// A refund as the gateway records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRefund {
+    /// The gateway's refund id (`rfnd_…`).
+    pub id: String,
+    pub status: RefundStatus,
+    pub amount_minor: i64,
+}
+
+/// A payment method the customer saved at the gateway for later charges
+/// (Razorpay: a customer and its recurring token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedMethod {
+    pub customer_id: String,
+    pub token_id: String,
+    /// The customer's email and phone, which Razorpay's recurring-payment
+    /// call asks for; sent when known.
+    pub email: Option<String>,
+    pub contact: Option<String>,
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum GatewayError {
     /// Timeout, connection failure, 5xx or 429: try again later.
@@ -73,6 +104,24 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
     /// currency against the order; `None` when the gateway keeps no records
     /// billing can read (the sandbox).
     async fn fetch_payment(&self, payment_id: &str) -> Result<Option<GatewayPayment>, GatewayError>;
+    /// Refunds `amount_minor` (full or partial) of a captured payment.
+    /// `refund_key` is billing's own id of the refund, sent along so the
+    /// gateway's record names it (and, where the gateway supports it, so a
+    /// retried call cannot refund twice). Not retried here: the caller
+    /// retries with the same key.
+    async fn refund(&self, payment_id: &str, amount_minor: i64, refund_key: &str) -> Result<GatewayRefund, GatewayError>;
+    /// Charges a saved payment method for the gateway order `order_id`
+    /// (created with `create_order` for this charge; one order takes one
+    /// successful payment, which is what makes a retried charge safe).
+    /// A declined charge is `Refused`.
+    async fn charge_saved_method(
+        &self,
+        method: &SavedMethod,
+        amount_minor: i64,
+        currency: &str,
+        order_id: &str,
+        receipt: &str,
+    ) -> Result<GatewayPayment, GatewayError>;
 }
 
 /// Hex HMAC-SHA256 of `data` (payment and webhook signatures).

@@ -2,7 +2,10 @@
 //! HMAC-SHA256 payment signatures over "order_id|payment_id", signed webhooks
 //! with event ids) without leaving the process. The default for `stack` and
 //! the tests; `billing-svc sandbox pay` plays its customer.
-use super::{Gateway, GatewayError, GatewayOrder, GatewayPayment, NewOrder, hex_eq, hmac_hex};
+use super::{
+    Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, NewOrder, PaymentStatus, RefundStatus, SavedMethod,
+    hex_eq, hmac_hex,
+};
 use crate::config::GatewayConfig;
 
 #[derive(Clone)]
@@ -13,7 +16,10 @@ pub struct Sandbox {
 impl std::fmt::Debug for Sandbox {
     // Never print the secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox").field("key_id", &self.config.key_id).finish_non_exhaustive()
+        f.debug_struct("Sandbox")
+            .field("key_id", &self.config.key_id)
+            .field("fail_charges", &self.config.sandbox_fail_charges)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,6 +83,42 @@ impl Gateway for Sandbox {
     async fn fetch_payment(&self, _payment_id: &str) -> Result<Option<GatewayPayment>, GatewayError> {
         Ok(None)
     }
+
+    /// Every refund is processed at once.
+    async fn refund(&self, _payment_id: &str, amount_minor: i64, _refund_key: &str) -> Result<GatewayRefund, GatewayError> {
+        if amount_minor <= 0 {
+            return Err(GatewayError::Refused {
+                code: "BAD_REQUEST_ERROR".into(),
+                message: "The refund amount provided is invalid".into(),
+            });
+        }
+        Ok(GatewayRefund { id: format!("rfnd_{}", uuid::Uuid::new_v4().simple()), status: RefundStatus::Processed, amount_minor })
+    }
+
+    /// Captured at once, or declined the way Razorpay declines a card when
+    /// `SANDBOX_FAIL_CHARGES` is set.
+    async fn charge_saved_method(
+        &self,
+        _method: &SavedMethod,
+        amount_minor: i64,
+        currency: &str,
+        order_id: &str,
+        _receipt: &str,
+    ) -> Result<GatewayPayment, GatewayError> {
+        if self.config.sandbox_fail_charges {
+            return Err(GatewayError::Refused {
+                code: "BAD_REQUEST_ERROR".into(),
+                message: "Payment failed: the card was declined (sandbox: SANDBOX_FAIL_CHARGES)".into(),
+            });
+        }
+        Ok(GatewayPayment {
+            id: Self::new_payment_id(),
+            order_id: Some(order_id.to_owned()),
+            status: PaymentStatus::Captured,
+            amount_minor,
+            currency: currency.to_owned(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -84,7 +126,38 @@ mod tests {
     use super::*;
 
     fn sandbox() -> Sandbox {
-        Sandbox::new(GatewayConfig { key_id: "k".into(), key_secret: "s3cret".into(), webhook_secret: "wh".into() })
+        Sandbox::new(GatewayConfig {
+            key_id: "k".into(),
+            key_secret: "s3cret".into(),
+            webhook_secret: "wh".into(),
+            ..Default::default()
+        })
+    }
+
+    fn card() -> SavedMethod {
+        SavedMethod { customer_id: "cust_1".into(), token_id: "token_1".into(), email: None, contact: None }
+    }
+
+    #[tokio::test]
+    async fn refunds_are_processed() {
+        let r = sandbox().refund("pay_1", 500, "refund-key-1").await.unwrap();
+        assert!(r.id.starts_with("rfnd_"));
+        assert_eq!((r.status, r.amount_minor), (RefundStatus::Processed, 500));
+        assert!(matches!(sandbox().refund("pay_1", 0, "refund-key-2").await, Err(GatewayError::Refused { .. })));
+    }
+
+    #[tokio::test]
+    async fn charges_capture_unless_told_to_fail() {
+        let p = sandbox().charge_saved_method(&card(), 49_900, "INR", "order_9", "rcpt").await.unwrap();
+        assert!(p.id.starts_with("pay_"));
+        assert_eq!(p.status, PaymentStatus::Captured);
+        assert_eq!((p.amount_minor, p.currency.as_str(), p.order_id.as_deref()), (49_900, "INR", Some("order_9")));
+
+        let failing = Sandbox::new(GatewayConfig { sandbox_fail_charges: true, ..sandbox().config });
+        match failing.charge_saved_method(&card(), 49_900, "INR", "order_9", "rcpt").await {
+            Err(GatewayError::Refused { code, .. }) => assert_eq!(code, "BAD_REQUEST_ERROR"),
+            other => panic!("expected a declined charge, got {other:?}"),
+        }
     }
 
     #[test]

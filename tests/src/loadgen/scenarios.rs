@@ -39,6 +39,7 @@ impl Target {
                 key_id: String::new(),
                 key_secret: get("GATEWAY_KEY_SECRET")?,
                 webhook_secret: get("GATEWAY_WEBHOOK_SECRET")?,
+                ..Default::default()
             }),
         })
     }

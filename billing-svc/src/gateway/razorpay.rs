@@ -1,0 +1,509 @@
+//! Razorpay's REST API behind the gateway trait (`GATEWAY=razorpay`).
+//!
+//! Request and response shapes follow Razorpay's public API documentation:
+//! - Orders, create: https://razorpay.com/docs/api/orders/create
+//! - Orders, fetch all (the `receipt` filter): https://razorpay.com/docs/api/orders/fetch-all
+//! - Payments, fetch with id: https://razorpay.com/docs/api/payments/fetch-with-id
+//! - Refunds, create a normal refund: https://razorpay.com/docs/api/refunds/create-normal
+//! - Refunds, idempotent request (`X-Refund-Idempotency`):
+//!   https://razorpay.com/docs/api/refunds/normal-refunds-idempotent
+//! - Refunds entity (statuses): https://razorpay.com/docs/api/refunds/entity
+//! - Recurring payments, create subsequent payments (`POST /v1/payments/create/recurring`):
+//!   https://razorpay.com/docs/api/payments/recurring-payments/cards/create-subsequent-payments
+//!
+//! Every call: basic auth with the key id and key secret, JSON bodies,
+//! amounts in the currency's minor unit (paise), one timeout per call
+//! (`GATEWAY_TIMEOUT_MS`), no redirects followed (the credentials go to the
+//! configured host only). Errors: a timeout, a connection failure, a 5xx, a
+//! 408 or a 429 is `Unavailable` (429 and 503 carry the gateway's
+//! Retry-After); another 4xx is `Refused` with Razorpay's `error.code` and a
+//! bounded description; a body that is not what the documentation shows is
+//! `Unavailable` ("unexpected response"), never a panic.
+//!
+//! Retries stay where the gateway makes them safe: fetching a payment is
+//! retried a bounded number of times; creating an order is retried only
+//! together with a look-up of the orders carrying our receipt, before the
+//! first attempt and after every failed one, so a create that timed out but
+//! reached Razorpay is found and reused instead of being made twice.
+//! Refunds and recurring charges are not retried here (the caller retries
+//! with the same refund key, or the same order, which takes one payment).
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, header};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::json;
+
+use super::{
+    Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, NewOrder, PaymentStatus, RefundStatus, SavedMethod,
+    hex_eq, hmac_hex,
+};
+use crate::config::GatewayConfig;
+
+/// Attempts of an idempotent read (fetching a payment, looking orders up).
+const READ_ATTEMPTS: u32 = 2;
+/// Create-order attempts, each followed by a look-up by receipt on failure.
+const CREATE_ATTEMPTS: u32 = 2;
+/// Pause between attempts.
+const BACKOFF: Duration = Duration::from_millis(200);
+/// Longest Retry-After passed on (a larger one is clamped).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Pause asked of callers after a 429 without Retry-After.
+const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+/// Longest description of a refusal passed on to callers.
+const MAX_DESCRIPTION: usize = 200;
+/// Longest error code passed on.
+const MAX_CODE: usize = 64;
+/// Largest response body read; anything longer is an unexpected response.
+const MAX_BODY: usize = 1 << 20;
+/// Razorpay's limit on `receipt`.
+const MAX_RECEIPT: usize = 40;
+
+pub struct Razorpay {
+    /// None when the HTTP client could not be built (then every call is
+    /// `Unavailable`; the reason was logged once).
+    http: Option<reqwest::Client>,
+    /// `GATEWAY_API_BASE_URL` without a trailing slash.
+    base: String,
+    config: GatewayConfig,
+}
+
+impl std::fmt::Debug for Razorpay {
+    // Never print the secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Razorpay")
+            .field("base_url", &self.base)
+            .field("key_id", &self.config.key_id)
+            .field("timeout", &self.config.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Razorpay's error body: `{"error": {"code": …, "description": …, …}}`.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: Option<String>,
+    description: Option<String>,
+}
+
+/// The order entity (fields billing reads).
+#[derive(Deserialize)]
+struct OrderEntity {
+    id: String,
+    amount: i64,
+    currency: String,
+    receipt: Option<String>,
+    #[serde(default)]
+    created_at: i64,
+}
+
+#[derive(Deserialize)]
+struct Collection<T> {
+    items: Vec<T>,
+}
+
+/// The payment entity (fields billing reads).
+#[derive(Deserialize)]
+struct PaymentEntity {
+    id: String,
+    amount: i64,
+    currency: String,
+    status: String,
+    order_id: Option<String>,
+}
+
+/// The refund entity (fields billing reads).
+#[derive(Deserialize)]
+struct RefundEntity {
+    id: String,
+    amount: i64,
+    status: String,
+}
+
+/// The answer of `POST /v1/payments/create/recurring`: the payment's id
+/// (as for a checkout, with the order id and a signature), or for some
+/// banks the payment entity itself in the `created` state.
+#[derive(Deserialize)]
+struct RecurringAnswer {
+    razorpay_payment_id: Option<String>,
+    id: Option<String>,
+}
+
+impl Razorpay {
+    pub fn new(config: GatewayConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("billing-svc/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let http = match http {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the HTTP client for Razorpay; every gateway call will be UNAVAILABLE");
+                None
+            }
+        };
+        let base = config.api_base_url.trim_end_matches('/').to_owned();
+        Self { http, base, config }
+    }
+
+    /// One HTTP exchange: the parsed 2xx body, or the error it maps to.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<T, GatewayError> {
+        let Some(http) = &self.http else {
+            return Err(unavailable("no HTTP client", None));
+        };
+        let mut req = http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .basic_auth(&self.config.key_id, Some(&self.config.key_secret))
+            .header(header::ACCEPT, "application/json");
+        if !query.is_empty() {
+            req = req.query(query);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.map_err(|e| transport_error(&method, path, &e))?;
+        let status = resp.status();
+        let retry_after = retry_after(resp.headers());
+        let bytes = read_body(resp).await.map_err(|e| transport_error(&method, path, &e))?;
+        let Some(bytes) = bytes else {
+            return Err(unexpected(&method, path, status));
+        };
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|_| unexpected(&method, path, status));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // Always with a pause, so that no layer retries a throttled call at once.
+            let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
+            return Err(unavailable(&format!("{method} {path}: rate limited (429)"), Some(pause)));
+        }
+        if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+            return Err(unavailable(&format!("{method} {path}: answered {}", status.as_u16()), retry_after));
+        }
+        if status.is_client_error() {
+            let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(ErrorBody { error: ErrorDetail { code, description } }) => (
+                    code.filter(|c| !c.is_empty()).unwrap_or_else(|| format!("HTTP_{}", status.as_u16())),
+                    description.unwrap_or_default(),
+                ),
+                Err(_) => (format!("HTTP_{}", status.as_u16()), "unexpected response".to_owned()),
+            };
+            if status == StatusCode::UNAUTHORIZED {
+                tracing::error!(path, "Razorpay refused our credentials (401): check GATEWAY_KEY_ID and GATEWAY_KEY_SECRET");
+            }
+            return Err(GatewayError::Refused { code: bounded(&code, MAX_CODE), message: bounded(&message, MAX_DESCRIPTION) });
+        }
+        Err(unexpected(&method, path, status))
+    }
+
+    /// An idempotent GET, retried a bounded number of times when the gateway
+    /// is unavailable (not when it throttles: that is passed on at once).
+    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, GatewayError> {
+        let mut attempt = 1;
+        loop {
+            match self.call(Method::GET, path, query, None, &[]).await {
+                Err(GatewayError::Unavailable { retry_after: None, .. }) if attempt < READ_ATTEMPTS => {
+                    tokio::time::sleep(BACKOFF * attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The oldest order carrying exactly this receipt, amount and currency.
+    async fn find_order(&self, order: &NewOrder<'_>) -> Result<Option<GatewayOrder>, GatewayError> {
+        let found: Collection<OrderEntity> = self.get("/v1/orders", &[("receipt", order.receipt)]).await?;
+        Ok(found
+            .items
+            .into_iter()
+            .filter(|o| {
+                o.receipt.as_deref() == Some(order.receipt)
+                    && o.amount == order.amount_minor
+                    && o.currency.eq_ignore_ascii_case(order.currency)
+            })
+            .min_by_key(|o| o.created_at)
+            .map(|o| GatewayOrder { id: o.id }))
+    }
+
+    async fn post_order(&self, order: &NewOrder<'_>) -> Result<GatewayOrder, GatewayError> {
+        let body = json!({
+            "amount": order.amount_minor,
+            "currency": order.currency,
+            "receipt": order.receipt,
+            "payment_capture": true,
+            "notes": {
+                "checkout_session_id": order.receipt,
+                "user_id": order.user_id,
+                "plan_id": order.plan_id,
+            },
+        });
+        let created: OrderEntity = self.call(Method::POST, "/v1/orders", &[], Some(&body), &[]).await?;
+        if created.amount != order.amount_minor || !created.currency.eq_ignore_ascii_case(order.currency) {
+            return Err(unavailable("POST /v1/orders: the created order's amount or currency differs from the request", None));
+        }
+        Ok(GatewayOrder { id: created.id })
+    }
+
+    async fn get_payment(&self, payment_id: &str) -> Result<GatewayPayment, GatewayError> {
+        let p: PaymentEntity = self.get(&format!("/v1/payments/{payment_id}"), &[]).await?;
+        Ok(GatewayPayment {
+            id: p.id,
+            order_id: p.order_id.filter(|o| !o.is_empty()),
+            status: payment_status(&p.status),
+            amount_minor: p.amount,
+            currency: p.currency,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for Razorpay {
+    fn key_id(&self) -> &str {
+        &self.config.key_id
+    }
+
+    /// Razorpay's checkout signature: hex HMAC-SHA256 of
+    /// "order_id|payment_id" with the key secret.
+    fn payment_signature_valid(&self, order_id: &str, payment_id: &str, signature_hex: &str) -> bool {
+        hex_eq(&hmac_hex(&self.config.key_secret, format!("{order_id}|{payment_id}").as_bytes()), signature_hex)
+    }
+
+    /// `X-Razorpay-Signature`: hex HMAC-SHA256 of the raw body with the
+    /// webhook secret.
+    fn webhook_signature_valid(&self, body: &[u8], signature_hex: &str) -> bool {
+        hex_eq(&hmac_hex(&self.config.webhook_secret, body), signature_hex)
+    }
+
+    async fn create_order(&self, order: &NewOrder<'_>) -> Result<GatewayOrder, GatewayError> {
+        if order.receipt.is_empty() || order.receipt.len() > MAX_RECEIPT {
+            return Err(GatewayError::Refused {
+                code: "BAD_REQUEST_ERROR".into(),
+                message: format!("receipt must be 1 to {MAX_RECEIPT} characters"),
+            });
+        }
+        if let Some(existing) = self.find_order(order).await? {
+            return Ok(existing);
+        }
+        let mut attempt = 1;
+        loop {
+            let failure = match self.post_order(order).await {
+                Ok(created) => return Ok(created),
+                // Refused, or throttled: nothing was created, and hammering a
+                // throttling gateway helps nobody.
+                Err(e @ (GatewayError::Refused { .. } | GatewayError::Unavailable { retry_after: Some(_), .. })) => {
+                    return Err(e);
+                }
+                Err(e) => e,
+            };
+            // The attempt may have reached the gateway (a timeout, a reset, a
+            // 5xx after the write): look before creating again.
+            tokio::time::sleep(BACKOFF * attempt).await;
+            if let Some(existing) = self.find_order(order).await? {
+                tracing::info!(receipt = order.receipt, order_id = %existing.id, "reusing the order a failed create left at Razorpay");
+                return Ok(existing);
+            }
+            if attempt >= CREATE_ATTEMPTS {
+                return Err(failure);
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn fetch_payment(&self, payment_id: &str) -> Result<Option<GatewayPayment>, GatewayError> {
+        check_id("payment id", payment_id)?;
+        self.get_payment(payment_id).await.map(Some)
+    }
+
+    async fn refund(&self, payment_id: &str, amount_minor: i64, refund_key: &str) -> Result<GatewayRefund, GatewayError> {
+        check_id("payment id", payment_id)?;
+        let mut body = json!({
+            "amount": amount_minor,
+            "speed": "normal",
+            "notes": { "refund_key": refund_key },
+        });
+        if !refund_key.is_empty() && refund_key.len() <= MAX_RECEIPT {
+            body["receipt"] = json!(refund_key);
+        }
+        // Makes a retried refund with the same key safe at Razorpay.
+        let idempotency = idempotency_key(refund_key).map(|k| ("X-Refund-Idempotency", k));
+        let r: RefundEntity = self
+            .call(Method::POST, &format!("/v1/payments/{payment_id}/refund"), &[], Some(&body), idempotency.as_slice())
+            .await?;
+        Ok(GatewayRefund { id: r.id, status: refund_status(&r.status), amount_minor: r.amount })
+    }
+
+    async fn charge_saved_method(
+        &self,
+        method: &SavedMethod,
+        amount_minor: i64,
+        currency: &str,
+        order_id: &str,
+        receipt: &str,
+    ) -> Result<GatewayPayment, GatewayError> {
+        check_id("order id", order_id)?;
+        let mut body = json!({
+            "amount": amount_minor,
+            "currency": currency,
+            "order_id": order_id,
+            "customer_id": method.customer_id,
+            "token": method.token_id,
+            "recurring": "1",
+            "notes": { "receipt": receipt },
+        });
+        if let Some(email) = &method.email {
+            body["email"] = json!(email);
+        }
+        if let Some(contact) = &method.contact {
+            body["contact"] = json!(contact);
+        }
+        let answer: RecurringAnswer = self.call(Method::POST, "/v1/payments/create/recurring", &[], Some(&body), &[]).await?;
+        let Some(payment_id) = answer.razorpay_payment_id.or(answer.id).filter(|id| check_id("payment id", id).is_ok()) else {
+            return Err(unavailable("POST /v1/payments/create/recurring: unexpected response", None));
+        };
+        // The charge exists now; its state is read back. When that read
+        // fails the payment is reported as created (not yet captured): its
+        // webhook or a later fetch tells the outcome.
+        match self.get_payment(&payment_id).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                tracing::warn!(payment_id, error = %e, "recurring payment created; its state could not be read back");
+                Ok(GatewayPayment {
+                    id: payment_id,
+                    order_id: Some(order_id.to_owned()),
+                    status: PaymentStatus::Created,
+                    amount_minor,
+                    currency: currency.to_owned(),
+                })
+            }
+        }
+    }
+}
+
+fn payment_status(s: &str) -> PaymentStatus {
+    match s {
+        "captured" => PaymentStatus::Captured,
+        "authorized" => PaymentStatus::Authorized,
+        "refunded" => PaymentStatus::Refunded,
+        "failed" => PaymentStatus::Failed,
+        // "created", "pending" and states this code does not know: not
+        // (yet) money billing may grant anything for.
+        _ => PaymentStatus::Created,
+    }
+}
+
+fn refund_status(s: &str) -> RefundStatus {
+    match s {
+        "processed" => RefundStatus::Processed,
+        "failed" => RefundStatus::Failed,
+        // "pending" and anything newer: not final yet.
+        _ => RefundStatus::Pending,
+    }
+}
+
+/// Ids go into URL paths: Razorpay's are `prefix_alphanumerics`.
+fn check_id(what: &str, id: &str) -> Result<(), GatewayError> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(())
+    } else {
+        Err(GatewayError::Refused { code: "BAD_REQUEST_ERROR".into(), message: format!("invalid {what}") })
+    }
+}
+
+/// `X-Refund-Idempotency` takes 10+ characters of letters, digits, `-`, `_`.
+fn idempotency_key(key: &str) -> Option<&str> {
+    (key.len() >= 10 && key.len() <= 128 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .then_some(key)
+}
+
+fn unavailable(message: &str, retry_after: Option<Duration>) -> GatewayError {
+    GatewayError::Unavailable { message: format!("razorpay: {message}"), retry_after }
+}
+
+fn unexpected(method: &Method, path: &str, status: StatusCode) -> GatewayError {
+    unavailable(&format!("{method} {path}: unexpected response (HTTP {})", status.as_u16()), None)
+}
+
+/// A failure to talk to the gateway at all. Only the kind is kept: the
+/// error's text is not needed and says nothing a log must not show, but the
+/// kind is what an operator acts on.
+fn transport_error(method: &Method, path: &str, e: &reqwest::Error) -> GatewayError {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    unavailable(&format!("{method} {path}: {kind}"), None)
+}
+
+/// The body, or None when it is larger than `MAX_BODY`.
+async fn read_body(mut resp: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// Retry-After in whole seconds (the form Razorpay sends), clamped.
+fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// At most `max` characters, control characters dropped.
+fn bounded(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_conservatively() {
+        assert_eq!(payment_status("captured"), PaymentStatus::Captured);
+        assert_eq!(payment_status("authorized"), PaymentStatus::Authorized);
+        assert_eq!(payment_status("pending"), PaymentStatus::Created);
+        assert_eq!(payment_status("something_new"), PaymentStatus::Created);
+        assert_eq!(refund_status("processed"), RefundStatus::Processed);
+        assert_eq!(refund_status("something_new"), RefundStatus::Pending);
+    }
+
+    #[test]
+    fn ids_in_paths_are_plain() {
+        assert!(check_id("payment id", "pay_29QQoUBi66xm2f").is_ok());
+        for bad in ["", "../orders", "pay_1/refund", "pay 1", "pay_1?x=1", &"p".repeat(65)] {
+            assert!(check_id("payment id", bad).is_err(), "{bad}");
+        }
+        assert_eq!(idempotency_key("refund-0001"), Some("refund-0001"));
+        assert_eq!(idempotency_key("short"), None);
+        assert_eq!(idempotency_key("has space in it"), None);
+    }
+
+    #[test]
+    fn descriptions_are_bounded() {
+        assert_eq!(bounded(&"é".repeat(500), MAX_DESCRIPTION).chars().count(), MAX_DESCRIPTION);
+        assert_eq!(bounded("a\nb\0c", 10), "abc");
+    }
+}

@@ -1,0 +1,713 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The Razorpay adapter against a fake Razorpay on 127.0.0.1:0 that checks
+//! every request the way the documentation describes it (basic auth, paths,
+//! JSON fields, amounts in paise) and answers with the documented shapes:
+//! orders (https://razorpay.com/docs/api/orders/create,
+//! https://razorpay.com/docs/api/orders/fetch-all), payments
+//! (https://razorpay.com/docs/api/payments/fetch-with-id), refunds
+//! (https://razorpay.com/docs/api/refunds/create-normal,
+//! https://razorpay.com/docs/api/refunds/entity) and recurring payments
+//! (https://razorpay.com/docs/api/payments/recurring-payments/cards/create-subsequent-payments),
+//! errors as `{"error": {"code": "BAD_REQUEST_ERROR", "description": …}}`.
+//! Also failures: 400, 401, 429 with Retry-After, 5xx, slow answers, a
+//! create-order that times out and is retried, and VerifyPayment confirming
+//! the payment at the gateway before granting anything.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+use billing_svc::{
+    Error,
+    config::{GatewayConfig, GatewayKind},
+    gateway::{Gateway, GatewayError, NewOrder, PaymentStatus, Razorpay, RefundStatus, Sandbox, SavedMethod},
+};
+use serde_json::{Value, json};
+
+const KEY_ID: &str = "rzp_test_1DP5mmOlF5G5ag";
+const KEY_SECRET: &str = "thisisthekeysecretvalue";
+const WEBHOOK_SECRET: &str = "thisisthewebhooksecret";
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+/// What the fake does with the next request to one `METHOD /path`.
+enum Script {
+    /// Answer this status, Retry-After and body without doing anything.
+    Answer(u16, Option<&'static str>, String),
+    /// Do nothing and answer after this long (the request never "arrived").
+    Stall(Duration),
+    /// Do the work at once, answer after this long (the reply is lost).
+    Slow(Duration),
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    authorization: Option<String>,
+    headers: HeaderMap,
+    body: Value,
+}
+
+#[derive(Default)]
+struct Fake {
+    orders: Mutex<Vec<Value>>,
+    payments: Mutex<HashMap<String, Value>>,
+    refunds: Mutex<Vec<Value>>,
+    /// The status the next refunds get ("processed" when unset).
+    refund_status: Mutex<Option<&'static str>>,
+    seen: Mutex<Vec<Seen>>,
+    scripts: Mutex<HashMap<String, VecDeque<Script>>>,
+    next_id: Mutex<u64>,
+}
+
+impl Fake {
+    fn script(&self, route: &str, s: Script) {
+        self.scripts.lock().unwrap().entry(route.to_owned()).or_default().push_back(s);
+    }
+
+    fn seen(&self, method: &str, path: &str) -> Vec<Seen> {
+        self.seen.lock().unwrap().iter().filter(|s| s.method.as_str() == method && s.path == path).cloned().collect()
+    }
+
+    fn orders_with_receipt(&self, receipt: &str) -> Vec<Value> {
+        self.orders.lock().unwrap().iter().filter(|o| o["receipt"] == receipt).cloned().collect()
+    }
+
+    fn add_payment(&self, id: &str, order_id: &str, amount: i64, currency: &str, status: &str) {
+        self.payments.lock().unwrap().insert(id.to_owned(), payment_entity(id, order_id, amount, currency, status));
+    }
+
+    fn id(&self, prefix: &str) -> String {
+        let mut n = self.next_id.lock().unwrap();
+        *n += 1;
+        format!("{prefix}_Fk{:012}", *n)
+    }
+
+    /// Razorpay's behaviour for one request.
+    fn answer(&self, method: &Method, path: &str, query: &str, auth: Option<&str>, body: &Value) -> (u16, Value) {
+        if auth != Some(expected_authorization().as_str()) {
+            return (401, error_body("Authentication failed"));
+        }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method.as_str(), segments.as_slice()) {
+            ("POST", ["v1", "orders"]) => {
+                let (Some(amount), Some(currency), Some(receipt)) =
+                    (body["amount"].as_i64(), body["currency"].as_str(), body["receipt"].as_str())
+                else {
+                    return (400, error_body("amount, currency and receipt are required"));
+                };
+                if amount < 100 {
+                    return (400, error_body("The amount must be at least INR 1.00"));
+                }
+                if currency.len() != 3 || receipt.len() > 40 || !body["notes"].is_object() {
+                    return (400, error_body("invalid currency, receipt or notes"));
+                }
+                let order = json!({
+                    "id": self.id("order"),
+                    "entity": "order",
+                    "amount": amount,
+                    "amount_paid": 0,
+                    "amount_due": amount,
+                    "currency": currency,
+                    "receipt": receipt,
+                    "offer_id": null,
+                    "status": "created",
+                    "attempts": 0,
+                    "notes": body["notes"],
+                    "created_at": 1_582_628_071 + self.orders.lock().unwrap().len(),
+                });
+                self.orders.lock().unwrap().push(order.clone());
+                (200, order)
+            }
+            ("GET", ["v1", "orders"]) => {
+                let receipt = query.split('&').find_map(|kv| kv.strip_prefix("receipt=")).unwrap_or_default();
+                let items: Vec<Value> = self.orders_with_receipt(receipt);
+                (200, json!({ "entity": "collection", "count": items.len(), "items": items }))
+            }
+            ("GET", ["v1", "payments", id]) => match self.payments.lock().unwrap().get(*id) {
+                Some(p) => (200, p.clone()),
+                None => (400, error_body("The id provided does not exist")),
+            },
+            ("POST", ["v1", "payments", "create", "recurring"]) => {
+                for field in ["order_id", "customer_id", "token", "currency", "email", "contact"] {
+                    if !body[field].is_string() {
+                        return (400, error_body(&format!("The {field} field is required.")));
+                    }
+                }
+                if body["recurring"] != "1" || body["amount"].as_i64().is_none_or(|a| a < 100) {
+                    return (400, error_body("recurring must be 1 and amount at least 100"));
+                }
+                let id = self.id("pay");
+                let order_id = body["order_id"].as_str().unwrap_or_default();
+                let amount = body["amount"].as_i64().unwrap_or_default();
+                self.add_payment(&id, order_id, amount, body["currency"].as_str().unwrap_or_default(), "captured");
+                (
+                    200,
+                    json!({ "razorpay_payment_id": id, "razorpay_order_id": order_id, "razorpay_signature": "9ef4dffbfd84f1318f6739a3ce19f9d85851857ae648f114332d8401e0949a3d" }),
+                )
+            }
+            ("POST", ["v1", "payments", id, "refund"]) => {
+                let Some(payment) = self.payments.lock().unwrap().get(*id).cloned() else {
+                    return (400, error_body("The id provided does not exist"));
+                };
+                let Some(amount) = body["amount"].as_i64() else {
+                    return (400, error_body("The amount must be an integer."));
+                };
+                if amount <= 0 || amount > payment["amount"].as_i64().unwrap_or_default() {
+                    return (400, error_body("The refund amount provided is greater than amount captured"));
+                }
+                let status = self.refund_status.lock().unwrap().unwrap_or("processed");
+                let refund = json!({
+                    "id": self.id("rfnd"),
+                    "entity": "refund",
+                    "amount": amount,
+                    "currency": payment["currency"],
+                    "payment_id": id,
+                    "notes": body["notes"],
+                    "receipt": body["receipt"],
+                    "acquirer_data": { "arn": null },
+                    "created_at": 1_597_078_866,
+                    "batch_id": null,
+                    "status": status,
+                    "speed_processed": "normal",
+                    "speed_requested": body["speed"],
+                });
+                self.refunds.lock().unwrap().push(refund.clone());
+                (200, refund)
+            }
+            _ => (400, error_body("The requested URL was not found on the server.")),
+        }
+    }
+}
+
+fn error_body(description: &str) -> Value {
+    json!({ "error": {
+        "code": "BAD_REQUEST_ERROR",
+        "description": description,
+        "source": "business",
+        "step": "payment_initiation",
+        "reason": "input_validation_failed",
+        "metadata": {},
+    }})
+}
+
+fn payment_entity(id: &str, order_id: &str, amount: i64, currency: &str, status: &str) -> Value {
+    json!({
+        "id": id,
+        "entity": "payment",
+        "amount": amount,
+        "currency": currency,
+        "status": status,
+        "order_id": order_id,
+        "invoice_id": null,
+        "international": false,
+        "method": "card",
+        "amount_refunded": 0,
+        "refund_status": null,
+        "captured": status == "captured",
+        "description": null,
+        "card_id": "card_DG4ZdUO3xABb20",
+        "bank": null,
+        "wallet": null,
+        "vpa": null,
+        "email": "gaurav.kumar@example.com",
+        "contact": "+919000090000",
+        "notes": [],
+        "fee": 0,
+        "tax": 0,
+        "error_code": null,
+        "error_description": null,
+        "created_at": 1_567_674_599,
+    })
+}
+
+async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().to_owned();
+    let query = uri.query().unwrap_or_default().to_owned();
+    let json_body =
+        if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::String("<not json>".into())) };
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    fake.seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        query: query.clone(),
+        authorization: authorization.clone(),
+        headers: headers.clone(),
+        body: json_body.clone(),
+    });
+    let script = fake.scripts.lock().unwrap().get_mut(&format!("{method} {path}")).and_then(VecDeque::pop_front);
+    let (status, body) = match script {
+        Some(Script::Answer(status, retry_after, body)) => {
+            let mut resp = (StatusCode::from_u16(status).unwrap(), body).into_response();
+            if let Some(secs) = retry_after {
+                resp.headers_mut().insert("retry-after", secs.parse().unwrap());
+            }
+            return resp;
+        }
+        Some(Script::Stall(d)) => {
+            tokio::time::sleep(d).await;
+            (200, json!({}))
+        }
+        Some(Script::Slow(d)) => {
+            let answer = fake.answer(&method, &path, &query, authorization.as_deref(), &json_body);
+            tokio::time::sleep(d).await;
+            answer
+        }
+        None => fake.answer(&method, &path, &query, authorization.as_deref(), &json_body),
+    };
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}
+
+async fn start_fake() -> (Arc<Fake>, String) {
+    let fake = Arc::new(Fake::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = Router::new().fallback(handle).with_state(fake.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (fake, format!("http://{addr}/"))
+}
+
+fn config(base: &str) -> GatewayConfig {
+    GatewayConfig {
+        key_id: KEY_ID.into(),
+        key_secret: KEY_SECRET.into(),
+        webhook_secret: WEBHOOK_SECRET.into(),
+        kind: GatewayKind::Razorpay,
+        api_base_url: base.into(),
+        timeout: TIMEOUT,
+        ..Default::default()
+    }
+}
+
+async fn razorpay() -> (Arc<Fake>, Razorpay) {
+    let (fake, base) = start_fake().await;
+    let gateway = Razorpay::new(config(&base));
+    (fake, gateway)
+}
+
+fn expected_authorization() -> String {
+    format!("Basic {}", base64(format!("{KEY_ID}:{KEY_SECRET}").as_bytes()))
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn new_order(receipt: &str) -> NewOrder<'_> {
+    NewOrder { amount_minor: 49_900, currency: "INR", receipt, user_id: "user-7", plan_id: "basic-monthly" }
+}
+
+fn card() -> SavedMethod {
+    SavedMethod {
+        customer_id: "cust_4xbQrmEoA5WJ0G".into(),
+        token_id: "token_4lsdksD31GaZ09".into(),
+        email: Some("gaurav.kumar@example.com".into()),
+        contact: Some("+919000090000".into()),
+    }
+}
+
+fn unavailable(r: Result<impl std::fmt::Debug, GatewayError>) -> (String, Option<Duration>) {
+    match r {
+        Err(GatewayError::Unavailable { message, retry_after }) => (message, retry_after),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+fn refused(r: Result<impl std::fmt::Debug, GatewayError>) -> (String, String) {
+    match r {
+        Err(GatewayError::Refused { code, message }) => (code, message),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_order_posts_the_documented_request() {
+    let (fake, gw) = razorpay().await;
+    let order = gw.create_order(&new_order("sess-0001")).await.unwrap();
+    assert!(order.id.starts_with("order_"), "{order:?}");
+
+    // First the look-up by receipt, then one create.
+    let lookups = fake.seen("GET", "/v1/orders");
+    assert_eq!(lookups.len(), 1);
+    assert_eq!(lookups[0].query, "receipt=sess-0001");
+    let posts = fake.seen("POST", "/v1/orders");
+    assert_eq!(posts.len(), 1);
+    let p = &posts[0];
+    assert_eq!(p.authorization.as_deref(), Some(expected_authorization().as_str()));
+    assert_eq!(p.headers.get("content-type").unwrap(), "application/json");
+    assert_eq!(p.body["amount"], 49_900, "amount in paise, as an integer");
+    assert_eq!(p.body["currency"], "INR");
+    assert_eq!(p.body["receipt"], "sess-0001");
+    assert_eq!(p.body["notes"]["user_id"], "user-7");
+    assert_eq!(p.body["notes"]["plan_id"], "basic-monthly");
+    assert_eq!(fake.orders_with_receipt("sess-0001")[0]["id"], order.id.as_str());
+}
+
+#[tokio::test]
+async fn create_order_reuses_the_order_carrying_the_receipt() {
+    let (fake, gw) = razorpay().await;
+    let first = gw.create_order(&new_order("sess-0002")).await.unwrap();
+    let again = gw.create_order(&new_order("sess-0002")).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(fake.seen("POST", "/v1/orders").len(), 1);
+    assert_eq!(fake.orders_with_receipt("sess-0002").len(), 1);
+
+    // An order with the receipt but another amount is not ours to reuse.
+    let other = gw.create_order(&NewOrder { amount_minor: 149_900, ..new_order("sess-0002") }).await.unwrap();
+    assert_ne!(other, first);
+}
+
+#[tokio::test]
+async fn create_order_timed_out_after_reaching_razorpay_is_found_not_created_twice() {
+    let (fake, gw) = razorpay().await;
+    // The create is done at Razorpay, but its answer comes after our timeout.
+    fake.script("POST /v1/orders", Script::Slow(Duration::from_secs(2)));
+    let order = gw.create_order(&new_order("sess-0003")).await.unwrap();
+    let at_razorpay = fake.orders_with_receipt("sess-0003");
+    assert_eq!(at_razorpay.len(), 1, "exactly one order for the receipt: {at_razorpay:?}");
+    assert_eq!(at_razorpay[0]["id"], order.id.as_str());
+    assert_eq!(fake.seen("POST", "/v1/orders").len(), 1, "found by receipt, not created again");
+}
+
+#[tokio::test]
+async fn create_order_timed_out_before_reaching_razorpay_is_created_once_on_retry() {
+    let (fake, gw) = razorpay().await;
+    fake.script("POST /v1/orders", Script::Stall(Duration::from_secs(2)));
+    let order = gw.create_order(&new_order("sess-0004")).await.unwrap();
+    let at_razorpay = fake.orders_with_receipt("sess-0004");
+    assert_eq!(at_razorpay.len(), 1, "{at_razorpay:?}");
+    assert_eq!(at_razorpay[0]["id"], order.id.as_str());
+    assert_eq!(fake.seen("POST", "/v1/orders").len(), 2);
+}
+
+#[tokio::test]
+async fn create_order_that_keeps_timing_out_is_unavailable_with_no_duplicate() {
+    let (fake, gw) = razorpay().await;
+    for _ in 0..5 {
+        fake.script("POST /v1/orders", Script::Stall(Duration::from_secs(2)));
+    }
+    let started = Instant::now();
+    let (message, _) = unavailable(gw.create_order(&new_order("sess-0005")).await);
+    assert!(message.contains("timed out"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded: {:?}", started.elapsed());
+    assert_eq!(fake.seen("POST", "/v1/orders").len(), 2, "bounded attempts");
+    assert!(fake.orders_with_receipt("sess-0005").is_empty());
+}
+
+#[tokio::test]
+async fn fetch_payment_reads_the_payment_entity() {
+    let (fake, gw) = razorpay().await;
+    fake.add_payment("pay_29QQoUBi66xm2f", "order_9A33XWu170gUtm", 49_900, "INR", "captured");
+    fake.add_payment("pay_DG4ZdRK8ZnXC3k", "order_9A33XWu170gUtm", 49_900, "INR", "authorized");
+    let p = gw.fetch_payment("pay_29QQoUBi66xm2f").await.unwrap().unwrap();
+    assert_eq!(p.id, "pay_29QQoUBi66xm2f");
+    assert_eq!(p.order_id.as_deref(), Some("order_9A33XWu170gUtm"));
+    assert_eq!((p.status, p.amount_minor, p.currency.as_str()), (PaymentStatus::Captured, 49_900, "INR"));
+    let a = gw.fetch_payment("pay_DG4ZdRK8ZnXC3k").await.unwrap().unwrap();
+    assert_eq!(a.status, PaymentStatus::Authorized);
+
+    let gets = fake.seen("GET", "/v1/payments/pay_29QQoUBi66xm2f");
+    assert_eq!(gets.len(), 1);
+    assert_eq!(gets[0].authorization.as_deref(), Some(expected_authorization().as_str()));
+
+    // Razorpay answers 400 for an id it does not know.
+    let (code, message) = refused(gw.fetch_payment("pay_Unknown000001").await);
+    assert_eq!((code.as_str(), message.as_str()), ("BAD_REQUEST_ERROR", "The id provided does not exist"));
+}
+
+#[tokio::test]
+async fn ids_that_are_not_plain_never_reach_razorpay() {
+    let (fake, gw) = razorpay().await;
+    for bad in ["../orders", "pay_1/refund", "pay_1?count=100", ""] {
+        refused(gw.fetch_payment(bad).await);
+        refused(gw.refund(bad, 100, "refund-key-0001").await);
+    }
+    assert!(fake.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_request_is_refused_with_razorpay_code_and_a_bounded_description() {
+    let (fake, gw) = razorpay().await;
+    let long = "x".repeat(5000);
+    fake.script("GET /v1/payments/pay_Long00000001", Script::Answer(400, None, error_body(&long).to_string()));
+    let (code, message) = refused(gw.fetch_payment("pay_Long00000001").await);
+    assert_eq!(code, "BAD_REQUEST_ERROR");
+    assert!(message.chars().count() <= 200, "{} chars", message.chars().count());
+
+    // The documented validation error, through create order.
+    let (code, message) = refused(gw.create_order(&NewOrder { amount_minor: 50, ..new_order("sess-0006") }).await);
+    assert_eq!((code.as_str(), message.as_str()), ("BAD_REQUEST_ERROR", "The amount must be at least INR 1.00"));
+    assert_eq!(fake.seen("POST", "/v1/orders").len(), 1, "a refusal is not retried");
+
+    // A 4xx without Razorpay's error shape is still a refusal, not a panic.
+    fake.script("GET /v1/payments/pay_Html00000001", Script::Answer(404, None, "<html>not found</html>".into()));
+    let (code, _) = refused(gw.fetch_payment("pay_Html00000001").await);
+    assert_eq!(code, "HTTP_404");
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_refused_401() {
+    let (fake, base) = start_fake().await;
+    let gw = Razorpay::new(GatewayConfig { key_secret: "not-the-secret".into(), ..config(&base) });
+    let (code, message) = refused(gw.create_order(&new_order("sess-0007")).await);
+    assert_eq!((code.as_str(), message.as_str()), ("BAD_REQUEST_ERROR", "Authentication failed"));
+    assert!(fake.orders.lock().unwrap().is_empty());
+    assert_eq!(fake.seen.lock().unwrap().len(), 1, "a refusal is not retried");
+}
+
+#[tokio::test]
+async fn rate_limited_calls_honour_retry_after_and_are_not_hammered() {
+    let (fake, gw) = razorpay().await;
+    fake.add_payment("pay_Throttled001", "order_1", 100, "INR", "captured");
+    let too_many = error_body("Too many requests").to_string();
+    fake.script("GET /v1/payments/pay_Throttled001", Script::Answer(429, Some("7"), too_many.clone()));
+    let (_, retry_after) = unavailable(gw.fetch_payment("pay_Throttled001").await);
+    assert_eq!(retry_after, Some(Duration::from_secs(7)));
+    assert_eq!(fake.seen("GET", "/v1/payments/pay_Throttled001").len(), 1);
+
+    // Without Retry-After, callers still get a pause.
+    fake.script("GET /v1/payments/pay_Throttled001", Script::Answer(429, None, too_many.clone()));
+    let (_, retry_after) = unavailable(gw.fetch_payment("pay_Throttled001").await);
+    assert!(retry_after.is_some());
+
+    // A throttled create is neither retried nor leaves an order.
+    fake.script("POST /v1/orders", Script::Answer(429, Some("3"), too_many));
+    let (_, retry_after) = unavailable(gw.create_order(&new_order("sess-0008")).await);
+    assert_eq!(retry_after, Some(Duration::from_secs(3)));
+    assert_eq!(fake.seen("POST", "/v1/orders").len(), 1);
+    assert!(fake.orders_with_receipt("sess-0008").is_empty());
+}
+
+#[tokio::test]
+async fn server_errors_are_unavailable_reads_retried_writes_not() {
+    let (fake, gw) = razorpay().await;
+    fake.add_payment("pay_Flaky0000001", "order_1", 100, "INR", "captured");
+    let oops = json!({"error": {"code": "SERVER_ERROR", "description": "The server encountered an error."}}).to_string();
+
+    // One 502: the read is retried and succeeds.
+    fake.script("GET /v1/payments/pay_Flaky0000001", Script::Answer(502, None, "bad gateway".into()));
+    assert!(gw.fetch_payment("pay_Flaky0000001").await.unwrap().is_some());
+    assert_eq!(fake.seen("GET", "/v1/payments/pay_Flaky0000001").len(), 2);
+
+    // Failing every time: bounded, then UNAVAILABLE.
+    for _ in 0..5 {
+        fake.script("GET /v1/payments/pay_Flaky0000001", Script::Answer(500, None, oops.clone()));
+    }
+    let (message, _) = unavailable(gw.fetch_payment("pay_Flaky0000001").await);
+    assert!(message.contains("500"), "{message}");
+    assert_eq!(fake.seen("GET", "/v1/payments/pay_Flaky0000001").len(), 4);
+
+    // A refund is a write: one attempt, UNAVAILABLE, the caller retries.
+    fake.script("POST /v1/payments/pay_Flaky0000001/refund", Script::Answer(503, Some("2"), oops));
+    let (_, retry_after) = unavailable(gw.refund("pay_Flaky0000001", 100, "refund-key-0002").await);
+    assert_eq!(retry_after, Some(Duration::from_secs(2)));
+    assert_eq!(fake.seen("POST", "/v1/payments/pay_Flaky0000001/refund").len(), 1);
+}
+
+#[tokio::test]
+async fn slow_answers_time_out_as_unavailable() {
+    let (fake, gw) = razorpay().await;
+    fake.add_payment("pay_Slow00000001", "order_1", 100, "INR", "captured");
+    for _ in 0..2 {
+        fake.script("GET /v1/payments/pay_Slow00000001", Script::Stall(Duration::from_secs(3)));
+    }
+    let started = Instant::now();
+    let (message, retry_after) = unavailable(gw.fetch_payment("pay_Slow00000001").await);
+    assert!(message.contains("timed out"), "{message}");
+    assert_eq!(retry_after, None);
+    assert!(started.elapsed() < Duration::from_secs(2), "the timeout bounds the call: {:?}", started.elapsed());
+
+    fake.add_payment("pay_Slow00000002", "order_1", 100, "INR", "captured");
+    fake.script("POST /v1/payments/pay_Slow00000002/refund", Script::Slow(Duration::from_secs(3)));
+    let (message, _) = unavailable(gw.refund("pay_Slow00000002", 100, "refund-key-0003").await);
+    assert!(message.contains("timed out"), "{message}");
+}
+
+#[tokio::test]
+async fn unexpected_bodies_are_unavailable_not_a_panic() {
+    let (fake, gw) = razorpay().await;
+    for body in ["<html>maintenance</html>", "{\"id\": 42}", "", "[]"] {
+        fake.script("GET /v1/payments/pay_Weird0000001", Script::Answer(200, None, body.into()));
+        fake.script("GET /v1/payments/pay_Weird0000001", Script::Answer(200, None, body.into()));
+        let (message, _) = unavailable(gw.fetch_payment("pay_Weird0000001").await);
+        assert!(message.contains("unexpected response"), "{body}: {message}");
+    }
+    // A create answered with an unreadable 2xx: looked up by receipt before
+    // the retry, so there is exactly one order either way.
+    fake.script("POST /v1/orders", Script::Answer(200, None, "{\"entity\": \"order\"}".into()));
+    let order = gw.create_order(&new_order("sess-0010")).await.unwrap();
+    let at_razorpay = fake.orders_with_receipt("sess-0010");
+    assert_eq!(at_razorpay.len(), 1);
+    assert_eq!(at_razorpay[0]["id"], order.id.as_str());
+    assert_eq!(fake.seen("GET", "/v1/orders").len(), 2, "looked up before the first and the second attempt");
+}
+
+#[tokio::test]
+async fn refund_sends_amount_receipt_notes_and_idempotency_key() {
+    let (fake, gw) = razorpay().await;
+    fake.add_payment("pay_Refund000001", "order_1", 49_900, "INR", "captured");
+    let r = gw.refund("pay_Refund000001", 10_000, "refund-7f3a9c").await.unwrap();
+    assert!(r.id.starts_with("rfnd_"), "{r:?}");
+    assert_eq!((r.status, r.amount_minor), (RefundStatus::Processed, 10_000));
+
+    let posts = fake.seen("POST", "/v1/payments/pay_Refund000001/refund");
+    assert_eq!(posts.len(), 1);
+    let p = &posts[0];
+    assert_eq!(p.authorization.as_deref(), Some(expected_authorization().as_str()));
+    assert_eq!(p.body["amount"], 10_000, "partial refund in paise");
+    assert_eq!(p.body["speed"], "normal");
+    assert_eq!(p.body["receipt"], "refund-7f3a9c");
+    assert_eq!(p.body["notes"]["refund_key"], "refund-7f3a9c");
+    assert_eq!(p.headers.get("x-refund-idempotency").unwrap(), "refund-7f3a9c");
+
+    *fake.refund_status.lock().unwrap() = Some("pending");
+    let pending = gw.refund("pay_Refund000001", 39_900, "refund-8b1c2d").await.unwrap();
+    assert_eq!(pending.status, RefundStatus::Pending);
+
+    let (code, _) = refused(gw.refund("pay_Refund000001", 99_999_999, "refund-9d2e3f").await);
+    assert_eq!(code, "BAD_REQUEST_ERROR");
+}
+
+#[tokio::test]
+async fn charge_saved_method_creates_a_recurring_payment() {
+    let (fake, gw) = razorpay().await;
+    let order = gw.create_order(&new_order("renew-0001")).await.unwrap();
+    let p = gw.charge_saved_method(&card(), 49_900, "INR", &order.id, "renew-0001").await.unwrap();
+    assert!(p.id.starts_with("pay_"), "{p:?}");
+    assert_eq!(p.status, PaymentStatus::Captured);
+    assert_eq!((p.amount_minor, p.currency.as_str(), p.order_id.as_deref()), (49_900, "INR", Some(order.id.as_str())));
+
+    let posts = fake.seen("POST", "/v1/payments/create/recurring");
+    assert_eq!(posts.len(), 1);
+    let b = &posts[0].body;
+    assert_eq!(posts[0].authorization.as_deref(), Some(expected_authorization().as_str()));
+    assert_eq!(b["amount"], 49_900);
+    assert_eq!(b["currency"], "INR");
+    assert_eq!(b["order_id"], order.id.as_str());
+    assert_eq!(b["customer_id"], "cust_4xbQrmEoA5WJ0G");
+    assert_eq!(b["token"], "token_4lsdksD31GaZ09");
+    assert_eq!(b["recurring"], "1");
+    assert_eq!(b["email"], "gaurav.kumar@example.com");
+    assert_eq!(b["contact"], "+919000090000");
+    assert_eq!(b["notes"]["receipt"], "renew-0001");
+    // Its state is read back from the payment.
+    assert_eq!(fake.seen("GET", &format!("/v1/payments/{}", p.id)).len(), 1);
+
+    // A declined card: Razorpay's BAD_REQUEST_ERROR, not retried.
+    let declined =
+        error_body("Your payment could not be completed as this business accepts domestic (Indian) card payments only.");
+    fake.script("POST /v1/payments/create/recurring", Script::Answer(400, None, declined.to_string()));
+    let (code, _) = refused(gw.charge_saved_method(&card(), 49_900, "INR", &order.id, "renew-0001").await);
+    assert_eq!(code, "BAD_REQUEST_ERROR");
+    assert_eq!(fake.seen("POST", "/v1/payments/create/recurring").len(), 2);
+}
+
+#[tokio::test]
+async fn signatures_use_the_same_formulas_as_the_sandbox() {
+    let (_fake, gw) = razorpay().await;
+    let sandbox = Sandbox::new(config("http://unused"));
+    let sig = sandbox.sign_payment("order_9A33XWu170gUtm", "pay_29QQoUBi66xm2f");
+    assert!(gw.payment_signature_valid("order_9A33XWu170gUtm", "pay_29QQoUBi66xm2f", &sig));
+    assert!(!gw.payment_signature_valid("order_other", "pay_29QQoUBi66xm2f", &sig));
+    let body = Sandbox::captured_event_body("order_9A33XWu170gUtm", "pay_29QQoUBi66xm2f", 49_900, "INR");
+    let sig = sandbox.sign_webhook(&body);
+    assert!(gw.webhook_signature_valid(&body, &sig));
+    assert!(!gw.webhook_signature_valid(b"{}", &sig));
+    assert_eq!(gw.key_id(), KEY_ID);
+}
+
+#[tokio::test]
+async fn debug_output_never_contains_a_secret() {
+    let (_fake, gw) = razorpay().await;
+    let cfg = config("http://127.0.0.1:9");
+    for shown in [
+        format!("{gw:?}"),
+        format!("{gw:#?}"),
+        format!("{cfg:?}"),
+        format!("{:?}", Sandbox::new(cfg.clone())),
+        format!("{:?}", billing_svc::gateway::GatewayError::Unavailable { message: "x".into(), retry_after: None }),
+    ] {
+        assert!(!shown.contains(KEY_SECRET) && !shown.contains(WEBHOOK_SECRET), "{shown}");
+    }
+    assert!(format!("{gw:?}").contains(KEY_ID), "the key id is public and helps operators");
+}
+
+/// VerifyPayment with `GATEWAY=razorpay`: the payment is confirmed at the
+/// gateway (its order, its status, its amount) before anything is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_payment_confirms_the_payment_at_razorpay() {
+    let (fake, base) = start_fake().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pg");
+    let server = shared::pg::PgServer::resolve(&root).await.unwrap();
+    let db = format!("razorpay_{}", uuid::Uuid::new_v4().simple());
+    server.ensure_database(&db, None).await.unwrap();
+    let url = server.url(&db);
+    billing_svc::app::migrate(&url).await.unwrap();
+    // The defaults, whatever else the configuration grows; the gateway is
+    // the fake Razorpay.
+    let mut cfg = billing_svc::Config::from_env().unwrap();
+    cfg.gateway = config(&base);
+    cfg.jobs.enabled = false;
+    cfg.common.pool_size = 4;
+    let app = billing_svc::App::new(cfg, &url, shared::Clock::system());
+    let signer = Sandbox::new(config(&base));
+    let verify = async |order_id: &str, payment_id: &str| {
+        let sig = signer.sign_payment(order_id, payment_id);
+        billing_svc::payments::verify(&app, order_id, payment_id, &sig).await
+    };
+    let kind = |r: Result<billing_svc::payments::Captured, Error>| match r {
+        Err(Error::FailedPrecondition { kind, .. }) => kind,
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    };
+
+    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-razorpay", "basic-monthly").await.unwrap();
+    assert!(order.id.starts_with("order_Fk"), "the order id comes from Razorpay: {}", order.id);
+    assert_eq!(fake.orders.lock().unwrap().len(), 1);
+
+    // Authorized, not captured: nothing granted, verify again later.
+    fake.add_payment("pay_Authorized01", &order.id, 49_900, "INR", "authorized");
+    assert_eq!(kind(verify(&order.id, "pay_Authorized01").await), "PAYMENT_NOT_CAPTURED");
+    // Captured, but on another order.
+    fake.add_payment("pay_OtherOrder01", "order_SomeoneElse", 49_900, "INR", "captured");
+    assert_eq!(kind(verify(&order.id, "pay_OtherOrder01").await), "PAYMENT_ORDER_MISMATCH");
+    // Captured for less than the order: recorded as a discrepancy.
+    fake.add_payment("pay_Short0000001", &order.id, 100, "INR", "captured");
+    assert_eq!(kind(verify(&order.id, "pay_Short0000001").await), "AMOUNT_MISMATCH");
+    // Razorpay unreachable: UNAVAILABLE, nothing written.
+    fake.script("GET /v1/payments/pay_Good00000001", Script::Answer(503, Some("1"), "{}".into()));
+    assert!(matches!(verify(&order.id, "pay_Good00000001").await, Err(Error::Gateway(GatewayError::Unavailable { .. }))));
+    // Captured for the order's amount: paid, with a subscription.
+    fake.add_payment("pay_Good00000001", &order.id, 49_900, "INR", "captured");
+    let captured = verify(&order.id, "pay_Good00000001").await.unwrap();
+    assert_eq!(captured.order.status, "PAID");
+    assert_eq!(captured.order.payment_id.as_deref(), Some("pay_Good00000001"));
+    assert!(!captured.replayed);
+    let again = verify(&order.id, "pay_Good00000001").await.unwrap();
+    assert!(again.replayed);
+
+    drop(app);
+    server.drop_database(&db).await.unwrap();
+    std::mem::forget(server);
+}
