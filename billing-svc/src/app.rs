@@ -14,6 +14,10 @@ use crate::{
 /// Requests naming one row (a user, a usage session, an order) that may hold
 /// pooled connections at once; they serialize on the row's lock anyway.
 const GATE_PER_KEY: usize = 4;
+/// How long a request waits for its row's turn, holding no connection: a
+/// burst on one row (a webhook storm, a hot session) queues here and is
+/// served in turn; only a row held for long turns the queue into ABORTED.
+const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Advisory-lock key under which replicas run migrations one at a time.
@@ -33,7 +37,7 @@ pub struct App {
 impl App {
     pub fn new(config: Config, database_url: &str, clock: Clock) -> Self {
         let pool = db::pool(database_url, &config.common);
-        let gate = Arc::new(Gate::new(GATE_PER_KEY, config.common.lock_timeout));
+        let gate = Arc::new(Gate::new(GATE_PER_KEY, GATE_WAIT.max(config.common.lock_timeout)));
         let gateway: Arc<dyn Gateway> = match config.gateway.kind {
             GatewayKind::Sandbox => Arc::new(Sandbox::new(config.gateway.clone())),
             GatewayKind::Razorpay => Arc::new(Razorpay::new(config.gateway.clone())),
@@ -51,16 +55,19 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     db::migrate(database_url, MIGRATIONS, MIGRATION_LOCK).await
 }
 
-/// Serves billing on `listener` until `shutdown`; migrates on the way to
-/// SERVING; runs the periodic jobs when enabled.
+/// Serves billing's gRPC on `listener` and the gateway's webhook endpoint on
+/// `http_listener` until `shutdown`; migrates on the way to SERVING; runs the
+/// periodic jobs when enabled.
 pub async fn serve(
     config: Config,
     database_url: String,
     listener: TcpListener,
+    http_listener: TcpListener,
     clock: Clock,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let app = App::new(config, &database_url, clock);
+    let http = tokio::spawn(crate::http::serve(app.clone(), http_listener, shutdown.clone(), app.config.common.shutdown_grace));
     let _pool_gauge = shared::metrics::observe_pool("billing", app.pool.clone());
     let auth = Authenticator::new(&app.config.auth_tokens, &app.config.admin_tokens);
     let svc = BillingServiceServer::with_interceptor(crate::grpc::BillingGrpc::new(app.clone()), auth);
@@ -70,12 +77,19 @@ pub async fn serve(
         listener,
         svc,
         &app.config.common,
-        shutdown,
+        shutdown.clone(),
         database_url,
         app.pool.clone(),
         |url| async move { migrate(&url).await },
     )
     .await;
+    // The gRPC server stopped (shutdown, or an error): the webhook endpoint too.
+    shutdown.trigger();
+    match http.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "webhook endpoint failed"),
+        Err(e) => tracing::error!(error = %e, "webhook endpoint task failed"),
+        Ok(Ok(())) => {}
+    }
     shared::jobs::drain(jobs, app.config.common.shutdown_grace).await;
     result
 }

@@ -6,6 +6,7 @@ use shared::config::{CommonConfig, ConfigError, env_list, env_millis, env_opt, e
 pub const ENV_HELP: &str = "\
 Environment (default in parentheses):
   BILLING_LISTEN_ADDR           gRPC listen address (0.0.0.0:50052)
+  BILLING_HTTP_ADDR             webhook endpoint for the payment gateway, HTTP (0.0.0.0:8080)
   BILLING_DATABASE_URL          postgres://… of billing's own database; falls back to
                                 DATABASE_URL, else 127.0.0.1:5432 or a private
                                 cluster under target/ (database \"billing\")
@@ -116,6 +117,8 @@ impl Default for JobsConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen_addr: String,
+    /// `BILLING_HTTP_ADDR`: where the payment gateway posts webhooks.
+    pub http_addr: String,
     /// None: resolve with the embedded-default bootstrap.
     pub database_url: Option<String>,
     pub auth_tokens: Vec<String>,
@@ -130,6 +133,7 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             listen_addr: env_or("BILLING_LISTEN_ADDR", "0.0.0.0:50052".to_owned())?,
+            http_addr: env_or("BILLING_HTTP_ADDR", "0.0.0.0:8080".to_owned())?,
             database_url: env_opt("BILLING_DATABASE_URL").or_else(|| env_opt("DATABASE_URL")),
             auth_tokens: env_list("BILLING_AUTH_TOKENS"),
             admin_tokens: env_list("BILLING_ADMIN_TOKENS"),

@@ -10,6 +10,7 @@ pub mod discrepancies;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod http;
 pub mod jobs;
 pub mod ledger;
 pub mod limits;

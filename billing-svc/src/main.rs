@@ -68,7 +68,8 @@ enum JobsCommand {
 enum SandboxCommand {
     /// Pay an order: print a payment id and its signature for VerifyPayment /
     /// CompleteSession; with --webhook also deliver the signed payment.captured
-    /// webhook to billing (BILLING_ENDPOINT, BILLING_TOKEN).
+    /// webhook over HTTP to BILLING_HTTP_ADDR, as the gateway would (the
+    /// order's amount is read from BILLING_ENDPOINT with BILLING_TOKEN).
     Pay {
         #[arg(long)]
         order_id: String,
@@ -113,7 +114,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shared::server::termination_signal().await;
                 trigger.trigger();
             });
-            billing_svc::serve(config, url, listener, Clock::system(), shutdown).await?;
+            let http_listener = shared::server::bind(&config.http_addr, "BILLING_HTTP_ADDR").await?;
+            billing_svc::serve(config, url, listener, http_listener, Clock::system(), shutdown).await?;
         }
         Command::Migrate => {
             let done = billing_svc::app::migrate(&url).await?;
@@ -170,6 +172,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool) -> anyhow::Result<ExitCode> {
+    if config.gateway.kind != billing_svc::config::GatewayKind::Sandbox {
+        anyhow::bail!("sandbox pay plays the sandbox gateway's customer; GATEWAY must be sandbox (pay real orders at the gateway)");
+    }
     if config.gateway.key_secret.is_empty() {
         anyhow::bail!("GATEWAY_KEY_SECRET must be set (the stack prints it in target/stack/stack.env)");
     }
@@ -196,12 +201,24 @@ async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool) -> anyhow::
             .into_inner();
     let order = found.orders.first().ok_or_else(|| anyhow::anyhow!("order {order_id} not found at billing"))?;
     let body = Sandbox::captured_event_body(order_id, &payment_id, order.amount_minor, &order.currency);
-    let req = pb::HandleGatewayWebhookRequest {
-        signature: sandbox.sign_webhook(&body),
-        body,
-        event_id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
-    };
-    let resp = client.handle_gateway_webhook(budget.request(req, &token)).await?.into_inner();
-    println!("webhook: outcome={} subscription_id={}", resp.outcome, resp.subscription_id);
+    // Delivered the way the gateway delivers it: a signed HTTP POST.
+    let http = shared::config::env_or("BILLING_HTTP_ADDR", "127.0.0.1:8080".to_owned())?;
+    let url = format!("http://{}/webhooks/razorpay", http.replace("0.0.0.0", "127.0.0.1"));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .header(billing_svc::http::SIGNATURE_HEADER, sandbox.sign_webhook(&body))
+        .header(billing_svc::http::EVENT_ID_HEADER, format!("evt_{}", uuid::Uuid::new_v4().simple()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach billing's webhook endpoint {url} (BILLING_HTTP_ADDR): {e}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    println!("webhook: HTTP {status} {text}");
+    if !status.is_success() {
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,8 @@ fn serve_cmd(port: u16, database_url: &str) -> Command {
     let mut c = Command::new(BIN);
     c.arg("serve")
         .env("BILLING_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        // Any free port: tests run side by side.
+        .env("BILLING_HTTP_ADDR", "127.0.0.1:0")
         .env("BILLING_DATABASE_URL", database_url)
         .env("BILLING_AUTH_TOKENS", "t")
         .env("GATEWAY_KEY_SECRET", "k")

@@ -99,6 +99,8 @@ pub struct TestApp {
     pub clock: Clock,
     pub checkout_addr: SocketAddr,
     pub billing_addr: SocketAddr,
+    /// billing's webhook endpoint (HTTP).
+    pub billing_http_addr: SocketAddr,
     /// Clients with a service token.
     pub checkout: CheckoutClient,
     pub billing: BillingClient,
@@ -133,6 +135,7 @@ impl Default for Options {
 pub fn billing_config(opts: &Options) -> billing_svc::Config {
     billing_svc::Config {
         listen_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
         database_url: None,
         auth_tokens: vec![SERVICE_TOKEN.into(), CHECKOUT_TO_BILLING_TOKEN.into()],
         admin_tokens: vec![ADMIN_TOKEN.into()],
@@ -192,12 +195,15 @@ async fn try_spawn(opts: Options) -> anyhow::Result<TestApp> {
 
     let billing_listener = TcpListener::bind("127.0.0.1:0").await?;
     let billing_addr = billing_listener.local_addr()?;
+    let billing_http_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let billing_http_addr = billing_http_listener.local_addr()?;
     let billing_shutdown = Shutdown::new();
     let bcfg = billing_config(&opts);
     let billing_task = tokio::spawn(billing_svc::serve(
         bcfg.clone(),
         billing_db_url.clone(),
         billing_listener,
+        billing_http_listener,
         clock.clone(),
         billing_shutdown.clone(),
     ));
@@ -229,6 +235,7 @@ async fn try_spawn(opts: Options) -> anyhow::Result<TestApp> {
         clock,
         checkout_addr,
         billing_addr,
+        billing_http_addr,
         checkout_db_url,
         billing_db_url,
         checkout_shutdown,
@@ -305,11 +312,13 @@ impl TestApp {
     /// Starts billing-svc again on the same database and port.
     pub async fn start_billing_again(&mut self) -> anyhow::Result<()> {
         let listener = TcpListener::bind(self.billing_addr).await?;
+        let http_listener = TcpListener::bind(self.billing_http_addr).await?;
         self.billing_shutdown = Shutdown::new();
         self.billing_task = Some(tokio::spawn(billing_svc::serve(
             billing_config(&Options::default()),
             self.billing_db_url.clone(),
             listener,
+            http_listener,
             self.clock.clone(),
             self.billing_shutdown.clone(),
         )));

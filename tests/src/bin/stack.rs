@@ -23,6 +23,7 @@ const ENV_HELP: &str = "\
 Environment:
   CHECKOUT_LISTEN_ADDR    checkout's address (default 127.0.0.1:50051)
   BILLING_LISTEN_ADDR     billing's address (default 127.0.0.1:50052)
+  BILLING_HTTP_ADDR       billing's webhook endpoint, HTTP (default 127.0.0.1:50053)
   CHECKOUT_TOKEN          caller token of checkout (default dev-checkout-token)
   BILLING_TOKEN           caller token of billing, also used by checkout (default dev-billing-token)
   ADMIN_TOKEN             admin token of both (default dev-admin-token)
@@ -36,6 +37,7 @@ Writes target/stack/stack.env with the addresses and tokens. Ctrl-C or SIGTERM s
 struct Settings {
     checkout_listen: String,
     billing_listen: String,
+    billing_http: String,
     checkout_token: String,
     billing_token: String,
     admin_token: String,
@@ -47,6 +49,7 @@ fn settings() -> anyhow::Result<Settings> {
     Ok(Settings {
         checkout_listen: env_or("CHECKOUT_LISTEN_ADDR", "127.0.0.1:50051".to_owned())?,
         billing_listen: env_or("BILLING_LISTEN_ADDR", "127.0.0.1:50052".to_owned())?,
+        billing_http: env_or("BILLING_HTTP_ADDR", "127.0.0.1:50053".to_owned())?,
         checkout_token: env_or("CHECKOUT_TOKEN", "dev-checkout-token".to_owned())?,
         billing_token: env_or("BILLING_TOKEN", "dev-billing-token".to_owned())?,
         admin_token: env_or("ADMIN_TOKEN", "dev-admin-token".to_owned())?,
@@ -81,7 +84,9 @@ async fn run() -> anyhow::Result<()> {
 
     let billing_listener = shared::server::bind(&s.billing_listen, "BILLING_LISTEN_ADDR").await?;
     let checkout_listener = shared::server::bind(&s.checkout_listen, "CHECKOUT_LISTEN_ADDR").await?;
+    let billing_http_listener = shared::server::bind(&s.billing_http, "BILLING_HTTP_ADDR").await?;
     let billing_addr = billing_listener.local_addr()?;
+    let billing_http_addr = billing_http_listener.local_addr()?;
     let checkout_addr = checkout_listener.local_addr()?;
 
     let mut bcfg = billing_svc::Config::from_env()?;
@@ -96,7 +101,14 @@ async fn run() -> anyhow::Result<()> {
     ccfg.billing_token = s.billing_token.clone();
 
     let shutdown = Shutdown::new();
-    let billing = tokio::spawn(billing_svc::serve(bcfg, billing_db.clone(), billing_listener, Clock::system(), shutdown.clone()));
+    let billing = tokio::spawn(billing_svc::serve(
+        bcfg,
+        billing_db.clone(),
+        billing_listener,
+        billing_http_listener,
+        Clock::system(),
+        shutdown.clone(),
+    ));
     let checkout =
         tokio::spawn(checkout_svc::serve(ccfg, checkout_db.clone(), checkout_listener, Clock::system(), shutdown.clone()));
     tests::harness::wait_serving(&billing_addr.to_string(), proto::BILLING_SERVICE_NAME).await?;
@@ -104,13 +116,14 @@ async fn run() -> anyhow::Result<()> {
 
     let env = format!(
         "CHECKOUT_ADDR={checkout_addr}\nBILLING_ADDR={billing_addr}\nCHECKOUT_TOKEN={}\nADMIN_TOKEN={}\nBILLING_TOKEN={}\n\
+         BILLING_HTTP_ADDR={billing_http_addr}\n\
          CHECKOUT_DATABASE_URL={checkout_db}\nBILLING_DATABASE_URL={billing_db}\nBILLING_ENDPOINT=http://{billing_addr}\n\
          GATEWAY_KEY_SECRET={}\nGATEWAY_WEBHOOK_SECRET={}\n",
         s.checkout_token, s.admin_token, s.billing_token, s.key_secret, s.webhook_secret
     );
     std::fs::create_dir_all("target/stack")?;
     std::fs::write("target/stack/stack.env", &env)?;
-    print_banner(&s, &checkout_addr.to_string(), &billing_addr.to_string(), server.is_private());
+    print_banner(&s, &checkout_addr.to_string(), &billing_addr.to_string(), &billing_http_addr.to_string(), server.is_private());
 
     shared::server::termination_signal().await;
     println!("\nstack: stopping (draining in-flight requests)...");
@@ -127,7 +140,7 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(s: &Settings, checkout: &str, billing: &str, private_pg: bool) {
+fn print_banner(s: &Settings, checkout: &str, billing: &str, webhooks: &str, private_pg: bool) {
     let c = &s.checkout_token;
     let b = &s.billing_token;
     let a = &s.admin_token;
@@ -136,6 +149,7 @@ fn print_banner(s: &Settings, checkout: &str, billing: &str, private_pg: bool) {
 payments stack is up{pg}
   checkout-svc  {checkout}   token: {c}
   billing-svc   {billing}   token: {b}
+  webhooks      http://{webhooks}/webhooks/razorpay   (GET /healthz)
   admin token   {a}
   env file      target/stack/stack.env   (set -a; . target/stack/stack.env; set +a)
 
@@ -151,6 +165,15 @@ Try it (grpcurl 1.8+, reflection is on):
       {checkout} checkout.v1.CheckoutService/CompleteSession
   grpcurl -plaintext -H 'authorization: Bearer {b}' -d '{{"user_id":"alice","kind":"USAGE_KIND_CALL"}}' \
       {billing} billing.v1.BillingService/StartUsageSession
+
+The gateway's side: a customer who pays and never comes back (the webhook arrives over HTTP,
+checkout's completion sync completes the session):
+  set -a; . target/stack/stack.env; set +a; cargo run -q --bin billing-svc -- sandbox pay --order-id <order_id> --webhook
+  # or post a signed webhook yourself:
+  body='{{"event":"payment.captured","payload":{{"payment":{{"entity":{{"id":"pay_demo1","order_id":"<order_id>","amount":149900,"currency":"INR"}}}}}}}}'
+  curl -sS -X POST http://{webhooks}/webhooks/razorpay -H 'X-Razorpay-Event-Id: evt_demo1' \
+      -H "X-Razorpay-Signature: $(printf %s "$body" | openssl dgst -sha256 -hmac "$GATEWAY_WEBHOOK_SECRET" | sed 's/^.* //')" \
+      --data-binary "$body"
 
 Ctrl-C stops everything."#,
         pg = if private_pg { " (private PostgreSQL under target/pg)" } else { "" },

@@ -1,0 +1,162 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! billing's HTTP webhook endpoint, over a real socket, the way a payment
+//! gateway reaches it: signed raw bodies, event ids, retries on anything but
+//! a 2xx. It shares the capture path with VerifyPayment and the gRPC
+//! HandleGatewayWebhook.
+use futures::future::join_all;
+use proto::{billing::v1 as bpb, checkout::v1 as cpb};
+use tests::{TestApp, helpers::scalar, spawn_app};
+
+fn url(app: &TestApp) -> String {
+    format!("http://{}/webhooks/razorpay", app.billing_http_addr)
+}
+
+/// Posts `body` as the gateway does; returns the status and the JSON reply.
+async fn post(app: &TestApp, body: &[u8], signature: Option<&str>, event_id: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().post(url(app)).header("content-type", "application/json").body(body.to_vec());
+    if let Some(s) = signature {
+        req = req.header("X-Razorpay-Signature", s);
+    }
+    if let Some(e) = event_id {
+        req = req.header("X-Razorpay-Event-Id", e);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+fn captured(app: &TestApp, order: &bpb::Order, payment_id: &str) -> (Vec<u8>, String) {
+    let body = billing_svc::gateway::Sandbox::captured_event_body(&order.id, payment_id, order.amount_minor, &order.currency);
+    let sig = app.gateway.sign_webhook(&body);
+    (body, sig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signed_webhook_over_http_pays_the_order_once() {
+    let app = spawn_app().await;
+    let order = app.order("http-1", "basic-monthly").await;
+    let (body, sig) = captured(&app, &order, "pay_http1");
+    let (status, reply) = post(&app, &body, Some(&sig), Some("evt_http1")).await;
+    assert_eq!((status, reply["outcome"].as_str()), (200, Some("PROCESSED")));
+    // The gateway retries: a duplicate is acknowledged, not reprocessed.
+    let (status, reply) = post(&app, &body, Some(&sig), Some("evt_http1")).await;
+    assert_eq!((status, reply["duplicate"].as_bool()), (200, Some(true)));
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'PAID'", order.id)).await,
+        1
+    );
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE order_id = '{}'", order.id)).await, 1);
+
+    let health = reqwest::get(format!("http://{}/healthz", app.billing_http_addr)).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unsigned_or_oversized_webhooks_are_refused_and_store_nothing() {
+    let app = spawn_app().await;
+    let order = app.order("http-2", "basic-monthly").await;
+    let (body, sig) = captured(&app, &order, "pay_http2");
+    assert_eq!(post(&app, &body, None, Some("e1")).await.0, 401, "no signature");
+    assert_eq!(post(&app, &body, Some(&"ab".repeat(32)), Some("e2")).await.0, 401, "wrong signature");
+    let mut tampered = body.clone();
+    tampered.push(b' ');
+    assert_eq!(post(&app, &tampered, Some(&sig), Some("e3")).await.0, 401, "signature of another body");
+    let huge = vec![b' '; 2 << 20];
+    let huge_sig = app.gateway.sign_webhook(&huge);
+    assert_eq!(post(&app, &huge, Some(&huge_sig), Some("e4")).await.0, 413, "2 MiB body");
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM webhook_events").await, 0);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE status = 'PAID'").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_deliveries_of_one_event_and_a_racing_verify_capture_once() {
+    let app = spawn_app().await;
+    let order = app.order("http-3", "pro-monthly").await;
+    let (payment_id, signature) = app.pay(&order.id);
+    let (body, sig) = captured(&app, &order, &payment_id);
+    let deliveries = (0..50).map(|_| {
+        let (app, body, sig) = (&app, body.clone(), sig.clone());
+        async move {
+            let (code, reply) = post(app, &body, Some(&sig), Some("evt_storm")).await;
+            (code, reply["duplicate"].as_bool())
+        }
+    });
+    let verify = async {
+        let mut b = app.billing.clone();
+        b.verify_payment(bpb::VerifyPaymentRequest { order_id: order.id.clone(), payment_id: payment_id.clone(), signature })
+            .await
+            .map(|r| r.into_inner().subscription.unwrap().id)
+    };
+    let (replies, verified) = tokio::join!(join_all(deliveries), verify);
+    // Under contention a delivery may be asked to come back (503, retried by
+    // the gateway); none is refused and none fails; exactly one processed it.
+    assert!(replies.iter().all(|(c, _)| *c == 200 || *c == 503), "{replies:?}");
+    assert_eq!(replies.iter().filter(|r| **r == (200, Some(false))).count(), 1, "{replies:?}");
+    let subscription = verified.unwrap();
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM webhook_events").await, 1, "one inbox row");
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE order_id = '{}'", order.id)).await, 1);
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{subscription}' AND status = 'ACTIVE'"))
+            .await,
+        1,
+        "VerifyPayment and the webhook agree on the one subscription"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signed_but_unusable_content_is_stored_acknowledged_and_flagged() {
+    let app = spawn_app().await;
+    let order = app.order("http-4", "basic-monthly").await;
+    let long = "p".repeat(3000);
+    let bodies = [
+        format!(
+            r#"{{"event":"payment.captured","payload":{{"payment":{{"entity":{{"id":"pay_\u0000x","order_id":"{}","amount":{},"currency":"INR"}}}}}}}}"#,
+            order.id, order.amount_minor
+        ),
+        format!(
+            r#"{{"event":"payment.captured","payload":{{"payment":{{"entity":{{"id":"{long}","order_id":"{}","amount":{},"currency":"INR"}}}}}}}}"#,
+            order.id, order.amount_minor
+        ),
+        "{not json".to_owned(),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let sig = app.gateway.sign_webhook(body.as_bytes());
+        // No event id header: the body's hash names the event.
+        let (status, reply) = post(&app, body.as_bytes(), Some(&sig), None).await;
+        assert_eq!((status, reply["outcome"].as_str()), (200, Some("REJECTED")), "body {i}");
+    }
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM webhook_events WHERE outcome = 'REJECTED' AND event_id LIKE 'sha256:%'").await,
+        3
+    );
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE status = 'PAID'").await, 0);
+    let r = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: true }).await.unwrap().into_inner();
+    assert_eq!(r.findings.iter().filter(|f| f.kind == "WEBHOOK_REJECTED" && !f.fixed).count(), 3);
+}
+
+/// The whole sandbox flow through HTTP: a checkout session, the customer
+/// pays and never comes back, the gateway's webhook arrives over HTTP, and
+/// checkout's completion sync completes the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_customer_who_never_returns_is_completed_from_the_http_webhook() {
+    let app = spawn_app().await;
+    let session = app.create_session("http-5", "basic-monthly").await;
+    let order = bpb::Order {
+        id: session.order_id.clone(),
+        amount_minor: session.amount_minor,
+        currency: session.currency.clone(),
+        ..Default::default()
+    };
+    let (payment_id, _) = app.pay(&order.id);
+    let (body, sig) = captured(&app, &order, &payment_id);
+    assert_eq!(post(&app, &body, Some(&sig), Some("evt_gone")).await.0, 200);
+    checkout_svc::jobs::run_once(&app.checkout_app, "completion-sync").await.unwrap();
+    let s = app.get_session(&session.id).await;
+    assert_eq!(s.status, cpb::SessionStatus::Completed as i32, "{s:?}");
+    assert!(!s.subscription_id.is_empty());
+}
