@@ -173,7 +173,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool) -> anyhow::Result<ExitCode> {
     if config.gateway.kind != billing_svc::config::GatewayKind::Sandbox {
-        anyhow::bail!("sandbox pay plays the sandbox gateway's customer; GATEWAY must be sandbox (pay real orders at the gateway)");
+        anyhow::bail!(
+            "sandbox pay plays the sandbox gateway's customer; GATEWAY must be sandbox (pay real orders at the gateway)"
+        );
     }
     if config.gateway.key_secret.is_empty() {
         anyhow::bail!("GATEWAY_KEY_SECRET must be set (the stack prints it in target/stack/stack.env)");

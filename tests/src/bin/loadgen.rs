@@ -15,6 +15,8 @@ enum Scenario {
     VerifyPayment,
     Deduct,
     DeductHot,
+    /// Signed payment.captured webhooks over HTTP, one per fresh order.
+    Webhook,
 }
 
 #[derive(Parser)]
@@ -37,7 +39,7 @@ struct Args {
     /// The stack's env file.
     #[arg(long, default_value = "target/stack/stack.env")]
     env: String,
-    /// verify-payment: orders created before the run.
+    /// verify-payment, webhook: orders created before the run.
     #[arg(long, default_value_t = 40_000)]
     orders: usize,
     /// verify-payment: identical VerifyPayment calls fired at once per order (duplicate storm).
@@ -62,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::VerifyPayment => scenarios::verify_payment(&target, &timing, args.orders, args.storm).await?,
         Scenario::Deduct => scenarios::deduct(&target, &timing, args.sessions, false).await?,
         Scenario::DeductHot => scenarios::deduct(&target, &timing, args.sessions, true).await?,
+        Scenario::Webhook => scenarios::webhook(&target, &timing, args.orders).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -20,6 +20,7 @@ use crate::{BillingClient, CheckoutClient, billing_client, checkout_client, help
 pub struct Target {
     pub checkout_addr: String,
     pub billing_addr: String,
+    pub billing_http_addr: String,
     pub checkout_token: String,
     pub billing_token: String,
     pub billing_db_url: String,
@@ -32,6 +33,7 @@ impl Target {
         Ok(Self {
             checkout_addr: get("CHECKOUT_ADDR")?,
             billing_addr: get("BILLING_ADDR")?,
+            billing_http_addr: get("BILLING_HTTP_ADDR")?,
             checkout_token: get("CHECKOUT_TOKEN")?,
             billing_token: get("BILLING_TOKEN")?,
             billing_db_url: get("BILLING_DATABASE_URL")?,
@@ -148,6 +150,56 @@ pub async fn verify_payment(t: &Target, timing: &Timing, orders: usize, storm: u
     report.extra.insert("storm_size".into(), storm.max(1) as i64);
     report.extra.insert("storms_with_more_than_one_capture".into(), bad_storms.load(Ordering::Relaxed));
     report.extra.insert("duplicate_subscriptions_in_db".into(), dup_subs);
+    Ok(report)
+}
+
+/// The gateway's side: one signed `payment.captured` webhook over HTTP per
+/// fresh order, as Razorpay posts them. Afterwards the database must show
+/// every acknowledged webhook as a paid order, or the run fails.
+pub async fn webhook(t: &Target, timing: &Timing, orders: usize) -> anyhow::Result<Report> {
+    let tag = run_tag();
+    eprintln!("webhook: creating {orders} orders...");
+    let orders = Arc::new(create_orders(t, orders, &tag).await?);
+    let url = Arc::new(format!("http://{}/webhooks/razorpay", t.billing_http_addr));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let (next, acked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicI64::new(0)));
+    let gateway = t.gateway.clone();
+    let (n2, a2) = (next.clone(), acked.clone());
+    let mut report = super::run("webhook", timing.concurrency, timing.warmup, timing.duration, move |_, _| {
+        let (orders, next, acked, gateway, http, url) =
+            (orders.clone(), n2.clone(), a2.clone(), gateway.clone(), http.clone(), url.clone());
+        async move {
+            let Some(order) = orders.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                return Err(Status::resource_exhausted("loadgen ran out of pre-created orders; raise --orders"));
+            };
+            let body = Sandbox::captured_event_body(&order.id, &Sandbox::new_payment_id(), order.amount_minor, &order.currency);
+            let resp = http
+                .post(url.as_str())
+                .header("X-Razorpay-Signature", gateway.sign_webhook(&body))
+                .header("X-Razorpay-Event-Id", format!("evt_{}", uuid::Uuid::new_v4().simple()))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            match resp.status().as_u16() {
+                200 => {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                503 => Err(Status::unavailable("HTTP 503")),
+                code => Err(Status::unknown(format!("HTTP {code}"))),
+            }
+        }
+    })
+    .await?;
+    let mut db = crate::harness::connect(&t.billing_db_url).await;
+    let paid =
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE user_id LIKE 'lg-{tag}-%' AND status = 'PAID'")).await;
+    let acked = acked.load(Ordering::Relaxed);
+    report.extra.insert("webhooks_acknowledged".into(), acked);
+    report.extra.insert("orders_paid_in_db".into(), paid);
+    anyhow::ensure!(paid == acked, "{acked} webhooks were acknowledged but {paid} orders are paid: not measured");
     Ok(report)
 }
 
