@@ -36,11 +36,29 @@ pub struct DailyStat {
     pub credits: i64,
 }
 
-pub async fn list(conn: &mut Conn, from: NaiveDate, to: NaiveDate) -> Result<Vec<DailyStat>> {
-    Ok(st::table
+/// A page of the rollup for the days `from..=to`, ordered by day then plan:
+/// at most `page_size` rows after the position `after` (a day and plan id),
+/// and the position of the last row when more follow.
+pub async fn list(
+    conn: &mut Conn,
+    from: NaiveDate,
+    to: NaiveDate,
+    page_size: i64,
+    after: Option<(NaiveDate, String)>,
+) -> Result<(Vec<DailyStat>, Option<(NaiveDate, String)>)> {
+    let mut q = st::table
         .filter(st::day.ge(from).and(st::day.le(to)))
-        .order((st::day, st::plan_id))
         .select((st::day, st::plan_id, st::sessions, st::minutes, st::credits))
-        .load(conn)
-        .await?)
+        .into_boxed();
+    if let Some((day, plan_id)) = after {
+        q = q.filter(st::day.gt(day).or(st::day.eq(day).and(st::plan_id.gt(plan_id))));
+    }
+    let mut rows: Vec<DailyStat> = q.order((st::day, st::plan_id)).limit(page_size + 1).load(conn).await?;
+    let next = if rows.len() as i64 > page_size {
+        rows.truncate(page_size as usize);
+        rows.last().map(|s| (s.day, s.plan_id.clone()))
+    } else {
+        None
+    };
+    Ok((rows, next))
 }

@@ -46,13 +46,28 @@ pub async fn get(conn: &mut Conn, id: Uuid) -> Result<Subscription> {
         .ok_or_else(|| Error::not_found("subscription", id))
 }
 
-pub async fn list_for_user(conn: &mut Conn, user_id: &str) -> Result<Vec<Subscription>> {
-    Ok(subscriptions::table
-        .filter(subscriptions::user_id.eq(user_id))
-        .order((subscriptions::created_at.desc(), subscriptions::id.desc()))
-        .select(Subscription::as_select())
-        .load(conn)
-        .await?)
+/// A page of a user's subscriptions, newest first (keyset on created_at, id):
+/// at most `page_size` rows after the position `after`, and the position of
+/// the last row when more follow.
+pub async fn list_for_user(
+    conn: &mut Conn,
+    user_id: &str,
+    page_size: i64,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<(Vec<Subscription>, Option<(DateTime<Utc>, Uuid)>)> {
+    let mut q = subscriptions::table.filter(subscriptions::user_id.eq(user_id)).select(Subscription::as_select()).into_boxed();
+    if let Some((t, id)) = after {
+        q = q.filter(subscriptions::created_at.lt(t).or(subscriptions::created_at.eq(t).and(subscriptions::id.lt(id))));
+    }
+    let mut rows: Vec<Subscription> =
+        q.order((subscriptions::created_at.desc(), subscriptions::id.desc())).limit(page_size + 1).load(conn).await?;
+    let next = if rows.len() as i64 > page_size {
+        rows.truncate(page_size as usize);
+        rows.last().map(|s| (s.created_at, s.id))
+    } else {
+        None
+    };
+    Ok((rows, next))
 }
 
 pub async fn by_order(conn: &mut Conn, order_id: &str) -> Result<Option<Subscription>> {

@@ -31,7 +31,7 @@ async fn normal_flow_create_pay_complete() {
     assert!(!done.replayed);
     let subs = app
         .billing
-        .list_subscriptions(proto::billing::v1::ListSubscriptionsRequest { user_id: "alice".into() })
+        .list_subscriptions(proto::billing::v1::ListSubscriptionsRequest { user_id: "alice".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()

@@ -30,7 +30,7 @@ async fn paying_again_replaces_the_subscription_and_carries_credits_over() {
     assert_eq!(s2.credits_granted, 1500 + 290);
     let subs = app
         .billing
-        .list_subscriptions(bpb::ListSubscriptionsRequest { user_id: "upgrader".into() })
+        .list_subscriptions(bpb::ListSubscriptionsRequest { user_id: "upgrader".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()

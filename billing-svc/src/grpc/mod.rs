@@ -5,7 +5,7 @@ mod convert;
 
 use std::future::Future;
 
-use chrono::{Datelike, Duration, NaiveDate};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use diesel_async::AsyncConnection;
 use proto::billing::v1::{self as pb, billing_service_server::BillingService};
 use shared::{
@@ -61,6 +61,66 @@ fn day(field: &str, s: &str, default: NaiveDate, v: &mut Violations) -> NaiveDat
             default
         }
     }
+}
+
+/// Page sizes of ListSubscriptions and GetUsageStats: 0 means the default.
+const PAGE_SIZE_DEFAULT: i32 = 50;
+const PAGE_SIZE_MAX: i32 = 500;
+
+/// The requested page size, or a violation when it is out of range.
+fn page_size(size: i32, v: &mut Violations) -> i64 {
+    let size = if size == 0 { PAGE_SIZE_DEFAULT } else { size };
+    v.range("page_size", i64::from(size), 1, i64::from(PAGE_SIZE_MAX));
+    i64::from(size)
+}
+
+/// Decodes a non-empty `page_token` with `parse`, or records a violation.
+fn page_after<T>(token: &str, parse: fn(&str) -> Option<T>, v: &mut Violations) -> Option<T> {
+    if token.is_empty() {
+        return None;
+    }
+    let parsed = parse(token);
+    if parsed.is_none() {
+        v.add("page_token", "is not a token from a previous response");
+    }
+    parsed
+}
+
+/// ListSubscriptions' position: the last row's created_at and id, as hex of
+/// "micros|uuid" (the same shape as checkout's ListSessions tokens).
+fn subscription_page_token(t: DateTime<Utc>, id: Uuid) -> String {
+    hex::encode(format!("{}|{id}", t.timestamp_micros()))
+}
+
+/// Decodes a token of [`subscription_page_token`]. Only instants of years
+/// 1..=9999 pass, so PostgreSQL never sees one it cannot hold.
+fn parse_subscription_page_token(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    if token.len() > 2 * (20 + 1 + 36) {
+        return None;
+    }
+    let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (micros, id) = raw.split_once('|')?;
+    let t = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    (1..=9999).contains(&t.year()).then_some((t, Uuid::parse_str(id).ok()?))
+}
+
+/// GetUsageStats' position: the last row's day and plan id, as hex of
+/// "YYYY-MM-DD|plan_id".
+fn stats_page_token(day: NaiveDate, plan_id: &str) -> String {
+    hex::encode(format!("{}|{plan_id}", day.format("%Y-%m-%d")))
+}
+
+/// Decodes a token of [`stats_page_token`]: a day the rollup can hold and a
+/// plan id as GetPlan would accept it.
+fn parse_stats_page_token(token: &str) -> Option<(NaiveDate, String)> {
+    if token.len() > 2 * (10 + 1 + 4 * MAX_ID_LEN) {
+        return None;
+    }
+    let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (d, plan_id) = raw.split_once('|')?;
+    let d = NaiveDate::parse_from_str(d, "%Y-%m-%d").ok().filter(|d| (2000..=9999).contains(&d.year()))?;
+    let ok = !plan_id.is_empty() && plan_id.chars().count() <= MAX_ID_LEN && !plan_id.chars().any(char::is_control);
+    ok.then(|| (d, plan_id.to_owned()))
 }
 
 impl From<IdempotencyError> for Error {
@@ -213,10 +273,16 @@ impl BillingService for BillingGrpc {
         let r = req.into_inner();
         let mut v = Violations::new();
         v.text("user_id", &r.user_id, MAX_ID_LEN);
+        let size = page_size(r.page_size, &mut v);
+        let after = page_after(&r.page_token, parse_subscription_page_token, &mut v);
         v.finish()?;
         let app = self.app.clone();
-        let subs = run(async move { subscriptions::list_for_user(&mut *app.conn().await?, &r.user_id).await }).await?;
-        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions: subs.iter().map(convert::subscription).collect() }))
+        let (subs, next) =
+            run(async move { subscriptions::list_for_user(&mut *app.conn().await?, &r.user_id, size, after).await }).await?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: subs.iter().map(convert::subscription).collect(),
+            next_page_token: next.map(|(t, id)| subscription_page_token(t, id)).unwrap_or_default(),
+        }))
     }
 
     #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
@@ -366,10 +432,13 @@ impl BillingService for BillingGrpc {
         if from > to {
             v.add("from_day", "must not be after to_day");
         }
+        let size = page_size(r.page_size, &mut v);
+        let after = page_after(&r.page_token, parse_stats_page_token, &mut v);
         v.finish()?;
         let app = self.app.clone();
-        let rows = run(async move { stats::list(&mut *app.conn().await?, from, to).await }).await?;
+        let (rows, next) = run(async move { stats::list(&mut *app.conn().await?, from, to, size, after).await }).await?;
         Ok(Response::new(pb::GetUsageStatsResponse {
+            next_page_token: next.map(|(d, plan_id)| stats_page_token(d, &plan_id)).unwrap_or_default(),
             stats: rows
                 .into_iter()
                 .map(|s| pb::UsageStat {

@@ -61,7 +61,10 @@ async fn values_postgres_cannot_hold_are_refused_precisely() {
     let app = spawn_app().await;
     let mut admin = app.billing_admin.clone();
     for (from, to) in [("-5000-01-01", ""), ("1000-01-01", "2026-01-01"), ("2026-01-01", "+300000-01-01")] {
-        let e = admin.get_usage_stats(bpb::GetUsageStatsRequest { from_day: from.into(), to_day: to.into() }).await.unwrap_err();
+        let e = admin
+            .get_usage_stats(bpb::GetUsageStatsRequest { from_day: from.into(), to_day: to.into(), ..Default::default() })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{from}..{to}: {e:?}");
     }
 
