@@ -8,10 +8,7 @@
 //! A concurrent request with the same key waits briefly on the first one's
 //! uncommitted row and then fails with ABORTED (in flight).
 use chrono::{DateTime, Utc};
-use diesel::{
-    OptionalExtension,
-    sql_types::{Binary, Text, Timestamptz},
-};
+use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
@@ -60,58 +57,59 @@ pub enum IdempotencyError {
     Db(#[from] DbError),
 }
 
-#[derive(diesel::QueryableByName)]
-struct Stored {
-    #[diesel(sql_type = Binary)]
-    request_hash: Vec<u8>,
-    #[diesel(sql_type = Binary)]
-    response: Vec<u8>,
+diesel::table! {
+    /// The same table in each service's database (see its migrations).
+    idempotency_keys (method, key) {
+        method -> Text,
+        key -> Text,
+        request_hash -> Bytea,
+        response -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
+use idempotency_keys as ik;
+
+/// A stored key: the request's hash and the encoded response.
+fn stored<'a>(key: &'a Key) -> ik::BoxedQuery<'a, diesel::pg::Pg, (diesel::sql_types::Bytea, diesel::sql_types::Bytea)> {
+    ik::table.filter(ik::method.eq(key.method)).filter(ik::key.eq(&key.key)).select((ik::request_hash, ik::response)).into_boxed()
 }
 
 /// Claims `key` inside the caller's open transaction.
 pub async fn begin(conn: &mut Conn, key: &Key, now: DateTime<Utc>) -> Result<Begin, IdempotencyError> {
     // Wait only briefly on a concurrent claim of the same key.
     diesel::sql_query("SELECT set_config('lock_timeout', '300ms', true)").execute(conn).await.map_err(DbError::from)?;
-    let inserted = diesel::sql_query(
-        "INSERT INTO idempotency_keys (method, key, request_hash, response, created_at) \
-         VALUES ($1, $2, $3, '\\x', $4) ON CONFLICT DO NOTHING",
-    )
-    .bind::<Text, _>(key.method)
-    .bind::<Text, _>(&key.key)
-    .bind::<Binary, _>(&key.request_hash)
-    .bind::<Timestamptz, _>(now)
-    .execute(conn)
-    .await
-    .map_err(|e| match DbError::from(e) {
-        DbError::Timeout(_) => IdempotencyError::InFlight,
-        other => IdempotencyError::Db(other),
-    })?;
+    let inserted = diesel::insert_into(ik::table)
+        .values((
+            ik::method.eq(key.method),
+            ik::key.eq(&key.key),
+            ik::request_hash.eq(&key.request_hash),
+            ik::response.eq(Vec::<u8>::new()),
+            ik::created_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await
+        .map_err(|e| match DbError::from(e) {
+            DbError::Timeout(_) => IdempotencyError::InFlight,
+            other => IdempotencyError::Db(other),
+        })?;
     // Back to the pool's bound for the rest of the transaction.
     diesel::sql_query("SET LOCAL lock_timeout TO DEFAULT").execute(conn).await.map_err(DbError::from)?;
     if inserted == 1 {
         return Ok(Begin::Fresh);
     }
-    let stored: Stored = diesel::sql_query("SELECT request_hash, response FROM idempotency_keys WHERE method = $1 AND key = $2")
-        .bind::<Text, _>(key.method)
-        .bind::<Text, _>(&key.key)
-        .get_result(conn)
-        .await
-        .map_err(DbError::from)?;
-    if stored.request_hash != key.request_hash {
+    let (request_hash, response): (Vec<u8>, Vec<u8>) = stored(key).first(conn).await.map_err(DbError::from)?;
+    if request_hash != key.request_hash {
         return Err(IdempotencyError::Reused);
     }
-    Ok(Begin::Replay(stored.response))
+    Ok(Begin::Replay(response))
 }
 
 /// Stores the encoded response of a [`Begin::Fresh`] key, in the same
 /// transaction as the effect.
 pub async fn finish(conn: &mut Conn, key: &Key, response: &[u8]) -> Result<(), DbError> {
-    diesel::sql_query("UPDATE idempotency_keys SET response = $3 WHERE method = $1 AND key = $2")
-        .bind::<Text, _>(key.method)
-        .bind::<Text, _>(&key.key)
-        .bind::<Binary, _>(response)
-        .execute(conn)
-        .await?;
+    diesel::update(ik::table.find((key.method, &key.key))).set(ik::response.eq(response)).execute(conn).await?;
     Ok(())
 }
 
@@ -133,10 +131,7 @@ pub fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, DbError> {
 
 /// Deletes keys older than `before` (24 h retention); returns how many.
 pub async fn purge(conn: &mut Conn, before: DateTime<Utc>) -> Result<usize, DbError> {
-    Ok(diesel::sql_query("DELETE FROM idempotency_keys WHERE created_at < $1")
-        .bind::<Timestamptz, _>(before)
-        .execute(conn)
-        .await?)
+    Ok(diesel::delete(ik::table.filter(ik::created_at.lt(before))).execute(conn).await?)
 }
 
 /// What a keyed effect produced: a fresh value, or the stored encoded
@@ -179,17 +174,10 @@ macro_rules! keyed_transaction {
 /// Looks a key up outside any transaction: lets a handler answer a replay
 /// before doing slow work (the transaction checks again).
 pub async fn peek(conn: &mut Conn, key: &Key) -> Result<Option<Vec<u8>>, IdempotencyError> {
-    let stored: Option<Stored> =
-        diesel::sql_query("SELECT request_hash, response FROM idempotency_keys WHERE method = $1 AND key = $2")
-            .bind::<Text, _>(key.method)
-            .bind::<Text, _>(&key.key)
-            .get_result(conn)
-            .await
-            .optional()
-            .map_err(DbError::from)?;
-    match stored {
+    let found: Option<(Vec<u8>, Vec<u8>)> = stored(key).first(conn).await.optional().map_err(DbError::from)?;
+    match found {
         None => Ok(None),
-        Some(s) if s.request_hash != key.request_hash => Err(IdempotencyError::Reused),
-        Some(s) => Ok(Some(s.response)),
+        Some((hash, _)) if hash != key.request_hash => Err(IdempotencyError::Reused),
+        Some((_, response)) => Ok(Some(response)),
     }
 }
