@@ -5,7 +5,11 @@
 //! HandleGatewayWebhook.
 use futures::future::join_all;
 use proto::{billing::v1 as bpb, checkout::v1 as cpb};
-use tests::{TestApp, helpers::scalar, spawn_app};
+use tests::{
+    TestApp,
+    helpers::{exec, scalar},
+    spawn_app,
+};
 
 fn url(app: &TestApp) -> String {
     format!("http://{}/webhooks/razorpay", app.billing_http_addr)
@@ -159,4 +163,59 @@ async fn a_customer_who_never_returns_is_completed_from_the_http_webhook() {
     let s = app.get_session(&session.id).await;
     assert_eq!(s.status, cpb::SessionStatus::Completed as i32, "{s:?}");
     assert!(!s.subscription_id.is_empty());
+}
+
+/// SIGTERM-style shutdown while a webhook is in flight (held behind its
+/// order's row lock): the endpoint stops taking new deliveries but finishes
+/// the one it holds, so the gateway gets its 200 and the order is paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_drains_an_in_flight_webhook() {
+    let mut app = spawn_app().await;
+    let order = app.order("http-6", "basic-monthly").await;
+    let (body, sig) = captured(&app, &order, "pay_drain");
+    let mut holder = app.billing_db().await;
+    exec(&mut holder, "BEGIN").await;
+    exec(&mut holder, &format!("SELECT id FROM orders WHERE id = '{}' FOR UPDATE", order.id)).await;
+    let target = url(&app);
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(target)
+            .header("X-Razorpay-Signature", sig)
+            .header("X-Razorpay-Event-Id", "evt_drain")
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    let mut watcher = app.billing_db().await;
+    for _ in 0..500 {
+        let waiting = scalar(
+            &mut watcher,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await;
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let http_addr = app.billing_http_addr;
+    let release = async {
+        // Shutdown has begun; the held row is released within the lock bound.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let refused = reqwest::Client::new().get(format!("http://{http_addr}/healthz")).send().await;
+        exec(&mut holder, "COMMIT").await;
+        refused
+    };
+    let ((), after_stop) = tokio::join!(app.stop_billing(), release);
+    assert!(
+        after_stop.map(|r| r.status().as_u16() == 503).unwrap_or(true),
+        "a draining endpoint takes no new work (connection refused or 503)"
+    );
+    assert_eq!(in_flight.await.unwrap().unwrap(), 200, "the in-flight delivery finished");
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'PAID'", order.id)).await,
+        1
+    );
 }
