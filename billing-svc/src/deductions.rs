@@ -9,12 +9,14 @@ use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
 use serde::Deserialize;
-use shared::db::Conn;
+use shared::{
+    db::{Conn, Races},
+    error::ServiceError,
+};
 use uuid::Uuid;
 
 use crate::{
     Error, Result,
-    error::TX_ATTEMPTS,
     schema::usage_sessions,
     usage::{SessionView, UsageSession},
 };
@@ -61,7 +63,7 @@ struct Reply {
 /// Applies one deduction in one statement (its own transaction unless the
 /// caller has one open).
 pub async fn charge(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateTime<Utc>) -> Result<Charged> {
-    charge_inner(conn, session_id, mode, now).await?.ok_or_else(|| Error::Internal("only AUTO charges are skipped".into()))
+    charge_inner(conn, session_id, mode, now).await?.ok_or_else(|| Error::internal("only AUTO charges are skipped"))
 }
 
 /// Like [`charge`]; `None` when an AUTO charge skipped a session held by
@@ -72,21 +74,11 @@ async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateT
         Mode::Explicit { deduction_id, units } => ("EXPLICIT", *units, Some(deduction_id.as_str())),
         Mode::End { manual } => ("END", *manual, None),
     };
-    // Inside a caller's transaction a failed statement aborted it: only the
-    // caller may retry, so run once there.
-    let attempts = if shared::db::in_transaction(conn) { 1 } else { TX_ATTEMPTS };
-    let mut attempt = 1;
-    let json: serde_json::Value = loop {
-        let r = diesel::select(billing_charge(session_id, name, units, deduction_id, now))
-            .get_result(conn)
-            .await
-            .map_err(Error::from);
-        match r {
-            Err(e) if e.is_retryable() && attempt < attempts => attempt += 1,
-            other => break other?,
-        }
-    };
-    let reply: Reply = serde_json::from_value(json).map_err(|e| Error::Internal(format!("billing_charge reply: {e}")))?;
+    // Inside a caller's transaction (reconcile's repair) this runs once.
+    let json: serde_json::Value = shared::retry_tx!(conn, Races::ConflictsAndUnique, |c| {
+        diesel::select(billing_charge(session_id, name, units, deduction_id, now)).get_result(c).await.map_err(Error::from)
+    })?;
+    let reply: Reply = serde_json::from_value(json).map_err(|e| Error::internal(format!("billing_charge reply: {e}")))?;
     if reply.skipped {
         return Ok(None);
     }
@@ -94,16 +86,16 @@ async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateT
         None => {}
         Some("NOT_FOUND") => return Err(Error::not_found("usage_session", session_id)),
         Some("SESSION_ENDED") => {
-            return Err(Error::FailedPrecondition {
-                kind: "SESSION_ENDED",
-                subject: format!("usage_session:{session_id}"),
-                description: "the usage session has ended".into(),
-            });
+            return Err(Error::precondition(
+                "SESSION_ENDED",
+                format!("usage_session:{session_id}"),
+                "the usage session has ended",
+            ));
         }
-        Some("DEDUCTION_ID_REUSED") => return Err(Error::IdempotencyKeyReused),
-        Some(other) => return Err(Error::Internal(format!("billing_charge: {other}"))),
+        Some("DEDUCTION_ID_REUSED") => return Err(ServiceError::IdempotencyKeyReused.into()),
+        Some(other) => return Err(Error::internal(format!("billing_charge: {other}"))),
     }
-    let session = reply.session.ok_or_else(|| Error::Internal("billing_charge returned no session".into()))?;
+    let session = reply.session.ok_or_else(|| Error::internal("billing_charge returned no session"))?;
     shared::metrics::credits_charged(name, reply.charged, reply.unpaid, reply.replayed);
     Ok(Some(Charged {
         view: SessionView { session, credits_remaining: reply.credits_remaining.unwrap_or_default() },

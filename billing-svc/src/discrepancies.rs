@@ -84,11 +84,11 @@ impl Discrepancy {
     /// What the caller of VerifyPayment (and so CompleteSession) hears: the
     /// money is recorded for a refund, no subscription was created.
     pub fn to_error(&self) -> Error {
-        Error::FailedPrecondition {
-            kind: self.kind.as_str(),
-            subject: format!("payment:{}", self.payment_id),
-            description: format!("{}; the payment is recorded for a refund and bought no subscription", self.detail),
-        }
+        Error::precondition(
+            self.kind.as_str(),
+            format!("payment:{}", self.payment_id),
+            format!("{}; the payment is recorded for a refund and bought no subscription", self.detail),
+        )
     }
 }
 

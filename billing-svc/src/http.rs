@@ -15,7 +15,7 @@ use axum::{
     routing::{get, post},
 };
 use sha2::{Digest, Sha256};
-use shared::{db::DbError, server::Shutdown, status::MAX_ID_LEN};
+use shared::{db::DbError, error::ServiceError, server::Shutdown, status::MAX_ID_LEN};
 use tokio::net::TcpListener;
 
 use crate::{App, Error, webhooks};
@@ -103,10 +103,12 @@ fn error_response(e: Error) -> Response {
     match e {
         // The signature check failed: not the gateway, nothing stored.
         Error::BadSignature => (StatusCode::UNAUTHORIZED, "bad signature").into_response(),
-        Error::InvalidArgument { field, description } => {
+        Error::Service(ServiceError::InvalidArgument { field, description }) => {
             (StatusCode::BAD_REQUEST, format!("{field}: {description}")).into_response()
         }
-        Error::Db(DbError::Unavailable(_) | DbError::Conflict(_) | DbError::Timeout(_) | DbError::UniqueViolation { .. }) => {
+        Error::Service(ServiceError::Db(
+            DbError::Unavailable(_) | DbError::Conflict(_) | DbError::Timeout(_) | DbError::UniqueViolation { .. },
+        )) => {
             let mut r = (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r

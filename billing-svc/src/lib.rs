@@ -12,7 +12,6 @@ pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod jobs;
-pub mod ledger;
 pub mod limits;
 pub mod orders;
 pub mod payments;

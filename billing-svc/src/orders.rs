@@ -58,11 +58,11 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
         plans::get(&mut conn, plan_id).await?
     };
     if !plan.active || plan.price_minor <= 0 {
-        return Err(Error::FailedPrecondition {
-            kind: "PLAN_NOT_PURCHASABLE",
-            subject: format!("plan:{plan_id}"),
-            description: format!("plan {plan_id} cannot be bought"),
-        });
+        return Err(Error::precondition(
+            "PLAN_NOT_PURCHASABLE",
+            format!("plan:{plan_id}"),
+            format!("plan {plan_id} cannot be bought"),
+        ));
     }
     let receipt = session_id.to_string();
     let at_gateway = app
@@ -98,7 +98,7 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
         Some(order) => Ok(order),
         None => match by_session(&mut conn, session_id).await? {
             Some(existing) => reuse(existing, session_id, user_id, plan_id),
-            None => Err(Error::Db(shared::db::DbError::Conflict(format!("order of {session_id} changed")))),
+            None => Err(Error::from(shared::db::DbError::Conflict(format!("order of {session_id} changed")))),
         },
     }
 }
@@ -117,27 +117,25 @@ async fn by_session(conn: &mut Conn, session_id: Uuid) -> Result<Option<Order>> 
 fn reuse(existing: Order, session_id: Uuid, user_id: &str, plan_id: &str) -> Result<Order> {
     let subject = format!("checkout_session:{session_id}");
     if existing.user_id != user_id || existing.plan_id != plan_id {
-        return Err(Error::FailedPrecondition {
-            kind: "ORDER_EXISTS",
+        return Err(Error::precondition(
+            "ORDER_EXISTS",
             subject,
-            description: "this checkout session already has an order for another user or plan".into(),
-        });
+            "this checkout session already has an order for another user or plan",
+        ));
     }
     // Only an order that can still be paid is handed out: a payment of a
     // cancelled order would be refused, and a paid one is spent.
     match existing.status.as_str() {
-        "CANCELLED" => Err(Error::FailedPrecondition {
-            kind: "ORDER_CANCELLED",
+        "CANCELLED" => Err(Error::precondition(
+            "ORDER_CANCELLED",
             subject,
-            description: format!(
+            format!(
                 "the order of checkout session {session_id} was cancelled; start a new checkout (with a new idempotency key)"
             ),
-        }),
-        "PAID" => Err(Error::FailedPrecondition {
-            kind: "ORDER_PAID",
-            subject,
-            description: format!("the order of checkout session {session_id} is already paid"),
-        }),
+        )),
+        "PAID" => {
+            Err(Error::precondition("ORDER_PAID", subject, format!("the order of checkout session {session_id} is already paid")))
+        }
         _ => Ok(existing),
     }
 }

@@ -8,13 +8,12 @@
 //! payment discrepancy in the same transaction, never silently dropped.
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
-use shared::db::Conn;
+use diesel_async::RunQueryDsl;
+use shared::db::{Conn, Races};
 
 use crate::{
     App, Error, Result,
     discrepancies::{self, Discrepancy, Kind, Source},
-    error::TX_ATTEMPTS,
     gateway::PaymentStatus,
     orders::{self, Order},
     plans,
@@ -95,11 +94,11 @@ pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) 
     let used_by: Option<String> =
         orders_t::table.filter(orders_t::payment_id.eq(p.payment_id)).select(orders_t::id).first(conn).await.optional()?;
     if used_by.is_some() {
-        return Err(Error::FailedPrecondition {
-            kind: "PAYMENT_USED",
-            subject: format!("payment:{}", p.payment_id),
-            description: "this payment id already paid another order".into(),
-        });
+        return Err(Error::precondition(
+            "PAYMENT_USED",
+            format!("payment:{}", p.payment_id),
+            "this payment id already paid another order",
+        ));
     }
     subscribe(conn, order, p, now, false).await
 }
@@ -156,15 +155,11 @@ async fn refuse(conn: &mut Conn, d: Discrepancy, p: Payment<'_>, now: DateTime<U
     Ok(Capture::Discrepancy(d))
 }
 
-/// Runs a capture in its own transaction, retrying lost races.
+/// Runs a capture in its own transaction, retrying lost races. A unique
+/// violation is a concurrent capture of the same payment id, which the next
+/// attempt's pre-check answers.
 pub async fn capture(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
-    let mut attempt = 1;
-    loop {
-        match conn.transaction(async |c| capture_in_tx(c, p, now).await).await {
-            Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => attempt += 1,
-            other => return other,
-        }
-    }
+    shared::retry_tx!(conn, Races::ConflictsAndUnique, |c| capture_in_tx(c, p, now).await)
 }
 
 /// VerifyPayment: checks the signature against the *stored* order id, then
@@ -190,19 +185,18 @@ pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str
     if let Some(p) = &at_gateway {
         if p.order_id.as_deref() != Some(order.id.as_str()) {
             tracing::warn!(order_id = %order.id, payment_id, gateway_order_id = ?p.order_id, "payment belongs to another order");
-            return Err(Error::FailedPrecondition {
-                kind: "PAYMENT_ORDER_MISMATCH",
-                subject: format!("payment:{payment_id}"),
-                description: format!("the gateway records this payment against another order than {}", order.id),
-            });
+            return Err(Error::precondition(
+                "PAYMENT_ORDER_MISMATCH",
+                format!("payment:{payment_id}"),
+                format!("the gateway records this payment against another order than {}", order.id),
+            ));
         }
         if p.status != PaymentStatus::Captured {
-            return Err(Error::FailedPrecondition {
-                kind: "PAYMENT_NOT_CAPTURED",
-                subject: format!("payment:{payment_id}"),
-                description: format!("the gateway reports this payment as {:?}, not captured; verify again later", p.status)
-                    .to_lowercase(),
-            });
+            return Err(Error::precondition(
+                "PAYMENT_NOT_CAPTURED",
+                format!("payment:{payment_id}"),
+                format!("the gateway reports this payment as {:?}, not captured; verify again later", p.status).to_lowercase(),
+            ));
         }
     }
     let paid = at_gateway.as_ref().map(|p| (p.amount_minor, p.currency.as_str()));

@@ -123,7 +123,7 @@ pub async fn run(conn: &mut Conn, now: DateTime<Utc>, stuck_after: chrono::Durat
 }
 
 fn uuid(s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s).map_err(|e| Error::Internal(format!("bad id {s}: {e}")))
+    Uuid::parse_str(s).map_err(|e| Error::internal(format!("bad id {s}: {e}")))
 }
 
 /// Whether finding (`kind`, `subject`) still holds, from a fresh snapshot.

@@ -10,9 +10,9 @@ use shared::db::Conn;
 use uuid::Uuid;
 
 use crate::{
-    Error, Result, ledger,
+    Error, Result,
     plans::{self, FREE_PLAN_ID, Plan},
-    schema::subscriptions,
+    schema::{ledger, subscriptions},
 };
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -199,11 +199,32 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
     let sub = lock_active(conn, user_id)
         .await?
         // Replaced or cancelled between the insert and this read: retryable.
-        .ok_or_else(|| Error::Db(shared::db::DbError::Conflict(format!("active subscription of {user_id} changed"))))?;
+        .ok_or_else(|| Error::from(shared::db::DbError::Conflict(format!("active subscription of {user_id} changed"))))?;
     if now >= sub.period_end && roll(conn, sub.id, now).await? {
         return get(conn, sub.id).await;
     }
     Ok(sub)
+}
+
+/// Moves a subscription's remaining credits out (to its replacement) with a
+/// CARRY_OVER ledger row and a zero balance, in the caller's transaction, so
+/// the ledger still explains the balance (docs/design.md, Invariants 10).
+async fn carry_over(conn: &mut Conn, from: &Subscription, now: DateTime<Utc>) -> Result<()> {
+    diesel::insert_into(ledger::table)
+        .values((
+            ledger::subscription_id.eq(from.id),
+            ledger::period_start.eq(from.period_start),
+            ledger::kind.eq("CARRY_OVER"),
+            ledger::credits.eq(from.credits_remaining),
+            ledger::created_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    diesel::update(subscriptions::table.find(from.id))
+        .set((subscriptions::credits_remaining.eq(0), subscriptions::updated_at.eq(now)))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Creates the subscription a paid order buys. `old`, the user's live
@@ -226,7 +247,7 @@ pub async fn create_paid(
     if let Some(old) = &old {
         if old.credits_remaining > 0 && now < old.period_end {
             carried = old.credits_remaining;
-            ledger::carry_over(conn, old, now).await?;
+            carry_over(conn, old, now).await?;
         }
         // The new row must exist before replaced_by can point at it, and the
         // old one must leave ACTIVE before the new one enters it.

@@ -2,15 +2,16 @@
 //! through `deductions`, ended with a final deduction.
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde::Deserialize;
-use shared::db::Conn;
+use shared::{
+    db::{Conn, Races},
+    idempotency::{Encode, Key, Outcome},
+};
 use uuid::Uuid;
 
 use crate::{
-    App, Error, Result,
-    error::TX_ATTEMPTS,
-    limits, plans,
+    App, Error, Result, limits, plans,
     schema::usage_sessions,
     subscriptions::{self, Subscription},
 };
@@ -83,22 +84,24 @@ pub async fn view(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<Sessi
 
 /// Starts a session if the plan's limits, counted inside the current billing
 /// period only (docs/design.md, Invariants 13), allow it. The subscription row stays locked while
-/// counting, so concurrent starts cannot overshoot a limit.
-pub async fn start(app: &App, user_id: &str, kind: Kind) -> Result<SessionView> {
+/// counting, so concurrent starts cannot overshoot a limit. With a key, the
+/// key and the new session commit together (docs/design.md, Idempotency).
+pub async fn start(
+    app: &App,
+    user_id: &str,
+    kind: Kind,
+    key: Option<&Key>,
+    encode: Encode<'_, SessionView>,
+) -> Result<Outcome<SessionView>> {
     let now = app.clock.now();
     let mut conn = app.conn().await?;
-    let mut attempt = 1;
-    loop {
-        let run = conn.transaction(async |c| start_in_tx(c, user_id, kind, now).await).await;
-        match run {
-            Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => attempt += 1,
-            other => return other,
-        }
-    }
+    shared::retry_tx!(&mut conn, Races::ConflictsAndUnique, |c| {
+        shared::keyed!(c, key, now, encode, start_in_tx(c, user_id, kind, now).await?)
+    })
 }
 
-/// [`start`] inside the caller's transaction (used with idempotency keys).
-pub async fn start_in_tx(c: &mut Conn, user_id: &str, kind: Kind, now: DateTime<Utc>) -> Result<SessionView> {
+/// [`start`] inside the caller's transaction.
+async fn start_in_tx(c: &mut Conn, user_id: &str, kind: Kind, now: DateTime<Utc>) -> Result<SessionView> {
     let sub = subscriptions::current_locked(c, user_id, now).await?;
     let plan = plans::get(c, &sub.plan_id).await?;
     let used = limits::period_usage(c, user_id, &sub, now).await?;

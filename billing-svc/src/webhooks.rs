@@ -8,15 +8,17 @@
 //! with outcome REJECTED and acknowledged, so the gateway stops retrying and
 //! reconciliation shows it to an operator.
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde_json::Value;
-use shared::db::Conn;
+use shared::{
+    db::{Conn, Races},
+    error::ServiceError,
+};
 use uuid::Uuid;
 
 use crate::{
     App, Error, Result,
     discrepancies::Source,
-    error::TX_ATTEMPTS,
     payments::{self, Capture, Payment},
     schema::webhook_events as ev,
 };
@@ -92,14 +94,9 @@ pub async fn handle(app: &App, body: &[u8], signature: &str, event_id: &str) -> 
     let content = parse(body);
     let now = app.clock.now();
     let mut conn = app.conn().await?;
-    let mut attempt = 1;
-    loop {
-        let run = conn.transaction(async |c| process(c, body, event_id, &content, now).await).await;
-        match run {
-            Err(e) if e.is_retryable() && attempt < TX_ATTEMPTS => attempt += 1,
-            other => return other,
-        }
-    }
+    // The inbox row and the capture commit together; a unique violation is a
+    // concurrent capture of the same payment, answered by the next attempt.
+    shared::retry_tx!(&mut conn, Races::ConflictsAndUnique, |c| process(c, body, event_id, &content, now).await)
 }
 
 async fn process(
@@ -145,7 +142,7 @@ async fn process(
             match payments::capture_in_tx(conn, payment, now).await {
                 Ok(Capture::Captured(c)) => ("PROCESSED", String::new(), Some(c.subscription.id)),
                 Ok(Capture::Discrepancy(d)) => ("DISCREPANCY", d.detail, None),
-                Err(Error::FailedPrecondition { description, .. }) => ("REJECTED", description, None),
+                Err(Error::Service(ServiceError::FailedPrecondition { description, .. })) => ("REJECTED", description, None),
                 Err(e) => return Err(e),
             }
         }

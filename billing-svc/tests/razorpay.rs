@@ -31,6 +31,7 @@ use billing_svc::{
     gateway::{Gateway, GatewayError, NewOrder, PaymentStatus, Razorpay, RefundStatus, Sandbox, SavedMethod},
 };
 use serde_json::{Value, json};
+use shared::error::ServiceError;
 
 const KEY_ID: &str = "rzp_test_1DP5mmOlF5G5ag";
 const KEY_SECRET: &str = "thisisthekeysecretvalue";
@@ -678,7 +679,7 @@ async fn verify_payment_confirms_the_payment_at_razorpay() {
         billing_svc::payments::verify(&app, order_id, payment_id, &sig).await
     };
     let kind = |r: Result<billing_svc::payments::Captured, Error>| match r {
-        Err(Error::FailedPrecondition { kind, .. }) => kind,
+        Err(Error::Service(ServiceError::FailedPrecondition { kind, .. })) => kind,
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     };
 

@@ -38,18 +38,6 @@ impl Billing {
         Ok(Self { client: BillingServiceClient::new(channel), token: token.to_owned() })
     }
 
-    #[tracing::instrument(name = "billing.v1.BillingService/GetPlan", skip_all, fields(otel.kind = "client", rpc.system = "grpc"))]
-    pub async fn get_plan(&self, budget: Budget, plan_id: &str) -> Result<pb::Plan> {
-        let resp = retry(budget, ATTEMPTS, || {
-            let mut c = self.client.clone();
-            let req = budget.request(pb::GetPlanRequest { id: plan_id.to_owned() }, &self.token);
-            async move { c.get_plan(req).await }
-        })
-        .await
-        .map_err(Error::from_billing)?;
-        resp.into_inner().plan.ok_or_else(|| Error::Internal("billing returned no plan".into()))
-    }
-
     /// Idempotent per checkout session id, so retries are safe.
     #[tracing::instrument(name = "billing.v1.BillingService/CreateOrder", skip_all, fields(otel.kind = "client", rpc.system = "grpc"))]
     pub async fn create_order(&self, budget: Budget, session_id: Uuid, user_id: &str, plan_id: &str) -> Result<pb::Order> {
@@ -67,7 +55,7 @@ impl Billing {
         })
         .await
         .map_err(Error::from_billing)?;
-        resp.into_inner().order.ok_or_else(|| Error::Internal("billing returned no order".into()))
+        resp.into_inner().order.ok_or_else(|| Error::internal("billing returned no order"))
     }
 
     /// Idempotent per order (a repeat returns the same subscription).

@@ -201,6 +201,62 @@ pub fn in_transaction(conn: &mut Conn) -> bool {
     !matches!(<Conn as AsyncConnection>::TransactionManager::transaction_manager_status_mut(conn).transaction_depth(), Ok(None))
 }
 
+/// Attempts of a transaction that lost a race before the error goes out (as
+/// ABORTED).
+pub const TX_ATTEMPTS: u32 = 5;
+
+/// The lost races [`retry_tx!`](crate::retry_tx) runs a transaction again for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Races {
+    /// Serialization failures and deadlocks ([`DbError::Conflict`]).
+    Conflicts,
+    /// Those and unique violations: for transactions whose next attempt
+    /// reads what the winner inserted instead of inserting it again.
+    ConflictsAndUnique,
+}
+
+impl Races {
+    /// Whether `e` is a race of this kind, which a new attempt may win.
+    pub fn lost(self, e: Option<&DbError>) -> bool {
+        match e {
+            Some(DbError::Conflict(_)) => true,
+            Some(DbError::UniqueViolation { .. }) => self == Races::ConflictsAndUnique,
+            _ => false,
+        }
+    }
+}
+
+/// Runs `body` in a transaction on `conn` and runs it again, in a new
+/// transaction, while it loses a race of kind `races`, at most
+/// [`TX_ATTEMPTS`] times. Inside a transaction the caller already opened,
+/// `body` runs once, in it: a failed statement aborted that transaction, so
+/// only its owner may retry. The error type must implement
+/// [`AsDbError`](crate::error::AsDbError) and convert from diesel's errors.
+///
+/// `retry_tx!(conn: &mut Conn, races: Races, |c| expr -> Result<T, E>)`
+#[macro_export]
+macro_rules! retry_tx {
+    ($conn:expr, $races:expr, |$c:ident| $body:expr) => {{
+        use diesel_async::AsyncConnection as _;
+        let conn: &mut $crate::db::Conn = $conn;
+        let races: $crate::db::Races = $races;
+        if $crate::db::in_transaction(conn) {
+            let $c = conn;
+            async { $body }.await
+        } else {
+            let mut attempt = 1;
+            loop {
+                match conn.transaction(async |$c| $body).await {
+                    Err(e) if attempt < $crate::db::TX_ATTEMPTS && races.lost($crate::error::AsDbError::as_db_error(&e)) => {
+                        attempt += 1
+                    }
+                    other => break other,
+                }
+            }
+        }
+    }};
+}
+
 /// Takes a connection from the pool; waits at most the pool's timeout.
 pub async fn conn(pool: &Pool) -> Result<PooledConn<'_>, DbError> {
     Ok(pool.get().await?)

@@ -142,10 +142,57 @@ pub enum Outcome<T> {
     Replay(Vec<u8>),
 }
 
-/// Runs `body` in a transaction together with an optional idempotency key:
-/// claims the key (or returns the stored response), runs the effect, and
-/// stores `encode(&value)` before commit. The error type of the surrounding
-/// function must convert from `IdempotencyError` and `DbError`.
+/// How a keyed effect's value is stored: encoded as the RPC's response.
+pub type Encode<'a, T> = &'a (dyn Fn(&T) -> Vec<u8> + Send + Sync);
+
+/// The [`Encode`] of an RPC whose response `to_proto` builds.
+pub fn encode_with<T, M: prost::Message>(to_proto: fn(&T) -> M) -> impl Fn(&T) -> Vec<u8> + Send + Sync {
+    move |v| to_proto(v).encode_to_vec()
+}
+
+/// The response of a keyed RPC: a fresh value converted, or a replayed
+/// response decoded.
+pub fn respond<T, M: prost::Message + Default>(out: Outcome<T>, to_proto: fn(&T) -> M) -> Result<tonic::Response<M>, Status> {
+    match out {
+        Outcome::Fresh(v) => Ok(tonic::Response::new(to_proto(&v))),
+        Outcome::Replay(bytes) => Ok(tonic::Response::new(decode(&bytes).map_err(|e| crate::status::from_db(&e))?)),
+    }
+}
+
+/// The keyed part of an effect, inside a transaction already open on `c`:
+/// claims the key (or evaluates to the stored response), evaluates `body`,
+/// and stores `encode(&value)`. Without a key, just `body`. Use it where `?`
+/// leaves the transaction's closure; the error type must convert from
+/// `IdempotencyError` and `DbError`.
+///
+/// `keyed!(c, key: Option<&Key>, now, encode, expr) -> Result<Outcome<T>, E>`
+#[macro_export]
+macro_rules! keyed {
+    ($c:ident, $key:expr, $now:expr, $encode:expr, $body:expr) => {{
+        let key: Option<&$crate::idempotency::Key> = $key;
+        let replay = match key {
+            Some(k) => match $crate::idempotency::begin($c, k, $now).await? {
+                $crate::idempotency::Begin::Replay(bytes) => Some(bytes),
+                $crate::idempotency::Begin::Fresh => None,
+            },
+            None => None,
+        };
+        match replay {
+            Some(bytes) => Ok($crate::idempotency::Outcome::Replay(bytes)),
+            None => {
+                let value = $body;
+                if let Some(k) = key {
+                    $crate::idempotency::finish($c, k, &($encode)(&value)).await?;
+                }
+                Ok($crate::idempotency::Outcome::Fresh(value))
+            }
+        }
+    }};
+}
+
+/// Runs `body` in a transaction together with an optional idempotency key
+/// (see [`keyed!`](crate::keyed)), once: the caller gets ABORTED for a lost
+/// race.
 ///
 /// `keyed_transaction!(conn, key: Option<&Key>, now, encode, |c| expr)`
 #[macro_export]
@@ -154,20 +201,7 @@ macro_rules! keyed_transaction {
         use diesel_async::AsyncConnection as _;
         let key: Option<&$crate::idempotency::Key> = $key;
         let now = $now;
-        $conn
-            .transaction(async |$c| {
-                if let Some(k) = key
-                    && let $crate::idempotency::Begin::Replay(bytes) = $crate::idempotency::begin($c, k, now).await?
-                {
-                    return Ok($crate::idempotency::Outcome::Replay(bytes));
-                }
-                let value = $body;
-                if let Some(k) = key {
-                    $crate::idempotency::finish($c, k, &($encode)(&value)).await?;
-                }
-                Ok($crate::idempotency::Outcome::Fresh(value))
-            })
-            .await
+        $conn.transaction(async |$c| $crate::keyed!($c, key, now, $encode, $body)).await
     }};
 }
 

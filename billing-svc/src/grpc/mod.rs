@@ -6,11 +6,10 @@ mod convert;
 use std::future::Future;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use diesel_async::AsyncConnection;
 use proto::billing::v1::{self as pb, billing_service_server::BillingService};
 use shared::{
     auth::require_admin,
-    idempotency::{self, Begin, IdempotencyError, Key},
+    idempotency::{Key, encode_with, respond},
     status::{MAX_ID_LEN, Violations, check_count},
 };
 use tonic::{Request, Response, Status};
@@ -18,7 +17,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    App, Error, deductions, limits, orders, payments, plans, reconcile, stats, subscriptions,
+    App, deductions, limits, orders, payments, plans, reconcile, stats, subscriptions,
     usage::{self, Kind},
     webhooks,
 };
@@ -123,14 +122,8 @@ fn parse_stats_page_token(token: &str) -> Option<(NaiveDate, String)> {
     ok.then(|| (d, plan_id.to_owned()))
 }
 
-impl From<IdempotencyError> for Error {
-    fn from(e: IdempotencyError) -> Self {
-        match e {
-            IdempotencyError::Reused => Error::IdempotencyKeyReused,
-            IdempotencyError::InFlight => Error::IdempotencyKeyInFlight,
-            IdempotencyError::Db(d) => Error::Db(d),
-        }
-    }
+fn start_usage_session_response(view: &usage::SessionView) -> pb::StartUsageSessionResponse {
+    pb::StartUsageSessionResponse { session: Some(convert::usage_session(view)) }
 }
 
 #[tonic::async_trait]
@@ -310,28 +303,13 @@ impl BillingService for BillingGrpc {
         v.finish()?;
         let kind = kind.unwrap_or(Kind::Text);
         let app = self.app.clone();
-        let resp = run(async move {
+        let out = run(async move {
             let _pass = app.gate.enter(&format!("user:{}", r.user_id)).await?;
-            let Some(key) = key else {
-                let view = usage::start(&app, &r.user_id, kind).await?;
-                return Ok(pb::StartUsageSessionResponse { session: Some(convert::usage_session(&view)) });
-            };
-            // With a key, the key and the new session commit together.
-            let now = app.clock.now();
-            let mut c = app.conn().await?;
-            c.transaction(async |c| match idempotency::begin(c, &key, now).await? {
-                Begin::Replay(bytes) => Ok(idempotency::decode(&bytes)?),
-                Begin::Fresh => {
-                    let view = usage::start_in_tx(c, &r.user_id, kind, now).await?;
-                    let resp = pb::StartUsageSessionResponse { session: Some(convert::usage_session(&view)) };
-                    idempotency::finish(c, &key, &prost::Message::encode_to_vec(&resp)).await?;
-                    Ok::<_, Error>(resp)
-                }
-            })
-            .await
+            let encode = encode_with(start_usage_session_response);
+            usage::start(&app, &r.user_id, kind, key.as_ref(), &encode).await
         })
         .await?;
-        Ok(Response::new(resp))
+        respond(out, start_usage_session_response)
     }
 
     #[instrument(skip_all, fields(user_id = %req.get_ref().user_id, size = req.get_ref().size_bytes))]

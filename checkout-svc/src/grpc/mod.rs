@@ -10,7 +10,7 @@ use proto::checkout::v1::{self as pb, checkout_service_server::CheckoutService};
 use shared::{
     auth::require_admin,
     client::Budget,
-    idempotency::{self, Key, Outcome},
+    idempotency::{Key, encode_with, respond},
     status::{MAX_ID_LEN, Violations},
 };
 use tonic::{Request, Response, Status};
@@ -39,14 +39,6 @@ async fn run<T: Send + 'static>(f: impl Future<Output = crate::Result<T>> + Send
     shared::server::run_effect(f).await
 }
 
-/// A fresh result converted, or a replayed response decoded.
-fn respond<T, M: prost::Message + Default>(out: Outcome<T>, to_proto: fn(&T) -> M) -> RpcResult<M> {
-    match out {
-        Outcome::Fresh(v) => Ok(Response::new(to_proto(&v))),
-        Outcome::Replay(bytes) => Ok(Response::new(idempotency::decode(&bytes).map_err(|e| shared::status::from_db(&e))?)),
-    }
-}
-
 fn create_response(s: &Started) -> pb::CreateSessionResponse {
     pb::CreateSessionResponse {
         session: Some(convert::session(&s.session)),
@@ -64,10 +56,6 @@ fn recover_response(s: &Started) -> pb::RecoverSessionResponse {
 
 fn complete_response(c: &Completed) -> pb::CompleteSessionResponse {
     pb::CompleteSessionResponse { session: Some(convert::session(&c.session)), replayed: c.replayed }
-}
-
-fn encode_with<T, M: prost::Message>(to_proto: fn(&T) -> M) -> impl Fn(&T) -> Vec<u8> + Send + Sync {
-    move |v| to_proto(v).encode_to_vec()
 }
 
 const PAGE_SIZE_DEFAULT: i32 = 20;

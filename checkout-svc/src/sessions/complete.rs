@@ -10,12 +10,12 @@ use proto::billing::v1 as bpb;
 use shared::{
     client::Budget,
     db::Conn,
-    idempotency::{Key, Outcome},
+    idempotency::{Encode, Key, Outcome},
     keyed_transaction,
 };
 use uuid::Uuid;
 
-use super::{RETENTION, Session, Status, find, lock, start::Encode};
+use super::{RETENTION, Session, Status, find, lock, peek};
 use crate::{App, Error, Result, schema::checkout_sessions as cs};
 
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub async fn complete(
 ) -> Result<Outcome<Completed>> {
     // A reused key is refused before billing captures anything: the
     // transaction below would refuse it only after the money moved.
-    if let Some(bytes) = super::start::peek(app, key).await? {
+    if let Some(bytes) = peek(app, key).await? {
         return Ok(Outcome::Replay(bytes));
     }
     let session = find(&mut *app.conn().await?, id).await?;
@@ -84,7 +84,7 @@ pub async fn complete(
     let subscription_id = verified
         .subscription
         .map(|s| s.id)
-        .ok_or_else(|| Error::Internal("billing verified the payment but returned no subscription".into()))?;
+        .ok_or_else(|| Error::internal("billing verified the payment but returned no subscription"))?;
     let now = app.clock.now();
     let mut conn = app.conn().await?;
     keyed_transaction!(conn, key, now, encode, |c| mark_completed(c, id, payment_id, &subscription_id, now).await?)

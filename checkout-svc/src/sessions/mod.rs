@@ -11,7 +11,10 @@ mod start;
 use chrono::{DateTime, Duration, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
-use shared::db::Conn;
+use shared::{
+    db::Conn,
+    idempotency::{self, Key},
+};
 use uuid::Uuid;
 
 pub use cleanup::{CleanupCounts, cleanup};
@@ -20,7 +23,7 @@ pub use recover::recover;
 pub use renew::renew;
 pub use start::{Started, create};
 
-use crate::{Error, Result, schema::checkout_sessions as cs};
+use crate::{App, Error, Result, schema::checkout_sessions as cs};
 
 /// An ACTIVE session expires this long after it was created.
 pub const TTL: Duration = Duration::hours(24);
@@ -107,6 +110,16 @@ async fn lock_user(conn: &mut Conn, user_id: &str) -> Result<()> {
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The stored response of a keyed request, looked up before any slow work
+/// (asking billing): every keyed RPC here starts with it, and its
+/// transaction checks the key again.
+async fn peek(app: &App, key: Option<&Key>) -> Result<Option<Vec<u8>>> {
+    match key {
+        Some(k) => Ok(idempotency::peek(&mut *app.conn().await?, k).await?),
+        None => Ok(None),
+    }
 }
 
 /// Marks a lapsed ACTIVE session EXPIRED (idempotent).

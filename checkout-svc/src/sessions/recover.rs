@@ -6,15 +6,15 @@ use sha2::{Digest, Sha256};
 use shared::{
     client::Budget,
     db::Conn,
-    idempotency::{Key, Outcome},
+    idempotency::{Encode, Key, Outcome},
     keyed_transaction,
 };
 use uuid::Uuid;
 
-use super::{RETENTION, Session, Status, expire_if_lapsed, find, lock, lock_user};
+use super::{RETENTION, Session, Status, expire_if_lapsed, find, lock, lock_user, peek};
 use crate::{App, Error, Result, schema::checkout_sessions as cs};
 
-use super::start::{Encode, Started, insert, peek, quote, retire_active};
+use super::start::{Started, insert, quote, retire_active};
 
 async fn recovered_from(c: &mut Conn, source: Uuid) -> Result<Option<Session>> {
     Ok(cs::table.filter(cs::recovered_from.eq(source)).select(Session::as_select()).first(c).await.optional()?)

@@ -7,15 +7,15 @@ use diesel_async::RunQueryDsl;
 use shared::{
     client::Budget,
     db::Conn,
-    idempotency::{Key, Outcome},
+    idempotency::{Encode, Key, Outcome},
     keyed_transaction,
 };
 use uuid::Uuid;
 
-use super::{Session, Status, find, lock, lock_user};
+use super::{Session, Status, find, lock, lock_user, peek};
 use crate::{App, Error, Result};
 
-use super::start::{Encode, Started, existing, insert, keyed_id, peek, quote, retire_active};
+use super::start::{Started, existing, insert, keyed_id, quote, retire_active};
 
 /// Hops [`head_of`] follows before giving up: far beyond any real chain of
 /// plan changes, small enough to bound one query.

@@ -9,13 +9,13 @@ use proto::billing::v1 as bpb;
 use shared::{
     client::Budget,
     db::Conn,
-    idempotency::{self, Key, Outcome},
+    idempotency::{Encode, Key, Outcome},
     keyed_transaction,
 };
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use super::{Session, TTL, lock_user};
+use super::{Session, TTL, lock_user, peek};
 use crate::{App, Error, Result, schema::checkout_sessions as cs};
 
 /// The new session and the one it replaced or recovered, if any.
@@ -24,8 +24,6 @@ pub struct Started {
     pub session: Session,
     pub previous: Option<Session>,
 }
-
-pub type Encode<'a, T> = &'a (dyn Fn(&T) -> Vec<u8> + Send + Sync);
 
 /// Price snapshot and gateway order from billing.
 pub(super) struct Quote {
@@ -46,7 +44,7 @@ pub(super) async fn quote(app: &App, budget: Budget, id: Uuid, user_id: &str, pl
         Ok(bpb::OrderStatus::Created) => {}
         Ok(bpb::OrderStatus::Cancelled) => return Err(order_cancelled(id)),
         Ok(bpb::OrderStatus::Paid) => return Err(order_paid(id)),
-        _ => return Err(Error::Internal(format!("billing returned order {} with status {}", order.id, order.status))),
+        _ => return Err(Error::internal(format!("billing returned order {} with status {}", order.id, order.status))),
     }
     Ok(Quote { plan_id: order.plan_id, amount_minor: order.amount_minor, currency: order.currency, order_id: order.id })
 }
@@ -88,13 +86,6 @@ fn settled_order(e: Error, id: Uuid) -> Error {
         }
     }
     e
-}
-
-pub(super) async fn peek(app: &App, key: Option<&Key>) -> Result<Option<Vec<u8>>> {
-    match key {
-        Some(k) => Ok(idempotency::peek(&mut *app.conn().await?, k).await?),
-        None => Ok(None),
-    }
 }
 
 /// Retires the user's ACTIVE session, if any: EXPIRED when it lapsed,

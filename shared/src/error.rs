@@ -1,0 +1,159 @@
+//! The failures both services share and their one mapping to gRPC statuses
+//! (docs/design.md, Error model). Each service's error enum wraps
+//! [`ServiceError`] and adds only what is its own (billing's quota and
+//! gateway failures, checkout's answers from billing);
+//! [`service_error_conversions!`](crate::service_error_conversions) gives it
+//! the shared conversions and constructors.
+use tonic::{Code, Status};
+
+use crate::{db::DbError, gate::Busy, idempotency::IdempotencyError, status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{field}: {description}")]
+    InvalidArgument { field: &'static str, description: String },
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: String },
+    #[error("{description}")]
+    FailedPrecondition { kind: &'static str, subject: String, description: String },
+    #[error("idempotency key reused with a different request")]
+    IdempotencyKeyReused,
+    #[error("a request with this idempotency key is still in flight")]
+    IdempotencyKeyInFlight,
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+        ServiceError::InvalidArgument { field, description: description.into() }
+    }
+
+    pub fn not_found(resource: &'static str, id: impl ToString) -> Self {
+        ServiceError::NotFound { resource, id: id.to_string() }
+    }
+
+    pub fn precondition(kind: &'static str, subject: impl ToString, description: impl Into<String>) -> Self {
+        ServiceError::FailedPrecondition { kind, subject: subject.to_string(), description: description.into() }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ServiceError::Internal(message.into())
+    }
+}
+
+impl From<diesel::result::Error> for ServiceError {
+    fn from(e: diesel::result::Error) -> Self {
+        ServiceError::Db(e.into())
+    }
+}
+
+impl From<IdempotencyError> for ServiceError {
+    fn from(e: IdempotencyError) -> Self {
+        match e {
+            IdempotencyError::Reused => ServiceError::IdempotencyKeyReused,
+            IdempotencyError::InFlight => ServiceError::IdempotencyKeyInFlight,
+            IdempotencyError::Db(d) => ServiceError::Db(d),
+        }
+    }
+}
+
+/// A full per-row admission queue is answered like a lock wait past its
+/// bound: ABORTED, retry with backoff.
+impl From<Busy> for ServiceError {
+    fn from(e: Busy) -> Self {
+        ServiceError::Db(DbError::Timeout(e.to_string()))
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        match e {
+            ServiceError::InvalidArgument { field, description } => status::invalid_field(field, description),
+            ServiceError::NotFound { resource, id } => status::not_found(resource, &id),
+            ServiceError::FailedPrecondition { kind, subject, description } => status::precondition(kind, &subject, description),
+            ServiceError::IdempotencyKeyReused => status::with_reason(
+                Code::InvalidArgument,
+                "IDEMPOTENCY_KEY_REUSED",
+                "idempotency key was used with a different request",
+            ),
+            ServiceError::IdempotencyKeyInFlight => status::aborted("a request with this idempotency key is in flight, retry"),
+            ServiceError::Db(e) => status::from_db(&e),
+            ServiceError::Internal(m) => status::internal(&m),
+        }
+    }
+}
+
+/// An error that may carry a database failure: what [`retry_tx!`](crate::retry_tx)
+/// looks at to tell a lost race from a real failure.
+pub trait AsDbError {
+    fn as_db_error(&self) -> Option<&DbError>;
+}
+
+impl AsDbError for DbError {
+    fn as_db_error(&self) -> Option<&DbError> {
+        Some(self)
+    }
+}
+
+impl AsDbError for ServiceError {
+    fn as_db_error(&self) -> Option<&DbError> {
+        match self {
+            ServiceError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// For a service error enum `$t` with a `#[from] ServiceError` variant: the
+/// conversions from database, idempotency and admission failures, and the
+/// constructors of the shared variants (`$t::invalid`, `not_found`,
+/// `precondition`, `internal`), so both services build them the same way.
+#[macro_export]
+macro_rules! service_error_conversions {
+    ($t:ty) => {
+        impl From<$crate::db::DbError> for $t {
+            fn from(e: $crate::db::DbError) -> Self {
+                $crate::error::ServiceError::from(e).into()
+            }
+        }
+
+        impl From<diesel::result::Error> for $t {
+            fn from(e: diesel::result::Error) -> Self {
+                $crate::error::ServiceError::from(e).into()
+            }
+        }
+
+        impl From<$crate::idempotency::IdempotencyError> for $t {
+            fn from(e: $crate::idempotency::IdempotencyError) -> Self {
+                $crate::error::ServiceError::from(e).into()
+            }
+        }
+
+        impl From<$crate::gate::Busy> for $t {
+            fn from(e: $crate::gate::Busy) -> Self {
+                $crate::error::ServiceError::from(e).into()
+            }
+        }
+
+        impl $t {
+            pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+                $crate::error::ServiceError::invalid(field, description).into()
+            }
+
+            pub fn not_found(resource: &'static str, id: impl ToString) -> Self {
+                $crate::error::ServiceError::not_found(resource, id).into()
+            }
+
+            pub fn precondition(kind: &'static str, subject: impl ToString, description: impl Into<String>) -> Self {
+                $crate::error::ServiceError::precondition(kind, subject, description).into()
+            }
+
+            pub fn internal(message: impl Into<String>) -> Self {
+                $crate::error::ServiceError::internal(message).into()
+            }
+        }
+    };
+}
