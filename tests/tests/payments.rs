@@ -20,26 +20,33 @@ async fn storm(app: &tests::TestApp, seed_value: u64) {
     let mut kinds: Vec<u8> = (0..100).map(|i| (i % 3) as u8).collect();
     kinds.shuffle(&mut rng);
     let futs = kinds.into_iter().enumerate().map(|(i, kind)| {
-        let mut b = app.billing.clone();
+        let b = app.billing.clone();
         let verify =
             bpb::VerifyPaymentRequest { order_id: order.id.clone(), payment_id: payment_id.clone(), signature: sig.clone() };
         let event = if kind == 1 { "evt-same".to_owned() } else { format!("evt-{seed_value}-{i}-{}", rng.random::<u32>()) };
         let hook = app.captured_webhook(&order.id, &payment_id, order.amount_minor, &order.currency, &event);
-        async move {
-            if kind == 0 {
-                b.verify_payment(verify).await.map(|r| Some(r.into_inner().subscription.unwrap().id))
-            } else {
-                b.handle_gateway_webhook(hook).await.map(|r| {
-                    let r = r.into_inner();
-                    if r.duplicate {
-                        None
-                    } else {
-                        assert_eq!(r.outcome, "PROCESSED");
-                        Some(r.subscription_id)
-                    }
-                })
+        // A delivery refused with ABORTED/UNAVAILABLE (a lock wait or the
+        // pool ran past its bound on a loaded machine) is delivered again,
+        // as the gateway redelivers and a client retries; every delivery
+        // must then succeed.
+        tests::helpers::retrying(move || {
+            let (mut b, verify, hook) = (b.clone(), verify.clone(), hook.clone());
+            async move {
+                if kind == 0 {
+                    b.verify_payment(verify).await.map(|r| Some(r.into_inner().subscription.unwrap().id))
+                } else {
+                    b.handle_gateway_webhook(hook).await.map(|r| {
+                        let r = r.into_inner();
+                        if r.duplicate {
+                            None
+                        } else {
+                            assert_eq!(r.outcome, "PROCESSED");
+                            Some(r.subscription_id)
+                        }
+                    })
+                }
             }
-        }
+        })
     });
     let results = join_all(futs).await;
     let subs: Vec<String> = results.into_iter().filter_map(|r| r.expect("every delivery succeeds")).collect();
