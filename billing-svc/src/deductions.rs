@@ -74,8 +74,9 @@ async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateT
         Mode::Explicit { deduction_id, units } => ("EXPLICIT", *units, Some(deduction_id.as_str())),
         Mode::End { manual } => ("END", *manual, None),
     };
-    // Inside a caller's transaction (reconcile's repair) this runs once.
-    let json: serde_json::Value = shared::retry_tx!(conn, Races::ConflictsAndUnique, |c| {
+    // One statement, its own transaction; inside a caller's transaction
+    // (reconcile's repair) it runs once.
+    let json: serde_json::Value = shared::retry_statement!(conn, Races::ConflictsAndUnique, |c| {
         diesel::select(billing_charge(session_id, name, units, deduction_id, now)).get_result(c).await.map_err(Error::from)
     })?;
     let reply: Reply = serde_json::from_value(json).map_err(|e| Error::internal(format!("billing_charge reply: {e}")))?;

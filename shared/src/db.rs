@@ -257,6 +257,27 @@ macro_rules! retry_tx {
     }};
 }
 
+/// [`retry_tx!`] for a body that is one statement: it is its own
+/// transaction, so no BEGIN/COMMIT round trips are added on a hot path (the
+/// deduction function). Inside a caller's transaction it runs once.
+///
+/// `retry_statement!(conn: &mut Conn, races: Races, |c| expr -> Result<T, E>)`
+#[macro_export]
+macro_rules! retry_statement {
+    ($conn:expr, $races:expr, |$c:ident| $body:expr) => {{
+        let $c: &mut $crate::db::Conn = $conn;
+        let races: $crate::db::Races = $races;
+        let attempts = if $crate::db::in_transaction($c) { 1 } else { $crate::db::TX_ATTEMPTS };
+        let mut attempt = 1;
+        loop {
+            match async { $body }.await {
+                Err(e) if attempt < attempts && races.lost($crate::error::AsDbError::as_db_error(&e)) => attempt += 1,
+                other => break other,
+            }
+        }
+    }};
+}
+
 /// Takes a connection from the pool; waits at most the pool's timeout.
 pub async fn conn(pool: &Pool) -> Result<PooledConn<'_>, DbError> {
     Ok(pool.get().await?)
