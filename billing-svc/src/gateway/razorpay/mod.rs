@@ -30,14 +30,20 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, header};
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::{
-    Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, NewOrder, PaymentStatus, RefundStatus, SavedMethod,
-    hex_eq, hmac_hex,
+    Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, NewOrder, PaymentStatus, SavedMethod, hex_eq, hmac_hex,
 };
 use crate::config::GatewayConfig;
+
+mod wire;
+
+use wire::{
+    Collection, ErrorBody, ErrorDetail, OrderEntity, PaymentEntity, RecurringAnswer, RefundEntity, bounded, check_id,
+    idempotency_key, payment_status, read_body, refund_status, retry_after, transport_error, unavailable, unexpected,
+};
 
 /// Attempts of an idempotent read (fetching a payment, looking orders up).
 const READ_ATTEMPTS: u32 = 2;
@@ -79,60 +85,6 @@ impl std::fmt::Debug for Razorpay {
 }
 
 /// Razorpay's error body: `{"error": {"code": …, "description": …, …}}`.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: Option<String>,
-    description: Option<String>,
-}
-
-/// The order entity (fields billing reads).
-#[derive(Deserialize)]
-struct OrderEntity {
-    id: String,
-    amount: i64,
-    currency: String,
-    receipt: Option<String>,
-    #[serde(default)]
-    created_at: i64,
-}
-
-#[derive(Deserialize)]
-struct Collection<T> {
-    items: Vec<T>,
-}
-
-/// The payment entity (fields billing reads).
-#[derive(Deserialize)]
-struct PaymentEntity {
-    id: String,
-    amount: i64,
-    currency: String,
-    status: String,
-    order_id: Option<String>,
-}
-
-/// The refund entity (fields billing reads).
-#[derive(Deserialize)]
-struct RefundEntity {
-    id: String,
-    amount: i64,
-    status: String,
-}
-
-/// The answer of `POST /v1/payments/create/recurring`: the payment's id
-/// (as for a checkout, with the order id and a signature), or for some
-/// banks the payment entity itself in the `created` state.
-#[derive(Deserialize)]
-struct RecurringAnswer {
-    razorpay_payment_id: Option<String>,
-    id: Option<String>,
-}
-
 impl Razorpay {
     pub fn new(config: GatewayConfig) -> Self {
         let http = reqwest::Client::builder()
@@ -392,118 +344,5 @@ impl Gateway for Razorpay {
                 })
             }
         }
-    }
-}
-
-fn payment_status(s: &str) -> PaymentStatus {
-    match s {
-        "captured" => PaymentStatus::Captured,
-        "authorized" => PaymentStatus::Authorized,
-        "refunded" => PaymentStatus::Refunded,
-        "failed" => PaymentStatus::Failed,
-        // "created", "pending" and states this code does not know: not
-        // (yet) money billing may grant anything for.
-        _ => PaymentStatus::Created,
-    }
-}
-
-fn refund_status(s: &str) -> RefundStatus {
-    match s {
-        "processed" => RefundStatus::Processed,
-        "failed" => RefundStatus::Failed,
-        // "pending" and anything newer: not final yet.
-        _ => RefundStatus::Pending,
-    }
-}
-
-/// Ids go into URL paths: Razorpay's are `prefix_alphanumerics`.
-fn check_id(what: &str, id: &str) -> Result<(), GatewayError> {
-    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        Ok(())
-    } else {
-        Err(GatewayError::Refused { code: "BAD_REQUEST_ERROR".into(), message: format!("invalid {what}") })
-    }
-}
-
-/// `X-Refund-Idempotency` takes 10+ characters of letters, digits, `-`, `_`.
-fn idempotency_key(key: &str) -> Option<&str> {
-    (key.len() >= 10 && key.len() <= 128 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-        .then_some(key)
-}
-
-fn unavailable(message: &str, retry_after: Option<Duration>) -> GatewayError {
-    GatewayError::Unavailable { message: format!("razorpay: {message}"), retry_after }
-}
-
-fn unexpected(method: &Method, path: &str, status: StatusCode) -> GatewayError {
-    unavailable(&format!("{method} {path}: unexpected response (HTTP {})", status.as_u16()), None)
-}
-
-/// A failure to talk to the gateway at all. Only the kind is kept: the
-/// error's text is not needed and says nothing a log must not show, but the
-/// kind is what an operator acts on.
-fn transport_error(method: &Method, path: &str, e: &reqwest::Error) -> GatewayError {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    unavailable(&format!("{method} {path}: {kind}"), None)
-}
-
-/// The body, or None when it is larger than `MAX_BODY`.
-async fn read_body(mut resp: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
-}
-
-/// Retry-After in whole seconds (the form Razorpay sends), clamped.
-fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
-}
-
-/// At most `max` characters, control characters dropped.
-fn bounded(s: &str, max: usize) -> String {
-    s.chars().filter(|c| !c.is_control()).take(max).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_map_conservatively() {
-        assert_eq!(payment_status("captured"), PaymentStatus::Captured);
-        assert_eq!(payment_status("authorized"), PaymentStatus::Authorized);
-        assert_eq!(payment_status("pending"), PaymentStatus::Created);
-        assert_eq!(payment_status("something_new"), PaymentStatus::Created);
-        assert_eq!(refund_status("processed"), RefundStatus::Processed);
-        assert_eq!(refund_status("something_new"), RefundStatus::Pending);
-    }
-
-    #[test]
-    fn ids_in_paths_are_plain() {
-        assert!(check_id("payment id", "pay_29QQoUBi66xm2f").is_ok());
-        for bad in ["", "../orders", "pay_1/refund", "pay 1", "pay_1?x=1", &"p".repeat(65)] {
-            assert!(check_id("payment id", bad).is_err(), "{bad}");
-        }
-        assert_eq!(idempotency_key("refund-0001"), Some("refund-0001"));
-        assert_eq!(idempotency_key("short"), None);
-        assert_eq!(idempotency_key("has space in it"), None);
-    }
-
-    #[test]
-    fn descriptions_are_bounded() {
-        assert_eq!(bounded(&"é".repeat(500), MAX_DESCRIPTION).chars().count(), MAX_DESCRIPTION);
-        assert_eq!(bounded("a\nb\0c", 10), "abc");
     }
 }

@@ -1,0 +1,91 @@
+//! Request parameters parsed at the edge: usage kinds, statistics days and
+//! page tokens. Every value that reaches PostgreSQL is one it can hold.
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use proto::billing::v1 as pb;
+use shared::status::{MAX_ID_LEN, Violations};
+use uuid::Uuid;
+
+use crate::usage::Kind;
+
+pub(super) fn usage_kind(v: i32) -> Option<Kind> {
+    match pb::UsageKind::try_from(v) {
+        Ok(pb::UsageKind::Text) => Some(Kind::Text),
+        Ok(pb::UsageKind::Call) => Some(Kind::Call),
+        _ => None,
+    }
+}
+
+/// A day of usage statistics: YYYY-MM-DD between 2000 and 9999 (a range
+/// PostgreSQL's `date` holds, and this service's lifetime).
+pub(super) fn day(field: &str, s: &str, default: NaiveDate, v: &mut Violations) -> NaiveDate {
+    if s.is_empty() {
+        return default;
+    }
+    match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Ok(d) if (2000..=9999).contains(&d.year()) => d,
+        _ => {
+            v.add(field, "must be a YYYY-MM-DD day between 2000-01-01 and 9999-12-31");
+            default
+        }
+    }
+}
+
+/// Page sizes of ListSubscriptions and GetUsageStats: 0 means the default.
+const PAGE_SIZE_DEFAULT: i32 = 50;
+const PAGE_SIZE_MAX: i32 = 500;
+
+/// The requested page size, or a violation when it is out of range.
+pub(super) fn page_size(size: i32, v: &mut Violations) -> i64 {
+    let size = if size == 0 { PAGE_SIZE_DEFAULT } else { size };
+    v.range("page_size", i64::from(size), 1, i64::from(PAGE_SIZE_MAX));
+    i64::from(size)
+}
+
+/// Decodes a non-empty `page_token` with `parse`, or records a violation.
+pub(super) fn page_after<T>(token: &str, parse: fn(&str) -> Option<T>, v: &mut Violations) -> Option<T> {
+    if token.is_empty() {
+        return None;
+    }
+    let parsed = parse(token);
+    if parsed.is_none() {
+        v.add("page_token", "is not a token from a previous response");
+    }
+    parsed
+}
+
+/// ListSubscriptions' position: the last row's created_at and id, as hex of
+/// "micros|uuid" (the same shape as checkout's ListSessions tokens).
+pub(super) fn subscription_page_token(t: DateTime<Utc>, id: Uuid) -> String {
+    hex::encode(format!("{}|{id}", t.timestamp_micros()))
+}
+
+/// Decodes a token of [`subscription_page_token`]. Only instants of years
+/// 1..=9999 pass, so PostgreSQL never sees one it cannot hold.
+pub(super) fn parse_subscription_page_token(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    if token.len() > 2 * (20 + 1 + 36) {
+        return None;
+    }
+    let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (micros, id) = raw.split_once('|')?;
+    let t = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    (1..=9999).contains(&t.year()).then_some((t, Uuid::parse_str(id).ok()?))
+}
+
+/// GetUsageStats' position: the last row's day and plan id, as hex of
+/// "YYYY-MM-DD|plan_id".
+pub(super) fn stats_page_token(day: NaiveDate, plan_id: &str) -> String {
+    hex::encode(format!("{}|{plan_id}", day.format("%Y-%m-%d")))
+}
+
+/// Decodes a token of [`stats_page_token`]: a day the rollup can hold and a
+/// plan id as GetPlan would accept it.
+pub(super) fn parse_stats_page_token(token: &str) -> Option<(NaiveDate, String)> {
+    if token.len() > 2 * (10 + 1 + 4 * MAX_ID_LEN) {
+        return None;
+    }
+    let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (d, plan_id) = raw.split_once('|')?;
+    let d = NaiveDate::parse_from_str(d, "%Y-%m-%d").ok().filter(|d| (2000..=9999).contains(&d.year()))?;
+    let ok = !plan_id.is_empty() && plan_id.chars().count() <= MAX_ID_LEN && !plan_id.chars().any(char::is_control);
+    ok.then(|| (d, plan_id.to_owned()))
+}
