@@ -45,17 +45,19 @@ reset_tree() {
 run_suites() {
   local log=$1
   shift
-  local args=()
-  for s in "$@"; do args+=(--test "$s"); done
-  (cd "$SRC" && cargo nextest run -p tests "${args[@]}" --no-fail-fast --color never) >"$log" 2>&1
+  # The suites are modules of the one system-test binary `it`.
+  local filter
+  filter=$(printf '%s|' "$@")
+  filter="test(/^(${filter%|})::/)"
+  (cd "$SRC" && cargo nextest run -p tests --test it -E "$filter" --no-fail-fast --color never) >"$log" 2>&1
   local rc=$?
   if ! grep -qE '^ *Starting [0-9]+ tests?' "$log"; then
     echo "build-error"
     return
   fi
   local failed
-  failed=$(grep -E '^ *(FAIL|TIMEOUT|SIGSEGV|SIGABRT|SIGKILL) \[' "$log" | grep -oE 'tests::[a-z_0-9]+ [A-Za-z_0-9]+' \
-    | sed 's/^tests:://; s/ /::/' | sort -u | paste -sd, -)
+  failed=$(grep -E '^ *(FAIL|TIMEOUT|SIGSEGV|SIGABRT|SIGKILL) \[' "$log" | grep -oE 'tests::it [A-Za-z_0-9:]+' \
+    | sed 's/^tests::it //' | sort -u | paste -sd, -)
   if [ $rc -eq 0 ]; then echo "pass"; else echo "fail ${failed:-?}"; fi
 }
 

@@ -113,6 +113,8 @@ pub struct TestApp {
     pub checkout_app: checkout_svc::App,
     pub billing_app: billing_svc::App,
     pub gateway: billing_svc::gateway::Sandbox,
+    /// The knobs the services were started with; restarts reuse them.
+    opts: Options,
     checkout_shutdown: Shutdown,
     billing_shutdown: Shutdown,
     checkout_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -232,6 +234,7 @@ async fn try_spawn(opts: Options) -> anyhow::Result<TestApp> {
         checkout_app: checkout_svc::App::new(ccfg, &checkout_db_url, clock.clone())?,
         billing_app: billing_svc::App::new(bcfg, &billing_db_url, clock.clone()),
         gateway,
+        opts,
         clock,
         checkout_addr,
         billing_addr,
@@ -295,7 +298,7 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         self.checkout_addr = listener.local_addr()?;
         self.checkout_shutdown = Shutdown::new();
-        let cfg = checkout_config(&Options::default(), self.billing_addr);
+        let cfg = checkout_config(&self.opts, self.billing_addr);
         self.checkout_task = Some(tokio::spawn(checkout_svc::serve(
             cfg,
             self.checkout_db_url.clone(),
@@ -315,7 +318,7 @@ impl TestApp {
         let http_listener = TcpListener::bind(self.billing_http_addr).await?;
         self.billing_shutdown = Shutdown::new();
         self.billing_task = Some(tokio::spawn(billing_svc::serve(
-            billing_config(&Options::default()),
+            billing_config(&self.opts),
             self.billing_db_url.clone(),
             listener,
             http_listener,

@@ -46,6 +46,12 @@ impl TestApp {
         }
     }
 
+    /// RenewSession: a plan change of session `id`.
+    pub async fn renew(&self, id: &str, plan: &str) -> Result<cpb::RenewSessionResponse, Status> {
+        let mut c = self.checkout.clone();
+        c.renew_session(cpb::RenewSessionRequest { id: id.into(), plan_id: plan.into() }).await.map(|r| r.into_inner())
+    }
+
     pub async fn get_session(&self, id: &str) -> cpb::Session {
         let mut c = self.checkout.clone();
         match c.get_session(cpb::GetSessionRequest { id: id.into() }).await {

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! checkout.v1 under concurrency (docs/design.md, Invariants 1 and 2: one
 //! ACTIVE session per user; one outcome per session) and idempotency keys. Both services, real
 //! PostgreSQL, real sockets.

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Keyset pagination of billing's list RPCs (ListSubscriptions,
 //! GetUsageStats): pages cover every row once, in order, across ties of the
 //! sort key; page sizes default to 50 and stop at 500; a token that no

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Cross-service consistency: a paid order always ends in a COMPLETED
 //! checkout session, even when the customer never comes back: payment
 //! captured, nobody returned (docs/design.md, Invariants 3).
@@ -186,11 +185,7 @@ async fn a_paid_but_unsynced_session_is_completed_not_sold_again() {
 
     let active = app.create_session("twice-2", "pro-monthly").await;
     capture_by_webhook(&mut app, &active, "evt-twice-2").await;
-    let e = app
-        .checkout
-        .renew_session(cpb::RenewSessionRequest { id: active.id.clone(), plan_id: "basic-monthly".into() })
-        .await
-        .unwrap_err();
+    let e = app.renew(&active.id, "basic-monthly").await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert_eq!(app.get_session(&active.id).await.status, SessionStatus::Completed as i32);
     let mut db = app.checkout_db().await;
@@ -199,16 +194,9 @@ async fn a_paid_but_unsynced_session_is_completed_not_sold_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paying_an_old_session_retires_the_users_active_one() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     let a = app.create_session("switcher", "pro-monthly").await;
-    let b = app
-        .checkout
-        .renew_session(cpb::RenewSessionRequest { id: a.id.clone(), plan_id: "basic-monthly".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let b = app.renew(&a.id, "basic-monthly").await.unwrap().session.unwrap();
     // The customer pays the first order from an old tab.
     let (p, sig) = app.pay(&a.order_id);
     assert_eq!(app.complete(&a.id, &p, &sig).await.unwrap().session.unwrap().status, SessionStatus::Completed as i32);

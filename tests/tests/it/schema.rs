@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `diesel::table!` definitions cannot drift from the migrations: each
 //! service's migrated database and its table definitions must list the same
 //! tables, columns, types, nullability and primary keys. A migration that

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! checkout.v1 end to end: create, renew, recover and complete flows,
 //! "visible right after create", cleanup by moving the clock, listing and bad input (races
 //! and idempotency keys: checkout_races.rs). Both services, real PostgreSQL, real sockets.
@@ -50,35 +49,20 @@ async fn normal_flow_create_pay_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn package_change_create_renew_renew_back_complete() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     let a = app.create_session("bob", "pro-monthly").await;
-    let b = app
-        .checkout
-        .renew_session(cpb::RenewSessionRequest { id: a.id.clone(), plan_id: "basic-monthly".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let b = app.renew(&a.id, "basic-monthly").await.unwrap();
     let b_s = b.session.unwrap();
     assert_eq!(b_s.plan_id, "basic-monthly");
     assert_eq!(b_s.amount_minor, 49900);
     assert_eq!(status(&b.previous.unwrap()), SessionStatus::Invalidated);
-    let c = app
-        .checkout
-        .renew_session(cpb::RenewSessionRequest { id: b_s.id.clone(), plan_id: "pro-monthly".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let c = app.renew(&b_s.id, "pro-monthly").await.unwrap();
     let c_s = c.session.unwrap();
     assert_eq!(c_s.plan_id, "pro-monthly");
     assert_ne!(c_s.id, a.id);
     // Renewing the first, already replaced session with the current plan
     // returns the current session (the user pressed "back" twice).
-    let again = app
-        .checkout
-        .renew_session(cpb::RenewSessionRequest { id: a.id.clone(), plan_id: "pro-monthly".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = app.renew(&a.id, "pro-monthly").await.unwrap();
     assert_eq!(again.session.unwrap().id, c_s.id);
     // The chain is recorded.
     assert_eq!(app.get_session(&a.id).await.replaced_by, b_s.id);
@@ -101,11 +85,7 @@ async fn expired_then_recover_then_complete() {
     app.clock.advance(Duration::hours(25));
     assert_eq!(status(&app.get_session(&a.id).await), SessionStatus::Expired);
     // An expired session cannot be renewed: it must be recovered.
-    let e = app
-        .checkout
-        .renew_session(cpb::RenewSessionRequest { id: a.id.clone(), plan_id: "pro-monthly".into() })
-        .await
-        .unwrap_err();
+    let e = app.renew(&a.id, "pro-monthly").await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.get_error_details().precondition_failure().is_some());
     let r = app

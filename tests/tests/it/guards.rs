@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! One test per guard. Most rules here are kept by two defences at once (a
 //! row lock and a constraint, an early check and a late one); the race tests
 //! elsewhere check end results, which the surviving twin keeps right when

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Foundation: both services up over real sockets, health, reflection, auth
 //! and the error shape of malformed input.
 use proto::{billing::v1 as bpb, checkout::v1 as cpb};

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! billing's HTTP webhook endpoint, over a real socket, the way a payment
 //! gateway reaches it: signed raw bodies, event ids, retries on anything but
 //! a 2xx. It shares the capture path with VerifyPayment and the gRPC

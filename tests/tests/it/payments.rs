@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! billing.v1 payments: VerifyPayment and webhooks racing (docs/design.md,
 //! Invariants 5), the
 //! crash windows, webhook inbox behaviour, and bad input.

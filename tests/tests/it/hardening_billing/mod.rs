@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! billing.v1 at its edges: late payments of superseded orders, orders that
 //! can no longer be paid, reconciliation racing itself and deductions,
 //! charges racing a purchase, reads that must not write or lock, bad input

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! checkout.v1 hardening: a paid session is never retired by a new one,
 //! purged idempotency keys never resurrect a cancelled order, one key with
 //! two bodies never collides at billing, a reused key never captures money,

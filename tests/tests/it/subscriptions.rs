@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! billing.v1 subscriptions: replacement with carried-over credits, billing
 //! period rollover, reconciliation, and background jobs across a database
 //! outage (docs/design.md, Jobs).

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! billing.v1 usage: limits counted per billing period (docs/design.md,
 //! Invariants 13), locked deductions with a ledger (Invariants 10 and 11),
 //! races and bad input.

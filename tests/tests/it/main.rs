@@ -1,0 +1,19 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The system tests, one binary (one link of the whole stack instead of one
+//! per file): both services over real sockets, fresh PostgreSQL databases,
+//! the injected clock. A module per concern; `tests/tests/telemetry.rs`
+//! stays its own binary because it installs process-wide tracing and
+//! metrics providers.
+mod checkout_races;
+mod checkout_sessions;
+mod completion_sync;
+mod guards;
+mod hardening_billing;
+mod hardening_checkout;
+mod pagination;
+mod payments;
+mod schema;
+mod smoke;
+mod subscriptions;
+mod usage;
+mod webhook_http;
