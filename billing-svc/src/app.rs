@@ -69,7 +69,10 @@ pub async fn serve(
     let app = App::new(config, &database_url, clock);
     let http = tokio::spawn(crate::http::serve(app.clone(), http_listener, shutdown.clone(), app.config.common.shutdown_grace));
     let _pool_gauge = shared::metrics::observe_pool("billing", app.pool.clone());
-    let auth = Authenticator::new(&app.config.auth_tokens, &app.config.admin_tokens);
+    let auth = Authenticator::new(
+        &shared::config::Secret::expose_all(&app.config.auth_tokens),
+        &shared::config::Secret::expose_all(&app.config.admin_tokens),
+    );
     let svc = BillingServiceServer::with_interceptor(crate::grpc::BillingGrpc::new(app.clone()), auth);
     let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };
     let result = shared::server::serve(

@@ -1,32 +1,10 @@
-//! billing-svc configuration, from environment variables only.
+//! billing-svc configuration, from environment variables. The clap
+//! declarations below are the one source of each variable's name, default
+//! and help text: `--help` is generated from them and a unit test checks
+//! README.md's table against them.
 use std::time::Duration;
 
-use shared::config::{CommonConfig, ConfigError, env_list, env_millis, env_opt, env_or, env_secs};
-
-pub const ENV_HELP: &str = "\
-Environment (default in parentheses):
-  BILLING_LISTEN_ADDR           gRPC listen address (0.0.0.0:50052)
-  BILLING_HTTP_ADDR             webhook endpoint for the payment gateway, HTTP (0.0.0.0:8080)
-  BILLING_DATABASE_URL          postgres://… of billing's own database; falls back to
-                                DATABASE_URL, else 127.0.0.1:5432 or a private
-                                cluster under target/ (database \"billing\")
-  BILLING_AUTH_TOKENS           comma-separated bearer tokens of callers (required)
-  BILLING_ADMIN_TOKENS          comma-separated admin bearer tokens (none)
-  GATEWAY                       payment gateway: sandbox or razorpay (sandbox)
-  GATEWAY_KEY_ID                gateway key id (rzp_test_sandbox; required for razorpay)
-  GATEWAY_KEY_SECRET            gateway key secret: API calls and payment signatures (required)
-  GATEWAY_WEBHOOK_SECRET        secret for webhook signatures (required)
-  GATEWAY_API_BASE_URL          razorpay: API base URL (https://api.razorpay.com)
-  GATEWAY_TIMEOUT_MS            razorpay: timeout of one API call (5000)
-  SANDBOX_FAIL_CHARGES          sandbox: decline every charge of a saved method (false)
-  JOBS_ENABLED                  run periodic jobs inside serve (true)
-  AUTO_DEDUCT_INTERVAL_SECS     auto-deduction tick (30)
-  ROLLOVER_INTERVAL_SECS        billing-period rollover tick (60)
-  USAGE_STATS_INTERVAL_SECS     usage rollup tick (300)
-  IDEMPOTENCY_PURGE_INTERVAL_SECS  purge of 24 h old idempotency keys (3600)
-  STUCK_SESSION_HOURS           reconcile flags ACTIVE usage sessions older than this (24)
-  CHECKOUT_ENDPOINT             reconcile: also list paid orders checkout does not know (unset)
-  CHECKOUT_TOKEN                reconcile: bearer token for CHECKOUT_ENDPOINT";
+use shared::config::{CommonConfig, ConfigError, Secret, parse};
 
 /// Which payment gateway billing talks to (`GATEWAY`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,114 +26,122 @@ impl std::str::FromStr for GatewayKind {
     }
 }
 
-pub const DEFAULT_GATEWAY_API_BASE_URL: &str = "https://api.razorpay.com";
 pub const DEFAULT_GATEWAY_KEY_ID: &str = "rzp_test_sandbox";
 
-#[derive(Clone)]
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Payment gateway (environment)")]
 pub struct GatewayConfig {
+    /// Gateway key id (handed to the checkout widget; Razorpay API user); must be the real key id for razorpay.
+    #[arg(long = "gateway-key-id", env = "GATEWAY_KEY_ID", default_value = DEFAULT_GATEWAY_KEY_ID, value_parser = parse::trimmed::<String>)]
     pub key_id: String,
-    pub key_secret: String,
-    pub webhook_secret: String,
+    /// Gateway key secret: HMAC key of payment signatures, Razorpay API password (required by serve).
+    #[arg(long = "gateway-key-secret", env = "GATEWAY_KEY_SECRET", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret)]
+    pub key_secret: Secret,
+    /// HMAC key of webhook signatures (required by serve).
+    #[arg(long = "gateway-webhook-secret", env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret)]
+    pub webhook_secret: Secret,
+    /// Payment gateway: sandbox (built in, no network) or razorpay.
+    #[arg(long = "gateway", env = "GATEWAY", default_value = "sandbox", value_parser = parse::trimmed::<GatewayKind>)]
     pub kind: GatewayKind,
-    /// Razorpay's API base URL, without `/v1`.
+    /// razorpay: API base URL, without /v1.
+    #[arg(long = "gateway-api-base-url", env = "GATEWAY_API_BASE_URL", default_value = "https://api.razorpay.com", value_parser = parse::trimmed::<String>)]
     pub api_base_url: String,
-    /// Timeout of one API call to the gateway.
+    /// razorpay: milliseconds one API call may take (must be positive).
+    #[arg(long = "gateway-timeout-ms", env = "GATEWAY_TIMEOUT_MS", default_value = "5000", value_parser = parse::millis)]
     pub timeout: Duration,
-    /// Sandbox only: every charge of a saved method is declined.
+    /// sandbox: decline every charge of a saved payment method (true or false).
+    #[arg(long = "sandbox-fail-charges", env = "SANDBOX_FAIL_CHARGES", default_value = "false", action = clap::ArgAction::Set, value_parser = parse::trimmed::<bool>)]
     pub sandbox_fail_charges: bool,
 }
 
 impl Default for GatewayConfig {
     /// The sandbox, with empty secrets.
     fn default() -> Self {
-        Self {
-            key_id: DEFAULT_GATEWAY_KEY_ID.into(),
-            key_secret: String::new(),
-            webhook_secret: String::new(),
-            kind: GatewayKind::Sandbox,
-            api_base_url: DEFAULT_GATEWAY_API_BASE_URL.into(),
-            timeout: Duration::from_millis(5000),
-            sandbox_fail_charges: false,
-        }
+        shared::config::defaults()
     }
 }
 
-impl std::fmt::Debug for GatewayConfig {
-    // The secrets never reach a log or a Debug output.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewayConfig")
-            .field("kind", &self.kind)
-            .field("key_id", &self.key_id)
-            .field("api_base_url", &self.api_base_url)
-            .field("timeout", &self.timeout)
-            .field("sandbox_fail_charges", &self.sandbox_fail_charges)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Jobs (environment)")]
 pub struct JobsConfig {
+    /// Run the periodic jobs inside serve (true or false).
+    #[arg(long = "jobs-enabled", env = "JOBS_ENABLED", default_value = "true", action = clap::ArgAction::Set, value_parser = parse::trimmed::<bool>)]
     pub enabled: bool,
+    /// Seconds between auto-deduction runs.
+    #[arg(long = "auto-deduct-interval-secs", env = "AUTO_DEDUCT_INTERVAL_SECS", default_value = "30", value_parser = parse::secs)]
     pub auto_deduct_interval: Duration,
+    /// Seconds between billing-period rollover runs.
+    #[arg(long = "rollover-interval-secs", env = "ROLLOVER_INTERVAL_SECS", default_value = "60", value_parser = parse::secs)]
     pub rollover_interval: Duration,
+    /// Seconds between daily usage rollups.
+    #[arg(long = "usage-stats-interval-secs", env = "USAGE_STATS_INTERVAL_SECS", default_value = "300", value_parser = parse::secs)]
     pub usage_stats_interval: Duration,
+    /// Seconds between purges of idempotency keys older than 24 h.
+    #[arg(long = "idempotency-purge-interval-secs", env = "IDEMPOTENCY_PURGE_INTERVAL_SECS", default_value = "3600", value_parser = parse::secs)]
     pub idempotency_purge_interval: Duration,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            auto_deduct_interval: Duration::from_secs(30),
-            rollover_interval: Duration::from_secs(60),
-            usage_stats_interval: Duration::from_secs(300),
-            idempotency_purge_interval: Duration::from_secs(3600),
-        }
+        shared::config::defaults()
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "billing-svc (environment)")]
 pub struct Config {
+    /// gRPC listen address.
+    #[arg(long = "billing-listen-addr", env = "BILLING_LISTEN_ADDR", default_value = "0.0.0.0:50052", value_parser = parse::trimmed::<String>)]
     pub listen_addr: String,
-    /// `BILLING_HTTP_ADDR`: where the payment gateway posts webhooks.
+    /// HTTP listener of the payment gateway's webhooks (POST /webhooks/razorpay, GET /healthz); `sandbox pay --webhook` posts there.
+    #[arg(long = "billing-http-addr", env = "BILLING_HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = parse::trimmed::<String>)]
     pub http_addr: String,
-    /// None: resolve with the embedded-default bootstrap.
+    /// postgres:// URL of billing's own database (else DATABASE_URL); required by every command but `sandbox pay`.
+    #[arg(long = "billing-database-url", env = "BILLING_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    pub auth_tokens: Vec<String>,
-    pub admin_tokens: Vec<String>,
+    /// Comma-separated bearer tokens of callers, checkout's included (required by serve).
+    #[arg(long = "billing-auth-tokens", env = "BILLING_AUTH_TOKENS", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret_list)]
+    pub auth_tokens: std::vec::Vec<Secret>,
+    /// Comma-separated admin bearer tokens (RunReconciliation, GetUsageStats).
+    #[arg(long = "billing-admin-tokens", env = "BILLING_ADMIN_TOKENS", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret_list)]
+    pub admin_tokens: std::vec::Vec<Secret>,
+    #[command(flatten)]
     pub gateway: GatewayConfig,
+    #[command(flatten)]
     pub jobs: JobsConfig,
+    /// Hours after which reconcile flags an ACTIVE usage session as stuck.
+    #[arg(long = "stuck-session-hours", env = "STUCK_SESSION_HOURS", default_value = "24", value_parser = parse::hours)]
     pub stuck_session_after: chrono::Duration,
+    #[command(flatten)]
     pub common: CommonConfig,
 }
 
+/// Everything billing-svc reads from the environment: [`Config`] and the
+/// variables only the binary uses.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: Config,
+    /// Database URL used when the service's own variable is unset.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub fallback_database_url: Option<String>,
+    #[command(flatten)]
+    pub telemetry: shared::config::TelemetryArgs,
+}
+
+impl Args {
+    /// The service's configuration, `DATABASE_URL` applied.
+    pub fn into_config(self) -> Config {
+        let mut config = self.config;
+        config.database_url = config.database_url.or(self.fallback_database_url);
+        config
+    }
+}
+
 impl Config {
+    /// Reads the configuration from the environment alone.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            listen_addr: env_or("BILLING_LISTEN_ADDR", "0.0.0.0:50052".to_owned())?,
-            http_addr: env_or("BILLING_HTTP_ADDR", "0.0.0.0:8080".to_owned())?,
-            database_url: env_opt("BILLING_DATABASE_URL").or_else(|| env_opt("DATABASE_URL")),
-            auth_tokens: env_list("BILLING_AUTH_TOKENS"),
-            admin_tokens: env_list("BILLING_ADMIN_TOKENS"),
-            gateway: GatewayConfig {
-                key_id: env_or("GATEWAY_KEY_ID", DEFAULT_GATEWAY_KEY_ID.to_owned())?,
-                key_secret: env_opt("GATEWAY_KEY_SECRET").unwrap_or_default(),
-                webhook_secret: env_opt("GATEWAY_WEBHOOK_SECRET").unwrap_or_default(),
-                kind: env_or("GATEWAY", GatewayKind::Sandbox)?,
-                api_base_url: env_or("GATEWAY_API_BASE_URL", DEFAULT_GATEWAY_API_BASE_URL.to_owned())?,
-                timeout: env_millis("GATEWAY_TIMEOUT_MS", 5000)?,
-                sandbox_fail_charges: env_or("SANDBOX_FAIL_CHARGES", false)?,
-            },
-            jobs: JobsConfig {
-                enabled: env_or("JOBS_ENABLED", true)?,
-                auto_deduct_interval: env_secs("AUTO_DEDUCT_INTERVAL_SECS", 30)?,
-                rollover_interval: env_secs("ROLLOVER_INTERVAL_SECS", 60)?,
-                usage_stats_interval: env_secs("USAGE_STATS_INTERVAL_SECS", 300)?,
-                idempotency_purge_interval: env_secs("IDEMPOTENCY_PURGE_INTERVAL_SECS", 3600)?,
-            },
-            stuck_session_after: chrono::Duration::hours(env_or("STUCK_SESSION_HOURS", 24i64)?),
-            common: CommonConfig::from_env()?,
-        })
+        shared::config::from_env::<Args>("billing-svc").map(Args::into_config)
     }
 
     /// What `serve` needs beyond the other subcommands (migrate and reconcile

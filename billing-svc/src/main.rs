@@ -1,20 +1,28 @@
 //! billing-svc binary: a thin CLI over the library.
 use std::process::ExitCode;
 
-use billing_svc::{App, Config, config::ENV_HELP, gateway::Sandbox};
-use clap::{Parser, Subcommand};
+use billing_svc::{App, Config, gateway::Sandbox};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use proto::billing::v1::{self as pb, billing_service_client::BillingServiceClient};
-use shared::{Clock, server::Shutdown};
+use shared::{
+    Clock,
+    config::{Secret, parse},
+    server::Shutdown,
+};
 
 #[derive(Parser)]
-#[command(name = "billing-svc", version, about = "Billing: plans, payments, subscriptions, usage and credits (gRPC)", after_help = help())]
+#[command(
+    name = "billing-svc",
+    version,
+    about = "Billing: plans, payments, subscriptions, usage and credits (gRPC)",
+    after_help = shared::config::ENV_NOTE
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-fn help() -> String {
-    format!("{ENV_HELP}\n{}", shared::config::COMMON_ENV_HELP)
+    /// The configuration: every variable, with its default and help, is declared there.
+    #[command(flatten)]
+    env: billing_svc::config::Args,
 }
 
 #[derive(Subcommand)]
@@ -31,6 +39,12 @@ enum Command {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
+        /// checkout-svc's address: also list paid orders checkout does not know (information only).
+        #[arg(long = "checkout-endpoint", env = "CHECKOUT_ENDPOINT")]
+        checkout_endpoint: Option<String>,
+        /// Bearer token for CHECKOUT_ENDPOINT.
+        #[arg(long = "checkout-token", env = "CHECKOUT_TOKEN", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret)]
+        checkout_token: Secret,
     },
     /// Close a finding that `reconcile --fix` never closes (a payment
     /// discrepancy refunded by hand or judged not owed, or a refused webhook
@@ -75,12 +89,27 @@ enum SandboxCommand {
         order_id: String,
         #[arg(long)]
         webhook: bool,
+        /// billing-svc's address, where the order's amount is read (with --webhook).
+        #[arg(long = "billing-endpoint", env = "BILLING_ENDPOINT", default_value = "http://127.0.0.1:50052", value_parser = parse::trimmed::<String>)]
+        billing_endpoint: String,
+        /// Bearer token presented to BILLING_ENDPOINT.
+        #[arg(long = "billing-token", env = "BILLING_TOKEN", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret)]
+        billing_token: Secret,
     },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A bad value is one line naming its variable; help, version and unknown
+    // arguments are clap's as usual.
+    let cli = match shared::config::matches_from(Cli::command(), std::env::args_os()) {
+        Ok(m) => Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit()),
+        Err(Ok(bad)) => {
+            eprintln!("billing-svc: {bad}");
+            return ExitCode::FAILURE;
+        }
+        Err(Err(e)) => e.exit(),
+    };
     let _telemetry = match shared::telemetry::init("billing-svc") {
         Ok(g) => Some(g),
         Err(e) => {
@@ -98,9 +127,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::from_env()?;
-    if let Command::Sandbox { command: SandboxCommand::Pay { order_id, webhook } } = cli.command {
-        return sandbox_pay(&config, &order_id, webhook).await;
+    let config = cli.env.into_config();
+    if let Command::Sandbox { command: SandboxCommand::Pay { order_id, webhook, billing_endpoint, billing_token } } = cli.command
+    {
+        return sandbox_pay(&config, &order_id, webhook, &billing_endpoint, &billing_token).await;
     }
     // No database, no work: there is no embedded fallback in this binary.
     let url = shared::config::require_database_url(config.database_url.clone(), "BILLING_DATABASE_URL", "billing")?;
@@ -121,17 +151,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let done = billing_svc::app::migrate(&url).await?;
             println!("billing-svc: {} migration(s) applied", done.len());
         }
-        Command::Reconcile { fix, json } => {
+        Command::Reconcile { fix, json, checkout_endpoint, checkout_token } => {
             billing_svc::app::migrate(&url).await?;
             let app = App::new(config, &url, Clock::system());
             let mut conn = app.conn().await?;
             let report = billing_svc::reconcile::run(&mut conn, app.clock.now(), app.config.stuck_session_after, fix).await?;
             // Informational: paid orders checkout does not know (never fails the run).
-            let info = match shared::config::env_opt("CHECKOUT_ENDPOINT") {
+            let info = match checkout_endpoint {
                 Some(endpoint) => {
-                    let token = shared::config::env_opt("CHECKOUT_TOKEN").unwrap_or_default();
+                    let token = checkout_token.expose();
                     let since = app.clock.now() - chrono::Duration::days(30);
-                    billing_svc::cross_check::paid_orders_unknown_to_checkout(&app.pool, &endpoint, &token, since, 5000).await?
+                    billing_svc::cross_check::paid_orders_unknown_to_checkout(&app.pool, &endpoint, token, since, 5000).await?
                 }
                 None => Vec::new(),
             };
@@ -171,7 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool) -> anyhow::Result<ExitCode> {
+async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool, endpoint: &str, token: &Secret) -> anyhow::Result<ExitCode> {
     if config.gateway.kind != billing_svc::config::GatewayKind::Sandbox {
         anyhow::bail!(
             "sandbox pay plays the sandbox gateway's customer; GATEWAY must be sandbox (pay real orders at the gateway)"
@@ -187,25 +217,23 @@ async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool) -> anyhow::
     if !webhook {
         return Ok(ExitCode::SUCCESS);
     }
-    let endpoint = shared::config::env_or("BILLING_ENDPOINT", "http://127.0.0.1:50052".to_owned())?;
-    let token = shared::config::env_opt("BILLING_TOKEN").unwrap_or_default();
-    let mut client = BillingServiceClient::connect(endpoint.clone())
+    let token = token.expose();
+    let mut client = BillingServiceClient::connect(endpoint.to_owned())
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach billing at {endpoint} (BILLING_ENDPOINT): {e}"))?;
     let budget = shared::client::Budget::new(std::time::Duration::from_secs(10));
-    let found =
-        client
-            .batch_get_orders(budget.request(
-                pb::BatchGetOrdersRequest { order_ids: vec![order_id.to_owned()], checkout_session_ids: vec![] },
-                &token,
-            ))
-            .await?
-            .into_inner();
+    let found = client
+        .batch_get_orders(
+            budget
+                .request(pb::BatchGetOrdersRequest { order_ids: vec![order_id.to_owned()], checkout_session_ids: vec![] }, token),
+        )
+        .await?
+        .into_inner();
     let order = found.orders.first().ok_or_else(|| anyhow::anyhow!("order {order_id} not found at billing"))?;
     let body = Sandbox::captured_event_body(order_id, &payment_id, order.amount_minor, &order.currency);
     // Delivered the way the gateway delivers it: a signed HTTP POST.
-    let http = shared::config::env_or("BILLING_HTTP_ADDR", "127.0.0.1:8080".to_owned())?;
-    let url = format!("http://{}/webhooks/razorpay", http.replace("0.0.0.0", "127.0.0.1"));
+    // BILLING_HTTP_ADDR, its default 0.0.0.0:8080 reached at 127.0.0.1:8080.
+    let url = format!("http://{}/webhooks/razorpay", config.http_addr.replace("0.0.0.0", "127.0.0.1"));
     let resp = reqwest::Client::new()
         .post(&url)
         .timeout(std::time::Duration::from_secs(10))
@@ -223,4 +251,23 @@ async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool) -> anyhow::
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn cli_declarations_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn readme_configuration_table_matches_the_declared_variables() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let problems = shared::config::check_env_table(&readme, "billing", &Cli::command());
+        assert!(problems.is_empty(), "README.md's configuration table disagrees with billing-svc:\n{}", problems.join("\n"));
+    }
 }

@@ -23,7 +23,7 @@ pub struct App {
 impl App {
     pub fn new(config: Config, database_url: &str, clock: Clock) -> anyhow::Result<Self> {
         let pool = db::pool(database_url, &config.common);
-        let billing = Billing::new(&config.billing_endpoint, &config.billing_token)?;
+        let billing = Billing::new(&config.billing_endpoint, config.billing_token.expose())?;
         Ok(Self { pool, clock, billing, config: Arc::new(config) })
     }
 
@@ -47,7 +47,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let app = App::new(config, &database_url, clock)?;
     let _pool_gauge = shared::metrics::observe_pool("checkout", app.pool.clone());
-    let auth = Authenticator::new(&app.config.auth_tokens, &app.config.admin_tokens);
+    let auth = Authenticator::new(
+        &shared::config::Secret::expose_all(&app.config.auth_tokens),
+        &shared::config::Secret::expose_all(&app.config.admin_tokens),
+    );
     let svc = CheckoutServiceServer::with_interceptor(crate::grpc::CheckoutGrpc::new(app.clone()), auth);
     let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };
     let result = shared::server::serve(

@@ -1,74 +1,90 @@
-//! checkout-svc configuration, from environment variables only.
+//! checkout-svc configuration, from environment variables. The clap
+//! declarations below are the one source of each variable's name, default
+//! and help text: `--help` is generated from them and a unit test checks
+//! README.md's table against them.
 use std::time::Duration;
 
-use shared::config::{CommonConfig, ConfigError, env_list, env_millis, env_opt, env_or, env_secs};
+use shared::config::{CommonConfig, ConfigError, Secret, parse};
 
-pub const ENV_HELP: &str = "\
-Environment (default in parentheses):
-  CHECKOUT_LISTEN_ADDR          gRPC listen address (0.0.0.0:50051)
-  CHECKOUT_DATABASE_URL         postgres://… of checkout's own database; falls back to
-                                DATABASE_URL, else 127.0.0.1:5432 or a private
-                                cluster under target/ (database \"checkout\")
-  CHECKOUT_AUTH_TOKENS          comma-separated bearer tokens of callers (required by serve)
-  CHECKOUT_ADMIN_TOKENS         comma-separated admin bearer tokens (none)
-  BILLING_ENDPOINT              billing-svc address (http://127.0.0.1:50052)
-  BILLING_TOKEN                 bearer token checkout presents to billing (required by serve)
-  BILLING_TIMEOUT_MS            budget for billing calls when the caller set no deadline (3000)
-  JOBS_ENABLED                  run periodic jobs inside serve (true)
-  CLEANUP_INTERVAL_SECS         expiry/deletion job tick (300)
-  COMPLETION_SYNC_INTERVAL_SECS paid-at-billing sync tick (60)
-  IDEMPOTENCY_PURGE_INTERVAL_SECS  purge of 24 h old idempotency keys (3600)";
-
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Jobs (environment)")]
 pub struct JobsConfig {
+    /// Run the periodic jobs inside serve (true or false).
+    #[arg(long = "jobs-enabled", env = "JOBS_ENABLED", default_value = "true", action = clap::ArgAction::Set, value_parser = parse::trimmed::<bool>)]
     pub enabled: bool,
+    /// Seconds between cleanup runs (expiry and deletion of sessions).
+    #[arg(long = "cleanup-interval-secs", env = "CLEANUP_INTERVAL_SECS", default_value = "300", value_parser = parse::secs)]
     pub cleanup_interval: Duration,
+    /// Seconds between completion syncs (sessions paid at billing).
+    #[arg(long = "completion-sync-interval-secs", env = "COMPLETION_SYNC_INTERVAL_SECS", default_value = "60", value_parser = parse::secs)]
     pub completion_sync_interval: Duration,
+    /// Seconds between purges of idempotency keys older than 24 h.
+    #[arg(long = "idempotency-purge-interval-secs", env = "IDEMPOTENCY_PURGE_INTERVAL_SECS", default_value = "3600", value_parser = parse::secs)]
     pub idempotency_purge_interval: Duration,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            cleanup_interval: Duration::from_secs(300),
-            completion_sync_interval: Duration::from_secs(60),
-            idempotency_purge_interval: Duration::from_secs(3600),
-        }
+        shared::config::defaults()
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "checkout-svc (environment)")]
 pub struct Config {
+    /// gRPC listen address.
+    #[arg(long = "checkout-listen-addr", env = "CHECKOUT_LISTEN_ADDR", default_value = "0.0.0.0:50051", value_parser = parse::trimmed::<String>)]
     pub listen_addr: String,
+    /// postgres:// URL of checkout's own database (else DATABASE_URL); required by every command.
+    #[arg(long = "checkout-database-url", env = "CHECKOUT_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    pub auth_tokens: Vec<String>,
-    pub admin_tokens: Vec<String>,
+    /// Comma-separated bearer tokens of callers (required by serve).
+    #[arg(long = "checkout-auth-tokens", env = "CHECKOUT_AUTH_TOKENS", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret_list)]
+    pub auth_tokens: std::vec::Vec<Secret>,
+    /// Comma-separated admin bearer tokens (CleanupSessions).
+    #[arg(long = "checkout-admin-tokens", env = "CHECKOUT_ADMIN_TOKENS", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret_list)]
+    pub admin_tokens: std::vec::Vec<Secret>,
+    /// Where billing-svc is.
+    #[arg(long = "billing-endpoint", env = "BILLING_ENDPOINT", default_value = "http://127.0.0.1:50052", value_parser = parse::trimmed::<String>)]
     pub billing_endpoint: String,
-    pub billing_token: String,
+    /// Bearer token checkout presents to billing (required by serve).
+    #[arg(long = "billing-token", env = "BILLING_TOKEN", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret)]
+    pub billing_token: Secret,
+    /// Milliseconds of budget for billing calls when the caller sent no deadline.
+    #[arg(long = "billing-timeout-ms", env = "BILLING_TIMEOUT_MS", default_value = "3000", value_parser = parse::millis)]
     pub billing_timeout: Duration,
+    #[command(flatten)]
     pub jobs: JobsConfig,
+    #[command(flatten)]
     pub common: CommonConfig,
 }
 
+/// Everything checkout-svc reads from the environment: [`Config`] and the
+/// variables only the binary uses.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: Config,
+    /// Database URL used when the service's own variable is unset.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub fallback_database_url: Option<String>,
+    #[command(flatten)]
+    pub telemetry: shared::config::TelemetryArgs,
+}
+
+impl Args {
+    /// The service's configuration, `DATABASE_URL` applied.
+    pub fn into_config(self) -> Config {
+        let mut config = self.config;
+        config.database_url = config.database_url.or(self.fallback_database_url);
+        config
+    }
+}
+
 impl Config {
+    /// Reads the configuration from the environment alone.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            listen_addr: env_or("CHECKOUT_LISTEN_ADDR", "0.0.0.0:50051".to_owned())?,
-            database_url: env_opt("CHECKOUT_DATABASE_URL").or_else(|| env_opt("DATABASE_URL")),
-            auth_tokens: env_list("CHECKOUT_AUTH_TOKENS"),
-            admin_tokens: env_list("CHECKOUT_ADMIN_TOKENS"),
-            billing_endpoint: env_or("BILLING_ENDPOINT", "http://127.0.0.1:50052".to_owned())?,
-            billing_token: env_opt("BILLING_TOKEN").unwrap_or_default(),
-            billing_timeout: env_millis("BILLING_TIMEOUT_MS", 3000)?,
-            jobs: JobsConfig {
-                enabled: env_or("JOBS_ENABLED", true)?,
-                cleanup_interval: env_secs("CLEANUP_INTERVAL_SECS", 300)?,
-                completion_sync_interval: env_secs("COMPLETION_SYNC_INTERVAL_SECS", 60)?,
-                idempotency_purge_interval: env_secs("IDEMPOTENCY_PURGE_INTERVAL_SECS", 3600)?,
-            },
-            common: CommonConfig::from_env()?,
-        })
+        shared::config::from_env::<Args>("checkout-svc").map(Args::into_config)
     }
 
     /// What `serve` needs beyond the other subcommands.

@@ -1,19 +1,23 @@
 //! checkout-svc binary: a thin CLI over the library.
 use std::process::ExitCode;
 
-use checkout_svc::{App, Config, config::ENV_HELP};
-use clap::{Parser, Subcommand};
+use checkout_svc::App;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use shared::{Clock, server::Shutdown};
 
 #[derive(Parser)]
-#[command(name = "checkout-svc", version, about = "Checkout sessions (gRPC); calls billing-svc", after_help = help())]
+#[command(
+    name = "checkout-svc",
+    version,
+    about = "Checkout sessions (gRPC); calls billing-svc",
+    after_help = shared::config::ENV_NOTE
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-fn help() -> String {
-    format!("{ENV_HELP}\n{}", shared::config::COMMON_ENV_HELP)
+    /// The configuration: every variable, with its default and help, is declared there.
+    #[command(flatten)]
+    env: checkout_svc::config::Args,
 }
 
 #[derive(Subcommand)]
@@ -44,7 +48,16 @@ enum JobsCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A bad value is one line naming its variable; help, version and unknown
+    // arguments are clap's as usual.
+    let cli = match shared::config::matches_from(Cli::command(), std::env::args_os()) {
+        Ok(m) => Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit()),
+        Err(Ok(bad)) => {
+            eprintln!("checkout-svc: {bad}");
+            return ExitCode::FAILURE;
+        }
+        Err(Err(e)) => e.exit(),
+    };
     let _telemetry = match shared::telemetry::init("checkout-svc") {
         Ok(g) => Some(g),
         Err(e) => {
@@ -62,7 +75,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::from_env()?;
+    let config = cli.env.into_config();
     // No database, no work: there is no embedded fallback in this binary.
     let url = shared::config::require_database_url(config.database_url.clone(), "CHECKOUT_DATABASE_URL", "checkout")?;
     match cli.command {
@@ -100,4 +113,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn cli_declarations_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn readme_configuration_table_matches_the_declared_variables() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let problems = shared::config::check_env_table(&readme, "checkout", &Cli::command());
+        assert!(problems.is_empty(), "README.md's configuration table disagrees with checkout-svc:\n{}", problems.join("\n"));
+    }
 }

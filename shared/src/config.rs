@@ -1,5 +1,12 @@
 //! Typed reads of environment variables. Every error names the variable, so a
 //! bad deployment fails with one clear line instead of a panic trace.
+//!
+//! The services' variables are declared once, as clap arguments with `env`
+//! (name, default and help text together): [`CommonConfig`] here and each
+//! service's `config.rs`. `--help` is generated from the declarations,
+//! [`from_env`] reads them without a command line, [`defaults`] gives the
+//! declared defaults, and [`check_env_table`] holds README.md's table to
+//! them. Secrets are [`Secret`]s, whose `Debug` never prints them.
 use std::{str::FromStr, time::Duration};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,87 +65,364 @@ pub fn require_database_url(url: Option<String>, var: &str, database: &str) -> R
     url.ok_or_else(|| MissingDatabaseUrl { var: var.to_owned(), database: database.to_owned() })
 }
 
-/// Reads a comma-separated list; empty entries are dropped.
-pub fn env_list(name: &str) -> Vec<String> {
-    env_opt(name).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+/// A secret (gateway key, webhook key, bearer token). `Debug` never prints
+/// it, so a secret cannot reach a log through a `{:?}` of its config; the
+/// value is read with [`Secret::expose`], at the one place that needs it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for signing, comparing or sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The secrets of a list, for APIs that take plain strings.
+    pub fn expose_all(secrets: &[Secret]) -> Vec<String> {
+        secrets.iter().map(|s| s.0.clone()).collect()
+    }
 }
 
-/// Reads a duration given in whole seconds.
-pub fn env_secs(name: &str, default_secs: u64) -> Result<Duration, ConfigError> {
-    env_or(name, default_secs).map(Duration::from_secs)
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "Secret(<empty>)" } else { "Secret(<redacted>)" })
+    }
 }
 
-/// Reads a duration given in milliseconds.
-pub fn env_millis(name: &str, default_ms: u64) -> Result<Duration, ConfigError> {
-    env_or(name, default_ms).map(Duration::from_millis)
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
 }
 
-/// Settings every service shares (pool, server limits, shutdown).
-#[derive(Clone, Debug)]
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// Value parsers for the clap declarations of the services' configuration
+/// (`#[arg(value_parser = ...)]`). Values are trimmed like [`env_or`] does,
+/// and the error text becomes the reason of a [`ConfigError`].
+pub mod parse {
+    use std::{str::FromStr, time::Duration};
+
+    use super::Secret;
+
+    /// Any `FromStr` value, trimmed.
+    pub fn trimmed<T>(s: &str) -> Result<T, String>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        s.trim().parse().map_err(|e: T::Err| e.to_string())
+    }
+
+    /// Whole milliseconds.
+    pub fn millis(s: &str) -> Result<Duration, String> {
+        trimmed(s).map(Duration::from_millis)
+    }
+
+    /// Whole seconds.
+    pub fn secs(s: &str) -> Result<Duration, String> {
+        trimmed(s).map(Duration::from_secs)
+    }
+
+    /// Whole seconds, `0` = never.
+    pub fn secs_or_never(s: &str) -> Result<Option<Duration>, String> {
+        trimmed::<u64>(s).map(|n| (n > 0).then(|| Duration::from_secs(n)))
+    }
+
+    /// Whole hours.
+    pub fn hours(s: &str) -> Result<chrono::Duration, String> {
+        trimmed(s).map(chrono::Duration::hours)
+    }
+
+    /// A count of at least one (`0` counts as `1`).
+    pub fn at_least_one_u32(s: &str) -> Result<u32, String> {
+        trimmed::<u32>(s).map(|n| n.max(1))
+    }
+
+    /// A count of at least one (`0` counts as `1`).
+    pub fn at_least_one_usize(s: &str) -> Result<usize, String> {
+        trimmed::<usize>(s).map(|n| n.max(1))
+    }
+
+    /// A secret, taken as it is.
+    pub fn secret(s: &str) -> Result<Secret, String> {
+        Ok(Secret::from(s))
+    }
+
+    /// A secret, trimmed.
+    pub fn trimmed_secret(s: &str) -> Result<Secret, String> {
+        Ok(Secret::from(s.trim()))
+    }
+
+    /// Comma-separated secrets; empty entries are dropped.
+    pub fn secret_list(s: &str) -> Result<Vec<Secret>, String> {
+        Ok(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::from).collect())
+    }
+}
+
+/// Settings every service shares (pool, server limits, shutdown). The clap
+/// declaration is the one source of each variable's name, default and help.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Database and server (environment)")]
 pub struct CommonConfig {
-    /// `DB_POOL_SIZE` (default 16): connections per replica.
+    /// Connections per replica (min 1).
+    #[arg(long = "db-pool-size", env = "DB_POOL_SIZE", default_value = "16", value_parser = parse::at_least_one_u32)]
     pub pool_size: u32,
-    /// `DB_CONNECT_TIMEOUT_MS` (default 1500): how long an RPC waits for a
-    /// pooled connection before it fails with UNAVAILABLE.
+    /// Milliseconds an RPC waits for a pooled connection before it fails with UNAVAILABLE.
+    #[arg(long = "db-connect-timeout-ms", env = "DB_CONNECT_TIMEOUT_MS", default_value = "1500", value_parser = parse::millis)]
     pub connect_timeout: Duration,
-    /// `MAX_CONCURRENT_REQUESTS` (default 512): requests beyond this are shed
-    /// with UNAVAILABLE instead of queueing.
+    /// In-flight RPCs beyond this are shed with UNAVAILABLE instead of queueing (min 1).
+    #[arg(
+        long = "max-concurrent-requests",
+        env = "MAX_CONCURRENT_REQUESTS",
+        default_value = "512",
+        value_parser = parse::at_least_one_usize
+    )]
     pub max_concurrent_requests: usize,
-    /// `SHUTDOWN_GRACE_SECS` (default 25): bound on draining in-flight RPCs.
+    /// Seconds to drain in-flight RPCs on SIGTERM.
+    #[arg(long = "shutdown-grace-secs", env = "SHUTDOWN_GRACE_SECS", default_value = "25", value_parser = parse::secs)]
     pub shutdown_grace: Duration,
-    /// `GRPC_MAX_CONNECTION_AGE_SECS` (default 300, 0 = off): clients
-    /// reconnect periodically so HTTP/2 load spreads across replicas.
-    pub max_connection_age: Option<Duration>,
-    /// `DB_LOCK_TIMEOUT_MS` (default 1000, 0 = server default): the longest a
-    /// statement waits for a row lock before the RPC answers ABORTED.
+    /// Seconds after which client connections are closed (GOAWAY), so HTTP/2 load spreads across replicas; 0 = never.
+    #[arg(
+        long = "grpc-max-connection-age-secs",
+        env = "GRPC_MAX_CONNECTION_AGE_SECS",
+        default_value = "300",
+        value_parser = parse::secs_or_never
+    )]
+    pub max_connection_age: std::option::Option<Duration>,
+    /// Milliseconds a statement waits for a row lock before the RPC answers ABORTED; 0 = server default.
+    #[arg(long = "db-lock-timeout-ms", env = "DB_LOCK_TIMEOUT_MS", default_value = "1000", value_parser = parse::millis)]
     pub lock_timeout: Duration,
-    /// `DB_STATEMENT_TIMEOUT_MS` (default 10000, 0 = server default): the
-    /// longest one statement runs.
+    /// Milliseconds one statement may run (then ABORTED); 0 = server default.
+    #[arg(
+        long = "db-statement-timeout-ms",
+        env = "DB_STATEMENT_TIMEOUT_MS",
+        default_value = "10000",
+        value_parser = parse::millis
+    )]
     pub statement_timeout: Duration,
 }
 
 impl CommonConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let age = env_or("GRPC_MAX_CONNECTION_AGE_SECS", 300u64)?;
-        Ok(Self {
-            pool_size: env_or("DB_POOL_SIZE", 16u32)?.max(1),
-            connect_timeout: env_millis("DB_CONNECT_TIMEOUT_MS", 1500)?,
-            max_concurrent_requests: env_or("MAX_CONCURRENT_REQUESTS", 512usize)?.max(1),
-            shutdown_grace: env_secs("SHUTDOWN_GRACE_SECS", 25)?,
-            max_connection_age: (age > 0).then(|| Duration::from_secs(age)),
-            lock_timeout: env_millis("DB_LOCK_TIMEOUT_MS", 1000)?,
-            statement_timeout: env_millis("DB_STATEMENT_TIMEOUT_MS", 10_000)?,
-        })
+        from_env("common")
     }
 }
 
 impl Default for CommonConfig {
+    /// The declared defaults, whatever the environment says.
     fn default() -> Self {
-        Self {
-            pool_size: 16,
-            connect_timeout: Duration::from_millis(1500),
-            max_concurrent_requests: 512,
-            shutdown_grace: Duration::from_secs(25),
-            max_connection_age: Some(Duration::from_secs(300)),
-            lock_timeout: Duration::from_millis(1000),
-            statement_timeout: Duration::from_millis(10_000),
-        }
+        defaults()
     }
 }
 
-/// Environment variables of [`CommonConfig`], for `--help` texts.
-pub const COMMON_ENV_HELP: &str = "\
-  DB_POOL_SIZE                  connections per replica (16)
-  DB_CONNECT_TIMEOUT_MS         wait for a pooled connection before UNAVAILABLE (1500)
-  DB_LOCK_TIMEOUT_MS            longest wait for a row lock before ABORTED, 0 = server default (1000)
-  DB_STATEMENT_TIMEOUT_MS       longest statement, 0 = server default (10000)
-  MAX_CONCURRENT_REQUESTS       in-flight RPCs before shedding with UNAVAILABLE (512)
-  SHUTDOWN_GRACE_SECS           bound on draining in-flight RPCs on SIGTERM (25)
-  GRPC_MAX_CONNECTION_AGE_SECS  close client connections after this age, 0 = never (300)
-  LOG_FORMAT                    json | pretty (pretty on a terminal, json otherwise)
-  RUST_LOG                      log filter (info)
-  OTEL_EXPORTER_OTLP_ENDPOINT   OTLP/gRPC collector; traces exported when set (unset)
-  OTEL_SERVICE_NAME             service name in traces (the binary's name)";
+/// Process-wide variables that [`crate::telemetry`] and [`crate::pg`] read
+/// themselves; declared here so that `--help` and the README check know them.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = ENV_ONLY_HEADING)]
+pub struct TelemetryArgs {
+    /// Log format on stderr: `json`, or anything else for compact text [default: json unless stderr is a terminal].
+    #[arg(long = "log-format", env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter (tracing-subscriber EnvFilter syntax).
+    #[arg(long = "rust-log", env = "RUST_LOG", default_value = crate::telemetry::DEFAULT_FILTER)]
+    pub rust_log: String,
+    /// OTLP/gRPC collector; traces and metrics are exported only when set.
+    #[arg(long = "otel-exporter-otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// Milliseconds between metric exports (read by the OpenTelemetry SDK).
+    #[arg(long = "otel-metric-export-interval", env = "OTEL_METRIC_EXPORT_INTERVAL", default_value = "60000")]
+    pub otel_metric_export_interval: String,
+    /// Service name in traces and metrics [default: the binary's name].
+    #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+}
+
+/// The `after_help` of the binaries, under the generated option list.
+pub const ENV_NOTE: &str = "Every option is normally given as the environment variable shown beside it \
+     (an option on the command line wins). Empty variables count as unset; a bad value stops the \
+     process with one line naming the variable. Secrets and tokens are never printed.";
+
+/// The help heading of variables the process reads from the environment
+/// itself (logs, telemetry, a development database): [`matches_from`] refuses
+/// them as command-line options.
+pub const ENV_ONLY_HEADING: &str = "Environment only (these are not accepted as options)";
+
+/// A blank variable counts as unset (clap would hand `""` to the parser).
+pub fn blank_env_is_unset(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        let blank = a.get_env().is_some_and(|name| std::env::var(name).is_ok_and(|v| v.trim().is_empty()));
+        if blank { a.env(clap::builder::Resettable::Reset) } else { a }
+    })
+    .mut_subcommands(blank_env_is_unset)
+}
+
+/// Parses `cmd`'s arguments (and environment) from `args`, with
+/// [`blank_env_is_unset`]; a bad value becomes the one-line [`ConfigError`]
+/// naming its variable, any other clap error (help, version, unknown flag)
+/// is returned as it is.
+pub fn matches_from<I, A>(cmd: clap::Command, args: I) -> Result<clap::ArgMatches, Result<ConfigError, clap::Error>>
+where
+    I: IntoIterator<Item = A>,
+    A: Into<std::ffi::OsString> + Clone,
+{
+    let cmd = blank_env_is_unset(cmd);
+    let m = cmd.clone().try_get_matches_from(args).map_err(|e| config_error(&cmd, &e).ok_or(e))?;
+    for a in cmd.get_arguments().filter(|a| a.get_help_heading() == Some(ENV_ONLY_HEADING)) {
+        if m.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine) {
+            let name = a.get_env().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let value = m.get_raw(a.get_id().as_str()).into_iter().flatten().map(|v| v.to_string_lossy().into_owned()).collect();
+            return Err(Ok(ConfigError {
+                name,
+                value,
+                reason: "read from the environment only; set the variable instead".into(),
+            }));
+        }
+    }
+    Ok(m)
+}
+
+/// The variable behind a clap "invalid value" error, as a [`ConfigError`].
+fn config_error(cmd: &clap::Command, err: &clap::Error) -> Option<ConfigError> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(err.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let ContextValue::String(arg) = err.get(ContextKind::InvalidArg)? else { return None };
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let reason = std::error::Error::source(err).map(|e| e.to_string()).unwrap_or_else(|| "invalid value".into());
+    let name = declared_env(cmd).into_iter().find(|d| d.arg == *arg)?.name;
+    Some(ConfigError { name, value, reason })
+}
+
+/// Reads `T` from the environment alone (no command-line arguments).
+pub fn from_env<T: clap::Args + clap::FromArgMatches>(name: &'static str) -> Result<T, ConfigError> {
+    let cmd = T::augment_args(clap::Command::new(name).no_binary_name(true));
+    let unexpected =
+        |e: clap::Error| ConfigError { name: name.into(), value: String::new(), reason: e.to_string().trim().into() };
+    let m = matches_from(cmd, std::iter::empty::<String>()).map_err(|e| e.unwrap_or_else(unexpected))?;
+    T::from_arg_matches(&m).map_err(unexpected)
+}
+
+/// `T` with every declared default, ignoring the environment.
+pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true))
+        .mut_args(|a| a.env(clap::builder::Resettable::Reset));
+    match cmd.try_get_matches_from(std::iter::empty::<String>()).and_then(|m| T::from_arg_matches(&m)) {
+        Ok(t) => t,
+        // A declared default that does not parse: the unit tests catch it.
+        Err(e) => panic!("the declared configuration defaults do not parse: {e}"),
+    }
+}
+
+/// An environment variable a command declares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredEnv {
+    /// The variable, e.g. `DB_POOL_SIZE`.
+    pub name: String,
+    /// Its default, if it has one.
+    pub default: Option<String>,
+    /// How clap names the argument in errors (`--db-pool-size <DB_POOL_SIZE>`).
+    arg: String,
+}
+
+/// Every environment variable `cmd` and its subcommands declare.
+pub fn declared_env(cmd: &clap::Command) -> Vec<DeclaredEnv> {
+    fn collect(cmd: &clap::Command, out: &mut Vec<DeclaredEnv>) {
+        out.extend(cmd.get_arguments().filter_map(|a| {
+            let name = a.get_env()?.to_string_lossy().into_owned();
+            // An empty default (a secret, a list) means none.
+            let default = a.get_default_values().first().map(|d| d.to_string_lossy().into_owned()).filter(|d| !d.is_empty());
+            Some(DeclaredEnv { name, default, arg: a.to_string() })
+        }));
+        for sub in cmd.get_subcommands() {
+            collect(sub, out);
+        }
+    }
+    // An argument can be displayed (as in clap's errors) once it is built.
+    let mut cmd = cmd.clone();
+    cmd.build();
+    let mut out = Vec::new();
+    collect(&cmd, &mut out);
+    out
+}
+
+/// Checks README.md's configuration table against what `cmd` (the binary
+/// `binary`: `billing`, `checkout` or `stack`) declares; returns the
+/// disagreements. The table has one variable a row; its service column
+/// names the binaries (`both` = billing and checkout, `all` = those and
+/// stack); its default column starts with the default in backticks, or with
+/// a word when there is none, and a stack default that differs is given as
+/// ``(stack: `value`)``.
+pub fn check_env_table(readme: &str, binary: &str, cmd: &clap::Command) -> Vec<String> {
+    let mut problems = Vec::new();
+    let rows: Vec<Vec<String>> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("## Configuration"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.trim().trim_matches('|').split(" | ").map(|c| c.trim().to_owned()).collect())
+        .collect();
+    if rows.is_empty() {
+        problems.push("README.md has no table under \"## Configuration\"".into());
+    }
+    let ticked = |cell: &str| cell.strip_prefix('`').and_then(|c| c.split('`').next()).map(str::to_owned);
+    let mut table = Vec::new();
+    for row in &rows {
+        let [var, services, default, ..] = row.as_slice() else {
+            problems.push(format!("README row {row:?} has fewer than 4 columns"));
+            continue;
+        };
+        let Some(name) = ticked(var).filter(|n| var == &format!("`{n}`")) else {
+            problems.push(format!("README row {var}: one variable a row, in backticks"));
+            continue;
+        };
+        let mut binaries = Vec::new();
+        for s in services.split(',').map(str::trim) {
+            match s {
+                "billing" | "checkout" | "stack" => binaries.push(s),
+                "both" => binaries.extend(["billing", "checkout"]),
+                "all" => binaries.extend(["billing", "checkout", "stack"]),
+                other => problems.push(format!("README row {name}: unknown service {other:?}")),
+            }
+        }
+        if !binaries.contains(&binary) {
+            continue;
+        }
+        let expected = match default.split_once("(stack: `") {
+            Some((_, rest)) if binary == "stack" => rest.split('`').next().map(str::to_owned),
+            _ => ticked(default),
+        };
+        table.push((name, expected));
+    }
+    let declared = declared_env(cmd);
+    for d in &declared {
+        match table.iter().find(|(n, _)| *n == d.name) {
+            None => problems.push(format!("{} is declared by {binary} but not in README's table for {binary}", d.name)),
+            Some((_, expected)) if *expected != d.default => problems
+                .push(format!("{}: {binary} declares default {:?}, README's table says {:?}", d.name, d.default, expected)),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &table {
+        if !declared.iter().any(|d| d.name == *name) {
+            problems.push(format!("README's table lists {name} for {binary}, which {binary} does not declare"));
+        }
+    }
+    problems
+}
 
 #[cfg(test)]
 mod tests {
@@ -150,6 +434,51 @@ mod tests {
         assert!(err.is_some_and(|e| e.contains("DB_POOL_SIZE") && e.contains("twelve")));
         assert_eq!(parse_or("DB_POOL_SIZE", Some(" 7 ".into()), 1u32).ok(), Some(7));
         assert_eq!(parse_or("DB_POOL_SIZE", None, 3u32).ok(), Some(3));
+    }
+
+    #[test]
+    fn secret_debug_never_prints_the_secret() {
+        let config = (Secret::from("hunter2-key"), vec![Secret::from("tok-1".to_owned())], Secret::default());
+        let printed = format!("{config:?} {config:#?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("tok-1"), "{printed}");
+        assert!(printed.contains("Secret(<redacted>)") && printed.contains("Secret(<empty>)"), "{printed}");
+        assert_eq!(config.0.expose(), "hunter2-key");
+        assert_eq!(Secret::expose_all(&config.1), vec!["tok-1".to_owned()]);
+    }
+
+    #[test]
+    fn common_defaults_are_the_declared_ones() {
+        let d = CommonConfig::default();
+        assert_eq!(d.pool_size, 16);
+        assert_eq!(d.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(d.max_concurrent_requests, 512);
+        assert_eq!(d.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(d.max_connection_age, Some(Duration::from_secs(300)));
+        assert_eq!(d.lock_timeout, Duration::from_millis(1000));
+        assert_eq!(d.statement_timeout, Duration::from_millis(10_000));
+    }
+
+    #[test]
+    fn clap_bad_value_is_one_line_naming_the_variable() {
+        use clap::Args;
+        let cmd = CommonConfig::augment_args(clap::Command::new("t").no_binary_name(true));
+        let err = matches_from(cmd.clone(), ["--db-pool-size", "twelve"]).err().and_then(Result::ok).map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.starts_with("invalid value for DB_POOL_SIZE: \"twelve\" ("), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let m = matches_from(cmd, ["--db-pool-size", " 0 ", "--grpc-max-connection-age-secs", "0"]).ok();
+        let c = m.and_then(|m| <CommonConfig as clap::FromArgMatches>::from_arg_matches(&m).ok());
+        assert_eq!(c.as_ref().map(|c| c.pool_size), Some(1));
+        assert_eq!(c.map(|c| c.max_connection_age), Some(None));
+    }
+
+    #[test]
+    fn environment_only_variables_are_refused_as_options() {
+        use clap::Args;
+        let cmd = TelemetryArgs::augment_args(clap::Command::new("t").no_binary_name(true));
+        let err = matches_from(cmd.clone(), ["--rust-log", "debug"]).err().and_then(Result::ok).map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.starts_with("invalid value for RUST_LOG: \"debug\"")));
+        assert!(matches_from(cmd, std::iter::empty::<String>()).is_ok());
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub fn init_quiet(default_service_name: &str) -> anyhow::Result<TelemetryGuard> 
     install(default_service_name, "warn", |t| t, |m| m)
 }
 
-const DEFAULT_FILTER: &str = "info,opentelemetry=warn,opentelemetry_sdk=warn";
+pub(crate) const DEFAULT_FILTER: &str = "info,opentelemetry=warn,opentelemetry_sdk=warn";
 
 /// Like [`init`], and also sends every span, as it ends, to `spans` and
 /// metrics (on [`TelemetryGuard::force_flush`] and periodically) to

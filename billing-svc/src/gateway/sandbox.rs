@@ -30,12 +30,12 @@ impl Sandbox {
 
     /// What the gateway hands the customer after a successful payment.
     pub fn sign_payment(&self, order_id: &str, payment_id: &str) -> String {
-        hmac_hex(&self.config.key_secret, format!("{order_id}|{payment_id}").as_bytes())
+        hmac_hex(self.config.key_secret.expose(), format!("{order_id}|{payment_id}").as_bytes())
     }
 
     /// The `X-Razorpay-Signature` of a webhook body.
     pub fn sign_webhook(&self, body: &[u8]) -> String {
-        hmac_hex(&self.config.webhook_secret, body)
+        hmac_hex(self.config.webhook_secret.expose(), body)
     }
 
     /// A `payment.captured` webhook body like Razorpay's.

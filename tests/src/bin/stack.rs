@@ -4,65 +4,77 @@
 //! `target/stack/stack.env` for scripts. Ctrl-C or SIGTERM stops everything.
 use std::{path::Path, process::ExitCode, time::Duration};
 
-use clap::Parser;
-use shared::{Clock, config::env_or, pg::PgServer, server::Shutdown};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use shared::{
+    Clock,
+    config::{ENV_ONLY_HEADING, Secret, parse},
+    pg::PgServer,
+    server::Shutdown,
+};
 
-/// Everything is configured through the environment, so `--help` (and
-/// `--version`) are the only arguments; anything else is refused before a
-/// port is bound.
+/// Everything is configured through the environment (each variable can also
+/// be given as the option shown in `--help`); the services' own variables
+/// are those of `checkout-svc --help` and `billing-svc --help`.
 #[derive(Parser)]
 #[command(
     name = "stack",
     version,
     about = "PostgreSQL (found or started) + billing-svc + checkout-svc with demo plans, for local use",
-    after_help = ENV_HELP
+    after_help = "Also every variable of `checkout-svc --help` and `billing-svc --help`. Writes \
+                  target/stack/stack.env with the addresses and tokens. Ctrl-C or SIGTERM stops everything."
 )]
-struct Cli {}
-
-const ENV_HELP: &str = "\
-Environment:
-  CHECKOUT_LISTEN_ADDR    checkout's address (default 127.0.0.1:50051)
-  BILLING_LISTEN_ADDR     billing's address (default 127.0.0.1:50052)
-  BILLING_HTTP_ADDR       billing's webhook endpoint, HTTP (default 127.0.0.1:50053)
-  CHECKOUT_TOKEN          caller token of checkout (default dev-checkout-token)
-  BILLING_TOKEN           caller token of billing, also used by checkout (default dev-billing-token)
-  ADMIN_TOKEN             admin token of both (default dev-admin-token)
-  GATEWAY_KEY_SECRET      sandbox payment signature key (default dev-gateway-key-secret)
-  GATEWAY_WEBHOOK_SECRET  sandbox webhook signature key (default dev-gateway-webhook-secret)
-  DATABASE_URL            PostgreSQL server to use (default: 127.0.0.1:5432, else a private cluster under target/pg)
-  and every variable of `checkout-svc --help` and `billing-svc --help`.
-
-Writes target/stack/stack.env with the addresses and tokens. Ctrl-C or SIGTERM stops everything.";
-
-struct Settings {
-    checkout_listen: String,
-    billing_listen: String,
-    billing_http: String,
-    checkout_token: String,
-    billing_token: String,
-    admin_token: String,
-    key_secret: String,
-    webhook_secret: String,
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    /// PostgreSQL server to use [default: 127.0.0.1:5432, else a private cluster under target/pg].
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true, help_heading = ENV_ONLY_HEADING)]
+    _database_url: Option<String>,
+    #[command(flatten)]
+    _telemetry: shared::config::TelemetryArgs,
 }
 
-fn settings() -> anyhow::Result<Settings> {
-    Ok(Settings {
-        checkout_listen: env_or("CHECKOUT_LISTEN_ADDR", "127.0.0.1:50051".to_owned())?,
-        billing_listen: env_or("BILLING_LISTEN_ADDR", "127.0.0.1:50052".to_owned())?,
-        billing_http: env_or("BILLING_HTTP_ADDR", "127.0.0.1:50053".to_owned())?,
-        checkout_token: env_or("CHECKOUT_TOKEN", "dev-checkout-token".to_owned())?,
-        billing_token: env_or("BILLING_TOKEN", "dev-billing-token".to_owned())?,
-        admin_token: env_or("ADMIN_TOKEN", "dev-admin-token".to_owned())?,
-        key_secret: env_or("GATEWAY_KEY_SECRET", "dev-gateway-key-secret".to_owned())?,
-        webhook_secret: env_or("GATEWAY_WEBHOOK_SECRET", "dev-gateway-webhook-secret".to_owned())?,
-    })
+#[derive(clap::Args)]
+#[command(next_help_heading = "stack (environment)")]
+struct Settings {
+    /// checkout's gRPC address.
+    #[arg(long = "checkout-listen-addr", env = "CHECKOUT_LISTEN_ADDR", default_value = "127.0.0.1:50051", value_parser = parse::trimmed::<String>)]
+    checkout_listen: String,
+    /// billing's gRPC address.
+    #[arg(long = "billing-listen-addr", env = "BILLING_LISTEN_ADDR", default_value = "127.0.0.1:50052", value_parser = parse::trimmed::<String>)]
+    billing_listen: String,
+    /// billing's webhook endpoint (HTTP).
+    #[arg(long = "billing-http-addr", env = "BILLING_HTTP_ADDR", default_value = "127.0.0.1:50053", value_parser = parse::trimmed::<String>)]
+    billing_http: String,
+    /// Caller token of checkout.
+    #[arg(long = "checkout-token", env = "CHECKOUT_TOKEN", hide_env_values = true, default_value = "dev-checkout-token", value_parser = parse::trimmed_secret)]
+    checkout_token: Secret,
+    /// Caller token of billing, also used by checkout.
+    #[arg(long = "billing-token", env = "BILLING_TOKEN", hide_env_values = true, default_value = "dev-billing-token", value_parser = parse::trimmed_secret)]
+    billing_token: Secret,
+    /// Admin token of both services.
+    #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true, default_value = "dev-admin-token", value_parser = parse::trimmed_secret)]
+    admin_token: Secret,
+    /// Sandbox payment signature key.
+    #[arg(long = "gateway-key-secret", env = "GATEWAY_KEY_SECRET", hide_env_values = true, default_value = "dev-gateway-key-secret", value_parser = parse::trimmed_secret)]
+    key_secret: Secret,
+    /// Sandbox webhook signature key.
+    #[arg(long = "gateway-webhook-secret", env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, default_value = "dev-gateway-webhook-secret", value_parser = parse::trimmed_secret)]
+    webhook_secret: Secret,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Cli {} = Cli::parse();
+    // A bad value is one line naming its variable, before a port is bound.
+    let cli = match shared::config::matches_from(Cli::command(), std::env::args_os()) {
+        Ok(m) => Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit()),
+        Err(Ok(bad)) => {
+            eprintln!("stack: {bad}");
+            return ExitCode::FAILURE;
+        }
+        Err(Err(e)) => e.exit(),
+    };
     let _telemetry = shared::telemetry::init("stack").ok();
-    match run().await {
+    match run(cli.settings).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stack: {e:#}");
@@ -71,8 +83,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let s = settings()?;
+async fn run(s: Settings) -> anyhow::Result<()> {
     let server = PgServer::resolve(Path::new("target/pg")).await?;
     for db in ["checkout", "billing"] {
         server.ensure_database(db, None).await?;
@@ -119,7 +130,11 @@ async fn run() -> anyhow::Result<()> {
          BILLING_HTTP_ADDR={billing_http_addr}\n\
          CHECKOUT_DATABASE_URL={checkout_db}\nBILLING_DATABASE_URL={billing_db}\nBILLING_ENDPOINT=http://{billing_addr}\n\
          GATEWAY_KEY_SECRET={}\nGATEWAY_WEBHOOK_SECRET={}\n",
-        s.checkout_token, s.admin_token, s.billing_token, s.key_secret, s.webhook_secret
+        s.checkout_token.expose(),
+        s.admin_token.expose(),
+        s.billing_token.expose(),
+        s.key_secret.expose(),
+        s.webhook_secret.expose()
     );
     std::fs::create_dir_all("target/stack")?;
     std::fs::write("target/stack/stack.env", &env)?;
@@ -141,9 +156,9 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn print_banner(s: &Settings, checkout: &str, billing: &str, webhooks: &str, private_pg: bool) {
-    let c = &s.checkout_token;
-    let b = &s.billing_token;
-    let a = &s.admin_token;
+    let c = s.checkout_token.expose();
+    let b = s.billing_token.expose();
+    let a = s.admin_token.expose();
     println!(
         r#"
 payments stack is up{pg}
@@ -178,4 +193,23 @@ checkout's completion sync completes the session):
 Ctrl-C stops everything."#,
         pg = if private_pg { " (private PostgreSQL under target/pg)" } else { "" },
     );
+}
+
+#[cfg(test)]
+mod config_tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn cli_declarations_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn readme_configuration_table_matches_the_declared_variables() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let problems = shared::config::check_env_table(&readme, "stack", &Cli::command());
+        assert!(problems.is_empty(), "README.md's configuration table disagrees with stack:\n{}", problems.join("\n"));
+    }
 }

@@ -39,8 +39,8 @@ impl Target {
             billing_db_url: get("BILLING_DATABASE_URL")?,
             gateway: Sandbox::new(GatewayConfig {
                 key_id: String::new(),
-                key_secret: get("GATEWAY_KEY_SECRET")?,
-                webhook_secret: get("GATEWAY_WEBHOOK_SECRET")?,
+                key_secret: get("GATEWAY_KEY_SECRET")?.into(),
+                webhook_secret: get("GATEWAY_WEBHOOK_SECRET")?.into(),
                 ..Default::default()
             }),
         })

@@ -118,7 +118,7 @@ impl Razorpay {
         };
         let mut req = http
             .request(method.clone(), format!("{}{path}", self.base))
-            .basic_auth(&self.config.key_id, Some(&self.config.key_secret))
+            .basic_auth(&self.config.key_id, Some(self.config.key_secret.expose()))
             .header(header::ACCEPT, "application/json");
         if !query.is_empty() {
             req = req.query(query);
@@ -233,13 +233,13 @@ impl Gateway for Razorpay {
     /// Razorpay's checkout signature: hex HMAC-SHA256 of
     /// "order_id|payment_id" with the key secret.
     fn payment_signature_valid(&self, order_id: &str, payment_id: &str, signature_hex: &str) -> bool {
-        hex_eq(&hmac_hex(&self.config.key_secret, format!("{order_id}|{payment_id}").as_bytes()), signature_hex)
+        hex_eq(&hmac_hex(self.config.key_secret.expose(), format!("{order_id}|{payment_id}").as_bytes()), signature_hex)
     }
 
     /// `X-Razorpay-Signature`: hex HMAC-SHA256 of the raw body with the
     /// webhook secret.
     fn webhook_signature_valid(&self, body: &[u8], signature_hex: &str) -> bool {
-        hex_eq(&hmac_hex(&self.config.webhook_secret, body), signature_hex)
+        hex_eq(&hmac_hex(self.config.webhook_secret.expose(), body), signature_hex)
     }
 
     async fn create_order(&self, order: &NewOrder<'_>) -> Result<GatewayOrder, GatewayError> {
