@@ -36,12 +36,18 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config, database_url: &str, clock: Clock) -> Self {
-        let pool = db::pool(database_url, &config.common);
-        let gate = Arc::new(Gate::new(GATE_PER_KEY, GATE_WAIT.max(config.common.lock_timeout)));
         let gateway: Arc<dyn Gateway> = match config.gateway.kind {
             GatewayKind::Sandbox => Arc::new(Sandbox::new(config.gateway.clone())),
             GatewayKind::Razorpay => Arc::new(Razorpay::new(config.gateway.clone())),
         };
+        Self::with_gateway(config, database_url, clock, gateway)
+    }
+
+    /// Like [`App::new`] with a given gateway (tests drive a sandbox whose
+    /// charge switch they hold).
+    pub fn with_gateway(config: Config, database_url: &str, clock: Clock, gateway: Arc<dyn Gateway>) -> Self {
+        let pool = db::pool(database_url, &config.common);
+        let gate = Arc::new(Gate::new(GATE_PER_KEY, GATE_WAIT.max(config.common.lock_timeout)));
         Self { pool, gate, clock, gateway, config: Arc::new(config) }
     }
 
@@ -66,7 +72,18 @@ pub async fn serve(
     clock: Clock,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let app = App::new(config, &database_url, clock);
+    serve_app(App::new(config, &database_url, clock), database_url, listener, http_listener, shutdown).await
+}
+
+/// [`serve`] with an assembled [`App`] (the tests give it the sandbox whose
+/// switches they hold).
+pub async fn serve_app(
+    app: App,
+    database_url: String,
+    listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let http = tokio::spawn(crate::http::serve(app.clone(), http_listener, shutdown.clone(), app.config.common.shutdown_grace));
     let _pool_gauge = shared::metrics::observe_pool("billing", app.pool.clone());
     let auth = Authenticator::new(

@@ -73,6 +73,9 @@ pub struct JobsConfig {
     /// Seconds between billing-period rollover runs.
     #[arg(long = "rollover-interval-secs", env = "ROLLOVER_INTERVAL_SECS", default_value = "60", value_parser = parse::secs)]
     pub rollover_interval: Duration,
+    /// Seconds between renewal job runs (expire unpaid past grace, create renewal orders, charge saved methods).
+    #[arg(long = "renewals-interval-secs", env = "RENEWALS_INTERVAL_SECS", default_value = "60", value_parser = parse::secs)]
+    pub renewals_interval: Duration,
     /// Seconds between daily usage rollups.
     #[arg(long = "usage-stats-interval-secs", env = "USAGE_STATS_INTERVAL_SECS", default_value = "300", value_parser = parse::secs)]
     pub usage_stats_interval: Duration,
@@ -82,6 +85,27 @@ pub struct JobsConfig {
 }
 
 impl Default for JobsConfig {
+    fn default() -> Self {
+        shared::config::defaults()
+    }
+}
+
+/// The subscription lifecycle's clock (docs/design.md, "Subscription lifecycle").
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Subscription lifecycle (environment)")]
+pub struct LifecycleConfig {
+    /// Hours before period_end from which the renewal order exists and is collected.
+    #[arg(long = "renewal-lead-hours", env = "RENEWAL_LEAD_HOURS", default_value = "72", value_parser = parse::hours)]
+    pub renewal_lead: chrono::Duration,
+    /// Hours a subscription stays PAST_DUE (no credits, charge retried) before it expires.
+    #[arg(long = "grace-period-hours", env = "GRACE_PERIOD_HOURS", default_value = "72", value_parser = parse::hours)]
+    pub grace_period: chrono::Duration,
+    /// Hours between attempts to charge a saved payment method for a renewal.
+    #[arg(long = "renewal-retry-hours", env = "RENEWAL_RETRY_HOURS", default_value = "24", value_parser = parse::hours)]
+    pub renewal_retry: chrono::Duration,
+}
+
+impl Default for LifecycleConfig {
     fn default() -> Self {
         shared::config::defaults()
     }
@@ -109,6 +133,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     #[command(flatten)]
     pub jobs: JobsConfig,
+    #[command(flatten)]
+    pub lifecycle: LifecycleConfig,
     /// Hours after which reconcile flags an ACTIVE usage session as stuck.
     #[arg(long = "stuck-session-hours", env = "STUCK_SESSION_HOURS", default_value = "24", value_parser = parse::hours)]
     pub stuck_session_after: chrono::Duration,

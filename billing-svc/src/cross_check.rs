@@ -9,7 +9,7 @@ use shared::{client::Budget, db::Pool};
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::{reconcile::Finding, schema::orders};
+use crate::{orders::Status as OrderStatus, reconcile::Finding, schema::orders};
 
 /// Checks up to `limit` orders paid since `since`, one GetSession each.
 pub async fn paid_orders_unknown_to_checkout(
@@ -21,11 +21,13 @@ pub async fn paid_orders_unknown_to_checkout(
 ) -> anyhow::Result<Vec<Finding>> {
     // The connection goes back to the pool before the RPCs start.
     let paid: Vec<(String, Uuid)> = orders::table
-        .filter(orders::status.eq("PAID"))
+        .filter(orders::status.eq(OrderStatus::Paid))
+        // Renewals charged automatically never had a checkout session.
+        .filter(orders::checkout_session_id.is_not_null())
         .filter(orders::paid_at.ge(since))
         .order(orders::paid_at.desc())
         .limit(limit)
-        .select((orders::id, orders::checkout_session_id))
+        .select((orders::id, orders::checkout_session_id.assume_not_null()))
         .load(&mut *shared::db::conn(pool).await?)
         .await
         .map_err(crate::Error::from)?;

@@ -25,6 +25,9 @@ pub enum Kind {
     UnknownOrder,
     /// Recorded before kinds were told apart (read the detail).
     RecordedBeforeClassification,
+    /// A renewal paid for a period its subscription will not have (it was
+    /// cancelled now, fully refunded or replaced first).
+    SubscriptionEnded,
 }
 
 impl Kind {
@@ -36,6 +39,7 @@ impl Kind {
             Kind::AmountMismatch => "AMOUNT_MISMATCH",
             Kind::UnknownOrder => "UNKNOWN_ORDER",
             Kind::RecordedBeforeClassification => "RECORDED_BEFORE_CLASSIFICATION",
+            Kind::SubscriptionEnded => "SUBSCRIPTION_ENDED",
         }
     }
 
@@ -47,6 +51,7 @@ impl Kind {
             Kind::AmountMismatch,
             Kind::UnknownOrder,
             Kind::RecordedBeforeClassification,
+            Kind::SubscriptionEnded,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -59,6 +64,10 @@ pub enum Source {
     VerifyPayment,
     Webhook,
     Reconcile,
+    /// The renewal job's charge of a saved payment method.
+    RenewalCharge,
+    /// A subscription ended with a renewal already paid.
+    SubscriptionEnded,
 }
 
 impl Source {
@@ -67,6 +76,8 @@ impl Source {
             Source::VerifyPayment => "VERIFY_PAYMENT",
             Source::Webhook => "WEBHOOK",
             Source::Reconcile => "RECONCILE",
+            Source::RenewalCharge => "RENEWAL_CHARGE",
+            Source::SubscriptionEnded => "SUBSCRIPTION_ENDED",
         }
     }
 }

@@ -4,9 +4,9 @@
 use chrono::Duration;
 use tokio::task::JoinHandle;
 
-use crate::{App, deductions, stats, subscriptions};
+use crate::{App, deductions, renewals, stats, subscriptions};
 
-pub const NAMES: &[&str] = &["auto-deduct", "rollover", "usage-stats", "purge-idempotency-keys"];
+pub const NAMES: &[&str] = &["auto-deduct", "rollover", "renewals", "usage-stats", "purge-idempotency-keys"];
 const BATCH: i64 = 200;
 
 /// Runs one iteration of job `name`; returns a one-line summary.
@@ -27,7 +27,15 @@ pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
                     break;
                 }
             }
-            format!("rollover: {rolled} subscriptions opened a new period")
+            format!("rollover: {rolled} subscriptions past their period end (opened, PAST_DUE or ended)")
+        }
+        "renewals" => {
+            drop(conn);
+            let s = renewals::run_once(app, now, BATCH).await?;
+            format!(
+                "renewals: {} expired, {} renewal orders created, {} charges captured, {} not captured",
+                s.expired, s.orders_created, s.charged, s.declined
+            )
         }
         "usage-stats" => format!("usage-stats: {} (day, plan) rows", stats::rollup(&mut conn, now).await?),
         "purge-idempotency-keys" => {
@@ -43,7 +51,13 @@ pub fn spawn_all(app: &App, shutdown: &shared::server::Shutdown) -> Vec<JoinHand
     let jobs: Vec<_> = NAMES
         .iter()
         .copied()
-        .zip([j.auto_deduct_interval, j.rollover_interval, j.usage_stats_interval, j.idempotency_purge_interval])
+        .zip([
+            j.auto_deduct_interval,
+            j.rollover_interval,
+            j.renewals_interval,
+            j.usage_stats_interval,
+            j.idempotency_purge_interval,
+        ])
         .collect();
     let app = app.clone();
     shared::jobs::spawn_all(&jobs, shutdown, move |name| {

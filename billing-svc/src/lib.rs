@@ -17,12 +17,14 @@ pub mod orders;
 pub mod payments;
 pub mod plans;
 pub mod reconcile;
+pub mod refunds;
+pub mod renewals;
 pub mod schema;
 pub mod stats;
 pub mod subscriptions;
 pub mod usage;
 pub mod webhooks;
 
-pub use app::{App, MIGRATIONS, serve};
+pub use app::{App, MIGRATIONS, serve, serve_app};
 pub use config::Config;
 pub use error::{Error, Result};

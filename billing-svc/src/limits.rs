@@ -139,12 +139,18 @@ mod tests {
             user_id: "u".into(),
             plan_id: "p".into(),
             order_id: None,
-            status: "ACTIVE".into(),
+            status: crate::subscriptions::Status::Active,
+            anchor_at: Utc::now(),
+            calendar_periods: true,
             period_start: Utc::now(),
             period_end: Utc::now(),
             credits_granted: 10,
             credits_remaining: remaining,
             created_at: Utc::now(),
+            cancel_at_period_end: false,
+            ended_at: None,
+            gateway_customer_id: None,
+            gateway_token_id: None,
         }
     }
 

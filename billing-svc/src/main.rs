@@ -154,8 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile { fix, json, checkout_endpoint, checkout_token } => {
             billing_svc::app::migrate(&url).await?;
             let app = App::new(config, &url, Clock::system());
-            let mut conn = app.conn().await?;
-            let report = billing_svc::reconcile::run(&mut conn, app.clock.now(), app.config.stuck_session_after, fix).await?;
+            let report = billing_svc::reconcile::run(&app, app.clock.now(), app.config.stuck_session_after, fix).await?;
             // Informational: paid orders checkout does not know (never fails the run).
             let info = match checkout_endpoint {
                 Some(endpoint) => {

@@ -1,4 +1,5 @@
-//! Gateway orders: one per checkout session (the natural idempotency key).
+//! Gateway orders: one per checkout session (the natural idempotency key),
+//! and one renewal order per (subscription, period it pays for).
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -10,38 +11,68 @@ use crate::{
     gateway::NewOrder,
     plans,
     schema::{orders, subscriptions},
+    subscriptions::Status as SubStatus,
 };
 
 pub const MAX_BATCH: usize = 500;
+
+shared::text_enum! {
+    /// Where an order is: CREATED moves to PAID or CANCELLED, both final.
+    pub enum Status {
+        Created = "CREATED",
+        Paid = "PAID",
+        /// Withdrawn before payment: its checkout session was cleaned up,
+        /// or the subscription it renews ended.
+        Cancelled = "CANCELLED",
+    }
+}
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
 pub struct Order {
     pub id: String,
-    pub checkout_session_id: Uuid,
+    /// None for a renewal order nobody opened a checkout for.
+    pub checkout_session_id: Option<Uuid>,
     pub user_id: String,
     pub plan_id: String,
     pub amount_minor: i64,
     pub currency: String,
-    pub status: String,
+    pub status: Status,
     pub payment_id: Option<String>,
     pub paid_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     /// Creation order, strictly increasing.
     pub seq: i64,
+    /// A renewal order: the subscription it renews and the start of the
+    /// period it pays for.
+    pub renews_subscription_id: Option<Uuid>,
+    pub renews_period_start: Option<DateTime<Utc>>,
+    pub charge_attempts: i32,
+    /// When the saved payment method is charged next (renewals only).
+    pub next_charge_at: Option<DateTime<Utc>>,
+    pub last_charge_error: Option<String>,
 }
 
 impl Order {
     pub fn is_paid(&self) -> bool {
-        self.status == "PAID"
+        self.status == Status::Paid
     }
 }
 
-/// An order with the subscription its payment created, if any.
+/// An order with the subscription its payment created (or renews), if any,
+/// and its refunds when they were loaded.
 #[derive(Debug, Clone)]
 pub struct OrderView {
     pub order: Order,
     pub subscription_id: Option<Uuid>,
+    pub refunds: Vec<crate::refunds::Refund>,
+}
+
+impl OrderView {
+    pub fn new(order: Order, subscription_id: Option<Uuid>) -> Self {
+        let subscription_id = subscription_id.or(order.renews_subscription_id);
+        Self { order, subscription_id, refunds: Vec::new() }
+    }
 }
 
 /// Creates the order of a checkout session, or returns the existing one.
@@ -54,6 +85,9 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
         let mut conn = app.conn().await?;
         if let Some(existing) = by_session(&mut conn, session_id).await? {
             return reuse(existing, session_id, user_id, plan_id);
+        }
+        if let Some(renewal) = attach_renewal(&mut conn, session_id, user_id, plan_id, app.clock.now()).await? {
+            return Ok(renewal);
         }
         plans::get(&mut conn, plan_id).await?
     };
@@ -125,19 +159,98 @@ fn reuse(existing: Order, session_id: Uuid, user_id: &str, plan_id: &str) -> Res
     }
     // Only an order that can still be paid is handed out: a payment of a
     // cancelled order would be refused, and a paid one is spent.
-    match existing.status.as_str() {
-        "CANCELLED" => Err(Error::precondition(
+    match existing.status {
+        Status::Cancelled => Err(Error::precondition(
             "ORDER_CANCELLED",
             subject,
             format!(
                 "the order of checkout session {session_id} was cancelled; start a new checkout (with a new idempotency key)"
             ),
         )),
-        "PAID" => {
+        Status::Paid => {
             Err(Error::precondition("ORDER_PAID", subject, format!("the order of checkout session {session_id} is already paid")))
         }
-        _ => Ok(existing),
+        Status::Created => Ok(existing),
     }
+}
+
+/// A renewal checkout: a checkout for the plan of the user's live
+/// subscription while its renewal order is open pays that order (the period
+/// it renews), instead of buying a new subscription. The order is handed to
+/// the newest checkout session that asks; a payment through an older one
+/// still pays the same order.
+async fn attach_renewal(
+    conn: &mut Conn,
+    session_id: Uuid,
+    user_id: &str,
+    plan_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Order>> {
+    let open: Option<String> = orders::table
+        .inner_join(subscriptions::table.on(subscriptions::id.nullable().eq(orders::renews_subscription_id)))
+        .filter(subscriptions::user_id.eq(user_id))
+        .filter(subscriptions::plan_id.eq(plan_id))
+        .filter(subscriptions::status.eq_any([SubStatus::Active, SubStatus::PastDue]))
+        .filter(orders::renews_period_start.eq(subscriptions::period_end.nullable()))
+        .filter(orders::status.eq(Status::Created))
+        .select(orders::id)
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(id) = open else { return Ok(None) };
+    Ok(diesel::update(orders::table.find(&id).filter(orders::status.eq(Status::Created)))
+        .set((orders::checkout_session_id.eq(session_id), orders::updated_at.eq(now)))
+        .returning(Order::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?)
+}
+
+/// The PAID renewal order of `subscription_id` for the period starting at
+/// `period_start`, if any.
+pub async fn paid_renewal(conn: &mut Conn, subscription_id: Uuid, period_start: DateTime<Utc>) -> Result<Option<Order>> {
+    Ok(orders::table
+        .filter(orders::renews_subscription_id.eq(subscription_id))
+        .filter(orders::renews_period_start.eq(period_start))
+        .filter(orders::status.eq(Status::Paid))
+        .select(Order::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// The PAID renewal orders of `subscription_id` for periods starting at
+/// or after `from`.
+pub async fn paid_renewals_from(conn: &mut Conn, subscription_id: Uuid, from: DateTime<Utc>) -> Result<Vec<Order>> {
+    Ok(orders::table
+        .filter(orders::renews_subscription_id.eq(subscription_id))
+        .filter(orders::renews_period_start.ge(from))
+        .filter(orders::status.eq(Status::Paid))
+        .select(Order::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// The open (CREATED) renewal orders of these subscriptions.
+pub async fn open_renewals(conn: &mut Conn, subscription_ids: &[Uuid]) -> Result<Vec<Order>> {
+    Ok(orders::table
+        .filter(orders::renews_subscription_id.eq_any(subscription_ids))
+        .filter(orders::status.eq(Status::Created))
+        .select(Order::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// Cancels the open renewal orders of a subscription that will not renew
+/// (ended, replaced, cancelled at period end), so a later payment of one is
+/// refused as a discrepancy and no job charges it.
+pub async fn cancel_renewals_of(conn: &mut Conn, subscription_id: Uuid, now: DateTime<Utc>) -> Result<usize> {
+    Ok(diesel::update(
+        orders::table.filter(orders::renews_subscription_id.eq(subscription_id)).filter(orders::status.eq(Status::Created)),
+    )
+    .set((orders::status.eq(Status::Cancelled), orders::next_charge_at.eq(None::<DateTime<Utc>>), orders::updated_at.eq(now)))
+    .execute(conn)
+    .await?)
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Order> {
@@ -158,16 +271,76 @@ pub async fn batch_get(conn: &mut Conn, order_ids: &[String], session_ids: &[Uui
         .select((Order::as_select(), subscriptions::id.nullable()))
         .load(conn)
         .await?;
-    Ok(rows.into_iter().map(|(order, subscription_id)| OrderView { order, subscription_id }).collect())
+    Ok(rows.into_iter().map(|(order, subscription_id)| OrderView::new(order, subscription_id)).collect())
 }
 
 /// Cancels the CREATED orders among `order_ids` (each under its row lock: a
 /// concurrent capture either finishes first and the order stays PAID, or
 /// finds it CANCELLED) and returns the orders as they are now.
 pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[String], now: DateTime<Utc>) -> Result<Vec<OrderView>> {
-    diesel::update(orders::table.filter(orders::id.eq_any(order_ids)).filter(orders::status.eq("CREATED")))
-        .set((orders::status.eq("CANCELLED"), orders::updated_at.eq(now)))
+    diesel::update(orders::table.filter(orders::id.eq_any(order_ids)).filter(orders::status.eq(Status::Created)))
+        .set((orders::status.eq(Status::Cancelled), orders::next_charge_at.eq(None::<DateTime<Utc>>), orders::updated_at.eq(now)))
         .execute(conn)
         .await?;
     batch_get(conn, order_ids, &[]).await
+}
+
+/// One order with its subscription and refunds.
+pub async fn view(conn: &mut Conn, id: &str) -> Result<OrderView> {
+    let order = get(conn, id).await?;
+    let sub: Option<Uuid> =
+        subscriptions::table.filter(subscriptions::order_id.eq(id)).select(subscriptions::id).first(conn).await.optional()?;
+    let mut v = OrderView::new(order, sub);
+    v.refunds = crate::refunds::of_orders(conn, &[v.order.id.clone()]).await?;
+    Ok(v)
+}
+
+/// Filters of ListOrders.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub user_id: Option<String>,
+    pub status: Option<Status>,
+    pub payment_id: Option<String>,
+}
+
+/// A page of orders, newest first (keyset on seq), with their subscriptions
+/// and refunds, and the seq to continue after when more follow.
+pub async fn list(conn: &mut Conn, f: &ListFilter, page_size: i64, after: Option<i64>) -> Result<(Vec<OrderView>, Option<i64>)> {
+    let mut q = orders::table
+        .left_join(subscriptions::table.on(subscriptions::order_id.eq(orders::id.nullable())))
+        .select((Order::as_select(), subscriptions::id.nullable()))
+        .into_boxed();
+    if let Some(u) = &f.user_id {
+        q = q.filter(orders::user_id.eq(u));
+    }
+    if let Some(st) = f.status {
+        q = q.filter(orders::status.eq(st));
+    }
+    if let Some(p) = &f.payment_id {
+        q = q.filter(orders::payment_id.eq(p));
+    }
+    if let Some(seq) = after {
+        q = q.filter(orders::seq.lt(seq));
+    }
+    let mut rows: Vec<(Order, Option<Uuid>)> = q.order(orders::seq.desc()).limit(page_size + 1).load(conn).await?;
+    let next = if rows.len() as i64 > page_size {
+        rows.truncate(page_size as usize);
+        rows.last().map(|(o, _)| o.seq)
+    } else {
+        None
+    };
+    let ids: Vec<String> = rows.iter().map(|(o, _)| o.id.clone()).collect();
+    let mut refunds = crate::refunds::of_orders(conn, &ids).await?;
+    let views = rows
+        .into_iter()
+        .map(|(o, s)| {
+            let mut v = OrderView::new(o, s);
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                refunds.drain(..).partition(|r| r.order_id.as_deref() == Some(v.order.id.as_str()));
+            refunds = rest;
+            v.refunds = mine;
+            v
+        })
+        .collect();
+    Ok((views, next))
 }

@@ -15,10 +15,10 @@ use crate::{
     App, Error, Result,
     discrepancies::{self, Discrepancy, Kind, Source},
     gateway::PaymentStatus,
-    orders::{self, Order},
+    orders::{self, Order, Status as OrderStatus},
     plans,
     schema::orders as orders_t,
-    subscriptions::{self, Subscription},
+    subscriptions::{self, SavedMethod, Subscription},
 };
 
 #[derive(Debug, Clone)]
@@ -44,6 +44,9 @@ pub struct Payment<'a> {
     pub payment_id: &'a str,
     /// Amount and currency when the gateway told them (webhooks).
     pub paid: Option<(i64, &'a str)>,
+    /// The payment method the customer saved with this payment, for
+    /// automatic renewals (the gateway's customer and recurring token).
+    pub saved_method: Option<&'a SavedMethod>,
     pub source: Source,
 }
 
@@ -70,9 +73,17 @@ pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) 
         let detail = format!("paid {amount} {currency} but order {} is {} {}", order.id, order.amount_minor, order.currency);
         return refuse(conn, discrepancy(Kind::AmountMismatch, Some(&order.id), detail), p, now).await;
     }
-    if order.status == "CANCELLED" {
-        let detail = format!("order {} was cancelled (its checkout session expired and was cleaned up)", order.id);
+    if order.status == OrderStatus::Cancelled {
+        let why = if order.renews_subscription_id.is_some() {
+            "its subscription ended or was replaced before the renewal was paid"
+        } else {
+            "its checkout session expired and was cleaned up"
+        };
+        let detail = format!("order {} was cancelled ({why})", order.id);
         return refuse(conn, discrepancy(Kind::OrderCancelled, Some(&order.id), detail), p, now).await;
+    }
+    if let Some(sub_id) = order.renews_subscription_id {
+        return renew(conn, order, sub_id, p, now).await;
     }
     if order.is_paid() {
         if order.payment_id.as_deref() != Some(p.payment_id) {
@@ -89,18 +100,92 @@ pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) 
             None => subscribe(conn, order, p, now, true).await,
         };
     }
-    // Checked first so the common case does not abort the transaction with a
-    // unique violation (the constraint still guards the race).
+    payment_unused(conn, p.payment_id).await?;
+    subscribe(conn, order, p, now, false).await
+}
+
+/// Refuses a payment id that already paid another order. Checked first so
+/// the common case does not abort the transaction with a unique violation
+/// (the constraint still guards the race).
+async fn payment_unused(conn: &mut Conn, payment_id: &str) -> Result<()> {
     let used_by: Option<String> =
-        orders_t::table.filter(orders_t::payment_id.eq(p.payment_id)).select(orders_t::id).first(conn).await.optional()?;
+        orders_t::table.filter(orders_t::payment_id.eq(payment_id)).select(orders_t::id).first(conn).await.optional()?;
     if used_by.is_some() {
         return Err(Error::precondition(
             "PAYMENT_USED",
-            format!("payment:{}", p.payment_id),
+            format!("payment:{payment_id}"),
             "this payment id already paid another order",
         ));
     }
-    subscribe(conn, order, p, now, false).await
+    Ok(())
+}
+
+async fn mark_paid(conn: &mut Conn, order_id: &str, payment_id: &str, now: DateTime<Utc>) -> Result<Order> {
+    Ok(diesel::update(orders_t::table.find(order_id))
+        .set((
+            orders_t::status.eq(OrderStatus::Paid),
+            orders_t::payment_id.eq(payment_id),
+            orders_t::paid_at.eq(now),
+            orders_t::next_charge_at.eq(None::<DateTime<Utc>>),
+            orders_t::updated_at.eq(now),
+        ))
+        .returning(Order::as_returning())
+        .get_result(conn)
+        // A unique violation here is a concurrent capture of this payment
+        // id on another order: retryable; the retry's pre-check answers
+        // PAYMENT_USED without aborting the transaction.
+        .await?)
+}
+
+/// Captures the payment of a renewal order (order row locked): the order
+/// becomes PAID and, once the period it pays for has begun, that period
+/// opens at the old period end with the plan's credits (a PAST_DUE
+/// subscription is ACTIVE again). Paid early, the period opens when the
+/// current one ends. A subscription that is no longer live, or has moved
+/// to another period, is not renewed: the payment is a discrepancy.
+async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
+    if order.is_paid() {
+        if order.payment_id.as_deref() != Some(p.payment_id) {
+            let detail = format!("renewal order {} was already paid with another payment", order.id);
+            let d = Discrepancy {
+                kind: Kind::SecondPayment,
+                order_id: Some(order.id.clone()),
+                payment_id: p.payment_id.into(),
+                detail,
+            };
+            return refuse(conn, d, p, now).await;
+        }
+        let subscription = subscriptions::get(conn, sub_id).await?;
+        shared::metrics::payment_captured(true);
+        return Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: true })));
+    }
+    payment_unused(conn, p.payment_id).await?;
+    // Lock order: order row (held), then the subscription.
+    let sub = subscriptions::lock(conn, sub_id).await?;
+    if !sub.status.is_live() || order.renews_period_start != Some(sub.period_end) {
+        let detail = format!(
+            "renewal order {} is for a period subscription {} no longer renews into (it is {}, its period ends {})",
+            order.id, sub.id, sub.status, sub.period_end
+        );
+        let d = Discrepancy {
+            kind: Kind::OrderSuperseded,
+            order_id: Some(order.id.clone()),
+            payment_id: p.payment_id.into(),
+            detail,
+        };
+        return refuse(conn, d, p, now).await;
+    }
+    let order = mark_paid(conn, &order.id, p.payment_id, now).await?;
+    if let Some(m) = p.saved_method {
+        subscriptions::save_method(conn, sub.id, m, now).await?;
+    }
+    if now >= sub.period_end {
+        subscriptions::roll(conn, sub.id, now).await?;
+    }
+    let subscription = subscriptions::get(conn, sub.id).await?;
+    tracing::info!(order_id = %order.id, subscription_id = %sub.id, period_start = %sub.period_end, "renewal captured");
+    shared::metrics::payment_captured(false);
+    Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))
 }
 
 /// Marks `order` PAID (unless it is already) and creates its subscription,
@@ -108,7 +193,7 @@ pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) 
 /// the payment is a discrepancy and nothing else changes.
 async fn subscribe(conn: &mut Conn, order: Order, p: Payment<'_>, now: DateTime<Utc>, already_paid: bool) -> Result<Capture> {
     // Lock order: order row (held), then the user's live subscription.
-    let live = subscriptions::lock_active(conn, &order.user_id).await?;
+    let live = subscriptions::lock_live(conn, &order.user_id).await?;
     if let Some(newer) = newer_order(conn, &order, live.as_ref()).await? {
         let detail = format!("order {} was superseded by order {newer}, which bought the user's current subscription", order.id);
         let d = Discrepancy {
@@ -119,25 +204,9 @@ async fn subscribe(conn: &mut Conn, order: Order, p: Payment<'_>, now: DateTime<
         };
         return refuse(conn, d, p, now).await;
     }
-    let order = if already_paid {
-        order
-    } else {
-        diesel::update(orders_t::table.find(&order.id))
-            .set((
-                orders_t::status.eq("PAID"),
-                orders_t::payment_id.eq(p.payment_id),
-                orders_t::paid_at.eq(now),
-                orders_t::updated_at.eq(now),
-            ))
-            .returning(Order::as_returning())
-            .get_result(conn)
-            // A unique violation here is a concurrent capture of this payment
-            // id on another order: retryable; the retry's pre-check answers
-            // PAYMENT_USED without aborting the transaction.
-            .await?
-    };
+    let order = if already_paid { order } else { mark_paid(conn, &order.id, p.payment_id, now).await? };
     let plan = plans::get(conn, &order.plan_id).await?;
-    let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, live, now).await?;
+    let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, live, p.saved_method, now).await?;
     tracing::info!(order_id = %order.id, subscription_id = %subscription.id, "payment captured");
     shared::metrics::payment_captured(false);
     Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))
@@ -200,7 +269,8 @@ pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str
         }
     }
     let paid = at_gateway.as_ref().map(|p| (p.amount_minor, p.currency.as_str()));
-    let payment = Payment { order_id: &order.id, payment_id, paid, source: Source::VerifyPayment };
+    let saved = at_gateway.as_ref().and_then(|p| p.saved_method.clone());
+    let payment = Payment { order_id: &order.id, payment_id, paid, saved_method: saved.as_ref(), source: Source::VerifyPayment };
     let mut conn = app.conn().await?;
     match capture(&mut conn, payment, app.clock.now()).await? {
         Capture::Captured(c) => Ok(*c),

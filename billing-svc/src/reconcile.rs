@@ -5,10 +5,12 @@
 //! a stale snapshot. Every repair removes the condition that found it, so a
 //! second run finds nothing new.
 //!
-//! Payment discrepancies (money taken that bought nothing) and refused
-//! webhook events are never closed by `fix`: they stay findings, and keep
-//! the exit code non-zero, until refunded or acknowledged by an operator
-//! with a note ([`acknowledge`], audited).
+//! Payment discrepancies (money taken that bought nothing) are closed by
+//! `fix` only through a refund ([`crate::refunds::refund_discrepancy`]: the
+//! RefundPayment path, audited); one that cannot be refunded (amount
+//! unknown, gateway refusal) stays a finding. Refused webhook events are
+//! never closed by `fix`. Both keep the exit code non-zero until refunded
+//! or acknowledged by an operator with a note ([`acknowledge`], audited).
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -17,11 +19,13 @@ use shared::db::Conn;
 use uuid::Uuid;
 
 use crate::{
-    Error, Result, deductions, discrepancies,
+    App, Error, Result, deductions, discrepancies,
     discrepancies::Source,
     orders,
     payments::{self, Capture, Payment},
+    refunds::{self, DiscrepancyRefund},
     schema::{reconcile_audit, subscriptions, webhook_events},
+    subscriptions::Status as SubStatus,
 };
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -55,7 +59,7 @@ const CHECKS: &[(&str, &str)] = &[
         "PAID_ORDER_WITHOUT_SUBSCRIPTION",
         "SELECT o.id AS subject, 'order paid at ' || o.paid_at || ' has no subscription' AS detail \
            FROM orders o LEFT JOIN subscriptions s ON s.order_id = o.id \
-          WHERE o.status = 'PAID' AND s.id IS NULL \
+          WHERE o.status = 'PAID' AND s.id IS NULL AND o.renews_subscription_id IS NULL \
             AND NOT EXISTS (SELECT 1 FROM payment_discrepancies d WHERE d.payment_id = o.payment_id)",
     ),
     (
@@ -100,7 +104,8 @@ const CHECKS: &[(&str, &str)] = &[
     ),
 ];
 
-pub async fn run(conn: &mut Conn, now: DateTime<Utc>, stuck_after: chrono::Duration, fix: bool) -> Result<Report> {
+pub async fn run(app: &App, now: DateTime<Utc>, stuck_after: chrono::Duration, fix: bool) -> Result<Report> {
+    let conn = &mut *app.conn().await?;
     let mut report = Report::default();
     for (kind, sql) in CHECKS {
         let rows: Vec<Subject> = diesel::sql_query(*sql)
@@ -108,8 +113,23 @@ pub async fn run(conn: &mut Conn, now: DateTime<Utc>, stuck_after: chrono::Durat
             .bind::<sql_types::Timestamptz, _>(now - stuck_after)
             .load(conn)
             .await?;
-        for row in rows {
-            let fixed = if fix { repair(conn, kind, &row.subject, now, stuck_after).await? } else { false };
+        for mut row in rows {
+            let fixed = if !fix {
+                false
+            } else if *kind == PAYMENT_DISCREPANCY {
+                match refund_discrepancy(app, &row.subject).await? {
+                    DiscrepancyRefund::Refunded(refund_id) => {
+                        row.detail = format!("{}; refunded (refund {refund_id})", row.detail);
+                        true
+                    }
+                    DiscrepancyRefund::Left(why) => {
+                        row.detail = format!("{}; not refunded: {why}", row.detail);
+                        false
+                    }
+                }
+            } else {
+                repair(conn, kind, &row.subject, now, stuck_after).await?
+            };
             if fixed {
                 report.fixed += 1;
             }
@@ -120,6 +140,11 @@ pub async fn run(conn: &mut Conn, now: DateTime<Utc>, stuck_after: chrono::Durat
         tracing::warn!(findings = report.findings.len(), fixed = report.fixed, "reconciliation found inconsistencies");
     }
     Ok(report)
+}
+
+async fn refund_discrepancy(app: &App, subject: &str) -> Result<DiscrepancyRefund> {
+    let id: i64 = subject.parse().map_err(|e| Error::internal(format!("bad discrepancy id {subject}: {e}")))?;
+    refunds::refund_discrepancy(app, id).await
 }
 
 fn uuid(s: &str) -> Result<Uuid> {
@@ -175,7 +200,13 @@ async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<U
             "PAID_ORDER_WITHOUT_SUBSCRIPTION" => {
                 let order = orders::get(c, subject).await?;
                 let payment_id = order.payment_id.clone().unwrap_or_default();
-                let payment = Payment { order_id: &order.id, payment_id: &payment_id, paid: None, source: Source::Reconcile };
+                let payment = Payment {
+                    order_id: &order.id,
+                    payment_id: &payment_id,
+                    paid: None,
+                    saved_method: None,
+                    source: Source::Reconcile,
+                };
                 match payments::capture_in_tx(c, payment, now).await? {
                     Capture::Captured(cap) => format!("created subscription {}", cap.subscription.id),
                     Capture::Discrepancy(d) => format!("recorded payment discrepancy {}: {}", d.kind.as_str(), d.detail),
@@ -191,7 +222,11 @@ async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<U
             }
             "SUBSCRIPTION_WITHOUT_PAID_ORDER" | "DUPLICATE_SUBSCRIPTIONS_FOR_ORDER" => {
                 diesel::update(subscriptions::table.find(uuid(subject)?))
-                    .set((subscriptions::status.eq("CANCELLED"), subscriptions::updated_at.eq(now)))
+                    .set((
+                        subscriptions::status.eq(SubStatus::Cancelled),
+                        subscriptions::ended_at.eq(now),
+                        subscriptions::updated_at.eq(now),
+                    ))
                     .execute(c)
                     .await?;
                 "cancelled subscription".to_owned()

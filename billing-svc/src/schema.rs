@@ -20,7 +20,7 @@ diesel::table! {
 diesel::table! {
     orders (id) {
         id -> Text,
-        checkout_session_id -> Uuid,
+        checkout_session_id -> Nullable<Uuid>,
         user_id -> Text,
         plan_id -> Text,
         amount_minor -> BigInt,
@@ -31,6 +31,11 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         seq -> BigInt,
+        renews_subscription_id -> Nullable<Uuid>,
+        renews_period_start -> Nullable<Timestamptz>,
+        charge_attempts -> Integer,
+        next_charge_at -> Nullable<Timestamptz>,
+        last_charge_error -> Nullable<Text>,
     }
 }
 
@@ -50,6 +55,10 @@ diesel::table! {
         replaced_by -> Nullable<Uuid>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        cancel_at_period_end -> Bool,
+        ended_at -> Nullable<Timestamptz>,
+        gateway_customer_id -> Nullable<Text>,
+        gateway_token_id -> Nullable<Text>,
     }
 }
 
@@ -80,6 +89,23 @@ diesel::table! {
         note -> Nullable<Text>,
         created_at -> Timestamptz,
         resolved_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    refunds (id) {
+        id -> Text,
+        payment_id -> Text,
+        order_id -> Nullable<Text>,
+        discrepancy_id -> Nullable<BigInt>,
+        amount_minor -> BigInt,
+        currency -> Text,
+        status -> Text,
+        reason -> Text,
+        gateway_refund_id -> Nullable<Text>,
+        detail -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -153,4 +179,4 @@ diesel::table! {
 diesel::joinable!(orders -> plans (plan_id));
 diesel::joinable!(subscriptions -> plans (plan_id));
 diesel::joinable!(usage_sessions -> subscriptions (subscription_id));
-diesel::allow_tables_to_appear_in_same_query!(plans, orders, subscriptions, usage_sessions, ledger, deductions);
+diesel::allow_tables_to_appear_in_same_query!(plans, orders, subscriptions, usage_sessions, ledger, deductions, refunds);

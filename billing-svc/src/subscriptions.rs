@@ -1,8 +1,9 @@
 //! Subscriptions and their billing periods. Paid plans use anniversary
-//! periods anchored at the payment; the free plan (given to every user on
-//! first use) uses calendar months. At most one ACTIVE subscription per user,
-//! so every balance lives in one row with one lock (docs/design.md,
-//! Invariants 6).
+//! periods anchored at the payment, each one prepaid (a renewal order per
+//! period); the free plan (given to every user on first use) uses calendar
+//! months. At most one live (ACTIVE or PAST_DUE) subscription per user, so
+//! every balance lives in one row with one lock (docs/design.md,
+//! Invariants 6, and "Subscription lifecycle").
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
@@ -10,10 +11,33 @@ use shared::db::Conn;
 use uuid::Uuid;
 
 use crate::{
-    Error, Result,
+    Error, Result, orders,
     plans::{self, FREE_PLAN_ID, Plan},
     schema::{ledger, subscriptions},
 };
+
+shared::text_enum! {
+    /// Where a subscription is in its life (docs/design.md, "Subscription
+    /// lifecycle"). ACTIVE and PAST_DUE are live: at most one per user.
+    pub enum Status {
+        Active = "ACTIVE",
+        /// The period ended without a paid renewal: no credits until paid.
+        PastDue = "PAST_DUE",
+        Cancelled = "CANCELLED",
+        /// Unpaid after the grace period.
+        Expired = "EXPIRED",
+        /// Superseded by a newer purchase (credits carried over).
+        Replaced = "REPLACED",
+    }
+}
+
+impl Status {
+    pub fn is_live(self) -> bool {
+        matches!(self, Status::Active | Status::PastDue)
+    }
+}
+
+const LIVE: [Status; 2] = [Status::Active, Status::PastDue];
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = subscriptions, check_for_backend(diesel::pg::Pg))]
@@ -22,13 +46,52 @@ pub struct Subscription {
     pub user_id: String,
     pub plan_id: String,
     pub order_id: Option<String>,
-    pub status: String,
+    pub status: Status,
+    /// First instant of the first paid period (anniversaries count from it).
+    pub anchor_at: DateTime<Utc>,
+    pub calendar_periods: bool,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
     pub credits_granted: i64,
     pub credits_remaining: i64,
     pub created_at: DateTime<Utc>,
+    pub cancel_at_period_end: bool,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub gateway_customer_id: Option<String>,
+    pub gateway_token_id: Option<String>,
 }
+
+impl Subscription {
+    /// The free plan's row (calendar months, no order).
+    pub fn is_free(&self) -> bool {
+        self.calendar_periods || self.order_id.is_none()
+    }
+
+    /// The free plan's first month for a user who has no row yet (nil id).
+    fn free_preview(user_id: &str, free: &Plan, now: DateTime<Utc>) -> Self {
+        let (start, end) = calendar_month(now);
+        Subscription {
+            id: Uuid::nil(),
+            user_id: user_id.to_owned(),
+            plan_id: free.id.clone(),
+            order_id: None,
+            status: Status::Active,
+            anchor_at: start,
+            calendar_periods: true,
+            period_start: start,
+            period_end: end,
+            credits_granted: free.credits_per_period,
+            credits_remaining: free.credits_per_period,
+            created_at: now,
+            cancel_at_period_end: false,
+            ended_at: None,
+            gateway_customer_id: None,
+            gateway_token_id: None,
+        }
+    }
+}
+
+pub use crate::gateway::SavedMethod;
 
 /// The calendar month containing `now` (free plan periods).
 pub fn calendar_month(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
@@ -79,10 +142,11 @@ pub async fn by_order(conn: &mut Conn, order_id: &str) -> Result<Option<Subscrip
         .optional()?)
 }
 
-pub async fn lock_active(conn: &mut Conn, user_id: &str) -> Result<Option<Subscription>> {
+/// The user's live (ACTIVE or PAST_DUE) subscription, locked.
+pub async fn lock_live(conn: &mut Conn, user_id: &str) -> Result<Option<Subscription>> {
     Ok(subscriptions::table
         .filter(subscriptions::user_id.eq(user_id))
-        .filter(subscriptions::status.eq("ACTIVE"))
+        .filter(subscriptions::status.eq_any(LIVE))
         .select(Subscription::as_select())
         .for_update()
         .first(conn)
@@ -90,8 +154,45 @@ pub async fn lock_active(conn: &mut Conn, user_id: &str) -> Result<Option<Subscr
         .optional()?)
 }
 
-/// Opens the period containing `now` if the current one has ended (caller
-/// holds the row lock). Returns whether a new period was opened.
+/// Remembers the payment method saved with a renewal payment (the newest
+/// one is charged next time).
+pub async fn save_method(conn: &mut Conn, id: Uuid, m: &SavedMethod, now: DateTime<Utc>) -> Result<()> {
+    diesel::update(subscriptions::table.find(id))
+        .set((
+            subscriptions::gateway_customer_id.eq(&m.customer_id),
+            subscriptions::gateway_token_id.eq(&m.token_id),
+            subscriptions::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The saved payment method of a subscription, if any.
+pub fn saved_method(s: &Subscription) -> Option<SavedMethod> {
+    match (&s.gateway_customer_id, &s.gateway_token_id) {
+        (Some(c), Some(t)) => Some(SavedMethod { customer_id: c.clone(), token_id: t.clone(), email: None, contact: None }),
+        _ => None,
+    }
+}
+
+/// Locks one subscription row.
+pub async fn lock(conn: &mut Conn, id: Uuid) -> Result<Subscription> {
+    subscriptions::table
+        .find(id)
+        .select(Subscription::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| Error::not_found("subscription", id))
+}
+
+/// Applies what is due once the period ended (caller holds the row lock):
+/// the free plan opens the month containing `now`; a paid subscription opens
+/// the next period if its renewal is paid, ends if cancelled at period end,
+/// else goes PAST_DUE. Leftover credits expire through a ledger row. Returns
+/// whether anything changed. (SQL: `billing_roll_period`.)
 pub async fn roll(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
     #[derive(QueryableByName)]
     struct Rolled {
@@ -106,13 +207,23 @@ pub async fn roll(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<bool>
     Ok(r.rolled)
 }
 
-/// `sub` as it reads at `now`, without writing: an ACTIVE subscription
-/// whose period ended shows the period containing `now` with that period's
-/// grant, exactly what the next locked use will open.
+/// `sub` as it reads at `now`, without writing or locking: an ACTIVE
+/// subscription whose period ended shows what the next locked use will do
+/// ([`roll`]): the free plan's current month, the next paid period if its
+/// renewal is paid, CANCELLED if cancelled at period end, else PAST_DUE with
+/// no credits.
 pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Result<Subscription> {
-    if sub.status != "ACTIVE" || now < sub.period_end {
+    if sub.status != Status::Active || now < sub.period_end {
         return Ok(sub);
     }
+    if !sub.calendar_periods && orders::paid_renewal(conn, sub.id, sub.period_end).await?.is_none() {
+        if sub.cancel_at_period_end {
+            return Ok(Subscription { status: Status::Cancelled, ended_at: Some(sub.period_end), credits_remaining: 0, ..sub });
+        }
+        return Ok(Subscription { status: Status::PastDue, credits_remaining: 0, ..sub });
+    }
+    // The free plan's month containing `now`, or the paid next period.
+    let at = if sub.calendar_periods { now } else { sub.period_end };
     #[derive(QueryableByName)]
     struct Period {
         #[diesel(sql_type = sql_types::Timestamptz)]
@@ -129,7 +240,7 @@ pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Re
           WHERE s.id = $1",
     )
     .bind::<sql_types::Uuid, _>(sub.id)
-    .bind::<sql_types::Timestamptz, _>(now)
+    .bind::<sql_types::Timestamptz, _>(at)
     .get_result(conn)
     .await?;
     Ok(Subscription {
@@ -147,60 +258,59 @@ pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Re
 pub async fn current(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Result<Subscription> {
     let live = subscriptions::table
         .filter(subscriptions::user_id.eq(user_id))
-        .filter(subscriptions::status.eq("ACTIVE"))
+        .filter(subscriptions::status.eq_any(LIVE))
         .select(Subscription::as_select())
         .first(conn)
         .await
         .optional()?;
+    let live = match live {
+        Some(sub) => Some(as_of(conn, sub, now).await?),
+        None => None,
+    };
     match live {
-        Some(sub) => as_of(conn, sub, now).await,
-        None => {
-            let free = plans::get(conn, FREE_PLAN_ID).await?;
-            let (start, end) = calendar_month(now);
-            Ok(Subscription {
-                id: Uuid::nil(),
-                user_id: user_id.to_owned(),
-                plan_id: free.id,
-                order_id: None,
-                status: "ACTIVE".into(),
-                period_start: start,
-                period_end: end,
-                credits_granted: free.credits_per_period,
-                credits_remaining: free.credits_per_period,
-                created_at: now,
-            })
-        }
+        Some(sub) if sub.status.is_live() => Ok(sub),
+        // No live row, or one that ends at its period end: the free plan.
+        _ => Ok(Subscription::free_preview(user_id, &plans::get(conn, FREE_PLAN_ID).await?, now)),
     }
 }
 
-/// The user's ACTIVE subscription, locked, in its current period; a free
-/// subscription is created on first use. Call inside a transaction.
+/// The user's live subscription, locked, in its current period (rolled if
+/// it ended); a free subscription is created on first use and after a paid
+/// one ended. Call inside a transaction.
 pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Result<Subscription> {
-    if lock_active(conn, user_id).await?.is_none() {
-        let free = plans::get(conn, FREE_PLAN_ID).await?;
-        let (start, end) = calendar_month(now);
-        // Two first uses at once: the partial unique index lets one insert win.
-        diesel::sql_query(
-            "INSERT INTO subscriptions (id, user_id, plan_id, status, anchor_at, calendar_periods, period_start, period_end, \
+    if let Some(sub) = lock_live(conn, user_id).await? {
+        if sub.status != Status::Active || now < sub.period_end || !roll(conn, sub.id, now).await? {
+            return Ok(sub);
+        }
+        let rolled = get(conn, sub.id).await?;
+        if rolled.status.is_live() {
+            return Ok(rolled);
+        }
+        // It ended at its period end (cancelled then): the free plan now.
+    }
+    let free = plans::get(conn, FREE_PLAN_ID).await?;
+    let (start, end) = calendar_month(now);
+    // Two first uses at once: the partial unique index lets one insert win.
+    diesel::sql_query(
+        "INSERT INTO subscriptions (id, user_id, plan_id, status, anchor_at, calendar_periods, period_start, period_end, \
              credits_granted, credits_remaining, created_at, updated_at) \
              VALUES ($1, $2, $3, 'ACTIVE', $4, true, $4, $5, $6, $6, $7, $7) \
-             ON CONFLICT (user_id) WHERE status = 'ACTIVE' DO NOTHING",
-        )
-        .bind::<sql_types::Uuid, _>(Uuid::new_v4())
-        .bind::<sql_types::Text, _>(user_id)
-        .bind::<sql_types::Text, _>(&free.id)
-        .bind::<sql_types::Timestamptz, _>(start)
-        .bind::<sql_types::Timestamptz, _>(end)
-        .bind::<sql_types::BigInt, _>(free.credits_per_period)
-        .bind::<sql_types::Timestamptz, _>(now)
-        .execute(conn)
-        .await?;
-    }
-    let sub = lock_active(conn, user_id)
+             ON CONFLICT (user_id) WHERE status IN ('ACTIVE', 'PAST_DUE') DO NOTHING",
+    )
+    .bind::<sql_types::Uuid, _>(Uuid::new_v4())
+    .bind::<sql_types::Text, _>(user_id)
+    .bind::<sql_types::Text, _>(&free.id)
+    .bind::<sql_types::Timestamptz, _>(start)
+    .bind::<sql_types::Timestamptz, _>(end)
+    .bind::<sql_types::BigInt, _>(free.credits_per_period)
+    .bind::<sql_types::Timestamptz, _>(now)
+    .execute(conn)
+    .await?;
+    let sub = lock_live(conn, user_id)
         .await?
         // Replaced or cancelled between the insert and this read: retryable.
         .ok_or_else(|| Error::from(shared::db::DbError::Conflict(format!("active subscription of {user_id} changed"))))?;
-    if now >= sub.period_end && roll(conn, sub.id, now).await? {
+    if sub.status == Status::Active && now >= sub.period_end && roll(conn, sub.id, now).await? {
         return get(conn, sub.id).await;
     }
     Ok(sub)
@@ -210,11 +320,20 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
 /// CARRY_OVER ledger row and a zero balance, in the caller's transaction, so
 /// the ledger still explains the balance (docs/design.md, Invariants 10).
 async fn carry_over(conn: &mut Conn, from: &Subscription, now: DateTime<Utc>) -> Result<()> {
+    take_credits(conn, from, "CARRY_OVER", now).await
+}
+
+/// Moves all remaining credits of `from` out with a ledger row of `kind`
+/// (CARRY_OVER, FORFEITED) and a zero balance, in the caller's transaction.
+async fn take_credits(conn: &mut Conn, from: &Subscription, kind: &'static str, now: DateTime<Utc>) -> Result<()> {
+    if from.credits_remaining <= 0 {
+        return Ok(());
+    }
     diesel::insert_into(ledger::table)
         .values((
             ledger::subscription_id.eq(from.id),
             ledger::period_start.eq(from.period_start),
-            ledger::kind.eq("CARRY_OVER"),
+            ledger::kind.eq(kind),
             ledger::credits.eq(from.credits_remaining),
             ledger::created_at.eq(now),
         ))
@@ -240,6 +359,7 @@ pub async fn create_paid(
     plan: &Plan,
     order_id: &str,
     old: Option<Subscription>,
+    saved: Option<&SavedMethod>,
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
     let id = Uuid::new_v4();
@@ -252,9 +372,14 @@ pub async fn create_paid(
         // The new row must exist before replaced_by can point at it, and the
         // old one must leave ACTIVE before the new one enters it.
         diesel::update(subscriptions::table.find(old.id))
-            .set((subscriptions::status.eq("REPLACED"), subscriptions::updated_at.eq(now)))
+            .set((subscriptions::status.eq(Status::Replaced), subscriptions::updated_at.eq(now)))
             .execute(conn)
             .await?;
+        // Its renewal is no longer owed: a later payment of it is refused
+        // (a refundable discrepancy), and no job charges it; one paid
+        // already is owed back.
+        orders::cancel_renewals_of(conn, old.id, now).await?;
+        refund_unused_renewals(conn, old, now).await?;
     }
     let end = now.checked_add_months(Months::new(1)).unwrap_or(now);
     let credits = plan.credits_per_period + carried;
@@ -264,8 +389,10 @@ pub async fn create_paid(
             subscriptions::user_id.eq(user_id),
             subscriptions::plan_id.eq(&plan.id),
             subscriptions::order_id.eq(order_id),
-            subscriptions::status.eq("ACTIVE"),
+            subscriptions::status.eq(Status::Active),
             subscriptions::anchor_at.eq(now),
+            subscriptions::gateway_customer_id.eq(saved.map(|m| m.customer_id.as_str())),
+            subscriptions::gateway_token_id.eq(saved.map(|m| m.token_id.as_str())),
             subscriptions::calendar_periods.eq(false),
             subscriptions::period_start.eq(now),
             subscriptions::period_end.eq(end),
@@ -283,13 +410,56 @@ pub async fn create_paid(
     Ok(sub)
 }
 
-/// Rollover job: opens the next period of every ACTIVE subscription whose
-/// period ended, in batches, skipping rows another replica holds.
+/// Ends a live subscription now (CancelSubscription now, a full refund of
+/// the order that paid the current period): CANCELLED, the remaining
+/// credits forfeited through a ledger row, its open renewal cancelled.
+/// Caller holds the row lock (taken after any order lock).
+pub async fn end_now(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<Subscription> {
+    take_credits(conn, sub, "FORFEITED", now).await?;
+    orders::cancel_renewals_of(conn, sub.id, now).await?;
+    refund_unused_renewals(conn, sub, now).await?;
+    Ok(diesel::update(subscriptions::table.find(sub.id))
+        .set((
+            subscriptions::status.eq(Status::Cancelled),
+            subscriptions::ended_at.eq(now),
+            subscriptions::credits_remaining.eq(0),
+            subscriptions::updated_at.eq(now),
+        ))
+        .returning(Subscription::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Renewals of `sub` paid for periods it will not have (it ends now):
+/// each payment becomes a SUBSCRIPTION_ENDED discrepancy, which
+/// `reconcile --fix` refunds. Caller holds the subscription's lock.
+async fn refund_unused_renewals(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<()> {
+    use crate::discrepancies::{self, Discrepancy, Kind, Source};
+    for order in orders::paid_renewals_from(conn, sub.id, sub.period_end).await? {
+        let Some(payment_id) = order.payment_id.clone() else { continue };
+        let d = Discrepancy {
+            kind: Kind::SubscriptionEnded,
+            order_id: Some(order.id.clone()),
+            detail: format!(
+                "renewal order {} paid the period from {} of subscription {}, which ended first",
+                order.id,
+                order.renews_period_start.unwrap_or(sub.period_end),
+                sub.id
+            ),
+            payment_id,
+        };
+        discrepancies::record(conn, &d, Some((order.amount_minor, &order.currency)), Source::SubscriptionEnded, now).await?;
+    }
+    Ok(())
+}
+
+/// Rollover job: applies what is due to every ACTIVE subscription whose
+/// period ended ([`roll`]), in batches, skipping rows another replica holds.
 pub async fn roll_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result<usize> {
     use diesel_async::AsyncConnection;
     conn.transaction(async |conn| {
         let due: Vec<Uuid> = subscriptions::table
-            .filter(subscriptions::status.eq("ACTIVE"))
+            .filter(subscriptions::status.eq(Status::Active))
             .filter(subscriptions::period_end.le(now))
             .select(subscriptions::id)
             .limit(batch)
@@ -306,4 +476,80 @@ pub async fn roll_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result
         Ok(rolled)
     })
     .await
+}
+
+/// What CancelSubscription came to.
+#[derive(Debug, Clone)]
+pub struct Cancelled {
+    pub subscription: Subscription,
+    pub replayed: bool,
+}
+
+/// CancelSubscription (docs/design.md, "Subscription lifecycle"). At period
+/// end: the flag is set and the open renewal order cancelled; the rollover
+/// ends the subscription at `period_end`. Now: [`end_now`]. Renewal orders
+/// are locked before the subscription, the capture path's lock order, so a
+/// renewal being paid right now either commits first (and is then refunded
+/// by whoever cancels) or finds its order CANCELLED.
+pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &str, at_period_end: bool, now: DateTime<Utc>) -> Result<Cancelled> {
+    use crate::schema::orders as o;
+    shared::retry_tx!(conn, shared::db::Races::Conflicts, |c| {
+        let _renewals: Vec<String> = o::table
+            .filter(o::renews_subscription_id.eq(id))
+            .filter(o::status.eq(orders::Status::Created))
+            .select(o::id)
+            .for_update()
+            .load(c)
+            .await?;
+        let mut sub = lock(c, id).await?;
+        if sub.user_id != user_id {
+            // Someone else's subscription reads as unknown.
+            return Err(Error::not_found("subscription", id));
+        }
+        if sub.status == Status::Active && now >= sub.period_end && roll(c, id, now).await? {
+            sub = get(c, id).await?;
+        }
+        let replay = |subscription| Ok(Cancelled { subscription, replayed: true });
+        match sub.status {
+            Status::Cancelled => return replay(sub),
+            Status::Expired | Status::Replaced => {
+                return Err(Error::precondition(
+                    "SUBSCRIPTION_ENDED",
+                    format!("subscription:{id}"),
+                    format!("subscription {id} is {} and cannot be cancelled", sub.status),
+                ));
+            }
+            Status::Active | Status::PastDue => {}
+        }
+        if sub.is_free() {
+            return Err(Error::precondition(
+                "FREE_PLAN",
+                format!("subscription:{id}"),
+                "the free plan has nothing to cancel: it renews at no charge",
+            ));
+        }
+        if at_period_end && sub.status == Status::Active {
+            if sub.cancel_at_period_end {
+                return replay(sub);
+            }
+            orders::cancel_renewals_of(c, id, now).await?;
+            let sub = diesel::update(subscriptions::table.find(id))
+                .set((subscriptions::cancel_at_period_end.eq(true), subscriptions::updated_at.eq(now)))
+                .returning(Subscription::as_returning())
+                .get_result(c)
+                .await?;
+            tracing::info!(subscription_id = %id, period_end = %sub.period_end, "cancelled at period end");
+            return Ok(Cancelled { subscription: sub, replayed: false });
+        }
+        // Now (or PAST_DUE, whose period already ended).
+        let sub = end_now(c, &sub, now).await?;
+        tracing::info!(subscription_id = %id, "cancelled now");
+        Ok(Cancelled { subscription: sub, replayed: false })
+    })
+}
+
+/// The open renewal orders of these subscriptions, for their views.
+pub async fn renewals_of(conn: &mut Conn, subs: &[Subscription]) -> Result<Vec<orders::Order>> {
+    let ids: Vec<Uuid> = subs.iter().map(|s| s.id).collect();
+    orders::open_renewals(conn, &ids).await
 }

@@ -72,7 +72,7 @@ pub struct SessionView {
 pub async fn view(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<SessionView> {
     let session = get(conn, id).await?;
     let started_on = subscriptions::get(conn, session.subscription_id).await?;
-    let credits_remaining = if started_on.status == "ACTIVE" {
+    let credits_remaining = if started_on.status.is_live() {
         subscriptions::as_of(conn, started_on, now).await?.credits_remaining
     } else {
         let live = subscriptions::current(conn, &session.user_id, now).await?;

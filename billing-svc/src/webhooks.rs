@@ -1,6 +1,8 @@
 //! Gateway webhooks: signature over the raw body, an inbox keyed by event id
-//! (a redelivery is acknowledged, not reprocessed), and `payment.captured` /
-//! `order.paid` through the same capture path as VerifyPayment.
+//! (a redelivery is acknowledged, not reprocessed), `payment.captured` /
+//! `order.paid` through the same capture path as VerifyPayment (a payment
+//! that saved a card or mandate also saves it for renewals), and
+//! `refund.processed` / `refund.failed` settling a PENDING refund.
 //!
 //! Every field taken from a body is bounded and checked before it reaches
 //! the database. A signed event whose content is refused (not JSON, no
@@ -19,7 +21,9 @@ use uuid::Uuid;
 use crate::{
     App, Error, Result,
     discrepancies::Source,
+    gateway::SavedMethod,
     payments::{self, Capture, Payment},
+    refunds,
     schema::webhook_events as ev,
 };
 
@@ -44,11 +48,14 @@ struct PaymentFields {
     order_id: String,
     amount: i64,
     currency: String,
+    saved: Option<SavedMethod>,
 }
 
 /// What the body says, or why its content is refused.
 enum Content {
     Capture(String, PaymentFields),
+    /// A refund settled: the gateway's refund id and its new status.
+    Refund(String, String, refunds::Status),
     Other(String),
     Refused(String),
 }
@@ -71,6 +78,17 @@ fn parse(body: &[u8]) -> Content {
     let Some(kind) = event_type(&event["event"]) else {
         return Content::Refused(format!("\"event\" must be 1..{MAX_FIELD} characters of [A-Za-z0-9._-]"));
     };
+    let settled = match kind.as_str() {
+        "refund.processed" => Some(refunds::Status::Processed),
+        "refund.failed" => Some(refunds::Status::Failed),
+        _ => None,
+    };
+    if let Some(status) = settled {
+        return match gateway_id(&event["payload"]["refund"]["entity"]["id"]) {
+            Some(id) => Content::Refund(kind, id, status),
+            None => Content::Refused(format!("payload.refund.entity.id must be 1..{MAX_FIELD} of [A-Za-z0-9_-]")),
+        };
+    }
     if !matches!(kind.as_str(), "payment.captured" | "order.paid") {
         return Content::Other(kind);
     }
@@ -78,7 +96,11 @@ fn parse(body: &[u8]) -> Content {
     let currency = p["currency"].as_str().filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()));
     match (gateway_id(&p["id"]), gateway_id(&p["order_id"]), p["amount"].as_i64().filter(|a| *a >= 0), currency) {
         (Some(id), Some(order_id), Some(amount), Some(currency)) => {
-            Content::Capture(kind, PaymentFields { id, order_id, amount, currency: currency.to_ascii_uppercase() })
+            let saved = match (gateway_id(&p["customer_id"]), gateway_id(&p["token_id"])) {
+                (Some(customer_id), Some(token_id)) => Some(SavedMethod { customer_id, token_id, email: None, contact: None }),
+                _ => None,
+            };
+            Content::Capture(kind, PaymentFields { id, order_id, amount, currency: currency.to_ascii_uppercase(), saved })
         }
         _ => Content::Refused(format!(
             "payload.payment.entity needs id and order_id (1..{MAX_FIELD} of [A-Za-z0-9_-]), amount >= 0 and a 3-letter currency"
@@ -108,7 +130,7 @@ async fn process(
 ) -> Result<Outcome> {
     let (event_type, order_id) = match content {
         Content::Capture(t, p) => (t.as_str(), Some(p.order_id.as_str())),
-        Content::Other(t) => (t.as_str(), None),
+        Content::Refund(t, _, _) | Content::Other(t) => (t.as_str(), None),
         Content::Refused(_) => ("(refused)", None),
     };
     let inserted = diesel::insert_into(ev::table)
@@ -132,11 +154,19 @@ async fn process(
     let (outcome, detail, subscription_id) = match content {
         Content::Refused(why) => ("REJECTED", why.clone(), None),
         Content::Other(_) => ("IGNORED", String::new(), None),
+        Content::Refund(_, id, status) => {
+            if refunds::settle(conn, id, *status, "", now).await? {
+                ("PROCESSED", String::new(), None)
+            } else {
+                ("IGNORED", format!("no PENDING refund {id}"), None)
+            }
+        }
         Content::Capture(_, p) => {
             let payment = Payment {
                 order_id: &p.order_id,
                 payment_id: &p.id,
                 paid: Some((p.amount, &p.currency)),
+                saved_method: p.saved.as_ref(),
                 source: Source::Webhook,
             };
             match payments::capture_in_tx(conn, payment, now).await {

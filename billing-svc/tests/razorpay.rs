@@ -702,7 +702,7 @@ async fn verify_payment_confirms_the_payment_at_razorpay() {
     // Captured for the order's amount: paid, with a subscription.
     fake.add_payment("pay_Good00000001", &order.id, 49_900, "INR", "captured");
     let captured = verify(&order.id, "pay_Good00000001").await.unwrap();
-    assert_eq!(captured.order.status, "PAID");
+    assert_eq!(captured.order.status, billing_svc::orders::Status::Paid);
     assert_eq!(captured.order.payment_id.as_deref(), Some("pay_Good00000001"));
     assert!(!captured.replayed);
     let again = verify(&order.id, "pay_Good00000001").await.unwrap();

@@ -19,6 +19,7 @@ pub mod pg;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod text_enum;
 pub mod time;
 
 pub use clock::Clock;

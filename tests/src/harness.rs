@@ -148,6 +148,7 @@ pub fn billing_config(opts: &Options) -> billing_svc::Config {
             ..Default::default()
         },
         jobs: billing_svc::config::JobsConfig { enabled: false, ..Default::default() },
+        lifecycle: billing_svc::config::LifecycleConfig::default(),
         stuck_session_after: chrono::Duration::hours(24),
         common: common(opts),
     }
@@ -201,12 +202,14 @@ async fn try_spawn(opts: Options) -> anyhow::Result<TestApp> {
     let billing_http_addr = billing_http_listener.local_addr()?;
     let billing_shutdown = Shutdown::new();
     let bcfg = billing_config(&opts);
-    let billing_task = tokio::spawn(billing_svc::serve(
-        bcfg.clone(),
+    // One sandbox for the served billing and the test-side App (jobs run by
+    // hand): a test flips its charge and refund switches for both.
+    let gateway = billing_svc::gateway::Sandbox::new(bcfg.gateway.clone());
+    let billing_task = tokio::spawn(billing_svc::serve_app(
+        billing_svc::App::with_gateway(bcfg.clone(), &billing_db_url, clock.clone(), std::sync::Arc::new(gateway.clone())),
         billing_db_url.clone(),
         billing_listener,
         billing_http_listener,
-        clock.clone(),
         billing_shutdown.clone(),
     ));
 
@@ -225,14 +228,13 @@ async fn try_spawn(opts: Options) -> anyhow::Result<TestApp> {
     wait_serving(&billing_addr.to_string(), proto::BILLING_SERVICE_NAME).await?;
     wait_serving(&checkout_addr.to_string(), proto::CHECKOUT_SERVICE_NAME).await?;
 
-    let gateway = billing_svc::gateway::Sandbox::new(bcfg.gateway.clone());
     Ok(TestApp {
         checkout: checkout_client(&checkout_addr.to_string(), SERVICE_TOKEN)?,
         billing: billing_client(&billing_addr.to_string(), SERVICE_TOKEN)?,
         checkout_admin: checkout_client(&checkout_addr.to_string(), ADMIN_TOKEN)?,
         billing_admin: billing_client(&billing_addr.to_string(), ADMIN_TOKEN)?,
         checkout_app: checkout_svc::App::new(ccfg, &checkout_db_url, clock.clone())?,
-        billing_app: billing_svc::App::new(bcfg, &billing_db_url, clock.clone()),
+        billing_app: billing_svc::App::with_gateway(bcfg, &billing_db_url, clock.clone(), std::sync::Arc::new(gateway.clone())),
         gateway,
         opts,
         clock,
@@ -317,12 +319,17 @@ impl TestApp {
         let listener = TcpListener::bind(self.billing_addr).await?;
         let http_listener = TcpListener::bind(self.billing_http_addr).await?;
         self.billing_shutdown = Shutdown::new();
-        self.billing_task = Some(tokio::spawn(billing_svc::serve(
+        let app = billing_svc::App::with_gateway(
             billing_config(&self.opts),
+            &self.billing_db_url,
+            self.clock.clone(),
+            std::sync::Arc::new(self.gateway.clone()),
+        );
+        self.billing_task = Some(tokio::spawn(billing_svc::serve_app(
+            app,
             self.billing_db_url.clone(),
             listener,
             http_listener,
-            self.clock.clone(),
             self.billing_shutdown.clone(),
         )));
         wait_serving(&self.billing_addr.to_string(), proto::BILLING_SERVICE_NAME).await

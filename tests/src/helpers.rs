@@ -132,6 +132,33 @@ impl TestApp {
         }
     }
 
+    pub async fn subscription(&self, id: &str) -> bpb::Subscription {
+        let mut b = self.billing.clone();
+        match b.get_subscription(bpb::GetSubscriptionRequest { id: id.into() }).await {
+            Ok(r) => r.into_inner().subscription.unwrap_or_default(),
+            Err(e) => panic!("GetSubscription: {e:?}"),
+        }
+    }
+
+    /// Runs billing job `name` once, through the test-side App.
+    pub async fn run_job(&self, name: &str) -> String {
+        match billing_svc::jobs::run_once(&self.billing_app, name).await {
+            Ok(s) => s,
+            Err(e) => panic!("job {name}: {e:#}"),
+        }
+    }
+
+    /// Pays the open renewal order of subscription `id` through
+    /// VerifyPayment (the renewal job must have created it: the clock within
+    /// RENEWAL_LEAD_HOURS of period_end). Returns the order id.
+    pub async fn pay_renewal(&self, id: &str) -> Result<bpb::VerifyPaymentResponse, Status> {
+        let order_id = self.subscription(id).await.renewal_order_id;
+        assert!(!order_id.is_empty(), "subscription {id} has no open renewal order");
+        let (payment_id, signature) = self.pay(&order_id);
+        let mut b = self.billing.clone();
+        b.verify_payment(bpb::VerifyPaymentRequest { order_id, payment_id, signature }).await.map(|r| r.into_inner())
+    }
+
     pub async fn start_usage(&self, user: &str, kind: bpb::UsageKind) -> Result<bpb::UsageSession, Status> {
         let mut b = self.billing.clone();
         b.start_usage_session(bpb::StartUsageSessionRequest { user_id: user.into(), kind: kind as i32 })

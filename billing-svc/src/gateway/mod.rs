@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 pub use razorpay::Razorpay;
-pub use sandbox::Sandbox;
+pub use sandbox::{Sandbox, SandboxRefunds};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -48,6 +48,9 @@ pub struct GatewayPayment {
     pub status: PaymentStatus,
     pub amount_minor: i64,
     pub currency: String,
+    /// The method the customer saved with this payment for recurring
+    /// charges (customer and token), when the gateway reports one.
+    pub saved_method: Option<SavedMethod>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,11 +6,31 @@ use super::{
     Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, NewOrder, PaymentStatus, RefundStatus, SavedMethod,
     hex_eq, hmac_hex,
 };
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU8, Ordering},
+};
+
 use crate::config::GatewayConfig;
 
+/// Clones share the charge switch ([`Sandbox::set_fail_charges`]).
 #[derive(Clone)]
 pub struct Sandbox {
     config: GatewayConfig,
+    fail_charges: Arc<AtomicBool>,
+    refunds: Arc<AtomicU8>,
+}
+
+/// How the sandbox answers refunds ([`Sandbox::set_refunds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SandboxRefunds {
+    /// Processed at once (the default).
+    Process = 0,
+    /// Refused, the way Razorpay refuses a refund (400).
+    Refuse = 1,
+    /// The gateway cannot be reached.
+    Unreachable = 2,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -18,14 +38,26 @@ impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sandbox")
             .field("key_id", &self.config.key_id)
-            .field("fail_charges", &self.config.sandbox_fail_charges)
+            .field("fail_charges", &self.fail_charges.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl Sandbox {
     pub fn new(config: GatewayConfig) -> Self {
-        Self { config }
+        let fail_charges = Arc::new(AtomicBool::new(config.sandbox_fail_charges));
+        Self { config, fail_charges, refunds: Arc::new(AtomicU8::new(SandboxRefunds::Process as u8)) }
+    }
+
+    /// How later refunds are answered (tests exercise refusals and outages).
+    pub fn set_refunds(&self, answer: SandboxRefunds) {
+        self.refunds.store(answer as u8, Ordering::Relaxed);
+    }
+
+    /// Declines (true) or captures (false) every later charge of a saved
+    /// method, like `SANDBOX_FAIL_CHARGES` at start-up (tests flip it).
+    pub fn set_fail_charges(&self, fail: bool) {
+        self.fail_charges.store(fail, Ordering::Relaxed);
     }
 
     /// What the gateway hands the customer after a successful payment.
@@ -40,7 +72,20 @@ impl Sandbox {
 
     /// A `payment.captured` webhook body like Razorpay's.
     pub fn captured_event_body(order_id: &str, payment_id: &str, amount_minor: i64, currency: &str) -> Vec<u8> {
-        serde_json::json!({
+        Self::captured_event_body_saving(order_id, payment_id, amount_minor, currency, None)
+    }
+
+    /// Like [`Sandbox::captured_event_body`]; with `saved` = (customer id,
+    /// token id), the payment also saved a card for recurring charges (the
+    /// way Razorpay reports a recurring-enabled first payment).
+    pub fn captured_event_body_saving(
+        order_id: &str,
+        payment_id: &str,
+        amount_minor: i64,
+        currency: &str,
+        saved: Option<(&str, &str)>,
+    ) -> Vec<u8> {
+        let mut body = serde_json::json!({
             "entity": "event",
             "event": "payment.captured",
             "payload": { "payment": { "entity": {
@@ -50,9 +95,12 @@ impl Sandbox {
                 "currency": currency,
                 "status": "captured",
             }}}
-        })
-        .to_string()
-        .into_bytes()
+        });
+        if let Some((customer, token)) = saved {
+            body["payload"]["payment"]["entity"]["customer_id"] = customer.into();
+            body["payload"]["payment"]["entity"]["token_id"] = token.into();
+        }
+        body.to_string().into_bytes()
     }
 
     pub fn new_payment_id() -> String {
@@ -84,8 +132,19 @@ impl Gateway for Sandbox {
         Ok(None)
     }
 
-    /// Every refund is processed at once.
+    /// Every refund is processed at once, unless [`Sandbox::set_refunds`]
+    /// said otherwise.
     async fn refund(&self, _payment_id: &str, amount_minor: i64, _refund_key: &str) -> Result<GatewayRefund, GatewayError> {
+        match self.refunds.load(Ordering::Relaxed) {
+            1 => {
+                return Err(GatewayError::Refused {
+                    code: "BAD_REQUEST_ERROR".into(),
+                    message: "The refund could not be processed (sandbox: refunds refused)".into(),
+                });
+            }
+            2 => return Err(GatewayError::Unavailable { message: "sandbox: gateway unreachable".into(), retry_after: None }),
+            _ => {}
+        }
         if amount_minor <= 0 {
             return Err(GatewayError::Refused {
                 code: "BAD_REQUEST_ERROR".into(),
@@ -105,7 +164,7 @@ impl Gateway for Sandbox {
         order_id: &str,
         _receipt: &str,
     ) -> Result<GatewayPayment, GatewayError> {
-        if self.config.sandbox_fail_charges {
+        if self.fail_charges.load(Ordering::Relaxed) {
             return Err(GatewayError::Refused {
                 code: "BAD_REQUEST_ERROR".into(),
                 message: "Payment failed: the card was declined (sandbox: SANDBOX_FAIL_CHARGES)".into(),
@@ -117,6 +176,7 @@ impl Gateway for Sandbox {
             status: PaymentStatus::Captured,
             amount_minor,
             currency: currency.to_owned(),
+            saved_method: None,
         })
     }
 }
@@ -154,6 +214,9 @@ mod tests {
         assert_eq!((p.amount_minor, p.currency.as_str(), p.order_id.as_deref()), (49_900, "INR", Some("order_9")));
 
         let failing = Sandbox::new(GatewayConfig { sandbox_fail_charges: true, ..sandbox().config });
+        let flipped = sandbox();
+        flipped.clone().set_fail_charges(true);
+        assert!(flipped.charge_saved_method(&card(), 1, "INR", "order_9", "rcpt").await.is_err(), "clones share the switch");
         match failing.charge_saved_method(&card(), 49_900, "INR", "order_9", "rcpt").await {
             Err(GatewayError::Refused { code, .. }) => assert_eq!(code, "BAD_REQUEST_ERROR"),
             other => panic!("expected a declined charge, got {other:?}"),

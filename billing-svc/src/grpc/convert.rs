@@ -5,9 +5,10 @@ use shared::time::{opt_to_proto, to_proto};
 use crate::{
     deductions::Charged,
     limits::UsageReport,
-    orders::OrderView,
+    orders::{Order, OrderView, Status as OrderStatus},
     plans::Plan,
-    subscriptions::Subscription,
+    refunds::{Refund, Status as RefundStatus},
+    subscriptions::{Status as SubStatus, Subscription},
     usage::{SessionView, UsageSession},
 };
 
@@ -37,30 +38,62 @@ pub fn order(v: &OrderView) -> pb::Order {
     let o = &v.order;
     pb::Order {
         id: o.id.clone(),
-        checkout_session_id: o.checkout_session_id.to_string(),
+        checkout_session_id: o.checkout_session_id.map(|s| s.to_string()).unwrap_or_default(),
         user_id: o.user_id.clone(),
         plan_id: o.plan_id.clone(),
         amount_minor: o.amount_minor,
         currency: o.currency.clone(),
-        status: match o.status.as_str() {
-            "PAID" => pb::OrderStatus::Paid,
-            "CANCELLED" => pb::OrderStatus::Cancelled,
-            _ => pb::OrderStatus::Created,
+        status: match o.status {
+            OrderStatus::Created => pb::OrderStatus::Created,
+            OrderStatus::Paid => pb::OrderStatus::Paid,
+            OrderStatus::Cancelled => pb::OrderStatus::Cancelled,
         } as i32,
         payment_id: o.payment_id.clone().unwrap_or_default(),
         subscription_id: v.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
         created_at: Some(to_proto(o.created_at)),
         paid_at: opt_to_proto(o.paid_at),
+        renews_subscription_id: o.renews_subscription_id.map(|s| s.to_string()).unwrap_or_default(),
+        renews_period_start: opt_to_proto(o.renews_period_start),
+        amount_refunded_minor: v.refunds.iter().filter(|r| r.status != RefundStatus::Failed).map(|r| r.amount_minor).sum(),
+        refunds: v.refunds.iter().map(refund).collect(),
     }
 }
 
+pub fn refund(r: &Refund) -> pb::Refund {
+    pb::Refund {
+        id: r.id.clone(),
+        order_id: r.order_id.clone().unwrap_or_default(),
+        payment_id: r.payment_id.clone(),
+        amount_minor: r.amount_minor,
+        currency: r.currency.clone(),
+        status: match r.status {
+            RefundStatus::Pending => pb::RefundStatus::Pending,
+            RefundStatus::Processed => pb::RefundStatus::Processed,
+            RefundStatus::Failed => pb::RefundStatus::Failed,
+        } as i32,
+        reason: r.reason.clone(),
+        gateway_refund_id: r.gateway_refund_id.clone().unwrap_or_default(),
+        detail: r.detail.clone(),
+        created_at: Some(to_proto(r.created_at)),
+    }
+}
+
+/// A subscription without its renewal order (see [`subscription_with`]).
 pub fn subscription(s: &Subscription) -> pb::Subscription {
-    let status = match s.status.as_str() {
-        "ACTIVE" => pb::SubscriptionStatus::Active,
-        "REPLACED" => pb::SubscriptionStatus::Replaced,
-        "CANCELLED" => pb::SubscriptionStatus::Cancelled,
-        _ => pb::SubscriptionStatus::Unspecified,
+    subscription_with(s, None)
+}
+
+/// A subscription with its open renewal order, if any.
+pub fn subscription_with(s: &Subscription, renewal: Option<&Order>) -> pb::Subscription {
+    let status = match s.status {
+        SubStatus::Active => pb::SubscriptionStatus::Active,
+        SubStatus::PastDue => pb::SubscriptionStatus::PastDue,
+        SubStatus::Cancelled => pb::SubscriptionStatus::Cancelled,
+        SubStatus::Expired => pb::SubscriptionStatus::Expired,
+        SubStatus::Replaced => pb::SubscriptionStatus::Replaced,
     };
+    // Only the renewal of the period that follows the current one counts.
+    let renewal = renewal.filter(|o| o.renews_subscription_id == Some(s.id) && o.renews_period_start == Some(s.period_end));
     pb::Subscription {
         id: s.id.to_string(),
         user_id: s.user_id.clone(),
@@ -72,6 +105,11 @@ pub fn subscription(s: &Subscription) -> pb::Subscription {
         credits_granted: s.credits_granted,
         credits_remaining: s.credits_remaining,
         created_at: Some(to_proto(s.created_at)),
+        cancel_at_period_end: s.cancel_at_period_end,
+        renewal_order_id: renewal.map(|o| o.id.clone()).unwrap_or_default(),
+        next_charge_at: renewal.and_then(|o| opt_to_proto(o.next_charge_at)),
+        ended_at: opt_to_proto(s.ended_at),
+        has_saved_payment_method: s.gateway_token_id.is_some(),
     }
 }
 

@@ -18,12 +18,12 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use params::{
-    day, page_after, page_size, parse_stats_page_token, parse_subscription_page_token, stats_page_token, subscription_page_token,
-    usage_kind,
+    day, order_page_token, order_status, page_after, page_size, parse_order_page_token, parse_stats_page_token,
+    parse_subscription_page_token, stats_page_token, subscription_page_token, usage_kind,
 };
 
 use crate::{
-    App, deductions, limits, orders, payments, plans, reconcile, stats, subscriptions,
+    App, deductions, limits, orders, payments, plans, reconcile, refunds, stats, subscriptions,
     usage::{self, Kind},
     webhooks,
 };
@@ -84,7 +84,7 @@ impl BillingService for BillingGrpc {
         })
         .await?;
         Ok(Response::new(pb::CreateOrderResponse {
-            order: Some(convert::order(&orders::OrderView { order, subscription_id: None })),
+            order: Some(convert::order(&orders::OrderView::new(order, None))),
             gateway_key_id: self.app.gateway.key_id().to_owned(),
         }))
     }
@@ -134,7 +134,7 @@ impl BillingService for BillingGrpc {
             payments::verify(&app, &r.order_id, &r.payment_id, &r.signature).await
         })
         .await?;
-        let view = orders::OrderView { subscription_id: Some(c.subscription.id), order: c.order };
+        let view = orders::OrderView::new(c.order, Some(c.subscription.id));
         Ok(Response::new(pb::VerifyPaymentResponse {
             order: Some(convert::order(&view)),
             subscription: Some(convert::subscription(&c.subscription)),
@@ -178,10 +178,13 @@ impl BillingService for BillingGrpc {
             let mut c = app.conn().await?;
             // Past its period end it reads as the period now open would be.
             let s = subscriptions::get(&mut c, id).await?;
-            subscriptions::as_of(&mut c, s, app.clock.now()).await
+            let s = subscriptions::as_of(&mut c, s, app.clock.now()).await?;
+            let renewal = subscriptions::renewals_of(&mut c, std::slice::from_ref(&s)).await?;
+            Ok((s, renewal))
         })
         .await?;
-        Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(convert::subscription(&s)) }))
+        let (s, renewal) = s;
+        Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(convert::subscription_with(&s, renewal.first())) }))
     }
 
     #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
@@ -193,11 +196,110 @@ impl BillingService for BillingGrpc {
         let after = page_after(&r.page_token, parse_subscription_page_token, &mut v);
         v.finish()?;
         let app = self.app.clone();
-        let (subs, next) =
-            run(async move { subscriptions::list_for_user(&mut *app.conn().await?, &r.user_id, size, after).await }).await?;
+        let (subs, next, renewals) = run(async move {
+            let mut c = app.conn().await?;
+            let (subs, next) = subscriptions::list_for_user(&mut c, &r.user_id, size, after).await?;
+            let renewals = subscriptions::renewals_of(&mut c, &subs).await?;
+            Ok((subs, next, renewals))
+        })
+        .await?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions: subs.iter().map(convert::subscription).collect(),
+            subscriptions: subs
+                .iter()
+                .map(|s| convert::subscription_with(s, renewals.iter().find(|o| o.renews_subscription_id == Some(s.id))))
+                .collect(),
             next_page_token: next.map(|(t, id)| subscription_page_token(t, id)).unwrap_or_default(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(subscription_id = %req.get_ref().id, at_period_end = req.get_ref().at_period_end))]
+    async fn cancel_subscription(
+        &self,
+        req: Request<pb::CancelSubscriptionRequest>,
+    ) -> RpcResult<pb::CancelSubscriptionResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = v.uuid("id", &r.id);
+        v.text("user_id", &r.user_id, MAX_ID_LEN);
+        v.finish()?;
+        let app = self.app.clone();
+        let c = run(async move {
+            let _pass = app.gate.enter(&format!("user:{}", r.user_id)).await?;
+            let mut conn = app.conn().await?;
+            let c = subscriptions::cancel(&mut conn, id, &r.user_id, r.at_period_end, app.clock.now()).await?;
+            let renewal = subscriptions::renewals_of(&mut conn, std::slice::from_ref(&c.subscription)).await?;
+            Ok((c, renewal))
+        })
+        .await?;
+        let (c, renewal) = c;
+        Ok(Response::new(pb::CancelSubscriptionResponse {
+            subscription: Some(convert::subscription_with(&c.subscription, renewal.first())),
+            replayed: c.replayed,
+        }))
+    }
+
+    #[instrument(skip_all, fields(order_id = %req.get_ref().order_id, refund_id = %req.get_ref().refund_id))]
+    async fn refund_payment(&self, req: Request<pb::RefundPaymentRequest>) -> RpcResult<pb::RefundPaymentResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.text("order_id", &r.order_id, MAX_ID_LEN);
+        v.text("refund_id", &r.refund_id, MAX_ID_LEN);
+        v.text("reason", &r.reason, refunds::MAX_REASON);
+        v.range("amount_minor", r.amount_minor, 0, i64::MAX / 4);
+        v.finish()?;
+        let app = self.app.clone();
+        let request =
+            refunds::Request { order_id: r.order_id, amount_minor: r.amount_minor, reason: r.reason, refund_id: r.refund_id };
+        let done = run(async move {
+            let _pass = app.gate.enter(&format!("order:{}", request.order_id)).await?;
+            refunds::refund_order(&app, &request).await
+        })
+        .await?;
+        Ok(Response::new(pb::RefundPaymentResponse {
+            refund: Some(convert::refund(&done.refund)),
+            order: Some(convert::order(&done.order)),
+            replayed: done.replayed,
+        }))
+    }
+
+    #[instrument(skip_all, fields(order_id = %req.get_ref().id))]
+    async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> RpcResult<pb::GetOrderResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.text("id", &r.id, MAX_ID_LEN);
+        v.finish()?;
+        let app = self.app.clone();
+        let view = run(async move { orders::view(&mut *app.conn().await?, &r.id).await }).await?;
+        Ok(Response::new(pb::GetOrderResponse { order: Some(convert::order(&view)) }))
+    }
+
+    #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
+    async fn list_orders(&self, req: Request<pb::ListOrdersRequest>) -> RpcResult<pb::ListOrdersResponse> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        if r.user_id.is_empty() && r.payment_id.is_empty() {
+            v.add("user_id", "is required unless payment_id is given");
+        }
+        if !r.user_id.is_empty() {
+            v.text("user_id", &r.user_id, MAX_ID_LEN);
+        }
+        if !r.payment_id.is_empty() {
+            v.text("payment_id", &r.payment_id, MAX_ID_LEN);
+        }
+        let status = order_status(r.status);
+        if status.is_none() {
+            v.add("status", "is not an OrderStatus");
+        }
+        let size = page_size(r.page_size, &mut v);
+        let after = page_after(&r.page_token, parse_order_page_token, &mut v);
+        v.finish()?;
+        let filter = orders::ListFilter { user_id: some(&r.user_id), status: status.flatten(), payment_id: some(&r.payment_id) };
+        let app = self.app.clone();
+        let (views, next) = run(async move { orders::list(&mut *app.conn().await?, &filter, size, after).await }).await?;
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: views.iter().map(convert::order).collect(),
+            next_page_token: next.map(order_page_token).unwrap_or_default(),
         }))
     }
 
@@ -309,7 +411,7 @@ impl BillingService for BillingGrpc {
         let app = self.app.clone();
         let report = run(async move {
             let stuck = app.config.stuck_session_after;
-            reconcile::run(&mut *app.conn().await?, app.clock.now(), stuck, fix).await
+            reconcile::run(&app, app.clock.now(), stuck, fix).await
         })
         .await?;
         Ok(Response::new(pb::RunReconciliationResponse {

@@ -89,3 +89,26 @@ pub(super) fn parse_stats_page_token(token: &str) -> Option<(NaiveDate, String)>
     let ok = !plan_id.is_empty() && plan_id.chars().count() <= MAX_ID_LEN && !plan_id.chars().any(char::is_control);
     ok.then(|| (d, plan_id.to_owned()))
 }
+
+/// ListOrders' position: the last order's seq, as hex of its decimal.
+pub(super) fn order_page_token(seq: i64) -> String {
+    hex::encode(seq.to_string())
+}
+
+pub(super) fn parse_order_page_token(token: &str) -> Option<i64> {
+    if token.len() > 40 {
+        return None;
+    }
+    String::from_utf8(hex::decode(token).ok()?).ok()?.parse().ok().filter(|n: &i64| *n > 0)
+}
+
+pub(super) fn order_status(v: i32) -> Option<Option<crate::orders::Status>> {
+    use crate::orders::Status;
+    match pb::OrderStatus::try_from(v) {
+        Ok(pb::OrderStatus::Unspecified) => Some(None),
+        Ok(pb::OrderStatus::Created) => Some(Some(Status::Created)),
+        Ok(pb::OrderStatus::Paid) => Some(Some(Status::Paid)),
+        Ok(pb::OrderStatus::Cancelled) => Some(Some(Status::Cancelled)),
+        Err(_) => None,
+    }
+}

@@ -251,8 +251,8 @@ async fn guard_subscriptions_refuse_a_second_subscription_for_one_order() {
     let insert = |order_id: &str| {
         format!(
             "INSERT INTO subscriptions (id, user_id, plan_id, order_id, status, anchor_at, period_start, period_end, \
-             credits_granted, credits_remaining) VALUES (gen_random_uuid(), 'twice', 'basic-monthly', '{order_id}', \
-             'CANCELLED', now(), now(), now() + interval '1 month', 0, 0)"
+             credits_granted, credits_remaining, ended_at) VALUES (gen_random_uuid(), 'twice', 'basic-monthly', '{order_id}', \
+             'CANCELLED', now(), now(), now() + interval '1 month', 0, 0, now())"
         )
     };
     assert_eq!(exec(&mut db, &insert(&order.id)).await, 1);

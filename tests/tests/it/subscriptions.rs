@@ -45,6 +45,8 @@ async fn paying_again_replaces_the_subscription_and_carries_credits_over() {
     assert!(r.findings.is_empty(), "the ledger explains both balances: {:?}", r.findings);
 }
 
+/// A paid renewal opens the next period at the old period end, once,
+/// however many rollover runs meet it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rollover_opens_the_next_period_exactly_once() {
     let mut app = spawn_app().await;
@@ -65,7 +67,11 @@ async fn rollover_opens_the_next_period_exactly_once() {
         .deduct(bpb::DeductRequest { usage_session_id: us.id.clone(), deduction_id: "d1".into(), units: 7 })
         .await
         .unwrap();
-    app.clock.advance(Duration::days(32));
+    // The renewal is due from 72 hours before the period ends; paid early.
+    app.clock.advance(Duration::days(29));
+    app.run_job("renewals").await;
+    app.pay_renewal(&sub.id).await.unwrap();
+    app.clock.advance(Duration::days(3));
     let first = billing_svc::jobs::run_once(&app.billing_app, "rollover").await.unwrap();
     let second = billing_svc::jobs::run_once(&app.billing_app, "rollover").await.unwrap();
     assert!(first.contains(": 1 subscriptions"), "{first}");
@@ -161,9 +167,11 @@ async fn reconciliation_finds_each_inconsistency_fixes_it_and_then_finds_nothing
     let audit_before = scalar(&mut db, "SELECT count(*) AS n FROM reconcile_audit").await;
     assert_eq!(audit_before, 0, "check mode changes nothing");
 
+    // The gateway refuses the refund: everything is repaired except money
+    // taken without a subscription, which only a refund or an operator's
+    // acknowledgement closes.
+    app.gateway.set_refunds(billing_svc::gateway::SandboxRefunds::Refuse);
     let fix = app.billing_admin.run_reconciliation(bpb::RunReconciliationRequest { fix: true }).await.unwrap().into_inner();
-    // Everything is repaired except money taken without a subscription,
-    // which only a refund or an operator's acknowledgement closes.
     assert!(fix.findings.iter().all(|f| f.fixed == (f.kind != "PAYMENT_DISCREPANCY")), "{:?}", fix.findings);
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM reconcile_audit").await, fix.fixed);
     assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE order_id = '{}'", lost.id)).await, 1);
@@ -298,10 +306,17 @@ async fn race_concurrent_payments_of_one_user_leave_one_active_subscription() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn race_concurrent_rollover_runs_open_each_period_once() {
     let app = spawn_app().await;
+    let mut subs = Vec::new();
     for i in 0..20 {
-        app.subscribe(&format!("period-{i}"), "basic-monthly").await;
+        subs.push(app.subscribe(&format!("period-{i}"), "basic-monthly").await);
     }
-    app.clock.advance(Duration::days(40));
+    // Every renewal paid (the periods end 31 days after 15 March).
+    app.clock.advance(Duration::days(29));
+    app.run_job("renewals").await;
+    for s in &subs {
+        app.pay_renewal(&s.id).await.unwrap();
+    }
+    app.clock.advance(Duration::days(11));
     let runs = futures::future::join_all((0..4).map(|_| billing_svc::jobs::run_once(&app.billing_app, "rollover"))).await;
     let opened: usize = runs
         .into_iter()

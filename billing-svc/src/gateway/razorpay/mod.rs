@@ -220,6 +220,10 @@ impl Razorpay {
             status: payment_status(&p.status),
             amount_minor: p.amount,
             currency: p.currency,
+            saved_method: match (p.customer_id.filter(|c| !c.is_empty()), p.token_id.filter(|t| !t.is_empty())) {
+                (Some(customer_id), Some(token_id)) => Some(SavedMethod { customer_id, token_id, email: None, contact: None }),
+                _ => None,
+            },
         })
     }
 }
@@ -341,6 +345,7 @@ impl Gateway for Razorpay {
                     status: PaymentStatus::Created,
                     amount_minor,
                     currency: currency.to_owned(),
+                    saved_method: None,
                 })
             }
         }

@@ -44,6 +44,11 @@ pub(super) struct PaymentEntity {
     pub(super) currency: String,
     pub(super) status: String,
     pub(super) order_id: Option<String>,
+    /// Set on payments that saved a card or mandate for recurring charges.
+    #[serde(default)]
+    pub(super) customer_id: Option<String>,
+    #[serde(default)]
+    pub(super) token_id: Option<String>,
 }
 
 /// The refund entity (fields billing reads).

@@ -19,7 +19,7 @@ use tests::{
 };
 use tonic_types::StatusExt;
 
-fn precondition_type(s: &tonic::Status) -> String {
+pub(crate) fn precondition_type(s: &tonic::Status) -> String {
     s.get_error_details().precondition_failure().and_then(|p| p.violations.first().map(|v| v.r#type.clone())).unwrap_or_default()
 }
 

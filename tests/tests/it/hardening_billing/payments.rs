@@ -40,12 +40,38 @@ async fn a_late_payment_of_a_superseded_order_is_a_discrepancy_never_a_downgrade
         2,
         "both late payments are recorded for a refund"
     );
-    // `fix` never closes money taken without a subscription.
-    for fix in [true, true, false] {
+    // A check reports both; `fix` refunds each once, through the refund
+    // path, and a second run finds nothing left; the subscription is
+    // untouched.
+    let check = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+    assert_eq!(check.into_inner().findings.iter().filter(|f| f.kind == "PAYMENT_DISCREPANCY").count(), 2);
+    let fixed = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: true }).await.unwrap();
+    let fixed = fixed.into_inner();
+    assert_eq!(fixed.findings.iter().filter(|f| f.kind == "PAYMENT_DISCREPANCY" && f.fixed).count(), 2, "{:?}", fixed.findings);
+    for fix in [true, false] {
         let r = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix }).await.unwrap().into_inner();
-        let open = r.findings.iter().filter(|f| f.kind == "PAYMENT_DISCREPANCY" && !f.fixed).count();
-        assert_eq!(open, 2, "{:?}", r.findings);
+        assert!(r.findings.is_empty(), "nothing left: {:?}", r.findings);
     }
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM refunds WHERE discrepancy_id IS NOT NULL AND status = 'PROCESSED'").await,
+        2,
+        "one refund per late payment"
+    );
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies WHERE status = 'REFUNDED'").await, 2);
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM reconcile_audit WHERE kind = 'PAYMENT_DISCREPANCY' AND action = 'refunded'")
+            .await,
+        2
+    );
+    let still = scalar(
+        &mut db,
+        &format!(
+            "SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'ACTIVE' AND credits_remaining = 1500",
+            bought.id
+        ),
+    )
+    .await;
+    assert_eq!(still, 1, "the subscription is untouched");
     assert_ledger_matches_balances(&mut db).await;
 }
 

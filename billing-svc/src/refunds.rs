@@ -1,0 +1,427 @@
+//! Refunds of captured payments (docs/design.md, "Refunds"): of an order's
+//! payment (RefundPayment) or of a payment that bought nothing (a payment
+//! discrepancy, refunded by `reconcile --fix`). One path for both:
+//!
+//! 1. under the order's row lock (the discrepancy's, for a payment of no
+//!    known order) the refund is checked against what is left and recorded
+//!    PENDING, so racing refunds never add up to more than was captured;
+//! 2. the gateway is asked, with no pooled connection held;
+//! 3. under the same lock the answer is recorded: PROCESSED or PENDING
+//!    (settled later by the `refund.*` webhooks), or FAILED (the amount is
+//!    refundable again). An unreachable gateway removes the PENDING row:
+//!    nothing half-written, the caller retries with the same refund id.
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use shared::db::{Conn, Races};
+
+use crate::{
+    App, Error, Result,
+    gateway::{GatewayError, RefundStatus},
+    orders::{self, Order},
+    schema::{payment_discrepancies as pd, reconcile_audit, refunds},
+    subscriptions,
+};
+
+/// Longest reason accepted.
+pub const MAX_REASON: usize = 500;
+
+shared::text_enum! {
+    /// Where a refund is: PENDING moves to PROCESSED or FAILED.
+    pub enum Status {
+        Pending = "PENDING",
+        Processed = "PROCESSED",
+        Failed = "FAILED",
+    }
+}
+
+impl From<RefundStatus> for Status {
+    fn from(s: RefundStatus) -> Self {
+        match s {
+            RefundStatus::Pending => Status::Pending,
+            RefundStatus::Processed => Status::Processed,
+            RefundStatus::Failed => Status::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = refunds, check_for_backend(diesel::pg::Pg))]
+pub struct Refund {
+    pub id: String,
+    pub payment_id: String,
+    pub order_id: Option<String>,
+    pub discrepancy_id: Option<i64>,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: Status,
+    pub reason: String,
+    pub gateway_refund_id: Option<String>,
+    pub detail: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A RefundPayment request, checked by the handler.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub order_id: String,
+    /// 0: everything that is left.
+    pub amount_minor: i64,
+    pub reason: String,
+    pub refund_id: String,
+}
+
+/// What a refund request came to.
+#[derive(Debug, Clone)]
+pub struct Refunded {
+    pub refund: Refund,
+    pub order: orders::OrderView,
+    pub replayed: bool,
+}
+
+/// Refunds of these orders, oldest first.
+pub async fn of_orders(conn: &mut Conn, order_ids: &[String]) -> Result<Vec<Refund>> {
+    Ok(refunds::table
+        .filter(refunds::order_id.eq_any(order_ids))
+        .order((refunds::created_at, refunds::id))
+        .select(Refund::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// PENDING and PROCESSED refunds of a payment: what no longer can be refunded.
+async fn refunded_of(conn: &mut Conn, payment_id: &str) -> Result<i64> {
+    let amounts: Vec<i64> = refunds::table
+        .filter(refunds::payment_id.eq(payment_id))
+        .filter(refunds::status.ne(Status::Failed))
+        .select(refunds::amount_minor)
+        .load(conn)
+        .await?;
+    Ok(amounts.iter().sum())
+}
+
+async fn find(conn: &mut Conn, id: &str) -> Result<Option<Refund>> {
+    Ok(refunds::table.find(id).select(Refund::as_select()).first(conn).await.optional()?)
+}
+
+/// Step 1 of an order refund, under the order's row lock: a replay, or the
+/// PENDING row and the payment it refunds.
+enum Begun {
+    Replay(Refund),
+    New(Refund),
+}
+
+async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>) -> Result<Begun> {
+    let order = orders::lock_optional(conn, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
+    let subject = format!("order:{}", order.id);
+    if let Some(prior) = find(conn, &r.refund_id).await? {
+        let same = prior.order_id.as_deref() == Some(order.id.as_str())
+            && prior.discrepancy_id.is_none()
+            && (r.amount_minor == 0 || r.amount_minor == prior.amount_minor);
+        if !same {
+            return Err(Error::precondition(
+                "REFUND_ID_REUSED",
+                format!("refund:{}", r.refund_id),
+                "this refund_id was used for another order or amount; use a new refund_id",
+            ));
+        }
+        return Ok(Begun::Replay(prior));
+    }
+    let Some(payment_id) = order.payment_id.clone().filter(|_| order.is_paid()) else {
+        return Err(Error::precondition("ORDER_NOT_PAID", subject, format!("order {} has no captured payment", order.id)));
+    };
+    let left = order.amount_minor - refunded_of(conn, &payment_id).await?;
+    let amount = if r.amount_minor == 0 { left } else { r.amount_minor };
+    if left <= 0 || amount > left {
+        return Err(Error::precondition(
+            "REFUND_EXCEEDS_CAPTURED",
+            subject,
+            format!(
+                "order {} captured {} {} and {left} is left to refund; {amount} asked",
+                order.id, order.amount_minor, order.currency
+            ),
+        ));
+    }
+    let pending =
+        insert_pending(conn, &r.refund_id, &payment_id, Some(&order.id), None, amount, &order.currency, &r.reason, now).await?;
+    Ok(Begun::New(pending))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_pending(
+    conn: &mut Conn,
+    id: &str,
+    payment_id: &str,
+    order_id: Option<&str>,
+    discrepancy_id: Option<i64>,
+    amount_minor: i64,
+    currency: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Refund> {
+    Ok(diesel::insert_into(refunds::table)
+        .values((
+            refunds::id.eq(id),
+            refunds::payment_id.eq(payment_id),
+            refunds::order_id.eq(order_id),
+            refunds::discrepancy_id.eq(discrepancy_id),
+            refunds::amount_minor.eq(amount_minor),
+            refunds::currency.eq(currency),
+            refunds::status.eq(Status::Pending),
+            refunds::reason.eq(reason),
+            refunds::created_at.eq(now),
+            refunds::updated_at.eq(now),
+        ))
+        .returning(Refund::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// The gateway's answer, as recorded.
+enum Answer {
+    Accepted { gateway_id: String, status: Status },
+    Refused(String),
+    Unreachable(GatewayError),
+}
+
+async fn ask_gateway(app: &App, refund: &Refund) -> Answer {
+    match app.gateway.refund(&refund.payment_id, refund.amount_minor, &refund.id).await {
+        Ok(r) => Answer::Accepted { gateway_id: r.id, status: r.status.into() },
+        Err(GatewayError::Refused { code, message }) => Answer::Refused(format!("{code}: {message}")),
+        Err(e @ GatewayError::Unavailable { .. }) => Answer::Unreachable(e),
+    }
+}
+
+/// Step 3: records the answer (caller holds the lock step 1 took). Returns
+/// the refund as recorded; None when the PENDING row was removed.
+async fn record(conn: &mut Conn, id: &str, answer: &Answer, now: DateTime<Utc>) -> Result<Option<Refund>> {
+    let target = refunds::table.find(id).filter(refunds::status.eq(Status::Pending));
+    Ok(match answer {
+        Answer::Accepted { gateway_id, status } => diesel::update(target)
+            .set((refunds::status.eq(*status), refunds::gateway_refund_id.eq(gateway_id), refunds::updated_at.eq(now)))
+            .returning(Refund::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?,
+        Answer::Refused(why) => diesel::update(target)
+            .set((refunds::status.eq(Status::Failed), refunds::detail.eq(why), refunds::updated_at.eq(now)))
+            .returning(Refund::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?,
+        Answer::Unreachable(_) => {
+            diesel::delete(target).execute(conn).await?;
+            None
+        }
+    })
+}
+
+/// RefundPayment: refunds (part of) an order's captured payment.
+pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
+    let now = app.clock.now();
+    let begun = {
+        let mut conn = app.conn().await?;
+        shared::retry_tx!(&mut conn, Races::ConflictsAndUnique, |c| begin(c, r, now).await)?
+    };
+    let pending = match begun {
+        Begun::Replay(refund) => {
+            let order = orders::view(&mut *app.conn().await?, &r.order_id).await?;
+            return Ok(Refunded { refund, order, replayed: true });
+        }
+        Begun::New(p) => p,
+    };
+    let answer = ask_gateway(app, &pending).await;
+    let mut conn = app.conn().await?;
+    let recorded = shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
+        let order = orders::lock_optional(c, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
+        let recorded = record(c, &pending.id, &answer, now).await?;
+        if let Some(refund) = &recorded
+            && refund.status != Status::Failed
+        {
+            end_if_fully_refunded(c, &order, now).await?;
+        }
+        Ok::<_, Error>(recorded)
+    })?;
+    match (&answer, recorded) {
+        (Answer::Unreachable(e), _) => Err(e.clone().into()),
+        (Answer::Refused(why), _) => {
+            tracing::warn!(refund_id = %pending.id, order_id = %r.order_id, %why, "gateway refused a refund");
+            Err(Error::precondition(
+                "GATEWAY_REFUSED",
+                format!("refund:{}", pending.id),
+                format!("the gateway refused the refund ({why}); it is recorded FAILED and the order is unchanged"),
+            ))
+        }
+        (Answer::Accepted { .. }, Some(refund)) => {
+            tracing::info!(refund_id = %refund.id, order_id = %r.order_id, amount = refund.amount_minor, status = %refund.status, "refund recorded");
+            let order = orders::view(&mut conn, &r.order_id).await?;
+            Ok(Refunded { refund, order, replayed: false })
+        }
+        // Settled by a webhook between the steps: read it as it is.
+        (Answer::Accepted { .. }, None) => {
+            let refund = find(&mut conn, &pending.id).await?.ok_or_else(|| Error::not_found("refund", &pending.id))?;
+            let order = orders::view(&mut conn, &r.order_id).await?;
+            Ok(Refunded { refund, order, replayed: false })
+        }
+    }
+}
+
+/// A full refund of the order that paid the subscription's current period
+/// ends the subscription now (its credits forfeited). Order row held; the
+/// subscription is locked after it, as everywhere.
+async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
+    let Some(payment_id) = &order.payment_id else { return Ok(()) };
+    if refunded_of(conn, payment_id).await? < order.amount_minor {
+        return Ok(());
+    }
+    let sub_id = match order.renews_subscription_id {
+        Some(id) => Some(id),
+        None => subscriptions::by_order(conn, &order.id).await?.map(|s| s.id),
+    };
+    let Some(sub_id) = sub_id else { return Ok(()) };
+    let sub = subscriptions::lock(conn, sub_id).await?;
+    let pays_current = match order.renews_period_start {
+        Some(start) => start == sub.period_start,
+        // The purchase paid the first period only.
+        None => sub.period_start == sub.anchor_at,
+    };
+    if sub.status.is_live() && pays_current {
+        subscriptions::end_now(conn, &sub, now).await?;
+        tracing::info!(order_id = %order.id, subscription_id = %sub.id, "fully refunded: subscription cancelled");
+    }
+    Ok(())
+}
+
+/// What reconciliation's refund of a discrepancy came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscrepancyRefund {
+    /// Refunded now (or found refunded): the discrepancy is REFUNDED.
+    Refunded(String),
+    /// Not refunded; the reason (no amount known, gateway refused or down,
+    /// no longer OPEN).
+    Left(String),
+}
+
+/// payment id, order id, amount, currency, status of a discrepancy.
+type DiscrepancyRow = (String, Option<String>, Option<i64>, Option<String>, String);
+
+/// Refunds the payment of an OPEN discrepancy in full, through the same
+/// steps as [`refund_order`] (the discrepancy row is the lock), and marks it
+/// REFUNDED with an audit row. Safe to run concurrently and repeatedly: the
+/// refund id is derived from the discrepancy, so one refund at most.
+pub async fn refund_discrepancy(app: &App, discrepancy_id: i64) -> Result<DiscrepancyRefund> {
+    let now = app.clock.now();
+    let refund_id = format!("discrepancy:{discrepancy_id}");
+    let pending = {
+        let mut conn = app.conn().await?;
+        let begun = conn
+            .transaction(async |c| -> Result<std::result::Result<Refund, String>> {
+                let row: Option<DiscrepancyRow> = pd::table
+                    .find(discrepancy_id)
+                    .select((pd::payment_id, pd::order_id, pd::amount_minor, pd::currency, pd::status))
+                    .for_update()
+                    .first(c)
+                    .await
+                    .optional()?;
+                let Some((payment_id, order_id, amount, currency, status)) = row else {
+                    return Err(Error::not_found("payment_discrepancy", discrepancy_id));
+                };
+                if status != "OPEN" {
+                    return Ok(Err(format!("discrepancy is {status}")));
+                }
+                if let Some(prior) = find(c, &refund_id).await? {
+                    return Ok(match prior.status {
+                        Status::Failed => {
+                            Err(format!("refund {refund_id} failed: {}; refund by hand and acknowledge", prior.detail))
+                        }
+                        _ => Ok(prior),
+                    });
+                }
+                // Amount and currency as the gateway reported them, else the
+                // order's (a VerifyPayment capture through a gateway that
+                // reports neither).
+                let order = match &order_id {
+                    Some(id) => orders::get(c, id).await.ok(),
+                    None => None,
+                };
+                let (amount, currency) = match (amount, currency, &order) {
+                    (Some(a), Some(cur), _) => (a, cur),
+                    (_, _, Some(o)) => (o.amount_minor, o.currency.clone()),
+                    _ => return Ok(Err("the amount is unknown; refund by hand and acknowledge".into())),
+                };
+                if amount <= 0 {
+                    return Ok(Err("nothing to refund (amount 0)".into()));
+                }
+                let reason = "payment discrepancy: money taken that bought nothing";
+                let known_order = order.as_ref().map(|o| o.id.as_str());
+                Ok(Ok(insert_pending(
+                    c,
+                    &refund_id,
+                    &payment_id,
+                    known_order,
+                    Some(discrepancy_id),
+                    amount,
+                    &currency,
+                    reason,
+                    now,
+                )
+                .await?))
+            })
+            .await?;
+        match begun {
+            Ok(p) => p,
+            Err(why) => return Ok(DiscrepancyRefund::Left(why)),
+        }
+    };
+    // A PENDING or PROCESSED refund found above is not asked for again.
+    let answer = if pending.status == Status::Pending && pending.gateway_refund_id.is_none() {
+        ask_gateway(app, &pending).await
+    } else {
+        Answer::Accepted { gateway_id: pending.gateway_refund_id.clone().unwrap_or_default(), status: pending.status }
+    };
+    let mut conn = app.conn().await?;
+    conn.transaction(async |c| {
+        let status: String = pd::table.find(discrepancy_id).select(pd::status).for_update().first(c).await?;
+        if pending.gateway_refund_id.is_none() {
+            record(c, &pending.id, &answer, now).await?;
+        }
+        let (gateway_id, ok) = match &answer {
+            Answer::Accepted { gateway_id, .. } => (gateway_id.clone(), true),
+            Answer::Refused(why) => return Ok(DiscrepancyRefund::Left(format!("the gateway refused the refund: {why}"))),
+            Answer::Unreachable(e) => return Ok(DiscrepancyRefund::Left(format!("the gateway is unreachable: {e}"))),
+        };
+        if ok && status == "OPEN" {
+            let note = format!("refunded by reconcile --fix: refund {refund_id} (gateway {gateway_id})");
+            diesel::update(pd::table.find(discrepancy_id))
+                .set((pd::status.eq("REFUNDED"), pd::note.eq(&note), pd::resolved_at.eq(now)))
+                .execute(c)
+                .await?;
+            diesel::insert_into(reconcile_audit::table)
+                .values((
+                    reconcile_audit::kind.eq(crate::reconcile::PAYMENT_DISCREPANCY),
+                    reconcile_audit::subject_id.eq(discrepancy_id.to_string()),
+                    reconcile_audit::action.eq("refunded"),
+                    reconcile_audit::note.eq(&note),
+                    reconcile_audit::created_at.eq(now),
+                ))
+                .execute(c)
+                .await?;
+            tracing::info!(discrepancy_id, refund_id, "payment discrepancy refunded");
+        }
+        Ok(DiscrepancyRefund::Refunded(refund_id.clone()))
+    })
+    .await
+}
+
+/// A `refund.processed` / `refund.failed` webhook: settles the PENDING
+/// refund the gateway names. Returns false when no PENDING refund has that
+/// gateway id (already settled, or not billing's).
+pub async fn settle(conn: &mut Conn, gateway_refund_id: &str, status: Status, detail: &str, now: DateTime<Utc>) -> Result<bool> {
+    let n = diesel::update(
+        refunds::table.filter(refunds::gateway_refund_id.eq(gateway_refund_id)).filter(refunds::status.eq(Status::Pending)),
+    )
+    .set((refunds::status.eq(status), refunds::detail.eq(detail), refunds::updated_at.eq(now)))
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}

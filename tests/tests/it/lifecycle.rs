@@ -1,0 +1,426 @@
+//! The subscription lifecycle (docs/design.md, "Subscription lifecycle"):
+//! prepaid periods, renewal orders, automatic charges of a saved payment
+//! method with retries, PAST_DUE and expiry, cancellation. Time moves by
+//! the injected clock; the jobs run by hand. Refunds are in `refunds`.
+use chrono::{DateTime, Duration, Months, Utc};
+use proto::{billing::v1 as bpb, checkout::v1 as cpb};
+use tests::{
+    TestApp,
+    helpers::{assert_ledger_matches_balances, scalar},
+    spawn_app,
+};
+use tonic::Code;
+
+use crate::hardening_billing::precondition_type;
+
+fn ts(t: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
+    let t = (*t).unwrap_or_default();
+    DateTime::from_timestamp(t.seconds, 0).unwrap()
+}
+
+/// Buys `plan` through a payment that also saves a card for renewals (a
+/// signed `payment.captured` webhook carrying customer and token ids).
+pub async fn subscribe_with_saved_card(app: &TestApp, user: &str, plan: &str) -> bpb::Subscription {
+    let order = app.order(user, plan).await;
+    let (payment_id, _) = app.pay(&order.id);
+    let body = billing_svc::gateway::Sandbox::captured_event_body_saving(
+        &order.id,
+        &payment_id,
+        order.amount_minor,
+        &order.currency,
+        Some(("cust_test", &format!("token_{user}"))),
+    );
+    let hook = bpb::HandleGatewayWebhookRequest {
+        signature: app.gateway.sign_webhook(&body),
+        body,
+        event_id: format!("evt-{payment_id}"),
+    };
+    let r = app.billing.clone().handle_gateway_webhook(hook).await.unwrap().into_inner();
+    assert_eq!(r.outcome, "PROCESSED");
+    let sub = app.subscription(&r.subscription_id).await;
+    assert!(sub.has_saved_payment_method);
+    sub
+}
+
+async fn usage(app: &TestApp, user: &str) -> bpb::Usage {
+    let r = app.billing.clone().get_usage(bpb::GetUsageRequest { user_id: user.into() }).await.unwrap();
+    r.into_inner().usage.unwrap()
+}
+
+async fn spend(app: &TestApp, user: &str, units: i64) -> bpb::DeductResponse {
+    let us = app.start_usage(user, bpb::UsageKind::Text).await.unwrap();
+    let r = app
+        .billing
+        .clone()
+        .deduct(bpb::DeductRequest { usage_session_id: us.id.clone(), deduction_id: format!("spend-{units}"), units })
+        .await
+        .unwrap();
+    // Ended at once: no minutes count against later starts.
+    app.end_usage(&us.id, 0).await.unwrap();
+    r.into_inner()
+}
+
+/// docs/design.md, Invariants 20: a paid user whose period ends unpaid gets no new credits;
+/// after the grace period the subscription is EXPIRED, its renewal order
+/// cancelled (a late payment of it is a discrepancy), and the user is on the
+/// free plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unpaid_period_end_grants_nothing_then_expires_to_the_free_plan() {
+    let app = spawn_app().await;
+    let sub = app.subscribe("lapsed", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    spend(&app, "lapsed", 10).await;
+    app.clock.set(end - Duration::hours(48));
+    assert!(app.run_job("renewals").await.contains("1 renewal orders created"));
+    let renewal = app.subscription(&sub.id).await.renewal_order_id;
+    assert!(!renewal.is_empty());
+
+    app.clock.set(end - Duration::minutes(10));
+    let running = app.start_usage("lapsed", bpb::UsageKind::Text).await.unwrap();
+    app.clock.set(end + Duration::minutes(5));
+    let read = app.subscription(&sub.id).await;
+    assert_eq!(
+        (read.status, read.credits_remaining),
+        (bpb::SubscriptionStatus::PastDue as i32, 0),
+        "reads show it before the job"
+    );
+    assert!(app.run_job("rollover").await.contains(": 1 subscriptions"));
+    let past_due = app.subscription(&sub.id).await;
+    assert_eq!(past_due.status, bpb::SubscriptionStatus::PastDue as i32);
+    assert_eq!((past_due.credits_remaining, ts(&past_due.period_end)), (0, end), "no new credits, no new period");
+    // A session that was running draws nothing: its units are unpaid.
+    let d = app
+        .billing
+        .clone()
+        .deduct(bpb::DeductRequest { usage_session_id: running.id.clone(), deduction_id: "past-due".into(), units: 3 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((d.units_charged, d.units_unpaid), (0, 3), "nothing to spend while past due");
+    app.end_usage(&running.id, 0).await.unwrap();
+    assert_eq!(usage(&app, "lapsed").await.credits_remaining, 0);
+    let e = app.start_usage("lapsed", bpb::UsageKind::Text).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "no new sessions without credits: {e:?}");
+
+    // Still unpaid at the end of the grace period (72 hours).
+    app.clock.set(end + Duration::hours(71));
+    assert!(app.run_job("renewals").await.contains("0 expired"));
+    app.clock.set(end + Duration::hours(72));
+    assert!(app.run_job("renewals").await.contains("1 expired"));
+    let expired = app.subscription(&sub.id).await;
+    assert_eq!(expired.status, bpb::SubscriptionStatus::Expired as i32);
+    assert!(expired.ended_at.is_some());
+    let order = app.billing.clone().get_order(bpb::GetOrderRequest { id: renewal.clone() }).await.unwrap().into_inner();
+    assert_eq!(order.order.unwrap().status, bpb::OrderStatus::Cancelled as i32);
+    let u = usage(&app, "lapsed").await;
+    assert_eq!((u.plan_id.as_str(), u.credits_remaining), ("free", 30), "back on the free plan");
+    app.start_usage("lapsed", bpb::UsageKind::Text).await.unwrap();
+
+    // The renewal paid now buys nothing: an open discrepancy to refund.
+    let (p, sig) = app.pay(&renewal);
+    let e = app
+        .billing
+        .clone()
+        .verify_payment(bpb::VerifyPaymentRequest { order_id: renewal, payment_id: p, signature: sig })
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), precondition_type(&e).as_str()), (Code::FailedPrecondition, "ORDER_CANCELLED"));
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE user_id = 'lapsed' AND status = 'ACTIVE'").await,
+        1
+    );
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// Paid during the grace period, through a renewal checkout (checkout's
+/// CreateSession for the plan the user has): ACTIVE again, the new period
+/// anchored at the old period end, with the plan's credits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paid_in_grace_through_a_renewal_checkout_reactivates_at_the_old_period_end() {
+    let app = spawn_app().await;
+    let sub = app.subscribe("late-payer", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    app.clock.set(end - Duration::hours(72));
+    app.run_job("renewals").await;
+    app.clock.set(end + Duration::hours(30));
+    app.run_job("rollover").await;
+    assert_eq!(app.subscription(&sub.id).await.status, bpb::SubscriptionStatus::PastDue as i32);
+    let renewal = app.subscription(&sub.id).await.renewal_order_id;
+
+    let session = app.create_session("late-payer", "basic-monthly").await;
+    assert_eq!(session.order_id, renewal, "the renewal checkout pays the renewal order");
+    let (p, sig) = app.pay(&session.order_id);
+    let done = app.complete(&session.id, &p, &sig).await.unwrap().session.unwrap();
+    assert_eq!(done.status, cpb::SessionStatus::Completed as i32);
+    assert_eq!(done.subscription_id, sub.id, "the same subscription, renewed");
+
+    let renewed = app.subscription(&sub.id).await;
+    assert_eq!(renewed.status, bpb::SubscriptionStatus::Active as i32);
+    assert_eq!(ts(&renewed.period_start), end, "anchored at the old period end, not at the payment");
+    assert_eq!(ts(&renewed.period_end), ts(&sub.period_start) + Months::new(2));
+    assert_eq!((renewed.credits_granted, renewed.credits_remaining), (300, 300));
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE user_id = 'late-payer'").await, 1);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// A saved card is charged for the renewal; the next period opens exactly
+/// at the old period end with fresh credits, the leftovers expiring through
+/// the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recurring_charge_opens_the_next_period_with_fresh_credits() {
+    let app = spawn_app().await;
+    let sub = subscribe_with_saved_card(&app, "card", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    spend(&app, "card", 40).await;
+    app.clock.set(end - Duration::hours(72));
+    let out = app.run_job("renewals").await;
+    assert!(out.contains("1 renewal orders created, 1 charges captured"), "{out}");
+    let paid_early = app.subscription(&sub.id).await;
+    assert_eq!((paid_early.credits_remaining, ts(&paid_early.period_end)), (260, end), "the current period runs on");
+    assert!(paid_early.renewal_order_id.is_empty() && paid_early.next_charge_at.is_none(), "nothing left to collect");
+
+    app.clock.set(end);
+    app.run_job("rollover").await;
+    let next = app.subscription(&sub.id).await;
+    assert_eq!((ts(&next.period_start), next.credits_granted, next.credits_remaining), (end, 300, 300));
+    assert!(app.run_job("renewals").await.contains("0 renewal orders created, 0 charges captured"), "next one not due yet");
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT credits AS n FROM ledger WHERE kind = 'EXPIRED' AND subscription_id = '{}'", sub.id))
+            .await,
+        260
+    );
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// Declined twice, captured on the third attempt (24 hours apart): one
+/// charge captured, one period opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_declined_twice_then_captured_opens_one_period() {
+    let app = spawn_app().await;
+    let sub = subscribe_with_saved_card(&app, "flaky", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    app.gateway.set_fail_charges(true);
+    app.clock.set(end - Duration::hours(72));
+    assert!(app.run_job("renewals").await.contains("0 charges captured, 1 not captured"));
+    let waiting = app.subscription(&sub.id).await;
+    assert_eq!(ts(&waiting.next_charge_at), end - Duration::hours(48), "retried 24 hours later");
+    app.clock.set(end - Duration::hours(60));
+    assert!(app.run_job("renewals").await.contains("0 charges captured, 0 not captured"), "not before the retry is due");
+    app.clock.set(end - Duration::hours(48));
+    assert!(app.run_job("renewals").await.contains("1 not captured"));
+    app.gateway.set_fail_charges(false);
+    app.clock.set(end - Duration::hours(24));
+    assert!(app.run_job("renewals").await.contains("1 charges captured"));
+    for _ in 0..2 {
+        assert!(app.run_job("renewals").await.contains("0 charges captured, 0 not captured"));
+    }
+    app.clock.set(end + Duration::hours(1));
+    app.run_job("rollover").await;
+    let next = app.subscription(&sub.id).await;
+    assert_eq!((next.status, ts(&next.period_start), next.credits_remaining), (bpb::SubscriptionStatus::Active as i32, end, 300));
+    let mut db = app.billing_db().await;
+    let renewal = format!("renews_subscription_id = '{}'", sub.id);
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE {renewal}")).await, 1);
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE {renewal} AND status = 'PAID'")).await, 1);
+    assert_eq!(scalar(&mut db, &format!("SELECT charge_attempts::bigint AS n FROM orders WHERE {renewal}")).await, 3);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies").await, 0);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// docs/design.md, Invariants 20: the renewal job on four replicas at once (each its own
+/// pool) creates one renewal order per (subscription, period) and charges
+/// each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_renewal_job_on_four_replicas_creates_one_order_per_period() {
+    let app = spawn_app().await;
+    let mut end = Utc::now();
+    for i in 0..8 {
+        let sub = if i % 2 == 0 {
+            subscribe_with_saved_card(&app, &format!("replica-{i}"), "basic-monthly").await
+        } else {
+            app.subscribe(&format!("replica-{i}"), "pro-monthly").await
+        };
+        end = ts(&sub.period_end);
+    }
+    let replicas: Vec<billing_svc::App> = (0..4)
+        .map(|_| {
+            billing_svc::App::with_gateway(
+                app.billing_app.config.as_ref().clone(),
+                &app.billing_db_url,
+                app.clock.clone(),
+                app.billing_app.gateway.clone(),
+            )
+        })
+        .collect();
+    app.clock.set(end - Duration::hours(70));
+    for _ in 0..2 {
+        let runs = futures::future::join_all(replicas.iter().map(|r| billing_svc::jobs::run_once(r, "renewals"))).await;
+        for r in runs {
+            r.unwrap();
+        }
+    }
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE renews_subscription_id IS NOT NULL").await,
+        8,
+        "one renewal order per subscription"
+    );
+    assert_eq!(
+        scalar(
+            &mut db,
+            "SELECT count(DISTINCT renews_subscription_id) AS n FROM orders WHERE renews_subscription_id IS NOT NULL"
+        )
+        .await,
+        8
+    );
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE renews_subscription_id IS NOT NULL AND status = 'PAID'").await,
+        4,
+        "each saved card charged once"
+    );
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies").await, 0, "no second payment");
+    assert_eq!(
+        scalar(
+            &mut db,
+            "SELECT count(*) AS n FROM orders o JOIN plans p ON p.id = o.plan_id \
+              WHERE o.renews_subscription_id IS NOT NULL AND o.amount_minor <> p.price_minor"
+        )
+        .await,
+        0,
+        "at the plan's price"
+    );
+}
+
+/// CancelSubscription at period end: no renewal order, the credits stay
+/// until period_end, then CANCELLED and the free plan. Idempotent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_at_period_end_ends_it_then_and_falls_back_to_free() {
+    let app = spawn_app().await;
+    let sub = subscribe_with_saved_card(&app, "leaver", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    let cancel = |at_period_end: bool| {
+        let mut b = app.billing.clone();
+        let id = sub.id.clone();
+        async move {
+            b.cancel_subscription(bpb::CancelSubscriptionRequest { id, user_id: "leaver".into(), at_period_end })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let first = cancel(true).await.unwrap();
+    let s = first.subscription.unwrap();
+    assert!(!first.replayed && s.cancel_at_period_end);
+    assert_eq!((s.status, s.credits_remaining), (bpb::SubscriptionStatus::Active as i32, 300));
+    assert!(cancel(true).await.unwrap().replayed, "a repeat replays");
+
+    app.clock.set(end - Duration::hours(24));
+    assert!(app.run_job("renewals").await.contains("0 renewal orders created, 0 charges captured"));
+    app.clock.set(end + Duration::minutes(1));
+    assert_eq!(app.subscription(&sub.id).await.status, bpb::SubscriptionStatus::Cancelled as i32, "reads show it at once");
+    let u = usage(&app, "leaver").await;
+    assert_eq!((u.plan_id.as_str(), u.credits_remaining), ("free", 30));
+    // The first use after the end starts on the free plan.
+    let us = app.start_usage("leaver", bpb::UsageKind::Text).await.unwrap();
+    assert_ne!(us.subscription_id, sub.id);
+    let ended = app.subscription(&sub.id).await;
+    assert_eq!((ended.status, ended.credits_remaining), (bpb::SubscriptionStatus::Cancelled as i32, 0));
+    assert_eq!(ts(&ended.ended_at), end);
+    assert!(cancel(false).await.unwrap().replayed, "cancelling a cancelled one replays");
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE renews_subscription_id IS NOT NULL").await, 0);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// CancelSubscription now: CANCELLED, the remaining credits forfeited
+/// through a ledger row (ledger == balances); the open renewal cancelled.
+/// Someone else's, an unknown or a free subscription cannot be cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_now_forfeits_the_credits_through_the_ledger() {
+    let app = spawn_app().await;
+    let sub = app.subscribe("quitter", "basic-monthly").await;
+    spend(&app, "quitter", 5).await;
+    app.clock.set(ts(&sub.period_end) - Duration::hours(10));
+    app.run_job("renewals").await;
+    let renewal = app.subscription(&sub.id).await.renewal_order_id;
+    let mut b = app.billing.clone();
+    let req = |id: &str, user: &str| bpb::CancelSubscriptionRequest { id: id.into(), user_id: user.into(), at_period_end: false };
+
+    assert_eq!(b.cancel_subscription(req(&sub.id, "someone-else")).await.unwrap_err().code(), Code::NotFound);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(b.cancel_subscription(req(&unknown, "quitter")).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(b.cancel_subscription(req("not-a-uuid", "quitter")).await.unwrap_err().code(), Code::InvalidArgument);
+
+    let r = b.cancel_subscription(req(&sub.id, "quitter")).await.unwrap().into_inner();
+    let s = r.subscription.unwrap();
+    assert_eq!((s.status, s.credits_remaining, r.replayed), (bpb::SubscriptionStatus::Cancelled as i32, 0, false));
+    assert!(b.cancel_subscription(req(&sub.id, "quitter")).await.unwrap().into_inner().replayed);
+    let order = b.get_order(bpb::GetOrderRequest { id: renewal }).await.unwrap().into_inner().order.unwrap();
+    assert_eq!(order.status, bpb::OrderStatus::Cancelled as i32);
+
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT credits AS n FROM ledger WHERE kind = 'FORFEITED' AND subscription_id = '{}'", sub.id))
+            .await,
+        295
+    );
+    assert_ledger_matches_balances(&mut db).await;
+    // The free plan: nothing to cancel.
+    let free = app.start_usage("quitter", bpb::UsageKind::Text).await.unwrap().subscription_id;
+    let e = b.cancel_subscription(req(&free, "quitter")).await.unwrap_err();
+    assert_eq!((e.code(), precondition_type(&e).as_str()), (Code::FailedPrecondition, "FREE_PLAN"));
+}
+
+/// A renewal payment racing a cancellation: either the payment lands first
+/// (the period is paid, then the cancellation ends it now) or the order is
+/// already cancelled (the payment is a refundable discrepancy). Never both a
+/// cancelled subscription and a captured renewal that bought nothing, and
+/// the ledger holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_payment_racing_a_cancellation_is_either_captured_or_a_discrepancy() {
+    let app = spawn_app().await;
+    for round in 0..6 {
+        let user = format!("racer-{round}");
+        let sub = app.subscribe(&user, "basic-monthly").await;
+        app.clock.set(ts(&sub.period_end) - Duration::hours(12));
+        app.run_job("renewals").await;
+        let renewal = app.subscription(&sub.id).await.renewal_order_id;
+        let (p, sig) = app.pay(&renewal);
+        let mut b1 = app.billing.clone();
+        let mut b2 = app.billing.clone();
+        let pay = b1.verify_payment(bpb::VerifyPaymentRequest { order_id: renewal.clone(), payment_id: p, signature: sig });
+        let cancel = b2.cancel_subscription(bpb::CancelSubscriptionRequest {
+            id: sub.id.clone(),
+            user_id: user.clone(),
+            at_period_end: round % 2 == 0,
+        });
+        let (paid, cancelled) = tokio::join!(pay, cancel);
+        cancelled.unwrap();
+        let mut db = app.billing_db().await;
+        let kind =
+            |k: &str| format!("SELECT count(*) AS n FROM payment_discrepancies WHERE order_id = '{renewal}' AND kind = '{k}'");
+        let cancelled_first = scalar(&mut db, &kind("ORDER_CANCELLED")).await;
+        let ended_after = scalar(&mut db, &kind("SUBSCRIPTION_ENDED")).await;
+        let captured =
+            scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{renewal}' AND status = 'PAID'")).await;
+        assert_eq!(paid.is_ok(), captured == 1, "round {round}: {paid:?}");
+        if captured == 1 {
+            // Cancelled at period end: the paid period still opens, and
+            // the subscription ends after it. Cancelled now: the payment is
+            // owed back.
+            assert_eq!((cancelled_first, ended_after), (0, i64::from(round % 2 == 1)), "round {round}");
+        } else {
+            assert_eq!((cancelled_first, ended_after), (1, 0), "round {round}");
+        }
+        if round % 2 == 0 && captured == 1 {
+            app.clock.set(ts(&sub.period_end) + Duration::hours(1));
+            let s = app.subscription(&sub.id).await;
+            assert_eq!((s.status, s.credits_remaining), (bpb::SubscriptionStatus::Active as i32, 300), "the paid period opens");
+            assert!(s.cancel_at_period_end);
+        }
+        assert_ledger_matches_balances(&mut db).await;
+        app.clock.set(app.clock.now() + Duration::days(40));
+    }
+}
