@@ -89,6 +89,10 @@ enum SandboxCommand {
         order_id: String,
         #[arg(long)]
         webhook: bool,
+        /// With --webhook: the payment also saves a card (a customer and
+        /// recurring token in the event), so renewals are charged to it.
+        #[arg(long, requires = "webhook")]
+        save_card: bool,
         /// billing-svc's address, where the order's amount is read (with --webhook).
         #[arg(long = "billing-endpoint", env = "BILLING_ENDPOINT", default_value = "http://127.0.0.1:50052", value_parser = parse::trimmed::<String>)]
         billing_endpoint: String,
@@ -128,9 +132,10 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.env.into_config();
-    if let Command::Sandbox { command: SandboxCommand::Pay { order_id, webhook, billing_endpoint, billing_token } } = cli.command
+    if let Command::Sandbox { command: SandboxCommand::Pay { order_id, webhook, save_card, billing_endpoint, billing_token } } =
+        cli.command
     {
-        return sandbox_pay(&config, &order_id, webhook, &billing_endpoint, &billing_token).await;
+        return sandbox_pay(&config, &order_id, webhook.then_some(save_card), &billing_endpoint, &billing_token).await;
     }
     // No database, no work: there is no embedded fallback in this binary.
     let url = shared::config::require_database_url(config.database_url.clone(), "BILLING_DATABASE_URL", "billing")?;
@@ -200,7 +205,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool, endpoint: &str, token: &Secret) -> anyhow::Result<ExitCode> {
+/// `webhook`: None prints the payment only; Some(save_card) also delivers it.
+async fn sandbox_pay(
+    config: &Config,
+    order_id: &str,
+    webhook: Option<bool>,
+    endpoint: &str,
+    token: &Secret,
+) -> anyhow::Result<ExitCode> {
     if config.gateway.kind != billing_svc::config::GatewayKind::Sandbox {
         anyhow::bail!(
             "sandbox pay plays the sandbox gateway's customer; GATEWAY must be sandbox (pay real orders at the gateway)"
@@ -213,9 +225,7 @@ async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool, endpoint: &
     let payment_id = Sandbox::new_payment_id();
     let signature = sandbox.sign_payment(order_id, &payment_id);
     println!("order_id={order_id}\npayment_id={payment_id}\nsignature={signature}");
-    if !webhook {
-        return Ok(ExitCode::SUCCESS);
-    }
+    let Some(save_card) = webhook else { return Ok(ExitCode::SUCCESS) };
     let token = token.expose();
     let mut client = BillingServiceClient::connect(endpoint.to_owned())
         .await
@@ -229,7 +239,9 @@ async fn sandbox_pay(config: &Config, order_id: &str, webhook: bool, endpoint: &
         .await?
         .into_inner();
     let order = found.orders.first().ok_or_else(|| anyhow::anyhow!("order {order_id} not found at billing"))?;
-    let body = Sandbox::captured_event_body(order_id, &payment_id, order.amount_minor, &order.currency);
+    let card = save_card.then(|| ("cust_sandbox".to_owned(), format!("token_{}", uuid::Uuid::new_v4().simple())));
+    let saved = card.as_ref().map(|(c, t)| (c.as_str(), t.as_str()));
+    let body = Sandbox::captured_event_body_saving(order_id, &payment_id, order.amount_minor, &order.currency, saved);
     // Delivered the way the gateway delivers it: a signed HTTP POST.
     // BILLING_HTTP_ADDR, its default 0.0.0.0:8080 reached at 127.0.0.1:8080.
     let url = format!("http://{}/webhooks/razorpay", config.http_addr.replace("0.0.0.0", "127.0.0.1"));
