@@ -51,6 +51,9 @@ pub struct Order {
     /// When the saved payment method is charged next (renewals only).
     pub next_charge_at: Option<DateTime<Utc>>,
     pub last_charge_error: Option<String>,
+    /// A charge's payment not captured yet (asked about before charging
+    /// again).
+    pub pending_payment_id: Option<String>,
 }
 
 impl Order {
@@ -206,17 +209,17 @@ async fn attach_renewal(
         .optional()?)
 }
 
-/// The PAID renewal order of `subscription_id` for the period starting at
-/// `period_start`, if any.
-pub async fn paid_renewal(conn: &mut Conn, subscription_id: Uuid, period_start: DateTime<Utc>) -> Result<Option<Order>> {
-    Ok(orders::table
-        .filter(orders::renews_subscription_id.eq(subscription_id))
-        .filter(orders::renews_period_start.eq(period_start))
-        .filter(orders::status.eq(Status::Paid))
-        .select(Order::as_select())
-        .first(conn)
-        .await
-        .optional()?)
+diesel::define_sql_function! {
+    /// See the subscription lifecycle migration.
+    fn billing_renewal_paid(subscription: diesel::sql_types::Uuid, period_start: diesel::sql_types::Timestamptz) -> diesel::sql_types::Bool;
+}
+
+/// Whether the period of `subscription_id` starting at `period_start` is
+/// paid: its renewal order PAID, not owed back (no discrepancy recorded for
+/// its payment) and not refunded in full. The one rule `billing_roll_period`
+/// applies too.
+pub async fn renewal_paid(conn: &mut Conn, subscription_id: Uuid, period_start: DateTime<Utc>) -> Result<bool> {
+    Ok(diesel::select(billing_renewal_paid(subscription_id, period_start)).get_result(conn).await?)
 }
 
 /// The PAID renewal orders of `subscription_id` for periods starting at
@@ -276,13 +279,32 @@ pub async fn batch_get(conn: &mut Conn, order_ids: &[String], session_ids: &[Uui
 
 /// Cancels the CREATED orders among `order_ids` (each under its row lock: a
 /// concurrent capture either finishes first and the order stays PAID, or
-/// finds it CANCELLED) and returns the orders as they are now.
+/// finds it CANCELLED) and returns the orders as they are now. A renewal
+/// order belongs to its subscription, not to the checkout session that
+/// offered it: it is detached from the session instead (still collectable)
+/// and left out of the answer, as it is no longer that session's order.
 pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[String], now: DateTime<Utc>) -> Result<Vec<OrderView>> {
-    diesel::update(orders::table.filter(orders::id.eq_any(order_ids)).filter(orders::status.eq(Status::Created)))
-        .set((orders::status.eq(Status::Cancelled), orders::next_charge_at.eq(None::<DateTime<Utc>>), orders::updated_at.eq(now)))
-        .execute(conn)
-        .await?;
-    batch_get(conn, order_ids, &[]).await
+    let detached: Vec<String> = diesel::update(
+        orders::table
+            .filter(orders::id.eq_any(order_ids))
+            .filter(orders::status.eq(Status::Created))
+            .filter(orders::renews_subscription_id.is_not_null()),
+    )
+    .set((orders::checkout_session_id.eq(None::<Uuid>), orders::updated_at.eq(now)))
+    .returning(orders::id)
+    .get_results(conn)
+    .await?;
+    diesel::update(
+        orders::table
+            .filter(orders::id.eq_any(order_ids))
+            .filter(orders::status.eq(Status::Created))
+            .filter(orders::renews_subscription_id.is_null()),
+    )
+    .set((orders::status.eq(Status::Cancelled), orders::updated_at.eq(now)))
+    .execute(conn)
+    .await?;
+    let remaining: Vec<String> = order_ids.iter().filter(|id| !detached.contains(id)).cloned().collect();
+    batch_get(conn, &remaining, &[]).await
 }
 
 /// One order with its subscription and refunds.

@@ -25,7 +25,7 @@ use crate::{
     payments::{self, Capture, Payment},
     refunds::{self, DiscrepancyRefund},
     schema::{reconcile_audit, subscriptions, webhook_events},
-    subscriptions::Status as SubStatus,
+    subscriptions::{self as subscriptions_model, Status as SubStatus},
 };
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -176,7 +176,9 @@ async fn lock_subscription(c: &mut Conn, id: Uuid) -> Result<()> {
 /// Repairs one finding if it still holds once its rows are locked; returns
 /// whether a repair (and its audit row) was written.
 async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<Utc>, stuck: chrono::Duration) -> Result<bool> {
-    c.transaction(async |c| {
+    // A lost race (a deadlock with a capture locking in the other order) is
+    // retried from the top: locks, then the fresh re-check.
+    shared::retry_tx!(c, shared::db::Races::Conflicts, |c| {
         // The locks of the normal path first, in its order.
         match kind {
             "PAID_ORDER_WITHOUT_SUBSCRIPTION" => {
@@ -221,14 +223,21 @@ async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<U
                 format!("ended; charged {} unpaid {}", ch.charged, ch.unpaid)
             }
             "SUBSCRIPTION_WITHOUT_PAID_ORDER" | "DUPLICATE_SUBSCRIPTIONS_FOR_ORDER" => {
-                diesel::update(subscriptions::table.find(uuid(subject)?))
-                    .set((
-                        subscriptions::status.eq(SubStatus::Cancelled),
-                        subscriptions::ended_at.eq(now),
-                        subscriptions::updated_at.eq(now),
-                    ))
-                    .execute(c)
-                    .await?;
+                let sub = subscriptions_model::get(c, uuid(subject)?).await?;
+                if sub.status.is_live() {
+                    // As any ending: credits forfeited through the ledger,
+                    // the open renewal cancelled, a paid one owed back.
+                    subscriptions_model::end_now(c, &sub, now).await?;
+                } else {
+                    diesel::update(subscriptions::table.find(sub.id))
+                        .set((
+                            subscriptions::status.eq(SubStatus::Cancelled),
+                            subscriptions::ended_at.eq(sub.ended_at.unwrap_or(now)),
+                            subscriptions::updated_at.eq(now),
+                        ))
+                        .execute(c)
+                        .await?;
+                }
                 "cancelled subscription".to_owned()
             }
             _ => {
@@ -252,9 +261,8 @@ async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<U
             }
         };
         audit(c, kind, subject, &action, None, now).await?;
-        Ok(true)
+        Ok::<_, Error>(true)
     })
-    .await
 }
 
 /// An operator closes a finding that `fix` never closes: a payment

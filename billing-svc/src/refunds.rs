@@ -8,11 +8,20 @@
 //! 2. the gateway is asked, with no pooled connection held;
 //! 3. under the same lock the answer is recorded: PROCESSED or PENDING
 //!    (settled later by the `refund.*` webhooks), or FAILED (the amount is
-//!    refundable again). An unreachable gateway removes the PENDING row:
-//!    nothing half-written, the caller retries with the same refund id.
+//!    refundable again). An unreachable gateway leaves the row PENDING
+//!    without a gateway id, its outcome unknown (a timed-out call may have
+//!    refunded): its amount stays held, a retry with the same refund id asks
+//!    the gateway again with the same key, and the gateway's webhook settles
+//!    it by that key. Nothing is ever deleted, so no refund the gateway made
+//!    can drop out of the books.
+//!
+//! A subscription ends only on PROCESSED money: a full refund of the order
+//! that paid its current period cancels it now; of a renewal not yet begun,
+//! it will not renew; of a purchase that was replaced, the credits it carried
+//! into the live subscription are forfeited.
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use shared::db::{Conn, Races};
 
 use crate::{
@@ -105,11 +114,15 @@ async fn find(conn: &mut Conn, id: &str) -> Result<Option<Refund>> {
 }
 
 /// Step 1 of an order refund, under the order's row lock: a replay, or the
-/// PENDING row and the payment it refunds.
+/// PENDING row to ask the gateway about (new, or one whose outcome is
+/// unknown because the gateway could not be reached).
 enum Begun {
     Replay(Refund),
-    New(Refund),
+    Ask(Refund),
 }
+
+/// Refund ids `reconcile --fix` uses for discrepancies; refused from callers.
+pub const DISCREPANCY_PREFIX: &str = "discrepancy:";
 
 async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>) -> Result<Begun> {
     let order = orders::lock_optional(conn, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
@@ -124,6 +137,9 @@ async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>) -> Result<Begun
                 format!("refund:{}", r.refund_id),
                 "this refund_id was used for another order or amount; use a new refund_id",
             ));
+        }
+        if prior.status == Status::Pending && prior.gateway_refund_id.is_none() {
+            return Ok(Begun::Ask(prior));
         }
         return Ok(Begun::Replay(prior));
     }
@@ -144,7 +160,7 @@ async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>) -> Result<Begun
     }
     let pending =
         insert_pending(conn, &r.refund_id, &payment_id, Some(&order.id), None, amount, &order.currency, &r.reason, now).await?;
-    Ok(Begun::New(pending))
+    Ok(Begun::Ask(pending))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -193,7 +209,8 @@ async fn ask_gateway(app: &App, refund: &Refund) -> Answer {
 }
 
 /// Step 3: records the answer (caller holds the lock step 1 took). Returns
-/// the refund as recorded; None when the PENDING row was removed.
+/// the refund as recorded; None when it was no longer PENDING (a webhook
+/// settled it in between).
 async fn record(conn: &mut Conn, id: &str, answer: &Answer, now: DateTime<Utc>) -> Result<Option<Refund>> {
     let target = refunds::table.find(id).filter(refunds::status.eq(Status::Pending));
     Ok(match answer {
@@ -209,10 +226,15 @@ async fn record(conn: &mut Conn, id: &str, answer: &Answer, now: DateTime<Utc>) 
             .get_result(conn)
             .await
             .optional()?,
-        Answer::Unreachable(_) => {
-            diesel::delete(target).execute(conn).await?;
-            None
-        }
+        Answer::Unreachable(e) => diesel::update(target)
+            .set((
+                refunds::detail.eq(format!("outcome unknown: {e}; retry with the same refund_id")),
+                refunds::updated_at.eq(now),
+            ))
+            .returning(Refund::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?,
     })
 }
 
@@ -228,16 +250,14 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
             let order = orders::view(&mut *app.conn().await?, &r.order_id).await?;
             return Ok(Refunded { refund, order, replayed: true });
         }
-        Begun::New(p) => p,
+        Begun::Ask(p) => p,
     };
     let answer = ask_gateway(app, &pending).await;
     let mut conn = app.conn().await?;
     let recorded = shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
         let order = orders::lock_optional(c, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
         let recorded = record(c, &pending.id, &answer, now).await?;
-        if let Some(refund) = &recorded
-            && refund.status != Status::Failed
-        {
+        if recorded.as_ref().is_some_and(|r| r.status == Status::Processed) {
             end_if_fully_refunded(c, &order, now).await?;
         }
         Ok::<_, Error>(recorded)
@@ -266,12 +286,29 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
     }
 }
 
-/// A full refund of the order that paid the subscription's current period
-/// ends the subscription now (its credits forfeited). Order row held; the
-/// subscription is locked after it, as everywhere.
-async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
+/// PROCESSED refunds of a payment.
+async fn processed_of(conn: &mut Conn, payment_id: &str) -> Result<i64> {
+    let amounts: Vec<i64> = refunds::table
+        .filter(refunds::payment_id.eq(payment_id))
+        .filter(refunds::status.eq(Status::Processed))
+        .select(refunds::amount_minor)
+        .load(conn)
+        .await?;
+    Ok(amounts.iter().sum())
+}
+
+/// What a full refund (PROCESSED) of `order` takes back. Order row held;
+/// subscriptions are locked after it, as everywhere:
+/// - the order paid the subscription's current period: it ends now, its
+///   credits forfeited;
+/// - a renewal of a period not begun yet: it will not open (the roll checks
+///   refunds), and the subscription ends at period end instead of going
+///   PAST_DUE;
+/// - a purchase whose subscription was replaced: the credits it carried
+///   into the user's live subscription are forfeited there.
+pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
     let Some(payment_id) = &order.payment_id else { return Ok(()) };
-    if refunded_of(conn, payment_id).await? < order.amount_minor {
+    if processed_of(conn, payment_id).await? < order.amount_minor {
         return Ok(());
     }
     let sub_id = match order.renews_subscription_id {
@@ -280,14 +317,26 @@ async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime<Utc
     };
     let Some(sub_id) = sub_id else { return Ok(()) };
     let sub = subscriptions::lock(conn, sub_id).await?;
-    let pays_current = match order.renews_period_start {
-        Some(start) => start == sub.period_start,
-        // The purchase paid the first period only.
-        None => sub.period_start == sub.anchor_at,
-    };
-    if sub.status.is_live() && pays_current {
-        subscriptions::end_now(conn, &sub, now).await?;
-        tracing::info!(order_id = %order.id, subscription_id = %sub.id, "fully refunded: subscription cancelled");
+    if sub.status == subscriptions::Status::Replaced {
+        subscriptions::forfeit_carried(conn, &sub, now).await?;
+        return Ok(());
+    }
+    if !sub.status.is_live() {
+        return Ok(());
+    }
+    match order.renews_period_start {
+        Some(start) if start == sub.period_end => {
+            subscriptions::set_cancel_at_period_end(conn, sub.id, now).await?;
+            tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal refunded: ends at period end");
+        }
+        Some(start) if start != sub.period_start => {}
+        // A renewal of the current period, or the purchase while its first
+        // period runs.
+        _ if order.renews_period_start.is_some() || sub.period_start == sub.anchor_at => {
+            subscriptions::end_now(conn, &sub, now).await?;
+            tracing::info!(order_id = %order.id, subscription_id = %sub.id, "fully refunded: subscription cancelled");
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -305,123 +354,175 @@ pub enum DiscrepancyRefund {
 /// payment id, order id, amount, currency, status of a discrepancy.
 type DiscrepancyRow = (String, Option<String>, Option<i64>, Option<String>, String);
 
-/// Refunds the payment of an OPEN discrepancy in full, through the same
-/// steps as [`refund_order`] (the discrepancy row is the lock), and marks it
-/// REFUNDED with an audit row. Safe to run concurrently and repeatedly: the
-/// refund id is derived from the discrepancy, so one refund at most.
+/// Step 1 of a discrepancy refund, under the order's row lock (when the
+/// payment names a known order) and then the discrepancy's: the PENDING
+/// refund to ask about, or why there is nothing to ask.
+async fn begin_discrepancy(
+    c: &mut Conn,
+    discrepancy_id: i64,
+    refund_id: &str,
+    now: DateTime<Utc>,
+) -> Result<std::result::Result<Refund, DiscrepancyRefund>> {
+    let order_id: Option<String> = pd::table.find(discrepancy_id).select(pd::order_id).first(c).await.optional()?.flatten();
+    // The order's lock first: refunds of one payment serialize on it,
+    // whichever path asks (RefundPayment, this one).
+    let order = match &order_id {
+        Some(id) => orders::lock_optional(c, id).await?,
+        None => None,
+    };
+    let row: Option<DiscrepancyRow> = pd::table
+        .find(discrepancy_id)
+        .select((pd::payment_id, pd::order_id, pd::amount_minor, pd::currency, pd::status))
+        .for_update()
+        .first(c)
+        .await
+        .optional()?;
+    let Some((payment_id, _, amount, currency, status)) = row else {
+        return Err(Error::not_found("payment_discrepancy", discrepancy_id));
+    };
+    let left = |why: String| Ok(Err(DiscrepancyRefund::Left(why)));
+    if status != "OPEN" {
+        return left(format!("discrepancy is {status}"));
+    }
+    if let Some(prior) = find(c, refund_id).await? {
+        if prior.discrepancy_id != Some(discrepancy_id) || prior.payment_id != payment_id {
+            return left(format!("refund id {refund_id} belongs to another payment; refund by hand and acknowledge"));
+        }
+        return match prior.status {
+            Status::Failed => left(format!("refund {refund_id} failed: {}; refund by hand and acknowledge", prior.detail)),
+            Status::Pending if prior.gateway_refund_id.is_none() => Ok(Ok(prior)),
+            _ => {
+                mark_refunded(c, discrepancy_id, refund_id, prior.gateway_refund_id.as_deref().unwrap_or("pending"), now).await?;
+                Ok(Err(DiscrepancyRefund::Refunded(refund_id.to_owned())))
+            }
+        };
+    }
+    // Amount and currency as the gateway reported them, else the order's
+    // (a VerifyPayment capture through a gateway that reports neither).
+    let (amount, currency) = match (amount, currency, &order) {
+        (Some(a), Some(cur), _) => (a, cur),
+        (_, _, Some(o)) => (o.amount_minor, o.currency.clone()),
+        _ => return left("the amount is unknown; refund by hand and acknowledge".into()),
+    };
+    // What other refunds of this payment already returned is not owed again.
+    let owed = amount - refunded_of(c, &payment_id).await?;
+    if owed <= 0 {
+        mark_refunded(c, discrepancy_id, refund_id, "refunds of this payment already cover it", now).await?;
+        return Ok(Err(DiscrepancyRefund::Refunded(refund_id.to_owned())));
+    }
+    let reason = "payment discrepancy: money taken that bought nothing";
+    let known_order = order.as_ref().map(|o| o.id.as_str());
+    let p = insert_pending(c, refund_id, &payment_id, known_order, Some(discrepancy_id), owed, &currency, reason, now).await?;
+    Ok(Ok(p))
+}
+
+async fn mark_refunded(c: &mut Conn, discrepancy_id: i64, refund_id: &str, gateway: &str, now: DateTime<Utc>) -> Result<()> {
+    let note = format!("refunded by reconcile --fix: refund {refund_id} (gateway {gateway})");
+    let n = diesel::update(pd::table.find(discrepancy_id).filter(pd::status.eq("OPEN")))
+        .set((pd::status.eq("REFUNDED"), pd::note.eq(&note), pd::resolved_at.eq(now)))
+        .execute(c)
+        .await?;
+    if n == 1 {
+        diesel::insert_into(reconcile_audit::table)
+            .values((
+                reconcile_audit::kind.eq(crate::reconcile::PAYMENT_DISCREPANCY),
+                reconcile_audit::subject_id.eq(discrepancy_id.to_string()),
+                reconcile_audit::action.eq("refunded"),
+                reconcile_audit::note.eq(&note),
+                reconcile_audit::created_at.eq(now),
+            ))
+            .execute(c)
+            .await?;
+        tracing::info!(discrepancy_id, refund_id, "payment discrepancy refunded");
+    }
+    Ok(())
+}
+
+/// Refunds what is still owed of the payment of an OPEN discrepancy,
+/// through the same steps as [`refund_order`], and marks it REFUNDED with an
+/// audit row. Safe to run concurrently and repeatedly: the refund id is
+/// derived from the discrepancy, so there is one refund at most.
 pub async fn refund_discrepancy(app: &App, discrepancy_id: i64) -> Result<DiscrepancyRefund> {
     let now = app.clock.now();
-    let refund_id = format!("discrepancy:{discrepancy_id}");
+    let refund_id = format!("{DISCREPANCY_PREFIX}{discrepancy_id}");
     let pending = {
         let mut conn = app.conn().await?;
-        let begun = conn
-            .transaction(async |c| -> Result<std::result::Result<Refund, String>> {
-                let row: Option<DiscrepancyRow> = pd::table
-                    .find(discrepancy_id)
-                    .select((pd::payment_id, pd::order_id, pd::amount_minor, pd::currency, pd::status))
-                    .for_update()
-                    .first(c)
-                    .await
-                    .optional()?;
-                let Some((payment_id, order_id, amount, currency, status)) = row else {
-                    return Err(Error::not_found("payment_discrepancy", discrepancy_id));
-                };
-                if status != "OPEN" {
-                    return Ok(Err(format!("discrepancy is {status}")));
-                }
-                if let Some(prior) = find(c, &refund_id).await? {
-                    return Ok(match prior.status {
-                        Status::Failed => {
-                            Err(format!("refund {refund_id} failed: {}; refund by hand and acknowledge", prior.detail))
-                        }
-                        _ => Ok(prior),
-                    });
-                }
-                // Amount and currency as the gateway reported them, else the
-                // order's (a VerifyPayment capture through a gateway that
-                // reports neither).
-                let order = match &order_id {
-                    Some(id) => orders::get(c, id).await.ok(),
-                    None => None,
-                };
-                let (amount, currency) = match (amount, currency, &order) {
-                    (Some(a), Some(cur), _) => (a, cur),
-                    (_, _, Some(o)) => (o.amount_minor, o.currency.clone()),
-                    _ => return Ok(Err("the amount is unknown; refund by hand and acknowledge".into())),
-                };
-                if amount <= 0 {
-                    return Ok(Err("nothing to refund (amount 0)".into()));
-                }
-                let reason = "payment discrepancy: money taken that bought nothing";
-                let known_order = order.as_ref().map(|o| o.id.as_str());
-                Ok(Ok(insert_pending(
-                    c,
-                    &refund_id,
-                    &payment_id,
-                    known_order,
-                    Some(discrepancy_id),
-                    amount,
-                    &currency,
-                    reason,
-                    now,
-                )
-                .await?))
-            })
-            .await?;
-        match begun {
+        match shared::retry_tx!(&mut conn, Races::ConflictsAndUnique, |c| begin_discrepancy(c, discrepancy_id, &refund_id, now)
+            .await)?
+        {
             Ok(p) => p,
-            Err(why) => return Ok(DiscrepancyRefund::Left(why)),
+            Err(done) => return Ok(done),
         }
     };
-    // A PENDING or PROCESSED refund found above is not asked for again.
-    let answer = if pending.status == Status::Pending && pending.gateway_refund_id.is_none() {
-        ask_gateway(app, &pending).await
-    } else {
-        Answer::Accepted { gateway_id: pending.gateway_refund_id.clone().unwrap_or_default(), status: pending.status }
-    };
+    let answer = ask_gateway(app, &pending).await;
     let mut conn = app.conn().await?;
-    conn.transaction(async |c| {
-        let status: String = pd::table.find(discrepancy_id).select(pd::status).for_update().first(c).await?;
-        if pending.gateway_refund_id.is_none() {
-            record(c, &pending.id, &answer, now).await?;
+    shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
+        if let Some(order_id) = &pending.order_id {
+            orders::lock_optional(c, order_id).await?;
         }
-        let (gateway_id, ok) = match &answer {
-            Answer::Accepted { gateway_id, .. } => (gateway_id.clone(), true),
-            Answer::Refused(why) => return Ok(DiscrepancyRefund::Left(format!("the gateway refused the refund: {why}"))),
-            Answer::Unreachable(e) => return Ok(DiscrepancyRefund::Left(format!("the gateway is unreachable: {e}"))),
-        };
-        if ok && status == "OPEN" {
-            let note = format!("refunded by reconcile --fix: refund {refund_id} (gateway {gateway_id})");
-            diesel::update(pd::table.find(discrepancy_id))
-                .set((pd::status.eq("REFUNDED"), pd::note.eq(&note), pd::resolved_at.eq(now)))
-                .execute(c)
-                .await?;
-            diesel::insert_into(reconcile_audit::table)
-                .values((
-                    reconcile_audit::kind.eq(crate::reconcile::PAYMENT_DISCREPANCY),
-                    reconcile_audit::subject_id.eq(discrepancy_id.to_string()),
-                    reconcile_audit::action.eq("refunded"),
-                    reconcile_audit::note.eq(&note),
-                    reconcile_audit::created_at.eq(now),
-                ))
-                .execute(c)
-                .await?;
-            tracing::info!(discrepancy_id, refund_id, "payment discrepancy refunded");
-        }
-        Ok(DiscrepancyRefund::Refunded(refund_id.clone()))
+        pd::table.find(discrepancy_id).select(pd::id).for_update().first::<i64>(c).await?;
+        record(c, &pending.id, &answer, now).await?;
+        Ok::<_, Error>(match &answer {
+            Answer::Accepted { gateway_id, .. } => {
+                mark_refunded(c, discrepancy_id, &refund_id, gateway_id, now).await?;
+                DiscrepancyRefund::Refunded(refund_id.clone())
+            }
+            Answer::Refused(why) => DiscrepancyRefund::Left(format!("the gateway refused the refund: {why}")),
+            Answer::Unreachable(e) => {
+                DiscrepancyRefund::Left(format!("the gateway is unreachable ({e}); the next run asks again"))
+            }
+        })
     })
-    .await
 }
 
 /// A `refund.processed` / `refund.failed` webhook: settles the PENDING
-/// refund the gateway names. Returns false when no PENDING refund has that
-/// gateway id (already settled, or not billing's).
-pub async fn settle(conn: &mut Conn, gateway_refund_id: &str, status: Status, detail: &str, now: DateTime<Utc>) -> Result<bool> {
-    let n = diesel::update(
-        refunds::table.filter(refunds::gateway_refund_id.eq(gateway_refund_id)).filter(refunds::status.eq(Status::Pending)),
-    )
-    .set((refunds::status.eq(status), refunds::detail.eq(detail), refunds::updated_at.eq(now)))
-    .execute(conn)
-    .await?;
+/// refund the gateway names, by its gateway id or, for a refund whose
+/// answer never reached billing, by billing's refund id (`refund_key`).
+/// Returns false when no PENDING refund matches (already settled, or not
+/// billing's). A processed refund may complete a full refund (see
+/// [`end_if_fully_refunded`]).
+pub async fn settle(
+    conn: &mut Conn,
+    gateway_refund_id: &str,
+    refund_key: Option<&str>,
+    status: Status,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let pending = refunds::table.filter(refunds::status.eq(Status::Pending));
+    let found: Option<Refund> = match pending
+        .filter(refunds::gateway_refund_id.eq(gateway_refund_id))
+        .select(Refund::as_select())
+        .first(conn)
+        .await
+        .optional()?
+    {
+        Some(r) => Some(r),
+        None => match refund_key {
+            Some(key) => pending
+                .filter(refunds::id.eq(key))
+                .filter(refunds::gateway_refund_id.is_null())
+                .select(Refund::as_select())
+                .first(conn)
+                .await
+                .optional()?,
+            None => None,
+        },
+    };
+    let Some(refund) = found else { return Ok(false) };
+    let order = match &refund.order_id {
+        Some(id) => orders::lock_optional(conn, id).await?,
+        None => None,
+    };
+    let n = diesel::update(refunds::table.find(&refund.id).filter(refunds::status.eq(Status::Pending)))
+        .set((refunds::status.eq(status), refunds::gateway_refund_id.eq(gateway_refund_id), refunds::updated_at.eq(now)))
+        .execute(conn)
+        .await?;
+    if n == 1
+        && status == Status::Processed
+        && let Some(order) = order
+        && refund.discrepancy_id.is_none()
+    {
+        end_if_fully_refunded(conn, &order, now).await?;
+    }
     Ok(n == 1)
 }

@@ -254,6 +254,25 @@ async fn collect_one(app: &App, order: &Order, now: DateTime<Utc>) -> Result<boo
         stop_charging(app, &order.id, "no saved payment method, or the subscription ended", now).await?;
         return Ok(false);
     };
+    // A charge made before and not captured since (its capture failed, or
+    // it was still processing): ask about it instead of charging again.
+    if let Some(pending) = &order.pending_payment_id {
+        match app.gateway.fetch_payment(pending).await? {
+            Some(p) if p.status == PaymentStatus::Captured => {
+                return capture_charge(app, order, &p.id, (p.amount_minor, &p.currency), now).await;
+            }
+            Some(p) if matches!(p.status, PaymentStatus::Created | PaymentStatus::Authorized) => {
+                note_failure(app, &order.id, &format!("payment {pending} is {:?}; waiting for its capture", p.status), now)
+                    .await?;
+                return Ok(false);
+            }
+            // Failed (or refunded): charge again below.
+            Some(_) => {}
+            // A gateway without readable records (the sandbox) captures its
+            // charges at once: the payment is captured.
+            None => return capture_charge(app, order, pending, (order.amount_minor, &order.currency), now).await,
+        }
+    }
     let receipt = receipt(sub.id, order.renews_period_start.unwrap_or(sub.period_end));
     let payment = match app.gateway.charge_saved_method(&method, order.amount_minor, &order.currency, &order.id, &receipt).await {
         Ok(p) => p,
@@ -267,19 +286,24 @@ async fn collect_one(app: &App, order: &Order, now: DateTime<Utc>) -> Result<boo
             return Ok(false);
         }
     };
+    // Remembered before the capture, so a capture that fails is captured by
+    // the next attempt instead of charging the customer twice.
+    diesel::update(o::table.find(&order.id))
+        .set((o::pending_payment_id.eq(&payment.id), o::updated_at.eq(now)))
+        .execute(&mut *app.conn().await?)
+        .await?;
     if payment.status != PaymentStatus::Captured {
-        // Created or authorized: its webhook (payment.captured) completes it.
+        // Created or authorized: its webhook or the next attempt's look-up
+        // completes it.
         note_failure(app, &order.id, &format!("payment {} is {:?}; waiting for its capture", payment.id, payment.status), now)
             .await?;
         return Ok(false);
     }
-    let p = Payment {
-        order_id: &order.id,
-        payment_id: &payment.id,
-        paid: Some((payment.amount_minor, &payment.currency)),
-        saved_method: None,
-        source: Source::RenewalCharge,
-    };
+    capture_charge(app, order, &payment.id, (payment.amount_minor, &payment.currency), now).await
+}
+
+async fn capture_charge(app: &App, order: &Order, payment_id: &str, paid: (i64, &str), now: DateTime<Utc>) -> Result<bool> {
+    let p = Payment { order_id: &order.id, payment_id, paid: Some(paid), saved_method: None, source: Source::RenewalCharge };
     match payments::capture(&mut *app.conn().await?, p, now).await? {
         Capture::Captured(_) => Ok(true),
         Capture::Discrepancy(d) => {

@@ -36,6 +36,7 @@ diesel::table! {
         charge_attempts -> Integer,
         next_charge_at -> Nullable<Timestamptz>,
         last_charge_error -> Nullable<Text>,
+        pending_payment_id -> Nullable<Text>,
     }
 }
 

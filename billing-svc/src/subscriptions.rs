@@ -216,7 +216,7 @@ pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Re
     if sub.status != Status::Active || now < sub.period_end {
         return Ok(sub);
     }
-    if !sub.calendar_periods && orders::paid_renewal(conn, sub.id, sub.period_end).await?.is_none() {
+    if !sub.calendar_periods && !orders::renewal_paid(conn, sub.id, sub.period_end).await? {
         if sub.cancel_at_period_end {
             return Ok(Subscription { status: Status::Cancelled, ended_at: Some(sub.period_end), credits_remaining: 0, ..sub });
         }
@@ -430,10 +430,45 @@ pub async fn end_now(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) ->
         .await?)
 }
 
-/// Renewals of `sub` paid for periods it will not have (it ends now):
+/// No renewal after this period (a refunded renewal of the next period).
+pub async fn set_cancel_at_period_end(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+    diesel::update(subscriptions::table.find(id))
+        .set((subscriptions::cancel_at_period_end.eq(true), subscriptions::updated_at.eq(now)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A replaced subscription's purchase was refunded in full: the credits it
+/// carried into the user's live subscription are taken back there (as far
+/// as they are left) through a FORFEITED ledger row. Caller holds `replaced`'s
+/// lock; the live row is locked next.
+pub async fn forfeit_carried(conn: &mut Conn, replaced: &Subscription, now: DateTime<Utc>) -> Result<()> {
+    let carried: Vec<i64> = ledger::table
+        .filter(ledger::subscription_id.eq(replaced.id))
+        .filter(ledger::kind.eq("CARRY_OVER"))
+        .select(ledger::credits)
+        .load(conn)
+        .await?;
+    let carried: i64 = carried.iter().sum();
+    let Some(live) = lock_live(conn, &replaced.user_id).await? else { return Ok(()) };
+    let take = carried.min(live.credits_remaining);
+    if take > 0 {
+        take_credits(conn, &Subscription { credits_remaining: take, ..live.clone() }, "FORFEITED", now).await?;
+        diesel::update(subscriptions::table.find(live.id))
+            .set((subscriptions::credits_remaining.eq(live.credits_remaining - take), subscriptions::updated_at.eq(now)))
+            .execute(conn)
+            .await?;
+        tracing::info!(subscription_id = %live.id, credits = take, "credits carried from a refunded purchase forfeited");
+    }
+    Ok(())
+}
+
+/// Renewals of `sub` paid for periods it will not have (it ends now, or at
+/// period end):
 /// each payment becomes a SUBSCRIPTION_ENDED discrepancy, which
 /// `reconcile --fix` refunds. Caller holds the subscription's lock.
-async fn refund_unused_renewals(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<()> {
+pub async fn refund_unused_renewals(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<()> {
     use crate::discrepancies::{self, Discrepancy, Kind, Source};
     for order in orders::paid_renewals_from(conn, sub.id, sub.period_end).await? {
         let Some(payment_id) = order.payment_id.clone() else { continue };
@@ -486,8 +521,9 @@ pub struct Cancelled {
 }
 
 /// CancelSubscription (docs/design.md, "Subscription lifecycle"). At period
-/// end: the flag is set and the open renewal order cancelled; the rollover
-/// ends the subscription at `period_end`. Now: [`end_now`]. Renewal orders
+/// end: the flag is set, the open renewal order cancelled and a renewal
+/// already paid recorded as owed back; the rollover ends the subscription at
+/// `period_end`. Now: [`end_now`]. Renewal orders
 /// are locked before the subscription, the capture path's lock order, so a
 /// renewal being paid right now either commits first (and is then refunded
 /// by whoever cancels) or finds its order CANCELLED.
@@ -533,6 +569,8 @@ pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &str, at_period_end: boo
                 return replay(sub);
             }
             orders::cancel_renewals_of(c, id, now).await?;
+            // A renewal collected early is owed back: it will not open.
+            refund_unused_renewals(c, &sub, now).await?;
             let sub = diesel::update(subscriptions::table.find(id))
                 .set((subscriptions::cancel_at_period_end.eq(true), subscriptions::updated_at.eq(now)))
                 .returning(Subscription::as_returning())

@@ -54,8 +54,9 @@ struct PaymentFields {
 /// What the body says, or why its content is refused.
 enum Content {
     Capture(String, PaymentFields),
-    /// A refund settled: the gateway's refund id and its new status.
-    Refund(String, String, refunds::Status),
+    /// A refund settled: the gateway's refund id, billing's refund id when
+    /// the event carries it (`notes.refund_key`), and its new status.
+    Refund(String, String, Option<String>, refunds::Status),
     Other(String),
     Refused(String),
 }
@@ -84,8 +85,12 @@ fn parse(body: &[u8]) -> Content {
         _ => None,
     };
     if let Some(status) = settled {
-        return match gateway_id(&event["payload"]["refund"]["entity"]["id"]) {
-            Some(id) => Content::Refund(kind, id, status),
+        let entity = &event["payload"]["refund"]["entity"];
+        let key = entity["notes"]["refund_key"]
+            .as_str()
+            .filter(|k| !k.is_empty() && k.len() <= 128 && !k.chars().any(char::is_control));
+        return match gateway_id(&entity["id"]) {
+            Some(id) => Content::Refund(kind, id, key.map(str::to_owned), status),
             None => Content::Refused(format!("payload.refund.entity.id must be 1..{MAX_FIELD} of [A-Za-z0-9_-]")),
         };
     }
@@ -130,7 +135,7 @@ async fn process(
 ) -> Result<Outcome> {
     let (event_type, order_id) = match content {
         Content::Capture(t, p) => (t.as_str(), Some(p.order_id.as_str())),
-        Content::Refund(t, _, _) | Content::Other(t) => (t.as_str(), None),
+        Content::Refund(t, ..) | Content::Other(t) => (t.as_str(), None),
         Content::Refused(_) => ("(refused)", None),
     };
     let inserted = diesel::insert_into(ev::table)
@@ -154,8 +159,8 @@ async fn process(
     let (outcome, detail, subscription_id) = match content {
         Content::Refused(why) => ("REJECTED", why.clone(), None),
         Content::Other(_) => ("IGNORED", String::new(), None),
-        Content::Refund(_, id, status) => {
-            if refunds::settle(conn, id, *status, "", now).await? {
+        Content::Refund(_, id, key, status) => {
+            if refunds::settle(conn, id, key.as_deref(), *status, now).await? {
                 ("PROCESSED", String::new(), None)
             } else {
                 ("IGNORED", format!("no PENDING refund {id}"), None)

@@ -11,7 +11,11 @@ ALTER TABLE subscriptions ADD CONSTRAINT subscriptions_status_check
   CHECK (status IN ('ACTIVE', 'PAST_DUE', 'CANCELLED', 'EXPIRED', 'REPLACED'));
 ALTER TABLE subscriptions
   ADD COLUMN cancel_at_period_end boolean NOT NULL DEFAULT false,
-  ADD COLUMN ended_at timestamptz,
+  ADD COLUMN ended_at timestamptz;
+-- Rows reconciliation cancelled before ended_at existed end when they were
+-- last changed.
+UPDATE subscriptions SET ended_at = updated_at WHERE status = 'CANCELLED' AND ended_at IS NULL;
+ALTER TABLE subscriptions
   -- The saved payment method (the gateway's customer and recurring token)
   -- from the payment that bought the subscription, for automatic renewals.
   ADD COLUMN gateway_customer_id text,
@@ -35,6 +39,10 @@ ALTER TABLE orders
   ADD COLUMN charge_attempts integer NOT NULL DEFAULT 0 CHECK (charge_attempts >= 0),
   ADD COLUMN next_charge_at timestamptz,
   ADD COLUMN last_charge_error text,
+  -- The payment a charge of the saved method produced, kept until it is
+  -- captured: the next attempt asks the gateway about it instead of
+  -- charging again.
+  ADD COLUMN pending_payment_id text,
   ADD CONSTRAINT orders_renewal_check CHECK ((renews_subscription_id IS NULL) = (renews_period_start IS NULL)),
   ADD CONSTRAINT orders_origin_check CHECK (renews_subscription_id IS NOT NULL OR checkout_session_id IS NOT NULL),
   ADD CONSTRAINT orders_one_per_renewal_period UNIQUE (renews_subscription_id, renews_period_start);
@@ -67,10 +75,26 @@ CREATE INDEX refunds_payment_idx ON refunds (payment_id);
 CREATE INDEX refunds_order_idx ON refunds (order_id, created_at);
 CREATE TRIGGER refunds_touch BEFORE UPDATE ON refunds FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
 
+-- Whether the period of `p_sub` starting at `p_period_start` is paid: its
+-- renewal order is PAID, its payment is not money owed back (no
+-- discrepancy recorded for it, e.g. the subscription was cancelled after the
+-- renewal was paid) and it is not refunded in full.
+CREATE FUNCTION billing_renewal_paid(p_sub uuid, p_period_start timestamptz) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+  SELECT EXISTS (
+    SELECT 1 FROM orders o
+     WHERE o.renews_subscription_id = p_sub AND o.renews_period_start = p_period_start AND o.status = 'PAID'
+       AND NOT EXISTS (SELECT 1 FROM payment_discrepancies d WHERE d.payment_id = o.payment_id)
+       AND o.amount_minor > coalesce((SELECT sum(r.amount_minor) FROM refunds r
+                                       WHERE r.payment_id = o.payment_id AND r.status <> 'FAILED'), 0))
+$$;
+
 -- Opens what is due for a subscription whose period ended (the caller holds
 -- its row lock, or the function runs inside a statement that does):
 --   free (calendar months): the month containing p_now, its credits;
---   paid, with the renewal order for the next period PAID: that period,
+--   paid, with the renewal of the next period paid (billing_renewal_paid;
+--     a cancellation at period end turns a paid renewal into money owed
+--     back, so it does not open): that period,
 --     anchored at the old period_end, with the plan's credits (repeated while
 --     further periods are paid and over);
 --   cancel_at_period_end (and nothing more paid): CANCELLED at period_end;
@@ -106,10 +130,7 @@ BEGIN
       s.credits_granted := grant_credits;
       s.credits_remaining := grant_credits;
       changed := true;
-    ELSIF EXISTS (SELECT 1 FROM orders WHERE renews_subscription_id = s.id AND renews_period_start = s.period_end
-                                       AND status = 'PAID') THEN
-      -- A paid period opens even when cancelled at period end meanwhile:
-      -- the cancellation then takes effect at the end of what was paid.
+    ELSIF billing_renewal_paid(s.id, s.period_end) THEN
       SELECT * INTO p FROM billing_period_at(s.anchor_at, false, s.period_end);
       s.period_start := p.period_start;
       s.period_end := p.period_end;

@@ -246,6 +246,9 @@ impl BillingService for BillingGrpc {
         v.text("refund_id", &r.refund_id, MAX_ID_LEN);
         v.text("reason", &r.reason, refunds::MAX_REASON);
         v.range("amount_minor", r.amount_minor, 0, i64::MAX / 4);
+        if r.refund_id.starts_with(refunds::DISCREPANCY_PREFIX) {
+            v.add("refund_id", format!("must not start with {:?} (reconciliation's refunds)", refunds::DISCREPANCY_PREFIX));
+        }
         v.finish()?;
         let app = self.app.clone();
         let request =

@@ -2,15 +2,14 @@
 use proto::checkout::v1 as pb;
 use shared::time::{opt_to_proto, to_proto};
 
-use crate::sessions::{CleanupCounts, Session};
+use crate::sessions::{CleanupCounts, Session, Status};
 
-pub fn status(s: &str) -> pb::SessionStatus {
+pub fn status(s: Status) -> pb::SessionStatus {
     match s {
-        "ACTIVE" => pb::SessionStatus::Active,
-        "COMPLETED" => pb::SessionStatus::Completed,
-        "EXPIRED" => pb::SessionStatus::Expired,
-        "INVALIDATED" => pb::SessionStatus::Invalidated,
-        _ => pb::SessionStatus::Unspecified,
+        Status::Active => pb::SessionStatus::Active,
+        Status::Completed => pb::SessionStatus::Completed,
+        Status::Expired => pb::SessionStatus::Expired,
+        Status::Invalidated => pb::SessionStatus::Invalidated,
     }
 }
 
@@ -19,7 +18,7 @@ pub fn session(s: &Session) -> pb::Session {
         id: s.id.to_string(),
         user_id: s.user_id.clone(),
         plan_id: s.plan_id.clone(),
-        status: status(&s.status) as i32,
+        status: status(s.status) as i32,
         amount_minor: s.amount_minor,
         currency: s.currency.clone(),
         order_id: s.order_id.clone(),

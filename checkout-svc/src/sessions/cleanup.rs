@@ -12,7 +12,7 @@ use shared::client::Budget;
 use uuid::Uuid;
 
 use super::{
-    RETENTION, Session,
+    RETENTION, Session, Status,
     complete::{complete_paid, paid_orders},
 };
 use crate::{App, Error, Result, schema::checkout_sessions as cs};
@@ -40,9 +40,9 @@ pub async fn cleanup(app: &App, dry_run: bool) -> Result<CleanupCounts> {
                 .filter(cs::id.gt(after))
                 .filter(
                     cs::status
-                        .eq("ACTIVE")
+                        .eq(Status::Active)
                         .and(cs::expires_at.le(now))
-                        .or(cs::status.ne("COMPLETED").and(cs::created_at.lt(cutoff))),
+                        .or(cs::status.ne(Status::Completed).and(cs::created_at.lt(cutoff))),
                 )
                 .order(cs::id)
                 .limit(PAGE)
@@ -64,7 +64,8 @@ pub async fn cleanup(app: &App, dry_run: bool) -> Result<CleanupCounts> {
         counts.completed_by_sync += if dry_run { paid.len() } else { complete_paid(app, &paid).await? } as i64;
         let unpaid: Vec<&Session> = page.iter().filter(|s| !paid.iter().any(|(p, _)| *p == s.id)).collect();
         counts.expired += expire(app, &unpaid.iter().map(|s| s.id).collect::<Vec<_>>(), now, dry_run).await?;
-        let stale: Vec<&Session> = unpaid.into_iter().filter(|s| s.status != "COMPLETED" && s.created_at < cutoff).collect();
+        let stale: Vec<&Session> =
+            unpaid.into_iter().filter(|s| s.status != Status::Completed && s.created_at < cutoff).collect();
         if dry_run {
             counts.deleted += stale.len() as i64;
         } else {
@@ -91,12 +92,14 @@ pub async fn cleanup(app: &App, dry_run: bool) -> Result<CleanupCounts> {
 /// ACTIVE sessions past their expiry among `ids` → EXPIRED.
 async fn expire(app: &App, ids: &[Uuid], now: DateTime<Utc>, dry_run: bool) -> Result<i64> {
     let mut c = app.conn().await?;
-    let lapsed = cs::id.eq_any(ids).and(cs::status.eq("ACTIVE")).and(cs::expires_at.le(now));
+    let lapsed = cs::id.eq_any(ids).and(cs::status.eq(Status::Active)).and(cs::expires_at.le(now));
     if dry_run {
         return Ok(cs::table.filter(lapsed).select(count_star()).first(&mut *c).await?);
     }
-    let n =
-        diesel::update(cs::table.filter(lapsed)).set((cs::status.eq("EXPIRED"), cs::updated_at.eq(now))).execute(&mut *c).await?;
+    let n = diesel::update(cs::table.filter(lapsed))
+        .set((cs::status.eq(Status::Expired), cs::updated_at.eq(now)))
+        .execute(&mut *c)
+        .await?;
     Ok(n as i64)
 }
 
@@ -123,7 +126,7 @@ async fn delete_withdrawn(app: &App, stale: &[&Session], cutoff: DateTime<Utc>) 
         stale.iter().filter(|s| status_of(s).is_none_or(|x| x == bpb::OrderStatus::Cancelled as i32)).map(|s| s.id).collect();
     let mut c = app.conn().await?;
     let deleted = diesel::delete(
-        cs::table.filter(cs::id.eq_any(&withdrawn)).filter(cs::status.ne("COMPLETED")).filter(cs::created_at.lt(cutoff)),
+        cs::table.filter(cs::id.eq_any(&withdrawn)).filter(cs::status.ne(Status::Completed)).filter(cs::created_at.lt(cutoff)),
     )
     .execute(&mut *c)
     .await?;

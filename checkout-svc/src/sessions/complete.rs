@@ -39,13 +39,13 @@ pub(super) async fn mark_completed(
     }
     // Paid: the user's other ACTIVE session (a replacement or a newer
     // checkout) must not take a second payment.
-    diesel::update(cs::table.filter(cs::user_id.eq(&s.user_id)).filter(cs::status.eq("ACTIVE")).filter(cs::id.ne(id)))
-        .set((cs::status.eq("INVALIDATED"), cs::replaced_by.eq(id), cs::updated_at.eq(now)))
+    diesel::update(cs::table.filter(cs::user_id.eq(&s.user_id)).filter(cs::status.eq(Status::Active)).filter(cs::id.ne(id)))
+        .set((cs::status.eq(Status::Invalidated), cs::replaced_by.eq(id), cs::updated_at.eq(now)))
         .execute(c)
         .await?;
     let session = diesel::update(cs::table.find(id))
         .set((
-            cs::status.eq("COMPLETED"),
+            cs::status.eq(Status::Completed),
             cs::completed_at.eq(now),
             cs::payment_id.eq(payment_id),
             cs::subscription_id.eq(subscription_id),
@@ -157,7 +157,7 @@ pub async fn completion_sync(app: &App, batch: i64) -> Result<SyncCounts> {
         let page: Vec<Session> = {
             let mut c = app.conn().await?;
             cs::table
-                .filter(cs::status.ne("COMPLETED"))
+                .filter(cs::status.ne(Status::Completed))
                 .filter(cs::created_at.gt(sync_horizon(now)))
                 .filter(cs::id.gt(after))
                 .order(cs::id)

@@ -31,22 +31,13 @@ pub const TTL: Duration = Duration::hours(24);
 /// kept, for this long.
 pub const RETENTION: Duration = Duration::days(7);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Active,
-    Completed,
-    Expired,
-    Invalidated,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Active => "ACTIVE",
-            Status::Completed => "COMPLETED",
-            Status::Expired => "EXPIRED",
-            Status::Invalidated => "INVALIDATED",
-        }
+shared::text_enum! {
+    /// Where a checkout session is (docs/design.md, "Checkout sessions").
+    pub enum Status {
+        Active = "ACTIVE",
+        Completed = "COMPLETED",
+        Expired = "EXPIRED",
+        Invalidated = "INVALIDATED",
     }
 }
 
@@ -56,7 +47,7 @@ pub struct Session {
     pub id: Uuid,
     pub user_id: String,
     pub plan_id: String,
-    pub status: String,
+    pub status: Status,
     pub amount_minor: i64,
     pub currency: String,
     pub order_id: String,
@@ -72,7 +63,7 @@ pub struct Session {
 
 impl Session {
     pub fn is(&self, s: Status) -> bool {
-        self.status == s.as_str()
+        self.status == s
     }
 
     /// ACTIVE but past its expiry: reads as EXPIRED.
@@ -127,8 +118,8 @@ async fn expire_if_lapsed(conn: &mut Conn, s: Session, now: DateTime<Utc>) -> Re
     if !s.lapsed(now) {
         return Ok(s);
     }
-    let updated = diesel::update(cs::table.find(s.id).filter(cs::status.eq("ACTIVE")).filter(cs::expires_at.le(now)))
-        .set((cs::status.eq("EXPIRED"), cs::updated_at.eq(now)))
+    let updated = diesel::update(cs::table.find(s.id).filter(cs::status.eq(Status::Active)).filter(cs::expires_at.le(now)))
+        .set((cs::status.eq(Status::Expired), cs::updated_at.eq(now)))
         .returning(Session::as_returning())
         .get_result(conn)
         .await
@@ -159,9 +150,11 @@ pub async fn list(
     if let Some(st) = status {
         q = match st {
             // Lapsed ACTIVE sessions read as EXPIRED in lists too.
-            Status::Active => q.filter(cs::status.eq("ACTIVE")).filter(cs::expires_at.gt(now)),
-            Status::Expired => q.filter(cs::status.eq("EXPIRED").or(cs::status.eq("ACTIVE").and(cs::expires_at.le(now)))),
-            other => q.filter(cs::status.eq(other.as_str())),
+            Status::Active => q.filter(cs::status.eq(Status::Active)).filter(cs::expires_at.gt(now)),
+            Status::Expired => {
+                q.filter(cs::status.eq(Status::Expired).or(cs::status.eq(Status::Active).and(cs::expires_at.le(now))))
+            }
+            other => q.filter(cs::status.eq(other)),
         };
     }
     if let Some((t, id)) = after {
@@ -176,7 +169,7 @@ pub async fn list(
     };
     for s in &mut rows {
         if s.lapsed(now) {
-            s.status = Status::Expired.as_str().to_owned();
+            s.status = Status::Expired;
         }
     }
     Ok((rows, next))

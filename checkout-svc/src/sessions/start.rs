@@ -15,7 +15,7 @@ use shared::{
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use super::{Session, TTL, lock_user, peek};
+use super::{Session, Status, TTL, lock_user, peek};
 use crate::{App, Error, Result, schema::checkout_sessions as cs};
 
 /// The new session and the one it replaced or recovered, if any.
@@ -91,12 +91,14 @@ fn settled_order(e: Error, id: Uuid) -> Error {
 /// Retires the user's ACTIVE session, if any: EXPIRED when it lapsed,
 /// otherwise INVALIDATED and pointing at its replacement.
 pub(super) async fn retire_active(c: &mut Conn, user_id: &str, replacement: Uuid, now: DateTime<Utc>) -> Result<Option<Session>> {
-    diesel::update(cs::table.filter(cs::user_id.eq(user_id)).filter(cs::status.eq("ACTIVE")).filter(cs::expires_at.le(now)))
-        .set((cs::status.eq("EXPIRED"), cs::updated_at.eq(now)))
-        .execute(c)
-        .await?;
-    Ok(diesel::update(cs::table.filter(cs::user_id.eq(user_id)).filter(cs::status.eq("ACTIVE")))
-        .set((cs::status.eq("INVALIDATED"), cs::replaced_by.eq(replacement), cs::updated_at.eq(now)))
+    diesel::update(
+        cs::table.filter(cs::user_id.eq(user_id)).filter(cs::status.eq(Status::Active)).filter(cs::expires_at.le(now)),
+    )
+    .set((cs::status.eq(Status::Expired), cs::updated_at.eq(now)))
+    .execute(c)
+    .await?;
+    Ok(diesel::update(cs::table.filter(cs::user_id.eq(user_id)).filter(cs::status.eq(Status::Active)))
+        .set((cs::status.eq(Status::Invalidated), cs::replaced_by.eq(replacement), cs::updated_at.eq(now)))
         .returning(Session::as_returning())
         .get_result(c)
         .await
@@ -116,7 +118,7 @@ pub(super) async fn insert(
             cs::id.eq(id),
             cs::user_id.eq(user_id),
             cs::plan_id.eq(&q.plan_id),
-            cs::status.eq("ACTIVE"),
+            cs::status.eq(Status::Active),
             cs::amount_minor.eq(q.amount_minor),
             cs::currency.eq(&q.currency),
             cs::order_id.eq(&q.order_id),
@@ -191,7 +193,7 @@ pub async fn create(
 async fn active_of(c: &mut Conn, user_id: &str) -> Result<Option<Session>> {
     Ok(cs::table
         .filter(cs::user_id.eq(user_id))
-        .filter(cs::status.eq("ACTIVE"))
+        .filter(cs::status.eq(Status::Active))
         .select(Session::as_select())
         .first(c)
         .await

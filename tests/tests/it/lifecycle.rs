@@ -406,21 +406,55 @@ async fn a_renewal_payment_racing_a_cancellation_is_either_captured_or_a_discrep
         let captured =
             scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{renewal}' AND status = 'PAID'")).await;
         assert_eq!(paid.is_ok(), captured == 1, "round {round}: {paid:?}");
-        if captured == 1 {
-            // Cancelled at period end: the paid period still opens, and
-            // the subscription ends after it. Cancelled now: the payment is
-            // owed back.
-            assert_eq!((cancelled_first, ended_after), (0, i64::from(round % 2 == 1)), "round {round}");
-        } else {
-            assert_eq!((cancelled_first, ended_after), (1, 0), "round {round}");
-        }
-        if round % 2 == 0 && captured == 1 {
-            app.clock.set(ts(&sub.period_end) + Duration::hours(1));
-            let s = app.subscription(&sub.id).await;
-            assert_eq!((s.status, s.credits_remaining), (bpb::SubscriptionStatus::Active as i32, 300), "the paid period opens");
-            assert!(s.cancel_at_period_end);
-        }
+        // Captured first: the cancellation (now or at period end) makes the
+        // renewal money owed back. Cancelled first: the payment is refused.
+        let expected = if captured == 1 { (0, 1) } else { (1, 0) };
+        assert_eq!((cancelled_first, ended_after), expected, "round {round}");
+        app.clock.set(ts(&sub.period_end) + Duration::hours(1));
+        let s = app.subscription(&sub.id).await;
+        assert_eq!(
+            (s.status, s.credits_remaining),
+            (bpb::SubscriptionStatus::Cancelled as i32, 0),
+            "round {round}: no paid month opens"
+        );
         assert_ledger_matches_balances(&mut db).await;
         app.clock.set(app.clock.now() + Duration::days(40));
     }
+    // Every renewal payment that bought nothing is refunded by reconcile,
+    // once; a second run finds nothing.
+    let fix =
+        app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: true }).await.unwrap().into_inner();
+    assert!(fix.findings.iter().all(|f| f.kind == "PAYMENT_DISCREPANCY" && f.fixed), "{:?}", fix.findings);
+    assert_eq!(fix.findings.len(), 6);
+    let again =
+        app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap().into_inner();
+    assert!(again.findings.is_empty(), "{:?}", again.findings);
+}
+
+/// A charge captured at the gateway whose capture billing did not record
+/// (here: remembered as pending, as when the capture transaction failed) is
+/// captured by the next attempt, never charged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_whose_capture_was_lost_is_captured_not_charged_again() {
+    let app = spawn_app().await;
+    let sub = subscribe_with_saved_card(&app, "lost-capture", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    app.gateway.set_fail_charges(true);
+    app.clock.set(end - Duration::hours(72));
+    app.run_job("renewals").await;
+    let mut db = app.billing_db().await;
+    let renewal = format!("renews_subscription_id = '{}'", sub.id);
+    tests::helpers::exec(&mut db, &format!("UPDATE orders SET pending_payment_id = 'pay_lost1' WHERE {renewal}")).await;
+    app.clock.set(end - Duration::hours(48));
+    // Charges would be declined: a capture here can only be the lost one.
+    assert!(app.run_job("renewals").await.contains("1 charges captured"));
+    assert_eq!(
+        scalar(
+            &mut db,
+            &format!("SELECT count(*) AS n FROM orders WHERE {renewal} AND status = 'PAID' AND payment_id = 'pay_lost1'")
+        )
+        .await,
+        1
+    );
+    assert_ledger_matches_balances(&mut db).await;
 }

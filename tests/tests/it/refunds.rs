@@ -116,13 +116,26 @@ async fn refund_errors_are_precise_and_write_nothing_half() {
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM refunds WHERE id = 'refused' AND status = 'FAILED'").await, 1);
     assert_eq!(order_of(&app, &sub).await.amount_refunded_minor, 0);
 
-    // Unreachable: UNAVAILABLE and no refund recorded; the same id works later.
+    // Unreachable: UNAVAILABLE. A timed-out call may have refunded, so the
+    // refund stays PENDING with its outcome unknown (its amount held, never
+    // dropped from the books); the same id asks the gateway again later.
     app.gateway.set_refunds(billing_svc::gateway::SandboxRefunds::Unreachable);
     assert_eq!(code(refund(&app, request(&sub.order_id, 1_000, "retry-me")).await).code(), Code::Unavailable);
-    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM refunds WHERE id = 'retry-me'").await, 0);
+    assert_eq!(
+        scalar(
+            &mut db,
+            "SELECT count(*) AS n FROM refunds WHERE id = 'retry-me' AND status = 'PENDING' AND gateway_refund_id IS NULL"
+        )
+        .await,
+        1
+    );
+    let e = code(refund(&app, request(&sub.order_id, 149_000, "too-much-while-unknown")).await);
+    assert_eq!(precondition_type(&e), "REFUND_EXCEEDS_CAPTURED", "the unknown refund's amount is held");
     app.gateway.set_refunds(billing_svc::gateway::SandboxRefunds::Process);
     let ok = refund(&app, request(&sub.order_id, 1_000, "retry-me")).await.unwrap();
-    assert!(!ok.replayed);
+    assert_eq!(ok.refund.unwrap().status, bpb::RefundStatus::Processed as i32);
+    let e = code(refund(&app, request(&sub.order_id, 0, "discrepancy:1")).await);
+    assert_eq!(e.code(), Code::InvalidArgument, "reconciliation's refund ids are not the callers'");
     // Reusing an id for another amount is refused.
     let e = code(refund(&app, request(&sub.order_id, 2_000, "retry-me")).await);
     assert_eq!(precondition_type(&e), "REFUND_ID_REUSED");
@@ -176,4 +189,47 @@ async fn refund_webhooks_settle_pending_refunds() {
     assert_eq!(order_of(&app, &sub).await.amount_refunded_minor, 0, "a failed refund gives its amount back");
     let again = app.billing.clone().handle_gateway_webhook(hook).await.unwrap().into_inner();
     assert!(again.duplicate);
+}
+
+/// A renewal collected early and then refunded in full never opens its
+/// period: the subscription ends at period end instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refunded_early_renewal_does_not_open_its_period() {
+    let app = spawn_app().await;
+    let sub = app.subscribe("refund-renewal", "basic-monthly").await;
+    let end = chrono::DateTime::from_timestamp(sub.period_end.unwrap().seconds, 0).unwrap();
+    app.clock.set(end - chrono::Duration::hours(48));
+    app.run_job("renewals").await;
+    let paid = app.pay_renewal(&sub.id).await.unwrap().order.unwrap();
+    refund(&app, request(&paid.id, 0, "renewal-back")).await.unwrap();
+    let s = app.subscription(&sub.id).await;
+    assert_eq!((s.status, s.credits_remaining), (bpb::SubscriptionStatus::Active as i32, 300), "the paid period runs on");
+    assert!(s.cancel_at_period_end, "and is the last");
+    app.clock.set(end + chrono::Duration::hours(1));
+    app.run_job("rollover").await;
+    let s = app.subscription(&sub.id).await;
+    assert_eq!((s.status, s.credits_remaining), (bpb::SubscriptionStatus::Cancelled as i32, 0), "no free month");
+    let mut db = app.billing_db().await;
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// A purchase that was replaced (its credits carried into the new plan),
+/// refunded in full: the carried credits are forfeited from the live
+/// subscription, through the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refunding_a_replaced_purchase_takes_back_the_credits_it_carried() {
+    let app = spawn_app().await;
+    let basic = app.subscribe("carrier", "basic-monthly").await;
+    let pro = app.subscribe("carrier", "pro-monthly").await;
+    assert_eq!(pro.credits_remaining, 1500 + 300);
+    refund(&app, request(&basic.order_id, 0, "basic-back")).await.unwrap();
+    let live = app.subscription(&pro.id).await;
+    assert_eq!((live.status, live.credits_remaining), (bpb::SubscriptionStatus::Active as i32, 1500));
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT credits AS n FROM ledger WHERE kind = 'FORFEITED' AND subscription_id = '{}'", pro.id))
+            .await,
+        300
+    );
+    assert_ledger_matches_balances(&mut db).await;
 }
