@@ -138,6 +138,8 @@ async fn open_due(app: &App, now: DateTime<Utc>, st: Settings, batch: i64) -> Re
                     .filter(o::renews_period_start.eq(s::period_end.nullable())),
             )))
             .select(Subscription::as_select())
+            // The most urgent first; the rest on the next iterations.
+            .order(s::period_end)
             .limit(batch)
             .load(&mut conn)
             .await?

@@ -476,7 +476,7 @@ pub async fn refund_unused_renewals(conn: &mut Conn, sub: &Subscription, now: Da
             kind: Kind::SubscriptionEnded,
             order_id: Some(order.id.clone()),
             detail: format!(
-                "renewal order {} paid the period from {} of subscription {}, which ended first",
+                "renewal order {} paid the period from {} of subscription {}, which will not have that period (cancelled, refunded or replaced)",
                 order.id,
                 order.renews_period_start.unwrap_or(sub.period_end),
                 sub.id
