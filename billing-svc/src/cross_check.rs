@@ -40,7 +40,7 @@ pub async fn paid_orders_unknown_to_checkout(
         match client.get_session(budget.request(GetSessionRequest { id: session_id.to_string() }, token)).await {
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => findings.push(Finding {
-                kind: "PAID_ORDER_UNKNOWN_TO_CHECKOUT",
+                kind: crate::reconcile::FindingKind::PaidOrderUnknownToCheckout,
                 subject_id: order_id,
                 detail: format!("checkout has no session {session_id}"),
                 fixed: false,

@@ -11,74 +11,47 @@ use shared::db::Conn;
 
 use crate::{Error, Result, schema::payment_discrepancies as pd};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// The user's subscription was bought by a newer order.
-    OrderSuperseded,
-    /// The order was withdrawn (its checkout session was cleaned up).
-    OrderCancelled,
-    /// The order was already paid with another payment.
-    SecondPayment,
-    /// The payment's amount or currency is not the order's.
-    AmountMismatch,
-    /// The payment names an order billing never created.
-    UnknownOrder,
-    /// Recorded before kinds were told apart (read the detail).
-    RecordedBeforeClassification,
-    /// A renewal paid for a period its subscription will not have (it was
-    /// cancelled now, fully refunded or replaced first).
-    SubscriptionEnded,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::OrderSuperseded => "ORDER_SUPERSEDED",
-            Kind::OrderCancelled => "ORDER_CANCELLED",
-            Kind::SecondPayment => "SECOND_PAYMENT",
-            Kind::AmountMismatch => "AMOUNT_MISMATCH",
-            Kind::UnknownOrder => "UNKNOWN_ORDER",
-            Kind::RecordedBeforeClassification => "RECORDED_BEFORE_CLASSIFICATION",
-            Kind::SubscriptionEnded => "SUBSCRIPTION_ENDED",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        [
-            Kind::OrderSuperseded,
-            Kind::OrderCancelled,
-            Kind::SecondPayment,
-            Kind::AmountMismatch,
-            Kind::UnknownOrder,
-            Kind::RecordedBeforeClassification,
-            Kind::SubscriptionEnded,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+shared::text_enum! {
+    /// Why a payment bought nothing.
+    pub enum Kind {
+        /// The user's subscription was bought by a newer order.
+        OrderSuperseded = "ORDER_SUPERSEDED",
+        /// The order was withdrawn (its checkout session was cleaned up, or
+        /// the subscription it renews ended).
+        OrderCancelled = "ORDER_CANCELLED",
+        /// The order was already paid with another payment.
+        SecondPayment = "SECOND_PAYMENT",
+        /// The payment's amount or currency is not the order's.
+        AmountMismatch = "AMOUNT_MISMATCH",
+        /// The payment names an order billing never created.
+        UnknownOrder = "UNKNOWN_ORDER",
+        /// Recorded before kinds were told apart (read the detail).
+        RecordedBeforeClassification = "RECORDED_BEFORE_CLASSIFICATION",
+        /// A renewal paid for a period its subscription will not have (it
+        /// was cancelled, fully refunded or replaced first).
+        SubscriptionEnded = "SUBSCRIPTION_ENDED",
     }
 }
 
-/// The capture path that met the payment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    VerifyPayment,
-    Webhook,
-    Reconcile,
-    /// The renewal job's charge of a saved payment method.
-    RenewalCharge,
-    /// A subscription ended with a renewal already paid.
-    SubscriptionEnded,
+shared::text_enum! {
+    /// The capture path that met the payment.
+    pub enum Source {
+        VerifyPayment = "VERIFY_PAYMENT",
+        Webhook = "WEBHOOK",
+        Reconcile = "RECONCILE",
+        /// The renewal job's charge of a saved payment method.
+        RenewalCharge = "RENEWAL_CHARGE",
+        /// A subscription ended with a renewal already paid.
+        SubscriptionEnded = "SUBSCRIPTION_ENDED",
+    }
 }
 
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::VerifyPayment => "VERIFY_PAYMENT",
-            Source::Webhook => "WEBHOOK",
-            Source::Reconcile => "RECONCILE",
-            Source::RenewalCharge => "RENEWAL_CHARGE",
-            Source::SubscriptionEnded => "SUBSCRIPTION_ENDED",
-        }
+shared::text_enum! {
+    /// OPEN until refunded (reconcile --fix) or acknowledged by an operator.
+    pub enum Status {
+        Open = "OPEN",
+        Acknowledged = "ACKNOWLEDGED",
+        Refunded = "REFUNDED",
     }
 }
 
@@ -108,18 +81,13 @@ impl Discrepancy {
 /// redelivered event after the newer plan ended), or it would be both a
 /// subscription and an open refund.
 pub async fn of_payment(conn: &mut Conn, payment_id: &str) -> Result<Option<Discrepancy>> {
-    let row: Option<(String, Option<String>, String)> = pd::table
+    let row: Option<(Kind, Option<String>, String)> = pd::table
         .filter(pd::payment_id.eq(payment_id))
         .select((pd::kind, pd::order_id, pd::detail))
         .first(conn)
         .await
         .optional()?;
-    Ok(row.map(|(kind, order_id, detail)| Discrepancy {
-        kind: Kind::parse(&kind).unwrap_or(Kind::RecordedBeforeClassification),
-        order_id,
-        payment_id: payment_id.to_owned(),
-        detail,
-    }))
+    Ok(row.map(|(kind, order_id, detail)| Discrepancy { kind, order_id, payment_id: payment_id.to_owned(), detail }))
 }
 
 /// Records `d` in the caller's transaction (once per payment id).
@@ -136,10 +104,10 @@ pub async fn record(
         .values((
             pd::payment_id.eq(&d.payment_id),
             pd::order_id.eq(&d.order_id),
-            pd::kind.eq(d.kind.as_str()),
+            pd::kind.eq(d.kind),
             pd::amount_minor.eq(paid.map(|p| p.0)),
             pd::currency.eq(paid.map(|p| p.1)),
-            pd::source.eq(source.as_str()),
+            pd::source.eq(source),
             pd::detail.eq(&d.detail),
             pd::created_at.eq(now),
         ))
@@ -154,8 +122,8 @@ pub async fn record(
 /// or judged not owed), with a note; audited by the caller. Returns false
 /// when the discrepancy was not OPEN.
 pub async fn acknowledge(conn: &mut Conn, id: i64, note: &str, now: DateTime<Utc>) -> Result<bool> {
-    let n = diesel::update(pd::table.find(id).filter(pd::status.eq("OPEN")))
-        .set((pd::status.eq("ACKNOWLEDGED"), pd::note.eq(note), pd::resolved_at.eq(now)))
+    let n = diesel::update(pd::table.find(id).filter(pd::status.eq(Status::Open)))
+        .set((pd::status.eq(Status::Acknowledged), pd::note.eq(note), pd::resolved_at.eq(now)))
         .execute(conn)
         .await?;
     if n == 0 && pd::table.find(id).select(pd::id).first::<i64>(conn).await.optional()?.is_none() {

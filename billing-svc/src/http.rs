@@ -89,7 +89,7 @@ async fn razorpay_webhook(State(h): State<Http>, headers: HeaderMap, body: Bytes
     let handled = tokio::spawn(async move { webhooks::handle(&app, &body, &signature, &id).await }).await;
     match handled {
         Ok(Ok(o)) => {
-            (StatusCode::OK, Json(serde_json::json!({ "outcome": o.outcome, "duplicate": o.duplicate }))).into_response()
+            (StatusCode::OK, Json(serde_json::json!({ "outcome": o.outcome.as_str(), "duplicate": o.duplicate }))).into_response()
         }
         Ok(Err(e)) => error_response(e),
         Err(e) => {

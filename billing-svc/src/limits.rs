@@ -123,7 +123,7 @@ mod tests {
             name: "P".into(),
             price_minor: 0,
             currency: "INR".into(),
-            period: "monthly".into(),
+            period: crate::plans::Period::Monthly,
             credits_per_period: 10,
             deduction_interval_seconds: 600,
             max_sessions_per_period: max_sessions,

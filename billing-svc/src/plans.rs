@@ -7,6 +7,13 @@ use crate::{Error, Result, schema::plans};
 
 pub const FREE_PLAN_ID: &str = "free";
 
+shared::text_enum! {
+    /// Length of a billing period (a CHECK allows only monthly).
+    pub enum Period {
+        Monthly = "monthly",
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = plans, check_for_backend(diesel::pg::Pg))]
 pub struct Plan {
@@ -14,7 +21,7 @@ pub struct Plan {
     pub name: String,
     pub price_minor: i64,
     pub currency: String,
-    pub period: String,
+    pub period: Period,
     pub credits_per_period: i64,
     pub deduction_interval_seconds: i32,
     pub max_sessions_per_period: i32,

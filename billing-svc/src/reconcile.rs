@@ -28,9 +28,33 @@ use crate::{
     subscriptions::{self as subscriptions_model, Status as SubStatus},
 };
 
+shared::text_enum! {
+    /// What reconciliation finds (docs/design.md, "Payment discrepancies and
+    /// reconciliation").
+    pub enum FindingKind {
+        PaidOrderWithoutSubscription = "PAID_ORDER_WITHOUT_SUBSCRIPTION",
+        SubscriptionWithoutPaidOrder = "SUBSCRIPTION_WITHOUT_PAID_ORDER",
+        DuplicateSubscriptionsForOrder = "DUPLICATE_SUBSCRIPTIONS_FOR_ORDER",
+        /// Closed by a refund (`--fix`) or an operator's acknowledgement.
+        PaymentDiscrepancy = "PAYMENT_DISCREPANCY",
+        /// Closed only by an operator's acknowledgement.
+        WebhookRejected = "WEBHOOK_REJECTED",
+        LedgerMismatch = "LEDGER_MISMATCH",
+        StuckUsageSession = "STUCK_USAGE_SESSION",
+        /// Information only (`reconcile` with CHECKOUT_ENDPOINT): a paid
+        /// order whose checkout session checkout does not know.
+        PaidOrderUnknownToCheckout = "PAID_ORDER_UNKNOWN_TO_CHECKOUT",
+    }
+}
+
+fn as_text<S: serde::Serializer>(k: &FindingKind, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(k.as_str())
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Finding {
-    pub kind: &'static str,
+    #[serde(serialize_with = "as_text")]
+    pub kind: FindingKind,
     pub subject_id: String,
     pub detail: String,
     pub fixed: bool,
@@ -50,26 +74,25 @@ struct Subject {
     detail: String,
 }
 
-pub const PAYMENT_DISCREPANCY: &str = "PAYMENT_DISCREPANCY";
-pub const WEBHOOK_REJECTED: &str = "WEBHOOK_REJECTED";
+use FindingKind::*;
 
 /// (kind, query returning subject + detail). $1 = now, $2 = stuck cutoff.
-const CHECKS: &[(&str, &str)] = &[
+const CHECKS: &[(FindingKind, &str)] = &[
     (
-        "PAID_ORDER_WITHOUT_SUBSCRIPTION",
+        PaidOrderWithoutSubscription,
         "SELECT o.id AS subject, 'order paid at ' || o.paid_at || ' has no subscription' AS detail \
            FROM orders o LEFT JOIN subscriptions s ON s.order_id = o.id \
           WHERE o.status = 'PAID' AND s.id IS NULL AND o.renews_subscription_id IS NULL \
             AND NOT EXISTS (SELECT 1 FROM payment_discrepancies d WHERE d.payment_id = o.payment_id)",
     ),
     (
-        "SUBSCRIPTION_WITHOUT_PAID_ORDER",
+        SubscriptionWithoutPaidOrder,
         "SELECT s.id::text AS subject, 'plan ' || s.plan_id || ' without a paid order' AS detail \
            FROM subscriptions s JOIN plans p ON p.id = s.plan_id LEFT JOIN orders o ON o.id = s.order_id \
           WHERE s.status <> 'CANCELLED' AND p.price_minor > 0 AND (o.id IS NULL OR o.status <> 'PAID')",
     ),
     (
-        "DUPLICATE_SUBSCRIPTIONS_FOR_ORDER",
+        DuplicateSubscriptionsForOrder,
         "SELECT s.id::text AS subject, 'second subscription for order ' || s.order_id AS detail \
            FROM subscriptions s \
           WHERE s.order_id IS NOT NULL AND s.status <> 'CANCELLED' AND EXISTS ( \
@@ -77,19 +100,19 @@ const CHECKS: &[(&str, &str)] = &[
                    AND (f.created_at, f.id) < (s.created_at, s.id))",
     ),
     (
-        PAYMENT_DISCREPANCY,
+        PaymentDiscrepancy,
         "SELECT id::text AS subject, \
                 kind || ': ' || detail || ' (payment ' || payment_id || \
                 coalesce(', ' || amount_minor || ' ' || currency, '') || '); refund it or acknowledge it' AS detail \
            FROM payment_discrepancies WHERE status = 'OPEN'",
     ),
     (
-        WEBHOOK_REJECTED,
+        WebhookRejected,
         "SELECT event_id AS subject, 'stored but refused: ' || detail AS detail FROM webhook_events \
           WHERE outcome = 'REJECTED' AND reviewed_note IS NULL",
     ),
     (
-        "LEDGER_MISMATCH",
+        LedgerMismatch,
         "SELECT s.id::text AS subject, \
                 'ledger ' || coalesce(l.total, 0) || ' vs granted-remaining ' || (s.credits_granted - s.credits_remaining) AS detail \
            FROM subscriptions s LEFT JOIN ( \
@@ -98,7 +121,7 @@ const CHECKS: &[(&str, &str)] = &[
           WHERE coalesce(l.total, 0) <> s.credits_granted - s.credits_remaining",
     ),
     (
-        "STUCK_USAGE_SESSION",
+        StuckUsageSession,
         "SELECT id::text AS subject, 'ACTIVE since ' || started_at AS detail FROM usage_sessions \
           WHERE status = 'ACTIVE' AND started_at < $2",
     ),
@@ -116,7 +139,7 @@ pub async fn run(app: &App, now: DateTime<Utc>, stuck_after: chrono::Duration, f
         for mut row in rows {
             let fixed = if !fix {
                 false
-            } else if *kind == PAYMENT_DISCREPANCY {
+            } else if *kind == PaymentDiscrepancy {
                 match refund_discrepancy(app, &row.subject).await? {
                     DiscrepancyRefund::Refunded(refund_id) => {
                         row.detail = format!("{}; refunded (refund {refund_id})", row.detail);
@@ -128,12 +151,12 @@ pub async fn run(app: &App, now: DateTime<Utc>, stuck_after: chrono::Duration, f
                     }
                 }
             } else {
-                repair(conn, kind, &row.subject, now, stuck_after).await?
+                repair(conn, *kind, &row.subject, now, stuck_after).await?
             };
             if fixed {
                 report.fixed += 1;
             }
-            report.findings.push(Finding { kind, subject_id: row.subject, detail: row.detail, fixed });
+            report.findings.push(Finding { kind: *kind, subject_id: row.subject, detail: row.detail, fixed });
         }
     }
     if !report.findings.is_empty() {
@@ -152,7 +175,13 @@ fn uuid(s: &str) -> Result<Uuid> {
 }
 
 /// Whether finding (`kind`, `subject`) still holds, from a fresh snapshot.
-async fn still_holds(c: &mut Conn, kind: &str, subject: &str, now: DateTime<Utc>, stuck_after: chrono::Duration) -> Result<bool> {
+async fn still_holds(
+    c: &mut Conn,
+    kind: FindingKind,
+    subject: &str,
+    now: DateTime<Utc>,
+    stuck_after: chrono::Duration,
+) -> Result<bool> {
     #[derive(QueryableByName)]
     struct N {
         #[diesel(sql_type = sql_types::BigInt)]
@@ -175,22 +204,22 @@ async fn lock_subscription(c: &mut Conn, id: Uuid) -> Result<()> {
 
 /// Repairs one finding if it still holds once its rows are locked; returns
 /// whether a repair (and its audit row) was written.
-async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<Utc>, stuck: chrono::Duration) -> Result<bool> {
+async fn repair(c: &mut Conn, kind: FindingKind, subject: &str, now: DateTime<Utc>, stuck: chrono::Duration) -> Result<bool> {
     // A lost race (a deadlock with a capture locking in the other order) is
     // retried from the top: locks, then the fresh re-check.
     shared::retry_tx!(c, shared::db::Races::Conflicts, |c| {
         // The locks of the normal path first, in its order.
         match kind {
-            "PAID_ORDER_WITHOUT_SUBSCRIPTION" => {
+            PaidOrderWithoutSubscription => {
                 orders::lock_optional(c, subject).await?;
             }
-            "SUBSCRIPTION_WITHOUT_PAID_ORDER" | "DUPLICATE_SUBSCRIPTIONS_FOR_ORDER" | "LEDGER_MISMATCH" => {
+            SubscriptionWithoutPaidOrder | DuplicateSubscriptionsForOrder | LedgerMismatch => {
                 lock_subscription(c, uuid(subject)?).await?
             }
             // The deduction function takes its own locks and is idempotent.
-            "STUCK_USAGE_SESSION" => {}
+            StuckUsageSession => {}
             // Closed only by a refund or an operator's acknowledgement.
-            _ => return Ok(false),
+            PaymentDiscrepancy | WebhookRejected | PaidOrderUnknownToCheckout => return Ok(false),
         }
         if !still_holds(c, kind, subject, now, stuck).await? {
             return Ok(false);
@@ -199,7 +228,7 @@ async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<U
             // The capture path creates the missing subscription, or records
             // the payment as a discrepancy when a newer order's
             // subscription is live.
-            "PAID_ORDER_WITHOUT_SUBSCRIPTION" => {
+            PaidOrderWithoutSubscription => {
                 let order = orders::get(c, subject).await?;
                 let payment_id = order.payment_id.clone().unwrap_or_default();
                 let payment = Payment {
@@ -215,14 +244,14 @@ async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<U
                 }
             }
             // Ended through the one deduction path, charging its duration.
-            "STUCK_USAGE_SESSION" => {
+            StuckUsageSession => {
                 let ch = deductions::charge(c, uuid(subject)?, &deductions::Mode::End { manual: 0 }, now).await?;
                 if ch.replayed {
                     return Ok(false);
                 }
                 format!("ended; charged {} unpaid {}", ch.charged, ch.unpaid)
             }
-            "SUBSCRIPTION_WITHOUT_PAID_ORDER" | "DUPLICATE_SUBSCRIPTIONS_FOR_ORDER" => {
+            SubscriptionWithoutPaidOrder | DuplicateSubscriptionsForOrder => {
                 let sub = subscriptions_model::get(c, uuid(subject)?).await?;
                 if sub.status.is_live() {
                     // As any ending: credits forfeited through the ledger,
@@ -260,7 +289,7 @@ async fn repair(c: &mut Conn, kind: &'static str, subject: &str, now: DateTime<U
                 "balance set from the ledger".to_owned()
             }
         };
-        audit(c, kind, subject, &action, None, now).await?;
+        audit(c, kind.as_str(), subject, &action, None, now).await?;
         Ok::<_, Error>(true)
     })
 }
@@ -274,17 +303,24 @@ pub async fn acknowledge(conn: &mut Conn, kind: &str, subject: &str, note: &str,
     if note.is_empty() {
         return Err(Error::invalid("note", "is required: say why this is closed"));
     }
+    let refusal = || {
+        Error::invalid(
+            "kind",
+            format!("only {PaymentDiscrepancy} and {WebhookRejected} are acknowledged; the rest are repaired by --fix"),
+        )
+    };
+    let kind: FindingKind = kind.parse().map_err(|_| refusal())?;
     conn.transaction(async |c| {
         let closed = match kind {
-            PAYMENT_DISCREPANCY => {
+            PaymentDiscrepancy => {
                 let id: i64 = subject.parse().map_err(|_| Error::invalid("subject", "must be a payment discrepancy id"))?;
                 discrepancies::acknowledge(c, id, note, now).await?
             }
-            WEBHOOK_REJECTED => {
+            WebhookRejected => {
                 let n = diesel::update(
                     webhook_events::table
                         .find(subject)
-                        .filter(webhook_events::outcome.eq("REJECTED"))
+                        .filter(webhook_events::outcome.eq(crate::webhooks::EventOutcome::Rejected))
                         .filter(webhook_events::reviewed_note.is_null()),
                 )
                 .set(webhook_events::reviewed_note.eq(note))
@@ -292,15 +328,10 @@ pub async fn acknowledge(conn: &mut Conn, kind: &str, subject: &str, note: &str,
                 .await?;
                 n == 1
             }
-            _ => {
-                return Err(Error::invalid(
-                    "kind",
-                    format!("only {PAYMENT_DISCREPANCY} and {WEBHOOK_REJECTED} are acknowledged; the rest are repaired by --fix"),
-                ));
-            }
+            _ => return Err(refusal()),
         };
         if closed {
-            audit(c, kind, subject, "acknowledged by an operator", Some(note), now).await?;
+            audit(c, kind.as_str(), subject, "acknowledged by an operator", Some(note), now).await?;
         }
         Ok(closed)
     })

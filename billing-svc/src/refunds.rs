@@ -26,6 +26,7 @@ use shared::db::{Conn, Races};
 
 use crate::{
     App, Error, Result,
+    discrepancies::Status as DiscrepancyStatus,
     gateway::{GatewayError, RefundStatus},
     orders::{self, Order},
     schema::{payment_discrepancies as pd, reconcile_audit, refunds},
@@ -352,7 +353,7 @@ pub enum DiscrepancyRefund {
 }
 
 /// payment id, order id, amount, currency, status of a discrepancy.
-type DiscrepancyRow = (String, Option<String>, Option<i64>, Option<String>, String);
+type DiscrepancyRow = (String, Option<String>, Option<i64>, Option<String>, DiscrepancyStatus);
 
 /// Step 1 of a discrepancy refund, under the order's row lock (when the
 /// payment names a known order) and then the discrepancy's: the PENDING
@@ -381,7 +382,7 @@ async fn begin_discrepancy(
         return Err(Error::not_found("payment_discrepancy", discrepancy_id));
     };
     let left = |why: String| Ok(Err(DiscrepancyRefund::Left(why)));
-    if status != "OPEN" {
+    if status != DiscrepancyStatus::Open {
         return left(format!("discrepancy is {status}"));
     }
     if let Some(prior) = find(c, refund_id).await? {
@@ -418,14 +419,14 @@ async fn begin_discrepancy(
 
 async fn mark_refunded(c: &mut Conn, discrepancy_id: i64, refund_id: &str, gateway: &str, now: DateTime<Utc>) -> Result<()> {
     let note = format!("refunded by reconcile --fix: refund {refund_id} (gateway {gateway})");
-    let n = diesel::update(pd::table.find(discrepancy_id).filter(pd::status.eq("OPEN")))
-        .set((pd::status.eq("REFUNDED"), pd::note.eq(&note), pd::resolved_at.eq(now)))
+    let n = diesel::update(pd::table.find(discrepancy_id).filter(pd::status.eq(DiscrepancyStatus::Open)))
+        .set((pd::status.eq(DiscrepancyStatus::Refunded), pd::note.eq(&note), pd::resolved_at.eq(now)))
         .execute(c)
         .await?;
     if n == 1 {
         diesel::insert_into(reconcile_audit::table)
             .values((
-                reconcile_audit::kind.eq(crate::reconcile::PAYMENT_DISCREPANCY),
+                reconcile_audit::kind.eq(crate::reconcile::FindingKind::PaymentDiscrepancy.as_str()),
                 reconcile_audit::subject_id.eq(discrepancy_id.to_string()),
                 reconcile_audit::action.eq("refunded"),
                 reconcile_audit::note.eq(&note),

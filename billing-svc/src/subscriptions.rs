@@ -39,6 +39,20 @@ impl Status {
 
 const LIVE: [Status; 2] = [Status::Active, Status::PastDue];
 
+shared::text_enum! {
+    /// Why credits left a balance (a ledger row's kind). USAGE rows are
+    /// written by `billing_charge`, EXPIRED ones by `billing_roll_period`.
+    pub enum LedgerKind {
+        Usage = "USAGE",
+        /// Moved into the subscription that replaced this one.
+        CarryOver = "CARRY_OVER",
+        /// Left over when a period ended.
+        Expired = "EXPIRED",
+        /// Taken back: cancelled now, or carried from a refunded purchase.
+        Forfeited = "FORFEITED",
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = subscriptions, check_for_backend(diesel::pg::Pg))]
 pub struct Subscription {
@@ -320,12 +334,12 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
 /// CARRY_OVER ledger row and a zero balance, in the caller's transaction, so
 /// the ledger still explains the balance (docs/design.md, Invariants 10).
 async fn carry_over(conn: &mut Conn, from: &Subscription, now: DateTime<Utc>) -> Result<()> {
-    take_credits(conn, from, "CARRY_OVER", now).await
+    take_credits(conn, from, LedgerKind::CarryOver, now).await
 }
 
 /// Moves all remaining credits of `from` out with a ledger row of `kind`
 /// (CARRY_OVER, FORFEITED) and a zero balance, in the caller's transaction.
-async fn take_credits(conn: &mut Conn, from: &Subscription, kind: &'static str, now: DateTime<Utc>) -> Result<()> {
+async fn take_credits(conn: &mut Conn, from: &Subscription, kind: LedgerKind, now: DateTime<Utc>) -> Result<()> {
     if from.credits_remaining <= 0 {
         return Ok(());
     }
@@ -415,7 +429,7 @@ pub async fn create_paid(
 /// credits forfeited through a ledger row, its open renewal cancelled.
 /// Caller holds the row lock (taken after any order lock).
 pub async fn end_now(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<Subscription> {
-    take_credits(conn, sub, "FORFEITED", now).await?;
+    take_credits(conn, sub, LedgerKind::Forfeited, now).await?;
     orders::cancel_renewals_of(conn, sub.id, now).await?;
     refund_unused_renewals(conn, sub, now).await?;
     Ok(diesel::update(subscriptions::table.find(sub.id))
@@ -446,7 +460,7 @@ pub async fn set_cancel_at_period_end(conn: &mut Conn, id: Uuid, now: DateTime<U
 pub async fn forfeit_carried(conn: &mut Conn, replaced: &Subscription, now: DateTime<Utc>) -> Result<()> {
     let carried: Vec<i64> = ledger::table
         .filter(ledger::subscription_id.eq(replaced.id))
-        .filter(ledger::kind.eq("CARRY_OVER"))
+        .filter(ledger::kind.eq(LedgerKind::CarryOver))
         .select(ledger::credits)
         .load(conn)
         .await?;
@@ -454,7 +468,7 @@ pub async fn forfeit_carried(conn: &mut Conn, replaced: &Subscription, now: Date
     let Some(live) = lock_live(conn, &replaced.user_id).await? else { return Ok(()) };
     let take = carried.min(live.credits_remaining);
     if take > 0 {
-        take_credits(conn, &Subscription { credits_remaining: take, ..live.clone() }, "FORFEITED", now).await?;
+        take_credits(conn, &Subscription { credits_remaining: take, ..live.clone() }, LedgerKind::Forfeited, now).await?;
         diesel::update(subscriptions::table.find(live.id))
             .set((subscriptions::credits_remaining.eq(live.credits_remaining - take), subscriptions::updated_at.eq(now)))
             .execute(conn)

@@ -16,19 +16,30 @@ use crate::{
     subscriptions::{self, Subscription},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Text,
-    Call,
+shared::text_enum! {
+    /// What a usage session is; both are charged per started interval.
+    pub enum Kind {
+        Text = "TEXT",
+        Call = "CALL",
+    }
 }
 
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Text => "TEXT",
-            Kind::Call => "CALL",
-        }
+shared::text_enum! {
+    /// ACTIVE until EndUsageSession (or reconcile's repair) ends it.
+    pub enum Status {
+        Active = "ACTIVE",
+        Ended = "ENDED",
     }
+}
+
+/// Reads a typed state from its text in `billing_charge`'s JSON.
+fn from_text<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 /// A usage session row. Also read from the JSON that `billing_charge` returns.
@@ -38,8 +49,10 @@ pub struct UsageSession {
     pub id: Uuid,
     pub user_id: String,
     pub subscription_id: Uuid,
-    pub kind: String,
-    pub status: String,
+    #[serde(deserialize_with = "from_text")]
+    pub kind: Kind,
+    #[serde(deserialize_with = "from_text")]
+    pub status: Status,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub deduction_interval_seconds: i32,
@@ -123,8 +136,8 @@ async fn insert(
             usage_sessions::id.eq(Uuid::new_v4()),
             usage_sessions::user_id.eq(user_id),
             usage_sessions::subscription_id.eq(sub.id),
-            usage_sessions::kind.eq(kind.as_str()),
-            usage_sessions::status.eq("ACTIVE"),
+            usage_sessions::kind.eq(kind),
+            usage_sessions::status.eq(Status::Active),
             usage_sessions::started_at.eq(now),
             usage_sessions::deduction_interval_seconds.eq(interval),
             usage_sessions::created_at.eq(now),

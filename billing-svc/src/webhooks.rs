@@ -32,12 +32,23 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Longest gateway id (payment, order) or event type accepted from a body.
 const MAX_FIELD: usize = 64;
 
+shared::text_enum! {
+    /// What became of a stored event (docs/design.md, "Webhook outcomes").
+    /// RECEIVED exists only inside the transaction that stores the event.
+    pub enum EventOutcome {
+        Received = "RECEIVED",
+        Processed = "PROCESSED",
+        Ignored = "IGNORED",
+        Discrepancy = "DISCREPANCY",
+        Rejected = "REJECTED",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub duplicate: bool,
     pub event_type: String,
-    /// PROCESSED | IGNORED | DISCREPANCY | REJECTED
-    pub outcome: String,
+    pub outcome: EventOutcome,
     pub subscription_id: Option<Uuid>,
 }
 
@@ -144,7 +155,7 @@ async fn process(
             ev::event_type.eq(event_type),
             ev::body.eq(body),
             ev::order_id.eq(order_id),
-            ev::outcome.eq("RECEIVED"),
+            ev::outcome.eq(EventOutcome::Received),
             ev::received_at.eq(now),
         ))
         .on_conflict(ev::event_id)
@@ -152,18 +163,18 @@ async fn process(
         .execute(conn)
         .await?;
     if inserted == 0 {
-        let (stored_type, outcome): (String, String) =
+        let (stored_type, outcome): (String, EventOutcome) =
             ev::table.find(event_id).select((ev::event_type, ev::outcome)).first(conn).await?;
         return Ok(Outcome { duplicate: true, event_type: stored_type, outcome, subscription_id: None });
     }
     let (outcome, detail, subscription_id) = match content {
-        Content::Refused(why) => ("REJECTED", why.clone(), None),
-        Content::Other(_) => ("IGNORED", String::new(), None),
+        Content::Refused(why) => (EventOutcome::Rejected, why.clone(), None),
+        Content::Other(_) => (EventOutcome::Ignored, String::new(), None),
         Content::Refund(_, id, key, status) => {
             if refunds::settle(conn, id, key.as_deref(), *status, now).await? {
-                ("PROCESSED", String::new(), None)
+                (EventOutcome::Processed, String::new(), None)
             } else {
-                ("IGNORED", format!("no PENDING refund {id}"), None)
+                (EventOutcome::Ignored, format!("no PENDING refund {id}"), None)
             }
         }
         Content::Capture(_, p) => {
@@ -175,16 +186,18 @@ async fn process(
                 source: Source::Webhook,
             };
             match payments::capture_in_tx(conn, payment, now).await {
-                Ok(Capture::Captured(c)) => ("PROCESSED", String::new(), Some(c.subscription.id)),
-                Ok(Capture::Discrepancy(d)) => ("DISCREPANCY", d.detail, None),
-                Err(Error::Service(ServiceError::FailedPrecondition { description, .. })) => ("REJECTED", description, None),
+                Ok(Capture::Captured(c)) => (EventOutcome::Processed, String::new(), Some(c.subscription.id)),
+                Ok(Capture::Discrepancy(d)) => (EventOutcome::Discrepancy, d.detail, None),
+                Err(Error::Service(ServiceError::FailedPrecondition { description, .. })) => {
+                    (EventOutcome::Rejected, description, None)
+                }
                 Err(e) => return Err(e),
             }
         }
     };
-    if outcome == "REJECTED" {
+    if outcome == EventOutcome::Rejected {
         tracing::warn!(event_id, %detail, "webhook content refused; stored for review");
     }
     diesel::update(ev::table.find(event_id)).set((ev::outcome.eq(outcome), ev::detail.eq(&detail))).execute(conn).await?;
-    Ok(Outcome { duplicate: false, event_type: event_type.to_owned(), outcome: outcome.to_owned(), subscription_id })
+    Ok(Outcome { duplicate: false, event_type: event_type.to_owned(), outcome, subscription_id })
 }

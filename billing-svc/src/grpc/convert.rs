@@ -6,10 +6,12 @@ use crate::{
     deductions::Charged,
     limits::UsageReport,
     orders::{Order, OrderView, Status as OrderStatus},
-    plans::Plan,
+    plans::{Period, Plan},
+    reconcile::FindingKind,
     refunds::{Refund, Status as RefundStatus},
     subscriptions::{Status as SubStatus, Subscription},
-    usage::{SessionView, UsageSession},
+    usage::{Kind as UsageKind, SessionView, Status as UsageStatus, UsageSession},
+    webhooks::EventOutcome,
 };
 
 pub fn limits(p: &Plan) -> pb::PlanLimits {
@@ -20,13 +22,18 @@ pub fn limits(p: &Plan) -> pb::PlanLimits {
     }
 }
 
+// The deprecated text fields stay filled for callers that read them.
+#[allow(deprecated)]
 pub fn plan(p: &Plan) -> pb::Plan {
     pb::Plan {
         id: p.id.clone(),
         name: p.name.clone(),
         price_minor: p.price_minor,
         currency: p.currency.clone(),
-        period: p.period.clone(),
+        period: p.period.as_str().to_owned(),
+        period_code: match p.period {
+            Period::Monthly => pb::PlanPeriod::Monthly,
+        } as i32,
         credits_per_period: p.credits_per_period,
         deduction_interval_seconds: p.deduction_interval_seconds,
         limits: Some(limits(p)),
@@ -114,15 +121,13 @@ pub fn subscription_with(s: &Subscription, renewal: Option<&Order>) -> pb::Subsc
 }
 
 fn session_proto(s: &UsageSession, credits_remaining: i64) -> pb::UsageSession {
-    let kind = match s.kind.as_str() {
-        "TEXT" => pb::UsageKind::Text,
-        "CALL" => pb::UsageKind::Call,
-        _ => pb::UsageKind::Unspecified,
+    let kind = match s.kind {
+        UsageKind::Text => pb::UsageKind::Text,
+        UsageKind::Call => pb::UsageKind::Call,
     };
-    let status = match s.status.as_str() {
-        "ACTIVE" => pb::UsageSessionStatus::Active,
-        "ENDED" => pb::UsageSessionStatus::Ended,
-        _ => pb::UsageSessionStatus::Unspecified,
+    let status = match s.status {
+        UsageStatus::Active => pb::UsageSessionStatus::Active,
+        UsageStatus::Ended => pb::UsageSessionStatus::Ended,
     };
     pb::UsageSession {
         id: s.id.to_string(),
@@ -161,5 +166,29 @@ pub fn usage(user_id: &str, r: &UsageReport) -> pb::Usage {
         credits_granted: r.subscription.credits_granted,
         credits_remaining: r.subscription.credits_remaining,
         limits: Some(limits(&r.plan)),
+    }
+}
+
+pub fn webhook_outcome(o: EventOutcome) -> pb::WebhookOutcome {
+    match o {
+        // Never answered: it exists only inside the storing transaction.
+        EventOutcome::Received => pb::WebhookOutcome::Unspecified,
+        EventOutcome::Processed => pb::WebhookOutcome::Processed,
+        EventOutcome::Ignored => pb::WebhookOutcome::Ignored,
+        EventOutcome::Discrepancy => pb::WebhookOutcome::Discrepancy,
+        EventOutcome::Rejected => pb::WebhookOutcome::Rejected,
+    }
+}
+
+pub fn finding_kind(k: FindingKind) -> pb::FindingKind {
+    match k {
+        FindingKind::PaidOrderWithoutSubscription => pb::FindingKind::PaidOrderWithoutSubscription,
+        FindingKind::SubscriptionWithoutPaidOrder => pb::FindingKind::SubscriptionWithoutPaidOrder,
+        FindingKind::DuplicateSubscriptionsForOrder => pb::FindingKind::DuplicateSubscriptionsForOrder,
+        FindingKind::PaymentDiscrepancy => pb::FindingKind::PaymentDiscrepancy,
+        FindingKind::WebhookRejected => pb::FindingKind::WebhookRejected,
+        FindingKind::LedgerMismatch => pb::FindingKind::LedgerMismatch,
+        FindingKind::StuckUsageSession => pb::FindingKind::StuckUsageSession,
+        FindingKind::PaidOrderUnknownToCheckout => pb::FindingKind::PaidOrderUnknownToCheckout,
     }
 }

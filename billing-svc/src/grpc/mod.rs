@@ -143,6 +143,7 @@ impl BillingService for BillingGrpc {
     }
 
     #[instrument(skip_all, fields(event_id = %req.get_ref().event_id, bytes = req.get_ref().body.len()))]
+    #[allow(deprecated)] // `outcome` stays filled for callers that read it
     async fn handle_gateway_webhook(
         &self,
         req: Request<pb::HandleGatewayWebhookRequest>,
@@ -162,7 +163,8 @@ impl BillingService for BillingGrpc {
         Ok(Response::new(pb::HandleGatewayWebhookResponse {
             duplicate: o.duplicate,
             event_type: o.event_type,
-            outcome: o.outcome,
+            outcome: o.outcome.as_str().to_owned(),
+            outcome_code: convert::webhook_outcome(o.outcome) as i32,
             subscription_id: o.subscription_id.map(|s| s.to_string()).unwrap_or_default(),
         }))
     }
@@ -408,6 +410,7 @@ impl BillingService for BillingGrpc {
     }
 
     #[instrument(skip_all, fields(fix = req.get_ref().fix))]
+    #[allow(deprecated)] // `Finding.kind` stays filled for callers that read it
     async fn run_reconciliation(&self, req: Request<pb::RunReconciliationRequest>) -> RpcResult<pb::RunReconciliationResponse> {
         require_admin(&req)?;
         let fix = req.into_inner().fix;
@@ -422,7 +425,13 @@ impl BillingService for BillingGrpc {
             findings: report
                 .findings
                 .into_iter()
-                .map(|f| pb::Finding { kind: f.kind.to_owned(), subject_id: f.subject_id, detail: f.detail, fixed: f.fixed })
+                .map(|f| pb::Finding {
+                    kind: f.kind.as_str().to_owned(),
+                    kind_code: convert::finding_kind(f.kind) as i32,
+                    subject_id: f.subject_id,
+                    detail: f.detail,
+                    fixed: f.fixed,
+                })
                 .collect(),
         }))
     }

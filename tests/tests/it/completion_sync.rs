@@ -170,7 +170,10 @@ async fn reconcile_lists_paid_orders_that_checkout_does_not_know() {
     .await
     .unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!((found[0].kind, found[0].subject_id.as_str()), ("PAID_ORDER_UNKNOWN_TO_CHECKOUT", lost.order_id.as_str()));
+    assert_eq!(
+        (found[0].kind.as_str(), found[0].subject_id.as_str()),
+        ("PAID_ORDER_UNKNOWN_TO_CHECKOUT", lost.order_id.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,4 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// The tests also read the deprecated text twins of proto enums (outcome,
+// Finding.kind), which stay filled.
+#![allow(deprecated)]
 //! The system tests, one binary (one link of the whole stack instead of one
 //! per file): both services over real sockets, fresh PostgreSQL databases,
 //! the injected clock. A module per concern; `tests/tests/telemetry.rs`

@@ -127,3 +127,32 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_unavailable() {
     // Capacity is back.
     b.list_plans(bpb::ListPlansRequest {}).await.unwrap();
 }
+
+/// The typed enums that replace text fields (outcome, Finding.kind,
+/// Plan.period) carry the same value as their deprecated text twins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn typed_enum_fields_match_their_text_twins() {
+    use proto::billing::v1 as bpb;
+    let app = tests::spawn_app().await;
+    let plans = app.billing.clone().list_plans(bpb::ListPlansRequest {}).await.unwrap().into_inner().plans;
+    assert!(!plans.is_empty());
+    for p in &plans {
+        assert_eq!((p.period.as_str(), p.period_code), ("monthly", bpb::PlanPeriod::Monthly as i32));
+    }
+    let order = app.order("twins", "basic-monthly").await;
+    let (payment, _) = app.pay(&order.id);
+    let odd = app.captured_webhook(&order.id, &payment, 1, "INR", "evt-twins");
+    let r = app.billing.clone().handle_gateway_webhook(odd).await.unwrap().into_inner();
+    assert_eq!((r.outcome.as_str(), r.outcome_code), ("DISCREPANCY", bpb::WebhookOutcome::Discrepancy as i32));
+    let fine = app.order("twins-2", "basic-monthly").await;
+    let (payment, _) = app.pay(&fine.id);
+    let ok = app.captured_webhook(&fine.id, &payment, fine.amount_minor, &fine.currency, "evt-twins-2");
+    let r = app.billing.clone().handle_gateway_webhook(ok).await.unwrap().into_inner();
+    assert_eq!((r.outcome.as_str(), r.outcome_code), ("PROCESSED", bpb::WebhookOutcome::Processed as i32));
+    let report = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+    let findings = report.into_inner().findings;
+    assert!(!findings.is_empty());
+    for f in findings {
+        assert_eq!(bpb::FindingKind::try_from(f.kind_code).unwrap().as_str_name(), format!("FINDING_KIND_{}", f.kind));
+    }
+}
