@@ -32,6 +32,8 @@ pub struct App {
     pub clock: Clock,
     pub gateway: Arc<dyn Gateway>,
     pub config: Arc<Config>,
+    /// Group commit of Deduct calls (docs/design.md, Performance).
+    pub deducts: Arc<crate::deductions::Coalescer>,
 }
 
 impl App {
@@ -42,7 +44,14 @@ impl App {
             GatewayKind::Sandbox => Arc::new(Sandbox::new(config.gateway.clone())),
             GatewayKind::Razorpay => Arc::new(Razorpay::new(config.gateway.clone())),
         };
-        Self { pool, gate, clock, gateway, config: Arc::new(config) }
+        let deducts = Arc::new(crate::deductions::Coalescer::new(
+            pool.clone(),
+            gate.clone(),
+            clock.clone(),
+            config.deduct.batch_max,
+            config.deduct.batches_in_flight,
+        ));
+        Self { pool, gate, clock, gateway, config: Arc::new(config), deducts }
     }
 
     pub async fn conn(&self) -> Result<db::PooledConn<'_>, crate::Error> {

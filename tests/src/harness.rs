@@ -148,6 +148,7 @@ pub fn billing_config(opts: &Options) -> billing_svc::Config {
             ..Default::default()
         },
         jobs: billing_svc::config::JobsConfig { enabled: false, ..Default::default() },
+        deduct: billing_svc::config::DeductConfig::default(),
         stuck_session_after: chrono::Duration::hours(24),
         common: common(opts),
     }
