@@ -151,6 +151,50 @@ async fn a_batch_on_a_replaced_subscription_charges_the_live_one() {
     assert_ledger_matches_balances(&mut db).await;
 }
 
+/// A batch on a subscription whose period has ended opens the next period
+/// first, once (docs/design.md, Invariants 14), and charges both items in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_on_a_due_period_rolls_it_once_and_charges_the_new_period() {
+    let app = spawn_app().await;
+    let s = app.start_usage("roller", UsageKind::Text).await.unwrap();
+    let mut db = app.billing_db().await;
+    // The free subscription's period (calendar months) as if March had not
+    // been opened yet: February, with its credits spent.
+    exec(
+        &mut db,
+        "UPDATE subscriptions SET period_start = '2026-02-01 00:00:00+00', period_end = '2026-03-01 00:00:00+00', \
+         credits_remaining = 0 WHERE user_id = 'roller'",
+    )
+    .await;
+    exec(
+        &mut db,
+        "INSERT INTO ledger (subscription_id, period_start, kind, credits) \
+         SELECT id, period_start, 'CARRY_OVER', credits_granted FROM subscriptions WHERE user_id = 'roller'",
+    )
+    .await;
+    let rows = batch(&mut db, &[(&s.id, "r1", 1), (&s.id, "r2", 2)]).await;
+    assert_eq!(
+        rows.iter().map(|r| (r.r_error.clone(), r.r_charged, r.r_unpaid)).collect::<Vec<_>>(),
+        vec![(None, Some(1), Some(0)), (None, Some(2), Some(0))],
+        "charged from the fresh grant of the new period"
+    );
+    assert_eq!(
+        scalar(
+            &mut db,
+            "SELECT count(*) AS n FROM subscriptions WHERE user_id = 'roller' AND period_start = '2026-03-01 00:00:00+00'"
+        )
+        .await,
+        1,
+        "the period rolled"
+    );
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM ledger WHERE kind = 'USAGE' AND period_start = '2026-03-01 00:00:00+00'")
+            .await,
+        3
+    );
+    assert_ledger_matches_balances(&mut db).await;
+}
+
 async fn deduct(app: &TestApp, session: &str, deduction_id: &str, units: i64) -> Result<bpb::DeductResponse, tonic::Status> {
     let mut b = app.billing.clone();
     b.deduct(bpb::DeductRequest { usage_session_id: session.into(), deduction_id: deduction_id.into(), units })
