@@ -247,7 +247,8 @@ impl BillingService for BillingGrpc {
         Ok(Response::new(pb::AuthorizeUploadResponse { allowed: true, max_upload_bytes: max }))
     }
 
-    #[instrument(skip_all, fields(usage_session_id = %req.get_ref().usage_session_id, units = req.get_ref().units))]
+    // The hot path: the RPC's server span (method, caller's trace) is its one
+    // trace; no handler span with per-call fields (docs/design.md, Performance).
     async fn deduct(&self, req: Request<pb::DeductRequest>) -> RpcResult<pb::DeductResponse> {
         let r = req.into_inner();
         let mut v = Violations::new();
