@@ -10,9 +10,10 @@
 #   4. a table of throughput ratios (gRPC tps / pgbench tps).
 # Every figure counts only if the database shows the work afterwards (ledger
 # rows and balances moved by one per transaction or successful call), and
-# every run prints its CPU split: the PostgreSQL server (postmaster and all
-# backends), the service stack and the load generator (pgbench or loadgen),
-# in CPU seconds over the measured window. loadgen's deduct scenarios also
+# every run prints its CPU split in CPU seconds over the measured window:
+# PostgreSQL (the backends of the run's database; the whole server, other
+# databases included, in parentheses), the service stack and the load
+# generator (pgbench or loadgen; tests/bench/cpu.py, loadgen --cpu). loadgen's deduct scenarios also
 # sweep concurrency (C and 64: p50/p99/p999 and errors per level).
 # Starts the stack if target/stack/stack.env does not point at a live one.
 #
@@ -41,33 +42,13 @@ fi
 trap '[ -n "$STACK_PID" ] && kill -INT $STACK_PID 2>/dev/null; wait 2>/dev/null || true' EXIT
 set -a; . target/stack/stack.env; set +a
 
-# CPU ticks of a process tree: the process, its descendants and the children
-# it reaped (for the postmaster: every backend, also those that exited).
-tree_ticks() {
-  python3 - "$1" <<'PY'
-import os, sys
-root, procs = int(sys.argv[1]), {}
-for p in os.listdir('/proc'):
-    if p.isdigit():
-        try:
-            f = open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()
-        except OSError:
-            continue
-        procs[int(p)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))
-total, todo = 0, [root]
-while todo:
-    x = todo.pop()
-    if x in procs:
-        total += procs[x][1] + (procs[x][2] if x == root else 0)
-    todo += [p for p, (pp, _, _) in procs.items() if pp == x]
-print(total)
-PY
-}
-HZ=$(getconf CLK_TCK)
-secs() { python3 -c "print(f'{$1 / $HZ:.1f}')"; }
+# "cpu postgres_db=S postgres_all=S cmd=S" (tests/bench/cpu.py) as a sentence.
+cpu_split() { awk '/^cpu / {split($2, d, "="); split($3, a, "="); split($4, c, "="); printf "postgres %s s (whole server %s s), pgbench %s s", d[2], a[2], c[2]}' <<<"$1"; }
 PG_DATA=$(psql -tA "$BILLING_DATABASE_URL" -c "SHOW data_directory" 2>/dev/null || true)
 PG_PID=$( (head -1 "$PG_DATA/postmaster.pid" 2>/dev/null) || pgrep -o -x postgres || true)
 SVC_PID=${STACK_PROCESS_ID:-}
+BILLING_DB=${BILLING_DATABASE_URL##*/}
+BILLING_DB=${BILLING_DB%%\?*}
 [ -n "$PG_PID" ] && [ -n "$SVC_PID" ] || { echo "compare.sh: cannot find the PostgreSQL ($PG_PID) or stack ($SVC_PID) process" >&2; exit 1; }
 
 # pgbench against a scratch database on the same server. A figure counts
@@ -81,18 +62,15 @@ bench_work() { psql -tA "$BENCH_URL" -c "SELECT (SELECT count(*) FROM bench_ledg
 declare -A PG CPU
 for s in naive single naive_hot single_hot; do
   read -r l0 c0 <<<"$(bench_work)"
-  p0=$(tree_ticks "$PG_PID")
-  out=$(/usr/bin/time -f 'pgbench_cpu %U %S' pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f "tests/bench/$s.sql" "$BENCH_URL" 2>&1)
-  p1=$(tree_ticks "$PG_PID")
+  out=$(python3 tests/bench/cpu.py run "$PG_PID" bench -- pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f "tests/bench/$s.sql" "$BENCH_URL" 2>&1)
   read -r l1 c1 <<<"$(bench_work)"
   PG[$s]=$(awk '/^tps/ {print $3}' <<<"$out")
   done_tx=$(awk -F': ' '/number of transactions actually processed/ {split($2, a, "/"); print a[1]}' <<<"$out")
-  lg=$(awk '/^pgbench_cpu/ {printf "%.1f", $2 + $3}' <<<"$out")
   if [ -z "$done_tx" ] || [ "$done_tx" -eq 0 ] || [ $((l1 - l0)) -ne "$done_tx" ] || [ $((c0 - c1)) -ne "$done_tx" ]; then
     echo "compare.sh: pgbench $s reported ${done_tx:-no} transactions, but bench_ledger grew by $((l1 - l0)) rows and balances by $((c0 - c1)) credits: not measured" >&2
     exit 1
   fi
-  CPU[$s]="postgres $(secs $((p1 - p0))) s, pgbench $lg s"
+  CPU[$s]=$(cpu_split "$out")
   echo "pgbench $s: ${PG[$s]} tps (checked: $done_tx ledger rows and credits); CPU ${CPU[$s]}"
 done
 
@@ -104,7 +82,7 @@ for s in deduct deduct-hot create-session verify-payment; do
   levels=$C
   case $s in deduct|deduct-hot) [ "$SWEEP" != "$C" ] && levels="$C,$SWEEP" ;; esac
   ./target/release/loadgen --scenario $s --concurrency "$levels" --duration "$T" --json \
-    --cpu "postgres=$PG_PID,stack=$SVC_PID" >"$OUT/$s.json" 2>"$OUT/$s.log" \
+    --cpu "postgres=$PG_PID:$BILLING_DB,server=$PG_PID,stack=$SVC_PID" >"$OUT/$s.json" 2>"$OUT/$s.log" \
     || { echo "compare.sh: loadgen $s failed (see $OUT/$s.log):" >&2; tail -3 "$OUT/$s.log" >&2; exit 1; }
   while read -r level line; do
     [ "$level" = "$C" ] && LG[$s]=$line
@@ -115,7 +93,7 @@ for l in open(sys.argv[1]):
     r = json.loads(l)
     cpu = r.get('cpu_s', {})
     print(r['concurrency'], f"{r['throughput_rps']:.1f} {r['p50_ms']:.2f} {r['p99_ms']:.2f} {r['p999_ms']:.2f} {sum(r['errors'].values())}",
-          f"  (tps p50 p99 p999 errors)  CPU postgres {cpu.get('postgres', 0):.1f} s, stack {cpu.get('stack', 0):.1f} s, loadgen {cpu.get('loadgen', 0):.1f} s",
+          f"  (tps p50 p99 p999 errors)  CPU postgres {cpu.get('postgres', 0):.1f} s (whole server {cpu.get('server', 0):.1f} s), stack {cpu.get('stack', 0):.1f} s, loadgen {cpu.get('loadgen', 0):.1f} s",
           f" errors {r['errors']}" if r['errors'] else '')
 PY
 )
@@ -141,10 +119,8 @@ ids=$(psql -tA "$BILLING_DATABASE_URL" -c "SELECT count(*) FROM bench_ids")
 [ "$ids" -eq 10000 ] || { echo "compare.sh: expected 10000 bench sessions, found $ids" >&2; exit 1; }
 work() { psql -tA "$BILLING_DATABASE_URL" -c "SELECT (SELECT count(*) FROM deductions WHERE deduction_id LIKE 'pgbench-%') || ' ' || (SELECT count(*) FROM ledger l JOIN bench_ids b ON b.id = l.usage_session_id)"; }
 read -r ded0 led0 <<<"$(work)"
-p0=$(tree_ticks "$PG_PID")
-pgb=$(/usr/bin/time -f 'pgbench_cpu %U %S' pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f tests/bench/billing_charge.sql "$BILLING_DATABASE_URL" 2>&1)
-p1=$(tree_ticks "$PG_PID")
-CPU[billing_charge]="postgres $(secs $((p1 - p0))) s, pgbench $(awk '/^pgbench_cpu/ {printf "%.1f", $2 + $3}' <<<"$pgb") s"
+pgb=$(python3 tests/bench/cpu.py run "$PG_PID" "$BILLING_DB" -- pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f tests/bench/billing_charge.sql "$BILLING_DATABASE_URL" 2>&1)
+CPU[billing_charge]=$(cpu_split "$pgb")
 PG[billing_charge]=$(awk '/^tps/ {print $3}' <<<"$pgb")
 done_tx=$(awk -F': ' '/number of transactions actually processed/ {split($2, a, "/"); print a[1]}' <<<"$pgb")
 read -r ded1 led1 <<<"$(work)"

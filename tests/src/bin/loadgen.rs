@@ -51,7 +51,7 @@ struct Args {
     /// deduct: usage sessions (each of its own user and subscription).
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
-    /// Process trees whose CPU time to report per level, as name=pid (e.g. postgres=<postmaster pid>,stack=<pid>).
+    /// Process trees whose CPU time to report per level, as name=pid or, for the backends of one database only, name=postmaster-pid:db (e.g. postgres=<pid>,billing-db=<pid>:billing,stack=<pid>).
     #[arg(long, value_delimiter = ',')]
     cpu: Vec<String>,
 }
@@ -62,8 +62,12 @@ async fn main() -> anyhow::Result<()> {
     let target = Target::from_env(&loadgen::read_env_file(&args.env)?)?;
     let mut watched = Vec::new();
     for w in &args.cpu {
-        let (name, pid) = w.split_once('=').ok_or_else(|| anyhow::anyhow!("--cpu wants name=pid, got {w:?}"))?;
-        watched.push((name.to_owned(), pid.parse::<u32>().map_err(|e| anyhow::anyhow!("--cpu {w:?}: {e}"))?));
+        let (name, pid) = w.split_once('=').ok_or_else(|| anyhow::anyhow!("--cpu wants name=pid[:db], got {w:?}"))?;
+        let (pid, db) = match pid.split_once(':') {
+            Some((pid, db)) => (pid, Some(db.to_owned())),
+            None => (pid, None),
+        };
+        watched.push((name.to_owned(), pid.parse::<u32>().map_err(|e| anyhow::anyhow!("--cpu {w:?}: {e}"))?, db));
     }
     loadgen::watch_cpu(watched);
     let levels: Vec<usize> = args.concurrency.iter().map(|c| (*c).max(1)).collect();

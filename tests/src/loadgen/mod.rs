@@ -48,17 +48,28 @@ pub struct Report {
     pub ok_total: u64,
 }
 
-static WATCHED: std::sync::OnceLock<Vec<(String, u32)>> = std::sync::OnceLock::new();
+type Watched = (String, u32, Option<String>);
+static WATCHED: std::sync::OnceLock<Vec<Watched>> = std::sync::OnceLock::new();
 
 /// Process trees whose CPU time every run reports over its measured window
 /// (`name=pid`: the pid, its descendants and the children it has reaped,
-/// e.g. the PostgreSQL postmaster with every backend). Linux /proc only.
-pub fn watch_cpu(watched: Vec<(String, u32)>) {
+/// e.g. the PostgreSQL postmaster with every backend; `name=pid:db`: only
+/// the postmaster's backends of database `db`). Linux /proc only.
+pub fn watch_cpu(watched: Vec<Watched>) {
     let _ = WATCHED.set(watched);
 }
 
-/// (pid, ppid, utime + stime, cutime + cstime) of every process, in ticks.
-fn proc_table() -> Vec<(u32, u32, u64, u64)> {
+/// One process: (pid, ppid, utime + stime, cutime + cstime) in ticks, and
+/// its title (a PostgreSQL backend's names its database).
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    own: u64,
+    reaped: u64,
+    title: String,
+}
+
+fn proc_table() -> Vec<Proc> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| {
         let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
@@ -66,22 +77,29 @@ fn proc_table() -> Vec<(u32, u32, u64, u64)> {
         // Fields after the command name, which is in parentheses.
         let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let n = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok());
-        Some((pid, n(1)? as u32, n(11)? + n(12)?, n(13)? + n(14)?))
+        let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
+        Some(Proc { pid, ppid: n(1)? as u32, own: n(11)? + n(12)?, reaped: n(13)? + n(14)?, title })
     })
     .collect()
 }
 
 /// CPU ticks used so far by `root`, its live descendants and the
-/// descendants it has reaped.
-fn tree_ticks(table: &[(u32, u32, u64, u64)], root: u32) -> u64 {
+/// descendants it has reaped; with `db`, only the PostgreSQL backends (the
+/// postmaster's children) whose title names that database, so other
+/// databases on a shared server do not count.
+fn tree_ticks(table: &[Proc], root: u32, db: Option<&str>) -> u64 {
+    if let Some(db) = db {
+        let needle = format!(" {db} ");
+        return table.iter().filter(|p| p.ppid == root && p.title.contains(&needle)).map(|p| p.own).sum();
+    }
     let mut total = 0;
     let mut stack = vec![root];
     while let Some(pid) = stack.pop() {
-        for &(p, pp, own, reaped) in table {
-            if p == pid {
-                total += own + if pid == root { reaped } else { 0 };
-            } else if pp == pid {
-                stack.push(p);
+        for p in table {
+            if p.pid == pid {
+                total += p.own + if pid == root { p.reaped } else { 0 };
+            } else if p.ppid == pid {
+                stack.push(p.pid);
             }
         }
     }
@@ -90,9 +108,13 @@ fn tree_ticks(table: &[(u32, u32, u64, u64)], root: u32) -> u64 {
 
 fn cpu_sample() -> BTreeMap<String, u64> {
     let table = proc_table();
-    let mut out: BTreeMap<String, u64> =
-        WATCHED.get().into_iter().flatten().map(|(name, pid)| (name.clone(), tree_ticks(&table, *pid))).collect();
-    out.insert("loadgen".into(), tree_ticks(&table, std::process::id()));
+    let mut out: BTreeMap<String, u64> = WATCHED
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|(name, pid, db)| (name.clone(), tree_ticks(&table, *pid, db.as_deref())))
+        .collect();
+    out.insert("loadgen".into(), tree_ticks(&table, std::process::id(), None));
     out
 }
 
@@ -201,7 +223,8 @@ where
     let cpu_start = cpu_start.await?;
     let cpu_s = cpu_end
         .iter()
-        .map(|(k, v)| (k.clone(), v.saturating_sub(cpu_start.get(k).copied().unwrap_or(*v)) as f64 / ticks_per_second()))
+        // A process that appeared in the window counts from zero.
+        .map(|(k, v)| (k.clone(), v.saturating_sub(cpu_start.get(k).copied().unwrap_or(0)) as f64 / ticks_per_second()))
         .collect();
     let _ = progress.await;
     let hist = shared.hist.lock().await;
