@@ -7,7 +7,10 @@
 //! (docs/design.md, Deductions). [`charge`] runs one item; concurrent Deduct
 //! calls are coalesced by [`Coalescer`] into one statement and one commit
 //! (docs/design.md, Performance).
-use std::sync::{Arc, OnceLock};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
 
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
@@ -18,7 +21,7 @@ use shared::{
     error::ServiceError,
     gate::Gate,
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{
@@ -178,8 +181,7 @@ struct Item {
     reply: oneshot::Sender<Result<Charged>>,
 }
 
-/// What a batch needs; holds no sender, so the batcher stops when the last
-/// [`Coalescer`] is dropped.
+/// What a batch needs.
 #[derive(Debug)]
 struct Ctx {
     pool: db::Pool,
@@ -189,60 +191,84 @@ struct Ctx {
     in_flight: usize,
 }
 
-/// Group commit of Deduct calls (docs/design.md, Performance): a batcher
-/// task takes whatever calls are queued when one of its `in_flight` slots
-/// is free (at most `batch_max`) and runs them as one `billing_charge_batch`
-/// statement: one transaction, one commit, a result per call. A lone call
-/// goes at once; batches form only while earlier ones are in the database.
-#[derive(Debug)]
+/// Calls waiting for a batch, and how many drainers are running.
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Item>,
+    drainers: usize,
+}
+
+/// Group commit of Deduct calls (docs/design.md, Performance): a call joins
+/// the queue and, when fewer than `in_flight` drainers run, starts one. A
+/// drainer takes whatever calls are queued (at most `batch_max`), runs them
+/// as one `billing_charge_batch` statement (one transaction, one commit, a
+/// result per call), and takes the next batch when it is free, until the
+/// queue is empty. A lone call goes at once; batches form only while earlier
+/// ones are in the database.
 pub struct Coalescer {
     ctx: Arc<Ctx>,
-    queue: OnceLock<mpsc::UnboundedSender<Item>>,
+    queue: Arc<Mutex<Queue>>,
+}
+
+impl std::fmt::Debug for Coalescer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescer").field("ctx", &self.ctx).finish_non_exhaustive()
+    }
 }
 
 impl Coalescer {
     pub fn new(pool: db::Pool, gate: Arc<Gate>, clock: Clock, batch_max: usize, in_flight: usize) -> Self {
         let ctx = Ctx { pool, gate, clock, batch_max: batch_max.max(1), in_flight: in_flight.max(1) };
-        Self { ctx: Arc::new(ctx), queue: OnceLock::new() }
+        Self { ctx: Arc::new(ctx), queue: Arc::default() }
     }
 
     /// Charges `units` on `session_id` idempotently on `deduction_id`, in the
     /// next batch; the answer is the one [`charge`] would give.
     pub async fn deduct(&self, session_id: Uuid, deduction_id: String, units: i64) -> Result<Charged> {
-        // Started on first use, inside the runtime that serves the calls.
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(batcher(rx, self.ctx.clone()));
-            tx
-        });
         let (reply, answer) = oneshot::channel();
-        queue
-            .send(Item { session_id, deduction_id, units, reply })
-            .map_err(|_| Error::internal("the deduction batcher has stopped"))?;
-        answer.await.map_err(|_| Error::internal("the deduction batcher dropped a call"))?
+        let start_drainer = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.waiting.push_back(Item { session_id, deduction_id, units, reply });
+            let start = q.drainers < self.ctx.in_flight;
+            if start {
+                q.drainers += 1;
+            }
+            start
+        };
+        if start_drainer {
+            // Its own task: a caller that goes away cannot stop a batch halfway.
+            tokio::spawn(drain(self.ctx.clone(), self.queue.clone()));
+        }
+        answer.await.map_err(|_| Error::internal("a deduction batch dropped a call"))?
     }
 }
 
-/// Runs until every sender is gone. Each batch runs on its own task, so a
-/// caller that goes away cannot stop a transaction halfway.
-async fn batcher(mut rx: mpsc::UnboundedReceiver<Item>, ctx: Arc<Ctx>) {
-    let slots = Arc::new(Semaphore::new(ctx.in_flight));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        let Some(first) = rx.recv().await else { break };
-        let mut batch = Vec::with_capacity(ctx.batch_max.min(64));
-        batch.push(first);
-        while batch.len() < ctx.batch_max {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+/// Runs batches while calls are queued. The check for an empty queue and
+/// the drainer's exit happen under the lock a call takes to join the queue,
+/// so no call is left waiting without a drainer.
+async fn drain(ctx: Arc<Ctx>, queue: Arc<Mutex<Queue>>) {
+    // Gives the slot back if the task ends any other way (a panic).
+    struct Slot(Option<Arc<Mutex<Queue>>>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            if let Some(queue) = self.0.take() {
+                queue.lock().unwrap_or_else(|p| p.into_inner()).drainers -= 1;
             }
         }
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            run_batch(&ctx, batch).await;
-            drop(slot);
-        });
+    }
+    let mut slot = Slot(Some(queue.clone()));
+    loop {
+        let batch: Vec<Item> = {
+            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.waiting.is_empty() {
+                q.drainers -= 1;
+                slot.0 = None;
+                return;
+            }
+            let n = q.waiting.len().min(ctx.batch_max);
+            q.waiting.drain(..n).collect()
+        };
+        run_batch(&ctx, batch).await;
     }
 }
 

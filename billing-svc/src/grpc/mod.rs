@@ -257,7 +257,7 @@ impl BillingService for BillingGrpc {
         v.range("units", r.units, 1, deductions::MAX_UNITS);
         v.finish()?;
         let c = if self.app.config.deduct.coalesce {
-            // The batch runs on the batcher's own task (a cancelled call
+            // The batch runs on a drainer's own task (a cancelled call
             // cannot stop it halfway) and holds one connection for the whole
             // batch, so the call neither spawns nor enters the per-row gate
             // here; a call whose session is held is charged on its own,
