@@ -179,7 +179,13 @@ struct Item {
     deduction_id: String,
     units: i64,
     reply: oneshot::Sender<Result<Charged>>,
+    /// Batches that found its session held by someone else.
+    busy: u8,
 }
+
+/// Batches an item may find its session held in (most often by the batch
+/// just before, on a hot subscription) before it is charged on its own.
+const BUSY_REQUEUES: u8 = 2;
 
 /// What a batch needs.
 #[derive(Debug)]
@@ -228,7 +234,7 @@ impl Coalescer {
         let (reply, answer) = oneshot::channel();
         let start_drainer = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.waiting.push_back(Item { session_id, deduction_id, units, reply });
+            q.waiting.push_back(Item { session_id, deduction_id, units, reply, busy: 0 });
             let start = q.drainers < self.ctx.in_flight;
             if start {
                 q.drainers += 1;
@@ -268,11 +274,11 @@ async fn drain(ctx: Arc<Ctx>, queue: Arc<Mutex<Queue>>) {
             let n = q.waiting.len().min(ctx.batch_max);
             q.waiting.drain(..n).collect()
         };
-        run_batch(&ctx, batch).await;
+        run_batch(&ctx, &queue, batch).await;
     }
 }
 
-async fn run_batch(ctx: &Arc<Ctx>, batch: Vec<Item>) {
+async fn run_batch(ctx: &Arc<Ctx>, queue: &Mutex<Queue>, batch: Vec<Item>) {
     let rows = match charge_batch(ctx, &batch).await {
         Ok(rows) if rows.len() == batch.len() => rows,
         Ok(rows) => {
@@ -293,18 +299,34 @@ async fn run_batch(ctx: &Arc<Ctx>, batch: Vec<Item>) {
             return;
         }
     };
-    for (item, row) in batch.into_iter().zip(rows) {
+    let mut requeue = Vec::new();
+    for (mut item, row) in batch.into_iter().zip(rows) {
         match outcome(row, item.session_id, "EXPLICIT") {
             Ok(Some(c)) => {
                 let _ = item.reply.send(Ok(c));
             }
-            // Held by someone else: wait for it like a single Deduct would.
+            // Held by someone else: usually another batch that has just
+            // committed or is about to, so the item goes to the front of the
+            // queue for the next batch; held again, it waits for the lock on
+            // its own, like a single Deduct.
+            Ok(None) if item.busy < BUSY_REQUEUES => {
+                item.busy += 1;
+                requeue.push(item);
+            }
             Ok(None) => {
                 tokio::spawn(single(ctx.clone(), item));
             }
             Err(e) => {
                 let _ = item.reply.send(Err(e));
             }
+        }
+    }
+    if !requeue.is_empty() {
+        // This drainer is still running and takes them next (it exits only
+        // once the queue is empty).
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        for item in requeue.into_iter().rev() {
+            q.waiting.push_front(item);
         }
     }
 }
