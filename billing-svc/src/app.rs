@@ -32,6 +32,8 @@ pub struct App {
     pub clock: Clock,
     pub gateway: Arc<dyn Gateway>,
     pub config: Arc<Config>,
+    /// Group commit of Deduct calls (docs/design.md, Performance).
+    pub deducts: Arc<crate::deductions::Coalescer>,
 }
 
 impl App {
@@ -48,7 +50,14 @@ impl App {
     pub fn with_gateway(config: Config, database_url: &str, clock: Clock, gateway: Arc<dyn Gateway>) -> Self {
         let pool = db::pool(database_url, &config.common);
         let gate = Arc::new(Gate::new(GATE_PER_KEY, GATE_WAIT.max(config.common.lock_timeout)));
-        Self { pool, gate, clock, gateway, config: Arc::new(config) }
+        let deducts = Arc::new(crate::deductions::Coalescer::new(
+            pool.clone(),
+            gate.clone(),
+            clock.clone(),
+            config.deduct.batch_max,
+            config.deduct.batches_in_flight,
+        ));
+        Self { pool, gate, clock, gateway, config: Arc::new(config), deducts }
     }
 
     pub async fn conn(&self) -> Result<db::PooledConn<'_>, crate::Error> {

@@ -112,6 +112,26 @@ impl Default for LifecycleConfig {
 }
 
 #[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Deductions (environment)")]
+pub struct DeductConfig {
+    /// Coalesce concurrent Deduct calls: one statement, one transaction and one commit per batch (true or false).
+    #[arg(long = "deduct-coalesce", env = "DEDUCT_COALESCE", default_value = "true", action = clap::ArgAction::Set, value_parser = parse::trimmed::<bool>)]
+    pub coalesce: bool,
+    /// Most Deduct calls in one batch (min 1).
+    #[arg(long = "deduct-batch-max", env = "DEDUCT_BATCH_MAX", default_value = "64", value_parser = parse::at_least_one_usize)]
+    pub batch_max: usize,
+    /// Batches in the database at once (min 1); each holds one pooled connection.
+    #[arg(long = "deduct-batches-in-flight", env = "DEDUCT_BATCHES_IN_FLIGHT", default_value = "2", value_parser = parse::at_least_one_usize)]
+    pub batches_in_flight: usize,
+}
+
+impl Default for DeductConfig {
+    fn default() -> Self {
+        shared::config::defaults()
+    }
+}
+
+#[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "billing-svc (environment)")]
 pub struct Config {
     /// gRPC listen address.
@@ -135,6 +155,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     #[command(flatten)]
     pub lifecycle: LifecycleConfig,
+    #[command(flatten)]
+    pub deduct: DeductConfig,
     /// Hours after which reconcile flags an ACTIVE usage session as stuck.
     #[arg(long = "stuck-session-hours", env = "STUCK_SESSION_HOURS", default_value = "24", value_parser = parse::hours)]
     pub stuck_session_after: chrono::Duration,

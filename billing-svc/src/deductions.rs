@@ -1,18 +1,27 @@
 //! Credit deductions. Every path that changes a balance (the Deduct RPC, the
 //! auto-deduction job, EndUsageSession, reconcile's repair of stuck sessions)
-//! calls [`charge`], which runs the `billing_charge` SQL function: one
-//! statement that locks the usage session and then its subscription, reads
-//! the fresh rows, and writes ledger rows and the balance together. Nothing
-//! is marked before it is charged, so a tick and a hang-up can never both
-//! charge one unit (docs/design.md, Deductions).
+//! runs the SQL function `billing_charge_many`: one statement that locks the
+//! usage sessions and then their subscriptions, reads the fresh rows, and
+//! writes ledger rows and the balance together. Nothing is marked before it
+//! is charged, so a tick and a hang-up can never both charge one unit
+//! (docs/design.md, Deductions). [`charge`] runs one item; concurrent Deduct
+//! calls are coalesced by [`Coalescer`] into one statement and one commit
+//! (docs/design.md, Performance).
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
+
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
-use serde::Deserialize;
 use shared::{
-    db::{Conn, Races},
+    Clock,
+    db::{self, Conn, Races},
     error::ServiceError,
+    gate::Gate,
 };
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{
@@ -20,11 +29,6 @@ use crate::{
     schema::usage_sessions,
     usage::{SessionView, UsageSession},
 };
-
-diesel::define_sql_function! {
-    /// See migrations/*_functions/up.sql.
-    fn billing_charge(session: sql_types::Uuid, mode: sql_types::Text, units: sql_types::BigInt, deduction_id: sql_types::Nullable<sql_types::Text>, now: sql_types::Timestamptz) -> sql_types::Jsonb;
-}
 
 pub const MAX_UNITS: i64 = 1000;
 
@@ -48,16 +52,89 @@ pub struct Charged {
     pub replayed: bool,
 }
 
-#[derive(Deserialize)]
-struct Reply {
-    error: Option<String>,
-    #[serde(default)]
-    skipped: bool,
-    charged: Option<i64>,
-    unpaid: Option<i64>,
-    replayed: Option<bool>,
-    session: Option<UsageSession>,
-    credits_remaining: Option<i64>,
+/// One item's row of `billing_charge_many` (and `billing_charge_batch`):
+/// an error, or the charge and the session after it.
+#[derive(QueryableByName)]
+struct ChargeRow {
+    #[diesel(sql_type = sql_types::Integer)]
+    r_item: i32,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+    r_error: Option<String>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
+    r_charged: Option<i64>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
+    r_unpaid: Option<i64>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Bool>)]
+    r_replayed: Option<bool>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
+    r_credits_remaining: Option<i64>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Uuid>)]
+    s_id: Option<Uuid>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+    s_user_id: Option<String>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Uuid>)]
+    s_subscription_id: Option<Uuid>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+    s_kind: Option<crate::usage::Kind>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+    s_status: Option<crate::usage::Status>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Timestamptz>)]
+    s_started_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Timestamptz>)]
+    s_ended_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Integer>)]
+    s_deduction_interval_seconds: Option<i32>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
+    s_auto_deductions_processed: Option<i64>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
+    s_units_charged: Option<i64>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
+    s_units_unpaid: Option<i64>,
+    #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
+    s_final_units_charged: Option<i64>,
+}
+
+/// The one mapping of an item's row to the caller's answer: the same
+/// statuses and details whether the item ran alone or in a batch. `None`:
+/// someone else holds the session (AUTO: skipped until the next tick; a
+/// batch item: charged on its own, waiting for the lock).
+fn outcome(row: ChargeRow, session_id: Uuid, mode: &'static str) -> Result<Option<Charged>> {
+    match row.r_error.as_deref() {
+        None => {}
+        Some("BUSY") => return Ok(None),
+        Some("NOT_FOUND") => return Err(Error::not_found("usage_session", session_id)),
+        Some("SESSION_ENDED") => {
+            return Err(Error::precondition(
+                "SESSION_ENDED",
+                format!("usage_session:{session_id}"),
+                "the usage session has ended",
+            ));
+        }
+        Some("DEDUCTION_ID_REUSED") => return Err(ServiceError::IdempotencyKeyReused.into()),
+        Some(other) => return Err(Error::internal(format!("billing_charge: {other}"))),
+    }
+    let missing = || Error::internal("billing_charge returned no session");
+    let session = UsageSession {
+        id: row.s_id.ok_or_else(missing)?,
+        user_id: row.s_user_id.ok_or_else(missing)?,
+        subscription_id: row.s_subscription_id.ok_or_else(missing)?,
+        kind: row.s_kind.ok_or_else(missing)?,
+        status: row.s_status.ok_or_else(missing)?,
+        started_at: row.s_started_at.ok_or_else(missing)?,
+        ended_at: row.s_ended_at,
+        deduction_interval_seconds: row.s_deduction_interval_seconds.ok_or_else(missing)?,
+        auto_deductions_processed: row.s_auto_deductions_processed.unwrap_or_default(),
+        units_charged: row.s_units_charged.unwrap_or_default(),
+        units_unpaid: row.s_units_unpaid.unwrap_or_default(),
+        final_units_charged: row.s_final_units_charged,
+    };
+    shared::metrics::credits_charged(mode, row.r_charged, row.r_unpaid, row.r_replayed);
+    Ok(Some(Charged {
+        view: SessionView { session, credits_remaining: row.r_credits_remaining.unwrap_or_default() },
+        charged: row.r_charged.unwrap_or_default(),
+        unpaid: row.r_unpaid.unwrap_or_default(),
+        replayed: row.r_replayed.unwrap_or_default(),
+    }))
 }
 
 /// Applies one deduction in one statement (its own transaction unless the
@@ -75,35 +152,218 @@ async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateT
         Mode::End { manual } => ("END", *manual, None),
     };
     // One statement, its own transaction; inside a caller's transaction
-    // (reconcile's repair) it runs once.
-    let json: serde_json::Value = shared::retry_statement!(conn, Races::ConflictsAndUnique, |c| {
-        diesel::select(billing_charge(session_id, name, units, deduction_id, now)).get_result(c).await.map_err(Error::from)
+    // (reconcile's repair) it runs once. AUTO never waits for a session.
+    let mut rows: Vec<ChargeRow> = shared::retry_statement!(conn, Races::ConflictsAndUnique, |c| {
+        diesel::sql_query("SELECT * FROM billing_charge_many(ARRAY[$1], ARRAY[$2], ARRAY[$3], ARRAY[$4], $5, $6)")
+            .bind::<sql_types::Uuid, _>(session_id)
+            .bind::<sql_types::Text, _>(name)
+            .bind::<sql_types::BigInt, _>(units)
+            .bind::<sql_types::Nullable<sql_types::Text>, _>(deduction_id)
+            .bind::<sql_types::Timestamptz, _>(now)
+            .bind::<sql_types::Bool, _>(matches!(mode, Mode::Auto))
+            .load(c)
+            .await
+            .map_err(Error::from)
     })?;
-    let reply: Reply = serde_json::from_value(json).map_err(|e| Error::internal(format!("billing_charge reply: {e}")))?;
-    if reply.skipped {
-        return Ok(None);
+    let row = rows.pop().filter(|_| rows.is_empty()).ok_or_else(|| Error::internal("billing_charge_many: not one row"))?;
+    match outcome(row, session_id, name)? {
+        Some(c) => Ok(Some(c)),
+        None if matches!(mode, Mode::Auto) => Ok(None),
+        None => Err(Error::internal("billing_charge_many: a waiting charge was busy")),
     }
-    match reply.error.as_deref() {
-        None => {}
-        Some("NOT_FOUND") => return Err(Error::not_found("usage_session", session_id)),
-        Some("SESSION_ENDED") => {
-            return Err(Error::precondition(
-                "SESSION_ENDED",
-                format!("usage_session:{session_id}"),
-                "the usage session has ended",
-            ));
+}
+
+/// One Deduct call waiting for its batch.
+struct Item {
+    session_id: Uuid,
+    deduction_id: String,
+    units: i64,
+    reply: oneshot::Sender<Result<Charged>>,
+    /// Batches that found its session held by someone else.
+    busy: u8,
+}
+
+/// Batches an item may find its session held in (most often by the batch
+/// just before, on a hot subscription) before it is charged on its own.
+const BUSY_REQUEUES: u8 = 2;
+
+/// What a batch needs.
+#[derive(Debug)]
+struct Ctx {
+    pool: db::Pool,
+    gate: Arc<Gate>,
+    clock: Clock,
+    batch_max: usize,
+    in_flight: usize,
+}
+
+/// Calls waiting for a batch, and how many drainers are running.
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Item>,
+    drainers: usize,
+}
+
+/// Group commit of Deduct calls (docs/design.md, Performance): a call joins
+/// the queue and, when fewer than `in_flight` drainers run, starts one. A
+/// drainer takes whatever calls are queued (at most `batch_max`), runs them
+/// as one `billing_charge_batch` statement (one transaction, one commit, a
+/// result per call), and takes the next batch when it is free, until the
+/// queue is empty. A lone call goes at once; batches form only while earlier
+/// ones are in the database.
+pub struct Coalescer {
+    ctx: Arc<Ctx>,
+    queue: Arc<Mutex<Queue>>,
+}
+
+impl std::fmt::Debug for Coalescer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescer").field("ctx", &self.ctx).finish_non_exhaustive()
+    }
+}
+
+impl Coalescer {
+    pub fn new(pool: db::Pool, gate: Arc<Gate>, clock: Clock, batch_max: usize, in_flight: usize) -> Self {
+        let ctx = Ctx { pool, gate, clock, batch_max: batch_max.max(1), in_flight: in_flight.max(1) };
+        Self { ctx: Arc::new(ctx), queue: Arc::default() }
+    }
+
+    /// Charges `units` on `session_id` idempotently on `deduction_id`, in the
+    /// next batch; the answer is the one [`charge`] would give.
+    pub async fn deduct(&self, session_id: Uuid, deduction_id: String, units: i64) -> Result<Charged> {
+        let (reply, answer) = oneshot::channel();
+        let start_drainer = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.waiting.push_back(Item { session_id, deduction_id, units, reply, busy: 0 });
+            let start = q.drainers < self.ctx.in_flight;
+            if start {
+                q.drainers += 1;
+            }
+            start
+        };
+        if start_drainer {
+            // Its own task: a caller that goes away cannot stop a batch halfway.
+            tokio::spawn(drain(self.ctx.clone(), self.queue.clone()));
         }
-        Some("DEDUCTION_ID_REUSED") => return Err(ServiceError::IdempotencyKeyReused.into()),
-        Some(other) => return Err(Error::internal(format!("billing_charge: {other}"))),
+        answer.await.map_err(|_| Error::internal("a deduction batch dropped a call"))?
     }
-    let session = reply.session.ok_or_else(|| Error::internal("billing_charge returned no session"))?;
-    shared::metrics::credits_charged(name, reply.charged, reply.unpaid, reply.replayed);
-    Ok(Some(Charged {
-        view: SessionView { session, credits_remaining: reply.credits_remaining.unwrap_or_default() },
-        charged: reply.charged.unwrap_or_default(),
-        unpaid: reply.unpaid.unwrap_or_default(),
-        replayed: reply.replayed.unwrap_or_default(),
-    }))
+}
+
+/// Runs batches while calls are queued. The check for an empty queue and
+/// the drainer's exit happen under the lock a call takes to join the queue,
+/// so no call is left waiting without a drainer.
+async fn drain(ctx: Arc<Ctx>, queue: Arc<Mutex<Queue>>) {
+    // Gives the slot back if the task ends any other way (a panic).
+    struct Slot(Option<Arc<Mutex<Queue>>>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            if let Some(queue) = self.0.take() {
+                queue.lock().unwrap_or_else(|p| p.into_inner()).drainers -= 1;
+            }
+        }
+    }
+    let mut slot = Slot(Some(queue.clone()));
+    loop {
+        let batch: Vec<Item> = {
+            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.waiting.is_empty() {
+                q.drainers -= 1;
+                slot.0 = None;
+                return;
+            }
+            let n = q.waiting.len().min(ctx.batch_max);
+            q.waiting.drain(..n).collect()
+        };
+        run_batch(&ctx, &queue, batch).await;
+    }
+}
+
+async fn run_batch(ctx: &Arc<Ctx>, queue: &Mutex<Queue>, batch: Vec<Item>) {
+    let rows = match charge_batch(ctx, &batch).await {
+        Ok(rows) if rows.len() == batch.len() => rows,
+        Ok(rows) => {
+            tracing::error!(items = batch.len(), rows = rows.len(), "billing_charge_batch answered the wrong number of rows");
+            for item in batch {
+                let _ = item.reply.send(Err(Error::internal("billing_charge_batch: wrong number of rows")));
+            }
+            return;
+        }
+        Err(e) => {
+            // The statement failed as a whole (a subscription held past the
+            // lock bound, the database gone, a value PostgreSQL refused):
+            // each call runs on its own, so only a bad one fails.
+            tracing::debug!(error = %e, items = batch.len(), "deduction batch failed; charging its calls one by one");
+            for item in batch {
+                tokio::spawn(single(ctx.clone(), item));
+            }
+            return;
+        }
+    };
+    let mut requeue = Vec::new();
+    for (mut item, row) in batch.into_iter().zip(rows) {
+        match outcome(row, item.session_id, "EXPLICIT") {
+            Ok(Some(c)) => {
+                let _ = item.reply.send(Ok(c));
+            }
+            // Held by someone else: usually another batch that has just
+            // committed or is about to, so the item goes to the front of the
+            // queue for the next batch; held again, it waits for the lock on
+            // its own, like a single Deduct.
+            Ok(None) if item.busy < BUSY_REQUEUES => {
+                item.busy += 1;
+                requeue.push(item);
+            }
+            Ok(None) => {
+                tokio::spawn(single(ctx.clone(), item));
+            }
+            Err(e) => {
+                let _ = item.reply.send(Err(e));
+            }
+        }
+    }
+    if !requeue.is_empty() {
+        // This drainer is still running and takes them next (it exits only
+        // once the queue is empty).
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        for item in requeue.into_iter().rev() {
+            q.waiting.push_front(item);
+        }
+    }
+}
+
+/// The batch as one statement, retried as a whole when it loses a race
+/// (deadlock, serialization failure).
+async fn charge_batch(ctx: &Ctx, batch: &[Item]) -> Result<Vec<ChargeRow>> {
+    let sessions: Vec<Uuid> = batch.iter().map(|i| i.session_id).collect();
+    let ids: Vec<&str> = batch.iter().map(|i| i.deduction_id.as_str()).collect();
+    let units: Vec<i64> = batch.iter().map(|i| i.units).collect();
+    let now = ctx.clock.now();
+    let mut conn = db::conn(&ctx.pool).await?;
+    let mut rows: Vec<ChargeRow> = shared::retry_statement!(&mut conn, Races::ConflictsAndUnique, |c| {
+        diesel::sql_query("SELECT * FROM billing_charge_batch($1, $2, $3, $4)")
+            .bind::<sql_types::Array<sql_types::Uuid>, _>(&sessions)
+            .bind::<sql_types::Array<sql_types::Text>, _>(&ids)
+            .bind::<sql_types::Array<sql_types::BigInt>, _>(&units)
+            .bind::<sql_types::Timestamptz, _>(now)
+            .load(c)
+            .await
+            .map_err(Error::from)
+    })?;
+    rows.sort_by_key(|r| r.r_item);
+    Ok(rows)
+}
+
+/// One call on its own, admitted like a single Deduct (per-row gate, then a
+/// pooled connection, waiting for the session's lock within the bound).
+async fn single(ctx: Arc<Ctx>, item: Item) {
+    let result = async {
+        let _pass = ctx.gate.enter(&format!("usage_session:{}", item.session_id)).await?;
+        let mut conn = db::conn(&ctx.pool).await?;
+        let mode = Mode::Explicit { deduction_id: item.deduction_id, units: item.units };
+        charge(&mut conn, item.session_id, &mode, ctx.clock.now()).await
+    }
+    .await;
+    let _ = item.reply.send(result);
 }
 
 /// The auto-deduction job's iteration: charges every ACTIVE session with a
@@ -117,7 +377,7 @@ pub async fn auto_deduct_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) ->
     let mut after = (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil());
     loop {
         let due: Vec<(DateTime<Utc>, Uuid)> = usage_sessions::table
-            .filter(usage_sessions::status.eq("ACTIVE"))
+            .filter(usage_sessions::status.eq(crate::usage::Status::Active))
             .filter(
                 usage_sessions::started_at
                     .gt(after.0)

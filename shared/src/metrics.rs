@@ -219,7 +219,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        let path = req.uri().path().to_owned();
+        // A clone of the URI shares its bytes: no allocation per RPC.
+        let uri = req.uri().clone();
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -232,25 +233,34 @@ where
                     .unwrap_or(tonic::Code::Ok as i64),
                 Err(e) => e.downcast_ref::<tonic::Status>().map_or(tonic::Code::Unknown, tonic::Status::code) as i64,
             };
-            record_rpc(&path, code, start.elapsed().as_secs_f64());
+            record_rpc(uri.path(), code, start.elapsed().as_secs_f64());
             res
         })
     }
 }
 
+/// The `rpc.service` and `rpc.method` attributes of each method path, built
+/// once per path (the paths of the served methods: a bounded set), so an RPC
+/// records its duration without allocating.
+static METHOD_ATTRS: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<String, [KeyValue; 2]>>> =
+    std::sync::LazyLock::new(Default::default);
+
 fn record_rpc(path: &str, code: i64, seconds: f64) {
-    let (service, method) = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-        Some((s, m)) if code != tonic::Code::Unimplemented as i64 => (s.to_owned(), m.to_owned()),
-        _ => ("_OTHER".to_owned(), "_OTHER".to_owned()),
+    let other = || [KeyValue::new("rpc.service", "_OTHER"), KeyValue::new("rpc.method", "_OTHER")];
+    let [service, method] = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+        Some((s, m)) if code != tonic::Code::Unimplemented as i64 => {
+            let cached = METHOD_ATTRS.read().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
+            cached.unwrap_or_else(|| {
+                // Shared strings: the clones above only bump a count.
+                let (s, m): (std::sync::Arc<str>, std::sync::Arc<str>) = (s.into(), m.into());
+                let attrs = [KeyValue::new("rpc.service", s), KeyValue::new("rpc.method", m)];
+                METHOD_ATTRS.write().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), attrs.clone());
+                attrs
+            })
+        }
+        _ => other(),
     };
-    INSTRUMENTS.rpc_duration.record(
-        seconds,
-        &[
-            KeyValue::new("rpc.service", service),
-            KeyValue::new("rpc.method", method),
-            KeyValue::new("rpc.grpc.status_code", code),
-        ],
-    );
+    INSTRUMENTS.rpc_duration.record(seconds, &[service, method, KeyValue::new("rpc.grpc.status_code", code)]);
 }
 
 #[cfg(test)]

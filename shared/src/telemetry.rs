@@ -204,7 +204,7 @@ pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
 /// request carried `traceparent`. Used as tonic's `trace_fn`.
 pub fn server_span(req: &http::Request<()>) -> tracing::Span {
     let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
-    let span = tracing::info_span!("grpc", rpc = %req.uri().path(), otel.kind = "server");
+    let span = tracing::info_span!("grpc", rpc = req.uri().path(), otel.kind = "server");
     let _ = span.set_parent(parent);
     span
 }

@@ -149,6 +149,7 @@ pub fn billing_config(opts: &Options) -> billing_svc::Config {
         },
         jobs: billing_svc::config::JobsConfig { enabled: false, ..Default::default() },
         lifecycle: billing_svc::config::LifecycleConfig::default(),
+        deduct: billing_svc::config::DeductConfig::default(),
         stuck_session_after: chrono::Duration::hours(24),
         common: common(opts),
     }

@@ -1,6 +1,9 @@
-//! `cargo run --release --bin loadgen -- --scenario <name> --concurrency N --duration S [--json]`
+//! `cargo run --release --bin loadgen -- --scenario <name> --concurrency N[,M...] --duration S [--json] [--cpu name=pid,...]`
 //!
-//! Drives a running stack (see `target/stack/stack.env`) over real gRPC.
+//! Drives a running stack (see `target/stack/stack.env`) over real gRPC, one
+//! run per concurrency level; prints a line (or a JSON object) per level with
+//! throughput, p50/p99/p999, errors by status and, with `--cpu`, the CPU
+//! seconds each watched process tree and loadgen spent in the measured window.
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -24,9 +27,9 @@ enum Scenario {
 struct Args {
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// Concurrent workers (each with its own HTTP/2 connection).
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
+    /// Concurrent workers (each with its own HTTP/2 connection); a comma-separated list runs one sweep level each.
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    concurrency: Vec<usize>,
     /// Measured seconds.
     #[arg(long, default_value_t = 15)]
     duration: u64,
@@ -48,40 +51,69 @@ struct Args {
     /// deduct: usage sessions (each of its own user and subscription).
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
+    /// Process trees whose CPU time to report per level, as name=pid or, for the backends of one database only, name=postmaster-pid:db (e.g. postgres=<pid>,billing-db=<pid>:billing,stack=<pid>).
+    #[arg(long, value_delimiter = ',')]
+    cpu: Vec<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let target = Target::from_env(&loadgen::read_env_file(&args.env)?)?;
-    let timing = Timing {
-        concurrency: args.concurrency.max(1),
+    let mut watched = Vec::new();
+    for w in &args.cpu {
+        let (name, pid) = w.split_once('=').ok_or_else(|| anyhow::anyhow!("--cpu wants name=pid[:db], got {w:?}"))?;
+        let (pid, db) = match pid.split_once(':') {
+            Some((pid, db)) => (pid, Some(db.to_owned())),
+            None => (pid, None),
+        };
+        watched.push((name.to_owned(), pid.parse::<u32>().map_err(|e| anyhow::anyhow!("--cpu {w:?}: {e}"))?, db));
+    }
+    loadgen::watch_cpu(watched);
+    let levels: Vec<usize> = args.concurrency.iter().map(|c| (*c).max(1)).collect();
+    let timing = |concurrency: usize| Timing {
+        concurrency,
         warmup: Duration::from_secs(args.warmup),
         duration: Duration::from_secs(args.duration.max(1)),
     };
-    let report = match args.scenario {
-        Scenario::CreateSession => scenarios::create_session(&target, &timing).await?,
-        Scenario::VerifyPayment => scenarios::verify_payment(&target, &timing, args.orders, args.storm).await?,
-        Scenario::Deduct => scenarios::deduct(&target, &timing, args.sessions, false).await?,
-        Scenario::DeductHot => scenarios::deduct(&target, &timing, args.sessions, true).await?,
-        Scenario::Webhook => scenarios::webhook(&target, &timing, args.orders).await?,
+    let reports = match args.scenario {
+        // One set-up (thousands of usage sessions), then every level.
+        Scenario::Deduct | Scenario::DeductHot => {
+            let hot = matches!(args.scenario, Scenario::DeductHot);
+            scenarios::deduct(&target, &timing(1), &levels, args.sessions, hot).await?
+        }
+        Scenario::CreateSession | Scenario::VerifyPayment | Scenario::Webhook => {
+            let mut reports = Vec::new();
+            for &c in &levels {
+                let t = timing(c);
+                reports.push(match args.scenario {
+                    Scenario::VerifyPayment => scenarios::verify_payment(&target, &t, args.orders, args.storm).await?,
+                    Scenario::Webhook => scenarios::webhook(&target, &t, args.orders).await?,
+                    _ => scenarios::create_session(&target, &t).await?,
+                });
+            }
+            reports
+        }
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!(
-            "{:<16} c={:<3} {:>9.1} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  max {:>7.2} ms  ops {}  errors {:?} {:?}",
-            report.scenario,
-            report.concurrency,
-            report.throughput_rps,
-            report.p50_ms,
-            report.p99_ms,
-            report.p999_ms,
-            report.max_ms,
-            report.ops,
-            report.errors,
-            report.extra
-        );
+    for report in &reports {
+        if args.json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            println!(
+                "{:<16} c={:<3} {:>9.1} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  max {:>7.2} ms  ops {}  errors {:?} cpu_s {:?} {:?}",
+                report.scenario,
+                report.concurrency,
+                report.throughput_rps,
+                report.p50_ms,
+                report.p99_ms,
+                report.p999_ms,
+                report.max_ms,
+                report.ops,
+                report.errors,
+                report.cpu_s,
+                report.extra
+            );
+        }
     }
     Ok(())
 }

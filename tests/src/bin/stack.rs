@@ -129,12 +129,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         "CHECKOUT_ADDR={checkout_addr}\nBILLING_ADDR={billing_addr}\nCHECKOUT_TOKEN={}\nADMIN_TOKEN={}\nBILLING_TOKEN={}\n\
          BILLING_HTTP_ADDR={billing_http_addr}\n\
          CHECKOUT_DATABASE_URL={checkout_db}\nBILLING_DATABASE_URL={billing_db}\nBILLING_ENDPOINT=http://{billing_addr}\n\
-         GATEWAY_KEY_SECRET={}\nGATEWAY_WEBHOOK_SECRET={}\n",
+         GATEWAY_KEY_SECRET={}\nGATEWAY_WEBHOOK_SECRET={}\nSTACK_PROCESS_ID={}\n",
         s.checkout_token.expose(),
         s.admin_token.expose(),
         s.billing_token.expose(),
         s.key_secret.expose(),
-        s.webhook_secret.expose()
+        s.webhook_secret.expose(),
+        std::process::id()
     );
     std::fs::create_dir_all("target/stack")?;
     std::fs::write("target/stack/stack.env", &env)?;

@@ -38,12 +38,96 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, i64>,
+    /// CPU seconds spent during the measured window by each watched process
+    /// tree (see [`watch_cpu`]) and by loadgen itself.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_s: BTreeMap<String, f64>,
+    /// Operations that succeeded in the warm-up and the measured window
+    /// together: the work the database must show afterwards.
+    #[serde(skip)]
+    pub ok_total: u64,
+}
+
+type Watched = (String, u32, Option<String>);
+static WATCHED: std::sync::OnceLock<Vec<Watched>> = std::sync::OnceLock::new();
+
+/// Process trees whose CPU time every run reports over its measured window
+/// (`name=pid`: the pid, its descendants and the children it has reaped,
+/// e.g. the PostgreSQL postmaster with every backend; `name=pid:db`: only
+/// the postmaster's backends of database `db`). Linux /proc only.
+pub fn watch_cpu(watched: Vec<Watched>) {
+    let _ = WATCHED.set(watched);
+}
+
+/// One process: (pid, ppid, utime + stime, cutime + cstime) in ticks, and
+/// its title (a PostgreSQL backend's names its database).
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    own: u64,
+    reaped: u64,
+    title: String,
+}
+
+fn proc_table() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses.
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let n = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok());
+        let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
+        Some(Proc { pid, ppid: n(1)? as u32, own: n(11)? + n(12)?, reaped: n(13)? + n(14)?, title })
+    })
+    .collect()
+}
+
+/// CPU ticks used so far by `root`, its live descendants and the
+/// descendants it has reaped; with `db`, only the PostgreSQL backends (the
+/// postmaster's children) whose title names that database, so other
+/// databases on a shared server do not count.
+fn tree_ticks(table: &[Proc], root: u32, db: Option<&str>) -> u64 {
+    if let Some(db) = db {
+        let needle = format!(" {db} ");
+        return table.iter().filter(|p| p.ppid == root && p.title.contains(&needle)).map(|p| p.own).sum();
+    }
+    let mut total = 0;
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for p in table {
+            if p.pid == pid {
+                total += p.own + if pid == root { p.reaped } else { 0 };
+            } else if p.ppid == pid {
+                stack.push(p.pid);
+            }
+        }
+    }
+    total
+}
+
+fn cpu_sample() -> BTreeMap<String, u64> {
+    let table = proc_table();
+    let mut out: BTreeMap<String, u64> = WATCHED
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|(name, pid, db)| (name.clone(), tree_ticks(&table, *pid, db.as_deref())))
+        .collect();
+    out.insert("loadgen".into(), tree_ticks(&table, std::process::id(), None));
+    out
+}
+
+fn ticks_per_second() -> f64 {
+    // sysconf(_SC_CLK_TCK) is 100 on every Linux this runs on.
+    100.0
 }
 
 struct Shared {
     hist: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
     ops: AtomicU64,
+    ok_total: AtomicU64,
 }
 
 /// Runs `op(worker, iteration)` on `concurrency` workers: `warmup` first
@@ -64,6 +148,7 @@ where
         hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         errors: Mutex::new(BTreeMap::new()),
         ops: AtomicU64::new(0),
+        ok_total: AtomicU64::new(0),
     });
     let op = Arc::new(op);
     let start = Instant::now();
@@ -83,6 +168,9 @@ where
                 }
                 let r = op(w, i).await;
                 i += 1;
+                if r.is_ok() {
+                    shared.ok_total.fetch_add(1, Ordering::Relaxed);
+                }
                 if t0 < measure_from {
                     continue;
                 }
@@ -124,9 +212,20 @@ where
             eprintln!();
         })
     };
+    let cpu_start = tokio::spawn(async move {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
+        cpu_sample()
+    });
     for w in workers {
         w.await?;
     }
+    let cpu_end = cpu_sample();
+    let cpu_start = cpu_start.await?;
+    let cpu_s = cpu_end
+        .iter()
+        // A process that appeared in the window counts from zero.
+        .map(|(k, v)| (k.clone(), v.saturating_sub(cpu_start.get(k).copied().unwrap_or(0)) as f64 / ticks_per_second()))
+        .collect();
     let _ = progress.await;
     let hist = shared.hist.lock().await;
     let ops = shared.ops.load(Ordering::Relaxed);
@@ -144,5 +243,7 @@ where
         max_ms: hist.max() as f64 / 1000.0,
         errors: shared.errors.lock().await.clone(),
         extra: BTreeMap::new(),
+        cpu_s,
+        ok_total: shared.ok_total.load(Ordering::Relaxed),
     })
 }

@@ -204,8 +204,11 @@ pub async fn webhook(t: &Target, timing: &Timing, orders: usize) -> anyhow::Resu
 }
 
 /// Deduct across `sessions` usage sessions of `sessions` different users
-/// (`hot = false`), or across 100 sessions sharing one subscription.
-pub async fn deduct(t: &Target, timing: &Timing, sessions: usize, hot: bool) -> anyhow::Result<Report> {
+/// (`hot = false`), or across 100 sessions sharing one subscription; one run
+/// per concurrency level on the same sessions. Afterwards the database must
+/// show the work: one deductions row, one ledger row and one credit off the
+/// balances per successful call (warm-ups included), or the run fails.
+pub async fn deduct(t: &Target, timing: &Timing, levels: &[usize], sessions: usize, hot: bool) -> anyhow::Result<Vec<Report>> {
     let tag = run_tag();
     let client = t.billing()?;
     let (users, per_user) = if hot { (1, 100) } else { (sessions, 1) };
@@ -247,20 +250,51 @@ pub async fn deduct(t: &Target, timing: &Timing, sessions: usize, hot: bool) -> 
         ),
     )
     .await;
-    let clients = t.billing_pool(timing.concurrency)?;
+    let (granted, remaining) = (
+        format!(
+            "SELECT coalesce(sum(credits_granted), 0)::bigint AS n FROM subscriptions WHERE user_id LIKE 'lg-{tag}-%' AND status = 'ACTIVE'"
+        ),
+        format!(
+            "SELECT coalesce(sum(credits_remaining), 0)::bigint AS n FROM subscriptions WHERE user_id LIKE 'lg-{tag}-%' AND status = 'ACTIVE'"
+        ),
+    );
     let name = if hot { "deduct-hot" } else { "deduct" };
-    let run_ids = ids.clone();
-    let report = super::run(name, timing.concurrency, timing.warmup, timing.duration, move |w, i| {
-        let mut c = clients[w].clone();
-        let n = run_ids.len();
-        let req = bpb::DeductRequest {
-            usage_session_id: run_ids[(w * 7919 + i as usize * 31) % n].clone(),
-            deduction_id: format!("{w}-{i}"),
-            units: 1,
-        };
-        async move { c.deduct(req).await.map(|_| ()) }
-    })
-    .await?;
+    let mut reports = Vec::new();
+    for &concurrency in levels {
+        let clients = t.billing_pool(concurrency)?;
+        let run_ids = ids.clone();
+        let report = super::run(name, concurrency, timing.warmup, timing.duration, move |w, i| {
+            let mut c = clients[w].clone();
+            let n = run_ids.len();
+            let req = bpb::DeductRequest {
+                usage_session_id: run_ids[(w * 7919 + i as usize * 31) % n].clone(),
+                deduction_id: format!("c{concurrency}-{w}-{i}"),
+                units: 1,
+            };
+            async move { c.deduct(req).await.map(|_| ()) }
+        })
+        .await?;
+        reports.push(report);
+    }
+    // The work done: every successful call wrote its deductions row and its
+    // ledger row and took one credit (units = 1, balances that cannot run out).
+    let ok: i64 = reports.iter().map(|r| r.ok_total as i64).sum();
+    let sessions_of_run = format!("SELECT id FROM usage_sessions WHERE user_id LIKE 'lg-{tag}-%'");
+    let rows =
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM deductions WHERE usage_session_id IN ({sessions_of_run})")).await;
+    let ledger =
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM ledger WHERE usage_session_id IN ({sessions_of_run})")).await;
+    let moved = scalar(&mut db, &granted).await - scalar(&mut db, &remaining).await;
+    if let Some(last) = reports.last_mut() {
+        last.extra.insert("successful_calls_all_levels".into(), ok);
+        last.extra.insert("deductions_in_db".into(), rows);
+        last.extra.insert("ledger_rows_in_db".into(), ledger);
+        last.extra.insert("credits_moved_in_db".into(), moved);
+    }
+    anyhow::ensure!(
+        rows == ok && ledger == ok && moved == ok,
+        "{ok} Deducts succeeded but the database shows {rows} deductions, {ledger} ledger rows and {moved} credits moved: not measured"
+    );
     // Leave no usage session ACTIVE behind (reconcile would flag them later).
     let _: Vec<_> = stream::iter(ids.iter().cloned())
         .map(|id| {
@@ -270,5 +304,5 @@ pub async fn deduct(t: &Target, timing: &Timing, sessions: usize, hot: bool) -> 
         .buffer_unordered(32)
         .collect()
         .await;
-    Ok(report)
+    Ok(reports)
 }

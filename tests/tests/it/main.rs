@@ -10,6 +10,7 @@
 mod checkout_races;
 mod checkout_sessions;
 mod completion_sync;
+mod deduct_batch;
 mod guards;
 mod hardening_billing;
 mod hardening_checkout;
