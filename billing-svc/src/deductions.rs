@@ -187,6 +187,11 @@ struct Item {
 /// just before, on a hot subscription) before it is charged on its own.
 const BUSY_REQUEUES: u8 = 2;
 
+/// Calls that may wait for a batch at once; more are refused (ABORTED,
+/// retry later) instead of queueing without bound (docs/design.md,
+/// Invariants 18).
+const MAX_WAITING: usize = 4096;
+
 /// What a batch needs.
 #[derive(Debug)]
 struct Ctx {
@@ -234,6 +239,9 @@ impl Coalescer {
         let (reply, answer) = oneshot::channel();
         let start_drainer = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.waiting.len() >= MAX_WAITING {
+                return Err(Error::from(db::DbError::Timeout(format!("{MAX_WAITING} deductions are waiting for the database"))));
+            }
             q.waiting.push_back(Item { session_id, deduction_id, units, reply, busy: 0 });
             let start = q.drainers < self.ctx.in_flight;
             if start {
@@ -245,7 +253,16 @@ impl Coalescer {
             // Its own task: a caller that goes away cannot stop a batch halfway.
             tokio::spawn(drain(self.ctx.clone(), self.queue.clone()));
         }
-        answer.await.map_err(|_| Error::internal("a deduction batch dropped a call"))?
+        // Waits as long as the call's own deadline allows: an answer of
+        // ABORTED must mean nothing was charged, so the wait is not cut
+        // short here (the queue is bounded instead).
+        match answer.await {
+            Ok(result) => result,
+            // The batch task ended without answering (a panic): whether it
+            // committed is unknown, so the caller retries with the same
+            // deduction id, which replays a committed charge.
+            Err(_) => Err(Error::from(db::DbError::Conflict("the deduction batch did not answer; retry".into()))),
+        }
     }
 }
 
@@ -253,16 +270,24 @@ impl Coalescer {
 /// the drainer's exit happen under the lock a call takes to join the queue,
 /// so no call is left waiting without a drainer.
 async fn drain(ctx: Arc<Ctx>, queue: Arc<Mutex<Queue>>) {
-    // Gives the slot back if the task ends any other way (a panic).
-    struct Slot(Option<Arc<Mutex<Queue>>>);
+    // If the task ends any other way (a panic), the calls still queued must
+    // not wait for a drainer that never comes: the slot passes to a new
+    // drainer, or is given back when nothing waits.
+    struct Slot(Option<(Arc<Ctx>, Arc<Mutex<Queue>>)>);
     impl Drop for Slot {
         fn drop(&mut self) {
-            if let Some(queue) = self.0.take() {
-                queue.lock().unwrap_or_else(|p| p.into_inner()).drainers -= 1;
+            if let Some((ctx, queue)) = self.0.take() {
+                let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.waiting.is_empty() {
+                    q.drainers -= 1;
+                } else {
+                    drop(q);
+                    tokio::spawn(drain(ctx, queue));
+                }
             }
         }
     }
-    let mut slot = Slot(Some(queue.clone()));
+    let mut slot = Slot(Some((ctx.clone(), queue.clone())));
     loop {
         let batch: Vec<Item> = {
             let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -337,14 +362,15 @@ async fn charge_batch(ctx: &Ctx, batch: &[Item]) -> Result<Vec<ChargeRow>> {
     let sessions: Vec<Uuid> = batch.iter().map(|i| i.session_id).collect();
     let ids: Vec<&str> = batch.iter().map(|i| i.deduction_id.as_str()).collect();
     let units: Vec<i64> = batch.iter().map(|i| i.units).collect();
-    let now = ctx.clock.now();
     let mut conn = db::conn(&ctx.pool).await?;
+    // The time is read per attempt, after the connection wait: a period end
+    // passed meanwhile must roll, not be charged as the old period.
     let mut rows: Vec<ChargeRow> = shared::retry_statement!(&mut conn, Races::ConflictsAndUnique, |c| {
         diesel::sql_query("SELECT * FROM billing_charge_batch($1, $2, $3, $4)")
             .bind::<sql_types::Array<sql_types::Uuid>, _>(&sessions)
             .bind::<sql_types::Array<sql_types::Text>, _>(&ids)
             .bind::<sql_types::Array<sql_types::BigInt>, _>(&units)
-            .bind::<sql_types::Timestamptz, _>(now)
+            .bind::<sql_types::Timestamptz, _>(ctx.clock.now())
             .load(c)
             .await
             .map_err(Error::from)

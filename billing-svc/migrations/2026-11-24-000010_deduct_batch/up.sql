@@ -78,7 +78,15 @@ BEGIN
     SELECT coalesce(array_agg(l.id), '{}') INTO locked
       FROM (SELECT u.id FROM usage_sessions u WHERE u.id = ANY(p_sessions) ORDER BY u.id FOR UPDATE) l;
   END IF;
-  IF n > 1 THEN
+  -- A batch never waits for a subscription someone else holds (an open
+  -- transaction, a long capture): its items answer BUSY and are charged on
+  -- their own, so one held row cannot stall a whole batch.
+  IF n > 1 AND p_skip_locked THEN
+    SELECT coalesce(array_agg(l.s ORDER BY (l.s).id), '{}'), coalesce(array_agg((l.s).id ORDER BY (l.s).id), '{}') INTO subs, sub_ids
+      FROM (SELECT s FROM subscriptions s
+             WHERE s.id IN (SELECT u.subscription_id FROM usage_sessions u WHERE u.id = ANY(locked))
+             ORDER BY s.id FOR UPDATE SKIP LOCKED) l;
+  ELSIF n > 1 THEN
     SELECT coalesce(array_agg(l.s ORDER BY (l.s).id), '{}'), coalesce(array_agg((l.s).id ORDER BY (l.s).id), '{}') INTO subs, sub_ids
       FROM (SELECT s FROM subscriptions s
              WHERE s.id IN (SELECT u.subscription_id FROM usage_sessions u WHERE u.id = ANY(locked)) ORDER BY s.id FOR UPDATE) l;
@@ -123,7 +131,11 @@ BEGIN
         us := sess[si];
         bi := array_position(sub_ids, us.subscription_id);
         sub := subs[bi];
-        IF k IS NOT NULL THEN
+        IF bi IS NULL THEN
+          -- Its subscription is held by someone else (skipped above): never
+          -- charge against a row not locked here.
+          r_error := 'BUSY';
+        ELSIF k IS NOT NULL THEN
           IF d_units[k] <> v_units THEN
             r_error := 'DEDUCTION_ID_REUSED';
           ELSE
@@ -284,7 +296,18 @@ BEGIN
         EXIT item;
       END IF;
 
-      SELECT * INTO sub FROM subscriptions s WHERE s.id = us.subscription_id FOR UPDATE;
+      IF n > 1 AND p_skip_locked THEN
+        -- Held by another transaction (rows this one locked are not
+        -- skipped): charged on its own instead of stalling the batch;
+        -- nothing is written for this item yet.
+        SELECT * INTO sub FROM subscriptions s WHERE s.id = us.subscription_id FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+          r_error := 'BUSY';
+          EXIT item;
+        END IF;
+      ELSE
+        SELECT * INTO sub FROM subscriptions s WHERE s.id = us.subscription_id FOR UPDATE;
+      END IF;
       IF sub.status <> 'ACTIVE' THEN
         -- The user paid (or was moved to another plan) while the session ran:
         -- the balance now lives in the user's ACTIVE subscription. When a

@@ -191,3 +191,59 @@ async fn one_held_row_does_not_take_billing_down_for_unrelated_callers() {
     assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM deductions WHERE usage_session_id = '{}'", held.id)).await, 0);
     assert_ledger_matches_balances(&mut db).await;
 }
+
+/// The same with the *subscription* row held: coalesced batches never wait
+/// for it (its calls are answered BUSY inside the batch and then wait on
+/// their own), so unrelated users' Deducts, which share those batches, run
+/// as usual (docs/design.md, Invariants 18).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_subscription_row_does_not_stall_the_batches_it_shares() {
+    let app = spawn_app().await;
+    let held = app.start_usage("hot-sub", bpb::UsageKind::Text).await.unwrap();
+    let mut others = Vec::new();
+    for i in 0..8 {
+        others.push(app.start_usage(&format!("calm-sub-{i}"), bpb::UsageKind::Text).await.unwrap().id);
+    }
+    let mut holder = app.billing_db().await;
+    exec(&mut holder, "BEGIN").await;
+    exec(&mut holder, &format!("SELECT id FROM subscriptions WHERE id = '{}' FOR UPDATE", held.subscription_id)).await;
+    let waiters = (0..12).map(|i| {
+        let mut b = app.billing.clone();
+        let id = held.id.clone();
+        async move { b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: format!("hw{i}"), units: 1 }).await }
+    });
+    let unrelated = async {
+        let mut worst = StdDuration::ZERO;
+        let mut failed = Vec::new();
+        for round in 0..5 {
+            let calls = others.iter().map(|id| {
+                let mut b = app.billing.clone();
+                let id = id.clone();
+                async move {
+                    let t = Instant::now();
+                    let r =
+                        b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: format!("hr{round}"), units: 1 }).await;
+                    (r, t.elapsed())
+                }
+            });
+            for (r, took) in join_all(calls).await {
+                worst = worst.max(took);
+                if let Err(e) = r {
+                    failed.push(e);
+                }
+            }
+        }
+        (failed, worst)
+    };
+    let (waited, (failed, worst)) = tokio::join!(join_all(waiters), unrelated);
+    exec(&mut holder, "ROLLBACK").await;
+    assert!(failed.is_empty(), "unrelated callers failed: {failed:?}");
+    assert!(worst < StdDuration::from_secs(1), "an unrelated Deduct took {worst:?}");
+    for r in &waited {
+        assert_eq!(r.as_ref().err().map(|s| s.code()), Some(Code::Aborted), "a call on the held subscription: {r:?}");
+    }
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM deductions WHERE usage_session_id = '{}'", held.id)).await, 0);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM deductions WHERE deduction_id LIKE 'hr%'").await, 40);
+    assert_ledger_matches_balances(&mut db).await;
+}
