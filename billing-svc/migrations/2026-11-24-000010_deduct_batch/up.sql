@@ -32,7 +32,10 @@ RETURNS TABLE (r_item int, r_error text, r_charged bigint, r_unpaid bigint, r_re
                s_id uuid, s_user_id text, s_subscription_id uuid, s_kind text, s_status text, s_started_at timestamptz,
                s_ended_at timestamptz, s_deduction_interval_seconds int, s_auto_deductions_processed bigint,
                s_units_charged bigint, s_units_unpaid bigint, s_final_units_charged bigint)
-LANGUAGE plpgsql AS $$
+-- Every statement below looks rows up by primary key (or over small
+-- arrays of keys): the generic plan is the custom one, so it is not planned
+-- again on each call (measured: +15-35 % single charges on one backend).
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
   n int := coalesce(array_length(p_sessions, 1), 0);
   locked uuid[];
