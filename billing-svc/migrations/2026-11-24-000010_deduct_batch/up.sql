@@ -81,18 +81,15 @@ BEGIN
     SELECT coalesce(array_agg(l.id), '{}') INTO locked
       FROM (SELECT u.id FROM usage_sessions u WHERE u.id = ANY(p_sessions) ORDER BY u.id FOR UPDATE) l;
   END IF;
-  -- A coalesced batch waits for a subscription only briefly: the holder is
-  -- usually the other in-flight batch on a hot subscription, done within
-  -- milliseconds, and waiting keeps those calls sharing commits. A row held
-  -- longer (an operator's open transaction, a slow capture) fails the whole
-  -- statement after 200 ms instead of the lock bound; its calls are then
-  -- charged one by one, each within the normal bound, so one held row
-  -- cannot stall the batches it shares (the setting ends with this
-  -- statement's transaction).
+  -- A batch never waits for a subscription someone else holds (an open
+  -- transaction, a long capture): its items answer BUSY and are charged on
+  -- their own, so one held row cannot stall a whole batch.
   IF n > 1 AND p_skip_locked THEN
-    PERFORM set_config('lock_timeout', '200ms', true);
-  END IF;
-  IF n > 1 THEN
+    SELECT coalesce(array_agg(l.s ORDER BY (l.s).id), '{}'), coalesce(array_agg((l.s).id ORDER BY (l.s).id), '{}') INTO subs, sub_ids
+      FROM (SELECT s FROM subscriptions s
+             WHERE s.id IN (SELECT u.subscription_id FROM usage_sessions u WHERE u.id = ANY(locked))
+             ORDER BY s.id FOR UPDATE SKIP LOCKED) l;
+  ELSIF n > 1 THEN
     SELECT coalesce(array_agg(l.s ORDER BY (l.s).id), '{}'), coalesce(array_agg((l.s).id ORDER BY (l.s).id), '{}') INTO subs, sub_ids
       FROM (SELECT s FROM subscriptions s
              WHERE s.id IN (SELECT u.subscription_id FROM usage_sessions u WHERE u.id = ANY(locked)) ORDER BY s.id FOR UPDATE) l;
@@ -138,7 +135,8 @@ BEGIN
         bi := array_position(sub_ids, us.subscription_id);
         sub := subs[bi];
         IF bi IS NULL THEN
-          -- Never charge against a subscription row not locked above.
+          -- Its subscription is held by someone else (skipped above): never
+          -- charge against a row not locked here.
           r_error := 'BUSY';
         ELSIF k IS NOT NULL THEN
           IF d_units[k] <> v_units THEN
@@ -301,7 +299,18 @@ BEGIN
         EXIT item;
       END IF;
 
-      SELECT * INTO sub FROM subscriptions s WHERE s.id = us.subscription_id FOR UPDATE;
+      IF n > 1 AND p_skip_locked THEN
+        -- Held by another transaction (rows this one locked are not
+        -- skipped): charged on its own instead of stalling the batch;
+        -- nothing is written for this item yet.
+        SELECT * INTO sub FROM subscriptions s WHERE s.id = us.subscription_id FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+          r_error := 'BUSY';
+          EXIT item;
+        END IF;
+      ELSE
+        SELECT * INTO sub FROM subscriptions s WHERE s.id = us.subscription_id FOR UPDATE;
+      END IF;
       IF sub.status <> 'ACTIVE' THEN
         -- The user paid (or was moved to another plan) while the session ran:
         -- the balance now lives in the user's ACTIVE subscription. When a
