@@ -5,14 +5,14 @@
 //! every balance lives in one row with one lock (docs/design.md,
 //! Invariants 6, and "Subscription lifecycle").
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
-use diesel::{prelude::*, sql_types};
+use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
 use crate::{
     Error, Result, orders,
-    plans::{self, FREE_PLAN_ID, Plan},
+    plans::Plan,
     schema::{ledger, subscriptions},
 };
 
@@ -108,7 +108,9 @@ impl Subscription {
 pub use crate::gateway::SavedMethod;
 
 mod ending;
+mod periods;
 pub use ending::{Cancelled, cancel, end_now, forfeit_carried, refund_unused_renewals, set_cancel_at_period_end};
+pub use periods::{as_of, current, current_locked, roll, roll_due};
 
 /// The calendar month containing `now` (free plan periods).
 pub fn calendar_month(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
@@ -205,134 +207,6 @@ pub async fn lock(conn: &mut Conn, id: Uuid) -> Result<Subscription> {
         .ok_or_else(|| Error::not_found("subscription", id))
 }
 
-/// Applies what is due once the period ended (caller holds the row lock):
-/// the free plan opens the month containing `now`; a paid subscription opens
-/// the next period if its renewal is paid, ends if cancelled at period end,
-/// else goes PAST_DUE. Leftover credits expire through a ledger row. Returns
-/// whether anything changed. (SQL: `billing_roll_period`.)
-pub async fn roll(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
-    #[derive(QueryableByName)]
-    struct Rolled {
-        #[diesel(sql_type = sql_types::Bool)]
-        rolled: bool,
-    }
-    let r: Rolled = diesel::sql_query("SELECT billing_roll_period($1, $2) AS rolled")
-        .bind::<sql_types::Uuid, _>(id)
-        .bind::<sql_types::Timestamptz, _>(now)
-        .get_result(conn)
-        .await?;
-    Ok(r.rolled)
-}
-
-/// `sub` as it reads at `now`, without writing or locking: an ACTIVE
-/// subscription whose period ended shows what the next locked use will do
-/// ([`roll`]): the free plan's current month, the next paid period if its
-/// renewal is paid, CANCELLED if cancelled at period end, else PAST_DUE with
-/// no credits.
-pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Result<Subscription> {
-    if sub.status != Status::Active || now < sub.period_end {
-        return Ok(sub);
-    }
-    if !sub.calendar_periods && !orders::renewal_paid(conn, sub.id, sub.period_end).await? {
-        if sub.cancel_at_period_end {
-            return Ok(Subscription { status: Status::Cancelled, ended_at: Some(sub.period_end), credits_remaining: 0, ..sub });
-        }
-        return Ok(Subscription { status: Status::PastDue, credits_remaining: 0, ..sub });
-    }
-    // The free plan's month containing `now`, or the paid next period.
-    let at = if sub.calendar_periods { now } else { sub.period_end };
-    #[derive(QueryableByName)]
-    struct Period {
-        #[diesel(sql_type = sql_types::Timestamptz)]
-        period_start: DateTime<Utc>,
-        #[diesel(sql_type = sql_types::Timestamptz)]
-        period_end: DateTime<Utc>,
-        #[diesel(sql_type = sql_types::BigInt)]
-        credits: i64,
-    }
-    let p: Period = diesel::sql_query(
-        "SELECT b.period_start, b.period_end, p.credits_per_period AS credits \
-           FROM subscriptions s JOIN plans p ON p.id = s.plan_id, \
-                billing_period_at(s.anchor_at, s.calendar_periods, $2) b \
-          WHERE s.id = $1",
-    )
-    .bind::<sql_types::Uuid, _>(sub.id)
-    .bind::<sql_types::Timestamptz, _>(at)
-    .get_result(conn)
-    .await?;
-    Ok(Subscription {
-        period_start: p.period_start,
-        period_end: p.period_end,
-        credits_granted: p.credits,
-        credits_remaining: p.credits,
-        ..sub
-    })
-}
-
-/// The user's live subscription as it reads at `now`, without writing or
-/// locking: for a user who never used the service, the free plan's first
-/// calendar month as it would be created (with a nil id: no row exists yet).
-pub async fn current(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Result<Subscription> {
-    let live = subscriptions::table
-        .filter(subscriptions::user_id.eq(user_id))
-        .filter(subscriptions::status.eq_any(LIVE))
-        .select(Subscription::as_select())
-        .first(conn)
-        .await
-        .optional()?;
-    let live = match live {
-        Some(sub) => Some(as_of(conn, sub, now).await?),
-        None => None,
-    };
-    match live {
-        Some(sub) if sub.status.is_live() => Ok(sub),
-        // No live row, or one that ends at its period end: the free plan.
-        _ => Ok(Subscription::free_preview(user_id, &plans::get(conn, FREE_PLAN_ID).await?, now)),
-    }
-}
-
-/// The user's live subscription, locked, in its current period (rolled if
-/// it ended); a free subscription is created on first use and after a paid
-/// one ended. Call inside a transaction.
-pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Result<Subscription> {
-    if let Some(sub) = lock_live(conn, user_id).await? {
-        if sub.status != Status::Active || now < sub.period_end || !roll(conn, sub.id, now).await? {
-            return Ok(sub);
-        }
-        let rolled = get(conn, sub.id).await?;
-        if rolled.status.is_live() {
-            return Ok(rolled);
-        }
-        // It ended at its period end (cancelled then): the free plan now.
-    }
-    let free = plans::get(conn, FREE_PLAN_ID).await?;
-    let (start, end) = calendar_month(now);
-    // Two first uses at once: the partial unique index lets one insert win.
-    diesel::sql_query(
-        "INSERT INTO subscriptions (id, user_id, plan_id, status, anchor_at, calendar_periods, period_start, period_end, \
-             credits_granted, credits_remaining, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'ACTIVE', $4, true, $4, $5, $6, $6, $7, $7) \
-             ON CONFLICT (user_id) WHERE status IN ('ACTIVE', 'PAST_DUE') DO NOTHING",
-    )
-    .bind::<sql_types::Uuid, _>(Uuid::new_v4())
-    .bind::<sql_types::Text, _>(user_id)
-    .bind::<sql_types::Text, _>(&free.id)
-    .bind::<sql_types::Timestamptz, _>(start)
-    .bind::<sql_types::Timestamptz, _>(end)
-    .bind::<sql_types::BigInt, _>(free.credits_per_period)
-    .bind::<sql_types::Timestamptz, _>(now)
-    .execute(conn)
-    .await?;
-    let sub = lock_live(conn, user_id)
-        .await?
-        // Replaced or cancelled between the insert and this read: retryable.
-        .ok_or_else(|| Error::from(shared::db::DbError::Conflict(format!("active subscription of {user_id} changed"))))?;
-    if sub.status == Status::Active && now >= sub.period_end && roll(conn, sub.id, now).await? {
-        return get(conn, sub.id).await;
-    }
-    Ok(sub)
-}
-
 /// Moves a subscription's remaining credits out (to its replacement) with a
 /// CARRY_OVER ledger row and a zero balance, in the caller's transaction, so
 /// the ledger still explains the balance (docs/design.md, Invariants 10).
@@ -425,31 +299,6 @@ pub async fn create_paid(
         diesel::update(subscriptions::table.find(old.id)).set(subscriptions::replaced_by.eq(id)).execute(conn).await?;
     }
     Ok(sub)
-}
-
-/// Rollover job: applies what is due to every ACTIVE subscription whose
-/// period ended ([`roll`]), in batches, skipping rows another replica holds.
-pub async fn roll_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result<usize> {
-    use diesel_async::AsyncConnection;
-    conn.transaction(async |conn| {
-        let due: Vec<Uuid> = subscriptions::table
-            .filter(subscriptions::status.eq(Status::Active))
-            .filter(subscriptions::period_end.le(now))
-            .select(subscriptions::id)
-            .limit(batch)
-            .for_update()
-            .skip_locked()
-            .load(conn)
-            .await?;
-        let mut rolled = 0;
-        for id in due {
-            if roll(conn, id, now).await? {
-                rolled += 1;
-            }
-        }
-        Ok(rolled)
-    })
-    .await
 }
 
 /// The open renewal orders of these subscriptions, for their views.

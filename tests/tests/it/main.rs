@@ -7,6 +7,7 @@
 //! the injected clock. A module per concern; `tests/tests/telemetry.rs`
 //! stays its own binary because it installs process-wide tracing and
 //! metrics providers.
+mod cancellation;
 mod checkout_races;
 mod checkout_sessions;
 mod completion_sync;

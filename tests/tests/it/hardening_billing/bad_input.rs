@@ -153,25 +153,7 @@ async fn one_held_row_does_not_take_billing_down_for_unrelated_callers() {
     });
     let unrelated = async {
         tokio::time::sleep(StdDuration::from_millis(100)).await;
-        let mut worst = StdDuration::ZERO;
-        let mut results = Vec::new();
-        for round in 0..5 {
-            let calls = others.iter().map(|id| {
-                let mut b = app.billing.clone();
-                let id = id.clone();
-                async move {
-                    let t = Instant::now();
-                    let r =
-                        b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: format!("r{round}"), units: 1 }).await;
-                    (r.map(|_| ()), t.elapsed())
-                }
-            });
-            for (r, took) in join_all(calls).await {
-                worst = worst.max(took);
-                results.push(r);
-            }
-        }
-        (results, worst)
+        unrelated_deducts(&app, &others, "r").await
     };
     let started = Instant::now();
     let (waited, (results, worst)) = tokio::join!(join_all(waiters), unrelated);
@@ -212,31 +194,10 @@ async fn a_held_subscription_row_does_not_stall_the_batches_it_shares() {
         let id = held.id.clone();
         async move { b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: format!("hw{i}"), units: 1 }).await }
     });
-    let unrelated = async {
-        let mut worst = StdDuration::ZERO;
-        let mut failed = Vec::new();
-        for round in 0..5 {
-            let calls = others.iter().map(|id| {
-                let mut b = app.billing.clone();
-                let id = id.clone();
-                async move {
-                    let t = Instant::now();
-                    let r =
-                        b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: format!("hr{round}"), units: 1 }).await;
-                    (r, t.elapsed())
-                }
-            });
-            for (r, took) in join_all(calls).await {
-                worst = worst.max(took);
-                if let Err(e) = r {
-                    failed.push(e);
-                }
-            }
-        }
-        (failed, worst)
-    };
-    let (waited, (failed, worst)) = tokio::join!(join_all(waiters), unrelated);
+    let unrelated = unrelated_deducts(&app, &others, "hr");
+    let (waited, (results, worst)) = tokio::join!(join_all(waiters), unrelated);
     exec(&mut holder, "ROLLBACK").await;
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
     assert!(failed.is_empty(), "unrelated callers failed: {failed:?}");
     assert!(worst < StdDuration::from_secs(1), "an unrelated Deduct took {worst:?}");
     for r in &waited {
@@ -246,4 +207,32 @@ async fn a_held_subscription_row_does_not_stall_the_batches_it_shares() {
     assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM deductions WHERE usage_session_id = '{}'", held.id)).await, 0);
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM deductions WHERE deduction_id LIKE 'hr%'").await, 40);
     assert_ledger_matches_balances(&mut db).await;
+}
+
+/// Five rounds of one Deduct per session in `others` (deduction ids
+/// `<prefix><round>`), concurrently within a round: every result, and the
+/// slowest call.
+async fn unrelated_deducts(
+    app: &tests::TestApp,
+    others: &[String],
+    prefix: &str,
+) -> (Vec<Result<(), tonic::Status>>, StdDuration) {
+    let mut worst = StdDuration::ZERO;
+    let mut results = Vec::new();
+    for round in 0..5 {
+        let calls = others.iter().map(|id| {
+            let mut b = app.billing.clone();
+            let req = bpb::DeductRequest { usage_session_id: id.clone(), deduction_id: format!("{prefix}{round}"), units: 1 };
+            async move {
+                let t = Instant::now();
+                let r = b.deduct(req).await;
+                (r.map(|_| ()), t.elapsed())
+            }
+        });
+        for (r, took) in join_all(calls).await {
+            worst = worst.max(took);
+            results.push(r);
+        }
+    }
+    (results, worst)
 }
