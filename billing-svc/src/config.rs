@@ -121,7 +121,7 @@ pub struct DeductConfig {
     #[arg(long = "deduct-batch-max", env = "DEDUCT_BATCH_MAX", default_value = "64", value_parser = parse::at_least_one_usize)]
     pub batch_max: usize,
     /// Batches in the database at once (min 1); each holds one pooled connection.
-    #[arg(long = "deduct-batches-in-flight", env = "DEDUCT_BATCHES_IN_FLIGHT", default_value = "2", value_parser = parse::at_least_one_usize)]
+    #[arg(long = "deduct-batches-in-flight", env = "DEDUCT_BATCHES_IN_FLIGHT", default_value = "1", value_parser = parse::at_least_one_usize)]
     pub batches_in_flight: usize,
 }
 

@@ -126,11 +126,16 @@ pub struct TestApp {
 pub struct Options {
     pub pool_size: u32,
     pub max_concurrent_requests: usize,
+    /// How long a statement waits for a row lock (`DB_LOCK_TIMEOUT_MS`).
+    /// Tests that hold a row themselves raise it, so that their waiters
+    /// outlast a slow machine and the race is decided by the test's own
+    /// release, not by the clock.
+    pub lock_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { pool_size: 10, max_concurrent_requests: 512 }
+        Self { pool_size: 10, max_concurrent_requests: 512, lock_timeout: CommonConfig::default().lock_timeout }
     }
 }
 
@@ -174,6 +179,7 @@ fn common(opts: &Options) -> CommonConfig {
         pool_size: opts.pool_size,
         max_concurrent_requests: opts.max_concurrent_requests,
         shutdown_grace: Duration::from_secs(5),
+        lock_timeout: opts.lock_timeout,
         ..CommonConfig::default()
     }
 }

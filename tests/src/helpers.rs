@@ -215,3 +215,28 @@ where
         }
     }
 }
+
+/// Backends of this test's database waiting for a lock right now.
+pub async fn lock_waiters(observer: &mut AsyncPgConnection) -> i64 {
+    scalar(
+        observer,
+        "SELECT count(*) AS n FROM pg_stat_activity \
+          WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+    )
+    .await
+}
+
+/// Polls until at least `n` backends wait for a lock; false when they did
+/// not within `within` (the caller then knows its race did not happen).
+pub async fn wait_for_waiters(observer: &mut AsyncPgConnection, n: i64, within: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if lock_waiters(observer).await >= n {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+}

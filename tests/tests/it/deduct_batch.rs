@@ -213,7 +213,9 @@ async fn deduct(app: &TestApp, session: &str, deduction_id: &str, units: i64) ->
 async fn concurrent_deducts_across_sessions_are_coalesced_and_keep_ledger_and_units_exact() {
     const IDS: usize = 600;
     const IN_FLIGHT: usize = 64;
-    let app = tests::spawn_app_with(tests::harness::Options { pool_size: 16, max_concurrent_requests: 20_000 }).await;
+    let app =
+        tests::spawn_app_with(tests::harness::Options { pool_size: 16, max_concurrent_requests: 20_000, ..Default::default() })
+            .await;
     let mut sessions = Vec::new();
     for u in 0..4 {
         let user = format!("many-{u}");

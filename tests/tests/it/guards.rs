@@ -8,8 +8,9 @@
 //!
 //! Races are made deterministic by holding a row from a test transaction:
 //! the real RPCs queue up behind it, the test waits until the database shows
-//! them waiting, then lets go. Waits on locks are bounded by the services'
-//! lock bound (1 s), so every hold here is released as soon as the waiters
+//! them waiting, then lets go. Tests that hold rows run with a lock bound of
+//! 8 s (1 s in production), so a loaded machine cannot time the waiters out
+//! before they are all queued; every hold is released as soon as the waiters
 //! are seen, and a test whose race did not happen says so instead of passing.
 use std::time::Duration as StdDuration;
 
@@ -24,9 +25,10 @@ use proto::{
 use tests::{
     TestApp,
     clients::with_key,
+    harness::Options,
     harness::connect,
-    helpers::{assert_ledger_matches_balances, exec, retrying, scalar},
-    spawn_app,
+    helpers::{assert_ledger_matches_balances, exec, lock_waiters, retrying, scalar, wait_for_waiters},
+    spawn_app, spawn_app_with,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -53,34 +55,18 @@ impl Holder {
     }
 }
 
-/// Backends of this test's database waiting for a lock right now.
-async fn lock_waiters(observer: &mut AsyncPgConnection) -> i64 {
-    scalar(
-        observer,
-        "SELECT count(*) AS n FROM pg_stat_activity \
-          WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-    )
-    .await
-}
+/// How long a test waits to see its RPCs queued: well inside the lock bound
+/// of [`spawn_app_holding_rows`], after which the waiters would give up with
+/// ABORTED.
+const SEE_WAITERS: StdDuration = StdDuration::from_secs(4);
 
-/// Polls until at least `n` backends wait for a lock; false when they did
-/// not within `within` (the caller then knows its race did not happen).
-async fn wait_for_waiters(observer: &mut AsyncPgConnection, n: i64, within: StdDuration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if lock_waiters(observer).await >= n {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(StdDuration::from_millis(3)).await;
-    }
+/// A test app whose statements wait up to 8 s for a row lock (inside the
+/// 10 s statement bound) instead of 1 s: the test's own [`Holder`] decides
+/// when the queued RPCs go on, not how fast a loaded machine gets them all
+/// queued within the production bound.
+async fn spawn_app_holding_rows() -> TestApp {
+    spawn_app_with(Options { lock_timeout: StdDuration::from_secs(8), ..Options::default() }).await
 }
-
-/// How long a test waits to see its RPCs queued: well inside the 1 s lock
-/// bound, after which the waiters would give up with ABORTED.
-const SEE_WAITERS: StdDuration = StdDuration::from_millis(600);
 
 /// Runs a statement that must be refused by a unique constraint (SQLSTATE
 /// 23505); returns the server's detail line ("Key (cols)=(...) already
@@ -119,7 +105,7 @@ fn reason(e: &tonic::Status) -> String {
 /// keeps concurrent Deducts on one session from overwriting each other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guard_session_lock_concurrent_unpaid_deducts_on_one_session_lose_nothing() {
-    let app = spawn_app().await;
+    let app = spawn_app_holding_rows().await;
     let s = app.start_usage("broke", UsageKind::Text).await.unwrap();
     let mut db = app.billing_db().await;
     exec(&mut db, "UPDATE subscriptions SET credits_granted = 0, credits_remaining = 0 WHERE user_id = 'broke'").await;
@@ -328,7 +314,7 @@ async fn guard_idempotency_key_of_another_users_start_usage_session_is_refused()
 /// Alice completes under the same key, so Bob's claim meets her key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guard_idempotency_key_of_another_users_complete_session_in_flight_is_refused() {
-    let app = spawn_app().await;
+    let app = spawn_app_holding_rows().await;
     let mut billing_db = app.billing_db().await;
     let complete = |session_id: &str, (payment_id, signature): (String, String), key: &str| {
         let mut c = app.checkout.clone();
@@ -382,7 +368,7 @@ async fn guard_idempotency_key_of_another_users_complete_session_in_flight_is_re
 /// after it read the order, and the cancel is sent then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guard_order_lock_cancel_during_capture_never_reports_a_paid_order_cancelled() {
-    let app = spawn_app().await;
+    let app = spawn_app_holding_rows().await;
     let mut db = app.billing_db().await;
     let live = app.subscribe("payer", "basic-monthly").await;
     let order = app.order("payer", "pro-monthly").await;
@@ -498,7 +484,7 @@ async fn guard_refused_payment_stays_refused_when_verify_payment_brings_it_again
 /// is sent then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guard_charge_retry_a_deduct_during_a_purchase_charges_the_new_subscription() {
-    let app = spawn_app().await;
+    let app = spawn_app_holding_rows().await;
     let mut db = app.billing_db().await;
     // A session on the free subscription, which a basic purchase replaced.
     let s = app.start_usage("upgrader2", UsageKind::Call).await.unwrap();
@@ -543,7 +529,7 @@ async fn guard_charge_retry_a_deduct_during_a_purchase_charges_the_new_subscript
 /// finds it gone. Both runs are held at that lock until both wait there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guard_reconcile_recheck_two_fix_runs_repair_a_finding_once() {
-    let app = spawn_app().await;
+    let app = spawn_app_holding_rows().await;
     let mut db = app.billing_db().await;
     let sub = app.subscribe("lost-sub", "basic-monthly").await;
     exec(&mut db, &format!("DELETE FROM subscriptions WHERE id = '{}'", sub.id)).await;

@@ -94,7 +94,8 @@ async fn unknown_id_is_not_found_with_resource_info() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_beyond_the_concurrency_limit_are_shed_with_unavailable() {
     use diesel_async::RunQueryDsl;
-    let app = tests::spawn_app_with(tests::harness::Options { pool_size: 4, max_concurrent_requests: 2 }).await;
+    let app =
+        tests::spawn_app_with(tests::harness::Options { pool_size: 4, max_concurrent_requests: 2, ..Default::default() }).await;
     let s = app.start_usage("busy", bpb::UsageKind::Text).await.unwrap();
     // Two Deducts wait on a row lock this test holds: both slots are taken.
     let mut holder = app.billing_db().await;

@@ -222,7 +222,9 @@ async fn tick_and_end_at_the_same_instant_charge_each_unit_once_1000_times() {
 async fn deducts_10000_at_once_on_one_subscription_keep_balance_and_ledger_exact() {
     const DEDUCTS: usize = 10_000;
     const IN_FLIGHT: usize = 64;
-    let app = tests::spawn_app_with(tests::harness::Options { pool_size: 16, max_concurrent_requests: 20_000 }).await;
+    let app =
+        tests::spawn_app_with(tests::harness::Options { pool_size: 16, max_concurrent_requests: 20_000, ..Default::default() })
+            .await;
     let sub = app.subscribe("hot", "pro-monthly").await;
     let mut db = app.billing_db().await;
     let initial: i64 = 6000;
