@@ -1,13 +1,23 @@
--- A batch of one call no longer waits for a subscription someone else holds
--- (docs/design.md, Performance and Invariants 18). Before, only batches of
--- two or more items skipped a held subscription row; a lone call's batch
--- waited for it up to the lock bound, and with one batch in flight every
--- other Deduct of the process waited behind it. Now every coalesced
--- (EXPLICIT, p_skip_locked) item whose subscription is held answers BUSY and
--- is charged on its own by the service, whatever the batch's size. AUTO
--- charges still wait for the subscription (they only skip a held session).
--- billing_charge_many is otherwise unchanged from
--- 2026-11-24-000010_deduct_batch.
+-- billing_charge_many (docs/design.md, Performance and Invariants 18), two
+-- changes from 2026-11-24-000010_deduct_batch, the body otherwise unchanged:
+--
+-- 1. A batch of one call no longer waits for a subscription someone else
+--    holds. Before, only batches of two or more items skipped a held
+--    subscription row; a lone call's batch waited for it up to the lock
+--    bound, and with one batch in flight every other Deduct of the process
+--    waited behind it. Now every coalesced (EXPLICIT, p_skip_locked) item
+--    whose subscription is held answers BUSY and is charged on its own by
+--    the service, whatever the batch's size. AUTO charges still wait for the
+--    subscription (they only skip a held session).
+-- 2. Its statements never scan a table (enable_seqscan = off). They run
+--    with generic plans, built once per connection and kept until the
+--    tables are analyzed again; a plan built while the tables were nearly
+--    empty (a new database, a test) scanned them whole once they had grown,
+--    and stayed so: measured on a new stack after 10,000 usage sessions,
+--    Deduct on one hot subscription at 8 callers ran about 1,100 calls/s
+--    against 2,700 once ANALYZE or new connections replaced the plans.
+--    Every statement here is a key lookup, so an index is always the right
+--    path.
 CREATE OR REPLACE FUNCTION billing_charge_many(p_sessions uuid[], p_modes text[], p_units bigint[], p_deduction_ids text[],
                                                p_now timestamptz, p_skip_locked boolean)
 RETURNS TABLE (r_item int, r_error text, r_charged bigint, r_unpaid bigint, r_replayed boolean, r_credits_remaining bigint,
@@ -16,8 +26,9 @@ RETURNS TABLE (r_item int, r_error text, r_charged bigint, r_unpaid bigint, r_re
                s_units_charged bigint, s_units_unpaid bigint, s_final_units_charged bigint)
 -- Every statement below looks rows up by primary key (or over small
 -- arrays of keys): the generic plan is the custom one, so it is not planned
--- again on each call (measured: +15-35 % single charges on one backend).
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+-- again on each call (measured: +15-35 % single charges on one backend);
+-- and never a table scan, however small the tables were when it was built.
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
   n int := coalesce(array_length(p_sessions, 1), 0);
   locked uuid[];
