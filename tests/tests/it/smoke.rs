@@ -157,3 +157,40 @@ async fn typed_enum_fields_match_their_text_twins() {
         assert_eq!(bpb::FindingKind::try_from(f.kind_code).unwrap().as_str_name(), format!("FINDING_KIND_{}", f.kind));
     }
 }
+
+/// Pooled connections are checked locally when handed out, without a
+/// `SELECT 1` per call: connections the server closed (a restart, an
+/// operator's `pg_terminate_backend`) are replaced, and no call after the
+/// outage fails on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pooled_connections_the_server_closed_are_replaced_without_failing_calls() {
+    use tests::helpers::scalar;
+    let app = spawn_app().await;
+    // Several connections in billing's pool: concurrent calls each hold one.
+    let warm = (0..8).map(|i| {
+        let mut b = app.billing.clone();
+        let req = bpb::StartUsageSessionRequest { user_id: format!("warm-{i}"), kind: bpb::UsageKind::Text as i32 };
+        async move { b.start_usage_session(req).await }
+    });
+    for r in futures::future::join_all(warm).await {
+        r.unwrap();
+    }
+    let mut db = app.billing_db().await;
+    let others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                  AND backend_type = 'client backend'";
+    let killed = scalar(&mut db, &format!("SELECT count(pg_terminate_backend(pid)) AS n {others}")).await;
+    assert!(killed >= 2, "the pool held {killed} connection(s); the outage hit too little to show anything");
+    for _ in 0..500 {
+        if scalar(&mut db, &format!("SELECT count(*) AS n {others}")).await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The sockets are closed; the clients' connection tasks read that at once
+    // (a moment for them to run, not a clock this test depends on otherwise).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for i in 0..20 {
+        let r = app.start_usage(&format!("after-{i}"), bpb::UsageKind::Text).await;
+        assert!(r.is_ok(), "call {i} after the outage failed: {r:?}");
+    }
+}
