@@ -149,7 +149,11 @@ async fn drain(ctx: Arc<Ctx>, queue: Arc<Mutex<Queue>>) {
 }
 
 async fn run_batch(ctx: &Arc<Ctx>, queue: &Mutex<Queue>, batch: Vec<Item>) {
-    let rows = match charge_batch(ctx, &batch).await {
+    // Batch sizes and times, for tuning (RUST_LOG=billing_svc::deductions=trace).
+    let started = std::time::Instant::now();
+    let result = charge_batch(ctx, &batch).await;
+    tracing::trace!(items = batch.len(), micros = started.elapsed().as_micros() as u64, "deduction batch");
+    let rows = match result {
         Ok(rows) if rows.len() == batch.len() => rows,
         Ok(rows) => {
             tracing::error!(items = batch.len(), rows = rows.len(), "billing_charge_batch answered the wrong number of rows");
