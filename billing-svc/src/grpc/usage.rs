@@ -1,0 +1,141 @@
+//! Usage handlers: plan limits, usage sessions and their deductions.
+use proto::billing::v1 as pb;
+use shared::{
+    idempotency::{Key, encode_with, respond},
+    status::{MAX_ID_LEN, Violations},
+};
+use tonic::{Request, Response};
+use tracing::instrument;
+
+use super::{RpcResult, convert, params::usage_kind, run};
+use crate::{
+    App, deductions, limits,
+    usage::{self, Kind},
+};
+
+fn start_usage_session_response(view: &usage::SessionView) -> pb::StartUsageSessionResponse {
+    pb::StartUsageSessionResponse { session: Some(convert::usage_session(view)) }
+}
+
+#[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
+pub(super) async fn get_usage(app: &App, req: Request<pb::GetUsageRequest>) -> RpcResult<pb::GetUsageResponse> {
+    let r = req.into_inner();
+    let mut v = Violations::new();
+    v.text("user_id", &r.user_id, MAX_ID_LEN);
+    v.finish()?;
+    let app = app.clone();
+    let user_id = r.user_id.clone();
+    let report = run(async move { limits::report(&app, &user_id).await }).await?;
+    Ok(Response::new(pb::GetUsageResponse { usage: Some(convert::usage(&r.user_id, &report)) }))
+}
+
+#[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
+pub(super) async fn start_usage_session(
+    app: &App,
+    req: Request<pb::StartUsageSessionRequest>,
+) -> RpcResult<pb::StartUsageSessionResponse> {
+    let key = Key::from_request(&req, "billing.StartUsageSession")?;
+    let r = req.into_inner();
+    let mut v = Violations::new();
+    v.text("user_id", &r.user_id, MAX_ID_LEN);
+    let kind = usage_kind(r.kind);
+    if kind.is_none() {
+        v.add("kind", "must be USAGE_KIND_TEXT or USAGE_KIND_CALL");
+    }
+    v.finish()?;
+    let kind = kind.unwrap_or(Kind::Text);
+    let app = app.clone();
+    let out = run(async move {
+        let _pass = app.gate.enter(&format!("user:{}", r.user_id)).await?;
+        let encode = encode_with(start_usage_session_response);
+        usage::start(&app, &r.user_id, kind, key.as_ref(), &encode).await
+    })
+    .await?;
+    respond(out, start_usage_session_response)
+}
+
+#[instrument(skip_all, fields(user_id = %req.get_ref().user_id, size = req.get_ref().size_bytes))]
+pub(super) async fn authorize_upload(
+    app: &App,
+    req: Request<pb::AuthorizeUploadRequest>,
+) -> RpcResult<pb::AuthorizeUploadResponse> {
+    let r = req.into_inner();
+    let mut v = Violations::new();
+    v.text("user_id", &r.user_id, MAX_ID_LEN);
+    v.range("size_bytes", r.size_bytes, 1, 1 << 40);
+    v.finish()?;
+    let app = app.clone();
+    let max = run(async move { limits::authorize_upload(&app, &r.user_id, r.size_bytes).await }).await?;
+    Ok(Response::new(pb::AuthorizeUploadResponse { allowed: true, max_upload_bytes: max }))
+}
+
+// The hot path: the RPC's server span (method, caller's trace) is its one
+// trace; no handler span with per-call fields (docs/design.md, Performance).
+pub(super) async fn deduct(app: &App, req: Request<pb::DeductRequest>) -> RpcResult<pb::DeductResponse> {
+    let r = req.into_inner();
+    let mut v = Violations::new();
+    let id = v.uuid("usage_session_id", &r.usage_session_id);
+    v.text("deduction_id", &r.deduction_id, MAX_ID_LEN);
+    v.range("units", r.units, 1, deductions::MAX_UNITS);
+    v.finish()?;
+    let c = if app.config.deduct.coalesce {
+        // The batch runs on a drainer's own task (a cancelled call
+        // cannot stop it halfway) and holds one connection for the whole
+        // batch, so the call neither spawns nor enters the per-row gate
+        // here; a call whose session is held is charged on its own,
+        // through the gate (docs/design.md, Performance).
+        app.deducts.deduct(id, r.deduction_id, r.units).await?
+    } else {
+        let app = app.clone();
+        let mode = deductions::Mode::Explicit { deduction_id: r.deduction_id, units: r.units };
+        run(async move {
+            let _pass = app.gate.enter(&format!("usage_session:{id}")).await?;
+            deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await
+        })
+        .await?
+    };
+    Ok(Response::new(pb::DeductResponse {
+        session: Some(convert::charged(&c)),
+        units_charged: c.charged,
+        units_unpaid: c.unpaid,
+        replayed: c.replayed,
+    }))
+}
+
+#[instrument(skip_all, fields(usage_session_id = %req.get_ref().id))]
+pub(super) async fn end_usage_session(
+    app: &App,
+    req: Request<pb::EndUsageSessionRequest>,
+) -> RpcResult<pb::EndUsageSessionResponse> {
+    let r = req.into_inner();
+    let mut v = Violations::new();
+    let id = v.uuid("id", &r.id);
+    v.range("manual_deductions", r.manual_deductions, 0, deductions::MAX_UNITS);
+    v.finish()?;
+    let app = app.clone();
+    let mode = deductions::Mode::End { manual: r.manual_deductions };
+    let c = run(async move {
+        let _pass = app.gate.enter(&format!("usage_session:{id}")).await?;
+        deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await
+    })
+    .await?;
+    Ok(Response::new(pb::EndUsageSessionResponse {
+        session: Some(convert::charged(&c)),
+        final_units_charged: c.view.session.final_units_charged.unwrap_or_default(),
+        replayed: c.replayed,
+    }))
+}
+
+#[instrument(skip_all, fields(usage_session_id = %req.get_ref().id))]
+pub(super) async fn get_usage_session(
+    app: &App,
+    req: Request<pb::GetUsageSessionRequest>,
+) -> RpcResult<pb::GetUsageSessionResponse> {
+    let r = req.into_inner();
+    let mut v = Violations::new();
+    let id = v.uuid("id", &r.id);
+    v.finish()?;
+    let app = app.clone();
+    let view = run(async move { usage::view(&mut *app.conn().await?, id, app.clock.now()).await }).await?;
+    Ok(Response::new(pb::GetUsageSessionResponse { session: Some(convert::usage_session(&view)) }))
+}
