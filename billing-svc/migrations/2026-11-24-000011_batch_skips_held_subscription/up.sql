@@ -7,8 +7,11 @@
 --    bound, and with one batch in flight every other Deduct of the process
 --    waited behind it. Now every coalesced (EXPLICIT, p_skip_locked) item
 --    whose subscription is held answers BUSY and is charged on its own by
---    the service, whatever the batch's size. AUTO charges still wait for the
---    subscription (they only skip a held session).
+--    the service, whatever the batch's size; so does one whose subscription
+--    was replaced while the user's live subscription is held (a purchase or
+--    capture in progress), which before waited for it in every batch. AUTO
+--    charges still wait for the subscription (they only skip a held
+--    session).
 -- 2. Its statements never scan a table (enable_seqscan = off). They run
 --    with generic plans, built once per connection and kept until the
 --    tables are analyzed again; a plan built while the tables were nearly
@@ -292,7 +295,7 @@ BEGIN
         EXIT item;
       END IF;
 
-      IF p_skip_locked AND v_mode = 'EXPLICIT' THEN
+      IF p_skip_locked AND (n > 1 OR v_mode = 'EXPLICIT') THEN
         -- A coalesced item, even alone in its batch, whose subscription is
         -- held by another transaction (rows this one locked are not
         -- skipped): charged on its own instead of stalling the batch;
@@ -313,10 +316,20 @@ BEGIN
         -- statement's snapshot: look again with a fresh snapshot (each statement
         -- takes one) instead of charging a REPLACED or CANCELLED row.
         live := NULL;
-        FOR attempt IN 1..3 LOOP
-          SELECT * INTO live FROM subscriptions s WHERE s.user_id = us.user_id AND s.status = 'ACTIVE' FOR UPDATE;
-          EXIT WHEN FOUND;
-        END LOOP;
+        IF p_skip_locked AND (n > 1 OR v_mode = 'EXPLICIT') THEN
+          -- A batch does not wait for the live row either (a purchase or a
+          -- capture holding it): the item is charged on its own.
+          SELECT * INTO live FROM subscriptions s WHERE s.user_id = us.user_id AND s.status = 'ACTIVE' FOR UPDATE SKIP LOCKED;
+          IF NOT FOUND AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = us.user_id AND s.status = 'ACTIVE') THEN
+            r_error := 'BUSY';
+            EXIT item;
+          END IF;
+        ELSE
+          FOR attempt IN 1..3 LOOP
+            SELECT * INTO live FROM subscriptions s WHERE s.user_id = us.user_id AND s.status = 'ACTIVE' FOR UPDATE;
+            EXIT WHEN FOUND;
+          END LOOP;
+        END IF;
         IF live.id IS NOT NULL THEN
           sub := live;
           moved := us.subscription_id IS DISTINCT FROM sub.id;

@@ -91,8 +91,9 @@ struct ChargeRow {
 
 /// The one mapping of an item's row to the caller's answer: the same
 /// statuses and details whether the item ran alone or in a batch. `None`:
-/// someone else holds the session (AUTO: skipped until the next tick; a
-/// batch item: charged on its own, waiting for the lock).
+/// someone else holds the session (AUTO: skipped until the next tick), or,
+/// for a batch item, its session, its subscription or the user's live
+/// subscription (charged on its own, waiting for the lock).
 fn outcome(row: ChargeRow, session_id: Uuid, mode: &'static str) -> Result<Option<Charged>> {
     match row.r_error.as_deref() {
         None => {}

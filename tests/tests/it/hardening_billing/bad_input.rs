@@ -144,7 +144,7 @@ const HELD_LOCK_BOUND: StdDuration = StdDuration::from_secs(8);
 /// unrelated calls failed UNAVAILABLE after the pool wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_held_row_does_not_take_billing_down_for_unrelated_callers() {
-    held_row_leaves_unrelated_deducts_alone("usage_sessions", 40, "r").await;
+    held_row_leaves_unrelated_deducts_alone(Held::Session, 40, "r").await;
 }
 
 /// The same with the *subscription* row held: coalesced batches never wait
@@ -153,24 +153,55 @@ async fn one_held_row_does_not_take_billing_down_for_unrelated_callers() {
 /// as usual (docs/design.md, Invariants 18).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_subscription_row_does_not_stall_the_batches_it_shares() {
-    held_row_leaves_unrelated_deducts_alone("subscriptions", 12, "hr").await;
+    held_row_leaves_unrelated_deducts_alone(Held::Subscription, 12, "hr").await;
 }
 
-/// Holds the row of `table` (`usage_sessions` or `subscriptions`) behind one
-/// user's usage session while `waiters` Deducts on that session queue up;
-/// meanwhile five rounds of Deducts of 8 other users must all succeed, none
-/// taking a lock bound, while the row is still held and still waited on.
-/// Then the row is let go: each waiter is charged or ABORTED (the per-row
-/// admission and the lock bound), and the database shows exactly the
-/// charged ones.
-async fn held_row_leaves_unrelated_deducts_alone(table: &str, waiters: usize, prefix: &str) {
+/// The same when the session's subscription was replaced (the user bought a
+/// plan meanwhile) and the user's live subscription is held (a purchase or a
+/// capture in progress): the batch does not wait for the live row either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_live_subscription_does_not_stall_the_batches_it_shares() {
+    held_row_leaves_unrelated_deducts_alone(Held::LiveSubscription, 12, "lr").await;
+}
+
+/// Which row of the held user the test holds.
+#[derive(Clone, Copy, Debug)]
+enum Held {
+    Session,
+    Subscription,
+    /// The user's live subscription, after a purchase replaced the one the
+    /// session started on.
+    LiveSubscription,
+}
+
+/// How long an unrelated Deduct may take while a row is held: the
+/// production lock bound, which is what a call that waited for the held
+/// row would have taken at least.
+const UNRELATED_BOUND: StdDuration = StdDuration::from_secs(1);
+
+/// Holds one row behind one user's usage session (`held`) while `waiters`
+/// Deducts on that session queue up; meanwhile five rounds of Deducts of 8
+/// other users must all succeed, none taking a lock bound, while the row is
+/// still held and still waited on. Then the row is let go: each waiter is
+/// charged or ABORTED (the per-row admission and the lock bound), and the
+/// database shows exactly the charged ones.
+async fn held_row_leaves_unrelated_deducts_alone(held_row: Held, waiters: usize, prefix: &str) {
     let app = spawn_app_with(Options { lock_timeout: HELD_LOCK_BOUND, ..Options::default() }).await;
-    let held = app.start_usage(&format!("held-{prefix}"), bpb::UsageKind::Text).await.unwrap();
+    let user = format!("held-{prefix}");
+    let held = app.start_usage(&user, bpb::UsageKind::Text).await.unwrap();
     let mut others = Vec::new();
     for i in 0..8 {
         others.push(app.start_usage(&format!("calm-{prefix}-{i}"), bpb::UsageKind::Text).await.unwrap().id);
     }
-    let row = if table == "subscriptions" { &held.subscription_id } else { &held.id };
+    let (table, row) = match held_row {
+        Held::Session => ("usage_sessions", held.id.clone()),
+        Held::Subscription => ("subscriptions", held.subscription_id.clone()),
+        Held::LiveSubscription => {
+            let live = app.subscribe(&user, "basic-monthly").await;
+            assert_ne!(live.id, held.subscription_id, "the purchase replaced the session's subscription");
+            ("subscriptions", live.id)
+        }
+    };
     let mut holder = app.billing_db().await;
     exec(&mut holder, "BEGIN").await;
     assert_eq!(exec(&mut holder, &format!("SELECT id FROM {table} WHERE id = '{row}' FOR UPDATE")).await, 1);
@@ -188,10 +219,10 @@ async fn held_row_leaves_unrelated_deducts_alone(table: &str, waiters: usize, pr
     let still_waited_on = lock_waiters(&mut observer).await >= 1;
     exec(&mut holder, "ROLLBACK").await;
 
-    assert!(queued, "no Deduct ever waited on the held {table} row; the race did not happen");
+    assert!(queued, "no Deduct ever waited on the held {held_row:?} row; the race did not happen");
     let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
     assert!(failed.is_empty(), "unrelated callers failed: {failed:?}");
-    assert!(worst < HELD_LOCK_BOUND, "an unrelated Deduct took {worst:?}: it waited for the held row");
+    assert!(worst < UNRELATED_BOUND, "an unrelated Deduct took {worst:?}: it waited for the held row");
     assert!(still_waited_on, "the waiters gave up before the unrelated calls were done; the race did not happen");
     let mut charged = 0;
     for call in calls {
