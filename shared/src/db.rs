@@ -144,7 +144,7 @@ impl bb8::ErrorSink<PoolError> for LogSink {
 /// `statement_timeout` as its defaults, so a request queued behind a held
 /// row lock gives its connection back (ABORTED) instead of pinning it.
 pub fn pool(url: &str, config: &crate::config::CommonConfig) -> Pool {
-    let url = with_session_limits(url, config.lock_timeout, config.statement_timeout);
+    let url = with_dead_peer_detection(&with_session_limits(url, config.lock_timeout, config.statement_timeout));
     bb8::Pool::builder()
         .max_size(config.pool_size)
         .min_idle(Some(1.min(config.pool_size)))
@@ -161,16 +161,55 @@ pub fn pool(url: &str, config: &crate::config::CommonConfig) -> Pool {
 /// check-out) cost every RPC a round trip and a transaction of its own
 /// (measured with `loadgen --scenario deduct-hot`, three runs each on a new
 /// stack: one caller about 1,360 calls/s with it and 1,590 without, eight
-/// callers 4,690 and 5,030). A connection that dies between the
-/// check and its statement fails that statement with UNAVAILABLE (nothing
-/// was committed; retry).
+/// callers 4,690 and 5,030). A connection that died without the client
+/// noticing (the host vanished, no reset) fails its statement with
+/// UNAVAILABLE after [`DEAD_PEER`]'s TCP user timeout; nothing was
+/// committed, and the caller retries.
 fn manager_config() -> ManagerConfig<AsyncPgConnection> {
     let mut config = ManagerConfig::default();
     config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn: &mut AsyncPgConnection| {
         let broken = conn.is_broken();
-        Box::pin(async move { if broken { Err(DieselError::BrokenTransactionManager) } else { Ok(()) } })
+        Box::pin(async move {
+            if broken {
+                Err(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, Box::new("connection closed".to_owned())))
+            } else {
+                Ok(())
+            }
+        })
     }));
     config
+}
+
+/// TCP settings that bound how long a connection to a vanished database host
+/// (a crash or a partition, no reset) can hold a call, since pooled
+/// connections are not pinged when handed out: a statement sent into it
+/// fails after `tcp_user_timeout` seconds unacknowledged (UNAVAILABLE), and
+/// an idle one is found dead by keepalives within about a minute and
+/// replaced. Settings the operator already wrote in the connection string
+/// are left alone. They do not apply to Unix-domain sockets.
+const DEAD_PEER: [(&str, u32); 4] =
+    [("keepalives_idle", 30), ("keepalives_interval", 10), ("keepalives_retries", 3), ("tcp_user_timeout", 10)];
+
+/// Adds [`DEAD_PEER`]'s settings the connection string does not set.
+pub fn with_dead_peer_detection(url: &str) -> String {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let set = |key: &str| {
+        let prefix = format!("{key}=");
+        if is_url {
+            url.split_once('?').is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with(&prefix)))
+        } else {
+            url.split_whitespace().any(|kv| kv.starts_with(&prefix))
+        }
+    };
+    let missing: Vec<String> = DEAD_PEER.iter().filter(|(k, _)| !set(k)).map(|(k, v)| format!("{k}={v}")).collect();
+    if missing.is_empty() {
+        return url.to_owned();
+    }
+    if !is_url {
+        return format!("{url} {}", missing.join(" "));
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{}", missing.join("&"))
 }
 
 /// Adds `lock_timeout` and `statement_timeout` to a connection string as
@@ -359,6 +398,25 @@ mod tests {
             assert!(is_data_exception_message(m), "{m}");
         }
         assert!(!is_data_exception_message("relation \"orders\" does not exist"));
+    }
+
+    #[test]
+    fn dead_peer_settings_are_added_unless_set() {
+        assert_eq!(
+            with_dead_peer_detection("postgres://h/db"),
+            "postgres://h/db?keepalives_idle=30&keepalives_interval=10&keepalives_retries=3&tcp_user_timeout=10"
+        );
+        assert_eq!(
+            with_dead_peer_detection("postgres://h/db?options=x&tcp_user_timeout=3"),
+            "postgres://h/db?options=x&tcp_user_timeout=3&keepalives_idle=30&keepalives_interval=10&keepalives_retries=3",
+            "an operator's own value is kept"
+        );
+        assert_eq!(
+            with_dead_peer_detection("host=h dbname=db keepalives_idle=5"),
+            "host=h dbname=db keepalives_idle=5 keepalives_interval=10 keepalives_retries=3 tcp_user_timeout=10"
+        );
+        // That the driver accepts these keys is shown by every system test:
+        // each connects through `pool`.
     }
 
     #[test]

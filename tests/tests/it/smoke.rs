@@ -180,17 +180,25 @@ async fn pooled_connections_the_server_closed_are_replaced_without_failing_calls
                   AND backend_type = 'client backend'";
     let killed = scalar(&mut db, &format!("SELECT count(pg_terminate_backend(pid)) AS n {others}")).await;
     assert!(killed >= 2, "the pool held {killed} connection(s); the outage hit too little to show anything");
+    let mut gone = false;
     for _ in 0..500 {
         if scalar(&mut db, &format!("SELECT count(*) AS n {others}")).await == 0 {
+            gone = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    assert!(gone, "the terminated backends did not go away");
     // The sockets are closed; the clients' connection tasks read that at once
     // (a moment for them to run, not a clock this test depends on otherwise).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     for i in 0..20 {
         let r = app.start_usage(&format!("after-{i}"), bpb::UsageKind::Text).await;
         assert!(r.is_ok(), "call {i} after the outage failed: {r:?}");
+        // And a Deduct, whose batch takes its connection from the same pool.
+        let session = r.unwrap().id;
+        let mut b = app.billing.clone();
+        let d = b.deduct(bpb::DeductRequest { usage_session_id: session, deduction_id: "after".into(), units: 1 }).await;
+        assert!(d.is_ok(), "Deduct {i} after the outage failed: {d:?}");
     }
 }
