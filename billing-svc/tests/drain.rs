@@ -34,6 +34,21 @@ fn serve_cmd(port: u16, database_url: &str) -> Command {
     c
 }
 
+/// Kills the process `pid` when dropped while armed: a test that fails
+/// before it reaps its `billing-svc` must not leave one running.
+struct KillOnDrop {
+    pid: u32,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -67,6 +82,7 @@ async fn sigterm_under_load_drains_in_flight_requests() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut reaper = KillOnDrop { pid: child.id(), armed: true };
     let addr = format!("http://127.0.0.1:{port}");
     let mut ready = false;
     for _ in 0..200 {
@@ -168,6 +184,8 @@ async fn sigterm_under_load_drains_in_flight_requests() {
     for w in workers {
         w.await.unwrap();
     }
+    // Reaped (or killed) above: its pid may be reused from here on.
+    reaper.armed = false;
     let status = exited.expect("billing-svc exits within the grace period");
     assert!(status.success(), "clean exit after draining: {status:?}");
     let broken = broken.lock().unwrap().clone();
@@ -200,6 +218,7 @@ async fn database_unreachable_at_start_stays_not_serving_and_answers_unavailable
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut reaper = KillOnDrop { pid: child.id(), armed: true };
     let addr = format!("http://127.0.0.1:{port}");
     let mut channel = None;
     for _ in 0..100 {
@@ -224,6 +243,7 @@ async fn database_unreachable_at_start_stays_not_serving_and_answers_unavailable
     let took = started.elapsed();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(took < Duration::from_secs(5), "UNAVAILABLE after the 1.5 s pool timeout, not a hang: took {took:?}");
+    reaper.armed = false;
     child.kill().unwrap();
     let _ = child.wait();
 }
