@@ -1,0 +1,103 @@
+//! Plan limits: sessions, minutes and upload size per billing period.
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_subscription_means_the_free_plan_with_calendar_periods() {
+    let mut app = spawn_app().await;
+    let u = app.billing.get_usage(bpb::GetUsageRequest { user_id: "newbie".into() }).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!(u.plan_id, "free");
+    assert_eq!(u.period_start.unwrap().seconds, Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap().timestamp());
+    assert_eq!(u.period_end.unwrap().seconds, Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap().timestamp());
+    assert_eq!((u.sessions_used, u.minutes_used, u.credits_remaining), (0, 0, 30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_of_the_previous_period_does_not_count_in_the_new_one() {
+    let mut app = spawn_app().await;
+    // The free plan allows 5 sessions a period: use them all in March.
+    for _ in 0..5 {
+        let s = app.start_usage("heavy", UsageKind::Text).await.unwrap();
+        app.end_usage(&s.id, 0).await.unwrap();
+    }
+    let e = app.start_usage("heavy", UsageKind::Text).await.unwrap_err();
+    let (reason, meta) = quota(&e);
+    assert_eq!(reason, "SESSION_LIMIT_EXCEEDED");
+    assert_eq!(meta["plan"], "free");
+    assert_eq!(meta["current_usage"], "5");
+    assert_eq!(meta["limit"], "5");
+    // April: a new period starts at zero (this is what the origin got wrong).
+    app.clock.set(Utc.with_ymd_and_hms(2026, 4, 2, 9, 0, 0).unwrap());
+    app.start_usage("heavy", UsageKind::Text).await.expect("new period, fresh limits");
+    let u = app.billing.get_usage(bpb::GetUsageRequest { user_id: "heavy".into() }).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!(u.sessions_used, 1);
+    assert_eq!(u.period_start.unwrap().seconds, Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap().timestamp());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_limit_at_the_exact_boundary() {
+    let app = spawn_app().await;
+    let mut db = app.billing_db().await;
+    for _ in 0..4 {
+        app.start_usage("edge", UsageKind::Text).await.unwrap();
+    }
+    // limit - 1 used: allowed (and reaches the limit).
+    app.start_usage("edge", UsageKind::Text).await.expect("4 of 5 used: one more is allowed");
+    // limit used: refused.
+    let (reason, meta) = quota(&app.start_usage("edge", UsageKind::Text).await.unwrap_err());
+    assert_eq!((reason.as_str(), meta["current_usage"].as_str()), ("SESSION_LIMIT_EXCEEDED", "5"));
+    // limit + 1 (e.g. a limit lowered by an operator): refused, usage reported.
+    exec(&mut db, "INSERT INTO usage_sessions (id, user_id, subscription_id, kind, status, started_at, ended_at, deduction_interval_seconds) \
+                   SELECT gen_random_uuid(), user_id, subscription_id, 'TEXT', 'ENDED', started_at, started_at, 600 FROM usage_sessions WHERE user_id = 'edge' LIMIT 1").await;
+    let (_, meta) = quota(&app.start_usage("edge", UsageKind::Text).await.unwrap_err());
+    assert_eq!(meta["current_usage"], "6");
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM usage_sessions WHERE user_id = 'edge'").await,
+        6,
+        "refusals write nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minutes_limit_counts_active_time_clipped_to_the_period() {
+    let app = spawn_app().await;
+    app.start_usage("talker", UsageKind::Call).await.unwrap();
+    app.clock.advance(Duration::minutes(59));
+    app.start_usage("talker", UsageKind::Call).await.expect("59 active minutes: under the 60 minute limit");
+    app.clock.advance(Duration::seconds(30));
+    let (reason, meta) = quota(&app.start_usage("talker", UsageKind::Call).await.unwrap_err());
+    assert_eq!(reason, "MINUTES_LIMIT_EXCEEDED");
+    assert_eq!(meta["limit"], "60");
+    assert!(meta["current_usage"].parse::<i64>().unwrap() >= 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_limit_is_the_plans_max_upload_bytes() {
+    let mut app = spawn_app().await;
+    let ok = app
+        .billing
+        .authorize_upload(bpb::AuthorizeUploadRequest { user_id: "up".into(), size_bytes: 10 << 20 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ok.allowed, ok.max_upload_bytes), (true, 10 << 20));
+    let e = app
+        .billing
+        .authorize_upload(bpb::AuthorizeUploadRequest { user_id: "up".into(), size_bytes: (10 << 20) + 1 })
+        .await
+        .unwrap_err();
+    let (reason, meta) = quota(&e);
+    assert_eq!((reason.as_str(), meta["limit"].as_str(), meta["plan"].as_str()), ("UPLOAD_TOO_LARGE", "10485760", "free"));
+    let e = app.billing.authorize_upload(bpb::AuthorizeUploadRequest { user_id: "up".into(), size_bytes: 0 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_starts_never_overshoot_the_session_limit() {
+    let app = spawn_app().await;
+    let results = join_all((0..20).map(|_| app.start_usage("rusher", UsageKind::Text))).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 5, "the free plan allows exactly 5");
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert_eq!(quota(r.as_ref().unwrap_err()).0, "SESSION_LIMIT_EXCEEDED");
+    }
+}

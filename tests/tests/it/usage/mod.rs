@@ -1,0 +1,30 @@
+//! billing.v1 usage: limits counted per billing period (docs/design.md,
+//! Invariants 13), locked deductions with a ledger (Invariants 10 and 11),
+//! races and bad input.
+//!
+//! `limits`: plan limits per period; `charging`: ticks, ends and Deducts
+//! under concurrency, and what they leave in the ledger.
+use std::collections::HashMap;
+
+use chrono::{Duration, TimeZone, Utc};
+use futures::{StreamExt, future::join_all, stream};
+use proto::billing::v1::{self as bpb, UsageKind};
+use tests::{
+    helpers::{assert_ledger_matches_balances, exec, retrying, scalar},
+    spawn_app,
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+mod charging;
+mod limits;
+
+/// The reason and metadata of a RESOURCE_EXHAUSTED answer (a plan limit),
+/// which must carry a QuotaFailure.
+fn quota(e: &tonic::Status) -> (String, HashMap<String, String>) {
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let d = e.get_error_details();
+    assert!(d.quota_failure().is_some(), "QuotaFailure detail");
+    let info = d.error_info().unwrap();
+    (info.reason.clone(), info.metadata.clone())
+}
