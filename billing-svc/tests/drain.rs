@@ -155,7 +155,33 @@ async fn sigterm_under_load_drains_in_flight_requests() {
             tokio::spawn(async move { c.deduct(req).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // They are in flight once the server runs them: the database shows them
+    // waiting for the held row (4 at a time pass the per-row admission).
+    let mut observer = {
+        use diesel_async::AsyncConnection;
+        diesel_async::AsyncPgConnection::establish(&server.url(&db)).await.unwrap()
+    };
+    let mut queued = false;
+    for _ in 0..1000 {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let waiting: N = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result(&mut observer)
+        .await
+        .unwrap();
+        if waiting.n >= 4 {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(queued, "the Deducts never reached the held row; nothing was in flight at SIGTERM");
     let before = ok.load(Ordering::Relaxed);
     assert!(before > 0, "load is flowing");
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
