@@ -1,0 +1,148 @@
+//! The one place that decides what a database error means for a caller.
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::PoolError;
+
+/// What a database failure means for the caller, independent of the domain.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection within the pool's timeout, or the server is gone:
+    /// UNAVAILABLE, retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Serialization failure or deadlock: ABORTED; the transaction may be
+    /// retried at once.
+    #[error("transaction conflict: {0}")]
+    Conflict(String),
+    /// A lock wait or a statement ran past its bound (`lock_timeout`,
+    /// `statement_timeout`): ABORTED to the caller, never retried in
+    /// process, so one held row cannot pin pooled connections for long.
+    #[error("timed out in the database: {0}")]
+    Timeout(String),
+    /// A value PostgreSQL cannot hold or parse (SQLSTATE class 22, an index
+    /// row too large): the caller's input, INVALID_ARGUMENT.
+    #[error("invalid value: {0}")]
+    InvalidInput(String),
+    /// A unique constraint fired; callers that expect races turn this into a
+    /// replay, the rest treat it as a conflict.
+    #[error("unique violation on {constraint}")]
+    UniqueViolation { constraint: String },
+    /// Anything else is a bug: INTERNAL.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl From<DieselError> for DbError {
+    fn from(e: DieselError) -> Self {
+        match &e {
+            DieselError::DatabaseError(kind, info) => {
+                let msg = info.message();
+                match kind {
+                    DatabaseErrorKind::UniqueViolation => {
+                        DbError::UniqueViolation { constraint: info.constraint_name().unwrap_or_default().to_owned() }
+                    }
+                    DatabaseErrorKind::SerializationFailure => DbError::Conflict(msg.to_owned()),
+                    DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection => {
+                        DbError::Unavailable(msg.to_owned())
+                    }
+                    _ if is_timeout_message(msg) => DbError::Timeout(msg.to_owned()),
+                    _ if is_retryable_message(msg) => DbError::Conflict(msg.to_owned()),
+                    _ if is_unavailable_message(msg) => DbError::Unavailable(msg.to_owned()),
+                    _ if is_data_exception_message(msg) => DbError::InvalidInput(msg.to_owned()),
+                    _ => DbError::Other(e.to_string()),
+                }
+            }
+            DieselError::BrokenTransactionManager => DbError::Unavailable(e.to_string()),
+            // A bound value the driver cannot encode for PostgreSQL (a time
+            // outside its range): the value came from the caller.
+            DieselError::SerializationError(inner) => DbError::InvalidInput(inner.to_string()),
+            _ => DbError::Other(e.to_string()),
+        }
+    }
+}
+
+// diesel-async passes SQLSTATEs other than a handful of constraint and
+// serialization codes on as unclassified errors, with the server's message.
+// 40P01 deadlock, 40001 serialization failure:
+fn is_retryable_message(msg: &str) -> bool {
+    msg.contains("deadlock detected") || msg.contains("could not serialize")
+}
+
+// 55P03 lock_not_available (lock_timeout, NOWAIT), 57014 query_canceled
+// (statement_timeout):
+fn is_timeout_message(msg: &str) -> bool {
+    msg.contains("could not obtain lock") || msg.contains("lock timeout") || msg.contains("statement timeout")
+}
+
+// SQLSTATE class 22 (data exception) and 54000 (an index row too large):
+// messages PostgreSQL gives for values it cannot hold or parse.
+fn is_data_exception_message(msg: &str) -> bool {
+    const PATTERNS: &[&str] = &[
+        "out of range",
+        "invalid input syntax",
+        "invalid input value",
+        "invalid byte sequence",
+        "value too long",
+        "numeric field overflow",
+        "division by zero",
+        "cannot be converted to text",
+        "unsupported Unicode escape",
+        "null character not permitted",
+        "invalid escape",
+        "untranslatable character",
+        "invalid regular expression",
+        "index row size",
+        "index row requires",
+        "string is too long",
+        "array size exceeds",
+    ];
+    PATTERNS.iter().any(|p| msg.contains(p))
+}
+
+// 57P01/57P02/57P03: the server is shutting down or starting.
+fn is_unavailable_message(msg: &str) -> bool {
+    msg.contains("terminating connection")
+        || msg.contains("shutting down")
+        || msg.contains("starting up")
+        || msg.contains("connection closed")
+}
+
+impl From<bb8::RunError<PoolError>> for DbError {
+    fn from(e: bb8::RunError<PoolError>) -> Self {
+        match e {
+            bb8::RunError::TimedOut => DbError::Unavailable("timed out waiting for a database connection".into()),
+            bb8::RunError::User(e) => DbError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlock_is_retryable() {
+        assert!(is_retryable_message("deadlock detected"));
+        assert!(!is_retryable_message("syntax error at or near"));
+    }
+
+    #[test]
+    fn lock_timeouts_are_not_retried_in_process() {
+        assert!(is_timeout_message("canceling statement due to lock timeout"));
+        assert!(is_timeout_message("canceling statement due to statement timeout"));
+        assert!(!is_retryable_message("canceling statement due to lock timeout"));
+    }
+
+    #[test]
+    fn data_exceptions_are_the_callers() {
+        for m in [
+            "timestamp out of range",
+            "date out of range for timestamp",
+            "invalid byte sequence for encoding \"UTF8\": 0x00",
+            "index row size 2720 exceeds btree version 4 maximum 2704 for index \"orders_payment_id_key\"",
+            "unsupported Unicode escape sequence",
+        ] {
+            assert!(is_data_exception_message(m), "{m}");
+        }
+        assert!(!is_data_exception_message("relation \"orders\" does not exist"));
+    }
+}
