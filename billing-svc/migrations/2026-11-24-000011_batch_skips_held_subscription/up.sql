@@ -48,6 +48,9 @@ DECLARE
   paid bigint;
   moved boolean;
   no_balance boolean;
+  -- This item never waits for a subscription row someone else holds (a
+  -- coalesced item, or any item of a batch): BUSY instead.
+  skip_held_subscription boolean;
   -- The set-based form (EXPLICIT batches on live subscriptions): the locked
   -- rows in memory, parallel arrays of their ids for array_position.
   sess usage_sessions[];
@@ -227,6 +230,7 @@ BEGIN
   FOR i IN 1..n LOOP
     v_session := p_sessions[i];
     v_mode := p_modes[i];
+    skip_held_subscription := p_skip_locked AND (n > 1 OR v_mode = 'EXPLICIT');
     v_units := coalesce(p_units[i], 0);
     v_deduction_id := p_deduction_ids[i];
     r_item := i;
@@ -295,7 +299,7 @@ BEGIN
         EXIT item;
       END IF;
 
-      IF p_skip_locked AND (n > 1 OR v_mode = 'EXPLICIT') THEN
+      IF skip_held_subscription THEN
         -- A coalesced item, even alone in its batch, whose subscription is
         -- held by another transaction (rows this one locked are not
         -- skipped): charged on its own instead of stalling the batch;
@@ -316,7 +320,7 @@ BEGIN
         -- statement's snapshot: look again with a fresh snapshot (each statement
         -- takes one) instead of charging a REPLACED or CANCELLED row.
         live := NULL;
-        IF p_skip_locked AND (n > 1 OR v_mode = 'EXPLICIT') THEN
+        IF skip_held_subscription THEN
           -- A batch does not wait for the live row either (a purchase or a
           -- capture holding it): the item is charged on its own.
           SELECT * INTO live FROM subscriptions s WHERE s.user_id = us.user_id AND s.status = 'ACTIVE' FOR UPDATE SKIP LOCKED;

@@ -15,7 +15,7 @@ use shared::{
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{ChargeRow, Charged, Mode, charge, outcome};
+use super::{ChargeRow, Charged, Mode, charge_admitted, outcome};
 use crate::{Error, Result};
 
 /// One Deduct call waiting for its batch.
@@ -163,9 +163,9 @@ async fn run_batch(ctx: &Arc<Ctx>, queue: &Mutex<Queue>, batch: Vec<Item>) {
             return;
         }
         Err(e) => {
-            // The statement failed as a whole (a subscription held past the
-            // lock bound, the database gone, a value PostgreSQL refused):
-            // each call runs on its own, so only a bad one fails.
+            // The statement failed as a whole (the database gone, a value
+            // PostgreSQL refused): each call runs on its own, so only a bad
+            // one fails.
             tracing::debug!(error = %e, items = batch.len(), "deduction batch failed; charging its calls one by one");
             for item in batch {
                 tokio::spawn(single(ctx.clone(), item));
@@ -228,15 +228,9 @@ async fn charge_batch(ctx: &Ctx, batch: &[Item]) -> Result<Vec<ChargeRow>> {
     Ok(rows)
 }
 
-/// One call on its own, admitted like a single Deduct (per-row gate, then a
-/// pooled connection, waiting for the session's lock within the bound).
+/// One call on its own, admitted like a single Deduct.
 async fn single(ctx: Arc<Ctx>, item: Item) {
-    let result = async {
-        let _pass = ctx.gate.enter(&format!("usage_session:{}", item.session_id)).await?;
-        let mut conn = db::conn(&ctx.pool).await?;
-        let mode = Mode::Explicit { deduction_id: item.deduction_id, units: item.units };
-        charge(&mut conn, item.session_id, &mode, ctx.clock.now()).await
-    }
-    .await;
+    let mode = Mode::Explicit { deduction_id: item.deduction_id, units: item.units };
+    let result = charge_admitted(&ctx.gate, &ctx.pool, &ctx.clock, item.session_id, &mode).await;
     let _ = item.reply.send(result);
 }

@@ -11,8 +11,10 @@ use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
 use shared::{
-    db::{Conn, Races},
+    Clock,
+    db::{self, Conn, Races},
     error::ServiceError,
+    gate::Gate,
 };
 use uuid::Uuid;
 
@@ -131,6 +133,16 @@ fn outcome(row: ChargeRow, session_id: Uuid, mode: &'static str) -> Result<Optio
         unpaid: row.r_unpaid.unwrap_or_default(),
         replayed: row.r_replayed.unwrap_or_default(),
     }))
+}
+
+/// One charge on its own, admitted like any call on a usage session: the
+/// per-row gate, then a pooled connection, then the statement, which waits
+/// for the session's lock within the bound (Deduct without coalescing, a
+/// coalesced call whose rows were held, EndUsageSession).
+pub async fn charge_admitted(gate: &Gate, pool: &db::Pool, clock: &Clock, session_id: Uuid, mode: &Mode) -> Result<Charged> {
+    let _pass = gate.enter(&format!("usage_session:{session_id}")).await?;
+    let mut conn = db::conn(pool).await?;
+    charge(&mut conn, session_id, mode, clock.now()).await
 }
 
 /// Applies one deduction in one statement (its own transaction unless the

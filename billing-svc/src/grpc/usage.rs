@@ -88,11 +88,7 @@ pub(super) async fn deduct(app: &App, req: Request<pb::DeductRequest>) -> RpcRes
     } else {
         let app = app.clone();
         let mode = deductions::Mode::Explicit { deduction_id: r.deduction_id, units: r.units };
-        run(async move {
-            let _pass = app.gate.enter(&format!("usage_session:{id}")).await?;
-            deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await
-        })
-        .await?
+        run(async move { deductions::charge_admitted(&app.gate, &app.pool, &app.clock, id, &mode).await }).await?
     };
     Ok(Response::new(pb::DeductResponse {
         session: Some(convert::charged(&c)),
@@ -114,11 +110,7 @@ pub(super) async fn end_usage_session(
     v.finish()?;
     let app = app.clone();
     let mode = deductions::Mode::End { manual: r.manual_deductions };
-    let c = run(async move {
-        let _pass = app.gate.enter(&format!("usage_session:{id}")).await?;
-        deductions::charge(&mut *app.conn().await?, id, &mode, app.clock.now()).await
-    })
-    .await?;
+    let c = run(async move { deductions::charge_admitted(&app.gate, &app.pool, &app.clock, id, &mode).await }).await?;
     Ok(Response::new(pb::EndUsageSessionResponse {
         session: Some(convert::charged(&c)),
         final_units_charged: c.view.session.final_units_charged.unwrap_or_default(),
