@@ -141,8 +141,8 @@ pub struct Config {
     #[arg(long = "billing-http-addr", env = "BILLING_HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = parse::trimmed::<String>)]
     pub http_addr: String,
     /// postgres:// URL of billing's own database (else DATABASE_URL); required by every command but `sandbox pay`.
-    #[arg(long = "billing-database-url", env = "BILLING_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(long = "billing-database-url", env = "BILLING_DATABASE_URL", hide_env_values = true, value_parser = parse::secret)]
+    pub database_url: Option<Secret>,
     /// Comma-separated bearer tokens of callers, checkout's included (required by serve).
     #[arg(long = "billing-auth-tokens", env = "BILLING_AUTH_TOKENS", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret_list)]
     pub auth_tokens: std::vec::Vec<Secret>,
@@ -171,8 +171,8 @@ pub struct Args {
     #[command(flatten)]
     pub config: Config,
     /// Database URL used when the service's own variable is unset.
-    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
-    pub fallback_database_url: Option<String>,
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true, value_parser = parse::secret)]
+    pub fallback_database_url: Option<Secret>,
     #[command(flatten)]
     pub telemetry: shared::config::TelemetryArgs,
 }

@@ -155,6 +155,10 @@ async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>
             };
             return refuse(conn, d, p, now).await;
         }
+        // A replayed capture is also where a renewal that counts as paid
+        // again (its refund failed) is seen: reopen the period if due.
+        let sub = subscriptions::lock(conn, sub_id).await?;
+        subscriptions::roll_if_due(conn, &sub, now).await?;
         let subscription = subscriptions::get(conn, sub_id).await?;
         shared::metrics::payment_captured(true);
         return Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: true })));
@@ -179,9 +183,7 @@ async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>
     if let Some(m) = p.saved_method {
         subscriptions::save_method(conn, sub.id, m, now).await?;
     }
-    if now >= sub.period_end {
-        subscriptions::roll(conn, sub.id, now).await?;
-    }
+    subscriptions::roll_if_due(conn, &sub, now).await?;
     let subscription = subscriptions::get(conn, sub.id).await?;
     tracing::info!(order_id = %order.id, subscription_id = %sub.id, period_start = %sub.period_end, "renewal captured");
     shared::metrics::payment_captured(false);

@@ -98,6 +98,11 @@ async fn expire_due(app: &App, now: DateTime<Utc>, st: Settings, batch: i64) -> 
                 .load(c)
                 .await?;
             let sub = subscriptions::lock(c, id).await?;
+            // Its renewal may count as paid again (a refund of it failed, a
+            // late capture): the period reopens instead.
+            if subscriptions::roll_if_due(c, &sub, now).await? {
+                return Ok::<_, crate::Error>(false);
+            }
             if sub.status != Status::PastDue || now < sub.period_end + st.grace {
                 return Ok::<_, crate::Error>(false);
             }

@@ -15,7 +15,8 @@ const ATTEMPTS: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct Billing {
     client: BillingServiceClient<Channel>,
-    token: String,
+    /// Redacted in `Debug` (it is a bearer token).
+    token: shared::config::Secret,
 }
 
 impl Billing {
@@ -35,7 +36,7 @@ impl Billing {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
-        Ok(Self { client: BillingServiceClient::new(channel), token: token.to_owned() })
+        Ok(Self { client: BillingServiceClient::new(channel), token: token.into() })
     }
 
     /// Idempotent per checkout session id, so retries are safe.
@@ -49,7 +50,7 @@ impl Billing {
                     user_id: user_id.to_owned(),
                     plan_id: plan_id.to_owned(),
                 },
-                &self.token,
+                self.token.expose(),
             );
             async move { c.create_order(req).await }
         })
@@ -75,7 +76,7 @@ impl Billing {
                     payment_id: payment_id.to_owned(),
                     signature: signature.to_owned(),
                 },
-                &self.token,
+                self.token.expose(),
             );
             async move { c.verify_payment(req).await }
         })
@@ -89,8 +90,10 @@ impl Billing {
     pub async fn batch_get_orders(&self, budget: Budget, order_ids: &[String]) -> Result<Vec<pb::Order>> {
         let resp = retry(budget, ATTEMPTS, || {
             let mut c = self.client.clone();
-            let req = budget
-                .request(pb::BatchGetOrdersRequest { order_ids: order_ids.to_vec(), checkout_session_ids: vec![] }, &self.token);
+            let req = budget.request(
+                pb::BatchGetOrdersRequest { order_ids: order_ids.to_vec(), checkout_session_ids: vec![] },
+                self.token.expose(),
+            );
             async move { c.batch_get_orders(req).await }
         })
         .await
@@ -103,7 +106,7 @@ impl Billing {
     pub async fn cancel_orders(&self, budget: Budget, order_ids: &[String]) -> Result<Vec<pb::Order>> {
         let resp = retry(budget, ATTEMPTS, || {
             let mut c = self.client.clone();
-            let req = budget.request(pb::CancelOrdersRequest { order_ids: order_ids.to_vec() }, &self.token);
+            let req = budget.request(pb::CancelOrdersRequest { order_ids: order_ids.to_vec() }, self.token.expose());
             async move { c.cancel_orders(req).await }
         })
         .await

@@ -36,8 +36,8 @@ pub struct Config {
     #[arg(long = "checkout-listen-addr", env = "CHECKOUT_LISTEN_ADDR", default_value = "0.0.0.0:50051", value_parser = parse::trimmed::<String>)]
     pub listen_addr: String,
     /// postgres:// URL of checkout's own database (else DATABASE_URL); required by every command.
-    #[arg(long = "checkout-database-url", env = "CHECKOUT_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(long = "checkout-database-url", env = "CHECKOUT_DATABASE_URL", hide_env_values = true, value_parser = parse::secret)]
+    pub database_url: Option<Secret>,
     /// Comma-separated bearer tokens of callers (required by serve).
     #[arg(long = "checkout-auth-tokens", env = "CHECKOUT_AUTH_TOKENS", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret_list)]
     pub auth_tokens: std::vec::Vec<Secret>,
@@ -66,8 +66,8 @@ pub struct Args {
     #[command(flatten)]
     pub config: Config,
     /// Database URL used when the service's own variable is unset.
-    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
-    pub fallback_database_url: Option<String>,
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true, value_parser = parse::secret)]
+    pub fallback_database_url: Option<Secret>,
     #[command(flatten)]
     pub telemetry: shared::config::TelemetryArgs,
 }

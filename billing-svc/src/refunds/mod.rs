@@ -260,8 +260,10 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
     let recorded = shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
         let order = orders::lock_optional(c, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
         let recorded = record(c, &pending.id, &answer, now).await?;
-        if recorded.as_ref().is_some_and(|r| r.status == Status::Processed) {
-            end_if_fully_refunded(c, &order, now).await?;
+        match recorded.as_ref().map(|r| r.status) {
+            Some(Status::Processed) => end_if_fully_refunded(c, &order, now).await?,
+            Some(Status::Failed) => reopen_if_paid_again(c, &order, now).await?,
+            _ => {}
         }
         Ok::<_, Error>(recorded)
     })?;
@@ -344,6 +346,20 @@ pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime
     Ok(())
 }
 
+/// A FAILED refund gives its amount back. A renewal it had made count as
+/// unpaid counts as paid again, so a subscription that went PAST_DUE
+/// meanwhile reopens its period now, anchored at the old period end
+/// ([`subscriptions::roll_if_due`]; the next read, use or job would too).
+/// Order row held; the subscription is locked after it.
+async fn reopen_if_paid_again(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
+    let Some(sub_id) = order.renews_subscription_id else { return Ok(()) };
+    let sub = subscriptions::lock(conn, sub_id).await?;
+    if subscriptions::roll_if_due(conn, &sub, now).await? {
+        tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal paid again (refund failed): period reopened");
+    }
+    Ok(())
+}
+
 /// A `refund.processed` / `refund.failed` webhook: settles the PENDING
 /// refund the gateway names, by its gateway id or, for a refund whose
 /// answer never reached billing, by billing's refund id (`refund_key`).
@@ -387,11 +403,14 @@ pub async fn settle(
         .execute(conn)
         .await?;
     if n == 1
-        && status == Status::Processed
         && let Some(order) = order
         && refund.discrepancy_id.is_none()
     {
-        end_if_fully_refunded(conn, &order, now).await?;
+        match status {
+            Status::Processed => end_if_fully_refunded(conn, &order, now).await?,
+            Status::Failed => reopen_if_paid_again(conn, &order, now).await?,
+            Status::Pending => {}
+        }
     }
     Ok(n == 1)
 }

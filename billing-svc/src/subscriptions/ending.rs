@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use super::{LedgerKind, Status, Subscription, get, lock, lock_live, roll, take_credits};
+use super::{LedgerKind, Status, Subscription, get, lock, lock_live, roll_if_due, take_credits};
 use crate::{
     Error, Result, orders,
     schema::{ledger, subscriptions},
@@ -121,7 +121,7 @@ pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &str, at_period_end: boo
             // Someone else's subscription reads as unknown.
             return Err(Error::not_found("subscription", id));
         }
-        if sub.status == Status::Active && now >= sub.period_end && roll(c, id, now).await? {
+        if roll_if_due(c, &sub, now).await? {
             sub = get(c, id).await?;
         }
         let replay = |subscription| Ok(Cancelled { subscription, replayed: true });

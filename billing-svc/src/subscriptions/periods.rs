@@ -33,16 +33,42 @@ pub async fn roll(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<bool>
     Ok(r.rolled)
 }
 
+/// Whether `sub` has a period end to apply ([`roll`]): ACTIVE with its period
+/// over, or PAST_DUE whose renewal counts as paid again (a refund of it
+/// failed, a capture came late or was replayed). Every path that reads or
+/// locks a subscription asks this one question, so a renewal that becomes
+/// paid again reopens its period wherever it is next seen, anchored at the
+/// old period end, and only once: the roll moves `period_end` on.
+pub async fn is_due(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<bool> {
+    if now < sub.period_end {
+        return Ok(false);
+    }
+    match sub.status {
+        Status::Active => Ok(true),
+        Status::PastDue => orders::renewal_paid(conn, sub.id, sub.period_end).await,
+        _ => Ok(false),
+    }
+}
+
+/// Rolls `sub` if [`is_due`] (caller holds its row lock); whether it changed.
+pub async fn roll_if_due(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<bool> {
+    if !is_due(conn, sub, now).await? {
+        return Ok(false);
+    }
+    roll(conn, sub.id, now).await
+}
+
 /// `sub` as it reads at `now`, without writing or locking: an ACTIVE
 /// subscription whose period ended shows what the next locked use will do
 /// ([`roll`]): the free plan's current month, the next paid period if its
 /// renewal is paid, CANCELLED if cancelled at period end, else PAST_DUE with
 /// no credits.
 pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Result<Subscription> {
-    if sub.status != Status::Active || now < sub.period_end {
+    if !is_due(conn, &sub, now).await? {
         return Ok(sub);
     }
-    if !sub.calendar_periods && !orders::renewal_paid(conn, sub.id, sub.period_end).await? {
+    // PAST_DUE rows are due only when their renewal is paid (see is_due).
+    if sub.status == Status::Active && !sub.calendar_periods && !orders::renewal_paid(conn, sub.id, sub.period_end).await? {
         if sub.cancel_at_period_end {
             return Ok(Subscription { status: Status::Cancelled, ended_at: Some(sub.period_end), credits_remaining: 0, ..sub });
         }
@@ -70,6 +96,7 @@ pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Re
     .get_result(conn)
     .await?;
     Ok(Subscription {
+        status: Status::Active,
         period_start: p.period_start,
         period_end: p.period_end,
         credits_granted: p.credits,
@@ -105,7 +132,7 @@ pub async fn current(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Resu
 /// one ended. Call inside a transaction.
 pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Result<Subscription> {
     if let Some(sub) = lock_live(conn, user_id).await? {
-        if sub.status != Status::Active || now < sub.period_end || !roll(conn, sub.id, now).await? {
+        if !roll_if_due(conn, &sub, now).await? {
             return Ok(sub);
         }
         let rolled = get(conn, sub.id).await?;
@@ -136,19 +163,24 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
         .await?
         // Replaced or cancelled between the insert and this read: retryable.
         .ok_or_else(|| Error::from(shared::db::DbError::Conflict(format!("active subscription of {user_id} changed"))))?;
-    if sub.status == Status::Active && now >= sub.period_end && roll(conn, sub.id, now).await? {
+    if roll_if_due(conn, &sub, now).await? {
         return get(conn, sub.id).await;
     }
     Ok(sub)
 }
 
-/// Rollover job: applies what is due to every ACTIVE subscription whose
-/// period ended ([`roll`]), in batches, skipping rows another replica holds.
+/// Rollover job: applies what is due ([`is_due`]) to every ACTIVE
+/// subscription whose period ended and every PAST_DUE one whose renewal is
+/// paid again, in batches, skipping rows another replica holds.
 pub async fn roll_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result<usize> {
     use diesel_async::AsyncConnection;
     conn.transaction(async |conn| {
         let due: Vec<Uuid> = subscriptions::table
-            .filter(subscriptions::status.eq(Status::Active))
+            .filter(
+                subscriptions::status.eq(Status::Active).or(subscriptions::status
+                    .eq(Status::PastDue)
+                    .and(orders::billing_renewal_paid(subscriptions::id, subscriptions::period_end))),
+            )
             .filter(subscriptions::period_end.le(now))
             .select(subscriptions::id)
             .limit(batch)

@@ -61,8 +61,8 @@ pub struct MissingDatabaseUrl {
 /// `DATABASE_URL`), or a one-line error naming `var`. There is deliberately no
 /// fallback: a replica without a URL must fail before it touches anything
 /// (docs/design.md, "Development PostgreSQL").
-pub fn require_database_url(url: Option<String>, var: &str, database: &str) -> Result<String, MissingDatabaseUrl> {
-    url.ok_or_else(|| MissingDatabaseUrl { var: var.to_owned(), database: database.to_owned() })
+pub fn require_database_url(url: Option<Secret>, var: &str, database: &str) -> Result<String, MissingDatabaseUrl> {
+    url.map(|u| u.expose().to_owned()).ok_or_else(|| MissingDatabaseUrl { var: var.to_owned(), database: database.to_owned() })
 }
 
 /// A secret (gateway key, webhook key, bearer token). `Debug` never prints

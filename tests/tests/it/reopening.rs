@@ -1,0 +1,191 @@
+//! A PAST_DUE subscription whose renewal counts as paid again reopens its
+//! period, exactly once, anchored at the old period end (docs/design.md,
+//! "Subscription lifecycle", Invariants: a paid renewal is a paid period).
+//!
+//! The way there: a renewal is paid early; a full refund of it meets an
+//! unreachable gateway and stays PENDING (its money may be on its way
+//! back, so the renewal does not count as paid); the period ends and the
+//! subscription goes PAST_DUE; then the refund fails. The customer paid and
+//! the money was kept: every path that sees the subscription next (a read,
+//! a locked use, the rollover and renewal jobs, a replayed capture) must
+//! find the period open.
+use chrono::{DateTime, Duration, Utc};
+use proto::billing::v1 as bpb;
+use tests::{
+    TestApp,
+    helpers::{assert_ledger_matches_balances, scalar},
+    spawn_app,
+};
+use tonic::Code;
+
+const ACTIVE: i32 = bpb::SubscriptionStatus::Active as i32;
+const PAST_DUE: i32 = bpb::SubscriptionStatus::PastDue as i32;
+
+fn ts(t: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.as_ref().map_or(0, |t| t.seconds), 0).unwrap_or_default()
+}
+
+/// Where the sequence leaves us: the subscription PAST_DUE at `end`, its
+/// renewal paid with (`payment_id`, `signature`), the refund of it PENDING
+/// with its outcome unknown and then refused by a `refund.failed` webhook.
+struct PastDueWithPaidRenewal {
+    sub_id: String,
+    end: DateTime<Utc>,
+    renewal_order: String,
+    payment: (String, String),
+}
+
+async fn past_due_then_refund_fails(app: &TestApp, user: &str) -> PastDueWithPaidRenewal {
+    let sub = app.subscribe(user, "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    app.clock.set(end - Duration::hours(48));
+    app.run_job("renewals").await;
+    let renewal_order = app.subscription(&sub.id).await.renewal_order_id;
+    let (payment_id, signature) = app.pay(&renewal_order);
+    app.billing
+        .clone()
+        .verify_payment(bpb::VerifyPaymentRequest {
+            order_id: renewal_order.clone(),
+            payment_id: payment_id.clone(),
+            signature: signature.clone(),
+        })
+        .await
+        .unwrap();
+
+    app.gateway.set_refunds(billing_svc::gateway::SandboxRefunds::Unreachable);
+    let refund_id = format!("{user}-renewal-back");
+    let e = app
+        .billing_admin
+        .clone()
+        .refund_payment(bpb::RefundPaymentRequest {
+            order_id: renewal_order.clone(),
+            amount_minor: 0,
+            reason: "customer asked".into(),
+            refund_id: refund_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    app.clock.set(end + Duration::hours(1));
+    app.run_job("rollover").await;
+    let mut db = app.billing_db().await;
+    let s = app.subscription(&sub.id).await;
+    assert_eq!((s.status, s.credits_remaining), (PAST_DUE, 0), "a refund on its way back: the renewal does not count");
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'PAST_DUE'", sub.id))
+            .await,
+        1
+    );
+
+    // The gateway never made the refund: it says so by webhook, naming
+    // billing's refund id in its notes.
+    let body = serde_json::json!({
+        "entity": "event", "event": "refund.failed",
+        "payload": { "refund": { "entity": {
+            "id": format!("rfnd_{user}"), "amount": 29_900, "status": "failed",
+            "notes": { "refund_key": refund_id }
+        } } }
+    })
+    .to_string()
+    .into_bytes();
+    let hook =
+        bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&body), body, event_id: format!("evt-{user}") };
+    let r = app.billing.clone().handle_gateway_webhook(hook).await.unwrap().into_inner();
+    assert_eq!(r.outcome, "PROCESSED", "{r:?}");
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM refunds WHERE id = '{refund_id}' AND status = 'FAILED'")).await,
+        1
+    );
+    PastDueWithPaidRenewal { sub_id: sub.id, end, renewal_order, payment: (payment_id, signature) }
+}
+
+/// The period reopened once, anchored at the old end, with the plan's
+/// credits; nothing owed, nothing reported; the books balance.
+async fn assert_reopened_once(app: &TestApp, p: &PastDueWithPaidRenewal) {
+    let s = app.subscription(&p.sub_id).await;
+    assert_eq!((s.status, s.credits_remaining), (ACTIVE, 300), "{s:?}");
+    assert_eq!(ts(&s.period_start), p.end, "anchored at the old period end");
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(
+            &mut db,
+            &format!(
+                "SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'ACTIVE' AND period_start = to_timestamp({})",
+                p.sub_id,
+                p.end.timestamp()
+            )
+        )
+        .await,
+        1,
+        "the stored row is reopened, not only the read"
+    );
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies").await, 0);
+    assert_ledger_matches_balances(&mut db).await;
+    let r = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+    assert!(r.get_ref().findings.is_empty(), "{:?}", r.get_ref().findings);
+}
+
+/// Seen by a read first, then the rollover job persists it; running the
+/// jobs again changes nothing (exactly once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_refund_reopens_a_past_due_period_on_read_and_rollover() {
+    let app = spawn_app().await;
+    let p = past_due_then_refund_fails(&app, "reopen-read").await;
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'ACTIVE'", p.sub_id))
+            .await,
+        1,
+        "the failed refund's webhook reopens the stored row at once (a Deduct in a running session sees the period)"
+    );
+    let s = app.subscription(&p.sub_id).await;
+    assert_eq!((s.status, s.credits_remaining, ts(&s.period_start)), (ACTIVE, 300, p.end), "the read shows the paid period");
+    app.run_job("rollover").await;
+    app.run_job("rollover").await;
+    app.run_job("renewals").await;
+    assert_reopened_once(&app, &p).await;
+}
+
+/// The renewal job's expiry meets the subscription first, past the grace
+/// period: it reopens instead of expiring a paid period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiry_reopens_a_past_due_period_whose_renewal_is_paid_again() {
+    let app = spawn_app().await;
+    let p = past_due_then_refund_fails(&app, "reopen-expiry").await;
+    app.clock.set(p.end + Duration::hours(24 * 4));
+    app.run_job("renewals").await;
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE status = 'EXPIRED'").await, 0);
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'PAID'", p.renewal_order)).await,
+        1
+    );
+    app.run_job("renewals").await;
+    app.run_job("rollover").await;
+    assert_reopened_once(&app, &p).await;
+}
+
+/// A locked use (a Deduct's usage session) and a replayed capture of the
+/// renewal payment, at once and repeatedly: one reopening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replayed_captures_and_uses_reopen_the_period_once() {
+    let app = spawn_app().await;
+    let p = past_due_then_refund_fails(&app, "reopen-replay").await;
+    let replays = (0..6).map(|_| {
+        let mut b = app.billing.clone();
+        let (payment_id, signature) = p.payment.clone();
+        let order_id = p.renewal_order.clone();
+        async move { b.verify_payment(bpb::VerifyPaymentRequest { order_id, payment_id, signature }).await }
+    });
+    let uses = (0..4).map(|_| app.start_usage("reopen-replay", bpb::UsageKind::Text));
+    let (replays, uses) = futures::join!(futures::future::join_all(replays), futures::future::join_all(uses));
+    for r in replays {
+        let sub = r.unwrap().into_inner().subscription.unwrap();
+        assert_eq!((sub.status, ts(&sub.period_start)), (ACTIVE, p.end), "{sub:?}");
+    }
+    for u in uses {
+        u.unwrap();
+    }
+    assert_reopened_once(&app, &p).await;
+}
