@@ -127,14 +127,17 @@ const CHECKS: &[(FindingKind, &str)] = &[
     ),
 ];
 
+/// One run. A pooled connection is taken per check and per repair and
+/// never held across a gateway call (a discrepancy's refund asks the
+/// gateway and takes connections of its own): with `DB_POOL_SIZE=1` a run
+/// must not wait on itself, and a slow gateway must not pin a connection.
 pub async fn run(app: &App, now: DateTime<Utc>, stuck_after: chrono::Duration, fix: bool) -> Result<Report> {
-    let conn = &mut *app.conn().await?;
     let mut report = Report::default();
     for (kind, sql) in CHECKS {
         let rows: Vec<Subject> = diesel::sql_query(*sql)
             .bind::<sql_types::Timestamptz, _>(now)
             .bind::<sql_types::Timestamptz, _>(now - stuck_after)
-            .load(conn)
+            .load(&mut *app.conn().await?)
             .await?;
         for mut row in rows {
             let fixed = if !fix {
@@ -151,7 +154,7 @@ pub async fn run(app: &App, now: DateTime<Utc>, stuck_after: chrono::Duration, f
                     }
                 }
             } else {
-                repair(conn, *kind, &row.subject, now, stuck_after).await?
+                repair(&mut *app.conn().await?, *kind, &row.subject, now, stuck_after).await?
             };
             if fixed {
                 report.fixed += 1;

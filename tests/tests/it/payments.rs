@@ -5,7 +5,10 @@ use chrono::Duration;
 use futures::future::join_all;
 use proto::billing::v1 as bpb;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
-use tests::{helpers::scalar, spawn_app};
+use tests::{
+    helpers::{assert_ledger_matches_balances, scalar},
+    spawn_app,
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -251,4 +254,28 @@ async fn a_second_payment_for_a_paid_order_is_refused_and_recorded() {
     let r = app.billing_admin.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap().into_inner();
     assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
     assert_eq!(r.findings[0].kind, "PAYMENT_DISCREPANCY");
+}
+
+/// `reconcile --fix` holds no pooled connection across the gateway call of
+/// a discrepancy's refund: with a pool of one connection it refunds instead
+/// of waiting on itself until the pool times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconcile_fix_refunds_with_a_pool_of_one_connection() {
+    let mut app = tests::spawn_app_with(tests::harness::Options { pool_size: 1, ..Default::default() }).await;
+    let order = app.order("pool-of-one", "basic-monthly").await;
+    for _ in 0..2 {
+        let (payment_id, signature) = app.pay(&order.id);
+        let _ = app.billing.verify_payment(bpb::VerifyPaymentRequest { order_id: order.id.clone(), payment_id, signature }).await;
+    }
+    let fix = app.billing_admin.run_reconciliation(bpb::RunReconciliationRequest { fix: true }).await.unwrap().into_inner();
+    assert_eq!(fix.findings.len(), 1, "{:?}", fix.findings);
+    assert!(fix.findings[0].kind == "PAYMENT_DISCREPANCY" && fix.findings[0].fixed, "{:?}", fix.findings);
+    let again = app.billing_admin.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap().into_inner();
+    assert!(again.findings.is_empty(), "{:?}", again.findings);
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) AS n FROM refunds WHERE discrepancy_id IS NOT NULL AND status = 'PROCESSED'").await,
+        1
+    );
+    assert_ledger_matches_balances(&mut db).await;
 }
