@@ -234,6 +234,8 @@ impl BillingService for BillingGrpc {
 
     #[instrument(skip_all, fields(order_id = %req.get_ref().order_id, refund_id = %req.get_ref().refund_id))]
     async fn refund_payment(&self, req: Request<pb::RefundPaymentRequest>) -> RpcResult<pb::RefundPaymentResponse> {
+        // Money leaves: operators only, never a service token (checkout's).
+        require_admin(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
         v.text("order_id", &r.order_id, MAX_ID_LEN);

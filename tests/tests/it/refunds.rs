@@ -24,7 +24,7 @@ fn request(order_id: &str, amount_minor: i64, refund_id: &str) -> bpb::RefundPay
 }
 
 async fn refund(app: &TestApp, r: bpb::RefundPaymentRequest) -> Result<bpb::RefundPaymentResponse, Status> {
-    app.billing.clone().refund_payment(r).await.map(|r| r.into_inner())
+    app.billing_admin.clone().refund_payment(r).await.map(|r| r.into_inner())
 }
 
 async fn order_of(app: &TestApp, sub: &bpb::Subscription) -> bpb::Order {

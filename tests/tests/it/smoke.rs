@@ -61,6 +61,25 @@ async fn service_token_on_admin_rpc_is_permission_denied() {
     assert_eq!(e.code(), Code::PermissionDenied);
     let e = app.billing.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+    // Checkout's own token cannot move money out: RefundPayment is an
+    // operator's call. Nothing is written.
+    let order = app.order("no-refund-for-services", "basic-monthly").await;
+    let (payment_id, signature) = app.pay(&order.id);
+    app.billing.verify_payment(bpb::VerifyPaymentRequest { order_id: order.id.clone(), payment_id, signature }).await.unwrap();
+    let mut as_checkout =
+        tests::billing_client(&app.billing_addr.to_string(), tests::harness::CHECKOUT_TO_BILLING_TOKEN).unwrap();
+    for caller in [&mut app.billing, &mut as_checkout] {
+        let refund = bpb::RefundPaymentRequest {
+            order_id: order.id.clone(),
+            amount_minor: 0,
+            reason: "not mine to give".into(),
+            refund_id: "service-refund".into(),
+        };
+        let e = caller.refund_payment(refund).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    let mut db = app.billing_db().await;
+    assert_eq!(tests::helpers::scalar(&mut db, "SELECT count(*) AS n FROM refunds").await, 0);
     // The admin token passes.
     app.checkout_admin.cleanup_sessions(cpb::CleanupSessionsRequest { dry_run: true }).await.unwrap();
     app.billing_admin.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
