@@ -194,7 +194,7 @@ checkout's completion sync completes the session):
 Renewals, cancellation and refunds (README.md, "Subscription lifecycle"):
   cargo run -q --bin billing-svc -- jobs run-once renewals      # renewal orders due within RENEWAL_LEAD_HOURS
   grpcurl -plaintext -H 'authorization: Bearer {b}' -d '{{"user_id":"alice"}}' {billing} billing.v1.BillingService/ListOrders
-  grpcurl -plaintext -H 'authorization: Bearer {b}' -d '{{"order_id":"<order_id>","amount_minor":0,"reason":"demo","refund_id":"demo-1"}}' \
+  grpcurl -plaintext -H 'authorization: Bearer {a}' -d '{{"order_id":"<order_id>","amount_minor":0,"reason":"demo","refund_id":"demo-1"}}' \
       {billing} billing.v1.BillingService/RefundPayment
 
 Ctrl-C stops everything."#,
