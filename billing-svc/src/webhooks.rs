@@ -113,7 +113,7 @@ fn parse(body: &[u8]) -> Content {
     match (gateway_id(&p["id"]), gateway_id(&p["order_id"]), p["amount"].as_i64().filter(|a| *a >= 0), currency) {
         (Some(id), Some(order_id), Some(amount), Some(currency)) => {
             let saved = match (gateway_id(&p["customer_id"]), gateway_id(&p["token_id"])) {
-                (Some(customer_id), Some(token_id)) => Some(SavedMethod { customer_id, token_id, email: None, contact: None }),
+                (Some(customer_id), Some(token_id)) => Some(SavedMethod::new(customer_id, token_id)),
                 _ => None,
             };
             Content::Capture(kind, PaymentFields { id, order_id, amount, currency: currency.to_ascii_uppercase(), saved })
