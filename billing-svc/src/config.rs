@@ -28,6 +28,10 @@ impl std::str::FromStr for GatewayKind {
 
 pub const DEFAULT_GATEWAY_KEY_ID: &str = "rzp_test_sandbox";
 
+/// Shortest renewal lead with Razorpay: its card mandates are debited 36 h
+/// 5 min after the pre-debit notification it sends when the charge is made.
+pub const MIN_RAZORPAY_RENEWAL_LEAD_HOURS: i64 = 37;
+
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "Payment gateway (environment)")]
 pub struct GatewayConfig {
@@ -208,6 +212,18 @@ impl Config {
         if self.gateway.kind == GatewayKind::Razorpay {
             if self.gateway.key_id.is_empty() || self.gateway.key_id == DEFAULT_GATEWAY_KEY_ID {
                 return Err(missing("GATEWAY_KEY_ID", "must be set to the Razorpay key id when GATEWAY=razorpay"));
+            }
+            // A card mandate is debited about 36 hours after Razorpay's
+            // pre-debit notification: a renewal charged later than that
+            // before period_end cannot be captured in time.
+            if self.lifecycle.renewal_lead < chrono::Duration::hours(MIN_RAZORPAY_RENEWAL_LEAD_HOURS) {
+                return Err(ConfigError {
+                    name: "RENEWAL_LEAD_HOURS".into(),
+                    value: self.lifecycle.renewal_lead.num_hours().to_string(),
+                    reason: format!(
+                        "must be at least {MIN_RAZORPAY_RENEWAL_LEAD_HOURS} with GATEWAY=razorpay (card mandates are debited 36 hours after the pre-debit notification)"
+                    ),
+                });
             }
             let url = &self.gateway.api_base_url;
             if !(url.starts_with("https://") || url.starts_with("http://")) {

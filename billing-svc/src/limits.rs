@@ -151,6 +151,10 @@ mod tests {
             ended_at: None,
             gateway_customer_id: None,
             gateway_token_id: None,
+            gateway_email: None,
+            gateway_contact: None,
+            mandate_max_amount_minor: None,
+            mandate_expires_at: None,
         }
     }
 

@@ -8,10 +8,10 @@ use uuid::Uuid;
 
 use crate::{
     App, Error, Result,
-    gateway::NewOrder,
+    gateway::{Mandate, NewOrder},
     plans,
-    schema::{orders, subscriptions},
-    subscriptions::Status as SubStatus,
+    schema::{gateway_customers, orders, subscriptions},
+    subscriptions::{MandateLimits, Status as SubStatus},
 };
 
 pub const MAX_BATCH: usize = 500;
@@ -54,13 +54,28 @@ pub struct Order {
     /// A charge's payment not captured yet (asked about before charging
     /// again).
     pub pending_payment_id: Option<String>,
+    /// The recurring mandate this purchase order registers (its payment
+    /// saves a token later renewals charge within these limits).
+    pub mandate_max_amount_minor: Option<i64>,
+    pub mandate_expires_at: Option<DateTime<Utc>>,
 }
 
 impl Order {
     pub fn is_paid(&self) -> bool {
         self.status == Status::Paid
     }
+
+    pub fn mandate_limits(&self) -> Option<MandateLimits> {
+        match (self.mandate_max_amount_minor, self.mandate_expires_at) {
+            (Some(max_amount_minor), Some(expires_at)) => Some(MandateLimits { max_amount_minor, expires_at }),
+            _ => None,
+        }
+    }
 }
+
+/// How long a card mandate registered with a purchase lasts. The card's own
+/// expiry ends it earlier; a new purchase registers a new one.
+const MANDATE_YEARS: u32 = 10;
 
 /// An order with the subscription its payment created (or renews), if any,
 /// and its refunds when they were loaded.
@@ -102,6 +117,20 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
         ));
     }
     let receipt = session_id.to_string();
+    let now = app.clock.now();
+    // The purchase registers a card mandate for automatic renewals, limited
+    // to the price the customer agrees to now: a later price above it is
+    // paid through a renewal checkout, never charged to the mandate.
+    let customer = customer_of(app, user_id, now).await?;
+    let limits = customer.as_ref().map(|_| MandateLimits {
+        max_amount_minor: plan.price_minor,
+        expires_at: now.checked_add_months(chrono::Months::new(12 * MANDATE_YEARS)).unwrap_or(now),
+    });
+    let mandate = customer.as_deref().zip(limits).map(|(customer_id, l)| Mandate {
+        customer_id,
+        max_amount_minor: l.max_amount_minor,
+        expire_at: l.expires_at.timestamp(),
+    });
     let at_gateway = app
         .gateway
         .create_order(&NewOrder {
@@ -110,9 +139,9 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
             receipt: &receipt,
             user_id,
             plan_id: &plan.id,
+            mandate,
         })
         .await?;
-    let now = app.clock.now();
     let mut conn = app.conn().await?;
     let inserted: Option<Order> = diesel::insert_into(orders::table)
         .values((
@@ -122,6 +151,8 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
             orders::plan_id.eq(&plan.id),
             orders::amount_minor.eq(plan.price_minor),
             orders::currency.eq(&plan.currency),
+            orders::mandate_max_amount_minor.eq(limits.map(|l| l.max_amount_minor)),
+            orders::mandate_expires_at.eq(limits.map(|l| l.expires_at)),
             orders::created_at.eq(now),
             orders::updated_at.eq(now),
         ))
@@ -138,6 +169,53 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
             None => Err(Error::from(shared::db::DbError::Conflict(format!("order of {session_id} changed")))),
         },
     }
+}
+
+/// The gateway's customer of `user_id` (stored once per user, created at the
+/// gateway the first time, with no pooled connection held), or None when the
+/// gateway registers no mandates. A customer the gateway refuses to create
+/// leaves the purchase a plain order: its renewals are paid through checkout.
+async fn customer_of(app: &App, user_id: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+    let stored = gateway_customers::table.find(user_id.to_owned()).select(gateway_customers::customer_id);
+    if let Some(id) = stored.clone().first::<String>(&mut *app.conn().await?).await.optional()? {
+        return Ok(Some(id));
+    }
+    let created = match app.gateway.create_customer(user_id).await {
+        Ok(Some(id)) => id,
+        Ok(None) => return Ok(None),
+        Err(crate::gateway::GatewayError::Refused { code, message }) => {
+            tracing::warn!(user_id, %code, %message, "the gateway refused to create a customer; no recurring mandate");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut conn = app.conn().await?;
+    // Two first purchases at once: the first stored customer is the one.
+    diesel::insert_into(gateway_customers::table)
+        .values((
+            gateway_customers::user_id.eq(user_id),
+            gateway_customers::customer_id.eq(&created),
+            gateway_customers::created_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .execute(&mut conn)
+        .await?;
+    Ok(Some(stored.first::<String>(&mut conn).await?))
+}
+
+/// Stops the automatic collection of the open renewal orders of these
+/// subscriptions (their saved method can no longer be charged); they stay
+/// payable through a renewal checkout.
+pub async fn stop_collecting(conn: &mut Conn, subscription_ids: &[Uuid], why: &str, now: DateTime<Utc>) -> Result<usize> {
+    Ok(diesel::update(
+        orders::table
+            .filter(orders::renews_subscription_id.eq_any(subscription_ids))
+            .filter(orders::status.eq(Status::Created))
+            .filter(orders::next_charge_at.is_not_null()),
+    )
+    .set((orders::next_charge_at.eq(None::<DateTime<Utc>>), orders::last_charge_error.eq(why), orders::updated_at.eq(now)))
+    .execute(conn)
+    .await?)
 }
 
 async fn by_session(conn: &mut Conn, session_id: Uuid) -> Result<Option<Order>> {

@@ -181,7 +181,7 @@ async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>
     }
     let order = mark_paid(conn, &order.id, p.payment_id, now).await?;
     if let Some(m) = p.saved_method {
-        subscriptions::save_method(conn, sub.id, m, now).await?;
+        subscriptions::save_method(conn, sub.id, m, order.mandate_limits(), now).await?;
     }
     subscriptions::roll_if_due(conn, &sub, now).await?;
     let subscription = subscriptions::get(conn, sub.id).await?;
@@ -208,7 +208,8 @@ async fn subscribe(conn: &mut Conn, order: Order, p: Payment<'_>, now: DateTime<
     }
     let order = if already_paid { order } else { mark_paid(conn, &order.id, p.payment_id, now).await? };
     let plan = plans::get(conn, &order.plan_id).await?;
-    let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, live, p.saved_method, now).await?;
+    let saved = p.saved_method.map(|m| (m, order.mandate_limits()));
+    let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, live, saved, now).await?;
     tracing::info!(order_id = %order.id, subscription_id = %subscription.id, "payment captured");
     shared::metrics::payment_captured(false);
     Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))

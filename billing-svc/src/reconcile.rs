@@ -8,8 +8,9 @@
 //! Payment discrepancies (money taken that bought nothing) are closed by
 //! `fix` only through a refund ([`crate::refunds::refund_discrepancy`]: the
 //! RefundPayment path, audited); one that cannot be refunded (amount
-//! unknown, gateway refusal) stays a finding. Refused webhook events are
-//! never closed by `fix`. Both keep the exit code non-zero until refunded
+//! unknown, gateway refusal) stays a finding. A payment of an order billing
+//! never created (`FOREIGN_PAYMENT`: another integration on the same gateway
+//! account) and refused webhook events are never closed by `fix`. Both keep the exit code non-zero until refunded
 //! or acknowledged by an operator with a note ([`acknowledge`], audited).
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
@@ -39,6 +40,10 @@ shared::text_enum! {
         PaymentDiscrepancy = "PAYMENT_DISCREPANCY",
         /// Closed only by an operator's acknowledgement.
         WebhookRejected = "WEBHOOK_REJECTED",
+        /// A payment of an order this system never created (another
+        /// integration on the same gateway account): not ours to refund.
+        /// Closed only by an operator's acknowledgement.
+        ForeignPayment = "FOREIGN_PAYMENT",
         LedgerMismatch = "LEDGER_MISMATCH",
         StuckUsageSession = "STUCK_USAGE_SESSION",
         /// Information only (`reconcile` with CHECKOUT_ENDPOINT): a paid
@@ -104,7 +109,17 @@ const CHECKS: &[(FindingKind, &str)] = &[
         "SELECT id::text AS subject, \
                 kind || ': ' || detail || ' (payment ' || payment_id || \
                 coalesce(', ' || amount_minor || ' ' || currency, '') || '); refund it or acknowledge it' AS detail \
-           FROM payment_discrepancies WHERE status = 'OPEN'",
+           FROM payment_discrepancies WHERE status = 'OPEN' AND kind <> 'UNKNOWN_ORDER'",
+    ),
+    // An order billing never created is another integration's (the same
+    // gateway account serves several): refunding its payment would take
+    // money back from a sale that is not ours.
+    (
+        ForeignPayment,
+        "SELECT id::text AS subject, \
+                detail || ' (payment ' || payment_id || coalesce(', ' || amount_minor || ' ' || currency, '') || \
+                '): an order this system did not create; never refunded here: check it at the gateway, then acknowledge' AS detail \
+           FROM payment_discrepancies WHERE status = 'OPEN' AND kind = 'UNKNOWN_ORDER'",
     ),
     (
         WebhookRejected,
@@ -222,7 +237,7 @@ async fn repair(c: &mut Conn, kind: FindingKind, subject: &str, now: DateTime<Ut
             // The deduction function takes its own locks and is idempotent.
             StuckUsageSession => {}
             // Closed only by a refund or an operator's acknowledgement.
-            PaymentDiscrepancy | WebhookRejected | PaidOrderUnknownToCheckout => return Ok(false),
+            PaymentDiscrepancy | WebhookRejected | ForeignPayment | PaidOrderUnknownToCheckout => return Ok(false),
         }
         if !still_holds(c, kind, subject, now, stuck).await? {
             return Ok(false);
@@ -309,13 +324,15 @@ pub async fn acknowledge(conn: &mut Conn, kind: &str, subject: &str, note: &str,
     let refusal = || {
         Error::invalid(
             "kind",
-            format!("only {PaymentDiscrepancy} and {WebhookRejected} are acknowledged; the rest are repaired by --fix"),
+            format!(
+                "only {PaymentDiscrepancy}, {ForeignPayment} and {WebhookRejected} are acknowledged; the rest are repaired by --fix"
+            ),
         )
     };
     let kind: FindingKind = kind.parse().map_err(|_| refusal())?;
     conn.transaction(async |c| {
         let closed = match kind {
-            PaymentDiscrepancy => {
+            PaymentDiscrepancy | ForeignPayment => {
                 let id: i64 = subject.parse().map_err(|_| Error::invalid("subject", "must be a payment discrepancy id"))?;
                 discrepancies::acknowledge(c, id, note, now).await?
             }

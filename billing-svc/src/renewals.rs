@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::{
     App, Result,
     discrepancies::Source,
-    gateway::{GatewayError, NewOrder, PaymentStatus},
+    gateway::{GatewayError, GatewayPayment, METHOD_UNUSABLE, NewOrder, PaymentStatus},
     orders::{self, Order, Status as OrderStatus},
     payments::{self, Capture, Payment},
     plans,
@@ -177,6 +177,7 @@ async fn open_one(app: &App, sub: &Subscription, now: DateTime<Utc>) -> Result<b
             receipt: &receipt,
             user_id: &sub.user_id,
             plan_id: &plan.id,
+            mandate: None,
         })
         .await?;
     let next_charge_at = subscriptions::saved_method(sub).map(|_| now);
@@ -261,52 +262,127 @@ async fn collect_one(app: &App, order: &Order, now: DateTime<Utc>) -> Result<boo
         stop_charging(app, &order.id, "no saved payment method, or the subscription ended", now).await?;
         return Ok(false);
     };
+    // The card mandate's rules: never a debit above what the customer
+    // consented to, nor after the mandate ended. The renewal is then paid
+    // through a renewal checkout.
+    if let Some(limits) = subscriptions::mandate_limits(&sub) {
+        if order.amount_minor > limits.max_amount_minor {
+            let why = format!(
+                "the renewal ({} {}) exceeds the mandate's maximum ({}); pay through a renewal checkout",
+                order.amount_minor, order.currency, limits.max_amount_minor
+            );
+            stop_charging(app, &order.id, &why, now).await?;
+            return Ok(false);
+        }
+        if limits.expires_at <= now {
+            stop_charging(app, &order.id, "the recurring mandate has ended; pay through a renewal checkout", now).await?;
+            return Ok(false);
+        }
+    }
     // A charge made before and not captured since (its capture failed, or
     // it was still processing): ask about it instead of charging again.
     if let Some(pending) = &order.pending_payment_id {
         match app.gateway.fetch_payment(pending).await? {
-            Some(p) if p.status == PaymentStatus::Captured => {
-                return capture_charge(app, order, &p.id, (p.amount_minor, &p.currency), now).await;
-            }
-            Some(p) if matches!(p.status, PaymentStatus::Created | PaymentStatus::Authorized) => {
-                note_failure(app, &order.id, &format!("payment {pending} is {:?}; waiting for its capture", p.status), now)
-                    .await?;
-                return Ok(false);
-            }
-            // Failed (or refunded): charge again below.
-            Some(_) => {}
+            Some(p) => match settle_known(app, order, &p, now).await? {
+                Known::Done(captured) => return Ok(captured),
+                // Failed (or refunded): charge again below.
+                Known::ChargeAgain => {}
+            },
             // A gateway without readable records (the sandbox) captures its
             // charges at once: the payment is captured.
             None => return capture_charge(app, order, pending, (order.amount_minor, &order.currency), now).await,
+        }
+    } else if order.charge_attempts > 1 {
+        // An earlier attempt's outcome may be unknown (a timeout or 5xx
+        // after the request reached the gateway, a crash before its answer
+        // was stored): find its payment by the order before charging again,
+        // so the customer is never charged twice for one period.
+        for p in app.gateway.payments_of_order(&order.id).await?.unwrap_or_default() {
+            if let Known::Done(captured) = settle_known(app, order, &p, now).await? {
+                return Ok(captured);
+            }
         }
     }
     let receipt = receipt(sub.id, order.renews_period_start.unwrap_or(sub.period_end));
     let payment = match app.gateway.charge_saved_method(&method, order.amount_minor, &order.currency, &order.id, &receipt).await {
         Ok(p) => p,
+        Err(GatewayError::Refused { code, message }) if code == METHOD_UNUSABLE => {
+            // Revoked, rejected, paused or expired mandate: retrying would
+            // be refused until the subscription expires. Forget the method;
+            // the subscription takes the normal PAST_DUE / checkout path.
+            let why = format!("the saved payment method can no longer be charged: {message}; pay through a renewal checkout");
+            tracing::warn!(order_id = %order.id, subscription_id = %sub.id, %why, "automatic renewal stopped");
+            subscriptions::forget_method(&mut *app.conn().await?, &method.token_id, &why, now).await?;
+            stop_charging(app, &order.id, &why, now).await?;
+            return Ok(false);
+        }
         Err(e) => {
             let why = match &e {
                 GatewayError::Refused { code, message } => format!("declined ({code}): {message}"),
-                GatewayError::Unavailable { message, .. } => format!("gateway unavailable: {message}"),
+                // It may have reached the gateway: the next attempt looks
+                // the order's payments up first.
+                GatewayError::Unavailable { message, .. } => format!("outcome unknown, gateway unavailable: {message}"),
             };
             tracing::warn!(order_id = %order.id, subscription_id = %sub.id, attempt = order.charge_attempts, %why, "renewal charge not captured");
             note_failure(app, &order.id, &why, now).await?;
             return Ok(false);
         }
     };
-    // Remembered before the capture, so a capture that fails is captured by
-    // the next attempt instead of charging the customer twice.
-    diesel::update(o::table.find(&order.id))
-        .set((o::pending_payment_id.eq(&payment.id), o::updated_at.eq(now)))
+    remember_pending(app, &order.id, &payment.id, now).await?;
+    match settle_known(app, order, &payment, now).await? {
+        Known::Done(captured) => Ok(captured),
+        Known::ChargeAgain => {
+            note_failure(app, &order.id, &format!("payment {} failed at the gateway", payment.id), now).await?;
+            Ok(false)
+        }
+    }
+}
+
+/// What a payment the gateway reports for a renewal order means for it.
+enum Known {
+    /// Captured (true), or still on its way (false: pending, or captured at
+    /// the gateway but refused by the capture path): never charge again now.
+    Done(bool),
+    /// Failed or refunded: nothing was taken, another charge may be tried.
+    ChargeAgain,
+}
+
+/// Settles a payment the gateway reports for `order`: a captured one goes
+/// through the capture path; an authorized one (auto-capture off or failed)
+/// is captured at the gateway first; a created or pending one (a card
+/// mandate debits about 36 hours after Razorpay's pre-debit notification) is
+/// remembered and waited for.
+async fn settle_known(app: &App, order: &Order, p: &GatewayPayment, now: DateTime<Utc>) -> Result<Known> {
+    if p.order_id.as_deref().is_some_and(|o| o != order.id) {
+        return Ok(Known::ChargeAgain);
+    }
+    match p.status {
+        PaymentStatus::Captured => {
+            remember_pending(app, &order.id, &p.id, now).await?;
+            Ok(Known::Done(capture_charge(app, order, &p.id, (p.amount_minor, &p.currency), now).await?))
+        }
+        PaymentStatus::Authorized => {
+            remember_pending(app, &order.id, &p.id, now).await?;
+            let captured = app.gateway.capture_payment(&p.id, order.amount_minor, &order.currency).await?;
+            Ok(Known::Done(capture_charge(app, order, &captured.id, (captured.amount_minor, &captured.currency), now).await?))
+        }
+        PaymentStatus::Created => {
+            remember_pending(app, &order.id, &p.id, now).await?;
+            note_failure(app, &order.id, &format!("payment {} is still processing; waiting for its capture", p.id), now).await?;
+            Ok(Known::Done(false))
+        }
+        PaymentStatus::Failed | PaymentStatus::Refunded => Ok(Known::ChargeAgain),
+    }
+}
+
+/// Remembered before any capture, so a capture that fails is captured by the
+/// next attempt instead of charging the customer twice.
+async fn remember_pending(app: &App, order_id: &str, payment_id: &str, now: DateTime<Utc>) -> Result<()> {
+    diesel::update(o::table.find(order_id))
+        .set((o::pending_payment_id.eq(payment_id), o::updated_at.eq(now)))
         .execute(&mut *app.conn().await?)
         .await?;
-    if payment.status != PaymentStatus::Captured {
-        // Created or authorized: its webhook or the next attempt's look-up
-        // completes it.
-        note_failure(app, &order.id, &format!("payment {} is {:?}; waiting for its capture", payment.id, payment.status), now)
-            .await?;
-        return Ok(false);
-    }
-    capture_charge(app, order, &payment.id, (payment.amount_minor, &payment.currency), now).await
+    Ok(())
 }
 
 async fn capture_charge(app: &App, order: &Order, payment_id: &str, paid: (i64, &str), now: DateTime<Utc>) -> Result<bool> {

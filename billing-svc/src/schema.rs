@@ -37,6 +37,8 @@ diesel::table! {
         next_charge_at -> Nullable<Timestamptz>,
         last_charge_error -> Nullable<Text>,
         pending_payment_id -> Nullable<Text>,
+        mandate_max_amount_minor -> Nullable<BigInt>,
+        mandate_expires_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -60,6 +62,18 @@ diesel::table! {
         ended_at -> Nullable<Timestamptz>,
         gateway_customer_id -> Nullable<Text>,
         gateway_token_id -> Nullable<Text>,
+        gateway_email -> Nullable<Text>,
+        gateway_contact -> Nullable<Text>,
+        mandate_max_amount_minor -> Nullable<BigInt>,
+        mandate_expires_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    gateway_customers (user_id) {
+        user_id -> Text,
+        customer_id -> Text,
+        created_at -> Timestamptz,
     }
 }
 

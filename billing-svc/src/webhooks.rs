@@ -79,6 +79,12 @@ fn gateway_id(v: &Value) -> Option<String> {
     ok.then(|| s.to_owned())
 }
 
+/// A short free-text field (email, phone) without control characters.
+fn text_field(v: &Value, max: usize) -> Option<String> {
+    let s = v.as_str()?.trim();
+    (!s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)).then(|| s.to_owned())
+}
+
 fn event_type(v: &Value) -> Option<String> {
     let s = v.as_str()?;
     let ok = !s.is_empty() && s.len() <= MAX_FIELD && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
@@ -113,7 +119,12 @@ fn parse(body: &[u8]) -> Content {
     match (gateway_id(&p["id"]), gateway_id(&p["order_id"]), p["amount"].as_i64().filter(|a| *a >= 0), currency) {
         (Some(id), Some(order_id), Some(amount), Some(currency)) => {
             let saved = match (gateway_id(&p["customer_id"]), gateway_id(&p["token_id"])) {
-                (Some(customer_id), Some(token_id)) => Some(SavedMethod { customer_id, token_id, email: None, contact: None }),
+                // Email and contact go with every later recurring charge.
+                (Some(customer_id), Some(token_id)) => Some(SavedMethod {
+                    email: text_field(&p["email"], 254),
+                    contact: text_field(&p["contact"], 32),
+                    ..SavedMethod::new(customer_id, token_id)
+                }),
                 _ => None,
             };
             Content::Capture(kind, PaymentFields { id, order_id, amount, currency: currency.to_ascii_uppercase(), saved })

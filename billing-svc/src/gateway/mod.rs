@@ -24,7 +24,30 @@ pub struct NewOrder<'a> {
     pub receipt: &'a str,
     pub user_id: &'a str,
     pub plan_id: &'a str,
+    /// A purchase that also registers a recurring card mandate for later
+    /// automatic renewals (Razorpay: an order with `customer_id`,
+    /// `method: card` and a `token` block); None for a plain order.
+    pub mandate: Option<Mandate<'a>>,
 }
+
+/// The recurring mandate a purchase order registers: whom it belongs to and
+/// the limits the customer consents to. Later charges must stay within them.
+#[derive(Debug, Clone, Copy)]
+pub struct Mandate<'a> {
+    /// The gateway's customer (created once per user, see `create_customer`).
+    pub customer_id: &'a str,
+    /// The most one later charge may take, in minor units.
+    pub max_amount_minor: i64,
+    /// When the mandate ends (unix seconds).
+    pub expire_at: i64,
+}
+
+/// `GatewayError::Refused` code of a charge that must not be retried with this
+/// saved method: its token was revoked, rejected, paused or expired at the
+/// gateway, or the method lacks what the gateway requires for a recurring
+/// charge. The caller stops automatic charging; the customer pays through a
+/// (renewal) checkout instead.
+pub const METHOD_UNUSABLE: &str = "METHOD_UNUSABLE";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayOrder {
@@ -76,10 +99,16 @@ pub struct GatewayRefund {
 pub struct SavedMethod {
     pub customer_id: String,
     pub token_id: String,
-    /// The customer's email and phone, which Razorpay's recurring-payment
-    /// call asks for; sent when known.
+    /// The customer's email and phone from the payment entity, which
+    /// Razorpay's recurring-payment call requires.
     pub email: Option<String>,
     pub contact: Option<String>,
+}
+
+impl SavedMethod {
+    pub fn new(customer_id: String, token_id: String) -> Self {
+        Self { customer_id, token_id, email: None, contact: None }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -116,7 +145,8 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
     /// Charges a saved payment method for the gateway order `order_id`
     /// (created with `create_order` for this charge; one order takes one
     /// successful payment, which is what makes a retried charge safe).
-    /// A declined charge is `Refused`.
+    /// A declined charge is `Refused`; one whose method can never be charged
+    /// again is `Refused` with code [`METHOD_UNUSABLE`].
     async fn charge_saved_method(
         &self,
         method: &SavedMethod,
@@ -125,6 +155,19 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
         order_id: &str,
         receipt: &str,
     ) -> Result<GatewayPayment, GatewayError>;
+    /// The payments the gateway records against `order_id` (any state), so a
+    /// charge whose outcome is unknown (a timeout or 5xx after the request
+    /// may have reached the gateway) is found before a second one is tried.
+    /// `None` when the gateway keeps no records billing can read.
+    async fn payments_of_order(&self, order_id: &str) -> Result<Option<Vec<GatewayPayment>>, GatewayError>;
+    /// Captures an authorized payment (auto-capture off or failed) for
+    /// exactly `amount_minor`. A payment that is already captured is
+    /// returned as it is (idempotent); any other state is `Refused`.
+    async fn capture_payment(&self, payment_id: &str, amount_minor: i64, currency: &str) -> Result<GatewayPayment, GatewayError>;
+    /// The gateway's customer for `user_id`, which a recurring mandate
+    /// belongs to, created when needed (a retry returns the same one);
+    /// `None` when the gateway registers no mandates (the sandbox).
+    async fn create_customer(&self, user_id: &str) -> Result<Option<String>, GatewayError>;
 }
 
 /// Hex HMAC-SHA256 of `data` (payment and webhook signatures).

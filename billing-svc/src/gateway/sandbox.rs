@@ -3,22 +3,32 @@
 //! with event ids) without leaving the process. The default for `stack` and
 //! the tests; `billing-svc sandbox pay` plays its customer.
 use super::{
-    Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, NewOrder, PaymentStatus, RefundStatus, SavedMethod,
-    hex_eq, hmac_hex,
+    Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, METHOD_UNUSABLE, NewOrder, PaymentStatus, RefundStatus,
+    SavedMethod, hex_eq, hmac_hex,
 };
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU8, Ordering},
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU8, Ordering},
+    },
 };
 
 use crate::config::GatewayConfig;
 
-/// Clones share the charge switch ([`Sandbox::set_fail_charges`]).
+/// Clones share the switches and the record of charges.
 #[derive(Clone)]
 pub struct Sandbox {
     config: GatewayConfig,
     fail_charges: Arc<AtomicBool>,
     refunds: Arc<AtomicU8>,
+    /// [`Sandbox::set_lose_charge_answers`].
+    lose_charge_answers: Arc<AtomicBool>,
+    /// [`Sandbox::set_tokens_revoked`].
+    tokens_revoked: Arc<AtomicBool>,
+    /// The payments its saved-method charges made, by order id: what
+    /// `payments_of_order` and `fetch_payment` answer from.
+    charges: Arc<Mutex<HashMap<String, Vec<GatewayPayment>>>>,
 }
 
 /// How the sandbox answers refunds ([`Sandbox::set_refunds`]).
@@ -46,7 +56,41 @@ impl std::fmt::Debug for Sandbox {
 impl Sandbox {
     pub fn new(config: GatewayConfig) -> Self {
         let fail_charges = Arc::new(AtomicBool::new(config.sandbox_fail_charges));
-        Self { config, fail_charges, refunds: Arc::new(AtomicU8::new(SandboxRefunds::Process as u8)) }
+        Self {
+            config,
+            fail_charges,
+            refunds: Arc::new(AtomicU8::new(SandboxRefunds::Process as u8)),
+            lose_charge_answers: Arc::default(),
+            tokens_revoked: Arc::default(),
+            charges: Arc::default(),
+        }
+    }
+
+    /// With true, later charges of a saved method are made (captured and
+    /// recorded) but their answer is lost: the caller sees the gateway as
+    /// unavailable, as after a timeout once the request reached it.
+    pub fn set_lose_charge_answers(&self, lose: bool) {
+        self.lose_charge_answers.store(lose, Ordering::Relaxed);
+    }
+
+    /// With true, every saved method's token is revoked: charges are refused
+    /// with [`METHOD_UNUSABLE`], as Razorpay refuses a cancelled mandate.
+    pub fn set_tokens_revoked(&self, revoked: bool) {
+        self.tokens_revoked.store(revoked, Ordering::Relaxed);
+    }
+
+    /// The payments saved-method charges made for `order_id`.
+    pub fn charges_of(&self, order_id: &str) -> Vec<GatewayPayment> {
+        self.records().get(order_id).cloned().unwrap_or_default()
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<GatewayPayment>>> {
+        // A panic elsewhere while holding the lock leaves the map usable.
+        self.charges.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn recorded(&self, payment_id: &str) -> Option<GatewayPayment> {
+        self.records().values().flatten().find(|p| p.id == payment_id).cloned()
     }
 
     /// How later refunds are answered (tests exercise refusals and outages).
@@ -126,10 +170,11 @@ impl Gateway for Sandbox {
         Ok(GatewayOrder { id: format!("order_{}", uuid::Uuid::new_v4().simple()) })
     }
 
-    /// The sandbox keeps no payment records: the signature it issued is the
-    /// proof of payment, as for Razorpay's checkout handler.
-    async fn fetch_payment(&self, _payment_id: &str) -> Result<Option<GatewayPayment>, GatewayError> {
-        Ok(None)
+    /// The sandbox keeps records only of the charges it made itself; for a
+    /// customer's payment the signature it issued is the proof of payment,
+    /// as for Razorpay's checkout handler.
+    async fn fetch_payment(&self, payment_id: &str) -> Result<Option<GatewayPayment>, GatewayError> {
+        Ok(self.recorded(payment_id))
     }
 
     /// Every refund is processed at once, unless [`Sandbox::set_refunds`]
@@ -164,20 +209,61 @@ impl Gateway for Sandbox {
         order_id: &str,
         _receipt: &str,
     ) -> Result<GatewayPayment, GatewayError> {
+        if self.tokens_revoked.load(Ordering::Relaxed) {
+            return Err(GatewayError::Refused {
+                code: METHOD_UNUSABLE.into(),
+                message: "the recurring token is cancelled (sandbox: tokens revoked)".into(),
+            });
+        }
         if self.fail_charges.load(Ordering::Relaxed) {
             return Err(GatewayError::Refused {
                 code: "BAD_REQUEST_ERROR".into(),
                 message: "Payment failed: the card was declined (sandbox: SANDBOX_FAIL_CHARGES)".into(),
             });
         }
-        Ok(GatewayPayment {
+        let payment = GatewayPayment {
             id: Self::new_payment_id(),
             order_id: Some(order_id.to_owned()),
             status: PaymentStatus::Captured,
             amount_minor,
             currency: currency.to_owned(),
             saved_method: None,
+        };
+        self.records().entry(order_id.to_owned()).or_default().push(payment.clone());
+        if self.lose_charge_answers.load(Ordering::Relaxed) {
+            return Err(GatewayError::Unavailable {
+                message: "sandbox: the charge was made but its answer was lost".into(),
+                retry_after: None,
+            });
+        }
+        Ok(payment)
+    }
+
+    async fn payments_of_order(&self, order_id: &str) -> Result<Option<Vec<GatewayPayment>>, GatewayError> {
+        Ok(Some(self.charges_of(order_id)))
+    }
+
+    /// A payment it charged is captured (if it was not); any other is taken
+    /// as authorized for `amount_minor` and captured.
+    async fn capture_payment(&self, payment_id: &str, amount_minor: i64, currency: &str) -> Result<GatewayPayment, GatewayError> {
+        let mut records = self.records();
+        if let Some(p) = records.values_mut().flatten().find(|p| p.id == payment_id) {
+            p.status = PaymentStatus::Captured;
+            return Ok(p.clone());
+        }
+        Ok(GatewayPayment {
+            id: payment_id.to_owned(),
+            order_id: None,
+            status: PaymentStatus::Captured,
+            amount_minor,
+            currency: currency.to_owned(),
+            saved_method: None,
         })
+    }
+
+    /// The sandbox registers no mandates.
+    async fn create_customer(&self, _user_id: &str) -> Result<Option<String>, GatewayError> {
+        Ok(None)
     }
 }
 
@@ -195,7 +281,7 @@ mod tests {
     }
 
     fn card() -> SavedMethod {
-        SavedMethod { customer_id: "cust_1".into(), token_id: "token_1".into(), email: None, contact: None }
+        SavedMethod::new("cust_1".into(), "token_1".into())
     }
 
     #[tokio::test]

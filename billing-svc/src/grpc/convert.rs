@@ -190,5 +190,6 @@ pub fn finding_kind(k: FindingKind) -> pb::FindingKind {
         FindingKind::LedgerMismatch => pb::FindingKind::LedgerMismatch,
         FindingKind::StuckUsageSession => pb::FindingKind::StuckUsageSession,
         FindingKind::PaidOrderUnknownToCheckout => pb::FindingKind::PaidOrderUnknownToCheckout,
+        FindingKind::ForeignPayment => pb::FindingKind::ForeignPayment,
     }
 }

@@ -73,6 +73,19 @@ pub struct Subscription {
     pub ended_at: Option<DateTime<Utc>>,
     pub gateway_customer_id: Option<String>,
     pub gateway_token_id: Option<String>,
+    pub gateway_email: Option<String>,
+    pub gateway_contact: Option<String>,
+    /// The saved method's mandate: the most one charge may take, and when
+    /// it ends (None: no limits known, as for the sandbox).
+    pub mandate_max_amount_minor: Option<i64>,
+    pub mandate_expires_at: Option<DateTime<Utc>>,
+}
+
+/// The limits of a recurring mandate a purchase order registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MandateLimits {
+    pub max_amount_minor: i64,
+    pub expires_at: DateTime<Utc>,
 }
 
 impl Subscription {
@@ -101,6 +114,10 @@ impl Subscription {
             ended_at: None,
             gateway_customer_id: None,
             gateway_token_id: None,
+            gateway_email: None,
+            gateway_contact: None,
+            mandate_max_amount_minor: None,
+            mandate_expires_at: None,
         }
     }
 }
@@ -173,13 +190,45 @@ pub async fn lock_live(conn: &mut Conn, user_id: &str) -> Result<Option<Subscrip
         .optional()?)
 }
 
-/// Remembers the payment method saved with a renewal payment (the newest
-/// one is charged next time).
-pub async fn save_method(conn: &mut Conn, id: Uuid, m: &SavedMethod, now: DateTime<Utc>) -> Result<()> {
+/// Remembers the payment method saved with a payment (the newest one is
+/// charged next time), with the limits of the mandate its order registered.
+/// A renewal charged with the same token registers nothing new: the
+/// mandate's limits, and any email or contact the payment left out, stay.
+pub async fn save_method(
+    conn: &mut Conn,
+    id: Uuid,
+    m: &SavedMethod,
+    limits: Option<MandateLimits>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let current: Option<String> =
+        subscriptions::table.find(id).select(subscriptions::gateway_token_id).first(conn).await.optional()?.flatten();
+    let same_token = current.as_deref() == Some(m.token_id.as_str());
+    let (max, expires) = match (limits, same_token) {
+        (Some(l), _) => (Some(l.max_amount_minor), Some(l.expires_at)),
+        (None, true) => {
+            let old: (Option<i64>, Option<DateTime<Utc>>) = subscriptions::table
+                .find(id)
+                .select((subscriptions::mandate_max_amount_minor, subscriptions::mandate_expires_at))
+                .first(conn)
+                .await?;
+            old
+        }
+        (None, false) => (None, None),
+    };
+    let (old_email, old_contact): (Option<String>, Option<String>) = if same_token {
+        subscriptions::table.find(id).select((subscriptions::gateway_email, subscriptions::gateway_contact)).first(conn).await?
+    } else {
+        (None, None)
+    };
     diesel::update(subscriptions::table.find(id))
         .set((
             subscriptions::gateway_customer_id.eq(&m.customer_id),
             subscriptions::gateway_token_id.eq(&m.token_id),
+            subscriptions::gateway_email.eq(m.email.clone().or(old_email)),
+            subscriptions::gateway_contact.eq(m.contact.clone().or(old_contact)),
+            subscriptions::mandate_max_amount_minor.eq(max),
+            subscriptions::mandate_expires_at.eq(expires),
             subscriptions::updated_at.eq(now),
         ))
         .execute(conn)
@@ -187,10 +236,54 @@ pub async fn save_method(conn: &mut Conn, id: Uuid, m: &SavedMethod, now: DateTi
     Ok(())
 }
 
+/// Forgets a saved method whose token can no longer be charged (revoked,
+/// rejected, paused or expired at the gateway) on every subscription that
+/// holds it, and stops the automatic collection of their open renewal
+/// orders: the customer pays through a renewal checkout instead. Returns the
+/// subscriptions that held it.
+pub async fn forget_method(conn: &mut Conn, token_id: &str, why: &str, now: DateTime<Utc>) -> Result<Vec<Uuid>> {
+    let ids: Vec<Uuid> = diesel::update(subscriptions::table.filter(subscriptions::gateway_token_id.eq(token_id)))
+        .set((
+            subscriptions::gateway_customer_id.eq(None::<String>),
+            subscriptions::gateway_token_id.eq(None::<String>),
+            subscriptions::gateway_email.eq(None::<String>),
+            subscriptions::gateway_contact.eq(None::<String>),
+            subscriptions::mandate_max_amount_minor.eq(None::<i64>),
+            subscriptions::mandate_expires_at.eq(None::<DateTime<Utc>>),
+            subscriptions::updated_at.eq(now),
+        ))
+        .returning(subscriptions::id)
+        .get_results(conn)
+        .await?;
+    if !ids.is_empty() {
+        orders::stop_collecting(conn, &ids, why, now).await?;
+        tracing::warn!(
+            token_id,
+            subscriptions = ids.len(),
+            why,
+            "saved payment method forgotten; renewals are paid through checkout"
+        );
+    }
+    Ok(ids)
+}
+
 /// The saved payment method of a subscription, if any.
 pub fn saved_method(s: &Subscription) -> Option<SavedMethod> {
     match (&s.gateway_customer_id, &s.gateway_token_id) {
-        (Some(c), Some(t)) => Some(SavedMethod { customer_id: c.clone(), token_id: t.clone(), email: None, contact: None }),
+        (Some(c), Some(t)) => Some(SavedMethod {
+            customer_id: c.clone(),
+            token_id: t.clone(),
+            email: s.gateway_email.clone(),
+            contact: s.gateway_contact.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// The mandate limits of a subscription's saved method, when known.
+pub fn mandate_limits(s: &Subscription) -> Option<MandateLimits> {
+    match (s.mandate_max_amount_minor, s.mandate_expires_at) {
+        (Some(max_amount_minor), Some(expires_at)) => Some(MandateLimits { max_amount_minor, expires_at }),
         _ => None,
     }
 }
@@ -250,7 +343,7 @@ pub async fn create_paid(
     plan: &Plan,
     order_id: &str,
     old: Option<Subscription>,
-    saved: Option<&SavedMethod>,
+    saved: Option<(&SavedMethod, Option<MandateLimits>)>,
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
     let id = Uuid::new_v4();
@@ -282,8 +375,6 @@ pub async fn create_paid(
             subscriptions::order_id.eq(order_id),
             subscriptions::status.eq(Status::Active),
             subscriptions::anchor_at.eq(now),
-            subscriptions::gateway_customer_id.eq(saved.map(|m| m.customer_id.as_str())),
-            subscriptions::gateway_token_id.eq(saved.map(|m| m.token_id.as_str())),
             subscriptions::calendar_periods.eq(false),
             subscriptions::period_start.eq(now),
             subscriptions::period_end.eq(end),
@@ -297,6 +388,10 @@ pub async fn create_paid(
         .await?;
     if let Some(old) = old {
         diesel::update(subscriptions::table.find(old.id)).set(subscriptions::replaced_by.eq(id)).execute(conn).await?;
+    }
+    if let Some((m, limits)) = saved {
+        save_method(conn, id, m, limits, now).await?;
+        return get(conn, id).await;
     }
     Ok(sub)
 }

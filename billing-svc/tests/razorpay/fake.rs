@@ -50,6 +50,9 @@ pub struct Fake {
     pub orders: Mutex<Vec<Value>>,
     pub payments: Mutex<HashMap<String, Value>>,
     pub refunds: Mutex<Vec<Value>>,
+    pub customers: Mutex<Vec<Value>>,
+    /// Token entities by token id (recurring mandates registered).
+    pub tokens: Mutex<HashMap<String, Value>>,
     /// The status the next refunds get ("processed" when unset).
     pub refund_status: Mutex<Option<&'static str>>,
     pub seen: Mutex<Vec<Seen>>,
@@ -72,6 +75,41 @@ impl Fake {
 
     pub fn add_payment(&self, id: &str, order_id: &str, amount: i64, currency: &str, status: &str) {
         self.payments.lock().unwrap().insert(id.to_owned(), payment_entity(id, order_id, amount, currency, status));
+    }
+
+    /// A card mandate registered for `customer_id` (what a successful
+    /// authorisation payment leaves at Razorpay).
+    pub fn add_token(&self, customer_id: &str, token_id: &str, max_amount: i64) {
+        let token = json!({
+            "id": token_id,
+            "entity": "token",
+            "token": "EhYXHrLsJdwRhM",
+            "bank": null,
+            "wallet": null,
+            "method": "card",
+            "card": { "entity": "card", "name": "Gaurav Kumar", "last4": "1111", "network": "Visa", "type": "debit" },
+            "recurring": true,
+            "recurring_details": { "status": "confirmed", "failure_reason": null },
+            "auth_type": null,
+            "mrn": null,
+            "used_at": 1_629_779_657,
+            "created_at": 1_629_779_657,
+            "expired_at": 2_709_971_120_i64,
+            "max_amount": max_amount,
+            "customer_id": customer_id,
+        });
+        self.tokens.lock().unwrap().insert(token_id.to_owned(), token);
+    }
+
+    /// Moves a token's mandate to `status` (cancelled, rejected, paused).
+    pub fn set_token_status(&self, token_id: &str, status: &str) {
+        if let Some(t) = self.tokens.lock().unwrap().get_mut(token_id) {
+            t["recurring_details"]["status"] = json!(status);
+        }
+    }
+
+    pub fn payments_of(&self, order_id: &str) -> Vec<Value> {
+        self.payments.lock().unwrap().values().filter(|p| p["order_id"] == order_id).cloned().collect()
     }
 
     pub fn id(&self, prefix: &str) -> String {
@@ -99,6 +137,22 @@ impl Fake {
                 if currency.len() != 3 || receipt.len() > 40 || !body["notes"].is_object() {
                     return (400, error_body("invalid currency, receipt or notes"));
                 }
+                // The authorisation order of a card mandate.
+                if !body["token"].is_null() {
+                    let t = &body["token"];
+                    let customer_known =
+                        body["customer_id"].as_str().is_some_and(|c| self.customers.lock().unwrap().iter().any(|k| k["id"] == c));
+                    if !customer_known || body["method"] != "card" {
+                        return (400, error_body("customer_id of an existing customer and method card are required"));
+                    }
+                    let frequencies = ["weekly", "monthly", "yearly", "as_presented"];
+                    if t["max_amount"].as_i64().is_none_or(|m| m < amount)
+                        || t["expire_at"].as_i64().is_none()
+                        || !t["frequency"].as_str().is_some_and(|f| frequencies.contains(&f))
+                    {
+                        return (400, error_body("token.max_amount, token.expire_at and token.frequency are invalid"));
+                    }
+                }
                 let order = json!({
                     "id": self.id("order"),
                     "entity": "order",
@@ -112,6 +166,9 @@ impl Fake {
                     "attempts": 0,
                     "notes": body["notes"],
                     "created_at": 1_582_628_071 + self.orders.lock().unwrap().len(),
+                    "customer_id": body["customer_id"],
+                    "method": body["method"],
+                    "token": body["token"],
                 });
                 self.orders.lock().unwrap().push(order.clone());
                 (200, order)
@@ -120,6 +177,55 @@ impl Fake {
                 let receipt = query.split('&').find_map(|kv| kv.strip_prefix("receipt=")).unwrap_or_default();
                 let items: Vec<Value> = self.orders_with_receipt(receipt);
                 (200, json!({ "entity": "collection", "count": items.len(), "items": items }))
+            }
+            ("GET", ["v1", "orders", id, "payments"]) => {
+                let items = self.payments_of(id);
+                (200, json!({ "entity": "collection", "count": items.len(), "items": items }))
+            }
+            ("POST", ["v1", "customers"]) => {
+                let Some(name) = body["name"].as_str() else {
+                    return (400, error_body("The name field is required."));
+                };
+                let existing = self.customers.lock().unwrap().iter().find(|c| c["name"] == name).cloned();
+                match existing {
+                    Some(c) if body["fail_existing"] == "0" => (200, c),
+                    Some(_) => (400, error_body("Customer already exists for the merchant")),
+                    None => {
+                        let c = json!({
+                            "id": self.id("cust"),
+                            "entity": "customer",
+                            "name": name,
+                            "email": body["email"],
+                            "contact": body["contact"],
+                            "gstin": null,
+                            "notes": body["notes"],
+                            "created_at": 1_582_033_731,
+                        });
+                        self.customers.lock().unwrap().push(c.clone());
+                        (200, c)
+                    }
+                }
+            }
+            ("GET", ["v1", "customers", customer, "tokens", token]) => {
+                match self.tokens.lock().unwrap().get(*token).filter(|t| t["customer_id"] == *customer) {
+                    Some(t) => (200, t.clone()),
+                    None => (400, error_body("The id provided does not exist")),
+                }
+            }
+            ("POST", ["v1", "payments", id, "capture"]) => {
+                let mut payments = self.payments.lock().unwrap();
+                let Some(p) = payments.get_mut(*id) else {
+                    return (400, error_body("The id provided does not exist"));
+                };
+                if p["status"] != "authorized" {
+                    return (400, error_body("This payment has already been captured"));
+                }
+                if body["amount"] != p["amount"] || body["currency"] != p["currency"] {
+                    return (400, error_body("Capture amount must be equal to the amount authorized"));
+                }
+                p["status"] = json!("captured");
+                p["captured"] = json!(true);
+                (200, p.clone())
             }
             ("GET", ["v1", "payments", id]) => match self.payments.lock().unwrap().get(*id) {
                 Some(p) => (200, p.clone()),
@@ -134,10 +240,26 @@ impl Fake {
                 if body["recurring"] != "1" || body["amount"].as_i64().is_none_or(|a| a < 100) {
                     return (400, error_body("recurring must be 1 and amount at least 100"));
                 }
+                let amount = body["amount"].as_i64().unwrap_or_default();
+                let token = self.tokens.lock().unwrap().get(body["token"].as_str().unwrap_or_default()).cloned();
+                match token {
+                    Some(t) if t["customer_id"] == body["customer_id"] && t["recurring_details"]["status"] == "confirmed" => {
+                        if t["max_amount"].as_i64().is_some_and(|m| amount > m) {
+                            return (400, error_body("Amount exceeds the maximum amount allowed for the token"));
+                        }
+                    }
+                    _ => return (400, error_body("The token is invalid or not active")),
+                }
                 let id = self.id("pay");
                 let order_id = body["order_id"].as_str().unwrap_or_default();
-                let amount = body["amount"].as_i64().unwrap_or_default();
                 self.add_payment(&id, order_id, amount, body["currency"].as_str().unwrap_or_default(), "captured");
+                if let Some(p) = self.payments.lock().unwrap().get_mut(&id) {
+                    p["customer_id"] = body["customer_id"].clone();
+                    p["token_id"] = body["token"].clone();
+                    p["email"] = body["email"].clone();
+                    p["contact"] = body["contact"].clone();
+                    p["recurring"] = json!(true);
+                }
                 (
                     200,
                     json!({ "razorpay_payment_id": id, "razorpay_order_id": order_id, "razorpay_signature": "9ef4dffbfd84f1318f6739a3ce19f9d85851857ae648f114332d8401e0949a3d" }),
@@ -304,7 +426,7 @@ pub fn base64(data: &[u8]) -> String {
 }
 
 pub fn new_order(receipt: &str) -> NewOrder<'_> {
-    NewOrder { amount_minor: 49_900, currency: "INR", receipt, user_id: "user-7", plan_id: "basic-monthly" }
+    NewOrder { amount_minor: 49_900, currency: "INR", receipt, user_id: "user-7", plan_id: "basic-monthly", mandate: None }
 }
 
 pub fn card() -> SavedMethod {

@@ -277,6 +277,7 @@ async fn refund_sends_amount_receipt_notes_and_idempotency_key() {
 #[tokio::test]
 async fn charge_saved_method_creates_a_recurring_payment() {
     let (fake, gw) = razorpay().await;
+    fake.add_token("cust_4xbQrmEoA5WJ0G", "token_4lsdksD31GaZ09", 49_900);
     let order = gw.create_order(&new_order("renew-0001")).await.unwrap();
     let p = gw.charge_saved_method(&card(), 49_900, "INR", &order.id, "renew-0001").await.unwrap();
     assert!(p.id.starts_with("pay_"), "{p:?}");
@@ -394,4 +395,166 @@ async fn verify_payment_confirms_the_payment_at_razorpay() {
     drop(app);
     server.drop_database(&db).await.unwrap();
     std::mem::forget(server);
+}
+
+/// A billing App on a fresh database whose gateway is the fake Razorpay, and
+/// a manual clock.
+async fn app_with_fake(base: &str) -> (billing_svc::App, shared::Clock, String, &'static shared::pg::PgServer) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pg");
+    let server: &'static shared::pg::PgServer = Box::leak(Box::new(shared::pg::PgServer::resolve(&root).await.unwrap()));
+    let db = format!("razorpay_{}", uuid::Uuid::new_v4().simple());
+    server.ensure_database(&db, None).await.unwrap();
+    let url = server.url(&db);
+    billing_svc::app::migrate(&url).await.unwrap();
+    let mut cfg = billing_svc::Config::from_env().unwrap();
+    cfg.gateway = config(base);
+    cfg.jobs.enabled = false;
+    cfg.common.pool_size = 4;
+    let clock = shared::Clock::manual(chrono::Utc::now());
+    (billing_svc::App::new(cfg, &url, clock.clone()), clock, db, server)
+}
+
+/// The customer completes the authorisation payment of `order_id` at
+/// Razorpay: a captured card payment that registered `token_id` for the
+/// order's customer, with the email and contact the customer entered.
+fn customer_pays_and_registers(fake: &fake::Fake, order_id: &str, payment_id: &str, token_id: &str) -> String {
+    let order = fake.orders.lock().unwrap().iter().find(|o| o["id"] == order_id).cloned().unwrap();
+    let customer = order["customer_id"].as_str().unwrap().to_owned();
+    fake.add_token(&customer, token_id, order["token"]["max_amount"].as_i64().unwrap());
+    fake.add_payment(payment_id, order_id, order["amount"].as_i64().unwrap(), "INR", "captured");
+    let mut payments = fake.payments.lock().unwrap();
+    let p = payments.get_mut(payment_id).unwrap();
+    p["customer_id"] = json!(customer);
+    p["token_id"] = json!(token_id);
+    p["recurring"] = json!(true);
+    customer
+}
+
+async fn scalar(app: &billing_svc::App, sql: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = app.conn().await.unwrap();
+    diesel::sql_query(sql).get_result::<N>(&mut *conn).await.unwrap().n
+}
+
+/// Razorpay's documented recurring flow for cards, end to end against the
+/// fake: the purchase creates a customer (`fail_existing: "0"`) and an
+/// authorisation order carrying the mandate's token block; the payment's
+/// customer, token, email and contact are stored; the renewal creates a new
+/// order and a recurring payment that sends email, contact, customer and
+/// token. A recurring call that times out after reaching Razorpay is found
+/// through the order's payments before a second one is made (one payment),
+/// and a renewal above the mandate's maximum is never attempted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurring_cards_follow_razorpays_documented_flow() {
+    let (fake, base) = start_fake().await;
+    let (app, clock, db, server) = app_with_fake(&base).await;
+    let signer = Sandbox::new(config(&base));
+
+    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-recurring", "basic-monthly").await.unwrap();
+    let customers = fake.seen("POST", "/v1/customers");
+    assert_eq!(customers.len(), 1);
+    assert_eq!(customers[0].body["fail_existing"], "0", "a retry returns the same customer");
+    let posted = &fake.seen("POST", "/v1/orders")[0].body;
+    assert_eq!(posted["method"], "card");
+    assert!(posted["customer_id"].as_str().unwrap().starts_with("cust_"));
+    assert_eq!(posted["token"]["max_amount"], 49_900, "the mandate allows the price the customer agreed to");
+    assert_eq!(posted["token"]["frequency"], "monthly");
+    assert!(posted["token"]["expire_at"].as_i64().unwrap() > chrono::Utc::now().timestamp());
+
+    let customer = customer_pays_and_registers(&fake, &order.id, "pay_Register0001", "token_Mandate00001");
+    let sig = signer.sign_payment(&order.id, "pay_Register0001");
+    let captured = billing_svc::payments::verify(&app, &order.id, "pay_Register0001", &sig).await.unwrap();
+    let sub = captured.subscription;
+    assert_eq!(
+        (sub.gateway_customer_id.as_deref(), sub.gateway_token_id.as_deref()),
+        (Some(customer.as_str()), Some("token_Mandate00001"))
+    );
+    assert_eq!(
+        (sub.gateway_email.as_deref(), sub.gateway_contact.as_deref(), sub.mandate_max_amount_minor),
+        (Some("gaurav.kumar@example.com"), Some("+919000090000"), Some(49_900)),
+        "what a later charge needs, from the payment entity and the order"
+    );
+    // A second purchase of the user reuses the stored customer.
+    billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-recurring", "pro-monthly").await.unwrap();
+    assert_eq!(fake.seen("POST", "/v1/customers").len(), 1);
+
+    // Renewal: the recurring call reaches Razorpay, which charges, but the
+    // answer is lost (timeout).
+    fake.script("POST /v1/payments/create/recurring", Script::Slow(Duration::from_secs(2)));
+    clock.set(sub.period_end - chrono::Duration::hours(72));
+    let out = billing_svc::jobs::run_once(&app, "renewals").await.unwrap();
+    assert!(out.contains("1 renewal orders created, 0 charges captured, 1 not captured"), "{out}");
+    let recurring = fake.seen("POST", "/v1/payments/create/recurring");
+    assert_eq!(recurring.len(), 1);
+    let b = &recurring[0].body;
+    let renewal = b["order_id"].as_str().unwrap().to_owned();
+    assert_ne!(renewal, order.id, "a new order for every charge");
+    assert!(fake.seen("POST", "/v1/orders").last().unwrap().body["token"].is_null(), "a renewal order registers nothing");
+    assert_eq!((b["email"].as_str(), b["contact"].as_str()), (Some("gaurav.kumar@example.com"), Some("+919000090000")));
+    assert_eq!((b["customer_id"].as_str(), b["token"].as_str()), (Some(customer.as_str()), Some("token_Mandate00001")));
+    assert_eq!((b["recurring"].as_str(), b["amount"].as_i64()), (Some("1"), Some(49_900)));
+    assert_eq!(fake.payments_of(&renewal).len(), 1, "Razorpay charged");
+
+    // The next attempt finds that payment by the order instead of charging again.
+    clock.set(sub.period_end - chrono::Duration::hours(48));
+    let out = billing_svc::jobs::run_once(&app, "renewals").await.unwrap();
+    assert!(out.contains("1 charges captured"), "{out}");
+    assert_eq!(fake.seen("GET", &format!("/v1/orders/{renewal}/payments")).len(), 1);
+    assert_eq!(fake.seen("POST", "/v1/payments/create/recurring").len(), 1, "never a second charge");
+    assert_eq!(fake.payments_of(&renewal).len(), 1);
+    assert_eq!(scalar(&app, &format!("SELECT count(*) AS n FROM orders WHERE id = '{renewal}' AND status = 'PAID'")).await, 1);
+
+    // The price rises above the mandate's maximum: the next renewal is not
+    // charged; the customer pays it through a renewal checkout.
+    scalar(
+        &app,
+        "WITH u AS (UPDATE plans SET price_minor = 59900 WHERE id = 'basic-monthly' RETURNING 1) SELECT count(*) AS n FROM u",
+    )
+    .await;
+    clock.set(sub.period_end + chrono::Duration::days(28));
+    billing_svc::jobs::run_once(&app, "rollover").await.unwrap();
+    let out = billing_svc::jobs::run_once(&app, "renewals").await.unwrap();
+    assert!(out.contains("1 renewal orders created, 0 charges captured, 1 not captured"), "{out}");
+    assert_eq!(fake.seen("POST", "/v1/payments/create/recurring").len(), 1, "above the mandate: never attempted");
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) AS n FROM orders WHERE amount_minor = 59900 AND status = 'CREATED' AND next_charge_at IS NULL"
+        )
+        .await,
+        1,
+        "left to a renewal checkout"
+    );
+
+    let report = billing_svc::reconcile::run(&app, clock.now(), chrono::Duration::hours(24), false).await.unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    drop(app);
+    server.drop_database(&db).await.unwrap();
+}
+
+/// A mandate cancelled at Razorpay: the recurring call's 400 is told apart
+/// from a declined debit by asking for the token, and reported as unusable
+/// (never retried); a saved method without email or contact never reaches
+/// Razorpay at all.
+#[tokio::test]
+async fn a_cancelled_mandate_is_unusable_not_a_decline() {
+    let (fake, gw) = razorpay().await;
+    fake.add_token("cust_4xbQrmEoA5WJ0G", "token_4lsdksD31GaZ09", 49_900);
+    let order = gw.create_order(&new_order("renew-0002")).await.unwrap();
+    fake.set_token_status("token_4lsdksD31GaZ09", "cancelled");
+    let (code, _) = refused(gw.charge_saved_method(&card(), 49_900, "INR", &order.id, "renew-0002").await);
+    assert_eq!(code, billing_svc::gateway::METHOD_UNUSABLE);
+    assert_eq!(fake.seen("GET", "/v1/customers/cust_4xbQrmEoA5WJ0G/tokens/token_4lsdksD31GaZ09").len(), 1);
+    assert!(fake.payments_of(&order.id).is_empty());
+
+    let no_contact = billing_svc::gateway::SavedMethod { contact: None, ..card() };
+    let before = fake.seen.lock().unwrap().len();
+    let (code, _) = refused(gw.charge_saved_method(&no_contact, 49_900, "INR", &order.id, "renew-0002").await);
+    assert_eq!(code, billing_svc::gateway::METHOD_UNUSABLE);
+    assert_eq!(fake.seen.lock().unwrap().len(), before, "not sent: Razorpay requires email and contact");
 }

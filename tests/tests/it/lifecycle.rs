@@ -322,3 +322,82 @@ async fn a_charge_whose_capture_was_lost_is_captured_not_charged_again() {
     );
     assert_ledger_matches_balances(&mut db).await;
 }
+
+async fn reconcile_finds_nothing(app: &TestApp) {
+    let report =
+        app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap().into_inner();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+/// docs/design.md, Invariants 22: a recurring charge whose answer was lost
+/// after it reached the gateway (the sandbox makes the charge, then the call
+/// fails as after a timeout) is found by its order before a second attempt:
+/// one payment at the gateway, captured once, one period opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_whose_answer_was_lost_is_found_by_its_order_not_made_twice() {
+    let app = spawn_app().await;
+    let sub = subscribe_with_saved_card(&app, "lost-answer", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    app.gateway.set_lose_charge_answers(true);
+    app.clock.set(end - Duration::hours(72));
+    let out = app.run_job("renewals").await;
+    assert!(out.contains("1 renewal orders created, 0 charges captured, 1 not captured"), "{out}");
+    let renewal = app.subscription(&sub.id).await.renewal_order_id;
+    assert_eq!(app.gateway.charges_of(&renewal).len(), 1, "the charge was made at the gateway");
+
+    app.gateway.set_lose_charge_answers(false);
+    app.clock.set(end - Duration::hours(48));
+    let out = app.run_job("renewals").await;
+    assert!(out.contains("1 charges captured"), "{out}");
+    let charges = app.gateway.charges_of(&renewal);
+    assert_eq!(charges.len(), 1, "found by its order, never charged a second time: {charges:?}");
+    let order = app.billing.clone().get_order(bpb::GetOrderRequest { id: renewal.clone() }).await.unwrap().into_inner();
+    let order = order.order.unwrap();
+    assert_eq!((order.status, order.payment_id.as_str()), (bpb::OrderStatus::Paid as i32, charges[0].id.as_str()));
+    assert!(app.run_job("renewals").await.contains("0 charges captured, 0 not captured"));
+    assert_eq!(app.gateway.charges_of(&renewal).len(), 1);
+
+    app.clock.set(end + Duration::hours(1));
+    app.run_job("rollover").await;
+    let next = app.subscription(&sub.id).await;
+    assert_eq!((next.status, ts(&next.period_start), next.credits_remaining), (bpb::SubscriptionStatus::Active as i32, end, 300));
+    reconcile_finds_nothing(&app).await;
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies").await, 0);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// A token revoked at the gateway (the charge is refused as unusable) stops
+/// automatic charging at once: the saved method is forgotten, the renewal is
+/// never charged again, and the customer pays it through a renewal checkout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_token_stops_automatic_charging_and_the_renewal_is_paid_by_checkout() {
+    let app = spawn_app().await;
+    let sub = subscribe_with_saved_card(&app, "revoked", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    app.gateway.set_tokens_revoked(true);
+    app.clock.set(end - Duration::hours(72));
+    assert!(app.run_job("renewals").await.contains("0 charges captured, 1 not captured"));
+    let stopped = app.subscription(&sub.id).await;
+    assert!(!stopped.has_saved_payment_method, "the revoked method is forgotten");
+    assert!(stopped.next_charge_at.is_none(), "no further automatic attempt");
+    assert!(!stopped.renewal_order_id.is_empty(), "the renewal stays payable");
+    app.gateway.set_tokens_revoked(false);
+    for hours in [48, 24, 0] {
+        app.clock.set(end - Duration::hours(hours));
+        assert!(app.run_job("renewals").await.contains("0 charges captured, 0 not captured"), "never retried");
+    }
+    assert!(app.gateway.charges_of(&stopped.renewal_order_id).is_empty());
+    app.run_job("rollover").await;
+    assert_eq!(app.subscription(&sub.id).await.status, bpb::SubscriptionStatus::PastDue as i32);
+
+    let session = app.create_session("revoked", "basic-monthly").await;
+    assert_eq!(session.order_id, stopped.renewal_order_id, "the renewal checkout pays the renewal order");
+    let (p, sig) = app.pay(&session.order_id);
+    app.complete(&session.id, &p, &sig).await.unwrap();
+    let renewed = app.subscription(&sub.id).await;
+    assert_eq!((renewed.status, ts(&renewed.period_start)), (bpb::SubscriptionStatus::Active as i32, end));
+    reconcile_finds_nothing(&app).await;
+    let mut db = app.billing_db().await;
+    assert_ledger_matches_balances(&mut db).await;
+}

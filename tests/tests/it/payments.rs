@@ -279,3 +279,50 @@ async fn reconcile_fix_refunds_with_a_pool_of_one_connection() {
     );
     assert_ledger_matches_balances(&mut db).await;
 }
+
+/// docs/design.md, Invariants 23: a payment of an order this system never
+/// created (another integration on the same gateway account) is reported as
+/// FOREIGN_PAYMENT for an operator; `reconcile --fix` never refunds it. The
+/// operator's acknowledgement closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_foreign_payment_is_reported_never_refunded_by_reconcile_fix() {
+    let app = tests::spawn_app().await;
+    let hook = app.captured_webhook("order_OtherShop00001", "pay_OtherShop00001", 250_000, "INR", "evt-foreign-1");
+    let r = app.billing.clone().handle_gateway_webhook(hook).await.unwrap().into_inner();
+    assert_eq!(r.outcome, "DISCREPANCY", "recorded, so a replay stays refused");
+
+    for _ in 0..2 {
+        let report =
+            app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: true }).await.unwrap().into_inner();
+        assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+        let f = &report.findings[0];
+        assert_eq!((f.kind_code, f.fixed), (bpb::FindingKind::ForeignPayment as i32, false), "{f:?}");
+        assert!(f.detail.contains("did not create"), "{}", f.detail);
+    }
+    let mut db = app.billing_db().await;
+    assert_eq!(tests::helpers::scalar(&mut db, "SELECT count(*) AS n FROM refunds").await, 0, "never refunded");
+    let subject = app
+        .billing_admin
+        .clone()
+        .run_reconciliation(bpb::RunReconciliationRequest { fix: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .findings[0]
+        .subject_id
+        .clone();
+    let closed = billing_svc::reconcile::acknowledge(
+        &mut db,
+        "FOREIGN_PAYMENT",
+        &subject,
+        "order of the shop integration, captured there; not ours",
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    assert!(closed);
+    let clean =
+        app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap().into_inner();
+    assert!(clean.findings.is_empty(), "{:?}", clean.findings);
+    tests::helpers::assert_ledger_matches_balances(&mut db).await;
+}

@@ -8,8 +8,21 @@
 //! - Refunds, idempotent request (`X-Refund-Idempotency`):
 //!   https://razorpay.com/docs/api/refunds/normal-refunds-idempotent
 //! - Refunds entity (statuses): https://razorpay.com/docs/api/refunds/entity
-//! - Recurring payments, create subsequent payments (`POST /v1/payments/create/recurring`):
-//!   https://razorpay.com/docs/api/payments/recurring-payments/cards/create-subsequent-payments
+//! - Recurring payments for cards (https://razorpay.com/docs/api/payments/recurring-payments/cards/):
+//!   create a customer (`POST /v1/customers`, `fail_existing: "0"` so a
+//!   retry returns the same customer), the authorisation order (`POST
+//!   /v1/orders` with `customer_id`, `method: card` and a `token` block of
+//!   `max_amount`, `expire_at`, `frequency`), subsequent payments (a new
+//!   order each time, then `POST /v1/payments/create/recurring` with
+//!   `email`, `contact`, `customer_id`, `token`, `recurring: "1"`), and the
+//!   token's state (`GET /v1/customers/:customer_id/tokens/:token_id`,
+//!   `recurring_details.status`). For cards Razorpay sends the pre-debit
+//!   notification itself and debits about 36 hours later, so a charge made
+//!   now is captured (or fails) a day and a half later.
+//! - Orders, fetch payments of an order (`GET /v1/orders/:id/payments`):
+//!   https://razorpay.com/docs/api/orders/fetch-payments
+//! - Payments, capture (`POST /v1/payments/:id/capture`):
+//!   https://razorpay.com/docs/api/payments/capture
 //!
 //! Every call: basic auth with the key id and key secret, JSON bodies,
 //! amounts in the currency's minor unit (paise), one timeout per call
@@ -26,7 +39,8 @@
 //! first attempt and after every failed one, so a create that timed out but
 //! reached Razorpay is found and reused instead of being made twice.
 //! Refunds and recurring charges are not retried here (the caller retries
-//! with the same refund key, or the same order, which takes one payment).
+//! with the same refund key; a recurring charge is retried only after the
+//! payments of its order were looked up, see `payments_of_order`).
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, header};
@@ -34,15 +48,17 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::{
-    Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, NewOrder, PaymentStatus, SavedMethod, hex_eq, hmac_hex,
+    Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, METHOD_UNUSABLE, NewOrder, PaymentStatus, SavedMethod,
+    hex_eq, hmac_hex,
 };
 use crate::config::GatewayConfig;
 
 mod wire;
 
 use wire::{
-    Collection, ErrorBody, ErrorDetail, OrderEntity, PaymentEntity, RecurringAnswer, RefundEntity, bounded, check_id,
-    idempotency_key, payment_status, read_body, refund_status, retry_after, transport_error, unavailable, unexpected,
+    Collection, CustomerEntity, ErrorBody, ErrorDetail, OrderEntity, PaymentEntity, RecurringAnswer, RefundEntity, TokenEntity,
+    bounded, check_id, idempotency_key, payment_status, read_body, refund_status, retry_after, transport_error, unavailable,
+    unexpected,
 };
 
 /// Attempts of an idempotent read (fetching a payment, looking orders up).
@@ -63,6 +79,10 @@ const MAX_CODE: usize = 64;
 const MAX_BODY: usize = 1 << 20;
 /// Razorpay's limit on `receipt`.
 const MAX_RECEIPT: usize = 40;
+/// Razorpay's limit on a customer's `name` (we send the user id).
+const MAX_CUSTOMER_NAME: usize = 50;
+/// How often a card mandate may be debited: once per monthly period.
+const MANDATE_FREQUENCY: &str = "monthly";
 
 pub struct Razorpay {
     /// None when the HTTP client could not be built (then every call is
@@ -194,7 +214,7 @@ impl Razorpay {
     }
 
     async fn post_order(&self, order: &NewOrder<'_>) -> Result<GatewayOrder, GatewayError> {
-        let body = json!({
+        let mut body = json!({
             "amount": order.amount_minor,
             "currency": order.currency,
             "receipt": order.receipt,
@@ -205,6 +225,17 @@ impl Razorpay {
                 "plan_id": order.plan_id,
             },
         });
+        // The authorisation order of a card mandate: the customer's first
+        // payment also registers the token later renewals charge.
+        if let Some(m) = &order.mandate {
+            body["customer_id"] = json!(m.customer_id);
+            body["method"] = json!("card");
+            body["token"] = json!({
+                "max_amount": m.max_amount_minor,
+                "expire_at": m.expire_at,
+                "frequency": MANDATE_FREQUENCY,
+            });
+        }
         let created: OrderEntity = self.call(Method::POST, "/v1/orders", &[], Some(&body), &[]).await?;
         if created.amount != order.amount_minor || !created.currency.eq_ignore_ascii_case(order.currency) {
             return Err(unavailable("POST /v1/orders: the created order's amount or currency differs from the request", None));
@@ -214,17 +245,47 @@ impl Razorpay {
 
     async fn get_payment(&self, payment_id: &str) -> Result<GatewayPayment, GatewayError> {
         let p: PaymentEntity = self.get(&format!("/v1/payments/{payment_id}"), &[]).await?;
-        Ok(GatewayPayment {
-            id: p.id,
-            order_id: p.order_id.filter(|o| !o.is_empty()),
-            status: payment_status(&p.status),
-            amount_minor: p.amount,
-            currency: p.currency,
-            saved_method: match (p.customer_id.filter(|c| !c.is_empty()), p.token_id.filter(|t| !t.is_empty())) {
-                (Some(customer_id), Some(token_id)) => Some(SavedMethod { customer_id, token_id, email: None, contact: None }),
-                _ => None,
-            },
-        })
+        Ok(payment(p))
+    }
+
+    /// Whether the token's mandate may still be charged: confirmed and not
+    /// expired. Asked after Razorpay refused a charge, to tell a declined
+    /// debit (retried on schedule) from a mandate that is gone.
+    async fn token_usable(&self, method: &SavedMethod) -> Result<bool, GatewayError> {
+        check_id("customer id", &method.customer_id)?;
+        check_id("token id", &method.token_id)?;
+        let path = format!("/v1/customers/{}/tokens/{}", method.customer_id, method.token_id);
+        let t: TokenEntity = match self.get(&path, &[]).await {
+            Ok(t) => t,
+            // Razorpay no longer knows the token: it was deleted.
+            Err(GatewayError::Refused { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let confirmed = t.recurring_details.and_then(|d| d.status).as_deref() == Some("confirmed");
+        let expired = t.expired_at.is_some_and(|at| at > 0 && at <= chrono::Utc::now().timestamp());
+        Ok(confirmed && !expired)
+    }
+}
+
+/// A payment entity as billing sees it; the saved method carries the
+/// customer's email and contact, which later recurring charges must send.
+fn payment(p: PaymentEntity) -> GatewayPayment {
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    GatewayPayment {
+        id: p.id,
+        order_id: nonempty(p.order_id),
+        status: payment_status(&p.status),
+        amount_minor: p.amount,
+        currency: p.currency,
+        saved_method: match (nonempty(p.customer_id), nonempty(p.token_id)) {
+            (Some(customer_id), Some(token_id)) => Some(SavedMethod {
+                customer_id,
+                token_id,
+                email: nonempty(p.email).map(|e| bounded(&e, 254)),
+                contact: nonempty(p.contact).map(|c| bounded(&c, 32)),
+            }),
+            _ => None,
+        },
     }
 }
 
@@ -313,22 +374,42 @@ impl Gateway for Razorpay {
         receipt: &str,
     ) -> Result<GatewayPayment, GatewayError> {
         check_id("order id", order_id)?;
-        let mut body = json!({
+        // Razorpay requires both; without them every charge would be a 400,
+        // retried until the subscription expires.
+        let (Some(email), Some(contact)) = (&method.email, &method.contact) else {
+            return Err(GatewayError::Refused {
+                code: METHOD_UNUSABLE.into(),
+                message: "the saved method has no email or contact, which a recurring payment requires".into(),
+            });
+        };
+        let body = json!({
+            "email": email,
+            "contact": contact,
             "amount": amount_minor,
             "currency": currency,
             "order_id": order_id,
             "customer_id": method.customer_id,
             "token": method.token_id,
             "recurring": "1",
+            "description": "subscription renewal",
             "notes": { "receipt": receipt },
         });
-        if let Some(email) = &method.email {
-            body["email"] = json!(email);
-        }
-        if let Some(contact) = &method.contact {
-            body["contact"] = json!(contact);
-        }
-        let answer: RecurringAnswer = self.call(Method::POST, "/v1/payments/create/recurring", &[], Some(&body), &[]).await?;
+        let answer: RecurringAnswer = match self.call(Method::POST, "/v1/payments/create/recurring", &[], Some(&body), &[]).await
+        {
+            Ok(a) => a,
+            Err(GatewayError::Refused { code, message }) => {
+                // A declined debit is retried on schedule; a mandate that
+                // is gone (revoked, rejected, paused, expired) never is.
+                return Err(match self.token_usable(method).await {
+                    Ok(false) => GatewayError::Refused {
+                        code: METHOD_UNUSABLE.into(),
+                        message: format!("the recurring token is no longer active ({code}: {message})"),
+                    },
+                    _ => GatewayError::Refused { code, message },
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let Some(payment_id) = answer.razorpay_payment_id.or(answer.id).filter(|id| check_id("payment id", id).is_ok()) else {
             return Err(unavailable("POST /v1/payments/create/recurring: unexpected response", None));
         };
@@ -349,5 +430,42 @@ impl Gateway for Razorpay {
                 })
             }
         }
+    }
+
+    async fn payments_of_order(&self, order_id: &str) -> Result<Option<Vec<GatewayPayment>>, GatewayError> {
+        check_id("order id", order_id)?;
+        let found: Collection<PaymentEntity> = self.get(&format!("/v1/orders/{order_id}/payments"), &[]).await?;
+        Ok(Some(found.items.into_iter().map(payment).collect()))
+    }
+
+    async fn capture_payment(&self, payment_id: &str, amount_minor: i64, currency: &str) -> Result<GatewayPayment, GatewayError> {
+        check_id("payment id", payment_id)?;
+        let body = json!({ "amount": amount_minor, "currency": currency });
+        match self.call::<PaymentEntity>(Method::POST, &format!("/v1/payments/{payment_id}/capture"), &[], Some(&body), &[]).await
+        {
+            Ok(p) => Ok(payment(p)),
+            // Captured already (an earlier call whose answer was lost, or
+            // auto-capture after all): the payment as it is, if so.
+            Err(refused @ GatewayError::Refused { .. }) => match self.get_payment(payment_id).await {
+                Ok(p) if p.status == PaymentStatus::Captured => Ok(p),
+                _ => Err(refused),
+            },
+            // A timeout may have captured it: the caller retries, and the
+            // retry finds it captured.
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_customer(&self, user_id: &str) -> Result<Option<String>, GatewayError> {
+        let body = json!({
+            "name": bounded(user_id, MAX_CUSTOMER_NAME),
+            // A retry (or a second purchase) returns the existing customer
+            // instead of failing.
+            "fail_existing": "0",
+            "notes": { "user_id": bounded(user_id, 256) },
+        });
+        let c: CustomerEntity = self.call(Method::POST, "/v1/customers", &[], Some(&body), &[]).await?;
+        check_id("customer id", &c.id).map_err(|_| unavailable("POST /v1/customers: unexpected customer id", None))?;
+        Ok(Some(c.id))
     }
 }

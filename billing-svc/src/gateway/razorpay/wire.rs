@@ -49,6 +49,34 @@ pub(super) struct PaymentEntity {
     pub(super) customer_id: Option<String>,
     #[serde(default)]
     pub(super) token_id: Option<String>,
+    /// The customer's email and phone as entered for the payment; a
+    /// recurring charge must send them again.
+    #[serde(default)]
+    pub(super) email: Option<String>,
+    #[serde(default)]
+    pub(super) contact: Option<String>,
+}
+
+/// The customer entity (`POST /v1/customers`).
+#[derive(Deserialize)]
+pub(super) struct CustomerEntity {
+    pub(super) id: String,
+}
+
+/// The token entity (`GET /v1/customers/:customer_id/tokens/:token_id`):
+/// whether its recurring mandate may still be charged.
+#[derive(Deserialize)]
+pub(super) struct TokenEntity {
+    #[serde(default)]
+    pub(super) recurring_details: Option<RecurringDetails>,
+    /// Unix seconds; the token cannot be charged after it.
+    #[serde(default)]
+    pub(super) expired_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RecurringDetails {
+    pub(super) status: Option<String>,
 }
 
 /// The refund entity (fields billing reads).

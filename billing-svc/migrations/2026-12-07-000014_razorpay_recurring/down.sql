@@ -1,0 +1,10 @@
+ALTER TABLE subscriptions
+  DROP COLUMN mandate_expires_at,
+  DROP COLUMN mandate_max_amount_minor,
+  DROP COLUMN gateway_contact,
+  DROP COLUMN gateway_email;
+ALTER TABLE orders
+  DROP CONSTRAINT orders_mandate_check,
+  DROP COLUMN mandate_expires_at,
+  DROP COLUMN mandate_max_amount_minor;
+DROP TABLE gateway_customers;
