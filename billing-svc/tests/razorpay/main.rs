@@ -13,6 +13,7 @@
 //! create-order that times out and is retried, and VerifyPayment confirming
 //! the payment at the gateway before granting anything.
 mod fake;
+mod refunds;
 
 use std::time::{Duration, Instant};
 
