@@ -121,6 +121,8 @@ diesel::table! {
         detail -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        asking_until -> Nullable<Timestamptz>,
+        attempts -> Integer,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 pub use razorpay::Razorpay;
-pub use sandbox::{Sandbox, SandboxRefunds};
+pub use sandbox::{MadeRefund, Sandbox, SandboxRefunds};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -142,6 +142,11 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
     /// retried call cannot refund twice). Not retried here: the caller
     /// retries with the same key.
     async fn refund(&self, payment_id: &str, amount_minor: i64, refund_key: &str) -> Result<GatewayRefund, GatewayError>;
+    /// The refund of `payment_id` the gateway made under `refund_key`, if
+    /// any: how billing learns the outcome of a refund whose answer it never
+    /// got (docs/design.md, Invariants 22) before it asks again or records
+    /// it FAILED. A read, safe to retry.
+    async fn find_refund(&self, payment_id: &str, refund_key: &str) -> Result<Option<GatewayRefund>, GatewayError>;
     /// Charges a saved payment method for the gateway order `order_id`
     /// (created with `create_order` for this charge; one order takes one
     /// successful payment, which is what makes a retried charge safe).
@@ -168,6 +173,17 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
     /// belongs to, created when needed (a retry returns the same one);
     /// `None` when the gateway registers no mandates (the sandbox).
     async fn create_customer(&self, user_id: &str) -> Result<Option<String>, GatewayError>;
+}
+
+/// The idempotency key sent with the refund billing knows as `refund_key`:
+/// hex SHA-256 of it, 40 characters, so that every refund id (a short
+/// caller id, reconciliation's `discrepancy:<id>`) carries one that fits
+/// Razorpay's `X-Refund-Idempotency` (10 or more of `[A-Za-z0-9_-]`).
+/// Deterministic: a retry of one refund always sends the same key.
+pub fn refund_idempotency_key(refund_key: &str) -> String {
+    use sha2::Digest;
+    let digest = Sha256::digest(format!("billing-refund:{refund_key}").as_bytes());
+    hex::encode(digest)[..40].to_owned()
 }
 
 /// Hex HMAC-SHA256 of `data` (payment and webhook signatures).

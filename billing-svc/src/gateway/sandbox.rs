@@ -10,13 +10,14 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use crate::config::GatewayConfig;
 
-/// Clones share the switches and the record of charges.
+/// Clones share the switches and the records of charges and refunds made.
 #[derive(Clone)]
 pub struct Sandbox {
     config: GatewayConfig,
@@ -29,9 +30,25 @@ pub struct Sandbox {
     /// The payments its saved-method charges made, by order id: what
     /// `payments_of_order` and `fetch_payment` answer from.
     charges: Arc<Mutex<HashMap<String, Vec<GatewayPayment>>>>,
+    made: Arc<Mutex<Vec<MadeRefund>>>,
+    /// Refund calls that reached the sandbox.
+    refund_calls: Arc<AtomicUsize>,
+    /// While true, refund calls wait (after being counted) until released.
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
-/// How the sandbox answers refunds ([`Sandbox::set_refunds`]).
+/// A refund the sandbox made, as its gateway-side record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeRefund {
+    pub payment_id: String,
+    /// Billing's refund id the call carried (Razorpay: `notes.refund_key`).
+    pub refund_key: String,
+    pub refund: GatewayRefund,
+}
+
+/// How the sandbox answers refunds ([`Sandbox::set_refunds`]). Like a
+/// gateway without idempotency keys, it makes a new refund for every
+/// accepted call: only billing's look-up keeps a retry from refunding twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum SandboxRefunds {
@@ -39,8 +56,18 @@ pub enum SandboxRefunds {
     Process = 0,
     /// Refused, the way Razorpay refuses a refund (400).
     Refuse = 1,
-    /// The gateway cannot be reached.
+    /// The gateway cannot be reached (nothing is made, look-ups fail too).
     Unreachable = 2,
+    /// The refund is made (processed), but its answer is lost: the call
+    /// times out after reaching the gateway.
+    LoseAnswer = 3,
+    /// Accepted as `pending`; [`Sandbox::settle_refund`] settles it later.
+    Pending = 4,
+    /// Razorpay's 409: a request with this key is still being processed.
+    /// Nothing is made.
+    InProgress = 5,
+    /// Like `LoseAnswer`, but the refund made is `pending`.
+    LosePendingAnswer = 6,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -63,6 +90,9 @@ impl Sandbox {
             lose_charge_answers: Arc::default(),
             tokens_revoked: Arc::default(),
             charges: Arc::default(),
+            made: Arc::default(),
+            refund_calls: Arc::default(),
+            hold: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -93,6 +123,36 @@ impl Sandbox {
         self.records().values().flatten().find(|p| p.id == payment_id).cloned()
     }
 
+    /// The refunds made of `payment_id`, oldest first.
+    pub fn refunds_made(&self, payment_id: &str) -> Vec<GatewayRefund> {
+        self.made_refunds().into_iter().filter(|m| m.payment_id == payment_id).map(|m| m.refund).collect()
+    }
+
+    /// Every refund made, oldest first.
+    pub fn made_refunds(&self) -> Vec<MadeRefund> {
+        self.made.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Refund calls that reached the sandbox so far (made or not).
+    pub fn refund_calls(&self) -> usize {
+        self.refund_calls.load(Ordering::SeqCst)
+    }
+
+    /// While `held`, refund calls wait inside the gateway (tests race a
+    /// second caller against one whose call is in flight).
+    pub fn hold_refunds(&self, held: bool) {
+        self.hold.send_replace(held);
+    }
+
+    /// Settles a pending refund the way the bank's answer would (what a
+    /// later look-up reports; the test sends the webhook itself).
+    pub fn settle_refund(&self, gateway_refund_id: &str, status: RefundStatus) {
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        for m in made.iter_mut().filter(|m| m.refund.id == gateway_refund_id) {
+            m.refund.status = status;
+        }
+    }
+
     /// How later refunds are answered (tests exercise refusals and outages).
     pub fn set_refunds(&self, answer: SandboxRefunds) {
         self.refunds.store(answer as u8, Ordering::Relaxed);
@@ -102,6 +162,36 @@ impl Sandbox {
     /// method, like `SANDBOX_FAIL_CHARGES` at start-up (tests flip it).
     pub fn set_fail_charges(&self, fail: bool) {
         self.fail_charges.store(fail, Ordering::Relaxed);
+    }
+
+    /// A `refund.processed` / `refund.failed` webhook body like Razorpay's,
+    /// for the refund `gateway_refund_id` made under billing's `refund_key`.
+    pub fn refund_event_body(
+        status: RefundStatus,
+        gateway_refund_id: &str,
+        payment_id: &str,
+        amount_minor: i64,
+        refund_key: &str,
+    ) -> Vec<u8> {
+        let (event, status) = match status {
+            RefundStatus::Failed => ("refund.failed", "failed"),
+            RefundStatus::Processed => ("refund.processed", "processed"),
+            RefundStatus::Pending => ("refund.created", "pending"),
+        };
+        serde_json::json!({
+            "entity": "event",
+            "event": event,
+            "payload": { "refund": { "entity": {
+                "id": gateway_refund_id,
+                "entity": "refund",
+                "payment_id": payment_id,
+                "amount": amount_minor,
+                "notes": { "refund_key": refund_key },
+                "status": status,
+            }}}
+        })
+        .to_string()
+        .into_bytes()
     }
 
     /// What the gateway hands the customer after a successful payment.
@@ -178,16 +268,27 @@ impl Gateway for Sandbox {
     }
 
     /// Every refund is processed at once, unless [`Sandbox::set_refunds`]
-    /// said otherwise.
-    async fn refund(&self, _payment_id: &str, amount_minor: i64, _refund_key: &str) -> Result<GatewayRefund, GatewayError> {
-        match self.refunds.load(Ordering::Relaxed) {
+    /// said otherwise; every one made is recorded for [`Gateway::find_refund`].
+    async fn refund(&self, payment_id: &str, amount_minor: i64, refund_key: &str) -> Result<GatewayRefund, GatewayError> {
+        self.refund_calls.fetch_add(1, Ordering::SeqCst);
+        let mut hold = self.hold.subscribe();
+        // The sender lives as long as self: this returns once released.
+        let _ = hold.wait_for(|held| !*held).await;
+        let answer = self.refunds.load(Ordering::Relaxed);
+        match answer {
             1 => {
                 return Err(GatewayError::Refused {
                     code: "BAD_REQUEST_ERROR".into(),
                     message: "The refund could not be processed (sandbox: refunds refused)".into(),
                 });
             }
-            2 => return Err(GatewayError::Unavailable { message: "sandbox: gateway unreachable".into(), retry_after: None }),
+            2 => return Err(unreachable()),
+            5 => {
+                return Err(GatewayError::Unavailable {
+                    message: "sandbox: a refund with this key is in progress (409)".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                });
+            }
             _ => {}
         }
         if amount_minor <= 0 {
@@ -196,7 +297,25 @@ impl Gateway for Sandbox {
                 message: "The refund amount provided is invalid".into(),
             });
         }
-        Ok(GatewayRefund { id: format!("rfnd_{}", uuid::Uuid::new_v4().simple()), status: RefundStatus::Processed, amount_minor })
+        let pending = [SandboxRefunds::Pending as u8, SandboxRefunds::LosePendingAnswer as u8].contains(&answer);
+        let status = if pending { RefundStatus::Pending } else { RefundStatus::Processed };
+        let refund = GatewayRefund { id: format!("rfnd_{}", uuid::Uuid::new_v4().simple()), status, amount_minor };
+        self.made.lock().unwrap_or_else(|p| p.into_inner()).push(MadeRefund {
+            payment_id: payment_id.to_owned(),
+            refund_key: refund_key.to_owned(),
+            refund: refund.clone(),
+        });
+        if [SandboxRefunds::LoseAnswer as u8, SandboxRefunds::LosePendingAnswer as u8].contains(&answer) {
+            return Err(GatewayError::Unavailable { message: "sandbox: the refund call timed out".into(), retry_after: None });
+        }
+        Ok(refund)
+    }
+
+    async fn find_refund(&self, payment_id: &str, refund_key: &str) -> Result<Option<GatewayRefund>, GatewayError> {
+        if self.refunds.load(Ordering::Relaxed) == SandboxRefunds::Unreachable as u8 {
+            return Err(unreachable());
+        }
+        Ok(self.made_refunds().into_iter().find(|m| m.payment_id == payment_id && m.refund_key == refund_key).map(|m| m.refund))
     }
 
     /// Captured at once, or declined the way Razorpay declines a card when
@@ -267,6 +386,10 @@ impl Gateway for Sandbox {
     }
 }
 
+fn unreachable() -> GatewayError {
+    GatewayError::Unavailable { message: "sandbox: gateway unreachable".into(), retry_after: None }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +413,20 @@ mod tests {
         assert!(r.id.starts_with("rfnd_"));
         assert_eq!((r.status, r.amount_minor), (RefundStatus::Processed, 500));
         assert!(matches!(sandbox().refund("pay_1", 0, "refund-key-2").await, Err(GatewayError::Refused { .. })));
+    }
+
+    #[tokio::test]
+    async fn refunds_made_are_found_by_key_even_when_the_answer_was_lost() {
+        let g = sandbox();
+        g.set_refunds(SandboxRefunds::LoseAnswer);
+        assert!(matches!(g.refund("pay_1", 500, "k1").await, Err(GatewayError::Unavailable { .. })));
+        let found = g.find_refund("pay_1", "k1").await.unwrap().unwrap();
+        assert_eq!((found.status, found.amount_minor), (RefundStatus::Processed, 500));
+        assert_eq!(g.find_refund("pay_1", "k2").await.unwrap(), None);
+        assert_eq!(g.find_refund("pay_2", "k1").await.unwrap(), None);
+        g.set_refunds(SandboxRefunds::InProgress);
+        assert!(matches!(g.refund("pay_1", 500, "k3").await, Err(GatewayError::Unavailable { retry_after: Some(_), .. })));
+        assert_eq!((g.refunds_made("pay_1").len(), g.refund_calls()), (1, 2));
     }
 
     #[tokio::test]

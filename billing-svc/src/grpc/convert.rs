@@ -61,7 +61,14 @@ pub fn order(v: &OrderView) -> pb::Order {
         paid_at: opt_to_proto(o.paid_at),
         renews_subscription_id: o.renews_subscription_id.map(|s| s.to_string()).unwrap_or_default(),
         renews_period_start: opt_to_proto(o.renews_period_start),
-        amount_refunded_minor: v.refunds.iter().filter(|r| r.status != RefundStatus::Failed).map(|r| r.amount_minor).sum(),
+        // The order's own payment only: refunds of another payment of it (a
+        // discrepancy's) are listed in `refunds` under their payment id.
+        amount_refunded_minor: v
+            .refunds
+            .iter()
+            .filter(|r| r.status != RefundStatus::Failed && o.payment_id.as_deref() == Some(r.payment_id.as_str()))
+            .map(|r| r.amount_minor)
+            .sum(),
         refunds: v.refunds.iter().map(refund).collect(),
     }
 }

@@ -4,16 +4,19 @@
 //!
 //! 1. under the order's row lock (the discrepancy's, for a payment of no
 //!    known order) the refund is checked against what is left and recorded
-//!    PENDING, so racing refunds never add up to more than was captured;
-//! 2. the gateway is asked, with no pooled connection held;
+//!    PENDING, so racing refunds never add up to more than was captured,
+//!    and the caller claims it: one caller at a time asks the gateway about
+//!    one refund ([`outcome`]);
+//! 2. the gateway is consulted, with no pooled connection held: a refund
+//!    whose earlier outcome is unknown is looked up first, and asked again
+//!    (same key) only when the gateway has none;
 //! 3. under the same lock the answer is recorded: PROCESSED or PENDING
-//!    (settled later by the `refund.*` webhooks), or FAILED (the amount is
-//!    refundable again). An unreachable gateway leaves the row PENDING
-//!    without a gateway id, its outcome unknown (a timed-out call may have
-//!    refunded): its amount stays held, a retry with the same refund id asks
-//!    the gateway again with the same key, and the gateway's webhook settles
-//!    it by that key. Nothing is ever deleted, so no refund the gateway made
-//!    can drop out of the books.
+//!    (settled later by the `refund.*` webhooks or a look-up), FAILED only
+//!    when the gateway refused and has no refund under the key (the amount
+//!    is refundable again), or still PENDING with its outcome unknown (a
+//!    timeout, a 5xx, a 409): its amount stays held and a retry with the
+//!    same refund id resolves it. Nothing is ever deleted, so no refund the
+//!    gateway made can drop out of the books.
 //!
 //! A subscription ends only on PROCESSED money: a full refund of the order
 //! that paid its current period cancels it now; of a renewal not yet begun,
@@ -26,14 +29,16 @@ use shared::db::{Conn, Races};
 
 use crate::{
     App, Error, Result,
-    gateway::{GatewayError, RefundStatus},
+    gateway::RefundStatus,
     orders::{self, Order},
     schema::refunds,
     subscriptions,
 };
 
 mod discrepancy;
+mod outcome;
 pub use discrepancy::{DiscrepancyRefund, refund_discrepancy};
+use outcome::{Answer, Claim};
 
 /// Longest reason accepted.
 pub const MAX_REASON: usize = 500;
@@ -71,6 +76,10 @@ pub struct Refund {
     pub gateway_refund_id: Option<String>,
     pub detail: String,
     pub created_at: DateTime<Utc>,
+    /// While set and in the future, a caller is asking the gateway.
+    pub asking_until: Option<DateTime<Utc>>,
+    /// How many times a caller claimed it to ask the gateway.
+    pub attempts: i32,
 }
 
 /// A RefundPayment request, checked by the handler.
@@ -116,18 +125,18 @@ async fn find(conn: &mut Conn, id: &str) -> Result<Option<Refund>> {
     Ok(refunds::table.find(id).select(Refund::as_select()).first(conn).await.optional()?)
 }
 
-/// Step 1 of an order refund, under the order's row lock: a replay, or the
-/// PENDING row to ask the gateway about (new, or one whose outcome is
-/// unknown because the gateway could not be reached).
+/// Step 1 of an order refund, under the order's row lock: a replay of a
+/// settled refund, or the PENDING row this caller claimed (new, or one
+/// still pending or of unknown outcome).
 enum Begun {
     Replay(Refund),
-    Ask(Refund),
+    Ask(Claim),
 }
 
 /// Refund ids `reconcile --fix` uses for discrepancies; refused from callers.
 pub const DISCREPANCY_PREFIX: &str = "discrepancy:";
 
-async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>) -> Result<Begun> {
+async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Begun> {
     let order = orders::lock_optional(conn, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
     let subject = format!("order:{}", order.id);
     if let Some(prior) = find(conn, &r.refund_id).await? {
@@ -141,8 +150,8 @@ async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>) -> Result<Begun
                 "this refund_id was used for another order or amount; use a new refund_id",
             ));
         }
-        if prior.status == Status::Pending && prior.gateway_refund_id.is_none() {
-            return Ok(Begun::Ask(prior));
+        if prior.status == Status::Pending {
+            return Ok(Begun::Ask(outcome::claim(conn, &prior, true, now, lease).await?));
         }
         return Ok(Begun::Replay(prior));
     }
@@ -163,7 +172,7 @@ async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>) -> Result<Begun
     }
     let pending =
         insert_pending(conn, &r.refund_id, &payment_id, Some(&order.id), None, amount, &order.currency, &r.reason, now).await?;
-    Ok(Begun::Ask(pending))
+    Ok(Begun::Ask(outcome::claim(conn, &pending, false, now, lease).await?))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -196,97 +205,72 @@ async fn insert_pending(
         .await?)
 }
 
-/// The gateway's answer, as recorded.
-enum Answer {
-    Accepted { gateway_id: String, status: Status },
-    Refused(String),
-    Unreachable(GatewayError),
-}
-
-async fn ask_gateway(app: &App, refund: &Refund) -> Answer {
-    match app.gateway.refund(&refund.payment_id, refund.amount_minor, &refund.id).await {
-        Ok(r) => Answer::Accepted { gateway_id: r.id, status: r.status.into() },
-        Err(GatewayError::Refused { code, message }) => Answer::Refused(format!("{code}: {message}")),
-        Err(e @ GatewayError::Unavailable { .. }) => Answer::Unreachable(e),
+/// What follows a refund's move from PENDING to `after.status`, in the
+/// transaction that made it (the order's lock held when it has one): a
+/// PROCESSED refund of an order may end its subscription, a FAILED one may
+/// make its renewal count as paid again (the period reopens); the payment's
+/// discrepancy, if any, is closed or reopened by what is PROCESSED now.
+async fn settled(conn: &mut Conn, after: &Refund, order: Option<&Order>, now: DateTime<Utc>) -> Result<()> {
+    if after.status == Status::Pending {
+        return Ok(());
     }
-}
-
-/// Step 3: records the answer (caller holds the lock step 1 took). Returns
-/// the refund as recorded; None when it was no longer PENDING (a webhook
-/// settled it in between).
-async fn record(conn: &mut Conn, id: &str, answer: &Answer, now: DateTime<Utc>) -> Result<Option<Refund>> {
-    let target = refunds::table.find(id).filter(refunds::status.eq(Status::Pending));
-    Ok(match answer {
-        Answer::Accepted { gateway_id, status } => diesel::update(target)
-            .set((refunds::status.eq(*status), refunds::gateway_refund_id.eq(gateway_id), refunds::updated_at.eq(now)))
-            .returning(Refund::as_returning())
-            .get_result(conn)
-            .await
-            .optional()?,
-        Answer::Refused(why) => diesel::update(target)
-            .set((refunds::status.eq(Status::Failed), refunds::detail.eq(why), refunds::updated_at.eq(now)))
-            .returning(Refund::as_returning())
-            .get_result(conn)
-            .await
-            .optional()?,
-        Answer::Unreachable(e) => diesel::update(target)
-            .set((
-                refunds::detail.eq(format!("outcome unknown: {e}; retry with the same refund_id")),
-                refunds::updated_at.eq(now),
-            ))
-            .returning(Refund::as_returning())
-            .get_result(conn)
-            .await
-            .optional()?,
-    })
+    if after.discrepancy_id.is_none()
+        && let Some(order) = order
+    {
+        match after.status {
+            Status::Processed => end_if_fully_refunded(conn, order, now).await?,
+            Status::Failed => reopen_if_paid_again(conn, order, now).await?,
+            Status::Pending => {}
+        }
+    }
+    discrepancy::follow_refund(conn, after, now).await
 }
 
 /// RefundPayment: refunds (part of) an order's captured payment.
 pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
     let now = app.clock.now();
+    let lease = outcome::lease(app);
     let begun = {
         let mut conn = app.conn().await?;
-        shared::retry_tx!(&mut conn, Races::ConflictsAndUnique, |c| begin(c, r, now).await)?
+        shared::retry_tx!(&mut conn, Races::ConflictsAndUnique, |c| begin(c, r, now, lease).await)?
     };
-    let pending = match begun {
+    let claim = match begun {
         Begun::Replay(refund) => {
             let order = orders::view(&mut *app.conn().await?, &r.order_id).await?;
             return Ok(Refunded { refund, order, replayed: true });
         }
-        Begun::Ask(p) => p,
+        Begun::Ask(claim) => claim,
     };
-    let answer = ask_gateway(app, &pending).await;
+    let answer = outcome::consult(app, &claim).await;
     let mut conn = app.conn().await?;
     let recorded = shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
         let order = orders::lock_optional(c, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
-        let recorded = record(c, &pending.id, &answer, now).await?;
-        match recorded.as_ref().map(|r| r.status) {
-            Some(Status::Processed) => end_if_fully_refunded(c, &order, now).await?,
-            Some(Status::Failed) => reopen_if_paid_again(c, &order, now).await?,
-            _ => {}
+        let recorded = outcome::record(c, &claim, &answer, now).await?;
+        if claim.refund.status != recorded.status {
+            settled(c, &recorded, Some(&order), now).await?;
         }
         Ok::<_, Error>(recorded)
     })?;
-    match (&answer, recorded) {
-        (Answer::Unreachable(e), _) => Err(e.clone().into()),
-        (Answer::Refused(why), _) => {
-            tracing::warn!(refund_id = %pending.id, order_id = %r.order_id, %why, "gateway refused a refund");
+    match &answer {
+        Answer::Unknown(e) => {
+            tracing::warn!(refund_id = %recorded.id, order_id = %r.order_id, error = %e, "refund outcome unknown; stays PENDING");
+            Err(e.clone().into())
+        }
+        Answer::Refused(why) if recorded.status == Status::Failed => {
+            tracing::warn!(refund_id = %recorded.id, order_id = %r.order_id, %why, "gateway refused a refund");
             Err(Error::precondition(
                 "GATEWAY_REFUSED",
-                format!("refund:{}", pending.id),
+                format!("refund:{}", recorded.id),
                 format!("the gateway refused the refund ({why}); it is recorded FAILED and the order is unchanged"),
             ))
         }
-        (Answer::Accepted { .. }, Some(refund)) => {
-            tracing::info!(refund_id = %refund.id, order_id = %r.order_id, amount = refund.amount_minor, status = %refund.status, "refund recorded");
+        // Refused, but another caller has claimed the refund since: its
+        // answer decides; this caller retries.
+        Answer::Refused(_) => Err(shared::error::ServiceError::IdempotencyKeyInFlight.into()),
+        Answer::Accepted { .. } | Answer::StillPending => {
+            tracing::info!(refund_id = %recorded.id, order_id = %r.order_id, amount = recorded.amount_minor, status = %recorded.status, "refund recorded");
             let order = orders::view(&mut conn, &r.order_id).await?;
-            Ok(Refunded { refund, order, replayed: false })
-        }
-        // Settled by a webhook between the steps: read it as it is.
-        (Answer::Accepted { .. }, None) => {
-            let refund = find(&mut conn, &pending.id).await?.ok_or_else(|| Error::not_found("refund", &pending.id))?;
-            let order = orders::view(&mut conn, &r.order_id).await?;
-            Ok(Refunded { refund, order, replayed: false })
+            Ok(Refunded { refund: recorded, order, replayed: claim.replayed })
         }
     }
 }
@@ -361,11 +345,12 @@ async fn reopen_if_paid_again(conn: &mut Conn, order: &Order, now: DateTime<Utc>
 }
 
 /// A `refund.processed` / `refund.failed` webhook: settles the PENDING
-/// refund the gateway names, by its gateway id or, for a refund whose
-/// answer never reached billing, by billing's refund id (`refund_key`).
-/// Returns false when no PENDING refund matches (already settled, or not
-/// billing's). A processed refund may complete a full refund (see
-/// [`end_if_fully_refunded`]).
+/// refund it belongs to, found by the gateway's refund id or else by
+/// billing's refund id (`refund_key`, from the refund's notes), whichever
+/// attempt's gateway id the row holds. Returns false when no PENDING refund
+/// matches (already settled, or not billing's). A processed refund may
+/// complete a full refund (see [`end_if_fully_refunded`]) or close the
+/// payment's discrepancy; a failed one gives its amount back.
 pub async fn settle(
     conn: &mut Conn,
     gateway_refund_id: &str,
@@ -373,44 +358,32 @@ pub async fn settle(
     status: Status,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    let pending = refunds::table.filter(refunds::status.eq(Status::Pending));
-    let found: Option<Refund> = match pending
+    let by_gateway_id: Option<Refund> = refunds::table
         .filter(refunds::gateway_refund_id.eq(gateway_refund_id))
         .select(Refund::as_select())
         .first(conn)
         .await
-        .optional()?
-    {
-        Some(r) => Some(r),
-        None => match refund_key {
-            Some(key) => pending
-                .filter(refunds::id.eq(key))
-                .filter(refunds::gateway_refund_id.is_null())
-                .select(Refund::as_select())
-                .first(conn)
-                .await
-                .optional()?,
-            None => None,
-        },
+        .optional()?;
+    let found = match (by_gateway_id, refund_key) {
+        (Some(r), _) => Some(r),
+        (None, Some(key)) => find(conn, key).await?,
+        (None, None) => None,
     };
-    let Some(refund) = found else { return Ok(false) };
+    let Some(refund) = found.filter(|r| r.status == Status::Pending) else { return Ok(false) };
     let order = match &refund.order_id {
         Some(id) => orders::lock_optional(conn, id).await?,
         None => None,
     };
-    let n = diesel::update(refunds::table.find(&refund.id).filter(refunds::status.eq(Status::Pending)))
-        .set((refunds::status.eq(status), refunds::gateway_refund_id.eq(gateway_refund_id), refunds::updated_at.eq(now)))
-        .execute(conn)
-        .await?;
-    if n == 1
-        && let Some(order) = order
-        && refund.discrepancy_id.is_none()
-    {
-        match status {
-            Status::Processed => end_if_fully_refunded(conn, &order, now).await?,
-            Status::Failed => reopen_if_paid_again(conn, &order, now).await?,
-            Status::Pending => {}
-        }
-    }
-    Ok(n == 1)
+    // The first gateway id learnt stays (it is unique); the event settles
+    // the row either way.
+    let gateway_id = refund.gateway_refund_id.clone().unwrap_or_else(|| gateway_refund_id.to_owned());
+    let after: Option<Refund> = diesel::update(refunds::table.find(&refund.id).filter(refunds::status.eq(Status::Pending)))
+        .set((refunds::status.eq(status), refunds::gateway_refund_id.eq(gateway_id), refunds::updated_at.eq(now)))
+        .returning(Refund::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+    let Some(after) = after else { return Ok(false) };
+    settled(conn, &after, order.as_ref(), now).await?;
+    Ok(true)
 }

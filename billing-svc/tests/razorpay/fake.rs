@@ -53,6 +53,10 @@ pub struct Fake {
     pub customers: Mutex<Vec<Value>>,
     /// Token entities by token id (recurring mandates registered).
     pub tokens: Mutex<HashMap<String, Value>>,
+    /// `X-Refund-Idempotency` key -> (request body, refund made), as
+    /// Razorpay keeps them: a retry with the same key and body gets the same
+    /// refund back.
+    pub refund_keys: Mutex<HashMap<String, (Value, Value)>>,
     /// The status the next refunds get ("processed" when unset).
     pub refund_status: Mutex<Option<&'static str>>,
     pub seen: Mutex<Vec<Seen>>,
@@ -118,8 +122,21 @@ impl Fake {
         format!("{prefix}_Fk{:012}", *n)
     }
 
+    /// Refunds made of `payment_id`.
+    pub fn refunds_of(&self, payment_id: &str) -> Vec<Value> {
+        self.refunds.lock().unwrap().iter().filter(|r| r["payment_id"] == payment_id).cloned().collect()
+    }
+
     /// Razorpay's behaviour for one request.
-    pub fn answer(&self, method: &Method, path: &str, query: &str, auth: Option<&str>, body: &Value) -> (u16, Value) {
+    pub fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        auth: Option<&str>,
+        headers: &HeaderMap,
+        body: &Value,
+    ) -> (u16, Value) {
         if auth != Some(expected_authorization().as_str()) {
             return (401, error_body("Authentication failed"));
         }
@@ -265,14 +282,41 @@ impl Fake {
                     json!({ "razorpay_payment_id": id, "razorpay_order_id": order_id, "razorpay_signature": "9ef4dffbfd84f1318f6739a3ce19f9d85851857ae648f114332d8401e0949a3d" }),
                 )
             }
+            ("GET", ["v1", "payments", id, "refunds"]) => {
+                let param =
+                    |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse::<usize>().ok());
+                let (count, skip) = (param("count").unwrap_or(10), param("skip").unwrap_or(0));
+                if count > 100 {
+                    return (400, error_body("The count may not be greater than 100."));
+                }
+                let items: Vec<Value> = self.refunds_of(id).into_iter().skip(skip).take(count).collect();
+                (200, json!({ "entity": "collection", "count": items.len(), "items": items }))
+            }
             ("POST", ["v1", "payments", id, "refund"]) => {
                 let Some(payment) = self.payments.lock().unwrap().get(*id).cloned() else {
                     return (400, error_body("The id provided does not exist"));
                 };
+                // https://razorpay.com/docs/api/refunds/normal-refunds-idempotent
+                let key = headers.get("x-refund-idempotency").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                if let Some(key) = &key {
+                    if key.len() < 10 || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                        return (400, error_body("The idempotency key is invalid."));
+                    }
+                    if let Some((first_body, refund)) = self.refund_keys.lock().unwrap().get(key) {
+                        if first_body != body {
+                            return (
+                                400,
+                                error_body("Different request with the same idempotency key has already been processed."),
+                            );
+                        }
+                        return (200, refund.clone());
+                    }
+                }
+                let refunded: i64 = self.refunds_of(id).iter().filter_map(|r| r["amount"].as_i64()).sum();
                 let Some(amount) = body["amount"].as_i64() else {
                     return (400, error_body("The amount must be an integer."));
                 };
-                if amount <= 0 || amount > payment["amount"].as_i64().unwrap_or_default() {
+                if amount <= 0 || amount + refunded > payment["amount"].as_i64().unwrap_or_default() {
                     return (400, error_body("The refund amount provided is greater than amount captured"));
                 }
                 let status = self.refund_status.lock().unwrap().unwrap_or("processed");
@@ -292,6 +336,9 @@ impl Fake {
                     "speed_requested": body["speed"],
                 });
                 self.refunds.lock().unwrap().push(refund.clone());
+                if let Some(key) = key {
+                    self.refund_keys.lock().unwrap().insert(key, (body.clone(), refund.clone()));
+                }
                 (200, refund)
             }
             _ => (400, error_body("The requested URL was not found on the server.")),
@@ -368,11 +415,11 @@ pub async fn handle(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, hea
             (200, json!({}))
         }
         Some(Script::Slow(d)) => {
-            let answer = fake.answer(&method, &path, &query, authorization.as_deref(), &json_body);
+            let answer = fake.answer(&method, &path, &query, authorization.as_deref(), &headers, &json_body);
             tokio::time::sleep(d).await;
             answer
         }
-        None => fake.answer(&method, &path, &query, authorization.as_deref(), &json_body),
+        None => fake.answer(&method, &path, &query, authorization.as_deref(), &headers, &json_body),
     };
     (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
 }

@@ -329,7 +329,7 @@ async fn reconcile_finds_nothing(app: &TestApp) {
     assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
 
-/// docs/design.md, Invariants 22: a recurring charge whose answer was lost
+/// docs/design.md, Invariants 24: a recurring charge whose answer was lost
 /// after it reached the gateway (the sandbox makes the charge, then the call
 /// fails as after a timeout) is found by its order before a second attempt:
 /// one payment at the gateway, captured once, one period opened.

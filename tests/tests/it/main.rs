@@ -18,6 +18,7 @@ mod hardening_checkout;
 mod lifecycle;
 mod pagination;
 mod payments;
+mod refund_outcome;
 mod refunds;
 mod reopening;
 mod schema;

@@ -280,7 +280,7 @@ async fn reconcile_fix_refunds_with_a_pool_of_one_connection() {
     assert_ledger_matches_balances(&mut db).await;
 }
 
-/// docs/design.md, Invariants 23: a payment of an order this system never
+/// docs/design.md, Invariants 25: a payment of an order this system never
 /// created (another integration on the same gateway account) is reported as
 /// FOREIGN_PAYMENT for an operator; `reconcile --fix` never refunds it. The
 /// operator's acknowledgement closes it.

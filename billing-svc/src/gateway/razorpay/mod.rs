@@ -23,13 +23,18 @@
 //!   https://razorpay.com/docs/api/orders/fetch-payments
 //! - Payments, capture (`POST /v1/payments/:id/capture`):
 //!   https://razorpay.com/docs/api/payments/capture
+//! - Refunds of a payment (`count` up to 100, `skip`):
+//!   https://razorpay.com/docs/api/refunds/fetch-multiple-refund-payment
+//! - Recurring payments, create subsequent payments (`POST /v1/payments/create/recurring`):
+//!   https://razorpay.com/docs/api/payments/recurring-payments/cards/create-subsequent-payments
 //!
 //! Every call: basic auth with the key id and key secret, JSON bodies,
 //! amounts in the currency's minor unit (paise), one timeout per call
 //! (`GATEWAY_TIMEOUT_MS`), no redirects followed (the credentials go to the
 //! configured host only). Errors: a timeout, a connection failure, a 5xx, a
 //! 408 or a 429 is `Unavailable` (429 and 503 carry the gateway's
-//! Retry-After); another 4xx is `Refused` with Razorpay's `error.code` and a
+//! Retry-After); a 409 (a request with the same idempotency key still in
+//! progress) is `Unavailable` too; another 4xx is `Refused` with Razorpay's `error.code` and a
 //! bounded description; a body that is not what the documentation shows is
 //! `Unavailable` ("unexpected response"), never a panic.
 //!
@@ -49,7 +54,7 @@ use serde_json::json;
 
 use super::{
     Gateway, GatewayError, GatewayOrder, GatewayPayment, GatewayRefund, METHOD_UNUSABLE, NewOrder, PaymentStatus, SavedMethod,
-    hex_eq, hmac_hex,
+    hex_eq, hmac_hex, refund_idempotency_key,
 };
 use crate::config::GatewayConfig;
 
@@ -57,8 +62,7 @@ mod wire;
 
 use wire::{
     Collection, CustomerEntity, ErrorBody, ErrorDetail, OrderEntity, PaymentEntity, RecurringAnswer, RefundEntity, TokenEntity,
-    bounded, check_id, idempotency_key, payment_status, read_body, refund_status, retry_after, transport_error, unavailable,
-    unexpected,
+    bounded, check_id, payment_status, read_body, refund_status, retry_after, transport_error, unavailable, unexpected,
 };
 
 /// Attempts of an idempotent read (fetching a payment, looking orders up).
@@ -83,6 +87,10 @@ const MAX_RECEIPT: usize = 40;
 const MAX_CUSTOMER_NAME: usize = 50;
 /// How often a card mandate may be debited: once per monthly period.
 const MANDATE_FREQUENCY: &str = "monthly";
+/// Refunds per page of a payment's refund list (Razorpay's maximum `count`).
+const REFUND_PAGE: usize = 100;
+/// Pages read before a look-up gives up.
+const MAX_REFUND_PAGES: usize = 10;
 
 pub struct Razorpay {
     /// None when the HTTP client could not be built (then every call is
@@ -163,6 +171,13 @@ impl Razorpay {
             // Always with a pause, so that no layer retries a throttled call at once.
             let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
             return Err(unavailable(&format!("{method} {path}: rate limited (429)"), Some(pause)));
+        }
+        if status == StatusCode::CONFLICT {
+            // Razorpay's answer while a request with the same idempotency
+            // key is still being processed: the outcome is not known yet,
+            // so it is never a refusal (docs/design.md, Invariants 22).
+            let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
+            return Err(unavailable(&format!("{method} {path}: a request with this key is in progress (409)"), Some(pause)));
         }
         if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
             return Err(unavailable(&format!("{method} {path}: answered {}", status.as_u16()), retry_after));
@@ -357,12 +372,41 @@ impl Gateway for Razorpay {
         if !refund_key.is_empty() && refund_key.len() <= MAX_RECEIPT {
             body["receipt"] = json!(refund_key);
         }
-        // Makes a retried refund with the same key safe at Razorpay.
-        let idempotency = idempotency_key(refund_key).map(|k| ("X-Refund-Idempotency", k));
+        // Always sent, derived from billing's refund id, so that a retried
+        // refund (same key, same body) is never made twice at Razorpay.
+        let key = refund_idempotency_key(refund_key);
         let r: RefundEntity = self
-            .call(Method::POST, &format!("/v1/payments/{payment_id}/refund"), &[], Some(&body), idempotency.as_slice())
+            .call(
+                Method::POST,
+                &format!("/v1/payments/{payment_id}/refund"),
+                &[],
+                Some(&body),
+                &[("X-Refund-Idempotency", key.as_str())],
+            )
             .await?;
         Ok(GatewayRefund { id: r.id, status: refund_status(&r.status), amount_minor: r.amount })
+    }
+
+    /// `GET /v1/payments/:id/refunds`, page by page, for the refund whose
+    /// `notes.refund_key` is billing's refund id.
+    async fn find_refund(&self, payment_id: &str, refund_key: &str) -> Result<Option<GatewayRefund>, GatewayError> {
+        check_id("payment id", payment_id)?;
+        let path = format!("/v1/payments/{payment_id}/refunds");
+        for page in 0..MAX_REFUND_PAGES {
+            let skip = (page * REFUND_PAGE).to_string();
+            let count = REFUND_PAGE.to_string();
+            let found: Collection<RefundEntity> = self.get(&path, &[("count", &count), ("skip", &skip)]).await?;
+            let last = found.items.len() < REFUND_PAGE;
+            if let Some(r) = found.items.into_iter().find(|r| r.refund_key() == Some(refund_key)) {
+                return Ok(Some(GatewayRefund { id: r.id, status: refund_status(&r.status), amount_minor: r.amount }));
+            }
+            if last {
+                return Ok(None);
+            }
+        }
+        // More refunds of one payment than billing ever makes: not a
+        // "none" billing could act on.
+        Err(unavailable(&format!("GET {path}: more than {} refunds", MAX_REFUND_PAGES * REFUND_PAGE), None))
     }
 
     async fn charge_saved_method(

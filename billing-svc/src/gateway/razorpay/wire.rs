@@ -85,6 +85,16 @@ pub(super) struct RefundEntity {
     pub(super) id: String,
     pub(super) amount: i64,
     pub(super) status: String,
+    /// An object of strings, or `[]` when the refund has none.
+    #[serde(default)]
+    pub(super) notes: serde_json::Value,
+}
+
+impl RefundEntity {
+    /// Billing's refund id this refund was made under (`notes.refund_key`).
+    pub(super) fn refund_key(&self) -> Option<&str> {
+        self.notes.get("refund_key").and_then(serde_json::Value::as_str)
+    }
 }
 
 /// The answer of `POST /v1/payments/create/recurring`: the payment's id
@@ -124,12 +134,6 @@ pub(super) fn check_id(what: &str, id: &str) -> Result<(), GatewayError> {
     } else {
         Err(GatewayError::Refused { code: "BAD_REQUEST_ERROR".into(), message: format!("invalid {what}") })
     }
-}
-
-/// `X-Refund-Idempotency` takes 10+ characters of letters, digits, `-`, `_`.
-pub(super) fn idempotency_key(key: &str) -> Option<&str> {
-    (key.len() >= 10 && key.len() <= 128 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-        .then_some(key)
 }
 
 pub(super) fn unavailable(message: &str, retry_after: Option<Duration>) -> GatewayError {
@@ -198,9 +202,6 @@ mod tests {
         for bad in ["", "../orders", "pay_1/refund", "pay 1", "pay_1?x=1", &"p".repeat(65)] {
             assert!(check_id("payment id", bad).is_err(), "{bad}");
         }
-        assert_eq!(idempotency_key("refund-0001"), Some("refund-0001"));
-        assert_eq!(idempotency_key("short"), None);
-        assert_eq!(idempotency_key("has space in it"), None);
     }
 
     #[test]
