@@ -19,6 +19,7 @@ mod lifecycle;
 mod pagination;
 mod payments;
 mod refunds;
+mod retired_orders;
 mod schema;
 mod smoke;
 mod subscriptions;
