@@ -130,8 +130,9 @@ pub async fn renew(
             Started { session, previous }
         }
     });
-    let out = out?;
     drop(conn);
+    super::withdraw::settle_unstored(app, budget, &q.order_id, key.is_some(), &out, |s: &Started| &s.session.order_id).await;
+    let out = out?;
     super::withdraw::settle_user(app, budget, &head.user_id).await;
     Ok(out)
 }

@@ -30,7 +30,7 @@ pub(super) struct Quote {
     plan_id: String,
     amount_minor: i64,
     currency: String,
-    order_id: String,
+    pub(super) order_id: String,
 }
 
 /// CreateOrder validates the plan (unknown → NOT_FOUND, not purchasable →
@@ -205,8 +205,9 @@ pub async fn create(
             }
         }
     });
-    let out = out?;
     drop(conn);
+    super::withdraw::settle_unstored(app, budget, &q.order_id, key.is_some(), &out, |s: &Started| &s.session.order_id).await;
+    let out = out?;
     super::withdraw::settle_user(app, budget, user_id).await;
     Ok(out)
 }

@@ -80,6 +80,34 @@ pub(super) async fn settle_user(app: &App, budget: Budget, user_id: &str) {
     }
 }
 
+/// After a start's transaction: the order billing gave it, when no stored
+/// session carries it (the start lost a race to another one, or failed with
+/// no idempotency key a retry could reuse it under). Withdrawn, so that an
+/// order nobody was shown never counts as the user's newer purchase and
+/// makes the payable one superseded (docs/design.md, Invariants 7). A keyed
+/// start that failed keeps it: its retry asks billing for the same order.
+pub(super) async fn settle_unstored<T>(
+    app: &App,
+    budget: Budget,
+    order_id: &str,
+    keyed: bool,
+    out: &Result<shared::idempotency::Outcome<T>>,
+    stored_order: impl Fn(&T) -> &str,
+) {
+    use shared::idempotency::Outcome;
+    let unstored = match out {
+        Ok(Outcome::Fresh(v)) => stored_order(v) != order_id,
+        Ok(Outcome::Replay(_)) => false,
+        Err(_) => !keyed,
+    };
+    if !unstored {
+        return;
+    }
+    if let Err(e) = app.billing.cancel_orders(budget, &[order_id.to_owned()]).await {
+        tracing::warn!(order_id, error = %e, "order of a start that stored no session left open");
+    }
+}
+
 /// Every PENDING cancellation, `PAGE` sessions per billing call (the
 /// completion-sync job).
 pub async fn settle_all(app: &App) -> Result<WithdrawCounts> {

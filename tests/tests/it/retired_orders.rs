@@ -305,6 +305,14 @@ async fn racing_creates_and_renews_keep_one_active_session_and_cancel_every_reti
         let want = if status == "ACTIVE" { bpb::OrderStatus::Created } else { bpb::OrderStatus::Cancelled };
         assert_eq!(order(&app, order_id).await.status, want as i32, "{status} session's order {order_id}");
     }
+    // Orders of starts that lost the race (no session stored them) are
+    // withdrawn too: only the ACTIVE checkout's order is open, so nothing
+    // the customer was never shown supersedes it.
+    let mut bdb = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut bdb, &format!("SELECT count(*) AS n FROM orders WHERE user_id = '{user}' AND status = 'CREATED'")).await,
+        1
+    );
     // The customer pays every checkout they were shown.
     for (i, (order_id, _, amount, currency)) in sessions.iter().enumerate() {
         let (p, _) = app.pay(order_id);
