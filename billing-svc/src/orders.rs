@@ -104,7 +104,7 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
         if let Some(existing) = by_session(&mut conn, session_id).await? {
             return reuse(existing, session_id, user_id, plan_id);
         }
-        if let Some(renewal) = attach_renewal(&mut conn, session_id, user_id, plan_id, app.clock.now()).await? {
+        if let Some(renewal) = renewal_to_pay(&mut conn, user_id, plan_id).await? {
             return Ok(renewal);
         }
         plans::get(&mut conn, plan_id).await?
@@ -257,32 +257,21 @@ fn reuse(existing: Order, session_id: Uuid, user_id: &str, plan_id: &str) -> Res
 
 /// A renewal checkout: a checkout for the plan of the user's live
 /// subscription while its renewal order is open pays that order (the period
-/// it renews), instead of buying a new subscription. The order is handed to
-/// the newest checkout session that asks; a payment through an older one
-/// still pays the same order.
-async fn attach_renewal(
-    conn: &mut Conn,
-    session_id: Uuid,
-    user_id: &str,
-    plan_id: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<Order>> {
-    let open: Option<String> = orders::table
+/// it renews), instead of buying a new subscription. The order belongs to
+/// its subscription, not to a checkout session: every checkout the customer
+/// comes back with (a new one, a recovered one, a plan change back) gets the
+/// same order, and billing records none of them on it, so it never points
+/// at a session checkout did not store (docs/design.md, Invariants 26).
+async fn renewal_to_pay(conn: &mut Conn, user_id: &str, plan_id: &str) -> Result<Option<Order>> {
+    Ok(orders::table
         .inner_join(subscriptions::table.on(subscriptions::id.nullable().eq(orders::renews_subscription_id)))
         .filter(subscriptions::user_id.eq(user_id))
         .filter(subscriptions::plan_id.eq(plan_id))
         .filter(subscriptions::status.eq_any([SubStatus::Active, SubStatus::PastDue]))
         .filter(orders::renews_period_start.eq(subscriptions::period_end.nullable()))
         .filter(orders::status.eq(Status::Created))
-        .select(orders::id)
+        .select(Order::as_select())
         .first(conn)
-        .await
-        .optional()?;
-    let Some(id) = open else { return Ok(None) };
-    Ok(diesel::update(orders::table.find(&id).filter(orders::status.eq(Status::Created)))
-        .set((orders::checkout_session_id.eq(session_id), orders::updated_at.eq(now)))
-        .returning(Order::as_returning())
-        .get_result(conn)
         .await
         .optional()?)
 }
@@ -358,9 +347,11 @@ pub async fn batch_get(conn: &mut Conn, order_ids: &[String], session_ids: &[Uui
 /// Cancels the CREATED orders among `order_ids` (each under its row lock: a
 /// concurrent capture either finishes first and the order stays PAID, or
 /// finds it CANCELLED) and returns the orders as they are now. A renewal
-/// order belongs to its subscription, not to the checkout session that
-/// offered it: it is detached from the session instead (still collectable)
-/// and left out of the answer, as it is no longer that session's order.
+/// order belongs to its subscription, not to the checkout sessions that
+/// offered it: it is never cancelled here (it is still owed, and other
+/// checkouts may offer it), only detached from a session recorded on it
+/// before renewal checkouts stopped recording one, and left out of the
+/// answer, as it is not the retired or deleted session's to cancel.
 pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[String], now: DateTime<Utc>) -> Result<Vec<OrderView>> {
     let detached: Vec<String> = diesel::update(
         orders::table

@@ -191,13 +191,14 @@ async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>
 }
 
 /// Marks `order` PAID (unless it is already) and creates its subscription,
-/// unless the user's live subscription was bought by a newer order: then
-/// the payment is a discrepancy and nothing else changes.
+/// unless a newer purchase of the user exists (it bought the live
+/// subscription, or it is still open): then the payment is a discrepancy
+/// and nothing else changes.
 async fn subscribe(conn: &mut Conn, order: Order, p: Payment<'_>, now: DateTime<Utc>, already_paid: bool) -> Result<Capture> {
     // Lock order: order row (held), then the user's live subscription.
     let live = subscriptions::lock_live(conn, &order.user_id).await?;
     if let Some(newer) = newer_order(conn, &order, live.as_ref()).await? {
-        let detail = format!("order {} was superseded by order {newer}, which bought the user's current subscription", order.id);
+        let detail = format!("order {} was superseded by order {newer}, a newer purchase of the same user", order.id);
         let d = Discrepancy {
             kind: Kind::OrderSuperseded,
             order_id: Some(order.id.clone()),
@@ -215,11 +216,31 @@ async fn subscribe(conn: &mut Conn, order: Order, p: Payment<'_>, now: DateTime<
     Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))
 }
 
-/// The order that bought `live`, if it was created after `order`.
+/// A purchase of the same user created after `order` that is still open or
+/// paid (not cancelled): the order that bought `live` when it is newer, or a
+/// newer order not paid yet. Two purchases open at once are one customer
+/// changing their mind (a plan change, a second checkout), so only the
+/// newest may buy a subscription: paying the older one first must not buy a
+/// plan that the newer one's payment then replaces, both kept
+/// (docs/design.md, Invariants 7). Renewal orders pay periods, not plans,
+/// and are not purchases here.
 async fn newer_order(conn: &mut Conn, order: &Order, live: Option<&Subscription>) -> Result<Option<String>> {
-    let Some(live_order) = live.and_then(|s| s.order_id.as_deref()) else { return Ok(None) };
-    let seq: i64 = orders_t::table.find(live_order).select(orders_t::seq).first(conn).await?;
-    Ok((seq > order.seq).then(|| live_order.to_owned()))
+    if let Some(live_order) = live.and_then(|s| s.order_id.as_deref()) {
+        let seq: i64 = orders_t::table.find(live_order).select(orders_t::seq).first(conn).await?;
+        if seq > order.seq {
+            return Ok(Some(live_order.to_owned()));
+        }
+    }
+    Ok(orders_t::table
+        .filter(orders_t::user_id.eq(&order.user_id))
+        .filter(orders_t::seq.gt(order.seq))
+        .filter(orders_t::renews_subscription_id.is_null())
+        .filter(orders_t::status.ne(OrderStatus::Cancelled))
+        .order(orders_t::seq.desc())
+        .select(orders_t::id)
+        .first(conn)
+        .await
+        .optional()?)
 }
 
 async fn refuse(conn: &mut Conn, d: Discrepancy, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {

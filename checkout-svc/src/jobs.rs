@@ -20,7 +20,7 @@ pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
         }
         "completion-sync" => {
             let c = sessions::completion_sync(app, SYNC_BATCH).await?;
-            format!("completion-sync: checked {} completed {}", c.checked, c.completed)
+            format!("completion-sync: checked {} completed {} orders cancelled {}", c.checked, c.completed, c.orders_cancelled)
         }
         "purge-idempotency-keys" => {
             let mut conn = app.conn().await?;

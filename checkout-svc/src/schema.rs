@@ -17,5 +17,6 @@ diesel::table! {
         payment_id -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        order_cancellation -> Nullable<Text>,
     }
 }

@@ -15,7 +15,7 @@ use shared::{
 };
 use uuid::Uuid;
 
-use super::{RETENTION, Session, Status, find, lock, peek};
+use super::{RETENTION, Session, Status, find, lock, lock_user, peek};
 use crate::{App, Error, Result, schema::checkout_sessions as cs};
 
 #[derive(Debug, Clone)]
@@ -33,16 +33,34 @@ pub(super) async fn mark_completed(
     subscription_id: &str,
     now: DateTime<Utc>,
 ) -> Result<Completed> {
+    // Serialized per user like every start (user lock first, then rows):
+    // the sessions of one user that share a renewal order complete once.
+    let user_id = find(c, id).await?.user_id;
+    lock_user(c, &user_id).await?;
     let s = lock(c, id).await?;
     if s.is(Status::Completed) {
         return Ok(Completed { session: s, replayed: true });
     }
+    // One payment completes one session: another checkout that offered the
+    // same renewal order already took it (docs/design.md, Invariants 26).
+    if let Some(done) = cs::table
+        .filter(cs::order_id.eq(&s.order_id))
+        .filter(cs::status.eq(Status::Completed))
+        .select(Session::as_select())
+        .first(c)
+        .await
+        .optional()?
+    {
+        return Ok(Completed { session: done, replayed: true });
+    }
     // Paid: the user's other ACTIVE session (a replacement or a newer
-    // checkout) must not take a second payment.
+    // checkout) must not take a second payment, and neither may the orders
+    // of the user's other retired sessions (Invariants 27).
     diesel::update(cs::table.filter(cs::user_id.eq(&s.user_id)).filter(cs::status.eq(Status::Active)).filter(cs::id.ne(id)))
         .set((cs::status.eq(Status::Invalidated), cs::replaced_by.eq(id), cs::updated_at.eq(now)))
         .execute(c)
         .await?;
+    super::withdraw::mark_retired(c, &s.user_id, &s, now).await?;
     let session = diesel::update(cs::table.find(id))
         .set((
             cs::status.eq(Status::Completed),
@@ -87,7 +105,12 @@ pub async fn complete(
         .ok_or_else(|| Error::internal("billing verified the payment but returned no subscription"))?;
     let now = app.clock.now();
     let mut conn = app.conn().await?;
-    keyed_transaction!(conn, key, now, encode, |c| mark_completed(c, id, payment_id, &subscription_id, now).await?)
+    let out: Result<Outcome<_>> =
+        keyed_transaction!(conn, key, now, encode, |c| mark_completed(c, id, payment_id, &subscription_id, now).await?);
+    let out = out?;
+    drop(conn);
+    super::withdraw::settle_user(app, budget, &session.user_id).await;
+    Ok(out)
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +119,8 @@ pub struct SyncCounts {
     pub checked: usize,
     /// Sessions found paid and completed.
     pub completed: usize,
+    /// Retired sessions whose order billing confirmed withdrawn.
+    pub orders_cancelled: usize,
 }
 
 /// How far back the sync looks: everything cleanup has not deleted yet.
@@ -112,8 +137,12 @@ pub(super) async fn paid_orders(app: &App, budget: Budget, sessions: &[Session])
     }
     let ids: Vec<String> = sessions.iter().map(|s| s.order_id.clone()).collect();
     let orders = app.billing.batch_get_orders(budget, &ids).await?;
+    // Of the sessions sharing a renewal order, the one a payment completes
+    // is the ACTIVE one, else the newest.
+    let mut sessions: Vec<&Session> = sessions.iter().collect();
+    sessions.sort_by_key(|s| (!s.is(Status::Active), std::cmp::Reverse(s.created_at)));
     Ok(sessions
-        .iter()
+        .into_iter()
         .filter_map(|s| {
             orders.iter().find(|o| o.id == s.order_id && o.status == bpb::OrderStatus::Paid as i32).map(|o| (s.id, o.clone()))
         })
@@ -152,6 +181,11 @@ pub(super) async fn complete_paid(app: &App, paid: &[(Uuid, bpb::Order)]) -> Res
 pub async fn completion_sync(app: &App, batch: i64) -> Result<SyncCounts> {
     let now = app.clock.now();
     let mut counts = SyncCounts::default();
+    // First the cancellations checkout stored but billing has not confirmed
+    // (docs/design.md, Invariants 27).
+    let withdrawn = super::withdraw::settle_all(app).await?;
+    counts.orders_cancelled += withdrawn.confirmed;
+    counts.completed += withdrawn.completed;
     let mut after = Uuid::nil();
     loop {
         let page: Vec<Session> = {
@@ -174,6 +208,10 @@ pub async fn completion_sync(app: &App, batch: i64) -> Result<SyncCounts> {
         if (page.len() as i64) < batch {
             break;
         }
+    }
+    // Sessions completed above retired their users' other sessions.
+    if counts.completed > 0 {
+        counts.orders_cancelled += super::withdraw::settle_all(app).await?.confirmed;
     }
     Ok(counts)
 }

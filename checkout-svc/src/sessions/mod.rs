@@ -7,6 +7,7 @@ mod complete;
 mod recover;
 mod renew;
 mod start;
+mod withdraw;
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::{prelude::*, sql_types};
@@ -22,6 +23,7 @@ pub use complete::{Completed, complete, completion_sync};
 pub use recover::recover;
 pub use renew::renew;
 pub use start::{Started, create};
+pub use withdraw::{OrderCancellation, WithdrawCounts, settle_all};
 
 use crate::{App, Error, Result, schema::checkout_sessions as cs};
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{Session, Status, find, lock, lock_user, peek};
 use crate::{App, Error, Result};
 
-use super::start::{Started, existing, insert, keyed_id, quote, retire_active};
+use super::start::{Started, existing, keyed_id, quote, replace_active};
 
 /// Hops [`head_of`] follows before giving up: far beyond any real chain of
 /// plan changes, small enough to bound one query.
@@ -110,7 +110,7 @@ pub async fn renew(
     let new_id = key.map(|k| keyed_id(k, &head.id.to_string())).unwrap_or_else(Uuid::new_v4);
     let q = quote(app, budget, new_id, &head.user_id, plan_id).await?;
     let mut conn = app.conn().await?;
-    keyed_transaction!(conn, key, now, encode, |c| {
+    let out: Result<Outcome<_>> = keyed_transaction!(conn, key, now, encode, |c| {
         lock_user(c, &head.user_id).await?;
         let current = lock(c, head.id).await?;
         if !current.is(Status::Active) || current.lapsed(now) {
@@ -126,9 +126,13 @@ pub async fn renew(
         } else if let Some(session) = existing(c, new_id).await? {
             Started { session, previous: Some(head.clone()) }
         } else {
-            let previous = retire_active(c, &head.user_id, new_id, now).await?;
-            let session = insert(c, new_id, &head.user_id, &q, None, now).await?;
+            let (previous, session) = replace_active(c, new_id, &head.user_id, &q, None, now).await?;
             Started { session, previous }
         }
-    })
+    });
+    drop(conn);
+    super::withdraw::settle_unstored(app, budget, &q.order_id, key.is_some(), &out, |s: &Started| &s.session.order_id).await;
+    let out = out?;
+    super::withdraw::settle_user(app, budget, &head.user_id).await;
+    Ok(out)
 }

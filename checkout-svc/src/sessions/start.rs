@@ -30,7 +30,7 @@ pub(super) struct Quote {
     plan_id: String,
     amount_minor: i64,
     currency: String,
-    order_id: String,
+    pub(super) order_id: String,
 }
 
 /// CreateOrder validates the plan (unknown → NOT_FOUND, not purchasable →
@@ -90,7 +90,7 @@ fn settled_order(e: Error, id: Uuid) -> Error {
 
 /// Retires the user's ACTIVE session, if any: EXPIRED when it lapsed,
 /// otherwise INVALIDATED and pointing at its replacement.
-pub(super) async fn retire_active(c: &mut Conn, user_id: &str, replacement: Uuid, now: DateTime<Utc>) -> Result<Option<Session>> {
+async fn retire_active(c: &mut Conn, user_id: &str, replacement: Uuid, now: DateTime<Utc>) -> Result<Option<Session>> {
     diesel::update(
         cs::table.filter(cs::user_id.eq(user_id)).filter(cs::status.eq(Status::Active)).filter(cs::expires_at.le(now)),
     )
@@ -105,7 +105,7 @@ pub(super) async fn retire_active(c: &mut Conn, user_id: &str, replacement: Uuid
         .optional()?)
 }
 
-pub(super) async fn insert(
+async fn insert(
     c: &mut Conn,
     id: Uuid,
     user_id: &str,
@@ -130,6 +130,24 @@ pub(super) async fn insert(
         .returning(Session::as_returning())
         .get_result(c)
         .await?)
+}
+
+/// The step every start shares inside its transaction (user lock held):
+/// retires the user's ACTIVE session, inserts the new one and marks the
+/// orders of the retired sessions for cancellation at billing
+/// (docs/design.md, Invariants 27). Returns (retired ACTIVE session, new one).
+pub(super) async fn replace_active(
+    c: &mut Conn,
+    id: Uuid,
+    user_id: &str,
+    q: &Quote,
+    recovered_from: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Result<(Option<Session>, Session)> {
+    let previous = retire_active(c, user_id, id, now).await?;
+    let session = insert(c, id, user_id, q, recovered_from, now).await?;
+    super::withdraw::mark_retired(c, user_id, &session, now).await?;
+    Ok((previous, session))
 }
 
 /// The id of the session a keyed create makes: the same for a retry of the
@@ -176,18 +194,22 @@ pub async fn create(
     let q = quote(app, budget, id, user_id, plan_id).await?;
     let now = app.clock.now();
     let mut conn = app.conn().await?;
-    keyed_transaction!(conn, key, now, encode, |c| {
+    let out: Result<Outcome<_>> = keyed_transaction!(conn, key, now, encode, |c| {
         lock_user(c, user_id).await?;
         match existing(c, id).await? {
             // A concurrent identical create committed first.
             Some(session) => Started { session, previous: None },
             None => {
-                let previous = retire_active(c, user_id, id, now).await?;
-                let session = insert(c, id, user_id, &q, None, now).await?;
+                let (previous, session) = replace_active(c, id, user_id, &q, None, now).await?;
                 Started { session, previous }
             }
         }
-    })
+    });
+    drop(conn);
+    super::withdraw::settle_unstored(app, budget, &q.order_id, key.is_some(), &out, |s: &Started| &s.session.order_id).await;
+    let out = out?;
+    super::withdraw::settle_user(app, budget, user_id).await;
+    Ok(out)
 }
 
 async fn active_of(c: &mut Conn, user_id: &str) -> Result<Option<Session>> {

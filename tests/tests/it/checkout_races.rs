@@ -3,7 +3,10 @@
 //! PostgreSQL, real sockets.
 use chrono::Duration;
 use futures::future::join_all;
-use proto::checkout::v1::{self as cpb, SessionStatus};
+use proto::{
+    billing::v1 as bpb,
+    checkout::v1::{self as cpb, SessionStatus},
+};
 use tests::{clients::with_key, helpers::scalar, spawn_app};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -125,13 +128,46 @@ async fn race_renew_recover_complete_on_one_session_stay_consistent() {
             Err(s) => assert_eq!(s.code(), Code::FailedPrecondition, "call {i}: {s:?}"),
         }
     }
-    // Every completion succeeded (the payment is valid) and agrees.
-    let subs: Vec<_> = results.iter().enumerate().filter(|(i, _)| i % 3 == 2).map(|(_, r)| r.as_ref().unwrap().clone()).collect();
-    assert!(subs.iter().all(|s| s == &subs[0]));
+    // One outcome for the payment. Either it reached billing before a renew
+    // retired the session: every completion succeeded and agrees. Or the
+    // renew retired the session first (its order cancelled, or superseded
+    // by the renew's newer order): every completion is refused and the
+    // payment is one discrepancy for a refund, never a purchase
+    // (docs/design.md, Invariants 7 and 23).
+    let completes: Vec<_> = results.iter().enumerate().filter(|(i, _)| i % 3 == 2).map(|(_, r)| r).collect();
+    let mut bdb = app.billing_db().await;
+    if completes.iter().all(|r| r.is_ok()) {
+        let subs: Vec<_> = completes.iter().map(|r| r.as_ref().unwrap().clone()).collect();
+        assert!(subs.iter().all(|s| s == &subs[0]));
+        assert_eq!(status(&app.get_session(&a.id).await), SessionStatus::Completed);
+    } else {
+        for r in &completes {
+            let e = r.as_ref().unwrap_err();
+            let kind = crate::hardening_billing::precondition_type(e);
+            assert!(kind == "ORDER_CANCELLED" || kind == "ORDER_SUPERSEDED", "{e:?}");
+        }
+        assert_ne!(status(&app.get_session(&a.id).await), SessionStatus::Completed);
+        assert_eq!(scalar(&mut bdb, "SELECT count(*) AS n FROM payment_discrepancies").await, 1);
+    }
     let renewed: Vec<_> =
         results.iter().enumerate().filter(|(i, r)| i % 3 == 0 && r.is_ok()).map(|(_, r)| r.as_ref().unwrap().clone()).collect();
     assert!(renewed.iter().all(|s| s == &renewed[0]), "all successful renews agree: {renewed:?}");
-    assert_eq!(status(&app.get_session(&a.id).await), SessionStatus::Completed);
+    assert!(
+        scalar(&mut bdb, "SELECT count(*) AS n FROM subscriptions WHERE user_id = 'mixer' AND order_id IS NOT NULL").await <= 1
+    );
+    let findings = app
+        .billing_admin
+        .clone()
+        .run_reconciliation(bpb::RunReconciliationRequest { fix: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .findings;
+    assert!(
+        findings.iter().all(|f| f.kind == "PAYMENT_DISCREPANCY" && f.fixed),
+        "only the refused payment, refunded: {findings:?}"
+    );
+    tests::helpers::assert_ledger_matches_balances(&mut bdb).await;
     let mut db = app.checkout_db().await;
     assert!(
         scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'mixer' AND status = 'ACTIVE'").await <= 1

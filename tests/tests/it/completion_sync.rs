@@ -195,17 +195,45 @@ async fn a_paid_but_unsynced_session_is_completed_not_sold_again() {
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions").await, 2, "no new session was sold");
 }
 
+/// The old tab still holds a payable order only when it offered the
+/// renewal order, which every renewal checkout shares (after a plan change
+/// the old order is cancelled instead: `retired_orders.rs`). Paid there, the
+/// old session completes and the user's ACTIVE one is retired, so it cannot
+/// take a second payment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paying_an_old_session_retires_the_users_active_one() {
     let app = spawn_app().await;
-    let a = app.create_session("switcher", "pro-monthly").await;
-    let b = app.renew(&a.id, "basic-monthly").await.unwrap().session.unwrap();
-    // The customer pays the first order from an old tab.
+    let sub = app.subscribe("switcher", "basic-monthly").await;
+    app.clock.set(crate::lifecycle::ts(&sub.period_end) - Duration::hours(72));
+    app.run_job("renewals").await;
+    let a = app.create_session("switcher", "basic-monthly").await;
+    app.clock.advance(Duration::hours(25));
+    let b = app.create_session("switcher", "basic-monthly").await;
+    assert_eq!(a.order_id, b.order_id, "both renewal checkouts offer the renewal order");
+    // The customer pays from the old tab.
     let (p, sig) = app.pay(&a.order_id);
     assert_eq!(app.complete(&a.id, &p, &sig).await.unwrap().session.unwrap().status, SessionStatus::Completed as i32);
     let b_now = app.get_session(&b.id).await;
     assert_eq!(b_now.status, SessionStatus::Invalidated as i32, "the newer checkout cannot take a second payment");
     assert_eq!(b_now.replaced_by, a.id);
+    let (p2, sig2) = app.pay(&b.order_id);
+    assert_eq!(
+        app.complete(&b.id, &p2, &sig2).await.unwrap_err().code(),
+        Code::FailedPrecondition,
+        "a second payment buys nothing"
+    );
+    let findings = app
+        .billing_admin
+        .clone()
+        .run_reconciliation(bpb::RunReconciliationRequest { fix: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .findings;
+    assert_eq!(findings.iter().filter(|f| f.kind == "PAYMENT_DISCREPANCY" && f.fixed).count(), 1, "{findings:?}");
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let mut db = app.billing_db().await;
+    tests::helpers::assert_ledger_matches_balances(&mut db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

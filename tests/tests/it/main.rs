@@ -21,6 +21,7 @@ mod payments;
 mod refund_outcome;
 mod refunds;
 mod reopening;
+mod retired_orders;
 mod schema;
 mod secrets;
 mod smoke;
