@@ -2,7 +2,8 @@
 //! and `GET /healthz`. Gateways speak HTTP and retry anything but a 2xx, so
 //! the answer says exactly one of: stored (200, also for a duplicate or for
 //! content billing refuses — retrying would not change it), not from the
-//! gateway (401, nothing stored), too large (413), or try again (503). The
+//! gateway (401, nothing stored), too large (413), or try again (503: the
+//! database, or a gateway call of unknown outcome, nothing stored). The
 //! event goes through the same path as the gRPC HandleGatewayWebhook.
 use std::time::Duration;
 
@@ -108,7 +109,10 @@ fn error_response(e: Error) -> Response {
         }
         Error::Service(ServiceError::Db(
             DbError::Unavailable(_) | DbError::Conflict(_) | DbError::Timeout(_) | DbError::UniqueViolation { .. },
-        )) => {
+        ))
+        // A capture of a late authorization whose outcome is unknown: the
+        // redelivery captures again, which the gateway answers idempotently.
+        | Error::Gateway(crate::gateway::GatewayError::Unavailable { .. }) => {
             let mut r = (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r

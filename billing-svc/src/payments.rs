@@ -52,6 +52,42 @@ pub struct Payment<'a> {
 
 /// Captures a payment inside the caller's transaction.
 pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
+    let capture = decide(conn, p, now, Mode::Capture).await?;
+    if let Capture::Captured(c) = &capture {
+        if !c.replayed {
+            tracing::info!(order_id = %c.order.id, subscription_id = %c.subscription.id, "payment captured");
+        }
+        shared::metrics::payment_captured(c.replayed);
+    }
+    Ok(capture)
+}
+
+/// What capturing `p` now would do, without doing it: the capture runs in a
+/// transaction that is always rolled back, so the answer follows exactly
+/// the rules of [`capture_in_tx`]. For a payment that is only authorized at
+/// the gateway, which billing captures there only if the order can take it
+/// (docs/design.md, Invariant 24). Nothing is recorded, not even a
+/// discrepancy: a refusal here is not money billing holds.
+pub async fn preview(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
+    use diesel_async::{AsyncConnection, TransactionManager};
+    type Tm = <Conn as AsyncConnection>::TransactionManager;
+    Tm::begin_transaction(conn).await?;
+    let verdict = decide(conn, p, now, Mode::Preview).await;
+    // Rolled back whatever the verdict: a preview never writes.
+    Tm::rollback_transaction(conn).await?;
+    verdict
+}
+
+/// Whether [`decide`] runs for real or inside [`preview`]'s rolled-back
+/// transaction (where a refusal is neither logged nor recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Capture,
+    Preview,
+}
+
+/// The rules of a capture (see the module doc), writing what they decide.
+async fn decide(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>, mode: Mode) -> Result<Capture> {
     let discrepancy = |kind, order_id: Option<&str>, detail: String| Discrepancy {
         kind,
         order_id: order_id.map(str::to_owned),
@@ -65,13 +101,13 @@ pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) 
     }
     let Some(order) = order else {
         let d = discrepancy(Kind::UnknownOrder, None, format!("unknown order {}", p.order_id));
-        return refuse(conn, d, p, now).await;
+        return refuse(conn, d, p, now, mode).await;
     };
     if let Some((amount, currency)) = p.paid
         && (amount != order.amount_minor || !currency.eq_ignore_ascii_case(&order.currency))
     {
         let detail = format!("paid {amount} {currency} but order {} is {} {}", order.id, order.amount_minor, order.currency);
-        return refuse(conn, discrepancy(Kind::AmountMismatch, Some(&order.id), detail), p, now).await;
+        return refuse(conn, discrepancy(Kind::AmountMismatch, Some(&order.id), detail), p, now, mode).await;
     }
     if order.status == OrderStatus::Cancelled {
         let why = if order.renews_subscription_id.is_some() {
@@ -80,28 +116,25 @@ pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) 
             "its checkout session expired and was cleaned up"
         };
         let detail = format!("order {} was cancelled ({why})", order.id);
-        return refuse(conn, discrepancy(Kind::OrderCancelled, Some(&order.id), detail), p, now).await;
+        return refuse(conn, discrepancy(Kind::OrderCancelled, Some(&order.id), detail), p, now, mode).await;
     }
     if let Some(sub_id) = order.renews_subscription_id {
-        return renew(conn, order, sub_id, p, now).await;
+        return renew(conn, order, sub_id, p, now, mode).await;
     }
     if order.is_paid() {
         if order.payment_id.as_deref() != Some(p.payment_id) {
             let detail = format!("order {} was already paid with another payment", order.id);
-            return refuse(conn, discrepancy(Kind::SecondPayment, Some(&order.id), detail), p, now).await;
+            return refuse(conn, discrepancy(Kind::SecondPayment, Some(&order.id), detail), p, now, mode).await;
         }
         return match subscriptions::by_order(conn, &order.id).await? {
-            Some(subscription) => {
-                shared::metrics::payment_captured(true);
-                Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: true })))
-            }
+            Some(subscription) => Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: true }))),
             // Paid without a subscription can only come from outside this
             // code (manual edits, restores): the same rules as a capture.
-            None => subscribe(conn, order, p, now, true).await,
+            None => subscribe(conn, order, p, now, true, mode).await,
         };
     }
     payment_unused(conn, p.payment_id).await?;
-    subscribe(conn, order, p, now, false).await
+    subscribe(conn, order, p, now, false, mode).await
 }
 
 /// Refuses a payment id that already paid another order. Checked first so
@@ -143,7 +176,14 @@ async fn mark_paid(conn: &mut Conn, order_id: &str, payment_id: &str, now: DateT
 /// subscription is ACTIVE again). Paid early, the period opens when the
 /// current one ends. A subscription that is no longer live, or has moved
 /// to another period, is not renewed: the payment is a discrepancy.
-async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
+async fn renew(
+    conn: &mut Conn,
+    order: Order,
+    sub_id: uuid::Uuid,
+    p: Payment<'_>,
+    now: DateTime<Utc>,
+    mode: Mode,
+) -> Result<Capture> {
     if order.is_paid() {
         if order.payment_id.as_deref() != Some(p.payment_id) {
             let detail = format!("renewal order {} was already paid with another payment", order.id);
@@ -153,14 +193,13 @@ async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>
                 payment_id: p.payment_id.into(),
                 detail,
             };
-            return refuse(conn, d, p, now).await;
+            return refuse(conn, d, p, now, mode).await;
         }
         // A replayed capture is also where a renewal that counts as paid
         // again (its refund failed) is seen: reopen the period if due.
         let sub = subscriptions::lock(conn, sub_id).await?;
         subscriptions::roll_if_due(conn, &sub, now).await?;
         let subscription = subscriptions::get(conn, sub_id).await?;
-        shared::metrics::payment_captured(true);
         return Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: true })));
     }
     payment_unused(conn, p.payment_id).await?;
@@ -177,7 +216,7 @@ async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>
             payment_id: p.payment_id.into(),
             detail,
         };
-        return refuse(conn, d, p, now).await;
+        return refuse(conn, d, p, now, mode).await;
     }
     let order = mark_paid(conn, &order.id, p.payment_id, now).await?;
     if let Some(m) = p.saved_method {
@@ -185,8 +224,6 @@ async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>
     }
     subscriptions::roll_if_due(conn, &sub, now).await?;
     let subscription = subscriptions::get(conn, sub.id).await?;
-    tracing::info!(order_id = %order.id, subscription_id = %sub.id, period_start = %sub.period_end, "renewal captured");
-    shared::metrics::payment_captured(false);
     Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))
 }
 
@@ -194,7 +231,14 @@ async fn renew(conn: &mut Conn, order: Order, sub_id: uuid::Uuid, p: Payment<'_>
 /// unless a newer purchase of the user exists (it bought the live
 /// subscription, or it is still open): then the payment is a discrepancy
 /// and nothing else changes.
-async fn subscribe(conn: &mut Conn, order: Order, p: Payment<'_>, now: DateTime<Utc>, already_paid: bool) -> Result<Capture> {
+async fn subscribe(
+    conn: &mut Conn,
+    order: Order,
+    p: Payment<'_>,
+    now: DateTime<Utc>,
+    already_paid: bool,
+    mode: Mode,
+) -> Result<Capture> {
     // Lock order: order row (held), then the user's live subscription.
     let live = subscriptions::lock_live(conn, &order.user_id).await?;
     if let Some(newer) = newer_order(conn, &order, live.as_ref()).await? {
@@ -205,14 +249,12 @@ async fn subscribe(conn: &mut Conn, order: Order, p: Payment<'_>, now: DateTime<
             payment_id: p.payment_id.to_owned(),
             detail,
         };
-        return refuse(conn, d, p, now).await;
+        return refuse(conn, d, p, now, mode).await;
     }
     let order = if already_paid { order } else { mark_paid(conn, &order.id, p.payment_id, now).await? };
     let plan = plans::get(conn, &order.plan_id).await?;
     let saved = p.saved_method.map(|m| (m, order.mandate_limits()));
     let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, live, saved, now).await?;
-    tracing::info!(order_id = %order.id, subscription_id = %subscription.id, "payment captured");
-    shared::metrics::payment_captured(false);
     Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))
 }
 
@@ -243,8 +285,10 @@ async fn newer_order(conn: &mut Conn, order: &Order, live: Option<&Subscription>
         .optional()?)
 }
 
-async fn refuse(conn: &mut Conn, d: Discrepancy, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
-    discrepancies::record(conn, &d, p.paid, p.source, now).await?;
+async fn refuse(conn: &mut Conn, d: Discrepancy, p: Payment<'_>, now: DateTime<Utc>, mode: Mode) -> Result<Capture> {
+    if mode == Mode::Capture {
+        discrepancies::record(conn, &d, p.paid, p.source, now).await?;
+    }
     Ok(Capture::Discrepancy(d))
 }
 

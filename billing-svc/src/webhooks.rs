@@ -1,8 +1,11 @@
 //! Gateway webhooks: signature over the raw body, an inbox keyed by event id
 //! (a redelivery is acknowledged, not reprocessed), `payment.captured` /
 //! `order.paid` through the same capture path as VerifyPayment (a payment
-//! that saved a card or mandate also saves it for renewals), and
-//! `refund.processed` / `refund.failed` settling a PENDING refund.
+//! that saved a card or mandate also saves it for renewals), a late
+//! `payment.authorized` captured at the gateway when its order can take it
+//! and refused explicitly otherwise, `token.cancelled` / `token.rejected` /
+//! `token.paused` forgetting that saved method, and `refund.processed` /
+//! `refund.failed` settling a PENDING refund.
 //!
 //! Every field taken from a body is bounded and checked before it reaches
 //! the database. A signed event whose content is refused (not JSON, no
@@ -20,11 +23,13 @@ use uuid::Uuid;
 
 use crate::{
     App, Error, Result,
+    discrepancies::Kind,
     discrepancies::Source,
-    gateway::SavedMethod,
+    gateway::{GatewayError, GatewayPayment, PaymentStatus, SavedMethod},
     payments::{self, Capture, Payment},
     refunds,
     schema::webhook_events as ev,
+    subscriptions,
 };
 
 /// Largest body accepted (Razorpay's are a few KiB).
@@ -68,6 +73,18 @@ enum Content {
     /// A refund settled: the gateway's refund id, billing's refund id when
     /// the event carries it (`notes.refund_key`), and its new status.
     Refund(String, String, Option<String>, refunds::Status),
+    /// `payment.authorized`: not money billing holds until captured.
+    Authorized(String, PaymentFields),
+    /// A saved method's token that can no longer be charged (its id).
+    TokenUnusable(String, String),
+    /// An authorization billing captured at the gateway: the gateway's
+    /// record of the captured payment.
+    CapturedHere(String, PaymentFields, GatewayPayment),
+    /// An authorization of one of billing's orders that must not be taken
+    /// (order id, why): not captured, stored REJECTED.
+    AuthorizationRefused(String, String, String),
+    /// An authorization of an order billing did not create (why).
+    AuthorizationIgnored(String, String),
     Other(String),
     Refused(String),
 }
@@ -111,7 +128,16 @@ fn parse(body: &[u8]) -> Content {
             None => Content::Refused(format!("payload.refund.entity.id must be 1..{MAX_FIELD} of [A-Za-z0-9_-]")),
         };
     }
-    if !matches!(kind.as_str(), "payment.captured" | "order.paid") {
+    // Razorpay's token states: a cancelled, rejected or paused mandate can
+    // no longer be charged (confirmed needs nothing: the capture saved it).
+    if matches!(kind.as_str(), "token.cancelled" | "token.rejected" | "token.paused") {
+        return match gateway_id(&event["payload"]["token"]["entity"]["id"]) {
+            Some(id) => Content::TokenUnusable(kind, id),
+            None => Content::Refused(format!("payload.token.entity.id must be 1..{MAX_FIELD} of [A-Za-z0-9_-]")),
+        };
+    }
+    let authorized = kind == "payment.authorized";
+    if !authorized && !matches!(kind.as_str(), "payment.captured" | "order.paid") {
         return Content::Other(kind);
     }
     let p = &event["payload"]["payment"]["entity"];
@@ -127,7 +153,8 @@ fn parse(body: &[u8]) -> Content {
                 }),
                 _ => None,
             };
-            Content::Capture(kind, PaymentFields { id, order_id, amount, currency: currency.to_ascii_uppercase(), saved })
+            let fields = PaymentFields { id, order_id, amount, currency: currency.to_ascii_uppercase(), saved };
+            if authorized { Content::Authorized(kind, fields) } else { Content::Capture(kind, fields) }
         }
         _ => Content::Refused(format!(
             "payload.payment.entity needs id and order_id (1..{MAX_FIELD} of [A-Za-z0-9_-]), amount >= 0 and a 3-letter currency"
@@ -140,12 +167,80 @@ pub async fn handle(app: &App, body: &[u8], signature: &str, event_id: &str) -> 
         tracing::warn!(event_id, "webhook signature mismatch");
         return Err(Error::BadSignature);
     }
-    let content = parse(body);
+    let mut content = parse(body);
+    if let Content::Authorized(kind, p) = content {
+        content = authorization(app, event_id, kind, p).await?;
+    }
     let now = app.clock.now();
     let mut conn = app.conn().await?;
     // The inbox row and the capture commit together; a unique violation is a
     // concurrent capture of the same payment, answered by the next attempt.
     shared::retry_tx!(&mut conn, Races::ConflictsAndUnique, |c| process(c, body, event_id, &content, now).await)
+}
+
+/// A `payment.authorized` (auto-capture off or failed): the customer's money
+/// is only held by their bank, and the gateway releases it uncaptured after
+/// a few days. If the order can take this payment (the capture rules,
+/// previewed without writing), it is captured through the gateway's API —
+/// with no database connection held — and then goes the normal capture path
+/// as a captured payment. Otherwise it is not captured and the event is
+/// stored REJECTED with why, for an operator (IGNORED for an order this
+/// system did not create: its owner decides). A capture of unknown outcome
+/// is an error the gateway retries (HTTP 503); the retry captures again,
+/// which the gateway answers with the payment already captured.
+/// (docs/design.md, Invariant 24.)
+async fn authorization(app: &App, event_id: &str, kind: String, p: PaymentFields) -> Result<Content> {
+    let payment = Payment {
+        order_id: &p.order_id,
+        payment_id: &p.id,
+        paid: Some((p.amount, &p.currency)),
+        saved_method: p.saved.as_ref(),
+        source: Source::Webhook,
+    };
+    let verdict = {
+        let mut conn = app.conn().await?;
+        // A redelivery is answered from the inbox, without a gateway call.
+        if ev::table.find(event_id).count().get_result::<i64>(&mut conn).await? > 0 {
+            // `process` finds the stored row and answers with its outcome.
+            return Ok(Content::Other(kind));
+        }
+        payments::preview(&mut conn, payment, app.clock.now()).await
+    };
+    let refused = |why: String| Content::AuthorizationRefused(kind.clone(), p.order_id.clone(), why);
+    match verdict {
+        // Paid by this very payment already: the normal path replays it.
+        Ok(Capture::Captured(c)) if c.replayed => return Ok(Content::Capture(kind, p)),
+        Ok(Capture::Captured(_)) => {}
+        Ok(Capture::Discrepancy(d)) if d.kind == Kind::UnknownOrder => {
+            return Ok(Content::AuthorizationIgnored(
+                kind,
+                format!("{}; not captured, left to the integration that created it", d.detail),
+            ));
+        }
+        Ok(Capture::Discrepancy(d)) => return Ok(refused(format!("not captured: {}", d.detail))),
+        Err(Error::Service(ServiceError::FailedPrecondition { description, .. })) => {
+            return Ok(refused(format!("not captured: {description}")));
+        }
+        Err(e) => return Err(e),
+    }
+    let captured = match app.gateway.capture_payment(&p.id, p.amount, &p.currency).await {
+        Ok(g) if g.status == PaymentStatus::Captured => g,
+        Ok(g) => {
+            // Not captured after all: unknown, so the gateway redelivers.
+            return Err(GatewayError::Unavailable {
+                message: format!("capture of {} answered with status {:?}", p.id, g.status),
+                retry_after: None,
+            }
+            .into());
+        }
+        Err(GatewayError::Refused { code, message }) => {
+            // Expired, voided or already released: nothing was taken.
+            return Ok(refused(format!("the gateway refused its capture ({code}): {message}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(payment_id = %p.id, order_id = %p.order_id, "authorized payment captured through the gateway");
+    Ok(Content::CapturedHere(kind, p, captured))
 }
 
 async fn process(
@@ -156,8 +251,13 @@ async fn process(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Outcome> {
     let (event_type, order_id) = match content {
-        Content::Capture(t, p) => (t.as_str(), Some(p.order_id.as_str())),
-        Content::Refund(t, ..) | Content::Other(t) => (t.as_str(), None),
+        Content::Capture(t, p) | Content::CapturedHere(t, p, _) => (t.as_str(), Some(p.order_id.as_str())),
+        Content::AuthorizationRefused(t, order_id, _) => (t.as_str(), Some(order_id.as_str())),
+        Content::Refund(t, ..)
+        | Content::Other(t)
+        | Content::Authorized(t, _)
+        | Content::TokenUnusable(t, _)
+        | Content::AuthorizationIgnored(t, _) => (t.as_str(), None),
         Content::Refused(_) => ("(refused)", None),
     };
     let inserted = diesel::insert_into(ev::table)
@@ -181,6 +281,18 @@ async fn process(
     let (outcome, detail, subscription_id) = match content {
         Content::Refused(why) => (EventOutcome::Rejected, why.clone(), None),
         Content::Other(_) => (EventOutcome::Ignored, String::new(), None),
+        // `handle` turns every authorization into one of the variants below.
+        Content::Authorized(..) => (EventOutcome::Ignored, "authorization not examined".to_owned(), None),
+        Content::AuthorizationRefused(_, _, why) => (EventOutcome::Rejected, why.clone(), None),
+        Content::AuthorizationIgnored(_, why) => (EventOutcome::Ignored, why.clone(), None),
+        Content::TokenUnusable(kind, token_id) => {
+            let why = format!("{kind}: the gateway no longer charges this token");
+            if subscriptions::forget_method(conn, token_id, &why, now).await?.is_empty() {
+                (EventOutcome::Ignored, format!("no subscription holds token {token_id}"), None)
+            } else {
+                (EventOutcome::Processed, String::new(), None)
+            }
+        }
         Content::Refund(_, id, key, status) => {
             if refunds::settle(conn, id, key.as_deref(), *status, now).await? {
                 (EventOutcome::Processed, String::new(), None)
@@ -188,12 +300,19 @@ async fn process(
                 (EventOutcome::Ignored, format!("no PENDING refund {id}"), None)
             }
         }
-        Content::Capture(_, p) => {
+        Content::Capture(_, p) | Content::CapturedHere(_, p, _) => {
+            // Captured here: what the gateway says it captured is what counts.
+            let (paid, saved) = match content {
+                Content::CapturedHere(_, _, g) => {
+                    ((g.amount_minor, g.currency.as_str()), p.saved.as_ref().or(g.saved_method.as_ref()))
+                }
+                _ => ((p.amount, p.currency.as_str()), p.saved.as_ref()),
+            };
             let payment = Payment {
                 order_id: &p.order_id,
                 payment_id: &p.id,
-                paid: Some((p.amount, &p.currency)),
-                saved_method: p.saved.as_ref(),
+                paid: Some(paid),
+                saved_method: saved,
                 source: Source::Webhook,
             };
             match payments::capture_in_tx(conn, payment, now).await {

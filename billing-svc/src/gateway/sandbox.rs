@@ -27,6 +27,10 @@ pub struct Sandbox {
     lose_charge_answers: Arc<AtomicBool>,
     /// [`Sandbox::set_tokens_revoked`].
     tokens_revoked: Arc<AtomicBool>,
+    /// [`Sandbox::set_lose_capture_answers`].
+    lose_capture_answers: Arc<AtomicBool>,
+    /// Every `capture_payment` call, by payment id ([`Sandbox::capture_calls`]).
+    capture_calls: Arc<Mutex<Vec<String>>>,
     /// The payments its saved-method charges made, by order id: what
     /// `payments_of_order` and `fetch_payment` answer from.
     charges: Arc<Mutex<HashMap<String, Vec<GatewayPayment>>>>,
@@ -89,6 +93,8 @@ impl Sandbox {
             refunds: Arc::new(AtomicU8::new(SandboxRefunds::Process as u8)),
             lose_charge_answers: Arc::default(),
             tokens_revoked: Arc::default(),
+            lose_capture_answers: Arc::default(),
+            capture_calls: Arc::default(),
             charges: Arc::default(),
             made: Arc::default(),
             refund_calls: Arc::default(),
@@ -107,6 +113,17 @@ impl Sandbox {
     /// with [`METHOD_UNUSABLE`], as Razorpay refuses a cancelled mandate.
     pub fn set_tokens_revoked(&self, revoked: bool) {
         self.tokens_revoked.store(revoked, Ordering::Relaxed);
+    }
+
+    /// With true, later captures of authorized payments are made but their
+    /// answer is lost: the caller sees the gateway as unavailable.
+    pub fn set_lose_capture_answers(&self, lose: bool) {
+        self.lose_capture_answers.store(lose, Ordering::Relaxed);
+    }
+
+    /// The payment ids `capture_payment` was called with, in order.
+    pub fn capture_calls(&self) -> Vec<String> {
+        self.capture_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The payments saved-method charges made for `order_id`.
@@ -237,6 +254,48 @@ impl Sandbox {
         body.to_string().into_bytes()
     }
 
+    /// A `payment.authorized` webhook body like Razorpay's (auto-capture off
+    /// or failed: the payment waits for a capture).
+    pub fn authorized_event_body(order_id: &str, payment_id: &str, amount_minor: i64, currency: &str) -> Vec<u8> {
+        serde_json::json!({
+            "entity": "event",
+            "event": "payment.authorized",
+            "contains": ["payment"],
+            "payload": { "payment": { "entity": {
+                "id": payment_id,
+                "entity": "payment",
+                "order_id": order_id,
+                "amount": amount_minor,
+                "currency": currency,
+                "status": "authorized",
+                "captured": false,
+            }}}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// A `token.*` webhook body like Razorpay's recurring-token events
+    /// (`event` is e.g. `token.cancelled`).
+    pub fn token_event_body(event: &str, customer_id: &str, token_id: &str) -> Vec<u8> {
+        let status = event.strip_prefix("token.").unwrap_or(event);
+        serde_json::json!({
+            "entity": "event",
+            "event": event,
+            "contains": ["token"],
+            "payload": { "token": { "entity": {
+                "id": token_id,
+                "entity": "token",
+                "customer_id": customer_id,
+                "method": "card",
+                "recurring": true,
+                "recurring_details": { "status": status, "failure_reason": null },
+            }}}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
     pub fn new_payment_id() -> String {
         format!("pay_{}", uuid::Uuid::new_v4().simple())
     }
@@ -365,6 +424,13 @@ impl Gateway for Sandbox {
     /// A payment it charged is captured (if it was not); any other is taken
     /// as authorized for `amount_minor` and captured.
     async fn capture_payment(&self, payment_id: &str, amount_minor: i64, currency: &str) -> Result<GatewayPayment, GatewayError> {
+        self.capture_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(payment_id.to_owned());
+        if self.lose_capture_answers.load(Ordering::Relaxed) {
+            return Err(GatewayError::Unavailable {
+                message: "sandbox: the capture was made but its answer was lost".into(),
+                retry_after: None,
+            });
+        }
         let mut records = self.records();
         if let Some(p) = records.values_mut().flatten().find(|p| p.id == payment_id) {
             p.status = PaymentStatus::Captured;

@@ -559,3 +559,51 @@ async fn a_cancelled_mandate_is_unusable_not_a_decline() {
     assert_eq!(code, billing_svc::gateway::METHOD_UNUSABLE);
     assert_eq!(fake.seen.lock().unwrap().len(), before, "not sent: Razorpay requires email and contact");
 }
+
+/// A late `payment.authorized` through the Razorpay adapter: billing
+/// captures it with `POST /v1/payments/:id/capture` for the order's amount
+/// and currency. The first capture is made at Razorpay but its answer is
+/// lost (a timeout): the webhook fails retryably and stores nothing; the
+/// redelivery's capture is answered "already captured", which the adapter
+/// confirms by fetching the payment: captured once, the order paid once. An
+/// authorization the order cannot take (a second payment) is never sent to
+/// the capture API. (docs/design.md, Invariant 24.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_authorization_is_captured_once_through_the_capture_api() {
+    let (fake, base) = start_fake().await;
+    let (app, clock, db, server) = app_with_fake(&base).await;
+    let signer = Sandbox::new(config(&base));
+    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-late-auth", "basic-monthly").await.unwrap();
+    fake.add_payment("pay_LateAuth00001", &order.id, order.amount_minor, "INR", "authorized");
+    let body = Sandbox::authorized_event_body(&order.id, "pay_LateAuth00001", order.amount_minor, "INR");
+    let sig = signer.sign_webhook(&body);
+
+    fake.script("POST /v1/payments/pay_LateAuth00001/capture", Script::Slow(Duration::from_secs(3)));
+    match billing_svc::webhooks::handle(&app, &body, &sig, "evt_LateAuth0001").await {
+        Err(Error::Gateway(GatewayError::Unavailable { .. })) => {}
+        other => panic!("expected a retryable failure, got {other:?}"),
+    }
+    assert_eq!(scalar(&app, "SELECT count(*) AS n FROM webhook_events").await, 0, "stored nothing: redelivered");
+    assert_eq!(fake.payments.lock().unwrap()["pay_LateAuth00001"]["status"], "captured", "the lost call captured it");
+
+    let out = billing_svc::webhooks::handle(&app, &body, &sig, "evt_LateAuth0001").await.unwrap();
+    assert_eq!(out.outcome, billing_svc::webhooks::EventOutcome::Processed);
+    let posts = fake.seen("POST", "/v1/payments/pay_LateAuth00001/capture");
+    assert_eq!(posts.len(), 2, "the retry met \"already captured\"");
+    assert!(posts.iter().all(|p| p.body["amount"] == order.amount_minor && p.body["currency"] == "INR"));
+    let paid = format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND payment_id = 'pay_LateAuth00001'", order.id);
+    assert_eq!(scalar(&app, &paid).await, 1);
+
+    fake.add_payment("pay_LateAuth00002", &order.id, order.amount_minor, "INR", "authorized");
+    let body = Sandbox::authorized_event_body(&order.id, "pay_LateAuth00002", order.amount_minor, "INR");
+    let out = billing_svc::webhooks::handle(&app, &body, &signer.sign_webhook(&body), "evt_LateAuth0002").await.unwrap();
+    assert_eq!(out.outcome, billing_svc::webhooks::EventOutcome::Rejected);
+    assert!(fake.seen("POST", "/v1/payments/pay_LateAuth00002/capture").is_empty(), "never captured");
+    assert_eq!(fake.payments.lock().unwrap()["pay_LateAuth00002"]["status"], "authorized");
+
+    let report = billing_svc::reconcile::run(&app, clock.now(), chrono::Duration::hours(24), false).await.unwrap();
+    let kinds: Vec<_> = report.findings.iter().map(|f| f.kind.as_str()).collect();
+    assert_eq!(kinds, ["WEBHOOK_REJECTED"], "{:?}", report.findings);
+    drop(app);
+    server.drop_database(&db).await.unwrap();
+}

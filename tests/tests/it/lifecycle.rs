@@ -401,3 +401,52 @@ async fn a_revoked_token_stops_automatic_charging_and_the_renewal_is_paid_by_che
     let mut db = app.billing_db().await;
     assert_ledger_matches_balances(&mut db).await;
 }
+
+/// docs/design.md, Invariant 25: the gateway's `token.cancelled` (or
+/// rejected, paused) webhook forgets the saved method on every subscription
+/// holding that token before a renewal tries it: no automatic charge is
+/// made, and the renewal is paid through checkout. Idempotent: another
+/// delivery finds no holder (IGNORED); `token.confirmed` changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_cancelled_webhook_stops_automatic_charging() {
+    let app = spawn_app().await;
+    let sub = subscribe_with_saved_card(&app, "token-hook", "basic-monthly").await;
+    let kept = subscribe_with_saved_card(&app, "token-kept", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    let hook = |event: &str, event_id: &str| {
+        let body = billing_svc::gateway::Sandbox::token_event_body(event, "cust_test", "token_token-hook");
+        bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&body), body, event_id: event_id.into() }
+    };
+    let mut b = app.billing.clone();
+    let confirmed = b.handle_gateway_webhook(hook("token.confirmed", "evt_tok_0")).await.unwrap().into_inner();
+    assert_eq!(confirmed.outcome, "IGNORED");
+    assert!(app.subscription(&sub.id).await.has_saved_payment_method);
+    let cancelled = b.handle_gateway_webhook(hook("token.cancelled", "evt_tok_1")).await.unwrap().into_inner();
+    assert_eq!(cancelled.outcome, "PROCESSED");
+    let again = b.handle_gateway_webhook(hook("token.cancelled", "evt_tok_1")).await.unwrap().into_inner();
+    assert!(again.duplicate);
+    let paused = b.handle_gateway_webhook(hook("token.paused", "evt_tok_2")).await.unwrap().into_inner();
+    assert_eq!(paused.outcome, "IGNORED", "nothing holds it any more");
+    assert!(!app.subscription(&sub.id).await.has_saved_payment_method);
+    assert!(app.subscription(&kept.id).await.has_saved_payment_method, "another token is untouched");
+
+    app.clock.set(end - Duration::hours(72));
+    let out = app.run_job("renewals").await;
+    assert!(out.contains("1 charges captured, 0 not captured"), "only the kept card is charged: {out}");
+    let stopped = app.subscription(&sub.id).await;
+    assert!(stopped.next_charge_at.is_none() && !stopped.renewal_order_id.is_empty(), "{stopped:?}");
+    assert!(app.gateway.charges_of(&stopped.renewal_order_id).is_empty());
+
+    let session = app.create_session("token-hook", "basic-monthly").await;
+    assert_eq!(session.order_id, stopped.renewal_order_id, "the renewal checkout pays the renewal order");
+    let (p, sig) = app.pay(&session.order_id);
+    app.complete(&session.id, &p, &sig).await.unwrap();
+    app.clock.set(end + Duration::hours(1));
+    app.run_job("rollover").await;
+    let renewed = app.subscription(&sub.id).await;
+    assert_eq!((renewed.status, ts(&renewed.period_start)), (bpb::SubscriptionStatus::Active as i32, end));
+    reconcile_finds_nothing(&app).await;
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM webhook_events WHERE event_type LIKE 'token.%'").await, 3);
+    assert_ledger_matches_balances(&mut db).await;
+}

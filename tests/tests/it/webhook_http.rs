@@ -6,7 +6,7 @@ use futures::future::join_all;
 use proto::{billing::v1 as bpb, checkout::v1 as cpb};
 use tests::{
     TestApp,
-    helpers::{exec, scalar},
+    helpers::{assert_ledger_matches_balances, exec, scalar},
     spawn_app,
 };
 
@@ -217,4 +217,121 @@ async fn shutdown_drains_an_in_flight_webhook() {
         scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'PAID'", order.id)).await,
         1
     );
+}
+
+fn authorized(app: &TestApp, order_id: &str, payment_id: &str, amount: i64, currency: &str) -> (Vec<u8>, String) {
+    let body = billing_svc::gateway::Sandbox::authorized_event_body(order_id, payment_id, amount, currency);
+    let sig = app.gateway.sign_webhook(&body);
+    (body, sig)
+}
+
+async fn reconcile(app: &TestApp, fix: bool) -> Vec<bpb::Finding> {
+    app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix }).await.unwrap().into_inner().findings
+}
+
+/// docs/design.md, Invariant 24: a late `payment.authorized` (auto-capture
+/// off or failed) of an order that can take it is captured through the
+/// gateway's capture API and pays the order once; the `payment.captured`
+/// the gateway sends afterwards replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_authorization_is_captured_through_the_gateway_and_pays_the_order_once() {
+    let app = spawn_app().await;
+    let order = app.order("auth-1", "basic-monthly").await;
+    let (body, sig) = authorized(&app, &order.id, "pay_auth1", order.amount_minor, &order.currency);
+    let (status, reply) = post(&app, &body, Some(&sig), Some("evt_auth1")).await;
+    assert_eq!((status, reply["outcome"].as_str()), (200, Some("PROCESSED")), "{reply}");
+    assert_eq!(app.gateway.capture_calls(), ["pay_auth1"]);
+    let (status, reply) = post(&app, &body, Some(&sig), Some("evt_auth1")).await;
+    assert_eq!((status, reply["duplicate"].as_bool()), (200, Some(true)));
+    let (body, sig) = captured(&app, &order, "pay_auth1");
+    let (status, reply) = post(&app, &body, Some(&sig), Some("evt_auth1_captured")).await;
+    assert_eq!((status, reply["outcome"].as_str()), (200, Some("PROCESSED")));
+    assert_eq!(app.gateway.capture_calls().len(), 1, "a redelivery and the captured event call no capture");
+
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND payment_id = 'pay_auth1'", order.id))
+            .await,
+        1
+    );
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE order_id = '{}'", order.id)).await, 1);
+    assert!(reconcile(&app, false).await.is_empty());
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// docs/design.md, Invariant 24: an authorization the order must not take
+/// (a second payment of a paid order, an amount that is not the order's) is
+/// never captured and never a payment discrepancy (no money is held, so
+/// nothing is to refund): the event is stored REJECTED with why and
+/// reconcile reports it to an operator. One of an order this system did not
+/// create is left alone (IGNORED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_authorization_the_order_cannot_take_is_not_captured_and_is_flagged() {
+    let app = spawn_app().await;
+    let paid = app.order("auth-2", "basic-monthly").await;
+    let (body, sig) = captured(&app, &paid, "pay_first");
+    assert_eq!(post(&app, &body, Some(&sig), Some("evt_first")).await.1["outcome"], "PROCESSED");
+    let other = app.order("auth-3", "basic-monthly").await;
+
+    let cases = [
+        (authorized(&app, &paid.id, "pay_second", paid.amount_minor, &paid.currency), "REJECTED", "already paid"),
+        (authorized(&app, &other.id, "pay_short", other.amount_minor - 1, &other.currency), "REJECTED", "paid"),
+        (authorized(&app, "order_NotCreatedHere", "pay_foreign", 100, "INR"), "IGNORED", "left to the integration"),
+    ];
+    for (i, ((body, sig), outcome, _)) in cases.iter().enumerate() {
+        let (status, reply) = post(&app, body, Some(sig), Some(&format!("evt_refused_{i}"))).await;
+        assert_eq!((status, reply["outcome"].as_str()), (200, Some(*outcome)), "case {i}: {reply}");
+    }
+    assert!(app.gateway.capture_calls().is_empty(), "nothing captured: {:?}", app.gateway.capture_calls());
+
+    let mut db = app.billing_db().await;
+    for (i, (_, _, why)) in cases.iter().enumerate() {
+        let n = scalar(
+            &mut db,
+            &format!("SELECT count(*) AS n FROM webhook_events WHERE event_id = 'evt_refused_{i}' AND detail LIKE '%{why}%'"),
+        )
+        .await;
+        assert_eq!(n, 1, "case {i} says why");
+    }
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies").await, 0);
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'PAID'", other.id)).await,
+        0
+    );
+    // Reported, never "fixed" by a refund: there is nothing to refund.
+    for _ in 0..2 {
+        let findings = reconcile(&app, true).await;
+        assert_eq!(findings.len(), 2, "{findings:?}");
+        assert!(findings.iter().all(|f| f.kind == "WEBHOOK_REJECTED" && !f.fixed), "{findings:?}");
+    }
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM refunds").await, 0);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// docs/design.md, Invariant 24: the capture call's answer is lost (made at
+/// the gateway, then a timeout): the webhook answers 503 and stores nothing,
+/// so the gateway redelivers; concurrent redeliveries capture once (the
+/// gateway answers "already captured"), pay the order once, and store the
+/// event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_of_unknown_outcome_is_redelivered_and_pays_once() {
+    let app = spawn_app().await;
+    let order = app.order("auth-4", "pro-monthly").await;
+    let (body, sig) = authorized(&app, &order.id, "pay_lost", order.amount_minor, &order.currency);
+    app.gateway.set_lose_capture_answers(true);
+    let (status, _) = post(&app, &body, Some(&sig), Some("evt_lost")).await;
+    assert_eq!(status, 503);
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM webhook_events").await, 0, "nothing stored: retried");
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE status = 'PAID'").await, 0);
+
+    app.gateway.set_lose_capture_answers(false);
+    let replies = join_all((0..8).map(|_| post(&app, &body, Some(&sig), Some("evt_lost")))).await;
+    assert!(replies.iter().all(|(s, r)| *s == 200 && r["outcome"] == "PROCESSED"), "{replies:?}");
+    assert_eq!(replies.iter().filter(|(_, r)| r["duplicate"] == false).count(), 1, "{replies:?}");
+    assert!(app.gateway.capture_calls().iter().all(|p| p == "pay_lost"));
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE order_id = '{}'", order.id)).await, 1);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM webhook_events WHERE event_id = 'evt_lost'").await, 1);
+    assert!(reconcile(&app, false).await.is_empty());
+    assert_ledger_matches_balances(&mut db).await;
 }
