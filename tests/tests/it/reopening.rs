@@ -35,7 +35,16 @@ struct PastDueWithPaidRenewal {
     payment: (String, String),
 }
 
-async fn past_due_then_refund_fails(app: &TestApp, user: &str) -> PastDueWithPaidRenewal {
+/// How the refund's failure reaches billing: its `refund.failed` webhook
+/// (which reopens the period at once), or written straight to the row, so
+/// that the one path a test drives next is the only one that can reopen it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Webhook,
+    RowOnly,
+}
+
+async fn past_due_then_refund_fails(app: &TestApp, user: &str, failure: Failure) -> PastDueWithPaidRenewal {
     let sub = app.subscribe(user, "basic-monthly").await;
     let end = ts(&sub.period_end);
     app.clock.set(end - Duration::hours(48));
@@ -78,6 +87,15 @@ async fn past_due_then_refund_fails(app: &TestApp, user: &str) -> PastDueWithPai
         1
     );
 
+    if failure == Failure::RowOnly {
+        tests::helpers::exec(&mut db, &format!("UPDATE refunds SET status = 'FAILED' WHERE id = '{refund_id}'")).await;
+        assert_eq!(
+            scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'PAST_DUE'", sub.id))
+                .await,
+            1
+        );
+        return PastDueWithPaidRenewal { sub_id: sub.id, end, renewal_order, payment: (payment_id, signature) };
+    }
     // The gateway never made the refund: it says so by webhook, naming
     // billing's refund id in its notes.
     let body = serde_json::json!({
@@ -126,24 +144,47 @@ async fn assert_reopened_once(app: &TestApp, p: &PastDueWithPaidRenewal) {
     assert!(r.get_ref().findings.is_empty(), "{:?}", r.get_ref().findings);
 }
 
-/// Seen by a read first, then the rollover job persists it; running the
-/// jobs again changes nothing (exactly once).
+/// The failed refund's webhook reopens the stored row at once (a Deduct in
+/// a running usage session sees the period); the jobs then change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failed_refund_reopens_a_past_due_period_on_read_and_rollover() {
+async fn a_failed_refunds_webhook_reopens_a_past_due_period_at_once() {
     let app = spawn_app().await;
-    let p = past_due_then_refund_fails(&app, "reopen-read").await;
+    let p = past_due_then_refund_fails(&app, "reopen-hook", Failure::Webhook).await;
     let mut db = app.billing_db().await;
     assert_eq!(
-        scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'ACTIVE'", p.sub_id))
-            .await,
-        1,
-        "the failed refund's webhook reopens the stored row at once (a Deduct in a running session sees the period)"
+        scalar(
+            &mut db,
+            &format!(
+                "SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'ACTIVE' AND period_start = to_timestamp({})",
+                p.sub_id,
+                p.end.timestamp()
+            )
+        )
+        .await,
+        1
     );
-    let s = app.subscription(&p.sub_id).await;
-    assert_eq!((s.status, s.credits_remaining, ts(&s.period_start)), (ACTIVE, 300, p.end), "the read shows the paid period");
-    app.run_job("rollover").await;
     app.run_job("rollover").await;
     app.run_job("renewals").await;
+    assert_reopened_once(&app, &p).await;
+}
+
+/// A read shows the reopened period without writing; the rollover job
+/// persists it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_shows_and_the_rollover_job_reopens_a_period_paid_again() {
+    let app = spawn_app().await;
+    let p = past_due_then_refund_fails(&app, "reopen-read", Failure::RowOnly).await;
+    let s = app.subscription(&p.sub_id).await;
+    assert_eq!((s.status, s.credits_remaining, ts(&s.period_start)), (ACTIVE, 300, p.end), "the read shows the paid period");
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'PAST_DUE'", p.sub_id))
+            .await,
+        1,
+        "reads do not write"
+    );
+    app.run_job("rollover").await;
+    app.run_job("rollover").await;
     assert_reopened_once(&app, &p).await;
 }
 
@@ -152,8 +193,9 @@ async fn a_failed_refund_reopens_a_past_due_period_on_read_and_rollover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expiry_reopens_a_past_due_period_whose_renewal_is_paid_again() {
     let app = spawn_app().await;
-    let p = past_due_then_refund_fails(&app, "reopen-expiry").await;
+    let p = past_due_then_refund_fails(&app, "reopen-expiry", Failure::RowOnly).await;
     app.clock.set(p.end + Duration::hours(24 * 4));
+    // The expiry step runs before anything else of the job.
     app.run_job("renewals").await;
     let mut db = app.billing_db().await;
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE status = 'EXPIRED'").await, 0);
@@ -162,29 +204,35 @@ async fn expiry_reopens_a_past_due_period_whose_renewal_is_paid_again() {
         1
     );
     app.run_job("renewals").await;
-    app.run_job("rollover").await;
     assert_reopened_once(&app, &p).await;
 }
 
-/// A locked use (a Deduct's usage session) and a replayed capture of the
-/// renewal payment, at once and repeatedly: one reopening.
+/// Replayed captures of the renewal payment, at once: one reopening, and
+/// each answer names the open period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replayed_captures_and_uses_reopen_the_period_once() {
+async fn replayed_captures_reopen_the_period_once() {
     let app = spawn_app().await;
-    let p = past_due_then_refund_fails(&app, "reopen-replay").await;
+    let p = past_due_then_refund_fails(&app, "reopen-replay", Failure::RowOnly).await;
     let replays = (0..6).map(|_| {
         let mut b = app.billing.clone();
         let (payment_id, signature) = p.payment.clone();
         let order_id = p.renewal_order.clone();
         async move { b.verify_payment(bpb::VerifyPaymentRequest { order_id, payment_id, signature }).await }
     });
-    let uses = (0..4).map(|_| app.start_usage("reopen-replay", bpb::UsageKind::Text));
-    let (replays, uses) = futures::join!(futures::future::join_all(replays), futures::future::join_all(uses));
-    for r in replays {
+    for r in futures::future::join_all(replays).await {
         let sub = r.unwrap().into_inner().subscription.unwrap();
         assert_eq!((sub.status, ts(&sub.period_start)), (ACTIVE, p.end), "{sub:?}");
     }
-    for u in uses {
+    assert_reopened_once(&app, &p).await;
+}
+
+/// Locked uses (usage-session starts), at once: one reopening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locked_uses_reopen_the_period_once() {
+    let app = spawn_app().await;
+    let p = past_due_then_refund_fails(&app, "reopen-use", Failure::RowOnly).await;
+    let uses = (0..6).map(|_| app.start_usage("reopen-use", bpb::UsageKind::Text));
+    for u in futures::future::join_all(uses).await {
         u.unwrap();
     }
     assert_reopened_once(&app, &p).await;
