@@ -292,11 +292,14 @@ async fn collect_one(app: &App, order: &Order, now: DateTime<Utc>) -> Result<boo
             // charges at once: the payment is captured.
             None => return capture_charge(app, order, pending, (order.amount_minor, &order.currency), now).await,
         }
-    } else if order.charge_attempts > 1 {
+    }
+    if order.charge_attempts > 1 {
         // An earlier attempt's outcome may be unknown (a timeout or 5xx
         // after the request reached the gateway, a crash before its answer
-        // was stored): find its payment by the order before charging again,
-        // so the customer is never charged twice for one period.
+        // was stored), even when the payment remembered above failed: a
+        // later charge may have been made since. Any payment of the order
+        // that did not fail settles it before a new charge is tried, so the
+        // customer is never charged twice for one period (Invariants 24).
         for p in app.gateway.payments_of_order(&order.id).await?.unwrap_or_default() {
             if let Known::Done(captured) = settle_known(app, order, &p, now).await? {
                 return Ok(captured);
