@@ -713,3 +713,58 @@ async fn a_refused_key_never_forgets_saved_methods() {
     drop(app);
     server.drop_database(&db).await.unwrap();
 }
+
+/// A subscription saved before email and contact were stored (the columns
+/// came NULL): its first renewal reads them from the payment that saved the
+/// card (`GET /v1/payments/:id`), stores them and charges, instead of
+/// forgetting a working card. Only when that payment has none either is the
+/// method unusable and the renewal left to a checkout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_saved_without_email_or_contact_is_completed_from_its_payment() {
+    let (fake, base) = start_fake().await;
+    let (app, clock, db, server) = app_with_fake(&base).await;
+    let (old, _) =
+        subscribe_with_mandate(&fake, &app, &base, "user-pre-migration", "pay_PreMigration1", "token_PreMigrate01").await;
+    let (bare, _) =
+        subscribe_with_mandate(&fake, &app, &base, "user-no-contact", "pay_NoContact0001", "token_NoContact001").await;
+    scalar(
+        &app,
+        "WITH u AS (UPDATE subscriptions SET gateway_email = NULL, gateway_contact = NULL \
+          WHERE gateway_token_id IS NOT NULL RETURNING 1) SELECT count(*) AS n FROM u",
+    )
+    .await;
+    // The second one's payment carries no contact at Razorpay either.
+    fake.payments.lock().unwrap().get_mut("pay_NoContact0001").unwrap()["contact"] = serde_json::Value::Null;
+
+    clock.set(old.period_end - chrono::Duration::hours(72));
+    let out = billing_svc::jobs::run_once(&app, "renewals").await.unwrap();
+    assert!(out.contains("2 renewal orders created, 1 charges captured, 1 not captured"), "{out}");
+    let recurring = fake.seen("POST", "/v1/payments/create/recurring");
+    assert_eq!(recurring.len(), 1, "only the completed method is charged");
+    let b = &recurring[0].body;
+    assert_eq!(b["token"], "token_PreMigrate01");
+    assert_eq!((b["email"].as_str(), b["contact"].as_str()), (Some("gaurav.kumar@example.com"), Some("+919000090000")));
+    let mut conn = app.conn().await.unwrap();
+    let completed = billing_svc::subscriptions::get(&mut conn, old.id).await.unwrap();
+    assert_eq!(
+        (completed.gateway_token_id.as_deref(), completed.gateway_email.as_deref(), completed.gateway_contact.as_deref()),
+        (Some("token_PreMigrate01"), Some("gaurav.kumar@example.com"), Some("+919000090000")),
+        "stored for the next renewals"
+    );
+    let forgotten = billing_svc::subscriptions::get(&mut conn, bare.id).await.unwrap();
+    assert_eq!(forgotten.gateway_token_id, None, "nothing to charge it with: paid through checkout");
+    drop(conn);
+    assert_eq!(
+        scalar(
+            &app,
+            &format!("SELECT count(*) AS n FROM orders WHERE renews_subscription_id = '{}' AND next_charge_at IS NULL", bare.id)
+        )
+        .await,
+        1
+    );
+
+    let report = billing_svc::reconcile::run(&app, clock.now(), chrono::Duration::hours(24), false).await.unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    drop(app);
+    server.drop_database(&db).await.unwrap();
+}
