@@ -398,9 +398,16 @@ async fn verify_payment_confirms_the_payment_at_razorpay() {
     std::mem::forget(server);
 }
 
-/// A billing App on a fresh database whose gateway is the fake Razorpay, and
-/// a manual clock.
+/// A billing App on a fresh database whose gateway is the fake Razorpay
+/// with card mandates on (`RAZORPAY_CARD_MANDATES=true`), and a manual clock.
 async fn app_with_fake(base: &str) -> (billing_svc::App, shared::Clock, String, &'static shared::pg::PgServer) {
+    app_with_fake_mandates(base, true).await
+}
+
+async fn app_with_fake_mandates(
+    base: &str,
+    card_mandates: bool,
+) -> (billing_svc::App, shared::Clock, String, &'static shared::pg::PgServer) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pg");
     let server: &'static shared::pg::PgServer = Box::leak(Box::new(shared::pg::PgServer::resolve(&root).await.unwrap()));
     let db = format!("razorpay_{}", uuid::Uuid::new_v4().simple());
@@ -408,7 +415,7 @@ async fn app_with_fake(base: &str) -> (billing_svc::App, shared::Clock, String, 
     let url = server.url(&db);
     billing_svc::app::migrate(&url).await.unwrap();
     let mut cfg = billing_svc::Config::from_env().unwrap();
-    cfg.gateway = config(base);
+    cfg.gateway = billing_svc::config::GatewayConfig { card_mandates, ..config(base) };
     cfg.jobs.enabled = false;
     cfg.common.pool_size = 4;
     let clock = shared::Clock::manual(chrono::Utc::now());
@@ -765,6 +772,56 @@ async fn a_method_saved_without_email_or_contact_is_completed_from_its_payment()
 
     let report = billing_svc::reconcile::run(&app, clock.now(), chrono::Duration::hours(24), false).await.unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
+    drop(app);
+    server.drop_database(&db).await.unwrap();
+}
+
+/// A purchase order with a token block is a card-mandate authorisation
+/// order, which Razorpay's checkout can only pay by card. So mandates are
+/// registered only with `RAZORPAY_CARD_MANDATES=true`; by default (false) a
+/// purchase is a plain order every payment method can pay (no customer is
+/// created), and its renewals are paid through a renewal checkout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_mandates_are_registered_only_when_configured() {
+    let (fake, base) = start_fake().await;
+    assert!(!billing_svc::Config::from_env().unwrap().gateway.card_mandates, "off unless configured");
+    let (app, clock, db, server) = app_with_fake_mandates(&base, false).await;
+    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-upi", "basic-monthly").await.unwrap();
+    let posted = &fake.seen("POST", "/v1/orders")[0].body;
+    for field in ["method", "token", "customer_id"] {
+        assert!(posted[field].is_null(), "a plain order: no {field} in {posted}");
+    }
+    assert!(fake.seen("POST", "/v1/customers").is_empty(), "no customer without a mandate");
+    assert_eq!(order.mandate_max_amount_minor, None);
+    // Paid by UPI: a plain captured payment.
+    fake.add_payment("pay_UpiPayment001", &order.id, 49_900, "INR", "captured");
+    fake.payments.lock().unwrap().get_mut("pay_UpiPayment001").unwrap()["method"] = json!("upi");
+    let sig = Sandbox::new(config(&base)).sign_payment(&order.id, "pay_UpiPayment001");
+    let sub = billing_svc::payments::verify(&app, &order.id, "pay_UpiPayment001", &sig).await.unwrap().subscription;
+    assert_eq!(sub.gateway_token_id, None);
+    clock.set(sub.period_end - chrono::Duration::hours(72));
+    let out = billing_svc::jobs::run_once(&app, "renewals").await.unwrap();
+    assert!(out.contains("1 renewal orders created, 0 charges captured, 0 not captured"), "{out}");
+    assert!(fake.seen("POST", "/v1/payments/create/recurring").is_empty());
+    assert_eq!(
+        scalar(&app, "SELECT count(*) AS n FROM orders WHERE renews_subscription_id IS NOT NULL AND next_charge_at IS NULL")
+            .await,
+        1,
+        "the renewal is paid through checkout"
+    );
+    let report = billing_svc::reconcile::run(&app, clock.now(), chrono::Duration::hours(24), false).await.unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    drop(app);
+    server.drop_database(&db).await.unwrap();
+
+    // Configured: the purchase registers a card mandate.
+    let (app, _clock, db, server) = app_with_fake_mandates(&base, true).await;
+    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-card", "basic-monthly").await.unwrap();
+    let posted = fake.seen("POST", "/v1/orders").last().unwrap().body.clone();
+    assert_eq!(posted["method"], "card");
+    assert_eq!(posted["token"]["max_amount"], 49_900);
+    assert_eq!(fake.seen("POST", "/v1/customers").len(), 1);
+    assert_eq!(order.mandate_max_amount_minor, Some(49_900));
     drop(app);
     server.drop_database(&db).await.unwrap();
 }
