@@ -466,7 +466,7 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
     let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-recurring", "basic-monthly").await.unwrap();
     let customers = fake.seen("POST", "/v1/customers");
     assert_eq!(customers.len(), 1);
-    assert_eq!(customers[0].body["fail_existing"], "0", "a retry returns the same customer");
+    assert_eq!(customers[0].body["fail_existing"], "0", "as documented; it matches on email and contact, never sent");
     let posted = &fake.seen("POST", "/v1/orders")[0].body;
     assert_eq!(posted["method"], "card");
     assert!(posted["customer_id"].as_str().unwrap().starts_with("cust_"));
@@ -822,6 +822,40 @@ async fn card_mandates_are_registered_only_when_configured() {
     assert_eq!(posted["token"]["max_amount"], 49_900);
     assert_eq!(fake.seen("POST", "/v1/customers").len(), 1);
     assert_eq!(order.mandate_max_amount_minor, Some(49_900));
+    drop(app);
+    server.drop_database(&db).await.unwrap();
+}
+
+/// Razorpay finds an "existing" customer (`fail_existing: "0"`) by email and
+/// contact; billing sends neither, so two users never share a customer, and
+/// a customer Razorpay hands back that is not the user's (its
+/// `notes.user_key` differs) is never used: the purchase is a plain order
+/// and nothing is stored, so one user's saved cards can never be charged
+/// for, or shown to, another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_is_never_shared_between_users() {
+    let (fake, base) = start_fake().await;
+    let (app, _clock, db, server) = app_with_fake(&base).await;
+    let long = "u".repeat(60);
+    let (a, b) = (format!("{long}-a"), format!("{long}-b"));
+    billing_svc::orders::create(&app, uuid::Uuid::new_v4(), &a, "basic-monthly").await.unwrap();
+    billing_svc::orders::create(&app, uuid::Uuid::new_v4(), &b, "basic-monthly").await.unwrap();
+    let posts = fake.seen("POST", "/v1/customers");
+    assert_eq!(posts.len(), 2);
+    for p in &posts {
+        assert!(p.body["email"].is_null() && p.body["contact"].is_null(), "nothing Razorpay could match another user on");
+    }
+    let orders = fake.orders.lock().unwrap().clone();
+    assert_ne!(orders[0]["customer_id"], orders[1]["customer_id"], "users whose ids share 50 characters");
+
+    // Razorpay answers with another user's customer: not used, not stored.
+    let foreign = fake.customers.lock().unwrap()[0].clone();
+    fake.script("POST /v1/customers", Script::Answer(200, None, foreign.to_string()));
+    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-c", "basic-monthly").await.unwrap();
+    assert_eq!(order.mandate_max_amount_minor, None, "a plain order");
+    assert!(fake.seen("POST", "/v1/orders").last().unwrap().body["customer_id"].is_null());
+    assert_eq!(scalar(&app, "SELECT count(*) AS n FROM gateway_customers WHERE user_id = 'user-c'").await, 0);
+    assert_eq!(scalar(&app, "SELECT count(DISTINCT customer_id) AS n FROM gateway_customers").await, 2);
     drop(app);
     server.drop_database(&db).await.unwrap();
 }

@@ -9,8 +9,8 @@
 //!   https://razorpay.com/docs/api/refunds/normal-refunds-idempotent
 //! - Refunds entity (statuses): https://razorpay.com/docs/api/refunds/entity
 //! - Recurring payments for cards (https://razorpay.com/docs/api/payments/recurring-payments/cards/):
-//!   create a customer (`POST /v1/customers`, `fail_existing: "0"` so a
-//!   retry returns the same customer), the authorisation order (`POST
+//!   create a customer (`POST /v1/customers`; see `create_customer` for what
+//!   `fail_existing` matches on), the authorisation order (`POST
 //!   /v1/orders` with `customer_id`, `method: card` and a `token` block of
 //!   `max_amount`, `expire_at`, `frequency`), subsequent payments (a new
 //!   order each time, then `POST /v1/payments/create/recurring` with
@@ -584,15 +584,36 @@ impl Gateway for Razorpay {
     }
 
     async fn create_customer(&self, user_id: &str) -> Result<Option<String>, GatewayError> {
+        // Razorpay finds an existing customer (`fail_existing: "0"`) by email
+        // and contact; the name need not be unique. None is sent, so no
+        // other user's customer can match: a retried create (its answer
+        // lost) makes a second customer, which is harmless because the
+        // first id stored in `gateway_customers` wins and the other never
+        // gets a token. `user_key` names the user exactly (the name and
+        // `user_id` are bounded), and a customer answered without ours is
+        // never used: another user's saved cards must never be reachable.
+        let key = customer_key(user_id);
         let body = json!({
             "name": bounded(user_id, MAX_CUSTOMER_NAME),
-            // A retry (or a second purchase) returns the existing customer
-            // instead of failing.
             "fail_existing": "0",
-            "notes": { "user_id": bounded(user_id, 256) },
+            "notes": { "user_id": bounded(user_id, 256), "user_key": key },
         });
         let c: CustomerEntity = self.call(Method::POST, "/v1/customers", &[], Some(&body), &[]).await?;
         check_id("customer id", &c.id).map_err(|_| unavailable("POST /v1/customers: unexpected customer id", None))?;
+        if c.notes.get("user_key").and_then(serde_json::Value::as_str) != Some(key.as_str()) {
+            tracing::error!(user_id, customer_id = %c.id, "Razorpay answered with a customer that is not this user's; not used");
+            return Err(GatewayError::Refused {
+                code: "CUSTOMER_MISMATCH".into(),
+                message: "the gateway answered with another user's customer".into(),
+            });
+        }
         Ok(Some(c.id))
     }
+}
+
+/// Names a user exactly in the customer's notes: hex SHA-256 of the user id,
+/// 40 characters (user ids may be longer than a note or a name allows).
+fn customer_key(user_id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("billing-customer:{user_id}").as_bytes()))[..40].to_owned()
 }
