@@ -36,7 +36,9 @@
 //! Retry-After); a 409 (a request with the same idempotency key still in
 //! progress) is `Unavailable` too; another 4xx is `Refused` with Razorpay's `error.code` and a
 //! bounded description; a body that is not what the documentation shows is
-//! `Unavailable` ("unexpected response"), never a panic.
+//! `Unavailable` ("unexpected response"), never a panic. A recurring charge
+//! refused for our credentials (401/403) is `Unavailable` instead: it says
+//! nothing about the customer's mandate (`charge_saved_method`).
 //!
 //! Retries stay where the gateway makes them safe: fetching a payment is
 //! retried a bounded number of times; creating an order is retried only
