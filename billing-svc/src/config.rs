@@ -53,6 +53,10 @@ pub struct GatewayConfig {
     /// razorpay: milliseconds one API call may take (must be positive).
     #[arg(long = "gateway-timeout-ms", env = "GATEWAY_TIMEOUT_MS", default_value = "5000", value_parser = parse::millis)]
     pub timeout: Duration,
+    /// razorpay: register a recurring card mandate with every purchase (true or false). Such an order can
+    /// only be paid by card, so it is off unless chosen; off, renewals are paid through checkout.
+    #[arg(long = "razorpay-card-mandates", env = "RAZORPAY_CARD_MANDATES", default_value = "false", action = clap::ArgAction::Set, value_parser = parse::trimmed::<bool>)]
+    pub card_mandates: bool,
     /// sandbox: decline every charge of a saved payment method (true or false).
     #[arg(long = "sandbox-fail-charges", env = "SANDBOX_FAIL_CHARGES", default_value = "false", action = clap::ArgAction::Set, value_parser = parse::trimmed::<bool>)]
     pub sandbox_fail_charges: bool,

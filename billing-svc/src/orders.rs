@@ -118,10 +118,12 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
     }
     let receipt = session_id.to_string();
     let now = app.clock.now();
-    // The purchase registers a card mandate for automatic renewals, limited
-    // to the price the customer agrees to now: a later price above it is
-    // paid through a renewal checkout, never charged to the mandate.
-    let customer = customer_of(app, user_id, now).await?;
+    // With RAZORPAY_CARD_MANDATES the purchase registers a card mandate for
+    // automatic renewals, limited to the price the customer agrees to now: a
+    // later price above it is paid through a renewal checkout, never charged
+    // to the mandate. Such an order can only be paid by card, so without the
+    // setting it is a plain order any method pays, renewed through checkout.
+    let customer = if app.config.gateway.card_mandates { customer_of(app, user_id, now).await? } else { None };
     let limits = customer.as_ref().map(|_| MandateLimits {
         max_amount_minor: plan.price_minor,
         expires_at: now.checked_add_months(chrono::Months::new(12 * MANDATE_YEARS)).unwrap_or(now),

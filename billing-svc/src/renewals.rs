@@ -31,7 +31,7 @@ use crate::{
     payments::{self, Capture, Payment},
     plans,
     schema::{orders as o, subscriptions as s},
-    subscriptions::{self, Status, Subscription},
+    subscriptions::{self, SavedMethod, Status, Subscription},
 };
 
 /// What one iteration did.
@@ -292,17 +292,22 @@ async fn collect_one(app: &App, order: &Order, now: DateTime<Utc>) -> Result<boo
             // charges at once: the payment is captured.
             None => return capture_charge(app, order, pending, (order.amount_minor, &order.currency), now).await,
         }
-    } else if order.charge_attempts > 1 {
+    }
+    if order.charge_attempts > 1 {
         // An earlier attempt's outcome may be unknown (a timeout or 5xx
         // after the request reached the gateway, a crash before its answer
-        // was stored): find its payment by the order before charging again,
-        // so the customer is never charged twice for one period.
+        // was stored), even when the payment remembered above failed: a
+        // later charge may have been made since. Any payment of the order
+        // that did not fail settles it before a new charge is tried, so the
+        // customer is never charged twice for one period (Invariants 24).
         for p in app.gateway.payments_of_order(&order.id).await?.unwrap_or_default() {
             if let Known::Done(captured) = settle_known(app, order, &p, now).await? {
                 return Ok(captured);
             }
         }
     }
+    let method =
+        if method.email.is_none() || method.contact.is_none() { complete_contact(app, &sub, method, now).await? } else { method };
     let receipt = receipt(sub.id, order.renews_period_start.unwrap_or(sub.period_end));
     let payment = match app.gateway.charge_saved_method(&method, order.amount_minor, &order.currency, &order.id, &receipt).await {
         Ok(p) => p,
@@ -336,6 +341,45 @@ async fn collect_one(app: &App, order: &Order, now: DateTime<Utc>) -> Result<boo
             Ok(false)
         }
     }
+}
+
+/// Paid orders of a subscription whose payments are asked for a saved
+/// method's email and contact.
+const CONTACT_LOOKUPS: i64 = 3;
+
+/// A method saved before its email and contact were stored (a recurring
+/// charge must send both): read them from the payments of the subscription
+/// that carry its token (the purchase, then paid renewals, newest first),
+/// store them, and charge with them. Still missing, the charge is refused as
+/// METHOD_UNUSABLE and the renewal paid through checkout. A gateway that
+/// cannot answer now is retried on schedule, never taken as "missing".
+async fn complete_contact(app: &App, sub: &Subscription, method: SavedMethod, now: DateTime<Utc>) -> Result<SavedMethod> {
+    let payment_ids: Vec<Option<String>> = {
+        let mut conn = app.conn().await?;
+        o::table
+            .filter(o::status.eq(OrderStatus::Paid))
+            .filter(o::renews_subscription_id.eq(sub.id).or(o::id.eq(sub.order_id.clone().unwrap_or_default())))
+            .order(o::paid_at.desc())
+            .select(o::payment_id)
+            .limit(CONTACT_LOOKUPS)
+            .load(&mut conn)
+            .await?
+    };
+    for payment_id in payment_ids.into_iter().flatten() {
+        let saved = match app.gateway.fetch_payment(&payment_id).await {
+            Ok(p) => p.and_then(|p| p.saved_method).filter(|m| m.token_id == method.token_id),
+            // Razorpay does not know it (or refuses to show it): try another.
+            Err(GatewayError::Refused { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(saved) = saved else { continue };
+        if let (Some(email), Some(contact)) = (method.email.clone().or(saved.email), method.contact.clone().or(saved.contact)) {
+            subscriptions::complete_contact(&mut *app.conn().await?, &method.token_id, &email, &contact, now).await?;
+            tracing::info!(subscription_id = %sub.id, payment_id, "saved method's email and contact read from the payment that saved it");
+            return Ok(SavedMethod { email: Some(email), contact: Some(contact), ..method });
+        }
+    }
+    Ok(method)
 }
 
 /// What a payment the gateway reports for a renewal order means for it.

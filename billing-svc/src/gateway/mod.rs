@@ -170,8 +170,9 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
     /// returned as it is (idempotent); any other state is `Refused`.
     async fn capture_payment(&self, payment_id: &str, amount_minor: i64, currency: &str) -> Result<GatewayPayment, GatewayError>;
     /// The gateway's customer for `user_id`, which a recurring mandate
-    /// belongs to, created when needed (a retry returns the same one);
-    /// `None` when the gateway registers no mandates (the sandbox).
+    /// belongs to, created when needed and never one of another user's (a
+    /// retry may create another one: the caller stores the first and keeps
+    /// it); `None` when the gateway registers no mandates (the sandbox).
     async fn create_customer(&self, user_id: &str) -> Result<Option<String>, GatewayError>;
 }
 

@@ -27,6 +27,8 @@ pub struct Sandbox {
     lose_charge_answers: Arc<AtomicBool>,
     /// [`Sandbox::set_tokens_revoked`].
     tokens_revoked: Arc<AtomicBool>,
+    /// [`Sandbox::set_charges_fail_later`].
+    charges_fail_later: Arc<AtomicBool>,
     /// [`Sandbox::set_lose_capture_answers`].
     lose_capture_answers: Arc<AtomicBool>,
     /// Every `capture_payment` call, by payment id ([`Sandbox::capture_calls`]).
@@ -93,6 +95,7 @@ impl Sandbox {
             refunds: Arc::new(AtomicU8::new(SandboxRefunds::Process as u8)),
             lose_charge_answers: Arc::default(),
             tokens_revoked: Arc::default(),
+            charges_fail_later: Arc::default(),
             lose_capture_answers: Arc::default(),
             capture_calls: Arc::default(),
             charges: Arc::default(),
@@ -107,6 +110,14 @@ impl Sandbox {
     /// unavailable, as after a timeout once the request reached it.
     pub fn set_lose_charge_answers(&self, lose: bool) {
         self.lose_charge_answers.store(lose, Ordering::Relaxed);
+    }
+
+    /// With true, later charges of a saved method are made and their
+    /// payment then fails (the bank declines the debit after Razorpay's
+    /// pre-debit window): the call answers that payment, `failed`, and it is
+    /// recorded (`payments_of_order`, `fetch_payment`).
+    pub fn set_charges_fail_later(&self, fail: bool) {
+        self.charges_fail_later.store(fail, Ordering::Relaxed);
     }
 
     /// With true, every saved method's token is revoked: charges are refused
@@ -399,10 +410,11 @@ impl Gateway for Sandbox {
                 message: "Payment failed: the card was declined (sandbox: SANDBOX_FAIL_CHARGES)".into(),
             });
         }
+        let failed = self.charges_fail_later.load(Ordering::Relaxed);
         let payment = GatewayPayment {
             id: Self::new_payment_id(),
             order_id: Some(order_id.to_owned()),
-            status: PaymentStatus::Captured,
+            status: if failed { PaymentStatus::Failed } else { PaymentStatus::Captured },
             amount_minor,
             currency: currency.to_owned(),
             saved_method: None,

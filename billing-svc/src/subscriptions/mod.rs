@@ -267,6 +267,24 @@ pub async fn forget_method(conn: &mut Conn, token_id: &str, why: &str, now: Date
     Ok(ids)
 }
 
+/// Fills in the email and contact of a saved method that has none (saved
+/// before they were stored), on every subscription holding `token_id`;
+/// values already stored stay.
+pub async fn complete_contact(conn: &mut Conn, token_id: &str, email: &str, contact: &str, now: DateTime<Utc>) -> Result<()> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Nullable, Text};
+    diesel::update(subscriptions::table.filter(subscriptions::gateway_token_id.eq(token_id)))
+        .set((
+            subscriptions::gateway_email.eq(sql::<Nullable<Text>>("coalesce(gateway_email, ").bind::<Text, _>(email).sql(")")),
+            subscriptions::gateway_contact
+                .eq(sql::<Nullable<Text>>("coalesce(gateway_contact, ").bind::<Text, _>(contact).sql(")")),
+            subscriptions::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// The saved payment method of a subscription, if any.
 pub fn saved_method(s: &Subscription) -> Option<SavedMethod> {
     match (&s.gateway_customer_id, &s.gateway_token_id) {

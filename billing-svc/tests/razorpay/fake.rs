@@ -203,7 +203,17 @@ impl Fake {
                 let Some(name) = body["name"].as_str() else {
                     return (400, error_body("The name field is required."));
                 };
-                let existing = self.customers.lock().unwrap().iter().find(|c| c["name"] == name).cloned();
+                // Razorpay matches an existing customer on email and contact
+                // (the name need not be unique): a request with neither
+                // matches nobody.
+                let identified = !body["email"].is_null() || !body["contact"].is_null();
+                let existing = self
+                    .customers
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|c| identified && c["email"] == body["email"] && c["contact"] == body["contact"])
+                    .cloned();
                 match existing {
                     Some(c) if body["fail_existing"] == "0" => (200, c),
                     Some(_) => (400, error_body("Customer already exists for the merchant")),

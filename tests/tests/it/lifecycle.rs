@@ -367,6 +367,59 @@ async fn a_charge_whose_answer_was_lost_is_found_by_its_order_not_made_twice() {
     assert_ledger_matches_balances(&mut db).await;
 }
 
+/// docs/design.md, Invariants 24: one failed payment, then a charge whose
+/// answer was lost. Attempt 1's payment fails at the bank (remembered as
+/// pending); attempt 2 finds it failed and charges again, and that charge is
+/// made but its answer lost; attempt 3 finds the order's payments before
+/// charging, not only the failed one it remembers: one successful charge,
+/// one period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_payment_then_a_lost_answer_is_never_charged_twice() {
+    let app = spawn_app().await;
+    let sub = subscribe_with_saved_card(&app, "fail-then-lost", "basic-monthly").await;
+    let end = ts(&sub.period_end);
+    app.gateway.set_charges_fail_later(true);
+    app.clock.set(end - Duration::hours(72));
+    let out = app.run_job("renewals").await;
+    assert!(out.contains("1 renewal orders created, 0 charges captured, 1 not captured"), "{out}");
+    let renewal = app.subscription(&sub.id).await.renewal_order_id;
+    let failed = app.gateway.charges_of(&renewal);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].status, billing_svc::gateway::PaymentStatus::Failed);
+
+    app.gateway.set_charges_fail_later(false);
+    app.gateway.set_lose_charge_answers(true);
+    app.clock.set(end - Duration::hours(48));
+    assert!(app.run_job("renewals").await.contains("0 charges captured, 1 not captured"));
+    assert_eq!(app.gateway.charges_of(&renewal).len(), 2, "the second charge was made at the gateway");
+
+    app.gateway.set_lose_charge_answers(false);
+    app.clock.set(end - Duration::hours(24));
+    let out = app.run_job("renewals").await;
+    assert!(out.contains("1 charges captured"), "{out}");
+    assert!(app.run_job("renewals").await.contains("0 charges captured, 0 not captured"));
+    let charges = app.gateway.charges_of(&renewal);
+    let captured: Vec<_> = charges.iter().filter(|p| p.status == billing_svc::gateway::PaymentStatus::Captured).collect();
+    assert_eq!(captured.len(), 1, "exactly one successful charge: {charges:?}");
+    assert_eq!(charges.len(), 2, "no third charge");
+    let order = app.billing.clone().get_order(bpb::GetOrderRequest { id: renewal.clone() }).await.unwrap().into_inner();
+    let order = order.order.unwrap();
+    assert_eq!((order.status, order.payment_id.as_str()), (bpb::OrderStatus::Paid as i32, captured[0].id.as_str()));
+
+    app.clock.set(end + Duration::hours(1));
+    app.run_job("rollover").await;
+    let next = app.subscription(&sub.id).await;
+    assert_eq!((next.status, ts(&next.period_start), next.credits_remaining), (bpb::SubscriptionStatus::Active as i32, end, 300));
+    reconcile_finds_nothing(&app).await;
+    let mut db = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE renews_subscription_id = '{}'", sub.id)).await,
+        1
+    );
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies").await, 0);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
 /// A token revoked at the gateway (the charge is refused as unusable) stops
 /// automatic charging at once: the saved method is forgotten, the renewal is
 /// never charged again, and the customer pays it through a renewal checkout.

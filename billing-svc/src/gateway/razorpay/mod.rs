@@ -9,8 +9,8 @@
 //!   https://razorpay.com/docs/api/refunds/normal-refunds-idempotent
 //! - Refunds entity (statuses): https://razorpay.com/docs/api/refunds/entity
 //! - Recurring payments for cards (https://razorpay.com/docs/api/payments/recurring-payments/cards/):
-//!   create a customer (`POST /v1/customers`, `fail_existing: "0"` so a
-//!   retry returns the same customer), the authorisation order (`POST
+//!   create a customer (`POST /v1/customers`; see `create_customer` for what
+//!   `fail_existing` matches on), the authorisation order (`POST
 //!   /v1/orders` with `customer_id`, `method: card` and a `token` block of
 //!   `max_amount`, `expire_at`, `frequency`), subsequent payments (a new
 //!   order each time, then `POST /v1/payments/create/recurring` with
@@ -36,7 +36,9 @@
 //! Retry-After); a 409 (a request with the same idempotency key still in
 //! progress) is `Unavailable` too; another 4xx is `Refused` with Razorpay's `error.code` and a
 //! bounded description; a body that is not what the documentation shows is
-//! `Unavailable` ("unexpected response"), never a panic.
+//! `Unavailable` ("unexpected response"), never a panic. A recurring charge
+//! refused for our credentials (401/403) is `Unavailable` instead: it says
+//! nothing about the customer's mandate (`charge_saved_method`).
 //!
 //! Retries stay where the gateway makes them safe: fetching a payment is
 //! retried a bounded number of times; creating an order is retried only
@@ -141,8 +143,21 @@ impl Razorpay {
         body: Option<&serde_json::Value>,
         headers: &[(&str, &str)],
     ) -> Result<T, GatewayError> {
+        self.exchange(method, path, query, body, headers).await.map_err(|f| f.error)
+    }
+
+    /// Like `call`, keeping the HTTP status Razorpay answered with, for the
+    /// callers that must tell "this does not exist" from "we are not let in".
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<T, Failure> {
         let Some(http) = &self.http else {
-            return Err(unavailable("no HTTP client", None));
+            return Err(Failure::no_answer(unavailable("no HTTP client", None)));
         };
         let mut req = http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -157,30 +172,34 @@ impl Razorpay {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = req.send().await.map_err(|e| transport_error(&method, path, &e))?;
+        let resp = req.send().await.map_err(|e| Failure::no_answer(transport_error(&method, path, &e)))?;
         let status = resp.status();
+        let answered = |error| Failure { status: Some(status), error };
         let retry_after = retry_after(resp.headers());
-        let bytes = read_body(resp).await.map_err(|e| transport_error(&method, path, &e))?;
+        let bytes = read_body(resp).await.map_err(|e| answered(transport_error(&method, path, &e)))?;
         let Some(bytes) = bytes else {
-            return Err(unexpected(&method, path, status));
+            return Err(answered(unexpected(&method, path, status)));
         };
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|_| unexpected(&method, path, status));
+            return serde_json::from_slice(&bytes).map_err(|_| answered(unexpected(&method, path, status)));
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             // Always with a pause, so that no layer retries a throttled call at once.
             let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
-            return Err(unavailable(&format!("{method} {path}: rate limited (429)"), Some(pause)));
+            return Err(answered(unavailable(&format!("{method} {path}: rate limited (429)"), Some(pause))));
         }
         if status == StatusCode::CONFLICT {
             // Razorpay's answer while a request with the same idempotency
             // key is still being processed: the outcome is not known yet,
             // so it is never a refusal (docs/design.md, Invariants 22).
             let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
-            return Err(unavailable(&format!("{method} {path}: a request with this key is in progress (409)"), Some(pause)));
+            return Err(answered(unavailable(
+                &format!("{method} {path}: a request with this key is in progress (409)"),
+                Some(pause),
+            )));
         }
         if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-            return Err(unavailable(&format!("{method} {path}: answered {}", status.as_u16()), retry_after));
+            return Err(answered(unavailable(&format!("{method} {path}: answered {}", status.as_u16()), retry_after)));
         }
         if status.is_client_error() {
             let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
@@ -193,18 +212,26 @@ impl Razorpay {
             if status == StatusCode::UNAUTHORIZED {
                 tracing::error!(path, "Razorpay refused our credentials (401): check GATEWAY_KEY_ID and GATEWAY_KEY_SECRET");
             }
-            return Err(GatewayError::Refused { code: bounded(&code, MAX_CODE), message: bounded(&message, MAX_DESCRIPTION) });
+            return Err(answered(GatewayError::Refused {
+                code: bounded(&code, MAX_CODE),
+                message: bounded(&message, MAX_DESCRIPTION),
+            }));
         }
-        Err(unexpected(&method, path, status))
+        Err(answered(unexpected(&method, path, status)))
     }
 
     /// An idempotent GET, retried a bounded number of times when the gateway
     /// is unavailable (not when it throttles: that is passed on at once).
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, GatewayError> {
+        self.get_answered(path, query).await.map_err(|f| f.error)
+    }
+
+    /// `get`, keeping the HTTP status of the last answer.
+    async fn get_answered<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, Failure> {
         let mut attempt = 1;
         loop {
-            match self.call(Method::GET, path, query, None, &[]).await {
-                Err(GatewayError::Unavailable { retry_after: None, .. }) if attempt < READ_ATTEMPTS => {
+            match self.exchange(Method::GET, path, query, None, &[]).await {
+                Err(Failure { error: GatewayError::Unavailable { retry_after: None, .. }, .. }) if attempt < READ_ATTEMPTS => {
                     tokio::time::sleep(BACKOFF * attempt).await;
                     attempt += 1;
                 }
@@ -263,22 +290,72 @@ impl Razorpay {
         Ok(payment(p))
     }
 
-    /// Whether the token's mandate may still be charged: confirmed and not
-    /// expired. Asked after Razorpay refused a charge, to tell a declined
-    /// debit (retried on schedule) from a mandate that is gone.
-    async fn token_usable(&self, method: &SavedMethod) -> Result<bool, GatewayError> {
-        check_id("customer id", &method.customer_id)?;
-        check_id("token id", &method.token_id)?;
+    /// What Razorpay says of the token's mandate, asked after it refused a
+    /// charge, to tell a declined debit (retried on schedule) from a mandate
+    /// that is gone. Only Razorpay's own word makes it gone: a cancelled,
+    /// rejected or paused mandate, a past `expired_at`, or a token it does not
+    /// know (404, or its documented "does not exist"). A check that fails
+    /// (our key refused, throttled, 5xx, a timeout) or a state this code does
+    /// not know proves nothing (docs/design.md, Invariant 29).
+    async fn mandate_state(&self, method: &SavedMethod) -> Mandate {
+        if check_id("customer id", &method.customer_id).is_err() || check_id("token id", &method.token_id).is_err() {
+            return Mandate::Unknown;
+        }
         let path = format!("/v1/customers/{}/tokens/{}", method.customer_id, method.token_id);
-        let t: TokenEntity = match self.get(&path, &[]).await {
+        let t: TokenEntity = match self.get_answered(&path, &[]).await {
             Ok(t) => t,
-            // Razorpay no longer knows the token: it was deleted.
-            Err(GatewayError::Refused { .. }) => return Ok(false),
-            Err(e) => return Err(e),
+            Err(f) if does_not_exist(&f) => return Mandate::Gone("Razorpay does not know the token".into()),
+            Err(f) => {
+                tracing::warn!(token_id = %method.token_id, error = %f.error, "the recurring token's state could not be read");
+                return Mandate::Unknown;
+            }
         };
-        let confirmed = t.recurring_details.and_then(|d| d.status).as_deref() == Some("confirmed");
-        let expired = t.expired_at.is_some_and(|at| at > 0 && at <= chrono::Utc::now().timestamp());
-        Ok(confirmed && !expired)
+        let status = t.recurring_details.and_then(|d| d.status).unwrap_or_default();
+        if ["cancelled", "rejected", "paused"].contains(&status.as_str()) {
+            return Mandate::Gone(format!("the mandate is {status}"));
+        }
+        if t.expired_at.is_some_and(|at| at > 0 && at <= chrono::Utc::now().timestamp()) {
+            return Mandate::Gone("the token has expired".into());
+        }
+        Mandate::Unknown
+    }
+}
+
+/// What the token check found out ([`Razorpay::mandate_state`]).
+enum Mandate {
+    /// Razorpay says the mandate can never be charged again (why).
+    Gone(String),
+    /// Confirmed, in another state, or not known: the refusal stands as it is.
+    Unknown,
+}
+
+/// A failed exchange: the error, and the HTTP status when Razorpay answered.
+struct Failure {
+    status: Option<StatusCode>,
+    error: GatewayError,
+}
+
+impl Failure {
+    fn no_answer(error: GatewayError) -> Self {
+        Failure { status: None, error }
+    }
+
+    /// Razorpay refused our credentials (401, 403): nothing is known about
+    /// the request itself.
+    fn credentials_refused(&self) -> bool {
+        matches!(self.status, Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN))
+    }
+}
+
+/// Razorpay says the entity does not exist: a 404, or the 400 its API
+/// documents for an unknown id ("The id provided does not exist").
+fn does_not_exist(f: &Failure) -> bool {
+    match (&f.error, f.status) {
+        (GatewayError::Refused { .. }, Some(StatusCode::NOT_FOUND)) => true,
+        (GatewayError::Refused { message, .. }, Some(StatusCode::BAD_REQUEST)) => {
+            message.to_ascii_lowercase().contains("does not exist")
+        }
+        _ => false,
     }
 }
 
@@ -438,21 +515,29 @@ impl Gateway for Razorpay {
             "description": "subscription renewal",
             "notes": { "receipt": receipt },
         });
-        let answer: RecurringAnswer = match self.call(Method::POST, "/v1/payments/create/recurring", &[], Some(&body), &[]).await
+        let answer: RecurringAnswer = match self
+            .exchange(Method::POST, "/v1/payments/create/recurring", &[], Some(&body), &[])
+            .await
         {
             Ok(a) => a,
-            Err(GatewayError::Refused { code, message }) => {
+            // Our key refused (rotated, misconfigured): says nothing of
+            // the mandate. Retried on schedule; the 401 is logged as an
+            // error for the operator.
+            Err(f) if f.credentials_refused() => {
+                let status = f.status.map_or(0, |s| s.as_u16());
+                return Err(unavailable(&format!("POST /v1/payments/create/recurring: credentials refused ({status})"), None));
+            }
+            Err(Failure { error: GatewayError::Refused { code, message }, .. }) => {
                 // A declined debit is retried on schedule; a mandate that
-                // is gone (revoked, rejected, paused, expired) never is.
-                return Err(match self.token_usable(method).await {
-                    Ok(false) => GatewayError::Refused {
-                        code: METHOD_UNUSABLE.into(),
-                        message: format!("the recurring token is no longer active ({code}: {message})"),
-                    },
-                    _ => GatewayError::Refused { code, message },
+                // Razorpay says is gone never is.
+                return Err(match self.mandate_state(method).await {
+                    Mandate::Gone(why) => {
+                        GatewayError::Refused { code: METHOD_UNUSABLE.into(), message: format!("{why} ({code}: {message})") }
+                    }
+                    Mandate::Unknown => GatewayError::Refused { code, message },
                 });
             }
-            Err(e) => return Err(e),
+            Err(f) => return Err(f.error),
         };
         let Some(payment_id) = answer.razorpay_payment_id.or(answer.id).filter(|id| check_id("payment id", id).is_ok()) else {
             return Err(unavailable("POST /v1/payments/create/recurring: unexpected response", None));
@@ -501,15 +586,36 @@ impl Gateway for Razorpay {
     }
 
     async fn create_customer(&self, user_id: &str) -> Result<Option<String>, GatewayError> {
+        // Razorpay finds an existing customer (`fail_existing: "0"`) by email
+        // and contact; the name need not be unique. None is sent, so no
+        // other user's customer can match: a retried create (its answer
+        // lost) makes a second customer, which is harmless because the
+        // first id stored in `gateway_customers` wins and the other never
+        // gets a token. `user_key` names the user exactly (the name and
+        // `user_id` are bounded), and a customer answered without ours is
+        // never used: another user's saved cards must never be reachable.
+        let key = customer_key(user_id);
         let body = json!({
             "name": bounded(user_id, MAX_CUSTOMER_NAME),
-            // A retry (or a second purchase) returns the existing customer
-            // instead of failing.
             "fail_existing": "0",
-            "notes": { "user_id": bounded(user_id, 256) },
+            "notes": { "user_id": bounded(user_id, 256), "user_key": key },
         });
         let c: CustomerEntity = self.call(Method::POST, "/v1/customers", &[], Some(&body), &[]).await?;
         check_id("customer id", &c.id).map_err(|_| unavailable("POST /v1/customers: unexpected customer id", None))?;
+        if c.notes.get("user_key").and_then(serde_json::Value::as_str) != Some(key.as_str()) {
+            tracing::error!(user_id, customer_id = %c.id, "Razorpay answered with a customer that is not this user's; not used");
+            return Err(GatewayError::Refused {
+                code: "CUSTOMER_MISMATCH".into(),
+                message: "the gateway answered with another user's customer".into(),
+            });
+        }
         Ok(Some(c.id))
     }
+}
+
+/// Names a user exactly in the customer's notes: hex SHA-256 of the user id,
+/// 40 characters (user ids may be longer than a note or a name allows).
+fn customer_key(user_id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("billing-customer:{user_id}").as_bytes()))[..40].to_owned()
 }

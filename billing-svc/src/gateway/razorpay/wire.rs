@@ -61,6 +61,9 @@ pub(super) struct PaymentEntity {
 #[derive(Deserialize)]
 pub(super) struct CustomerEntity {
     pub(super) id: String,
+    /// An object of strings, or `[]` when the customer has none.
+    #[serde(default)]
+    pub(super) notes: serde_json::Value,
 }
 
 /// The token entity (`GET /v1/customers/:customer_id/tokens/:token_id`):
