@@ -235,8 +235,8 @@ pub async fn refund_discrepancy(app: &App, discrepancy_id: i64) -> Result<Discre
             Some(order_id) => orders::lock_optional(c, order_id).await?,
             None => None,
         };
-        let recorded = outcome::record(c, &claim, &answer, now).await?;
-        if recorded.status != claim.refund.status {
+        let (recorded, settled_here) = outcome::record(c, &claim, &answer, now).await?;
+        if settled_here {
             super::settled(c, &recorded, order.as_ref(), now).await?;
         }
         let status: DiscrepancyStatus = pd::table.find(discrepancy_id).select(pd::status).first(c).await?;

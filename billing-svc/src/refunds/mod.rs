@@ -245,8 +245,8 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
     let mut conn = app.conn().await?;
     let recorded = shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
         let order = orders::lock_optional(c, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
-        let recorded = outcome::record(c, &claim, &answer, now).await?;
-        if claim.refund.status != recorded.status {
+        let (recorded, settled_here) = outcome::record(c, &claim, &answer, now).await?;
+        if settled_here {
             settled(c, &recorded, Some(&order), now).await?;
         }
         Ok::<_, Error>(recorded)

@@ -338,3 +338,45 @@ async fn a_processed_webhook_closes_the_discrepancy_its_refund_returns() {
     );
     assert_books_clean(&app).await;
 }
+
+async fn forfeited(app: &TestApp, sub_id: &str) -> i64 {
+    scalar(
+        &mut app.billing_db().await,
+        &format!(
+            "SELECT coalesce(sum(credits), 0)::bigint AS n FROM ledger WHERE kind = 'FORFEITED' AND subscription_id = '{sub_id}'"
+        ),
+    )
+    .await
+}
+
+/// A full refund of a replaced purchase is in flight at the gateway when
+/// its `refund.processed` arrives and settles the row (forfeiting the
+/// credits it carried); then the call returns PROCESSED too. The effects
+/// of the move to PROCESSED happen once, in whichever transaction made it:
+/// the carried credits are forfeited once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_settled_by_its_webhook_while_in_flight_takes_effect_once() {
+    let app = spawn_app().await;
+    let basic = app.subscribe("effects-once", "basic-monthly").await;
+    let pro = app.subscribe("effects-once", "pro-monthly").await;
+    assert_eq!(pro.credits_remaining, 1500 + 300);
+    let paid = order(&app, &basic.order_id).await;
+    app.gateway.hold_refunds(true);
+    let call = {
+        let mut b = app.billing_admin.clone();
+        let r = request(&basic.order_id, 0, "effects-once-back");
+        tokio::spawn(async move { b.refund_payment(r).await.map(|r| r.into_inner()) })
+    };
+    until("the refund call at the gateway", || app.gateway.refund_calls() == 1).await;
+    let outcome =
+        send_refund_webhook(&app, RefundStatus::Processed, "rfnd_hooked_first", &paid.payment_id, 49_900, "effects-once-back")
+            .await;
+    assert_eq!(outcome, "PROCESSED");
+    app.gateway.hold_refunds(false);
+    let done = call.await.unwrap().unwrap();
+    assert_eq!(done.refund.unwrap().status, bpb::RefundStatus::Processed as i32);
+    assert_eq!(forfeited(&app, &pro.id).await, 300, "the carried credits are forfeited once");
+    let live = app.subscription(&pro.id).await;
+    assert_eq!((live.status, live.credits_remaining), (bpb::SubscriptionStatus::Active as i32, 1500));
+    assert_books_clean(&app).await;
+}
