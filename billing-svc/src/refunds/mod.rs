@@ -344,46 +344,96 @@ async fn reopen_if_paid_again(conn: &mut Conn, order: &Order, now: DateTime<Utc>
     Ok(())
 }
 
-/// A `refund.processed` / `refund.failed` webhook: settles the PENDING
-/// refund it belongs to, found by the gateway's refund id or else by
-/// billing's refund id (`refund_key`, from the refund's notes), whichever
-/// attempt's gateway id the row holds. Returns false when no PENDING refund
-/// matches (already settled, or not billing's). A processed refund may
-/// complete a full refund (see [`end_if_fully_refunded`]) or close the
-/// payment's discrepancy; a failed one gives its amount back.
-pub async fn settle(
-    conn: &mut Conn,
-    gateway_refund_id: &str,
-    refund_key: Option<&str>,
-    status: Status,
-    now: DateTime<Utc>,
-) -> Result<bool> {
+/// What a `refund.processed` / `refund.failed` event says, its fields
+/// checked by the webhook parser.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The gateway's refund id.
+    pub gateway_refund_id: String,
+    /// Billing's refund id, when the event carries it (`notes.refund_key`).
+    pub refund_key: Option<String>,
+    /// The payment the refund returns money of.
+    pub payment_id: String,
+    pub amount_minor: i64,
+    pub status: Status,
+}
+
+/// What a refund event came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// It settled a PENDING refund of billing's.
+    Applied,
+    /// Not billing's refund, or nothing new about it (why).
+    Ignored(String),
+    /// It names billing's refund but disagrees with it (why): not applied,
+    /// left to an operator (reconcile reports it).
+    Rejected(String),
+}
+
+/// A `refund.processed` / `refund.failed` webhook (docs/design.md,
+/// Invariants 22): settles the PENDING refund it belongs to, found by the
+/// gateway's refund id or else by billing's refund id (`refund_key`, from
+/// the refund's notes), whichever attempt's gateway id the row holds.
+///
+/// A refund key is only a name another integration or deployment on the
+/// same gateway account may use too: a key match counts only when the
+/// event's payment is the row's (else IGNORED, not billing's refund); then,
+/// as for a match by gateway id, its amount must be the row's (else
+/// REJECTED for review). A processed refund may complete a
+/// full refund (see [`end_if_fully_refunded`]) or close the payment's
+/// discrepancy; a failed one gives its amount back.
+pub async fn settle(conn: &mut Conn, e: &Event, now: DateTime<Utc>) -> Result<Settled> {
     let by_gateway_id: Option<Refund> = refunds::table
-        .filter(refunds::gateway_refund_id.eq(gateway_refund_id))
+        .filter(refunds::gateway_refund_id.eq(&e.gateway_refund_id))
         .select(Refund::as_select())
         .first(conn)
         .await
         .optional()?;
-    let found = match (by_gateway_id, refund_key) {
-        (Some(r), _) => Some(r),
-        (None, Some(key)) => find(conn, key).await?,
-        (None, None) => None,
+    let refund = match (by_gateway_id, &e.refund_key) {
+        (Some(r), _) => {
+            if r.payment_id != e.payment_id {
+                return Ok(Settled::Rejected(format!(
+                    "gateway refund {} is billing's refund {} of payment {}, but the event names payment {}",
+                    e.gateway_refund_id, r.id, r.payment_id, e.payment_id
+                )));
+            }
+            r
+        }
+        (None, Some(key)) => match find(conn, key).await? {
+            Some(r) if r.payment_id == e.payment_id => r,
+            Some(r) => {
+                return Ok(Settled::Ignored(format!(
+                    "refund key {key} is billing's refund of payment {}; this refund {} is of payment {}: not billing's",
+                    r.payment_id, e.gateway_refund_id, e.payment_id
+                )));
+            }
+            None => return Ok(Settled::Ignored(format!("no refund {} nor refund key {key}", e.gateway_refund_id))),
+        },
+        (None, None) => return Ok(Settled::Ignored(format!("no refund {}", e.gateway_refund_id))),
     };
-    let Some(refund) = found.filter(|r| r.status == Status::Pending) else { return Ok(false) };
+    if refund.amount_minor != e.amount_minor {
+        return Ok(Settled::Rejected(format!(
+            "refund {} ({}) of payment {} is of {} {} in billing, the event says {}",
+            refund.id, e.gateway_refund_id, refund.payment_id, refund.amount_minor, refund.currency, e.amount_minor
+        )));
+    }
     let order = match &refund.order_id {
         Some(id) => orders::lock_optional(conn, id).await?,
         None => None,
     };
     // The first gateway id learnt stays (it is unique); the event settles
     // the row either way.
-    let gateway_id = refund.gateway_refund_id.clone().unwrap_or_else(|| gateway_refund_id.to_owned());
+    let gateway_id = refund.gateway_refund_id.clone().unwrap_or_else(|| e.gateway_refund_id.clone());
     let after: Option<Refund> = diesel::update(refunds::table.find(&refund.id).filter(refunds::status.eq(Status::Pending)))
-        .set((refunds::status.eq(status), refunds::gateway_refund_id.eq(gateway_id), refunds::updated_at.eq(now)))
+        .set((refunds::status.eq(e.status), refunds::gateway_refund_id.eq(gateway_id), refunds::updated_at.eq(now)))
         .returning(Refund::as_returning())
         .get_result(conn)
         .await
         .optional()?;
-    let Some(after) = after else { return Ok(false) };
-    settled(conn, &after, order.as_ref(), now).await?;
-    Ok(true)
+    if let Some(after) = after {
+        settled(conn, &after, order.as_ref(), now).await?;
+        return Ok(Settled::Applied);
+    }
+    // Settled already (before this event, or by a caller meanwhile).
+    Ok(Settled::Ignored(format!("no PENDING refund {}", e.gateway_refund_id)))
 }

@@ -380,3 +380,41 @@ async fn a_refund_settled_by_its_webhook_while_in_flight_takes_effect_once() {
     assert_eq!((live.status, live.credits_remaining), (bpb::SubscriptionStatus::Active as i32, 1500));
     assert_books_clean(&app).await;
 }
+
+/// A refund event carrying billing's refund key but naming another payment
+/// (another integration or deployment on the same gateway account using the
+/// same key) is not applied to billing's refund: stored IGNORED with why.
+/// One of the same payment for another amount is stored REJECTED for an
+/// operator (reported by reconcile). A gateway id that matches but names
+/// another payment is REJECTED too. The row stays PENDING throughout and
+/// its own webhook settles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_event_with_our_key_but_another_payment_or_amount_is_not_applied() {
+    let app = spawn_app().await;
+    let sub = app.subscribe("foreign-key", "basic-monthly").await;
+    let paid = order(&app, &sub.order_id).await;
+    app.gateway.set_refunds(SandboxRefunds::Pending);
+    let r = refund(&app, request(&sub.order_id, 0, "shared-key-1")).await.unwrap().refund.unwrap();
+    assert_eq!(r.status, bpb::RefundStatus::Pending as i32);
+    let ours = app.gateway.refunds_made(&paid.payment_id)[0].clone();
+
+    let foreign = Sandbox::new_payment_id();
+    let outcome = send_refund_webhook(&app, RefundStatus::Failed, "rfnd_theirs_1", &foreign, 49_900, "shared-key-1").await;
+    assert_eq!(outcome, "IGNORED", "another payment's refund");
+    assert_eq!(refund_row(&app, "shared-key-1").await.0, "PENDING");
+    let outcome = send_refund_webhook(&app, RefundStatus::Failed, "rfnd_theirs_2", &paid.payment_id, 100, "shared-key-1").await;
+    assert_eq!(outcome, "REJECTED", "our payment, another amount: for review");
+    assert_eq!(refund_row(&app, "shared-key-1").await.0, "PENDING");
+    let outcome = send_refund_webhook(&app, RefundStatus::Failed, &ours.id, &foreign, 49_900, "other-key").await;
+    assert_eq!(outcome, "REJECTED", "our gateway id under another payment");
+    assert_eq!(refund_row(&app, "shared-key-1").await, ("PENDING".to_owned(), ours.id.clone()));
+
+    app.gateway.settle_refund(&ours.id, RefundStatus::Processed);
+    let outcome = send_refund_webhook(&app, RefundStatus::Processed, &ours.id, &paid.payment_id, 49_900, "shared-key-1").await;
+    assert_eq!(outcome, "PROCESSED");
+    assert_eq!(app.subscription(&sub.id).await.status, bpb::SubscriptionStatus::Cancelled as i32);
+    let r = reconcile(&app, false).await;
+    assert_eq!(r.findings.len(), 2, "the two REJECTED events, nothing else: {:?}", r.findings);
+    assert!(r.findings.iter().all(|f| f.kind == "WEBHOOK_REJECTED"), "{:?}", r.findings);
+    assert_ledger_matches_balances(&mut app.billing_db().await).await;
+}

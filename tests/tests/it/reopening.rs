@@ -36,6 +36,26 @@ struct PastDueWithPaidRenewal {
 }
 
 async fn past_due_then_refund_fails(app: &TestApp, user: &str) -> PastDueWithPaidRenewal {
+    let (p, refund_id) =
+        past_due_with_pending_refund(app, user, billing_svc::gateway::SandboxRefunds::Unreachable, Code::Unavailable).await;
+    let mut db = app.billing_db().await;
+    refund_fails(app, user, &p, &refund_id).await;
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM refunds WHERE id = '{refund_id}' AND status = 'FAILED'")).await,
+        1
+    );
+    p
+}
+
+/// The renewal paid early, a full refund of it left PENDING (`answer` is how
+/// the gateway answers it, `code` what the call returns), the period ended:
+/// the subscription PAST_DUE. Returns the refund id too.
+async fn past_due_with_pending_refund(
+    app: &TestApp,
+    user: &str,
+    answer: billing_svc::gateway::SandboxRefunds,
+    code: Code,
+) -> (PastDueWithPaidRenewal, String) {
     let sub = app.subscribe(user, "basic-monthly").await;
     let end = ts(&sub.period_end);
     app.clock.set(end - Duration::hours(48));
@@ -52,9 +72,9 @@ async fn past_due_then_refund_fails(app: &TestApp, user: &str) -> PastDueWithPai
         .await
         .unwrap();
 
-    app.gateway.set_refunds(billing_svc::gateway::SandboxRefunds::Unreachable);
+    app.gateway.set_refunds(answer);
     let refund_id = format!("{user}-renewal-back");
-    let e = app
+    let r = app
         .billing_admin
         .clone()
         .refund_payment(bpb::RefundPaymentRequest {
@@ -63,9 +83,11 @@ async fn past_due_then_refund_fails(app: &TestApp, user: &str) -> PastDueWithPai
             reason: "customer asked".into(),
             refund_id: refund_id.clone(),
         })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        .await;
+    match r {
+        Ok(r) => assert_eq!((code, r.into_inner().refund.unwrap().status), (Code::Ok, bpb::RefundStatus::Pending as i32)),
+        Err(e) => assert_eq!(e.code(), code, "{e:?}"),
+    }
 
     app.clock.set(end + Duration::hours(1));
     app.run_job("rollover").await;
@@ -77,14 +99,17 @@ async fn past_due_then_refund_fails(app: &TestApp, user: &str) -> PastDueWithPai
             .await,
         1
     );
+    (PastDueWithPaidRenewal { sub_id: sub.id, end, renewal_order, payment: (payment_id, signature) }, refund_id)
+}
 
-    // The gateway never made the refund: it says so by webhook, naming
-    // billing's refund id in its notes.
+/// The gateway says by webhook, naming billing's refund id in its notes,
+/// that the refund of the renewal failed (never made, or made and failed).
+async fn refund_fails(app: &TestApp, user: &str, p: &PastDueWithPaidRenewal, refund_id: &str) {
     let body = serde_json::json!({
         "entity": "event", "event": "refund.failed",
         "payload": { "refund": { "entity": {
-            "id": format!("rfnd_{user}"), "amount": 29_900, "status": "failed",
-            "notes": { "refund_key": refund_id }
+            "id": format!("rfnd_{user}"), "entity": "refund", "payment_id": p.payment.0, "amount": 49_900,
+            "status": "failed", "notes": { "refund_key": refund_id }
         } } }
     })
     .to_string()
@@ -93,11 +118,6 @@ async fn past_due_then_refund_fails(app: &TestApp, user: &str) -> PastDueWithPai
         bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&body), body, event_id: format!("evt-{user}") };
     let r = app.billing.clone().handle_gateway_webhook(hook).await.unwrap().into_inner();
     assert_eq!(r.outcome, "PROCESSED", "{r:?}");
-    assert_eq!(
-        scalar(&mut db, &format!("SELECT count(*) AS n FROM refunds WHERE id = '{refund_id}' AND status = 'FAILED'")).await,
-        1
-    );
-    PastDueWithPaidRenewal { sub_id: sub.id, end, renewal_order, payment: (payment_id, signature) }
 }
 
 /// The period reopened once, anchored at the old end, with the plan's
