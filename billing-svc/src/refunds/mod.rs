@@ -379,7 +379,10 @@ pub enum Settled {
 /// same gateway account may use too: a key match counts only when the
 /// event's payment is the row's (else IGNORED, not billing's refund); then,
 /// as for a match by gateway id, its amount must be the row's (else
-/// REJECTED for review). A processed refund may complete a
+/// REJECTED for review). A PROCESSED refund reported failed, or a FAILED one
+/// reported processed, is not applied either: Razorpay documents
+/// `processed` as final, so the operator checks the refund at the gateway
+/// (REJECTED, reported by reconcile). A processed refund may complete a
 /// full refund (see [`end_if_fully_refunded`]) or close the payment's
 /// discrepancy; a failed one gives its amount back.
 pub async fn settle(conn: &mut Conn, e: &Event, now: DateTime<Utc>) -> Result<Settled> {
@@ -435,5 +438,16 @@ pub async fn settle(conn: &mut Conn, e: &Event, now: DateTime<Utc>) -> Result<Se
         return Ok(Settled::Applied);
     }
     // Settled already (before this event, or by a caller meanwhile).
-    Ok(Settled::Ignored(format!("no PENDING refund {}", e.gateway_refund_id)))
+    let now_status: Status = refunds::table.find(&refund.id).select(refunds::status).first(conn).await?;
+    if now_status == e.status {
+        return Ok(Settled::Ignored(format!("refund {} is {now_status} already", refund.id)));
+    }
+    Ok(Settled::Rejected(format!(
+        "refund {} ({}) of payment {} is {now_status} in billing, the gateway now says {}; \
+         check it at the gateway (see the runbook)",
+        refund.id,
+        e.gateway_refund_id,
+        refund.payment_id,
+        e.status.as_str().to_lowercase()
+    )))
 }

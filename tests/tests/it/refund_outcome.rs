@@ -418,3 +418,31 @@ async fn a_refund_event_with_our_key_but_another_payment_or_amount_is_not_applie
     assert!(r.findings.iter().all(|f| f.kind == "WEBHOOK_REJECTED"), "{:?}", r.findings);
     assert_ledger_matches_balances(&mut app.billing_db().await).await;
 }
+
+/// Razorpay documents `processed` as a refund's final state. A
+/// `refund.failed` for a refund billing holds PROCESSED (a reversal, or an
+/// event out of order) is not applied blindly and never silently dropped:
+/// it is stored REJECTED and reconcile reports it to an operator, who checks
+/// the refund at the gateway. A repeat of the same status is IGNORED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_event_for_a_processed_refund_is_rejected_for_review() {
+    let app = spawn_app().await;
+    let sub = app.subscribe("failed-after", "basic-monthly").await;
+    let paid = order(&app, &sub.order_id).await;
+    let done = refund(&app, request(&sub.order_id, 0, "failed-after-1")).await.unwrap().refund.unwrap();
+    assert_eq!(done.status, bpb::RefundStatus::Processed as i32);
+    let outcome =
+        send_refund_webhook(&app, RefundStatus::Processed, &done.gateway_refund_id, &paid.payment_id, 49_900, "failed-after-1")
+            .await;
+    assert_eq!(outcome, "IGNORED", "already settled so");
+    let outcome =
+        send_refund_webhook(&app, RefundStatus::Failed, &done.gateway_refund_id, &paid.payment_id, 49_900, "failed-after-1")
+            .await;
+    assert_eq!(outcome, "REJECTED");
+    assert_eq!(refund_row(&app, "failed-after-1").await.0, "PROCESSED", "not changed without an operator");
+    let r = reconcile(&app, false).await;
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings[0].kind, "WEBHOOK_REJECTED");
+    assert!(r.findings[0].detail.contains("PROCESSED"), "{:?}", r.findings[0]);
+    assert_ledger_matches_balances(&mut app.billing_db().await).await;
+}
