@@ -334,12 +334,23 @@ pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime
 /// unpaid counts as paid again, so a subscription that went PAST_DUE
 /// meanwhile reopens its period now, anchored at the old period end
 /// ([`subscriptions::roll_if_due`]; the next read, use or job would too).
-/// Order row held; the subscription is locked after it.
+/// A subscription that ended meanwhile (EXPIRED past its grace period,
+/// cancelled) never opens that period: the renewal's payment is kept for
+/// nothing, so it becomes a SUBSCRIPTION_ENDED discrepancy that reconcile
+/// reports and `--fix` refunds. Order row held; the subscription is locked
+/// after it.
 async fn reopen_if_paid_again(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
     let Some(sub_id) = order.renews_subscription_id else { return Ok(()) };
     let sub = subscriptions::lock(conn, sub_id).await?;
     if subscriptions::roll_if_due(conn, &sub, now).await? {
         tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal paid again (refund failed): period reopened");
+        return Ok(());
+    }
+    let never_opened = order.renews_period_start.is_some_and(|start| start >= sub.period_end);
+    if !sub.status.is_live() && order.is_paid() && never_opened {
+        subscriptions::refund_unused_renewal(conn, &sub, order, now).await?;
+        tracing::warn!(order_id = %order.id, subscription_id = %sub.id, status = %sub.status,
+            "renewal paid again (refund failed) after its subscription ended: owed back");
     }
     Ok(())
 }

@@ -209,3 +209,41 @@ async fn replayed_captures_and_uses_reopen_the_period_once() {
     }
     assert_reopened_once(&app, &p).await;
 }
+
+/// The refund stays PENDING past the grace period: the subscription
+/// EXPIRED, the renewal's period never opened. Then the refund fails: the
+/// money is kept for a period that will not be, so it becomes a
+/// SUBSCRIPTION_ENDED discrepancy that reconcile reports and `--fix`
+/// refunds (once); nothing reopens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_that_fails_after_expiry_leaves_the_renewal_owed_back() {
+    let app = spawn_app().await;
+    let user = "reopen-expired";
+    let (p, refund_id) =
+        past_due_with_pending_refund(&app, user, billing_svc::gateway::SandboxRefunds::Unreachable, Code::Unavailable).await;
+    app.clock.set(p.end + Duration::hours(24 * 4));
+    app.run_job("renewals").await;
+    let mut db = app.billing_db().await;
+    let expired = format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'EXPIRED'", p.sub_id);
+    assert_eq!(scalar(&mut db, &expired).await, 1);
+
+    refund_fails(&app, user, &p, &refund_id).await;
+    assert_eq!(scalar(&mut db, &expired).await, 1, "an ended subscription does not reopen");
+    let owed = format!(
+        "SELECT count(*) AS n FROM payment_discrepancies WHERE payment_id = '{}' AND kind = 'SUBSCRIPTION_ENDED' AND status = 'OPEN'",
+        p.payment.0
+    );
+    assert_eq!(scalar(&mut db, &owed).await, 1, "the kept renewal payment is owed back");
+    let check = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+    let f = &check.get_ref().findings;
+    assert_eq!((f.len(), f[0].kind.as_str()), (1, "PAYMENT_DISCREPANCY"), "{f:?}");
+
+    app.gateway.set_refunds(billing_svc::gateway::SandboxRefunds::Process);
+    let fix = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: true }).await.unwrap();
+    assert!(fix.get_ref().findings.iter().all(|f| f.fixed), "{:?}", fix.get_ref().findings);
+    assert_eq!(app.gateway.refunds_made(&p.payment.0).len(), 1, "refunded once");
+    let r = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+    assert!(r.get_ref().findings.is_empty(), "{:?}", r.get_ref().findings);
+    assert_eq!(scalar(&mut db, &expired).await, 1);
+    assert_ledger_matches_balances(&mut db).await;
+}
