@@ -292,7 +292,8 @@ async fn processed_of(conn: &mut Conn, payment_id: &str) -> Result<i64> {
 ///   credits forfeited;
 /// - a renewal of a period not begun yet: it will not open (the roll checks
 ///   refunds), and the subscription ends at period end instead of going
-///   PAST_DUE;
+///   PAST_DUE; already PAST_DUE (the refund was settled after the period
+///   ended), it ends now, CANCELLED at that period end;
 /// - a purchase whose subscription was replaced: the credits it carried
 ///   into the user's live subscription are forfeited there.
 pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
@@ -316,7 +317,17 @@ pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime
     match order.renews_period_start {
         Some(start) if start == sub.period_end => {
             subscriptions::set_cancel_at_period_end(conn, sub.id, now).await?;
-            tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal refunded: ends at period end");
+            if sub.status == subscriptions::Status::PastDue {
+                // Its period already ended unpaid and now never will be
+                // paid: it ends at that period end (CANCELLED, as the roll
+                // does with the flag) instead of waiting out the grace
+                // period to EXPIRE.
+                orders::cancel_renewals_of(conn, sub.id, now).await?;
+                subscriptions::roll(conn, sub.id, now).await?;
+                tracing::info!(order_id = %order.id, subscription_id = %sub.id, "unpaid renewal refunded: past-due subscription ended");
+            } else {
+                tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal refunded: ends at period end");
+            }
         }
         Some(start) if start != sub.period_start => {}
         // A renewal of the current period, or the purchase while its first

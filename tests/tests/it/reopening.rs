@@ -247,3 +247,40 @@ async fn a_refund_that_fails_after_expiry_leaves_the_renewal_owed_back() {
     assert_eq!(scalar(&mut db, &expired).await, 1);
     assert_ledger_matches_balances(&mut db).await;
 }
+
+/// A full refund of the renewal, PENDING at the gateway when the period
+/// ended (PAST_DUE), is processed: the subscription will never be paid
+/// for that period, so it ends (CANCELLED at its period end) instead of
+/// showing PAST_DUE for the grace period and then EXPIRED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processed_refund_of_the_unpaid_renewal_ends_a_past_due_subscription() {
+    let app = spawn_app().await;
+    let user = "past-due-refunded";
+    let (p, refund_id) = past_due_with_pending_refund(&app, user, billing_svc::gateway::SandboxRefunds::Pending, Code::Ok).await;
+    let made = app.gateway.refunds_made(&p.payment.0)[0].clone();
+    app.gateway.settle_refund(&made.id, billing_svc::gateway::RefundStatus::Processed);
+    let body = billing_svc::gateway::Sandbox::refund_event_body(
+        billing_svc::gateway::RefundStatus::Processed,
+        &made.id,
+        &p.payment.0,
+        49_900,
+        &refund_id,
+    );
+    let hook =
+        bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&body), body, event_id: format!("evt-{user}") };
+    assert_eq!(app.billing.clone().handle_gateway_webhook(hook).await.unwrap().into_inner().outcome, "PROCESSED");
+
+    let s = app.subscription(&p.sub_id).await;
+    assert_eq!((s.status, s.credits_remaining), (bpb::SubscriptionStatus::Cancelled as i32, 0), "{s:?}");
+    assert_eq!(ts(&s.ended_at), p.end, "ended when its last paid period did");
+    app.clock.set(p.end + Duration::hours(24 * 4));
+    app.run_job("renewals").await;
+    app.run_job("rollover").await;
+    let s = app.subscription(&p.sub_id).await;
+    assert_eq!(s.status, bpb::SubscriptionStatus::Cancelled as i32, "not EXPIRED later: {s:?}");
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies").await, 0);
+    let r = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+    assert!(r.get_ref().findings.is_empty(), "{:?}", r.get_ref().findings);
+    assert_ledger_matches_balances(&mut db).await;
+}
