@@ -245,6 +245,7 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
     let mut conn = app.conn().await?;
     let recorded = shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
         let order = orders::lock_optional(c, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
+        discrepancy::lock_of_payment(c, &claim.refund.payment_id).await?;
         let (recorded, settled_here) = outcome::record(c, &claim, &answer, now).await?;
         if settled_here {
             settled(c, &recorded, Some(&order), now).await?;
@@ -446,6 +447,9 @@ pub async fn settle(conn: &mut Conn, e: &Event, now: DateTime<Utc>) -> Result<Se
         Some(id) => orders::lock_optional(conn, id).await?,
         None => None,
     };
+    // The order's lock, then the discrepancy's, then the refund row: the
+    // order every refund path takes.
+    discrepancy::lock_of_payment(conn, &refund.payment_id).await?;
     // The first gateway id learnt stays (it is unique); the event settles
     // the row either way.
     let gateway_id = refund.gateway_refund_id.clone().unwrap_or_else(|| e.gateway_refund_id.clone());
