@@ -5,7 +5,8 @@
 //! `payment.authorized` captured at the gateway when its order can take it
 //! and refused explicitly otherwise, `token.cancelled` / `token.rejected` /
 //! `token.paused` forgetting that saved method, and `refund.processed` /
-//! `refund.failed` settling a PENDING refund.
+//! `refund.failed` settling a PENDING refund (only billing's: its payment
+//! and amount must agree; a contradiction is REJECTED for review).
 //!
 //! Every field taken from a body is bounded and checked before it reaches
 //! the database. A signed event whose content is refused (not JSON, no
@@ -70,9 +71,8 @@ struct PaymentFields {
 /// What the body says, or why its content is refused.
 enum Content {
     Capture(String, PaymentFields),
-    /// A refund settled: the gateway's refund id, billing's refund id when
-    /// the event carries it (`notes.refund_key`), and its new status.
-    Refund(String, String, Option<String>, refunds::Status),
+    /// A refund settled (what the event says of it).
+    Refund(String, refunds::Event),
     /// `payment.authorized`: not money billing holds until captured.
     Authorized(String, PaymentFields),
     /// A saved method's token that can no longer be charged (its id).
@@ -123,9 +123,18 @@ fn parse(body: &[u8]) -> Content {
         let key = entity["notes"]["refund_key"]
             .as_str()
             .filter(|k| !k.is_empty() && k.len() <= 128 && !k.chars().any(char::is_control));
-        return match gateway_id(&entity["id"]) {
-            Some(id) => Content::Refund(kind, id, key.map(str::to_owned), status),
-            None => Content::Refused(format!("payload.refund.entity.id must be 1..{MAX_FIELD} of [A-Za-z0-9_-]")),
+        // The payment and amount decide whether a key match is billing's
+        // refund (another integration may use the same key); Razorpay
+        // always sends them.
+        return match (gateway_id(&entity["id"]), gateway_id(&entity["payment_id"]), entity["amount"].as_i64().filter(|a| *a > 0))
+        {
+            (Some(id), Some(payment_id), Some(amount_minor)) => Content::Refund(
+                kind,
+                refunds::Event { gateway_refund_id: id, refund_key: key.map(str::to_owned), payment_id, amount_minor, status },
+            ),
+            _ => Content::Refused(format!(
+                "payload.refund.entity needs id and payment_id (1..{MAX_FIELD} of [A-Za-z0-9_-]) and an amount > 0"
+            )),
         };
     }
     // Razorpay's token states: a cancelled, rejected or paused mandate can
@@ -293,13 +302,11 @@ async fn process(
                 (EventOutcome::Processed, String::new(), None)
             }
         }
-        Content::Refund(_, id, key, status) => {
-            if refunds::settle(conn, id, key.as_deref(), *status, now).await? {
-                (EventOutcome::Processed, String::new(), None)
-            } else {
-                (EventOutcome::Ignored, format!("no PENDING refund {id}"), None)
-            }
-        }
+        Content::Refund(_, e) => match refunds::settle(conn, e, now).await? {
+            refunds::Settled::Applied => (EventOutcome::Processed, String::new(), None),
+            refunds::Settled::Ignored(why) => (EventOutcome::Ignored, why, None),
+            refunds::Settled::Rejected(why) => (EventOutcome::Rejected, why, None),
+        },
         Content::Capture(_, p) | Content::CapturedHere(_, p, _) => {
             // Captured here: what the gateway says it captured is what counts.
             let (paid, saved) = match content {

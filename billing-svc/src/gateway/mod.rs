@@ -176,12 +176,22 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
     async fn create_customer(&self, user_id: &str) -> Result<Option<String>, GatewayError>;
 }
 
-/// The idempotency key sent with the refund billing knows as `refund_key`:
-/// hex SHA-256 of it, 40 characters, so that every refund id (a short
-/// caller id, reconciliation's `discrepancy:<id>`) carries one that fits
-/// Razorpay's `X-Refund-Idempotency` (10 or more of `[A-Za-z0-9_-]`).
+/// The idempotency key sent with the refund billing knows as `refund_key`
+/// (Razorpay's `X-Refund-Idempotency` takes 10 or more of `[A-Za-z0-9_-]`).
 /// Deterministic: a retry of one refund always sends the same key.
+///
+/// A refund id that met the rule earlier releases sent as it is (10..=128
+/// of `[A-Za-z0-9_-]`) is still sent as it is, so that during a rolling
+/// deploy an older replica and a newer one retrying the same PENDING refund
+/// send the same key and Razorpay makes it once. Any other id (a short
+/// caller id, reconciliation's `discrepancy:<id>`), which earlier releases
+/// sent without a key, carries hex SHA-256 of it (40 characters).
 pub fn refund_idempotency_key(refund_key: &str) -> String {
+    let as_is =
+        (10..=128).contains(&refund_key.len()) && refund_key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if as_is {
+        return refund_key.to_owned();
+    }
     use sha2::Digest;
     let digest = Sha256::digest(format!("billing-refund:{refund_key}").as_bytes());
     hex::encode(digest)[..40].to_owned()

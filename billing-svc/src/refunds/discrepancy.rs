@@ -62,6 +62,17 @@ async fn lock_discrepancy(c: &mut Conn, key: DiscrepancyKey<'_>) -> Result<Optio
         .optional()?)
 }
 
+/// Takes the lock of `payment_id`'s discrepancy, if it has one, before a
+/// refund row of that payment is written. One lock order for every path
+/// that touches both (docs/design.md, "Refunds"): the order, then the
+/// discrepancy, then the refund row; [`begin_discrepancy`] claims refund
+/// rows under the discrepancy's lock, and recording an answer or a webhook
+/// later locks the discrepancy again in [`follow_refund`].
+pub(super) async fn lock_of_payment(c: &mut Conn, payment_id: &str) -> Result<()> {
+    lock_discrepancy(c, DiscrepancyKey::Payment(payment_id)).await?;
+    Ok(())
+}
+
 #[derive(Clone, Copy)]
 enum DiscrepancyKey<'a> {
     Id(i64),
@@ -235,8 +246,9 @@ pub async fn refund_discrepancy(app: &App, discrepancy_id: i64) -> Result<Discre
             Some(order_id) => orders::lock_optional(c, order_id).await?,
             None => None,
         };
-        let recorded = outcome::record(c, &claim, &answer, now).await?;
-        if recorded.status != claim.refund.status {
+        lock_of_payment(c, &claim.refund.payment_id).await?;
+        let (recorded, settled_here) = outcome::record(c, &claim, &answer, now).await?;
+        if settled_here {
             super::settled(c, &recorded, order.as_ref(), now).await?;
         }
         let status: DiscrepancyStatus = pd::table.find(discrepancy_id).select(pd::status).first(c).await?;

@@ -245,8 +245,9 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
     let mut conn = app.conn().await?;
     let recorded = shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
         let order = orders::lock_optional(c, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
-        let recorded = outcome::record(c, &claim, &answer, now).await?;
-        if claim.refund.status != recorded.status {
+        discrepancy::lock_of_payment(c, &claim.refund.payment_id).await?;
+        let (recorded, settled_here) = outcome::record(c, &claim, &answer, now).await?;
+        if settled_here {
             settled(c, &recorded, Some(&order), now).await?;
         }
         Ok::<_, Error>(recorded)
@@ -292,7 +293,8 @@ async fn processed_of(conn: &mut Conn, payment_id: &str) -> Result<i64> {
 ///   credits forfeited;
 /// - a renewal of a period not begun yet: it will not open (the roll checks
 ///   refunds), and the subscription ends at period end instead of going
-///   PAST_DUE;
+///   PAST_DUE; already PAST_DUE (the refund was settled after the period
+///   ended), it ends now, CANCELLED at that period end;
 /// - a purchase whose subscription was replaced: the credits it carried
 ///   into the user's live subscription are forfeited there.
 pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
@@ -316,7 +318,17 @@ pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime
     match order.renews_period_start {
         Some(start) if start == sub.period_end => {
             subscriptions::set_cancel_at_period_end(conn, sub.id, now).await?;
-            tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal refunded: ends at period end");
+            if sub.status == subscriptions::Status::PastDue {
+                // Its period already ended unpaid and now never will be
+                // paid: it ends at that period end (CANCELLED, as the roll
+                // does with the flag) instead of waiting out the grace
+                // period to EXPIRE.
+                orders::cancel_renewals_of(conn, sub.id, now).await?;
+                subscriptions::roll(conn, sub.id, now).await?;
+                tracing::info!(order_id = %order.id, subscription_id = %sub.id, "unpaid renewal refunded: past-due subscription ended");
+            } else {
+                tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal refunded: ends at period end");
+            }
         }
         Some(start) if start != sub.period_start => {}
         // A renewal of the current period, or the purchase while its first
@@ -334,56 +346,134 @@ pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime
 /// unpaid counts as paid again, so a subscription that went PAST_DUE
 /// meanwhile reopens its period now, anchored at the old period end
 /// ([`subscriptions::roll_if_due`]; the next read, use or job would too).
-/// Order row held; the subscription is locked after it.
+/// A subscription that ended meanwhile (EXPIRED past its grace period,
+/// cancelled) never opens that period: the renewal's payment is kept for
+/// nothing, so it becomes a SUBSCRIPTION_ENDED discrepancy that reconcile
+/// reports and `--fix` refunds. Order row held; the subscription is locked
+/// after it.
 async fn reopen_if_paid_again(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
     let Some(sub_id) = order.renews_subscription_id else { return Ok(()) };
     let sub = subscriptions::lock(conn, sub_id).await?;
     if subscriptions::roll_if_due(conn, &sub, now).await? {
         tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal paid again (refund failed): period reopened");
+        return Ok(());
+    }
+    let never_opened = order.renews_period_start.is_some_and(|start| start >= sub.period_end);
+    if !sub.status.is_live() && order.is_paid() && never_opened {
+        subscriptions::refund_unused_renewal(conn, &sub, order, now).await?;
+        tracing::warn!(order_id = %order.id, subscription_id = %sub.id, status = %sub.status,
+            "renewal paid again (refund failed) after its subscription ended: owed back");
     }
     Ok(())
 }
 
-/// A `refund.processed` / `refund.failed` webhook: settles the PENDING
-/// refund it belongs to, found by the gateway's refund id or else by
-/// billing's refund id (`refund_key`, from the refund's notes), whichever
-/// attempt's gateway id the row holds. Returns false when no PENDING refund
-/// matches (already settled, or not billing's). A processed refund may
-/// complete a full refund (see [`end_if_fully_refunded`]) or close the
-/// payment's discrepancy; a failed one gives its amount back.
-pub async fn settle(
-    conn: &mut Conn,
-    gateway_refund_id: &str,
-    refund_key: Option<&str>,
-    status: Status,
-    now: DateTime<Utc>,
-) -> Result<bool> {
+/// What a `refund.processed` / `refund.failed` event says, its fields
+/// checked by the webhook parser.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The gateway's refund id.
+    pub gateway_refund_id: String,
+    /// Billing's refund id, when the event carries it (`notes.refund_key`).
+    pub refund_key: Option<String>,
+    /// The payment the refund returns money of.
+    pub payment_id: String,
+    pub amount_minor: i64,
+    pub status: Status,
+}
+
+/// What a refund event came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// It settled a PENDING refund of billing's.
+    Applied,
+    /// Not billing's refund, or nothing new about it (why).
+    Ignored(String),
+    /// It names billing's refund but disagrees with it (why): not applied,
+    /// left to an operator (reconcile reports it).
+    Rejected(String),
+}
+
+/// A `refund.processed` / `refund.failed` webhook (docs/design.md,
+/// Invariants 22): settles the PENDING refund it belongs to, found by the
+/// gateway's refund id or else by billing's refund id (`refund_key`, from
+/// the refund's notes), whichever attempt's gateway id the row holds.
+///
+/// A refund key is only a name another integration or deployment on the
+/// same gateway account may use too: a key match counts only when the
+/// event's payment is the row's (else IGNORED, not billing's refund); then,
+/// as for a match by gateway id, its amount must be the row's (else
+/// REJECTED for review). A PROCESSED refund reported failed, or a FAILED one
+/// reported processed, is not applied either: Razorpay documents
+/// `processed` as final, so the operator checks the refund at the gateway
+/// (REJECTED, reported by reconcile). A processed refund may complete a
+/// full refund (see [`end_if_fully_refunded`]) or close the payment's
+/// discrepancy; a failed one gives its amount back.
+pub async fn settle(conn: &mut Conn, e: &Event, now: DateTime<Utc>) -> Result<Settled> {
     let by_gateway_id: Option<Refund> = refunds::table
-        .filter(refunds::gateway_refund_id.eq(gateway_refund_id))
+        .filter(refunds::gateway_refund_id.eq(&e.gateway_refund_id))
         .select(Refund::as_select())
         .first(conn)
         .await
         .optional()?;
-    let found = match (by_gateway_id, refund_key) {
-        (Some(r), _) => Some(r),
-        (None, Some(key)) => find(conn, key).await?,
-        (None, None) => None,
+    let refund = match (by_gateway_id, &e.refund_key) {
+        (Some(r), _) => {
+            if r.payment_id != e.payment_id {
+                return Ok(Settled::Rejected(format!(
+                    "gateway refund {} is billing's refund {} of payment {}, but the event names payment {}",
+                    e.gateway_refund_id, r.id, r.payment_id, e.payment_id
+                )));
+            }
+            r
+        }
+        (None, Some(key)) => match find(conn, key).await? {
+            Some(r) if r.payment_id == e.payment_id => r,
+            Some(r) => {
+                return Ok(Settled::Ignored(format!(
+                    "refund key {key} is billing's refund of payment {}; this refund {} is of payment {}: not billing's",
+                    r.payment_id, e.gateway_refund_id, e.payment_id
+                )));
+            }
+            None => return Ok(Settled::Ignored(format!("no refund {} nor refund key {key}", e.gateway_refund_id))),
+        },
+        (None, None) => return Ok(Settled::Ignored(format!("no refund {}", e.gateway_refund_id))),
     };
-    let Some(refund) = found.filter(|r| r.status == Status::Pending) else { return Ok(false) };
+    if refund.amount_minor != e.amount_minor {
+        return Ok(Settled::Rejected(format!(
+            "refund {} ({}) of payment {} is of {} {} in billing, the event says {}",
+            refund.id, e.gateway_refund_id, refund.payment_id, refund.amount_minor, refund.currency, e.amount_minor
+        )));
+    }
     let order = match &refund.order_id {
         Some(id) => orders::lock_optional(conn, id).await?,
         None => None,
     };
+    // The order's lock, then the discrepancy's, then the refund row: the
+    // order every refund path takes.
+    discrepancy::lock_of_payment(conn, &refund.payment_id).await?;
     // The first gateway id learnt stays (it is unique); the event settles
     // the row either way.
-    let gateway_id = refund.gateway_refund_id.clone().unwrap_or_else(|| gateway_refund_id.to_owned());
+    let gateway_id = refund.gateway_refund_id.clone().unwrap_or_else(|| e.gateway_refund_id.clone());
     let after: Option<Refund> = diesel::update(refunds::table.find(&refund.id).filter(refunds::status.eq(Status::Pending)))
-        .set((refunds::status.eq(status), refunds::gateway_refund_id.eq(gateway_id), refunds::updated_at.eq(now)))
+        .set((refunds::status.eq(e.status), refunds::gateway_refund_id.eq(gateway_id), refunds::updated_at.eq(now)))
         .returning(Refund::as_returning())
         .get_result(conn)
         .await
         .optional()?;
-    let Some(after) = after else { return Ok(false) };
-    settled(conn, &after, order.as_ref(), now).await?;
-    Ok(true)
+    if let Some(after) = after {
+        settled(conn, &after, order.as_ref(), now).await?;
+        return Ok(Settled::Applied);
+    }
+    // Settled already (before this event, or by a caller meanwhile).
+    let now_status: Status = refunds::table.find(&refund.id).select(refunds::status).first(conn).await?;
+    if now_status == e.status {
+        return Ok(Settled::Ignored(format!("refund {} is {now_status} already", refund.id)));
+    }
+    Ok(Settled::Rejected(format!(
+        "refund {} ({}) of payment {} is {now_status} in billing, the gateway now says {}; \
+         check it at the gateway (see the runbook)",
+        refund.id,
+        e.gateway_refund_id,
+        refund.payment_id,
+        e.status.as_str().to_lowercase()
+    )))
 }

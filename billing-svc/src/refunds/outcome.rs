@@ -121,11 +121,13 @@ pub(super) async fn consult(app: &App, claim: &Claim) -> Answer {
 /// Step 3 (the caller holds step 1's lock): records the answer on the row
 /// while it is PENDING and releases this caller's claim. A refusal is
 /// recorded only while no later claim was taken (a later caller may know
-/// more). Returns the row as it is now.
-pub(super) async fn record(conn: &mut Conn, claim: &Claim, answer: &Answer, now: DateTime<Utc>) -> Result<Refund> {
+/// more). Returns the row as it is now, and whether this call moved it out
+/// of PENDING: only then do the move's effects follow here (a webhook or a
+/// takeover caller that settled it first applied them already).
+pub(super) async fn record(conn: &mut Conn, claim: &Claim, answer: &Answer, now: DateTime<Utc>) -> Result<(Refund, bool)> {
     let id = claim.refund.id.as_str();
     let pending = refunds::table.find(id).filter(refunds::status.eq(Status::Pending));
-    match answer {
+    let moved: Option<Refund> = match answer {
         Answer::Accepted { gateway_id, status } => {
             // The first gateway id learnt stays: it is the refund under the key.
             let gateway_id = claim.refund.gateway_refund_id.clone().unwrap_or_else(|| gateway_id.clone());
@@ -136,15 +138,17 @@ pub(super) async fn record(conn: &mut Conn, claim: &Claim, answer: &Answer, now:
                     refunds::detail.eq(""),
                     refunds::updated_at.eq(now),
                 ))
-                .execute(conn)
-                .await?;
+                .returning(Refund::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?
         }
-        Answer::Refused(why) => {
-            diesel::update(pending.filter(refunds::attempts.eq(claim.attempt)))
-                .set((refunds::status.eq(Status::Failed), refunds::detail.eq(why), refunds::updated_at.eq(now)))
-                .execute(conn)
-                .await?;
-        }
+        Answer::Refused(why) => diesel::update(pending.filter(refunds::attempts.eq(claim.attempt)))
+            .set((refunds::status.eq(Status::Failed), refunds::detail.eq(why), refunds::updated_at.eq(now)))
+            .returning(Refund::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?,
         Answer::Unknown(e) => {
             diesel::update(pending)
                 .set((
@@ -153,12 +157,14 @@ pub(super) async fn record(conn: &mut Conn, claim: &Claim, answer: &Answer, now:
                 ))
                 .execute(conn)
                 .await?;
+            None
         }
-        Answer::StillPending => {}
-    }
+        Answer::StillPending => None,
+    };
+    let settled_here = moved.is_some_and(|r| r.status != Status::Pending);
     diesel::update(refunds::table.find(id).filter(refunds::attempts.eq(claim.attempt)))
         .set(refunds::asking_until.eq(None::<DateTime<Utc>>))
         .execute(conn)
         .await?;
-    Ok(refunds::table.find(id).select(Refund::as_select()).first(conn).await?)
+    Ok((refunds::table.find(id).select(Refund::as_select()).first(conn).await?, settled_here))
 }

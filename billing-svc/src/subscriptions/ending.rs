@@ -73,23 +73,29 @@ pub async fn forfeit_carried(conn: &mut Conn, replaced: &Subscription, now: Date
 /// each payment becomes a SUBSCRIPTION_ENDED discrepancy, which
 /// `reconcile --fix` refunds. Caller holds the subscription's lock.
 pub async fn refund_unused_renewals(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<()> {
-    use crate::discrepancies::{self, Discrepancy, Kind, Source};
     for order in orders::paid_renewals_from(conn, sub.id, sub.period_end).await? {
-        let Some(payment_id) = order.payment_id.clone() else { continue };
-        let d = Discrepancy {
-            kind: Kind::SubscriptionEnded,
-            order_id: Some(order.id.clone()),
-            detail: format!(
-                "renewal order {} paid the period from {} of subscription {}, which will not have that period (cancelled, refunded or replaced)",
-                order.id,
-                order.renews_period_start.unwrap_or(sub.period_end),
-                sub.id
-            ),
-            payment_id,
-        };
-        discrepancies::record(conn, &d, Some((order.amount_minor, &order.currency)), Source::SubscriptionEnded, now).await?;
+        refund_unused_renewal(conn, sub, &order, now).await?;
     }
     Ok(())
+}
+
+/// One paid renewal `order` of `sub` whose period `sub` will not have: its
+/// payment becomes a SUBSCRIPTION_ENDED discrepancy (once: one per payment).
+pub async fn refund_unused_renewal(conn: &mut Conn, sub: &Subscription, order: &orders::Order, now: DateTime<Utc>) -> Result<()> {
+    use crate::discrepancies::{self, Discrepancy, Kind, Source};
+    let Some(payment_id) = order.payment_id.clone() else { return Ok(()) };
+    let d = Discrepancy {
+        kind: Kind::SubscriptionEnded,
+        order_id: Some(order.id.clone()),
+        detail: format!(
+            "renewal order {} paid the period from {} of subscription {}, which will not have that period (cancelled, refunded, replaced or expired)",
+            order.id,
+            order.renews_period_start.unwrap_or(sub.period_end),
+            sub.id
+        ),
+        payment_id,
+    };
+    discrepancies::record(conn, &d, Some((order.amount_minor, &order.currency)), Source::SubscriptionEnded, now).await
 }
 
 /// What CancelSubscription came to.

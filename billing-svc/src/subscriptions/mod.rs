@@ -126,7 +126,9 @@ pub use crate::gateway::SavedMethod;
 
 mod ending;
 mod periods;
-pub use ending::{Cancelled, cancel, end_now, forfeit_carried, refund_unused_renewals, set_cancel_at_period_end};
+pub use ending::{
+    Cancelled, cancel, end_now, forfeit_carried, refund_unused_renewal, refund_unused_renewals, set_cancel_at_period_end,
+};
 pub use periods::{as_of, current, current_locked, is_due, roll, roll_due, roll_if_due};
 
 /// The calendar month containing `now` (free plan periods).

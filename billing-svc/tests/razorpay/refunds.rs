@@ -1,7 +1,8 @@
 //! Refunds through billing's RPCs with `GATEWAY=razorpay` against the fake
 //! Razorpay (docs/design.md, Invariants 22 and 23): every refund carries an
-//! `X-Refund-Idempotency` key derived from billing's refund id (short ids
-//! and reconciliation's `discrepancy:<id>` too); an answer lost after the
+//! `X-Refund-Idempotency` key: billing's refund id as it is when earlier
+//! releases sent it so (rolling deploys), else derived from it (short ids
+//! and reconciliation's `discrepancy:<id>`); an answer lost after the
 //! refund was made is found by `GET /v1/payments/:id/refunds`, not made
 //! again; a 409 (in progress) or a 400 to a repeat is never recorded FAILED.
 use billing_svc::gateway::{Sandbox, refund_idempotency_key};
@@ -211,6 +212,29 @@ async fn a_discrepancy_refund_carries_the_key() {
     let id = fix.findings[0].subject_id.clone();
     let key = refund_idempotency_key(&format!("discrepancy:{id}"));
     assert_eq!(b.refund_posts(second), vec![Some(key)]);
+    let report = b.reconcile(false).await;
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    b.stop().await;
+}
+
+/// Rolling-deploy safety: a refund id that met the earlier releases' rule
+/// for `X-Refund-Idempotency` (10..=128 of `[A-Za-z0-9_-]`, sent as it is)
+/// is still sent as it is, so a retry by an older replica and one by a newer
+/// replica carry the same key and Razorpay makes the refund once. Only ids
+/// that rule could not carry (short ids, `discrepancy:<id>`) get the derived
+/// key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_id_the_old_rule_accepted_is_sent_as_its_own_key() {
+    let b = Billing::start().await;
+    let (order, payment) = b.paid_order("rzp-user-4", "pay_RpcRefund0004").await;
+    b.refund(&order, 10_000, "legacy-refund-0001").await.unwrap();
+    b.refund(&order, 10_000, "short").await.unwrap();
+    let posts = b.refund_posts(&payment);
+    assert_eq!(posts[0].as_deref(), Some("legacy-refund-0001"), "sent as earlier releases sent it");
+    let derived = posts[1].clone().unwrap();
+    assert_eq!(derived, refund_idempotency_key("short"));
+    assert!(derived.len() >= 10 && derived != "short", "{derived}");
+    assert_eq!(b.fake.refunds_of(&payment).len(), 2);
     let report = b.reconcile(false).await;
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     b.stop().await;

@@ -175,9 +175,13 @@ async fn refund_webhooks_settle_pending_refunds() {
     let gateway_id = done.refund.unwrap().gateway_refund_id;
     let mut db = app.billing_db().await;
     tests::helpers::exec(&mut db, "UPDATE refunds SET status = 'PENDING' WHERE id = 'hooked'").await;
+    // Razorpay's refund entity names its payment (billing checks it).
+    let payment_id = order_of(&app, &sub).await.payment_id;
     let body = serde_json::json!({
         "entity": "event", "event": "refund.failed",
-        "payload": { "refund": { "entity": { "id": gateway_id, "amount": 5000, "status": "failed" } } }
+        "payload": { "refund": { "entity": {
+            "id": gateway_id, "payment_id": payment_id, "amount": 5000, "status": "failed"
+        } } }
     })
     .to_string()
     .into_bytes();

@@ -45,6 +45,39 @@ enum Failure {
 }
 
 async fn past_due_then_refund_fails(app: &TestApp, user: &str, failure: Failure) -> PastDueWithPaidRenewal {
+    let (p, refund_id) =
+        past_due_with_pending_refund(app, user, billing_svc::gateway::SandboxRefunds::Unreachable, Code::Unavailable).await;
+    let mut db = app.billing_db().await;
+    match failure {
+        Failure::Webhook => refund_fails(app, user, &p, &refund_id).await,
+        Failure::RowOnly => {
+            tests::helpers::exec(&mut db, &format!("UPDATE refunds SET status = 'FAILED' WHERE id = '{refund_id}'")).await;
+            assert_eq!(
+                scalar(
+                    &mut db,
+                    &format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'PAST_DUE'", p.sub_id)
+                )
+                .await,
+                1
+            );
+        }
+    }
+    assert_eq!(
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM refunds WHERE id = '{refund_id}' AND status = 'FAILED'")).await,
+        1
+    );
+    p
+}
+
+/// The renewal paid early, a full refund of it left PENDING (`answer` is how
+/// the gateway answers it, `code` what the call returns), the period ended:
+/// the subscription PAST_DUE. Returns the refund id too.
+async fn past_due_with_pending_refund(
+    app: &TestApp,
+    user: &str,
+    answer: billing_svc::gateway::SandboxRefunds,
+    code: Code,
+) -> (PastDueWithPaidRenewal, String) {
     let sub = app.subscribe(user, "basic-monthly").await;
     let end = ts(&sub.period_end);
     app.clock.set(end - Duration::hours(48));
@@ -61,9 +94,9 @@ async fn past_due_then_refund_fails(app: &TestApp, user: &str, failure: Failure)
         .await
         .unwrap();
 
-    app.gateway.set_refunds(billing_svc::gateway::SandboxRefunds::Unreachable);
+    app.gateway.set_refunds(answer);
     let refund_id = format!("{user}-renewal-back");
-    let e = app
+    let r = app
         .billing_admin
         .clone()
         .refund_payment(bpb::RefundPaymentRequest {
@@ -72,9 +105,11 @@ async fn past_due_then_refund_fails(app: &TestApp, user: &str, failure: Failure)
             reason: "customer asked".into(),
             refund_id: refund_id.clone(),
         })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        .await;
+    match r {
+        Ok(r) => assert_eq!((code, r.into_inner().refund.unwrap().status), (Code::Ok, bpb::RefundStatus::Pending as i32)),
+        Err(e) => assert_eq!(e.code(), code, "{e:?}"),
+    }
 
     app.clock.set(end + Duration::hours(1));
     app.run_job("rollover").await;
@@ -86,23 +121,17 @@ async fn past_due_then_refund_fails(app: &TestApp, user: &str, failure: Failure)
             .await,
         1
     );
+    (PastDueWithPaidRenewal { sub_id: sub.id, end, renewal_order, payment: (payment_id, signature) }, refund_id)
+}
 
-    if failure == Failure::RowOnly {
-        tests::helpers::exec(&mut db, &format!("UPDATE refunds SET status = 'FAILED' WHERE id = '{refund_id}'")).await;
-        assert_eq!(
-            scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'PAST_DUE'", sub.id))
-                .await,
-            1
-        );
-        return PastDueWithPaidRenewal { sub_id: sub.id, end, renewal_order, payment: (payment_id, signature) };
-    }
-    // The gateway never made the refund: it says so by webhook, naming
-    // billing's refund id in its notes.
+/// The gateway says by webhook, naming billing's refund id in its notes,
+/// that the refund of the renewal failed (never made, or made and failed).
+async fn refund_fails(app: &TestApp, user: &str, p: &PastDueWithPaidRenewal, refund_id: &str) {
     let body = serde_json::json!({
         "entity": "event", "event": "refund.failed",
         "payload": { "refund": { "entity": {
-            "id": format!("rfnd_{user}"), "amount": 29_900, "status": "failed",
-            "notes": { "refund_key": refund_id }
+            "id": format!("rfnd_{user}"), "entity": "refund", "payment_id": p.payment.0, "amount": 49_900,
+            "status": "failed", "notes": { "refund_key": refund_id }
         } } }
     })
     .to_string()
@@ -111,11 +140,6 @@ async fn past_due_then_refund_fails(app: &TestApp, user: &str, failure: Failure)
         bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&body), body, event_id: format!("evt-{user}") };
     let r = app.billing.clone().handle_gateway_webhook(hook).await.unwrap().into_inner();
     assert_eq!(r.outcome, "PROCESSED", "{r:?}");
-    assert_eq!(
-        scalar(&mut db, &format!("SELECT count(*) AS n FROM refunds WHERE id = '{refund_id}' AND status = 'FAILED'")).await,
-        1
-    );
-    PastDueWithPaidRenewal { sub_id: sub.id, end, renewal_order, payment: (payment_id, signature) }
 }
 
 /// The period reopened once, anchored at the old end, with the plan's
@@ -236,4 +260,79 @@ async fn locked_uses_reopen_the_period_once() {
         u.unwrap();
     }
     assert_reopened_once(&app, &p).await;
+}
+
+/// The refund stays PENDING past the grace period: the subscription
+/// EXPIRED, the renewal's period never opened. Then the refund fails: the
+/// money is kept for a period that will not be, so it becomes a
+/// SUBSCRIPTION_ENDED discrepancy that reconcile reports and `--fix`
+/// refunds (once); nothing reopens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_that_fails_after_expiry_leaves_the_renewal_owed_back() {
+    let app = spawn_app().await;
+    let user = "reopen-expired";
+    let (p, refund_id) =
+        past_due_with_pending_refund(&app, user, billing_svc::gateway::SandboxRefunds::Unreachable, Code::Unavailable).await;
+    app.clock.set(p.end + Duration::hours(24 * 4));
+    app.run_job("renewals").await;
+    let mut db = app.billing_db().await;
+    let expired = format!("SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'EXPIRED'", p.sub_id);
+    assert_eq!(scalar(&mut db, &expired).await, 1);
+
+    refund_fails(&app, user, &p, &refund_id).await;
+    assert_eq!(scalar(&mut db, &expired).await, 1, "an ended subscription does not reopen");
+    let owed = format!(
+        "SELECT count(*) AS n FROM payment_discrepancies WHERE payment_id = '{}' AND kind = 'SUBSCRIPTION_ENDED' AND status = 'OPEN'",
+        p.payment.0
+    );
+    assert_eq!(scalar(&mut db, &owed).await, 1, "the kept renewal payment is owed back");
+    let check = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+    let f = &check.get_ref().findings;
+    assert_eq!((f.len(), f[0].kind.as_str()), (1, "PAYMENT_DISCREPANCY"), "{f:?}");
+
+    app.gateway.set_refunds(billing_svc::gateway::SandboxRefunds::Process);
+    let fix = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: true }).await.unwrap();
+    assert!(fix.get_ref().findings.iter().all(|f| f.fixed), "{:?}", fix.get_ref().findings);
+    assert_eq!(app.gateway.refunds_made(&p.payment.0).len(), 1, "refunded once");
+    let r = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+    assert!(r.get_ref().findings.is_empty(), "{:?}", r.get_ref().findings);
+    assert_eq!(scalar(&mut db, &expired).await, 1);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// A full refund of the renewal, PENDING at the gateway when the period
+/// ended (PAST_DUE), is processed: the subscription will never be paid
+/// for that period, so it ends (CANCELLED at its period end) instead of
+/// showing PAST_DUE for the grace period and then EXPIRED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processed_refund_of_the_unpaid_renewal_ends_a_past_due_subscription() {
+    let app = spawn_app().await;
+    let user = "past-due-refunded";
+    let (p, refund_id) = past_due_with_pending_refund(&app, user, billing_svc::gateway::SandboxRefunds::Pending, Code::Ok).await;
+    let made = app.gateway.refunds_made(&p.payment.0)[0].clone();
+    app.gateway.settle_refund(&made.id, billing_svc::gateway::RefundStatus::Processed);
+    let body = billing_svc::gateway::Sandbox::refund_event_body(
+        billing_svc::gateway::RefundStatus::Processed,
+        &made.id,
+        &p.payment.0,
+        49_900,
+        &refund_id,
+    );
+    let hook =
+        bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&body), body, event_id: format!("evt-{user}") };
+    assert_eq!(app.billing.clone().handle_gateway_webhook(hook).await.unwrap().into_inner().outcome, "PROCESSED");
+
+    let s = app.subscription(&p.sub_id).await;
+    assert_eq!((s.status, s.credits_remaining), (bpb::SubscriptionStatus::Cancelled as i32, 0), "{s:?}");
+    assert_eq!(ts(&s.ended_at), p.end, "ended when its last paid period did");
+    app.clock.set(p.end + Duration::hours(24 * 4));
+    app.run_job("renewals").await;
+    app.run_job("rollover").await;
+    let s = app.subscription(&p.sub_id).await;
+    assert_eq!(s.status, bpb::SubscriptionStatus::Cancelled as i32, "not EXPIRED later: {s:?}");
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies").await, 0);
+    let r = app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap();
+    assert!(r.get_ref().findings.is_empty(), "{:?}", r.get_ref().findings);
+    assert_ledger_matches_balances(&mut db).await;
 }

@@ -449,8 +449,9 @@ impl Gateway for Razorpay {
         if !refund_key.is_empty() && refund_key.len() <= MAX_RECEIPT {
             body["receipt"] = json!(refund_key);
         }
-        // Always sent, derived from billing's refund id, so that a retried
-        // refund (same key, same body) is never made twice at Razorpay.
+        // Always sent, billing's refund id or derived from it (see
+        // refund_idempotency_key), so that a retried refund (same key, same
+        // body) is never made twice at Razorpay.
         let key = refund_idempotency_key(refund_key);
         let r: RefundEntity = self
             .call(
