@@ -263,6 +263,13 @@ async fn a_discrepancy_is_refunded_only_once_its_refund_is_processed() {
     assert_eq!(status(&mut db).await, 1, "still OPEN");
     let check = reconcile(&app, false).await;
     assert_eq!(check.findings.iter().filter(|f| f.kind == "PAYMENT_DISCREPANCY").count(), 1, "{:?}", check.findings);
+    // The next scheduled --fix while the refund is still pending: the
+    // pending money does not close it either.
+    let again = reconcile(&app, true).await;
+    let f = again.findings.iter().find(|f| f.kind == "PAYMENT_DISCREPANCY").unwrap();
+    assert!(!f.fixed, "a second run does not close it on pending money: {f:?}");
+    assert_eq!(status(&mut db).await, 1, "still OPEN after a second --fix");
+    assert_eq!(app.gateway.refunds_made(&second).len(), 1, "and asks for no second refund");
 
     let attempt = app.gateway.refunds_made(&second)[0].clone();
     app.gateway.settle_refund(&attempt.id, RefundStatus::Failed);
