@@ -1,0 +1,1 @@
+DROP INDEX orders_user_seq_idx;
