@@ -205,6 +205,23 @@ async fn customer_of(app: &App, user_id: &str, now: DateTime<Utc>) -> Result<Opt
     Ok(Some(stored.first::<String>(&mut conn).await?))
 }
 
+/// Locks the open renewal orders of the subscriptions holding the saved
+/// method `token_id`, in id order, without locking those subscriptions: the
+/// first step of forgetting that method. A renewal capture locks its order
+/// row and then the subscription, so whoever changes both must take the
+/// orders first (docs/design.md, Invariants 29).
+pub async fn lock_open_renewals_of_token(conn: &mut Conn, token_id: &str) -> Result<Vec<String>> {
+    let holders = subscriptions::table.filter(subscriptions::gateway_token_id.eq(token_id)).select(subscriptions::id);
+    Ok(orders::table
+        .filter(orders::renews_subscription_id.eq_any(holders.nullable()))
+        .filter(orders::status.eq(Status::Created))
+        .order(orders::id)
+        .select(orders::id)
+        .for_update()
+        .load(conn)
+        .await?)
+}
+
 /// Stops the automatic collection of the open renewal orders of these
 /// subscriptions (their saved method can no longer be charged); they stay
 /// payable through a renewal checkout.

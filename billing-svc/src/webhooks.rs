@@ -196,8 +196,10 @@ pub async fn handle(app: &App, body: &[u8], signature: &str, event_id: &str) -> 
 /// stored REJECTED with why, for an operator (IGNORED for an order this
 /// system did not create: its owner decides). A capture of unknown outcome
 /// is an error the gateway retries (HTTP 503); the retry captures again,
-/// which the gateway answers with the payment already captured.
-/// (docs/design.md, Invariant 24.)
+/// which the gateway answers with the payment already captured. Because an
+/// earlier delivery may have captured it before the order changed, no
+/// refusal is stored before the gateway says the payment is not captured
+/// ([`refusal`]). (docs/design.md, Invariants 28.)
 async fn authorization(app: &App, event_id: &str, kind: String, p: PaymentFields) -> Result<Content> {
     let payment = Payment {
         order_id: &p.order_id,
@@ -215,7 +217,6 @@ async fn authorization(app: &App, event_id: &str, kind: String, p: PaymentFields
         }
         payments::preview(&mut conn, payment, app.clock.now()).await
     };
-    let refused = |why: String| Content::AuthorizationRefused(kind.clone(), p.order_id.clone(), why);
     match verdict {
         // Paid by this very payment already: the normal path replays it.
         Ok(Capture::Captured(c)) if c.replayed => return Ok(Content::Capture(kind, p)),
@@ -226,9 +227,9 @@ async fn authorization(app: &App, event_id: &str, kind: String, p: PaymentFields
                 format!("{}; not captured, left to the integration that created it", d.detail),
             ));
         }
-        Ok(Capture::Discrepancy(d)) => return Ok(refused(format!("not captured: {}", d.detail))),
+        Ok(Capture::Discrepancy(d)) => return refusal(app, kind, p, format!("not captured: {}", d.detail)).await,
         Err(Error::Service(ServiceError::FailedPrecondition { description, .. })) => {
-            return Ok(refused(format!("not captured: {description}")));
+            return refusal(app, kind, p, format!("not captured: {description}")).await;
         }
         Err(e) => return Err(e),
     }
@@ -243,13 +244,38 @@ async fn authorization(app: &App, event_id: &str, kind: String, p: PaymentFields
             .into());
         }
         Err(GatewayError::Refused { code, message }) => {
-            // Expired, voided or already released: nothing was taken.
-            return Ok(refused(format!("the gateway refused its capture ({code}): {message}")));
+            // Expired, voided or already released: nothing was taken, once
+            // the gateway's record confirms it.
+            return refusal(app, kind, p, format!("the gateway refused its capture ({code}): {message}")).await;
         }
         Err(e) => return Err(e.into()),
     };
     tracing::info!(payment_id = %p.id, order_id = %p.order_id, "authorized payment captured through the gateway");
     Ok(Content::CapturedHere(kind, p, captured))
+}
+
+/// Refuses an authorization of one of billing's orders (`why`), unless the
+/// gateway says the payment is captured: an earlier delivery's capture
+/// whose answer was lost (or whose transaction failed) took the money, and
+/// the order changed before this redelivery (cancelled, paid by another
+/// payment, superseded). That money then goes the captured path, where the
+/// capture rules record it as a discrepancy that reconciliation refunds,
+/// instead of a "not captured" that nobody refunds. A look-up that fails
+/// leaves it unknown: UNAVAILABLE (HTTP 503), and the gateway redelivers.
+/// Called with no database connection held.
+async fn refusal(app: &App, kind: String, p: PaymentFields, why: String) -> Result<Content> {
+    match app.gateway.fetch_payment(&p.id).await {
+        Ok(Some(g)) if g.status == PaymentStatus::Captured => {
+            tracing::warn!(payment_id = %p.id, order_id = %p.order_id, %why, "authorization refused but captured at the gateway");
+            Ok(Content::CapturedHere(kind, p, g))
+        }
+        Ok(_) => Ok(Content::AuthorizationRefused(kind, p.order_id, why)),
+        Err(e) => Err(GatewayError::Unavailable {
+            message: format!("payment {} not captured here ({why}), but its state at the gateway could not be read: {e}", p.id),
+            retry_after: None,
+        }
+        .into()),
+    }
 }
 
 async fn process(

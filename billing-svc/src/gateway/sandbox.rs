@@ -33,6 +33,9 @@ pub struct Sandbox {
     lose_capture_answers: Arc<AtomicBool>,
     /// Every `capture_payment` call, by payment id ([`Sandbox::capture_calls`]).
     capture_calls: Arc<Mutex<Vec<String>>>,
+    /// Customers' authorized payments it captured, by payment id: what
+    /// `fetch_payment` answers for them (as Razorpay would).
+    captured: Arc<Mutex<HashMap<String, GatewayPayment>>>,
     /// The payments its saved-method charges made, by order id: what
     /// `payments_of_order` and `fetch_payment` answer from.
     charges: Arc<Mutex<HashMap<String, Vec<GatewayPayment>>>>,
@@ -98,6 +101,7 @@ impl Sandbox {
             charges_fail_later: Arc::default(),
             lose_capture_answers: Arc::default(),
             capture_calls: Arc::default(),
+            captured: Arc::default(),
             charges: Arc::default(),
             made: Arc::default(),
             refund_calls: Arc::default(),
@@ -126,8 +130,10 @@ impl Sandbox {
         self.tokens_revoked.store(revoked, Ordering::Relaxed);
     }
 
-    /// With true, later captures of authorized payments are made but their
-    /// answer is lost: the caller sees the gateway as unavailable.
+    /// With true, later captures of authorized payments are made (the
+    /// payment is captured and recorded) but their answer is lost: the
+    /// caller sees the gateway as unavailable, as after a timeout once the
+    /// request reached it.
     pub fn set_lose_capture_answers(&self, lose: bool) {
         self.lose_capture_answers.store(lose, Ordering::Relaxed);
     }
@@ -145,6 +151,10 @@ impl Sandbox {
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<GatewayPayment>>> {
         // A panic elsewhere while holding the lock leaves the map usable.
         self.charges.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn captures(&self) -> std::sync::MutexGuard<'_, HashMap<String, GatewayPayment>> {
+        self.captured.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn recorded(&self, payment_id: &str) -> Option<GatewayPayment> {
@@ -330,11 +340,12 @@ impl Gateway for Sandbox {
         Ok(GatewayOrder { id: format!("order_{}", uuid::Uuid::new_v4().simple()) })
     }
 
-    /// The sandbox keeps records only of the charges it made itself; for a
-    /// customer's payment the signature it issued is the proof of payment,
-    /// as for Razorpay's checkout handler.
+    /// The sandbox keeps records only of the charges it made and the
+    /// authorizations it captured; for another customer's payment the
+    /// signature it issued is the proof of payment, as for Razorpay's
+    /// checkout handler.
     async fn fetch_payment(&self, payment_id: &str) -> Result<Option<GatewayPayment>, GatewayError> {
-        Ok(self.recorded(payment_id))
+        Ok(self.recorded(payment_id).or_else(|| self.captures().get(payment_id).cloned()))
     }
 
     /// Every refund is processed at once, unless [`Sandbox::set_refunds`]
@@ -434,28 +445,37 @@ impl Gateway for Sandbox {
     }
 
     /// A payment it charged is captured (if it was not); any other is taken
-    /// as authorized for `amount_minor` and captured.
+    /// as authorized for `amount_minor` and captured (once: a later call
+    /// answers the payment as it was captured). Recorded either way, also
+    /// when [`Sandbox::set_lose_capture_answers`] then loses the answer.
     async fn capture_payment(&self, payment_id: &str, amount_minor: i64, currency: &str) -> Result<GatewayPayment, GatewayError> {
         self.capture_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(payment_id.to_owned());
+        let charged = self.records().values_mut().flatten().find(|p| p.id == payment_id).map(|p| {
+            p.status = PaymentStatus::Captured;
+            p.clone()
+        });
+        let payment = match charged {
+            Some(p) => p,
+            None => self
+                .captures()
+                .entry(payment_id.to_owned())
+                .or_insert_with(|| GatewayPayment {
+                    id: payment_id.to_owned(),
+                    order_id: None,
+                    status: PaymentStatus::Captured,
+                    amount_minor,
+                    currency: currency.to_owned(),
+                    saved_method: None,
+                })
+                .clone(),
+        };
         if self.lose_capture_answers.load(Ordering::Relaxed) {
             return Err(GatewayError::Unavailable {
                 message: "sandbox: the capture was made but its answer was lost".into(),
                 retry_after: None,
             });
         }
-        let mut records = self.records();
-        if let Some(p) = records.values_mut().flatten().find(|p| p.id == payment_id) {
-            p.status = PaymentStatus::Captured;
-            return Ok(p.clone());
-        }
-        Ok(GatewayPayment {
-            id: payment_id.to_owned(),
-            order_id: None,
-            status: PaymentStatus::Captured,
-            amount_minor,
-            currency: currency.to_owned(),
-            saved_method: None,
-        })
+        Ok(payment)
     }
 
     /// The sandbox registers no mandates.

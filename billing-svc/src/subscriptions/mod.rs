@@ -243,8 +243,22 @@ pub async fn save_method(
 /// holds it, and stops the automatic collection of their open renewal
 /// orders: the customer pays through a renewal checkout instead. Returns the
 /// subscriptions that held it.
+///
+/// Lock order as in a renewal capture: the open renewal orders first, then
+/// the subscriptions (each set in id order), so the two cannot deadlock.
 pub async fn forget_method(conn: &mut Conn, token_id: &str, why: &str, now: DateTime<Utc>) -> Result<Vec<Uuid>> {
-    let ids: Vec<Uuid> = diesel::update(subscriptions::table.filter(subscriptions::gateway_token_id.eq(token_id)))
+    orders::lock_open_renewals_of_token(conn, token_id).await?;
+    let holders: Vec<Uuid> = subscriptions::table
+        .filter(subscriptions::gateway_token_id.eq(token_id))
+        .order(subscriptions::id)
+        .select(subscriptions::id)
+        .for_update()
+        .load(conn)
+        .await?;
+    if holders.is_empty() {
+        return Ok(holders);
+    }
+    let ids: Vec<Uuid> = diesel::update(subscriptions::table.filter(subscriptions::id.eq_any(&holders)))
         .set((
             subscriptions::gateway_customer_id.eq(None::<String>),
             subscriptions::gateway_token_id.eq(None::<String>),

@@ -860,3 +860,85 @@ async fn a_customer_is_never_shared_between_users() {
     drop(app);
     server.drop_database(&db).await.unwrap();
 }
+
+/// docs/design.md, Invariants 28: a capture Razorpay refuses is only a
+/// refusal once Razorpay's record of the payment says it is not captured.
+/// When that look-up fails (5xx on every attempt), the payment may well be
+/// captured (an earlier capture whose answer was lost): the adapter answers
+/// UNAVAILABLE, never a refusal that would be stored as "not captured".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_capture_whose_payment_cannot_be_read_is_unavailable_not_refused() {
+    let (fake, gw) = razorpay().await;
+    fake.add_payment("pay_CaptLost0001", "order_CaptLost0001", 49_900, "INR", "captured");
+    for _ in 0..2 {
+        fake.script("GET /v1/payments/pay_CaptLost0001", Script::Answer(503, None, "unavailable".into()));
+    }
+    match gw.capture_payment("pay_CaptLost0001", 49_900, "INR").await {
+        Err(GatewayError::Unavailable { .. }) => {}
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    assert_eq!(fake.seen("GET", "/v1/payments/pay_CaptLost0001").len(), 2, "the look-up was tried");
+    let again = gw.capture_payment("pay_CaptLost0001", 49_900, "INR").await.unwrap();
+    assert_eq!((again.status, again.amount_minor), (PaymentStatus::Captured, 49_900), "already captured: confirmed");
+
+    // Refused, and the look-up says it is not captured: a refusal.
+    fake.add_payment("pay_CaptRefused01", "order_CaptRefused01", 49_900, "INR", "authorized");
+    match gw.capture_payment("pay_CaptRefused01", 100, "INR").await {
+        Err(GatewayError::Refused { code, .. }) => assert_eq!(code, "BAD_REQUEST_ERROR"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// docs/design.md, Invariants 28: before storing a refusal of a late
+/// authorization (here: a second payment of a paid order), billing reads
+/// the payment at Razorpay. Captured there (an earlier capture, its answer
+/// lost), it is a payment discrepancy that reconciliation refunds; when the
+/// read fails, the webhook fails retryably and stores nothing; only a
+/// payment Razorpay reports as not captured is stored REJECTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_authorization_is_checked_at_razorpay_before_it_is_stored_not_captured() {
+    use billing_svc::webhooks::EventOutcome;
+    let (fake, base) = start_fake().await;
+    let (app, clock, db, server) = app_with_fake(&base).await;
+    let signer = Sandbox::new(config(&base));
+    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-late-auth-2", "basic-monthly").await.unwrap();
+    let deliver = |payment: &str, event: &str| {
+        let body = Sandbox::authorized_event_body(&order.id, payment, order.amount_minor, "INR");
+        let (app, sig, event) = (&app, signer.sign_webhook(&body), event.to_owned());
+        async move { billing_svc::webhooks::handle(app, &body, &sig, &event).await }
+    };
+    fake.add_payment("pay_LateAuthPaid1", &order.id, order.amount_minor, "INR", "authorized");
+    assert_eq!(deliver("pay_LateAuthPaid1", "evt_LatePaid1").await.unwrap().outcome, EventOutcome::Processed);
+
+    fake.add_payment("pay_LateAuthTwice", &order.id, order.amount_minor, "INR", "authorized");
+    for _ in 0..2 {
+        fake.script("GET /v1/payments/pay_LateAuthTwice", Script::Answer(503, None, "unavailable".into()));
+    }
+    match deliver("pay_LateAuthTwice", "evt_LateTwice").await {
+        Err(Error::Gateway(GatewayError::Unavailable { .. })) => {}
+        other => panic!("expected a retryable failure, got {other:?}"),
+    }
+    assert_eq!(scalar(&app, "SELECT count(*) AS n FROM webhook_events WHERE event_id = 'evt_LateTwice'").await, 0);
+    assert_eq!(deliver("pay_LateAuthTwice", "evt_LateTwice").await.unwrap().outcome, EventOutcome::Rejected);
+
+    // Captured at Razorpay already: money billing holds, not "not captured".
+    fake.add_payment("pay_LateAuthTaken", &order.id, order.amount_minor, "INR", "captured");
+    assert_eq!(deliver("pay_LateAuthTaken", "evt_LateTaken").await.unwrap().outcome, EventOutcome::Discrepancy);
+    let second =
+        "SELECT count(*) AS n FROM payment_discrepancies WHERE kind = 'SECOND_PAYMENT' AND payment_id = 'pay_LateAuthTaken'";
+    assert_eq!(scalar(&app, second).await, 1);
+    assert!(fake.seen("POST", "/v1/payments/pay_LateAuthTwice/capture").is_empty(), "never captured");
+    assert!(fake.seen("POST", "/v1/payments/pay_LateAuthTaken/capture").is_empty(), "never captured by billing");
+
+    let report = billing_svc::reconcile::run(&app, clock.now(), chrono::Duration::hours(24), false).await.unwrap();
+    let mut kinds: Vec<_> = report.findings.iter().map(|f| f.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["PAYMENT_DISCREPANCY", "WEBHOOK_REJECTED"], "{:?}", report.findings);
+    for _ in 0..2 {
+        billing_svc::reconcile::run(&app, clock.now(), chrono::Duration::hours(24), true).await.unwrap();
+    }
+    let refunds: Vec<_> = fake.refunds.lock().unwrap().iter().map(|r| (r["payment_id"].clone(), r["amount"].clone())).collect();
+    assert_eq!(refunds, [(json!("pay_LateAuthTaken"), json!(order.amount_minor))], "refunded once, only the captured one");
+    drop(app);
+    server.drop_database(&db).await.unwrap();
+}

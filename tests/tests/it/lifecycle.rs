@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Months, Utc};
 use proto::{billing::v1 as bpb, checkout::v1 as cpb};
 use tests::{
     TestApp,
-    helpers::{assert_ledger_matches_balances, scalar},
+    helpers::{assert_ledger_matches_balances, exec, scalar, wait_for_waiters},
     spawn_app,
 };
 use tonic::Code;
@@ -501,5 +501,47 @@ async fn a_token_cancelled_webhook_stops_automatic_charging() {
     reconcile_finds_nothing(&app).await;
     let mut db = app.billing_db().await;
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM webhook_events WHERE event_type LIKE 'token.%'").await, 3);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// docs/design.md, Invariants 29: a token webhook forgetting a saved method
+/// takes the locks in a renewal capture's order, open renewal orders first,
+/// then the subscriptions. While a capture holds the renewal order's row
+/// (here a transaction standing in for it), the webhook waits for that row
+/// without holding the subscription, so the capture can still lock the
+/// subscription: no deadlock between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_webhook_locks_renewal_orders_before_subscriptions() {
+    let app = spawn_app().await;
+    let sub = subscribe_with_saved_card(&app, "token-race", "basic-monthly").await;
+    app.gateway.set_fail_charges(true);
+    app.clock.set(ts(&sub.period_end) - Duration::hours(72));
+    app.run_job("renewals").await;
+    let mut db = app.billing_db().await;
+    let collected = format!(
+        "SELECT count(*) AS n FROM orders WHERE renews_subscription_id = '{}' AND status = 'CREATED' AND next_charge_at IS NOT NULL",
+        sub.id
+    );
+    assert_eq!(scalar(&mut db, &collected).await, 1, "an open renewal order, still collected automatically");
+
+    let mut capture = app.billing_db().await;
+    exec(&mut capture, "BEGIN").await;
+    let held = format!("SELECT id FROM orders WHERE renews_subscription_id = '{}' AND status = 'CREATED' FOR UPDATE", sub.id);
+    assert_eq!(exec(&mut capture, &held).await, 1);
+    let body = billing_svc::gateway::Sandbox::token_event_body("token.cancelled", "cust_test", "token_token-race");
+    let req =
+        bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&body), body, event_id: "evt_tok_race".into() };
+    let mut b = app.billing.clone();
+    let hook = tokio::spawn(async move { b.handle_gateway_webhook(req).await });
+    assert!(wait_for_waiters(&mut db, 1, std::time::Duration::from_secs(10)).await, "the webhook waits for the order row");
+    let sub_lock = format!("SELECT id FROM subscriptions WHERE id = '{}' FOR UPDATE NOWAIT", sub.id);
+    let took = diesel_async::RunQueryDsl::execute(diesel::sql_query(sub_lock), &mut capture).await;
+    exec(&mut capture, if took.is_ok() { "COMMIT" } else { "ROLLBACK" }).await;
+    assert!(took.is_ok(), "the webhook held the subscription while waiting for its renewal order: {took:?}");
+
+    assert_eq!(hook.await.unwrap().unwrap().into_inner().outcome, "PROCESSED");
+    assert_eq!(scalar(&mut db, &collected).await, 0, "no longer collected automatically");
+    assert!(!app.subscription(&sub.id).await.has_saved_payment_method);
+    reconcile_finds_nothing(&app).await;
     assert_ledger_matches_balances(&mut db).await;
 }

@@ -335,3 +335,57 @@ async fn a_capture_of_unknown_outcome_is_redelivered_and_pays_once() {
     assert!(reconcile(&app, false).await.is_empty());
     assert_ledger_matches_balances(&mut db).await;
 }
+
+/// docs/design.md, Invariants 28: billing's capture of a late authorization
+/// is made at the gateway but its answer is lost (503, nothing stored);
+/// before the redelivery the order is cancelled (CancelOrders). The
+/// redelivery must not call that captured money "not captured": billing
+/// asks the gateway for the payment before storing any refusal, finds it
+/// captured, and records it as an ORDER_CANCELLED discrepancy that
+/// `reconcile --fix` refunds once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_capture_of_an_order_cancelled_before_the_redelivery_is_refunded_not_called_uncaptured() {
+    let app = spawn_app().await;
+    let order = app.order("auth-5", "pro-monthly").await;
+    let (body, sig) = authorized(&app, &order.id, "pay_lost_cancel", order.amount_minor, &order.currency);
+    app.gateway.set_lose_capture_answers(true);
+    assert_eq!(post(&app, &body, Some(&sig), Some("evt_lost_cancel")).await.0, 503);
+    app.gateway.set_lose_capture_answers(false);
+    let cancelled = app
+        .billing
+        .clone()
+        .cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![order.id.clone()] })
+        .await
+        .unwrap()
+        .into_inner()
+        .orders;
+    assert_eq!(
+        cancelled.iter().map(|o| (o.id.as_str(), o.status)).collect::<Vec<_>>(),
+        [(order.id.as_str(), bpb::OrderStatus::Cancelled as i32)]
+    );
+
+    let (status, reply) = post(&app, &body, Some(&sig), Some("evt_lost_cancel")).await;
+    assert_eq!((status, reply["outcome"].as_str()), (200, Some("DISCREPANCY")), "{reply}");
+    let mut db = app.billing_db().await;
+    let recorded = format!(
+        "SELECT count(*) AS n FROM payment_discrepancies WHERE kind = 'ORDER_CANCELLED' AND payment_id = 'pay_lost_cancel' \
+         AND order_id = '{}'",
+        order.id
+    );
+    assert_eq!(scalar(&mut db, &recorded).await, 1);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions").await, 0);
+
+    let found = reconcile(&app, false).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found.iter().all(|f| f.kind == "PAYMENT_DISCREPANCY"), "{found:?}");
+    let fixed = reconcile(&app, true).await;
+    assert_eq!(fixed.iter().filter(|f| f.fixed).count(), 1, "{fixed:?}");
+    for fix in [false, true] {
+        assert!(reconcile(&app, fix).await.is_empty(), "nothing left");
+    }
+    let made = app.gateway.refunds_made("pay_lost_cancel");
+    assert_eq!(made.len(), 1, "refunded once: {made:?}");
+    assert_eq!(made[0].amount_minor, order.amount_minor);
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM refunds WHERE status = 'PROCESSED'").await, 1);
+    assert_ledger_matches_balances(&mut db).await;
+}

@@ -575,10 +575,20 @@ impl Gateway for Razorpay {
         {
             Ok(p) => Ok(payment(p)),
             // Captured already (an earlier call whose answer was lost, or
-            // auto-capture after all): the payment as it is, if so.
+            // auto-capture after all): the payment as it is, if so. Only
+            // Razorpay's record saying it is not captured makes this a
+            // refusal; a look-up that fails leaves the outcome unknown, so
+            // the caller retries (docs/design.md, Invariants 28).
             Err(refused @ GatewayError::Refused { .. }) => match self.get_payment(payment_id).await {
                 Ok(p) if p.status == PaymentStatus::Captured => Ok(p),
-                _ => Err(refused),
+                Ok(_) => Err(refused),
+                Err(e) => {
+                    tracing::warn!(payment_id, error = %e, "capture refused; whether the payment is captured could not be read");
+                    Err(unavailable(
+                        &format!("capture of {payment_id} refused ({refused}) and its state could not be read ({e})"),
+                        None,
+                    ))
+                }
             },
             // A timeout may have captured it: the caller retries, and the
             // retry finds it captured.
