@@ -66,7 +66,7 @@ pub async fn capture_in_tx(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) 
 /// transaction that is always rolled back, so the answer follows exactly
 /// the rules of [`capture_in_tx`]. For a payment that is only authorized at
 /// the gateway, which billing captures there only if the order can take it
-/// (docs/design.md, Invariant 24). Nothing is recorded, not even a
+/// (docs/design.md, Invariants 28). Nothing is recorded, not even a
 /// discrepancy: a refusal here is not money billing holds.
 pub async fn preview(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) -> Result<Capture> {
     use diesel_async::{AsyncConnection, TransactionManager};

@@ -575,7 +575,7 @@ async fn a_cancelled_mandate_is_unusable_not_a_decline() {
 /// redelivery's capture is answered "already captured", which the adapter
 /// confirms by fetching the payment: captured once, the order paid once. An
 /// authorization the order cannot take (a second payment) is never sent to
-/// the capture API. (docs/design.md, Invariant 24.)
+/// the capture API. (docs/design.md, Invariants 28.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_authorization_is_captured_once_through_the_capture_api() {
     let (fake, base) = start_fake().await;

@@ -455,7 +455,7 @@ async fn a_revoked_token_stops_automatic_charging_and_the_renewal_is_paid_by_che
     assert_ledger_matches_balances(&mut db).await;
 }
 
-/// docs/design.md, Invariant 25: the gateway's `token.cancelled` (or
+/// docs/design.md, Invariants 29: the gateway's `token.cancelled` (or
 /// rejected, paused) webhook forgets the saved method on every subscription
 /// holding that token before a renewal tries it: no automatic charge is
 /// made, and the renewal is paid through checkout. Idempotent: another

@@ -229,7 +229,7 @@ async fn reconcile(app: &TestApp, fix: bool) -> Vec<bpb::Finding> {
     app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix }).await.unwrap().into_inner().findings
 }
 
-/// docs/design.md, Invariant 24: a late `payment.authorized` (auto-capture
+/// docs/design.md, Invariants 28: a late `payment.authorized` (auto-capture
 /// off or failed) of an order that can take it is captured through the
 /// gateway's capture API and pays the order once; the `payment.captured`
 /// the gateway sends afterwards replays it.
@@ -259,7 +259,7 @@ async fn a_late_authorization_is_captured_through_the_gateway_and_pays_the_order
     assert_ledger_matches_balances(&mut db).await;
 }
 
-/// docs/design.md, Invariant 24: an authorization the order must not take
+/// docs/design.md, Invariants 28: an authorization the order must not take
 /// (a second payment of a paid order, an amount that is not the order's) is
 /// never captured and never a payment discrepancy (no money is held, so
 /// nothing is to refund): the event is stored REJECTED with why and
@@ -308,7 +308,7 @@ async fn an_authorization_the_order_cannot_take_is_not_captured_and_is_flagged()
     assert_ledger_matches_balances(&mut db).await;
 }
 
-/// docs/design.md, Invariant 24: the capture call's answer is lost (made at
+/// docs/design.md, Invariants 28: the capture call's answer is lost (made at
 /// the gateway, then a timeout): the webhook answers 503 and stores nothing,
 /// so the gateway redelivers; concurrent redeliveries capture once (the
 /// gateway answers "already captured"), pay the order once, and store the
