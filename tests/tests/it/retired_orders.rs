@@ -476,3 +476,84 @@ async fn a_cancellation_billing_cannot_take_never_stops_the_sync_from_completing
     assert_eq!(order(&app, &s1.order_id).await.status, bpb::OrderStatus::Cancelled as i32);
     reconcile_refunds(&app, 0).await;
 }
+
+/// A CreateSession gets its order from billing, then finds no database
+/// connection (the pool's one connection is held by another request): the
+/// start fails UNAVAILABLE, and the order it will never store is withdrawn,
+/// so the user's existing checkout stays payable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_that_finds_no_connection_after_billing_made_its_order_withdraws_it() {
+    let app =
+        spawn_app_with(Options { pool_size: 1, lock_timeout: std::time::Duration::from_secs(20), ..Options::default() }).await;
+    let user = "no-connection";
+    let s0 = app.create_session(user, "basic-monthly").await;
+    // Billing makes the order only when the test lets it, so the pool can
+    // be taken meanwhile.
+    let mut orders_held = app.billing_db().await;
+    exec(&mut orders_held, "BEGIN").await;
+    exec(&mut orders_held, "LOCK TABLE orders IN EXCLUSIVE MODE").await;
+    let start = {
+        let mut c = app.checkout.clone();
+        let req = cpb::CreateSessionRequest { user_id: user.into(), plan_id: "pro-monthly".into() };
+        tokio::spawn(async move { c.create_session(req).await.map(|r| r.into_inner()) })
+    };
+    let mut billing_observer = app.billing_db().await;
+    assert!(tests::helpers::wait_for_waiters(&mut billing_observer, 1, std::time::Duration::from_secs(15)).await);
+    // Another request takes checkout's only pooled connection and keeps it
+    // (its idempotency look-up waits for a lock the test holds).
+    let mut keys_held = app.checkout_db().await;
+    exec(&mut keys_held, "BEGIN").await;
+    exec(&mut keys_held, "LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE").await;
+    let other = {
+        let mut c = app.checkout.clone();
+        let req = cpb::CreateSessionRequest { user_id: "pool-holder".into(), plan_id: "basic-monthly".into() };
+        tokio::spawn(async move { c.create_session(tests::clients::with_key(req, "holder")).await.map(|r| r.into_inner()) })
+    };
+    let mut checkout_observer = app.checkout_db().await;
+    assert!(tests::helpers::wait_for_waiters(&mut checkout_observer, 1, std::time::Duration::from_secs(15)).await);
+    exec(&mut orders_held, "ROLLBACK").await;
+    let e = start.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    exec(&mut keys_held, "ROLLBACK").await;
+    other.await.unwrap().unwrap();
+
+    assert_eq!(app.get_session(&s0.id).await.status, SessionStatus::Active as i32);
+    assert_eq!(open_orders(&app, user).await, vec![s0.order_id.clone()], "the failed start's order is withdrawn");
+    let (p, sig) = app.pay(&s0.order_id);
+    assert_eq!(app.complete(&s0.id, &p, &sig).await.unwrap().session.unwrap().status, SessionStatus::Completed as i32);
+    reconcile_refunds(&app, 0).await;
+}
+
+/// RecoverSession of a checkout at the edge of retention gets its order
+/// from billing, then finds the session deleted by cleanup meanwhile
+/// (NOT_FOUND): no recovery will ever ask for that order again, so it is
+/// withdrawn and the user's current checkout stays payable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recovery_refused_after_billing_made_its_order_withdraws_it() {
+    let app = spawn_app_with(Options { lock_timeout: std::time::Duration::from_secs(20), ..Options::default() }).await;
+    let user = "late-recovery";
+    let s0 = app.create_session(user, "basic-monthly").await;
+    app.clock.advance(Duration::days(7) - Duration::hours(1));
+    let s1 = app.create_session(user, "pro-monthly").await;
+    let mut holder = hold_users(&app, &[user]).await;
+    let recovery = {
+        let mut c = app.checkout.clone();
+        let id = s0.id.clone();
+        tokio::spawn(async move { c.recover_session(cpb::RecoverSessionRequest { id }).await.map(|r| r.into_inner()) })
+    };
+    let mut observer = app.checkout_db().await;
+    assert!(
+        tests::helpers::wait_for_waiters(&mut observer, 1, std::time::Duration::from_secs(15)).await,
+        "billing made its order"
+    );
+    app.clock.advance(Duration::hours(2));
+    checkout_svc::jobs::run_once(&app.checkout_app, "cleanup").await.unwrap();
+    exec(&mut holder, "ROLLBACK").await;
+    let e = recovery.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    assert_eq!(open_orders(&app, user).await, vec![s1.order_id.clone()], "the refused recovery's order is withdrawn");
+    let (p, sig) = app.pay(&s1.order_id);
+    assert_eq!(app.complete(&s1.id, &p, &sig).await.unwrap().session.unwrap().status, SessionStatus::Completed as i32);
+    reconcile_refunds(&app, 0).await;
+}
