@@ -477,16 +477,10 @@ async fn a_cancellation_billing_cannot_take_never_stops_the_sync_from_completing
     reconcile_refunds(&app, 0).await;
 }
 
-/// A CreateSession gets its order from billing, then finds no database
-/// connection (the pool's one connection is held by another request): the
-/// start fails UNAVAILABLE, and the order it will never store is withdrawn,
-/// so the user's existing checkout stays payable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_start_that_finds_no_connection_after_billing_made_its_order_withdraws_it() {
-    let app =
-        spawn_app_with(Options { pool_size: 1, lock_timeout: std::time::Duration::from_secs(20), ..Options::default() }).await;
-    let user = "no-connection";
-    let s0 = app.create_session(user, "basic-monthly").await;
+/// A CreateSession (under `key`, if any) for `user` that gets its order
+/// from billing, then finds no database connection (the pool's one
+/// connection is held by another request): its error.
+async fn create_without_connection(app: &TestApp, user: &str, key: Option<&str>) -> tonic::Status {
     // Billing makes the order only when the test lets it, so the pool can
     // be taken meanwhile.
     let mut orders_held = app.billing_db().await;
@@ -495,6 +489,10 @@ async fn a_start_that_finds_no_connection_after_billing_made_its_order_withdraws
     let start = {
         let mut c = app.checkout.clone();
         let req = cpb::CreateSessionRequest { user_id: user.into(), plan_id: "pro-monthly".into() };
+        let req = match key {
+            Some(k) => tests::clients::with_key(req, k),
+            None => tonic::Request::new(req),
+        };
         tokio::spawn(async move { c.create_session(req).await.map(|r| r.into_inner()) })
     };
     let mut billing_observer = app.billing_db().await;
@@ -506,21 +504,60 @@ async fn a_start_that_finds_no_connection_after_billing_made_its_order_withdraws
     exec(&mut keys_held, "LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE").await;
     let other = {
         let mut c = app.checkout.clone();
-        let req = cpb::CreateSessionRequest { user_id: "pool-holder".into(), plan_id: "basic-monthly".into() };
+        let req = cpb::CreateSessionRequest { user_id: format!("pool-holder-{user}"), plan_id: "basic-monthly".into() };
         tokio::spawn(async move { c.create_session(tests::clients::with_key(req, "holder")).await.map(|r| r.into_inner()) })
     };
     let mut checkout_observer = app.checkout_db().await;
     assert!(tests::helpers::wait_for_waiters(&mut checkout_observer, 1, std::time::Duration::from_secs(15)).await);
     exec(&mut orders_held, "ROLLBACK").await;
     let e = start.await.unwrap().unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     exec(&mut keys_held, "ROLLBACK").await;
     other.await.unwrap().unwrap();
+    e
+}
+
+fn one_connection() -> Options {
+    Options { pool_size: 1, lock_timeout: std::time::Duration::from_secs(20), ..Options::default() }
+}
+
+/// A CreateSession without a key gets its order from billing, then finds no
+/// database connection: the start fails UNAVAILABLE, and the order it will
+/// never store is withdrawn, so the user's existing checkout stays payable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_that_finds_no_connection_after_billing_made_its_order_withdraws_it() {
+    let app = spawn_app_with(one_connection()).await;
+    let user = "no-connection";
+    let s0 = app.create_session(user, "basic-monthly").await;
+    let e = create_without_connection(&app, user, None).await;
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
 
     assert_eq!(app.get_session(&s0.id).await.status, SessionStatus::Active as i32);
     assert_eq!(open_orders(&app, user).await, vec![s0.order_id.clone()], "the failed start's order is withdrawn");
     let (p, sig) = app.pay(&s0.order_id);
     assert_eq!(app.complete(&s0.id, &p, &sig).await.unwrap().session.unwrap().status, SessionStatus::Completed as i32);
+    reconcile_refunds(&app, 0).await;
+}
+
+/// The same failure under an idempotency key keeps the order: the retry with
+/// that key asks billing for the very same order and stores it, instead of
+/// being refused ORDER_CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_start_that_finds_no_connection_keeps_its_order_for_the_retry() {
+    let app = spawn_app_with(one_connection()).await;
+    let user = "no-connection-keyed";
+    let s0 = app.create_session(user, "basic-monthly").await;
+    let e = create_without_connection(&app, user, Some("retry-me")).await;
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let kept = open_orders(&app, user).await;
+    assert_eq!(kept.len(), 2, "kept for the retry: {kept:?}");
+
+    let req = cpb::CreateSessionRequest { user_id: user.into(), plan_id: "pro-monthly".into() };
+    let s1 = app.checkout.clone().create_session(tests::clients::with_key(req, "retry-me")).await.unwrap().into_inner();
+    let s1 = s1.session.unwrap();
+    assert!(kept.contains(&s1.order_id) && s1.order_id != s0.order_id, "the retry stores the kept order");
+    assert_eq!(open_orders(&app, user).await, vec![s1.order_id.clone()], "the replaced checkout's order is cancelled");
+    let (p, sig) = app.pay(&s1.order_id);
+    assert_eq!(app.complete(&s1.id, &p, &sig).await.unwrap().session.unwrap().status, SessionStatus::Completed as i32);
     reconcile_refunds(&app, 0).await;
 }
 
