@@ -101,6 +101,21 @@ impl Billing {
         Ok(resp.into_inner().orders)
     }
 
+    /// The orders billing made for these checkout sessions (read-only).
+    #[tracing::instrument(name = "billing.v1.BillingService/BatchGetOrders", skip_all, fields(otel.kind = "client", rpc.system = "grpc"))]
+    pub async fn orders_of_sessions(&self, budget: Budget, session_ids: &[Uuid]) -> Result<Vec<pb::Order>> {
+        let ids: Vec<String> = session_ids.iter().map(Uuid::to_string).collect();
+        let resp = retry(budget, ATTEMPTS, || {
+            let mut c = self.client.clone();
+            let req = budget
+                .request(pb::BatchGetOrdersRequest { order_ids: vec![], checkout_session_ids: ids.clone() }, self.token.expose());
+            async move { c.batch_get_orders(req).await }
+        })
+        .await
+        .map_err(Error::from_billing)?;
+        Ok(resp.into_inner().orders)
+    }
+
     /// Idempotent (a cancelled order stays cancelled), so retries are safe.
     #[tracing::instrument(name = "billing.v1.BillingService/CancelOrders", skip_all, fields(otel.kind = "client"))]
     pub async fn cancel_orders(&self, budget: Budget, order_ids: &[String]) -> Result<Vec<pb::Order>> {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{RETENTION, Session, Status, expire_if_lapsed, find, lock, lock_user, peek};
 use crate::{App, Error, Result, schema::checkout_sessions as cs};
 
-use super::start::{Started, quote, replace_active};
+use super::start::{Started, quote_or_withdraw, replace_active};
 
 async fn recovered_from(c: &mut Conn, source: Uuid) -> Result<Option<Session>> {
     Ok(cs::table.filter(cs::recovered_from.eq(source)).select(Session::as_select()).first(c).await.optional()?)
@@ -69,27 +69,35 @@ pub async fn recover(
         return Err(Error::precondition("SESSION_COMPLETED", id, "the session is paid; nothing to recover"));
     }
     let new_id = recovery_id(id);
-    let q = quote(app, budget, new_id, &source.user_id, &source.plan_id).await?;
-    let mut conn = app.conn().await?;
-    let out: Result<Outcome<_>> = keyed_transaction!(conn, key, now, encode, |c| {
-        lock_user(c, &source.user_id).await?;
-        match recovered_from(c, id).await? {
-            Some(done) => Started { session: done, previous: Some(source.clone()) },
-            None => {
-                let current = lock(c, id).await?;
-                if current.is(Status::Completed) {
-                    return Err(Error::precondition("SESSION_COMPLETED", id, "the session is paid; nothing to recover"));
+    // Every recovery of `id` asks billing for this one session id, keyed or
+    // not: only a failure that may pass leaves its order to the next
+    // attempt (cancelling it would make the session unrecoverable); a
+    // refusal (the source was paid meanwhile) withdraws it.
+    let retry_reuses = super::withdraw::may_pass;
+    let q = quote_or_withdraw(app, budget, new_id, &source.user_id, &source.plan_id, retry_reuses).await?;
+    let out: Result<Outcome<_>> = async {
+        let mut conn = app.conn().await?;
+        keyed_transaction!(conn, key, now, encode, |c| {
+            lock_user(c, &source.user_id).await?;
+            match recovered_from(c, id).await? {
+                Some(done) => Started { session: done, previous: Some(source.clone()) },
+                None => {
+                    let current = lock(c, id).await?;
+                    if current.is(Status::Completed) {
+                        return Err(Error::precondition("SESSION_COMPLETED", id, "the session is paid; nothing to recover"));
+                    }
+                    let current = expire_if_lapsed(c, current, now).await?;
+                    let (_, session) = replace_active(c, new_id, &source.user_id, &q, Some(id), now).await?;
+                    // Re-read: marking the retired sessions' orders touched it.
+                    let current = super::find(c, current.id).await?;
+                    Started { session, previous: Some(current) }
                 }
-                let current = expire_if_lapsed(c, current, now).await?;
-                let (_, session) = replace_active(c, new_id, &source.user_id, &q, Some(id), now).await?;
-                // Re-read: marking the retired sessions' orders touched it.
-                let current = super::find(c, current.id).await?;
-                Started { session, previous: Some(current) }
             }
-        }
-    });
+        })
+    }
+    .await;
+    super::withdraw::settle_unstored(app, &q.order_id, &out, |s: &Started| &s.session.order_id, retry_reuses).await;
     let out = out?;
-    drop(conn);
     super::withdraw::settle_user(app, budget, &source.user_id).await;
     Ok(out)
 }

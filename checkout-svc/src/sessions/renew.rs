@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{Session, Status, find, lock, lock_user, peek};
 use crate::{App, Error, Result};
 
-use super::start::{Started, existing, keyed_id, quote, replace_active};
+use super::start::{Started, existing, keyed_id, quote_or_withdraw, replace_active};
 
 /// Hops [`head_of`] follows before giving up: far beyond any real chain of
 /// plan changes, small enough to bound one query.
@@ -108,30 +108,36 @@ pub async fn renew(
         return Ok(Outcome::Fresh(Started { session: head, previous }));
     }
     let new_id = key.map(|k| keyed_id(k, &head.id.to_string())).unwrap_or_else(Uuid::new_v4);
-    let q = quote(app, budget, new_id, &head.user_id, plan_id).await?;
-    let mut conn = app.conn().await?;
-    let out: Result<Outcome<_>> = keyed_transaction!(conn, key, now, encode, |c| {
-        lock_user(c, &head.user_id).await?;
-        let current = lock(c, head.id).await?;
-        if !current.is(Status::Active) || current.lapsed(now) {
-            // Lost a race with another renew, a completion or expiry.
-            let newest = head_of(c, current).await?;
-            if newest.is(Status::Active) && !newest.lapsed(now) && newest.plan_id == plan_id {
-                Started { session: newest, previous: Some(head.clone()) }
+    // A retry with the same key asks for this order again only while the
+    // head is the same; a refusal (lost race, the session changed) means it
+    // never will.
+    let retry_reuses = |e: &Error| key.is_some() && super::withdraw::may_pass(e);
+    let q = quote_or_withdraw(app, budget, new_id, &head.user_id, plan_id, retry_reuses).await?;
+    let out: Result<Outcome<_>> = async {
+        let mut conn = app.conn().await?;
+        keyed_transaction!(conn, key, now, encode, |c| {
+            lock_user(c, &head.user_id).await?;
+            let current = lock(c, head.id).await?;
+            if !current.is(Status::Active) || current.lapsed(now) {
+                // Lost a race with another renew, a completion or expiry.
+                let newest = head_of(c, current).await?;
+                if newest.is(Status::Active) && !newest.lapsed(now) && newest.plan_id == plan_id {
+                    Started { session: newest, previous: Some(head.clone()) }
+                } else {
+                    return Err(not_renewable(&newest, now).unwrap_or_else(|| {
+                        Error::precondition("SESSION_CHANGED", head.id, "the session changed meanwhile; read it and retry")
+                    }));
+                }
+            } else if let Some(session) = existing(c, new_id).await? {
+                Started { session, previous: Some(head.clone()) }
             } else {
-                return Err(not_renewable(&newest, now).unwrap_or_else(|| {
-                    Error::precondition("SESSION_CHANGED", head.id, "the session changed meanwhile; read it and retry")
-                }));
+                let (previous, session) = replace_active(c, new_id, &head.user_id, &q, None, now).await?;
+                Started { session, previous }
             }
-        } else if let Some(session) = existing(c, new_id).await? {
-            Started { session, previous: Some(head.clone()) }
-        } else {
-            let (previous, session) = replace_active(c, new_id, &head.user_id, &q, None, now).await?;
-            Started { session, previous }
-        }
-    });
-    drop(conn);
-    super::withdraw::settle_unstored(app, budget, &q.order_id, key.is_some(), &out, |s: &Started| &s.session.order_id).await;
+        })
+    }
+    .await;
+    super::withdraw::settle_unstored(app, &q.order_id, &out, |s: &Started| &s.session.order_id, retry_reuses).await;
     let out = out?;
     super::withdraw::settle_user(app, budget, &head.user_id).await;
     Ok(out)

@@ -49,6 +49,26 @@ pub(super) async fn quote(app: &App, budget: Budget, id: Uuid, user_id: &str, pl
     Ok(Quote { plan_id: order.plan_id, amount_minor: order.amount_minor, currency: order.currency, order_id: order.id })
 }
 
+/// [`quote`], and when it failed with an outcome checkout does not know and
+/// no retry will ask for `id` again, the order billing may have made
+/// withdrawn (docs/design.md, Invariants 7).
+pub(super) async fn quote_or_withdraw(
+    app: &App,
+    budget: Budget,
+    id: Uuid,
+    user_id: &str,
+    plan_id: &str,
+    retry_reuses: impl Fn(&Error) -> bool,
+) -> Result<Quote> {
+    let q = quote(app, budget, id, user_id, plan_id).await;
+    if let Err(e) = &q
+        && !retry_reuses(e)
+    {
+        super::withdraw::withdraw_unanswered(app, id, e).await;
+    }
+    q
+}
+
 fn order_cancelled(id: Uuid) -> Error {
     Error::precondition(
         "ORDER_CANCELLED",
@@ -191,22 +211,27 @@ pub async fn create(
     if let Some(active) = &active {
         super::complete::sync_one(app, budget, active).await?;
     }
-    let q = quote(app, budget, id, user_id, plan_id).await?;
+    // The id of a keyed create depends on the key and request only: a retry
+    // that may come asks billing for this very order again.
+    let retry_reuses = |e: &Error| key.is_some() && super::withdraw::may_pass(e);
+    let q = quote_or_withdraw(app, budget, id, user_id, plan_id, retry_reuses).await?;
     let now = app.clock.now();
-    let mut conn = app.conn().await?;
-    let out: Result<Outcome<_>> = keyed_transaction!(conn, key, now, encode, |c| {
-        lock_user(c, user_id).await?;
-        match existing(c, id).await? {
-            // A concurrent identical create committed first.
-            Some(session) => Started { session, previous: None },
-            None => {
-                let (previous, session) = replace_active(c, id, user_id, &q, None, now).await?;
-                Started { session, previous }
+    let out: Result<Outcome<_>> = async {
+        let mut conn = app.conn().await?;
+        keyed_transaction!(conn, key, now, encode, |c| {
+            lock_user(c, user_id).await?;
+            match existing(c, id).await? {
+                // A concurrent identical create committed first.
+                Some(session) => Started { session, previous: None },
+                None => {
+                    let (previous, session) = replace_active(c, id, user_id, &q, None, now).await?;
+                    Started { session, previous }
+                }
             }
-        }
-    });
-    drop(conn);
-    super::withdraw::settle_unstored(app, budget, &q.order_id, key.is_some(), &out, |s: &Started| &s.session.order_id).await;
+        })
+    }
+    .await;
+    super::withdraw::settle_unstored(app, &q.order_id, &out, |s: &Started| &s.session.order_id, retry_reuses).await;
     let out = out?;
     super::withdraw::settle_user(app, budget, user_id).await;
     Ok(out)

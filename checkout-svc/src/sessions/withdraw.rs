@@ -15,11 +15,11 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use proto::billing::v1 as bpb;
-use shared::{client::Budget, db::Conn};
+use shared::{client::Budget, db::Conn, error::ServiceError};
 use uuid::Uuid;
 
 use super::{Session, Status, complete::complete_paid};
-use crate::{App, Result, schema::checkout_sessions as cs};
+use crate::{App, Error, Result, schema::checkout_sessions as cs};
 
 /// At most this many sessions per CancelOrders call (billing's batch limit).
 const PAGE: i64 = 500;
@@ -80,31 +80,74 @@ pub(super) async fn settle_user(app: &App, budget: Budget, user_id: &str) {
     }
 }
 
-/// After a start's transaction: the order billing gave it, when no stored
-/// session carries it (the start lost a race to another one, or failed with
-/// no idempotency key a retry could reuse it under). Withdrawn, so that an
-/// order nobody was shown never counts as the user's newer purchase and
-/// makes the payable one superseded (docs/design.md, Invariants 7). A keyed
-/// start that failed keeps it: its retry asks billing for the same order.
+/// Whether a retry of a start that failed with `e` may ask billing for the
+/// same session id again, so its order must stay open: only a failure that
+/// may pass (billing or the database out of reach or out of time, a
+/// concurrent request with the same key in flight). A refusal (lost race,
+/// precondition, unknown resource, a key reused for another request) ends
+/// the attempt for good, whatever the key.
+pub(super) fn may_pass(e: &Error) -> bool {
+    matches!(e, Error::BillingUnavailable(_) | Error::Service(ServiceError::Db(_) | ServiceError::IdempotencyKeyInFlight))
+}
+
+/// After a start's transaction (or its failure to get a connection): the
+/// order billing gave it, when no stored session carries it (the start lost
+/// a race, or failed in a way its retry will not ask for this order again:
+/// `retry_reuses` says which failures leave it to the retry). Withdrawn, so
+/// that an order nobody was shown never counts as the user's newer purchase
+/// and makes the payable one superseded (docs/design.md, Invariants 7). With
+/// a budget of its own: the request's is often what ran out.
 pub(super) async fn settle_unstored<T>(
     app: &App,
-    budget: Budget,
     order_id: &str,
-    keyed: bool,
     out: &Result<shared::idempotency::Outcome<T>>,
     stored_order: impl Fn(&T) -> &str,
+    retry_reuses: impl Fn(&Error) -> bool,
 ) {
     use shared::idempotency::Outcome;
     let unstored = match out {
         Ok(Outcome::Fresh(v)) => stored_order(v) != order_id,
         Ok(Outcome::Replay(_)) => false,
-        Err(_) => !keyed,
+        Err(e) => !retry_reuses(e),
     };
     if !unstored {
         return;
     }
-    if let Err(e) = app.billing.cancel_orders(budget, &[order_id.to_owned()]).await {
+    if let Err(e) = app.billing.cancel_orders(Budget::new(app.config.billing_timeout), &[order_id.to_owned()]).await {
         tracing::warn!(order_id, error = %e, "order of a start that stored no session left open");
+    }
+}
+
+/// CreateOrder for `session_id` failed with an outcome checkout does not
+/// know (billing out of reach or out of time: it may have committed the
+/// order and not been heard), and no retry will ask for that session id
+/// again. Billing keys the order by session id, so it is looked up and
+/// withdrawn if billing made it, with a budget of its own. A renewal order
+/// is never cancelled for a checkout (it is still owed, Invariants 26). What
+/// this misses stays open until a newer start supersedes it.
+pub(super) async fn withdraw_unanswered(app: &App, session_id: Uuid, e: &Error) {
+    if !matches!(e, Error::BillingUnavailable(_)) {
+        return;
+    }
+    let budget = Budget::new(app.config.billing_timeout);
+    let found = match app.billing.orders_of_sessions(budget, &[session_id]).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(%session_id, error = %e, "order of a failed start not looked up; left open");
+            return;
+        }
+    };
+    let open: Vec<String> = found
+        .into_iter()
+        .filter(|o| o.status == bpb::OrderStatus::Created as i32 && o.renews_subscription_id.is_empty())
+        .map(|o| o.id)
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    match app.billing.cancel_orders(budget, &open).await {
+        Ok(_) => tracing::info!(%session_id, orders = ?open, "order billing made for a failed start withdrawn"),
+        Err(e) => tracing::warn!(%session_id, error = %e, "order of a failed start left open"),
     }
 }
 
