@@ -13,20 +13,9 @@ use tests::{
     helpers::{assert_ledger_matches_balances, scalar},
     spawn_app,
 };
-use tonic::{Code, Status};
+use tonic::Code;
 
-fn request(order_id: &str, amount_minor: i64, refund_id: &str) -> bpb::RefundPaymentRequest {
-    bpb::RefundPaymentRequest {
-        order_id: order_id.into(),
-        amount_minor,
-        reason: "customer asked".into(),
-        refund_id: refund_id.into(),
-    }
-}
-
-async fn refund(app: &TestApp, r: bpb::RefundPaymentRequest) -> Result<bpb::RefundPaymentResponse, Status> {
-    app.billing_admin.clone().refund_payment(r).await.map(|r| r.into_inner())
-}
+use crate::refunds::{refund, request};
 
 async fn order(app: &TestApp, id: &str) -> bpb::Order {
     app.billing.clone().get_order(bpb::GetOrderRequest { id: id.into() }).await.unwrap().into_inner().order.unwrap()

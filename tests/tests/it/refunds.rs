@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 
 use crate::hardening_billing::precondition_type;
 
-fn request(order_id: &str, amount_minor: i64, refund_id: &str) -> bpb::RefundPaymentRequest {
+pub(crate) fn request(order_id: &str, amount_minor: i64, refund_id: &str) -> bpb::RefundPaymentRequest {
     bpb::RefundPaymentRequest {
         order_id: order_id.into(),
         amount_minor,
@@ -23,7 +23,8 @@ fn request(order_id: &str, amount_minor: i64, refund_id: &str) -> bpb::RefundPay
     }
 }
 
-async fn refund(app: &TestApp, r: bpb::RefundPaymentRequest) -> Result<bpb::RefundPaymentResponse, Status> {
+/// RefundPayment with the admin token (operators refund, services cannot).
+pub(crate) async fn refund(app: &TestApp, r: bpb::RefundPaymentRequest) -> Result<bpb::RefundPaymentResponse, Status> {
     app.billing_admin.clone().refund_payment(r).await.map(|r| r.into_inner())
 }
 
