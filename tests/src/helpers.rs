@@ -140,6 +140,15 @@ impl TestApp {
         }
     }
 
+    /// RunReconciliation with the admin token: the findings, after repairs
+    /// when `fix`.
+    pub async fn reconcile(&self, fix: bool) -> Vec<bpb::Finding> {
+        match self.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix }).await {
+            Ok(r) => r.into_inner().findings,
+            Err(e) => panic!("RunReconciliation: {e:?}"),
+        }
+    }
+
     /// Runs billing job `name` once, through the test-side App.
     pub async fn run_job(&self, name: &str) -> String {
         match billing_svc::jobs::run_once(&self.billing_app, name).await {

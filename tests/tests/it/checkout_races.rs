@@ -3,10 +3,7 @@
 //! PostgreSQL, real sockets.
 use chrono::Duration;
 use futures::future::join_all;
-use proto::{
-    billing::v1 as bpb,
-    checkout::v1::{self as cpb, SessionStatus},
-};
+use proto::checkout::v1::{self as cpb, SessionStatus};
 use tests::{clients::with_key, helpers::scalar, spawn_app};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -155,14 +152,7 @@ async fn race_renew_recover_complete_on_one_session_stay_consistent() {
     assert!(
         scalar(&mut bdb, "SELECT count(*) AS n FROM subscriptions WHERE user_id = 'mixer' AND order_id IS NOT NULL").await <= 1
     );
-    let findings = app
-        .billing_admin
-        .clone()
-        .run_reconciliation(bpb::RunReconciliationRequest { fix: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .findings;
+    let findings = app.reconcile(true).await;
     assert!(
         findings.iter().all(|f| f.kind == "PAYMENT_DISCREPANCY" && f.fixed),
         "only the refused payment, refunded: {findings:?}"

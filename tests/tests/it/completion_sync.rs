@@ -222,14 +222,7 @@ async fn paying_an_old_session_retires_the_users_active_one() {
         Code::FailedPrecondition,
         "a second payment buys nothing"
     );
-    let findings = app
-        .billing_admin
-        .clone()
-        .run_reconciliation(bpb::RunReconciliationRequest { fix: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .findings;
+    let findings = app.reconcile(true).await;
     assert_eq!(findings.iter().filter(|f| f.kind == "PAYMENT_DISCREPANCY" && f.fixed).count(), 1, "{findings:?}");
     assert_eq!(findings.len(), 1, "{findings:?}");
     let mut db = app.billing_db().await;

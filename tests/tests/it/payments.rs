@@ -301,16 +301,7 @@ async fn a_foreign_payment_is_reported_never_refunded_by_reconcile_fix() {
     }
     let mut db = app.billing_db().await;
     assert_eq!(tests::helpers::scalar(&mut db, "SELECT count(*) AS n FROM refunds").await, 0, "never refunded");
-    let subject = app
-        .billing_admin
-        .clone()
-        .run_reconciliation(bpb::RunReconciliationRequest { fix: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .findings[0]
-        .subject_id
-        .clone();
+    let subject = app.reconcile(false).await[0].subject_id.clone();
     let closed = billing_svc::reconcile::acknowledge(
         &mut db,
         "FOREIGN_PAYMENT",

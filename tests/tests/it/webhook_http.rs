@@ -225,10 +225,6 @@ fn authorized(app: &TestApp, order_id: &str, payment_id: &str, amount: i64, curr
     (body, sig)
 }
 
-async fn reconcile(app: &TestApp, fix: bool) -> Vec<bpb::Finding> {
-    app.billing_admin.clone().run_reconciliation(bpb::RunReconciliationRequest { fix }).await.unwrap().into_inner().findings
-}
-
 /// docs/design.md, Invariants 28: a late `payment.authorized` (auto-capture
 /// off or failed) of an order that can take it is captured through the
 /// gateway's capture API and pays the order once; the `payment.captured`
@@ -255,7 +251,7 @@ async fn a_late_authorization_is_captured_through_the_gateway_and_pays_the_order
         1
     );
     assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE order_id = '{}'", order.id)).await, 1);
-    assert!(reconcile(&app, false).await.is_empty());
+    assert!(app.reconcile(false).await.is_empty());
     assert_ledger_matches_balances(&mut db).await;
 }
 
@@ -300,7 +296,7 @@ async fn an_authorization_the_order_cannot_take_is_not_captured_and_is_flagged()
     );
     // Reported, never "fixed" by a refund: there is nothing to refund.
     for _ in 0..2 {
-        let findings = reconcile(&app, true).await;
+        let findings = app.reconcile(true).await;
         assert_eq!(findings.len(), 2, "{findings:?}");
         assert!(findings.iter().all(|f| f.kind == "WEBHOOK_REJECTED" && !f.fixed), "{findings:?}");
     }
@@ -332,7 +328,7 @@ async fn a_capture_of_unknown_outcome_is_redelivered_and_pays_once() {
     assert!(app.gateway.capture_calls().iter().all(|p| p == "pay_lost"));
     assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM subscriptions WHERE order_id = '{}'", order.id)).await, 1);
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM webhook_events WHERE event_id = 'evt_lost'").await, 1);
-    assert!(reconcile(&app, false).await.is_empty());
+    assert!(app.reconcile(false).await.is_empty());
     assert_ledger_matches_balances(&mut db).await;
 }
 
@@ -375,13 +371,13 @@ async fn a_lost_capture_of_an_order_cancelled_before_the_redelivery_is_refunded_
     assert_eq!(scalar(&mut db, &recorded).await, 1);
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions").await, 0);
 
-    let found = reconcile(&app, false).await;
+    let found = app.reconcile(false).await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found.iter().all(|f| f.kind == "PAYMENT_DISCREPANCY"), "{found:?}");
-    let fixed = reconcile(&app, true).await;
+    let fixed = app.reconcile(true).await;
     assert_eq!(fixed.iter().filter(|f| f.fixed).count(), 1, "{fixed:?}");
     for fix in [false, true] {
-        assert!(reconcile(&app, fix).await.is_empty(), "nothing left");
+        assert!(app.reconcile(fix).await.is_empty(), "nothing left");
     }
     let made = app.gateway.refunds_made("pay_lost_cancel");
     assert_eq!(made.len(), 1, "refunded once: {made:?}");
