@@ -129,7 +129,7 @@ mod periods;
 pub use ending::{
     Cancelled, cancel, end_now, forfeit_carried, refund_unused_renewal, refund_unused_renewals, set_cancel_at_period_end,
 };
-pub use periods::{as_of, current, current_locked, is_due, roll, roll_due, roll_if_due};
+pub use periods::{as_of, current, current_locked, roll, roll_due, roll_if_due};
 
 /// The calendar month containing `now` (free plan periods).
 pub fn calendar_month(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
