@@ -25,20 +25,23 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::db::{Conn, Races};
+use shared::db::Conn;
 
 use crate::{
-    App, Error, Result,
+    Result,
     gateway::RefundStatus,
     orders::{self, Order},
     schema::refunds,
-    subscriptions,
 };
 
 mod discrepancy;
+mod full_refund;
+mod order_refund;
 mod outcome;
 pub use discrepancy::{DiscrepancyRefund, refund_discrepancy};
-use outcome::{Answer, Claim};
+pub use full_refund::end_if_fully_refunded;
+use full_refund::reopen_if_paid_again;
+pub use order_refund::refund_order;
 
 /// Longest reason accepted.
 pub const MAX_REASON: usize = 500;
@@ -125,55 +128,8 @@ async fn find(conn: &mut Conn, id: &str) -> Result<Option<Refund>> {
     Ok(refunds::table.find(id).select(Refund::as_select()).first(conn).await.optional()?)
 }
 
-/// Step 1 of an order refund, under the order's row lock: a replay of a
-/// settled refund, or the PENDING row this caller claimed (new, or one
-/// still pending or of unknown outcome).
-enum Begun {
-    Replay(Refund),
-    Ask(Claim),
-}
-
 /// Refund ids `reconcile --fix` uses for discrepancies; refused from callers.
 pub const DISCREPANCY_PREFIX: &str = "discrepancy:";
-
-async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Begun> {
-    let order = orders::lock_optional(conn, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
-    let subject = format!("order:{}", order.id);
-    if let Some(prior) = find(conn, &r.refund_id).await? {
-        let same = prior.order_id.as_deref() == Some(order.id.as_str())
-            && prior.discrepancy_id.is_none()
-            && (r.amount_minor == 0 || r.amount_minor == prior.amount_minor);
-        if !same {
-            return Err(Error::precondition(
-                "REFUND_ID_REUSED",
-                format!("refund:{}", r.refund_id),
-                "this refund_id was used for another order or amount; use a new refund_id",
-            ));
-        }
-        if prior.status == Status::Pending {
-            return Ok(Begun::Ask(outcome::claim(conn, &prior, true, now, lease).await?));
-        }
-        return Ok(Begun::Replay(prior));
-    }
-    let Some(payment_id) = order.payment_id.clone().filter(|_| order.is_paid()) else {
-        return Err(Error::precondition("ORDER_NOT_PAID", subject, format!("order {} has no captured payment", order.id)));
-    };
-    let left = order.amount_minor - refunded_of(conn, &payment_id).await?;
-    let amount = if r.amount_minor == 0 { left } else { r.amount_minor };
-    if left <= 0 || amount > left {
-        return Err(Error::precondition(
-            "REFUND_EXCEEDS_CAPTURED",
-            subject,
-            format!(
-                "order {} captured {} {} and {left} is left to refund; {amount} asked",
-                order.id, order.amount_minor, order.currency
-            ),
-        ));
-    }
-    let pending =
-        insert_pending(conn, &r.refund_id, &payment_id, Some(&order.id), None, amount, &order.currency, &r.reason, now).await?;
-    Ok(Begun::Ask(outcome::claim(conn, &pending, false, now, lease).await?))
-}
 
 #[allow(clippy::too_many_arguments)]
 async fn insert_pending(
@@ -226,56 +182,6 @@ async fn settled(conn: &mut Conn, after: &Refund, order: Option<&Order>, now: Da
     discrepancy::follow_refund(conn, after, now).await
 }
 
-/// RefundPayment: refunds (part of) an order's captured payment.
-pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
-    let now = app.clock.now();
-    let lease = outcome::lease(app);
-    let begun = {
-        let mut conn = app.conn().await?;
-        shared::retry_tx!(&mut conn, Races::ConflictsAndUnique, |c| begin(c, r, now, lease).await)?
-    };
-    let claim = match begun {
-        Begun::Replay(refund) => {
-            let order = orders::view(&mut *app.conn().await?, &r.order_id).await?;
-            return Ok(Refunded { refund, order, replayed: true });
-        }
-        Begun::Ask(claim) => claim,
-    };
-    let answer = outcome::consult(app, &claim).await;
-    let mut conn = app.conn().await?;
-    let recorded = shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
-        let order = orders::lock_optional(c, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
-        discrepancy::lock_of_payment(c, &claim.refund.payment_id).await?;
-        let (recorded, settled_here) = outcome::record(c, &claim, &answer, now).await?;
-        if settled_here {
-            settled(c, &recorded, Some(&order), now).await?;
-        }
-        Ok::<_, Error>(recorded)
-    })?;
-    match &answer {
-        Answer::Unknown(e) => {
-            tracing::warn!(refund_id = %recorded.id, order_id = %r.order_id, error = %e, "refund outcome unknown; stays PENDING");
-            Err(e.clone().into())
-        }
-        Answer::Refused(why) if recorded.status == Status::Failed => {
-            tracing::warn!(refund_id = %recorded.id, order_id = %r.order_id, %why, "gateway refused a refund");
-            Err(Error::precondition(
-                "GATEWAY_REFUSED",
-                format!("refund:{}", recorded.id),
-                format!("the gateway refused the refund ({why}); it is recorded FAILED and the order is unchanged"),
-            ))
-        }
-        // Refused, but another caller has claimed the refund since: its
-        // answer decides; this caller retries.
-        Answer::Refused(_) => Err(shared::error::ServiceError::IdempotencyKeyInFlight.into()),
-        Answer::Accepted { .. } | Answer::StillPending => {
-            tracing::info!(refund_id = %recorded.id, order_id = %r.order_id, amount = recorded.amount_minor, status = %recorded.status, "refund recorded");
-            let order = orders::view(&mut conn, &r.order_id).await?;
-            Ok(Refunded { refund: recorded, order, replayed: claim.replayed })
-        }
-    }
-}
-
 /// PROCESSED refunds of a payment.
 async fn processed_of(conn: &mut Conn, payment_id: &str) -> Result<i64> {
     let amounts: Vec<i64> = refunds::table
@@ -285,86 +191,6 @@ async fn processed_of(conn: &mut Conn, payment_id: &str) -> Result<i64> {
         .load(conn)
         .await?;
     Ok(amounts.iter().sum())
-}
-
-/// What a full refund (PROCESSED) of `order` takes back. Order row held;
-/// subscriptions are locked after it, as everywhere:
-/// - the order paid the subscription's current period: it ends now, its
-///   credits forfeited;
-/// - a renewal of a period not begun yet: it will not open (the roll checks
-///   refunds), and the subscription ends at period end instead of going
-///   PAST_DUE; already PAST_DUE (the refund was settled after the period
-///   ended), it ends now, CANCELLED at that period end;
-/// - a purchase whose subscription was replaced: the credits it carried
-///   into the user's live subscription are forfeited there.
-pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
-    let Some(payment_id) = &order.payment_id else { return Ok(()) };
-    if processed_of(conn, payment_id).await? < order.amount_minor {
-        return Ok(());
-    }
-    let sub_id = match order.renews_subscription_id {
-        Some(id) => Some(id),
-        None => subscriptions::by_order(conn, &order.id).await?.map(|s| s.id),
-    };
-    let Some(sub_id) = sub_id else { return Ok(()) };
-    let sub = subscriptions::lock(conn, sub_id).await?;
-    if sub.status == subscriptions::Status::Replaced {
-        subscriptions::forfeit_carried(conn, &sub, now).await?;
-        return Ok(());
-    }
-    if !sub.status.is_live() {
-        return Ok(());
-    }
-    match order.renews_period_start {
-        Some(start) if start == sub.period_end => {
-            subscriptions::set_cancel_at_period_end(conn, sub.id, now).await?;
-            if sub.status == subscriptions::Status::PastDue {
-                // Its period already ended unpaid and now never will be
-                // paid: it ends at that period end (CANCELLED, as the roll
-                // does with the flag) instead of waiting out the grace
-                // period to EXPIRE.
-                orders::cancel_renewals_of(conn, sub.id, now).await?;
-                subscriptions::roll(conn, sub.id, now).await?;
-                tracing::info!(order_id = %order.id, subscription_id = %sub.id, "unpaid renewal refunded: past-due subscription ended");
-            } else {
-                tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal refunded: ends at period end");
-            }
-        }
-        Some(start) if start != sub.period_start => {}
-        // A renewal of the current period, or the purchase while its first
-        // period runs.
-        _ if order.renews_period_start.is_some() || sub.period_start == sub.anchor_at => {
-            subscriptions::end_now(conn, &sub, now).await?;
-            tracing::info!(order_id = %order.id, subscription_id = %sub.id, "fully refunded: subscription cancelled");
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// A FAILED refund gives its amount back. A renewal it had made count as
-/// unpaid counts as paid again, so a subscription that went PAST_DUE
-/// meanwhile reopens its period now, anchored at the old period end
-/// ([`subscriptions::roll_if_due`]; the next read, use or job would too).
-/// A subscription that ended meanwhile (EXPIRED past its grace period,
-/// cancelled) never opens that period: the renewal's payment is kept for
-/// nothing, so it becomes a SUBSCRIPTION_ENDED discrepancy that reconcile
-/// reports and `--fix` refunds. Order row held; the subscription is locked
-/// after it.
-async fn reopen_if_paid_again(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
-    let Some(sub_id) = order.renews_subscription_id else { return Ok(()) };
-    let sub = subscriptions::lock(conn, sub_id).await?;
-    if subscriptions::roll_if_due(conn, &sub, now).await? {
-        tracing::info!(order_id = %order.id, subscription_id = %sub.id, "renewal paid again (refund failed): period reopened");
-        return Ok(());
-    }
-    let never_opened = order.renews_period_start.is_some_and(|start| start >= sub.period_end);
-    if !sub.status.is_live() && order.is_paid() && never_opened {
-        subscriptions::refund_unused_renewal(conn, &sub, order, now).await?;
-        tracing::warn!(order_id = %order.id, subscription_id = %sub.id, status = %sub.status,
-            "renewal paid again (refund failed) after its subscription ended: owed back");
-    }
-    Ok(())
 }
 
 /// What a `refund.processed` / `refund.failed` event says, its fields
