@@ -102,8 +102,16 @@ async fn a_start_refused_after_billing_made_its_order_leaves_the_users_checkout_
         let req = cpb::CreateSessionRequest { user_id: u.into(), plan_id: "pro-monthly".into() };
         tokio::spawn(async move { c.create_session(tests::clients::with_key(req, "shared-key")).await.map(|r| r.into_inner()) })
     };
-    let (other, mine) = (call("other-user"), call(user));
+    // The other user's request claims the key first, then this user's
+    // request comes: started together, whichever the scheduler ran first
+    // took the key, and this user's request could win it.
     let mut observer = app.checkout_db().await;
+    let other = call("other-user");
+    assert!(
+        tests::helpers::wait_for_waiters(&mut observer, 1, std::time::Duration::from_secs(15)).await,
+        "the other got an order"
+    );
+    let mine = call(user);
     assert!(tests::helpers::wait_for_waiters(&mut observer, 2, std::time::Duration::from_secs(15)).await, "both got an order");
     exec(&mut first, "ROLLBACK").await;
     other.await.unwrap().unwrap();
