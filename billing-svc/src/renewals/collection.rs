@@ -1,217 +1,20 @@
-//! The renewal job (docs/design.md, "Subscription lifecycle"): every paid
-//! period is paid for. One iteration, safe on every replica and to run
-//! twice, holding at most one pooled connection at a time and none while the
-//! gateway is called:
-//!
-//! 1. **expire**: PAST_DUE subscriptions whose grace period is over become
-//!    EXPIRED and their renewal order CANCELLED (a later payment of it is a
-//!    refundable discrepancy); the user falls back to the free plan.
-//! 2. **open**: from `RENEWAL_LEAD_HOURS` before `period_end`, one renewal
-//!    order per (subscription, next period), at the plan's current price.
-//!    The unique key (renews_subscription_id, renews_period_start) makes a
-//!    second replica's insert a no-op.
-//! 3. **collect**: renewal orders of subscriptions with a saved payment
-//!    method are charged when due, claimed first (the claim moves the next
-//!    attempt `RENEWAL_RETRY_HOURS` ahead, so no two replicas charge one
-//!    order at once); a captured charge goes through the capture path like
-//!    any payment. A declined charge is retried on that schedule until the
-//!    subscription expires.
-use chrono::{DateTime, Duration, Utc};
+//! Step 3 of the renewal job: charging the saved payment methods of the
+//! renewal orders that are due, and settling what the gateway reports.
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use sha2::{Digest, Sha256};
 use shared::db::Conn;
-use uuid::Uuid;
 
+use super::{Settings, opening::receipt};
 use crate::{
     App, Result,
     discrepancies::Source,
-    gateway::{GatewayError, GatewayPayment, METHOD_UNUSABLE, NewOrder, PaymentStatus},
-    orders::{self, Order, Status as OrderStatus},
+    gateway::{GatewayError, GatewayPayment, METHOD_UNUSABLE, PaymentStatus},
+    orders::{Order, Status as OrderStatus},
     payments::{self, Capture, Payment},
-    plans,
-    schema::{orders as o, subscriptions as s},
-    subscriptions::{self, SavedMethod, Status, Subscription},
+    schema::orders as o,
+    subscriptions::{self, SavedMethod, Subscription},
 };
-
-/// What one iteration did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub expired: usize,
-    pub orders_created: usize,
-    pub charged: usize,
-    pub declined: usize,
-}
-
-/// The lifecycle settings, from the configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    pub lead: Duration,
-    pub grace: Duration,
-    pub retry: Duration,
-}
-
-impl Settings {
-    pub fn of(app: &App) -> Self {
-        let l = &app.config.lifecycle;
-        Settings { lead: l.renewal_lead, grace: l.grace_period, retry: l.renewal_retry }
-    }
-}
-
-pub async fn run_once(app: &App, now: DateTime<Utc>, batch: i64) -> Result<Summary> {
-    let settings = Settings::of(app);
-    let mut summary = Summary::default();
-    loop {
-        let n = expire_due(app, now, settings, batch).await?;
-        summary.expired += n;
-        if (n as i64) < batch {
-            break;
-        }
-    }
-    summary.orders_created = open_due(app, now, settings, batch).await?;
-    let (charged, declined) = collect_due(app, now, settings, batch).await?;
-    summary.charged = charged;
-    summary.declined = declined;
-    Ok(summary)
-}
-
-/// PAST_DUE past the grace period → EXPIRED, renewal orders cancelled. Each
-/// in its own transaction, order rows locked before the subscription (the
-/// capture path's order), re-checked after locking.
-async fn expire_due(app: &App, now: DateTime<Utc>, st: Settings, batch: i64) -> Result<usize> {
-    let mut conn = app.conn().await?;
-    let due: Vec<Uuid> = s::table
-        .filter(s::status.eq(Status::PastDue))
-        .filter(s::period_end.le(now - st.grace))
-        .select(s::id)
-        .limit(batch)
-        .load(&mut conn)
-        .await?;
-    let mut expired = 0;
-    for id in due {
-        let done = shared::retry_tx!(&mut conn, shared::db::Races::Conflicts, |c| {
-            let renewals: Vec<String> = o::table
-                .filter(o::renews_subscription_id.eq(id))
-                .filter(o::status.eq(OrderStatus::Created))
-                .select(o::id)
-                .for_update()
-                .load(c)
-                .await?;
-            let sub = subscriptions::lock(c, id).await?;
-            // Its renewal may count as paid again (a refund of it failed, a
-            // late capture): the period reopens instead.
-            if subscriptions::roll_if_due(c, &sub, now).await? {
-                return Ok::<_, crate::Error>(false);
-            }
-            if sub.status != Status::PastDue || now < sub.period_end + st.grace {
-                return Ok::<_, crate::Error>(false);
-            }
-            orders::cancel_renewals_of(c, id, now).await?;
-            diesel::update(s::table.find(id))
-                .set((s::status.eq(Status::Expired), s::ended_at.eq(now), s::updated_at.eq(now)))
-                .execute(c)
-                .await?;
-            tracing::info!(subscription_id = %id, user_id = %sub.user_id, cancelled_orders = renewals.len(), "unpaid after the grace period: expired");
-            Ok(true)
-        })?;
-        expired += usize::from(done);
-    }
-    Ok(expired)
-}
-
-/// Our gateway `receipt` for the renewal of `sub` into the period starting
-/// at `period_start`: deterministic (a retried create finds the order a
-/// timed-out attempt made) and within Razorpay's 40 characters.
-fn receipt(sub: Uuid, period_start: DateTime<Utc>) -> String {
-    let digest = Sha256::digest(format!("{sub}/{}", period_start.timestamp()));
-    format!("rnw_{}", &hex::encode(digest)[..32])
-}
-
-/// Creates the renewal orders that are due.
-async fn open_due(app: &App, now: DateTime<Utc>, st: Settings, batch: i64) -> Result<usize> {
-    let due: Vec<Subscription> = {
-        let mut conn = app.conn().await?;
-        s::table
-            .filter(s::status.eq_any([Status::Active, Status::PastDue]))
-            .filter(s::calendar_periods.eq(false))
-            .filter(s::cancel_at_period_end.eq(false))
-            .filter(s::period_end.le(now + st.lead))
-            .filter(s::period_end.gt(now - st.grace))
-            .filter(diesel::dsl::not(diesel::dsl::exists(
-                o::table
-                    .filter(o::renews_subscription_id.eq(s::id.nullable()))
-                    .filter(o::renews_period_start.eq(s::period_end.nullable())),
-            )))
-            .select(Subscription::as_select())
-            // The most urgent first; the rest on the next iterations.
-            .order(s::period_end)
-            .limit(batch)
-            .load(&mut conn)
-            .await?
-    };
-    let mut created = 0;
-    for sub in due {
-        match open_one(app, &sub, now).await {
-            Ok(true) => created += 1,
-            Ok(false) => {}
-            // One subscription's trouble (the gateway down) must not stop
-            // the others; the next iteration tries again.
-            Err(e) => tracing::warn!(subscription_id = %sub.id, error = %e, "renewal order not created; retried next run"),
-        }
-    }
-    Ok(created)
-}
-
-async fn open_one(app: &App, sub: &Subscription, now: DateTime<Utc>) -> Result<bool> {
-    let plan = plans::get(&mut *app.conn().await?, &sub.plan_id).await?;
-    if plan.price_minor <= 0 {
-        tracing::warn!(subscription_id = %sub.id, plan_id = %plan.id, "plan has no price; nothing to renew");
-        return Ok(false);
-    }
-    let receipt = receipt(sub.id, sub.period_end);
-    let at_gateway = app
-        .gateway
-        .create_order(&NewOrder {
-            amount_minor: plan.price_minor,
-            currency: &plan.currency,
-            receipt: &receipt,
-            user_id: &sub.user_id,
-            plan_id: &plan.id,
-            mandate: None,
-        })
-        .await?;
-    let next_charge_at = subscriptions::saved_method(sub).map(|_| now);
-    let mut conn = app.conn().await?;
-    shared::retry_tx!(&mut conn, shared::db::Races::Conflicts, |c| {
-        // Still renewing into this period (not cancelled, replaced or
-        // expired meanwhile)? The lock keeps it so until the insert commits.
-        let fresh = subscriptions::lock(c, sub.id).await?;
-        if !fresh.status.is_live() || fresh.cancel_at_period_end || fresh.period_end != sub.period_end {
-            return Ok(false);
-        }
-        let n = diesel::insert_into(o::table)
-            .values((
-                o::id.eq(&at_gateway.id),
-                o::user_id.eq(&sub.user_id),
-                o::plan_id.eq(&plan.id),
-                o::amount_minor.eq(plan.price_minor),
-                o::currency.eq(&plan.currency),
-                o::renews_subscription_id.eq(sub.id),
-                o::renews_period_start.eq(sub.period_end),
-                o::next_charge_at.eq(next_charge_at),
-                o::created_at.eq(now),
-                o::updated_at.eq(now),
-            ))
-            .on_conflict((o::renews_subscription_id, o::renews_period_start))
-            .do_nothing()
-            .execute(c)
-            .await?;
-        if n == 1 {
-            tracing::info!(subscription_id = %sub.id, order_id = %at_gateway.id, period_start = %sub.period_end, "renewal order created");
-        }
-        Ok::<_, crate::Error>(n == 1)
-    })
-}
 
 /// Claims the renewal orders whose charge is due: each claim counts the
 /// attempt and moves the next one `retry` ahead, in one statement, so the
@@ -239,7 +42,7 @@ async fn claim_due(conn: &mut Conn, now: DateTime<Utc>, st: Settings, batch: i64
 
 /// Charges the claimed renewal orders' saved payment methods. Returns
 /// (captured, declined).
-async fn collect_due(app: &App, now: DateTime<Utc>, st: Settings, batch: i64) -> Result<(usize, usize)> {
+pub(super) async fn collect_due(app: &App, now: DateTime<Utc>, st: Settings, batch: i64) -> Result<(usize, usize)> {
     let claimed = claim_due(&mut *app.conn().await?, now, st, batch).await?;
     let (mut charged, mut declined) = (0, 0);
     for order in claimed {
@@ -454,18 +257,4 @@ async fn stop_charging(app: &App, order_id: &str, why: &str, now: DateTime<Utc>)
         .execute(&mut *app.conn().await?)
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn receipts_are_stable_and_fit_razorpay() {
-        let sub = Uuid::nil();
-        let t = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
-        assert_eq!(receipt(sub, t), receipt(sub, t));
-        assert_ne!(receipt(sub, t), receipt(sub, t + Duration::days(30)));
-        assert!(receipt(sub, t).len() <= 40);
-    }
 }
