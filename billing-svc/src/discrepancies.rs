@@ -147,3 +147,29 @@ pub async fn acknowledge(conn: &mut Conn, id: i64, note: &str, now: DateTime<Utc
     }
     Ok(n == 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    /// VerifyPayment answers a recorded payment with its kind as both the
+    /// PreconditionFailure type and the ErrorInfo reason: the names agree.
+    #[test]
+    fn every_kind_has_the_reason_of_its_name() {
+        for name in [
+            "ORDER_SUPERSEDED",
+            "ORDER_CANCELLED",
+            "SECOND_PAYMENT",
+            "AMOUNT_MISMATCH",
+            "UNKNOWN_ORDER",
+            "RECORDED_BEFORE_CLASSIFICATION",
+            "SUBSCRIPTION_ENDED",
+        ] {
+            let kind = Kind::from_str(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(kind.reason().as_str_name(), kind.as_str());
+            assert_eq!(kind.reason().code(), tonic::Code::FailedPrecondition, "{name}");
+        }
+    }
+}

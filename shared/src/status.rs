@@ -247,6 +247,25 @@ mod tests {
     }
 
     #[test]
+    fn database_failures_carry_their_reasons() {
+        let cases = [
+            (DbError::Unavailable("down".into()), ErrorReason::DatabaseUnavailable),
+            (DbError::Conflict("40001".into()), ErrorReason::ConcurrentUpdate),
+            (DbError::UniqueViolation { constraint: "c".into() }, ErrorReason::ConcurrentUpdate),
+            (DbError::Timeout("lock".into()), ErrorReason::RowBusy),
+            (DbError::InvalidInput("date out of range".into()), ErrorReason::ValueNotStorable),
+            (DbError::Other("bug".into()), ErrorReason::InternalError),
+        ];
+        for (e, want) in cases {
+            let s = from_db(&e);
+            assert_eq!((s.code(), proto::error::reason_of(&s)), (want.code(), Some(want)), "{e:?}");
+        }
+        let s = from_db(&DbError::InvalidInput("date out of range".into()));
+        let field = s.get_error_details().bad_request().and_then(|b| b.field_violations.first().map(|v| v.field.clone()));
+        assert_eq!(field.as_deref(), Some("request"), "BadRequest stays");
+    }
+
+    #[test]
     fn errors_stay_small_whatever_the_request() {
         let mut v = Violations::new();
         let long = "x".repeat(100_000);

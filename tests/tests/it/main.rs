@@ -12,6 +12,7 @@ mod checkout_races;
 mod checkout_sessions;
 mod completion_sync;
 mod deduct_batch;
+mod error_reasons;
 mod guards;
 mod hardening_billing;
 mod hardening_checkout;
