@@ -147,9 +147,11 @@ where
     // Beyond the global limit a request is shed at once with UNAVAILABLE
     // OVERLOADED and RetryInfo (retryable, maybe on another replica) instead
     // of queueing unbounded.
-    // RPC metrics sit outside, so shed requests are counted too.
+    // RPC metrics sit outside, so shed requests are counted too. The
+    // caller's deadline is answered here, with its reason (crate::deadline).
     let layers = ServiceBuilder::new()
         .layer(crate::metrics::RpcMetricsLayer)
+        .layer(crate::deadline::DeadlineLayer)
         .map_err(move |e: BoxError| -> BoxError {
             if e.is::<tower::load_shed::error::Overloaded>() {
                 Box::new(crate::status::unavailable(

@@ -368,7 +368,8 @@ async fn walk_a_held_row(w: &mut Walk) {
 }
 
 /// The only pooled connection waits on a held row: the next call finds
-/// none in time (UNAVAILABLE DATABASE_UNAVAILABLE).
+/// none in time (UNAVAILABLE DATABASE_UNAVAILABLE), or its deadline passes
+/// first (DEADLINE_EXCEEDED).
 async fn walk_no_connection(w: &mut Walk) {
     let opts = Options { pool_size: 1, lock_timeout: Duration::from_secs(10), ..Options::default() };
     let app = spawn_app_with(opts).await;
@@ -387,6 +388,12 @@ async fn walk_no_connection(w: &mut Walk) {
     assert!(wait_for_waiters(&mut observer, 1, Duration::from_secs(10)).await, "the deduction never waited on the row");
     let r = app.billing.clone().get_plan(bpb::GetPlanRequest { id: "free".into() }).await;
     w.saw(R::DatabaseUnavailable, "GetPlan(no free connection)", r);
+    // The caller's deadline passes first: answered by the service with its
+    // reason, not tonic's bare CANCELLED.
+    let mut req = tonic::Request::new(bpb::GetPlanRequest { id: "free".into() });
+    req.set_timeout(Duration::from_millis(300));
+    let s = w.saw(R::DeadlineExceeded, "GetPlan(300 ms deadline, no free connection)", app.billing.clone().get_plan(req).await);
+    assert!(s.message().contains("same idempotency key"), "{s:?}");
     exec(&mut holder, "COMMIT").await;
     waiting.await.unwrap().unwrap();
 }
