@@ -11,7 +11,7 @@ use super::{
     params::{order_page_token, order_status, page_after, page_size, parse_order_page_token},
     run,
 };
-use crate::{App, orders};
+use crate::{App, checkout_orders, orders, views};
 
 #[instrument(skip_all, fields(checkout_session_id = %req.get_ref().checkout_session_id))]
 pub(super) async fn create_order(app: &App, req: Request<pb::CreateOrderRequest>) -> RpcResult<pb::CreateOrderResponse> {
@@ -25,11 +25,11 @@ pub(super) async fn create_order(app: &App, req: Request<pb::CreateOrderRequest>
     let app = app.clone();
     let order = run(async move {
         let _pass = app.gate.enter(&format!("checkout_session:{session_id}")).await?;
-        orders::create(&app, session_id, &r.user_id, &r.plan_id).await
+        checkout_orders::create(&app, session_id, &r.user_id, &r.plan_id).await
     })
     .await?;
     Ok(Response::new(pb::CreateOrderResponse {
-        order: Some(convert::order(&orders::OrderView::new(order, None))),
+        order: Some(convert::order(&views::OrderView::new(order, None))),
         gateway_key_id,
     }))
 }
@@ -49,7 +49,7 @@ pub(super) async fn batch_get_orders(
     let session_ids: Vec<Uuid> = r.checkout_session_ids.iter().map(|s| v.uuid("checkout_session_ids", s)).collect();
     v.finish()?;
     let app = app.clone();
-    let views = run(async move { orders::batch_get(&mut *app.conn().await?, &r.order_ids, &session_ids).await }).await?;
+    let views = run(async move { views::batch_orders(&mut *app.conn().await?, &r.order_ids, &session_ids).await }).await?;
     Ok(Response::new(pb::BatchGetOrdersResponse { orders: views.iter().map(convert::order).collect() }))
 }
 
@@ -63,7 +63,12 @@ pub(super) async fn cancel_orders(app: &App, req: Request<pb::CancelOrdersReques
     }
     v.finish()?;
     let app = app.clone();
-    let views = run(async move { orders::cancel_unpaid(&mut *app.conn().await?, &r.order_ids, app.clock.now()).await }).await?;
+    let views = run(async move {
+        let mut c = app.conn().await?;
+        let answered = orders::cancel_unpaid(&mut c, &r.order_ids, app.clock.now()).await?;
+        views::batch_orders(&mut c, &answered, &[]).await
+    })
+    .await?;
     Ok(Response::new(pb::CancelOrdersResponse { orders: views.iter().map(convert::order).collect() }))
 }
 
@@ -74,7 +79,7 @@ pub(super) async fn get_order(app: &App, req: Request<pb::GetOrderRequest>) -> R
     v.text("id", &r.id, MAX_ID_LEN);
     v.finish()?;
     let app = app.clone();
-    let view = run(async move { orders::view(&mut *app.conn().await?, &r.id).await }).await?;
+    let view = run(async move { views::order(&mut *app.conn().await?, &r.id).await }).await?;
     Ok(Response::new(pb::GetOrderResponse { order: Some(convert::order(&view)) }))
 }
 
@@ -99,9 +104,9 @@ pub(super) async fn list_orders(app: &App, req: Request<pb::ListOrdersRequest>) 
     let size = page_size(r.page_size, &mut v);
     let after = page_after(&r.page_token, parse_order_page_token, &mut v);
     v.finish()?;
-    let filter = orders::ListFilter { user_id: some(&r.user_id), status: status.flatten(), payment_id: some(&r.payment_id) };
+    let filter = views::OrderFilter { user_id: some(&r.user_id), status: status.flatten(), payment_id: some(&r.payment_id) };
     let app = app.clone();
-    let (views, next) = run(async move { orders::list(&mut *app.conn().await?, &filter, size, after).await }).await?;
+    let (views, next) = run(async move { views::list_orders(&mut *app.conn().await?, &filter, size, after).await }).await?;
     Ok(Response::new(pb::ListOrdersResponse {
         orders: views.iter().map(convert::order).collect(),
         next_page_token: next.map(order_page_token).unwrap_or_default(),

@@ -9,7 +9,7 @@ use tonic::{Request, Response};
 use tracing::instrument;
 
 use super::{RpcResult, convert, run};
-use crate::{App, orders, payments, refunds, webhooks};
+use crate::{App, payments, refunds, views, webhooks};
 
 #[instrument(skip_all, fields(order_id = %req.get_ref().order_id))]
 pub(super) async fn verify_payment(app: &App, req: Request<pb::VerifyPaymentRequest>) -> RpcResult<pb::VerifyPaymentResponse> {
@@ -25,7 +25,7 @@ pub(super) async fn verify_payment(app: &App, req: Request<pb::VerifyPaymentRequ
         payments::verify(&app, &r.order_id, &r.payment_id, &r.signature).await
     })
     .await?;
-    let view = orders::OrderView::new(c.order, Some(c.subscription.id));
+    let view = views::OrderView::new(c.order, Some(c.subscription.id));
     Ok(Response::new(pb::VerifyPaymentResponse {
         order: Some(convert::order(&view)),
         subscription: Some(convert::subscription(&c.subscription)),
@@ -77,14 +77,15 @@ pub(super) async fn refund_payment(app: &App, req: Request<pb::RefundPaymentRequ
     let app = app.clone();
     let request =
         refunds::Request { order_id: r.order_id, amount_minor: r.amount_minor, reason: r.reason, refund_id: r.refund_id };
-    let done = run(async move {
+    let (done, order) = run(async move {
         let _pass = app.gate.enter(&format!("order:{}", request.order_id)).await?;
-        refunds::refund_order(&app, &request).await
+        let done = refunds::refund_order(&app, &request).await?;
+        Ok((done, views::order(&mut *app.conn().await?, &request.order_id).await?))
     })
     .await?;
     Ok(Response::new(pb::RefundPaymentResponse {
         refund: Some(convert::refund(&done.refund)),
-        order: Some(convert::order(&done.order)),
+        order: Some(convert::order(&order)),
         replayed: done.replayed,
     }))
 }

@@ -9,7 +9,7 @@ use super::{
     params::{page_after, page_size, parse_subscription_page_token, subscription_page_token},
     run,
 };
-use crate::{App, subscriptions};
+use crate::{App, subscriptions, views};
 
 #[instrument(skip_all, fields(subscription_id = %req.get_ref().id))]
 pub(super) async fn get_subscription(
@@ -21,17 +21,8 @@ pub(super) async fn get_subscription(
     let id = v.uuid("id", &r.id);
     v.finish()?;
     let app = app.clone();
-    let s = run(async move {
-        let mut c = app.conn().await?;
-        // Past its period end it reads as the period now open would be.
-        let s = subscriptions::get(&mut c, id).await?;
-        let s = subscriptions::as_of(&mut c, s, app.clock.now()).await?;
-        let renewal = subscriptions::renewals_of(&mut c, std::slice::from_ref(&s)).await?;
-        Ok((s, renewal))
-    })
-    .await?;
-    let (s, renewal) = s;
-    Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(convert::subscription_with(&s, renewal.first())) }))
+    let view = run(async move { views::subscription(&mut *app.conn().await?, id, app.clock.now()).await }).await?;
+    Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(convert::subscription_view(&view)) }))
 }
 
 #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
@@ -46,18 +37,10 @@ pub(super) async fn list_subscriptions(
     let after = page_after(&r.page_token, parse_subscription_page_token, &mut v);
     v.finish()?;
     let app = app.clone();
-    let (subs, next, renewals) = run(async move {
-        let mut c = app.conn().await?;
-        let (subs, next) = subscriptions::list_for_user(&mut c, &r.user_id, size, after).await?;
-        let renewals = subscriptions::renewals_of(&mut c, &subs).await?;
-        Ok((subs, next, renewals))
-    })
-    .await?;
+    let (subs, next) =
+        run(async move { views::subscriptions_of_user(&mut *app.conn().await?, &r.user_id, size, after).await }).await?;
     Ok(Response::new(pb::ListSubscriptionsResponse {
-        subscriptions: subs
-            .iter()
-            .map(|s| convert::subscription_with(s, renewals.iter().find(|o| o.renews_subscription_id == Some(s.id))))
-            .collect(),
+        subscriptions: subs.iter().map(convert::subscription_view).collect(),
         next_page_token: next.map(|(t, id)| subscription_page_token(t, id)).unwrap_or_default(),
     }))
 }
@@ -77,13 +60,9 @@ pub(super) async fn cancel_subscription(
         let _pass = app.gate.enter(&format!("user:{}", r.user_id)).await?;
         let mut conn = app.conn().await?;
         let c = subscriptions::cancel(&mut conn, id, &r.user_id, r.at_period_end, app.clock.now()).await?;
-        let renewal = subscriptions::renewals_of(&mut conn, std::slice::from_ref(&c.subscription)).await?;
-        Ok((c, renewal))
+        Ok((views::subscription_of(&mut conn, c.subscription).await?, c.replayed))
     })
     .await?;
-    let (c, renewal) = c;
-    Ok(Response::new(pb::CancelSubscriptionResponse {
-        subscription: Some(convert::subscription_with(&c.subscription, renewal.first())),
-        replayed: c.replayed,
-    }))
+    let (view, replayed) = c;
+    Ok(Response::new(pb::CancelSubscriptionResponse { subscription: Some(convert::subscription_view(&view)), replayed }))
 }

@@ -1,19 +1,20 @@
 //! Creating the order of a checkout session: a new gateway order (with the
 //! customer a card mandate needs), the session's existing one, or the open
-//! renewal order a renewal checkout pays.
+//! renewal order a renewal checkout pays. Above orders and subscriptions,
+//! as it asks both (docs/design.md, Components).
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use super::{Order, Status};
 use crate::{
     App, Error, Result,
     gateway::{Mandate, NewOrder},
+    orders::{MandateLimits, Order, Status},
     plans,
     schema::{gateway_customers, orders, subscriptions},
-    subscriptions::{MandateLimits, Status as SubStatus},
+    subscriptions::Status as SubStatus,
 };
 
 /// How long a card mandate registered with a purchase lasts. The card's own
