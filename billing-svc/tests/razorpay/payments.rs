@@ -8,7 +8,7 @@ use super::*;
 async fn verify_payment_confirms_the_payment_at_razorpay() {
     let (fake, base) = start_fake().await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pg");
-    let server = shared::pg::PgServer::resolve(&root).await.unwrap();
+    let server = test_support::pg::PgServer::resolve(&root).await.unwrap();
     let db = format!("razorpay_{}", uuid::Uuid::new_v4().simple());
     server.ensure_database(&db, None).await.unwrap();
     let url = server.url(&db);
