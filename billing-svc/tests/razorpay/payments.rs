@@ -26,7 +26,7 @@ async fn verify_payment_confirms_the_payment_at_razorpay() {
         billing_svc::payments::verify(&app, order_id, payment_id, &sig).await
     };
     let kind = |r: Result<billing_svc::payments::Captured, Error>| match r {
-        Err(Error::Service(ServiceError::FailedPrecondition { kind, .. })) => kind,
+        Err(Error::Service(ServiceError::FailedPrecondition { reason, .. })) => reason.as_str_name(),
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     };
 
