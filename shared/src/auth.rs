@@ -84,6 +84,11 @@ impl Authenticator {
         }
     }
 
+    /// [`Authenticator::new`] from the configured secrets.
+    pub fn from_secrets(service: &[crate::config::Secret], admin: &[crate::config::Secret]) -> Self {
+        Self::new(&crate::config::Secret::expose_all(service), &crate::config::Secret::expose_all(admin))
+    }
+
     pub fn check(&self, req: &mut Request<()>) -> Result<(), Status> {
         let header = req
             .metadata()

@@ -76,10 +76,7 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
         shared::retry_tx!(&mut conn, Races::ConflictsAndUnique, |c| begin(c, r, now, lease).await)?
     };
     let claim = match begun {
-        Begun::Replay(refund) => {
-            let order = orders::view(&mut *app.conn().await?, &r.order_id).await?;
-            return Ok(Refunded { refund, order, replayed: true });
-        }
+        Begun::Replay(refund) => return Ok(Refunded { refund, replayed: true }),
         Begun::Ask(claim) => claim,
     };
     let answer = outcome::consult(app, &claim).await;
@@ -111,8 +108,7 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
         Answer::Refused(_) => Err(shared::error::ServiceError::IdempotencyKeyInFlight.into()),
         Answer::Accepted { .. } | Answer::StillPending => {
             tracing::info!(refund_id = %recorded.id, order_id = %r.order_id, amount = recorded.amount_minor, status = %recorded.status, "refund recorded");
-            let order = orders::view(&mut conn, &r.order_id).await?;
-            Ok(Refunded { refund: recorded, order, replayed: claim.replayed })
+            Ok(Refunded { refund: recorded, replayed: claim.replayed })
         }
     }
 }
