@@ -1,4 +1,4 @@
-//! Per-key admission: at most [`Gate::per_key`] requests that name the same
+//! Per-key admission: at most `per_key` requests (see [`Gate::new`]) that name the same
 //! row (a user, a usage session, an order) hold a pooled connection at once.
 //! The rest wait here, without a connection, for at most the lock bound, and
 //! then answer ABORTED. Without it, one row held for long (an operator's
