@@ -8,37 +8,68 @@ use tonic::{Code, Status};
 
 use crate::{db::DbError, gate::Busy, idempotency::IdempotencyError, status};
 
+/// A failure either service can answer with; [`Status`] maps it to its gRPC
+/// status and details.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// A request field is invalid: INVALID_ARGUMENT with a field violation.
     #[error("{field}: {description}")]
-    InvalidArgument { field: &'static str, description: String },
+    InvalidArgument {
+        /// The field, as the request names it.
+        field: &'static str,
+        /// What is wrong with it.
+        description: String,
+    },
+    /// The named resource does not exist: NOT_FOUND with resource info.
     #[error("{resource} {id} not found")]
-    NotFound { resource: &'static str, id: String },
+    NotFound {
+        /// The resource type, e.g. `order`.
+        resource: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The request is valid but the state refuses it: FAILED_PRECONDITION
+    /// with a violation of type `kind`.
     #[error("{description}")]
-    FailedPrecondition { kind: &'static str, subject: String, description: String },
+    FailedPrecondition {
+        /// The violation's type, e.g. `ORDER_CANCELLED`.
+        kind: &'static str,
+        /// What it is about (an id).
+        subject: String,
+        /// For the caller to read.
+        description: String,
+    },
+    /// An idempotency key was reused with another request: INVALID_ARGUMENT.
     #[error("idempotency key reused with a different request")]
     IdempotencyKeyReused,
+    /// The first request with this idempotency key is still running: ABORTED.
     #[error("a request with this idempotency key is still in flight")]
     IdempotencyKeyInFlight,
+    /// A database failure, mapped by its kind.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// A bug: INTERNAL.
     #[error("internal: {0}")]
     Internal(String),
 }
 
 impl ServiceError {
+    /// [`ServiceError::InvalidArgument`].
     pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
         ServiceError::InvalidArgument { field, description: description.into() }
     }
 
+    /// [`ServiceError::NotFound`].
     pub fn not_found(resource: &'static str, id: impl ToString) -> Self {
         ServiceError::NotFound { resource, id: id.to_string() }
     }
 
+    /// [`ServiceError::FailedPrecondition`].
     pub fn precondition(kind: &'static str, subject: impl ToString, description: impl Into<String>) -> Self {
         ServiceError::FailedPrecondition { kind, subject: subject.to_string(), description: description.into() }
     }
 
+    /// [`ServiceError::Internal`].
     pub fn internal(message: impl Into<String>) -> Self {
         ServiceError::Internal(message.into())
     }
@@ -89,6 +120,7 @@ impl From<ServiceError> for Status {
 /// An error that may carry a database failure: what [`retry_tx!`](crate::retry_tx)
 /// looks at to tell a lost race from a real failure.
 pub trait AsDbError {
+    /// The database failure inside, if any.
     fn as_db_error(&self) -> Option<&DbError>;
 }
 

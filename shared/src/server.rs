@@ -26,14 +26,17 @@ impl Default for Shutdown {
 }
 
 impl Shutdown {
+    /// A shutdown not triggered yet.
     pub fn new() -> Self {
         Self { tx: watch::channel(false).0 }
     }
 
+    /// Fires the shutdown (repeats are no-ops).
     pub fn trigger(&self) {
         let _ = self.tx.send(true);
     }
 
+    /// Whether [`Shutdown::trigger`] was called.
     pub fn is_triggered(&self) -> bool {
         *self.tx.borrow()
     }
@@ -123,6 +126,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Reports the named health service SERVING or NOT_SERVING.
     pub async fn set(&self, serving: bool) {
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         self.reporter.set_service_status(self.name, status).await;
