@@ -1,7 +1,8 @@
 //! The public contracts of checkout-svc and billing-svc, generated from
-//! `proto/*/v1/*.proto`.
+//! `proto/*/v1/*.proto`, and the error contract both follow ([`error`]).
 
 pub mod codec;
+pub mod error;
 
 pub mod checkout {
     // The docs below are the .proto comments, written as prose for every
@@ -20,6 +21,14 @@ pub mod billing {
     pub mod v1 {
         tonic::include_proto!("billing.v1");
         include!(concat!(env!("OUT_DIR"), "/server/billing.v1.rs"));
+    }
+}
+
+pub mod payments {
+    pub mod errors {
+        pub mod v1 {
+            tonic::include_proto!("payments.errors.v1");
+        }
     }
 }
 

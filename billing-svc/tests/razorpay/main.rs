@@ -94,7 +94,7 @@ async fn subscribe_with_mandate(
     payment_id: &str,
     token_id: &str,
 ) -> (billing_svc::subscriptions::Subscription, String) {
-    let order = billing_svc::orders::create(app, uuid::Uuid::new_v4(), user, "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(app, uuid::Uuid::new_v4(), user, "basic-monthly").await.unwrap();
     let customer = customer_pays_and_registers(fake, &order.id, payment_id, token_id);
     let sig = Sandbox::new(config(base)).sign_payment(&order.id, payment_id);
     let captured = billing_svc::payments::verify(app, &order.id, payment_id, &sig).await.unwrap();
