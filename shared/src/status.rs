@@ -145,6 +145,7 @@ pub struct Violations {
     dropped: usize,
 }
 
+/// Longest id accepted in a request.
 pub const MAX_ID_LEN: usize = 128;
 /// Violations listed in one error.
 pub const MAX_VIOLATIONS: usize = 10;
@@ -160,10 +161,12 @@ fn clip(mut s: String) -> String {
 }
 
 impl Violations {
+    /// No violations yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Records that `field` is invalid (at most [`MAX_VIOLATIONS`] are kept).
     pub fn add(&mut self, field: &str, description: impl Into<String>) {
         if self.kept.len() < MAX_VIOLATIONS {
             self.kept.push(FieldViolation::new(clip(field.to_owned()), clip(description.into())));
@@ -172,6 +175,7 @@ impl Violations {
         }
     }
 
+    /// Whether no violation was recorded.
     pub fn is_empty(&self) -> bool {
         self.kept.is_empty()
     }
@@ -211,6 +215,7 @@ impl Violations {
         value
     }
 
+    /// INVALID_ARGUMENT with the recorded violations, or `Ok` when there are none.
     pub fn finish(mut self) -> Result<(), Status> {
         if self.kept.is_empty() {
             return Ok(());

@@ -6,7 +6,7 @@
 //!    known order) the refund is checked against what is left and recorded
 //!    PENDING, so racing refunds never add up to more than was captured,
 //!    and the caller claims it: one caller at a time asks the gateway about
-//!    one refund ([`outcome`]);
+//!    one refund (`outcome`);
 //! 2. the gateway is consulted, with no pooled connection held: a refund
 //!    whose earlier outcome is unknown is looked up first, and asked again
 //!    (same key) only when the gateway has none;
