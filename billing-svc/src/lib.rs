@@ -21,6 +21,7 @@ pub mod plans;
 pub mod reconcile;
 pub mod refunds;
 pub mod renewals;
+pub mod row;
 pub mod schema;
 pub mod stats;
 pub mod subscriptions;

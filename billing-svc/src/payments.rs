@@ -15,7 +15,7 @@ use crate::{
     App, Error, Result,
     discrepancies::{self, Discrepancy, Kind, Source},
     gateway::PaymentStatus,
-    orders::{self, Order, Status as OrderStatus},
+    orders::{self, Order, OrderId, Status as OrderStatus},
     plans,
     schema::orders as orders_t,
     subscriptions::{self, SavedMethod, Subscription},
@@ -309,10 +309,10 @@ pub async fn capture(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) -> Res
 /// a mismatch with the order as a discrepancy; a payment that buys nothing is
 /// recorded (committed) and answered FAILED_PRECONDITION. A gateway that
 /// keeps no readable records (the sandbox) leaves the signature as the proof.
-pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str) -> Result<Captured> {
+pub async fn verify(app: &App, order_id: &OrderId, payment_id: &str, signature: &str) -> Result<Captured> {
     let order = {
         let mut conn = app.conn().await?;
-        orders::get(&mut conn, order_id).await?
+        orders::get(&mut conn, order_id.as_str()).await?
     };
     if !app.gateway.payment_signature_valid(&order.id, payment_id, signature) {
         tracing::warn!(order_id = %order.id, "payment signature mismatch");

@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod gate;
 pub mod idempotency;
+pub mod ids;
 pub mod jobs;
 pub mod metrics;
 pub mod pg;

@@ -23,6 +23,11 @@ pub use renewals::{
 
 pub const MAX_BATCH: usize = 500;
 
+shared::text_id! {
+    /// A gateway order's id, as a caller names it (checked at the edge).
+    OrderId
+}
+
 shared::text_enum! {
     /// Where an order is: CREATED moves to PAID or CANCELLED, both final.
     pub enum Status {
