@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod http;
 pub mod jobs;
 pub mod limits;
+pub mod money;
 pub mod orders;
 pub mod payments;
 pub mod plans;

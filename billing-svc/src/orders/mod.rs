@@ -10,7 +10,7 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use crate::{Error, Result, schema::orders};
+use crate::{Error, Result, money::Money, schema::orders};
 
 mod cancel;
 mod renewals;
@@ -83,6 +83,11 @@ pub struct MandateLimits {
 impl Order {
     pub fn is_paid(&self) -> bool {
         self.status == Status::Paid
+    }
+
+    /// What the order costs.
+    pub fn amount(&self) -> Money<'_> {
+        Money { minor: self.amount_minor, currency: &self.currency }
     }
 
     pub fn mandate_limits(&self) -> Option<MandateLimits> {

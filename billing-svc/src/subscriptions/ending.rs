@@ -95,7 +95,7 @@ pub async fn refund_unused_renewal(conn: &mut Conn, sub: &Subscription, order: &
         ),
         payment_id,
     };
-    discrepancies::record(conn, &d, Some((order.amount_minor, &order.currency)), Source::SubscriptionEnded, now).await
+    discrepancies::record(conn, &d, Some(order.amount()), Source::SubscriptionEnded, now).await
 }
 
 /// What CancelSubscription came to.
