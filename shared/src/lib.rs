@@ -16,6 +16,7 @@ pub mod deadline;
 pub mod error;
 pub mod gate;
 pub mod idempotency;
+pub mod ids;
 pub mod jobs;
 pub mod metrics;
 pub mod server;

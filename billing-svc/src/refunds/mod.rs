@@ -30,7 +30,7 @@ use shared::db::Conn;
 use crate::{
     Result,
     gateway::RefundStatus,
-    orders::{self, Order},
+    orders::{self, Order, OrderId},
     schema::refunds,
 };
 
@@ -88,7 +88,7 @@ pub struct Refund {
 /// A RefundPayment request, checked by the handler.
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub order_id: String,
+    pub order_id: OrderId,
     /// 0: everything that is left.
     pub amount_minor: i64,
     pub reason: String,
