@@ -40,6 +40,8 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
+/// Tower layer that turns a request whose `grpc-timeout` has passed into
+/// DEADLINE_EXCEEDED with its reason (see [`Deadline`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DeadlineLayer;
 
@@ -51,6 +53,7 @@ impl<S> tower::Layer<S> for DeadlineLayer {
     }
 }
 
+/// The service [`DeadlineLayer`] wraps around the gRPC router.
 #[derive(Clone, Debug)]
 pub struct Deadline<S> {
     inner: S,

@@ -51,6 +51,7 @@ macro_rules! text_id {
                 }
             }
 
+            /// The id as the caller sent it.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
