@@ -3,6 +3,8 @@
 //! with locked credit deductions, a ledger and reconciliation.
 
 pub mod app;
+pub mod audit;
+pub mod checkout_orders;
 pub mod config;
 pub mod cross_check;
 pub mod deductions;
@@ -23,6 +25,7 @@ pub mod schema;
 pub mod stats;
 pub mod subscriptions;
 pub mod usage;
+pub mod views;
 pub mod webhooks;
 
 pub use app::{App, MIGRATIONS, serve, serve_app};

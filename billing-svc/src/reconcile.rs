@@ -25,32 +25,11 @@ use crate::{
     orders,
     payments::{self, Capture, Payment},
     refunds::{self, DiscrepancyRefund},
-    schema::{reconcile_audit, subscriptions, webhook_events},
+    schema::{subscriptions, webhook_events},
     subscriptions::{self as subscriptions_model, Status as SubStatus},
 };
 
-shared::text_enum! {
-    /// What reconciliation finds (docs/design.md, "Payment discrepancies and
-    /// reconciliation").
-    pub enum FindingKind {
-        PaidOrderWithoutSubscription = "PAID_ORDER_WITHOUT_SUBSCRIPTION",
-        SubscriptionWithoutPaidOrder = "SUBSCRIPTION_WITHOUT_PAID_ORDER",
-        DuplicateSubscriptionsForOrder = "DUPLICATE_SUBSCRIPTIONS_FOR_ORDER",
-        /// Closed by a refund (`--fix`) or an operator's acknowledgement.
-        PaymentDiscrepancy = "PAYMENT_DISCREPANCY",
-        /// Closed only by an operator's acknowledgement.
-        WebhookRejected = "WEBHOOK_REJECTED",
-        /// A payment of an order this system never created (another
-        /// integration on the same gateway account): not ours to refund.
-        /// Closed only by an operator's acknowledgement.
-        ForeignPayment = "FOREIGN_PAYMENT",
-        LedgerMismatch = "LEDGER_MISMATCH",
-        StuckUsageSession = "STUCK_USAGE_SESSION",
-        /// Information only (`reconcile` with CHECKOUT_ENDPOINT): a paid
-        /// order whose checkout session checkout does not know.
-        PaidOrderUnknownToCheckout = "PAID_ORDER_UNKNOWN_TO_CHECKOUT",
-    }
-}
+pub use crate::audit::FindingKind;
 
 fn as_text<S: serde::Serializer>(k: &FindingKind, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(k.as_str())
@@ -360,15 +339,5 @@ pub async fn acknowledge(conn: &mut Conn, kind: &str, subject: &str, note: &str,
 
 async fn audit(conn: &mut Conn, kind: &str, subject: &str, action: &str, note: Option<&str>, now: DateTime<Utc>) -> Result<()> {
     tracing::info!(kind, subject, action, "reconcile repair");
-    diesel::insert_into(reconcile_audit::table)
-        .values((
-            reconcile_audit::kind.eq(kind),
-            reconcile_audit::subject_id.eq(subject),
-            reconcile_audit::action.eq(action),
-            reconcile_audit::note.eq(note),
-            reconcile_audit::created_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(())
+    crate::audit::record(conn, kind, subject, action, note, now).await
 }

@@ -1,4 +1,4 @@
-// Diesel table definitions; tests/tests/it/schema.rs fails when they and the migrated database disagree.
+// Diesel table definitions; tests/tests/it/contract/schema.rs fails when they and the migrated database disagree.
 
 diesel::table! {
     checkout_sessions (id) {

@@ -5,12 +5,13 @@ use shared::time::{opt_to_proto, to_proto};
 use crate::{
     deductions::Charged,
     limits::UsageReport,
-    orders::{Order, OrderView, Status as OrderStatus},
+    orders::{Order, Status as OrderStatus},
     plans::{Period, Plan},
     reconcile::FindingKind,
     refunds::{Refund, Status as RefundStatus},
     subscriptions::{Status as SubStatus, Subscription},
     usage::{Kind as UsageKind, SessionView, Status as UsageStatus, UsageSession},
+    views::{OrderView, SubscriptionView},
     webhooks::EventOutcome,
 };
 
@@ -95,6 +96,12 @@ pub fn refund(r: &Refund) -> pb::Refund {
 /// A subscription without its renewal order (see [`subscription_with`]).
 pub fn subscription(s: &Subscription) -> pb::Subscription {
     subscription_with(s, None)
+}
+
+/// A subscription with its open renewal order, if any (see
+/// [`subscription_with`]).
+pub fn subscription_view(v: &SubscriptionView) -> pb::Subscription {
+    subscription_with(&v.subscription, v.renewal.as_ref())
 }
 
 /// A subscription with its open renewal order, if any.

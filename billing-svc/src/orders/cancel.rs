@@ -5,18 +5,19 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use super::{OrderView, Status, batch_get};
+use super::Status;
 use crate::{Result, schema::orders};
 
 /// Cancels the CREATED orders among `order_ids` (each under its row lock: a
 /// concurrent capture either finishes first and the order stays PAID, or
-/// finds it CANCELLED) and returns the orders as they are now. A renewal
+/// finds it CANCELLED) and returns the ids of the orders to answer with
+/// (the caller reads them as they are now). A renewal
 /// order belongs to its subscription, not to the checkout sessions that
 /// offered it: it is never cancelled here (it is still owed, and other
 /// checkouts may offer it), only detached from a session recorded on it
 /// before renewal checkouts stopped recording one, and left out of the
 /// answer, as it is not the retired or deleted session's to cancel.
-pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[String], now: DateTime<Utc>) -> Result<Vec<OrderView>> {
+pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>> {
     let detached: Vec<String> = diesel::update(
         orders::table
             .filter(orders::id.eq_any(order_ids))
@@ -36,6 +37,5 @@ pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[String], now: DateTime<
     .set((orders::status.eq(Status::Cancelled), orders::updated_at.eq(now)))
     .execute(conn)
     .await?;
-    let remaining: Vec<String> = order_ids.iter().filter(|id| !detached.contains(id)).cloned().collect();
-    batch_get(conn, &remaining, &[]).await
+    Ok(order_ids.iter().filter(|id| !detached.contains(id)).cloned().collect())
 }

@@ -1,23 +1,21 @@
 //! Gateway orders: one per checkout session (the natural idempotency key),
-//! and one renewal order per (subscription, period it pays for).
+//! and one renewal order per (subscription, period it pays for). The lowest
+//! layer of the payment path with plans: it knows the subscriptions table
+//! only through SQL, never the subscriptions module (docs/design.md,
+//! Components). Creating a checkout session's order is `checkout_orders`;
+//! an order with its subscription and refunds is a `views::OrderView`.
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use crate::{
-    Error, Result,
-    schema::{orders, subscriptions},
-    subscriptions::MandateLimits,
-};
+use crate::{Error, Result, schema::orders};
 
 mod cancel;
-mod create;
 mod renewals;
 
 pub use cancel::cancel_unpaid;
-pub use create::create;
 pub use renewals::{
     billing_renewal_paid, cancel_renewals_of, lock_open_renewals_of_token, open_renewals, paid_renewals_from, renewal_paid,
     stop_collecting,
@@ -69,6 +67,14 @@ pub struct Order {
     pub mandate_expires_at: Option<DateTime<Utc>>,
 }
 
+/// The limits of a recurring mandate a purchase order registered (its
+/// payment saves a token that later renewals charge within them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MandateLimits {
+    pub max_amount_minor: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
 impl Order {
     pub fn is_paid(&self) -> bool {
         self.status == Status::Paid
@@ -82,22 +88,6 @@ impl Order {
     }
 }
 
-/// An order with the subscription its payment created (or renews), if any,
-/// and its refunds when they were loaded.
-#[derive(Debug, Clone)]
-pub struct OrderView {
-    pub order: Order,
-    pub subscription_id: Option<Uuid>,
-    pub refunds: Vec<crate::refunds::Refund>,
-}
-
-impl OrderView {
-    pub fn new(order: Order, subscription_id: Option<Uuid>) -> Self {
-        let subscription_id = subscription_id.or(order.renews_subscription_id);
-        Self { order, subscription_id, refunds: Vec::new() }
-    }
-}
-
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Order> {
     orders::table.find(id).select(Order::as_select()).first(conn).await.optional()?.ok_or_else(|| Error::not_found("order", id))
 }
@@ -105,76 +95,4 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Order> {
 /// Locks the order row, if it exists, for the rest of the transaction.
 pub async fn lock_optional(conn: &mut Conn, id: &str) -> Result<Option<Order>> {
     Ok(orders::table.find(id).select(Order::as_select()).for_update().first(conn).await.optional()?)
-}
-
-/// Up to [`MAX_BATCH`] orders by order id or checkout session id, with their
-/// subscriptions, in one query (checkout's completion sync).
-pub async fn batch_get(conn: &mut Conn, order_ids: &[String], session_ids: &[Uuid]) -> Result<Vec<OrderView>> {
-    let rows: Vec<(Order, Option<Uuid>)> = orders::table
-        .left_join(subscriptions::table.on(subscriptions::order_id.eq(orders::id.nullable())))
-        .filter(orders::id.eq_any(order_ids).or(orders::checkout_session_id.eq_any(session_ids)))
-        .select((Order::as_select(), subscriptions::id.nullable()))
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|(order, subscription_id)| OrderView::new(order, subscription_id)).collect())
-}
-
-/// One order with its subscription and refunds.
-pub async fn view(conn: &mut Conn, id: &str) -> Result<OrderView> {
-    let order = get(conn, id).await?;
-    let sub: Option<Uuid> =
-        subscriptions::table.filter(subscriptions::order_id.eq(id)).select(subscriptions::id).first(conn).await.optional()?;
-    let mut v = OrderView::new(order, sub);
-    v.refunds = crate::refunds::of_orders(conn, &[v.order.id.clone()]).await?;
-    Ok(v)
-}
-
-/// Filters of ListOrders.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    pub user_id: Option<String>,
-    pub status: Option<Status>,
-    pub payment_id: Option<String>,
-}
-
-/// A page of orders, newest first (keyset on seq), with their subscriptions
-/// and refunds, and the seq to continue after when more follow.
-pub async fn list(conn: &mut Conn, f: &ListFilter, page_size: i64, after: Option<i64>) -> Result<(Vec<OrderView>, Option<i64>)> {
-    let mut q = orders::table
-        .left_join(subscriptions::table.on(subscriptions::order_id.eq(orders::id.nullable())))
-        .select((Order::as_select(), subscriptions::id.nullable()))
-        .into_boxed();
-    if let Some(u) = &f.user_id {
-        q = q.filter(orders::user_id.eq(u));
-    }
-    if let Some(st) = f.status {
-        q = q.filter(orders::status.eq(st));
-    }
-    if let Some(p) = &f.payment_id {
-        q = q.filter(orders::payment_id.eq(p));
-    }
-    if let Some(seq) = after {
-        q = q.filter(orders::seq.lt(seq));
-    }
-    let mut rows: Vec<(Order, Option<Uuid>)> = q.order(orders::seq.desc()).limit(page_size + 1).load(conn).await?;
-    let next = if rows.len() as i64 > page_size {
-        rows.truncate(page_size as usize);
-        rows.last().map(|(o, _)| o.seq)
-    } else {
-        None
-    };
-    let ids: Vec<String> = rows.iter().map(|(o, _)| o.id.clone()).collect();
-    let mut refunds = crate::refunds::of_orders(conn, &ids).await?;
-    let views = rows
-        .into_iter()
-        .map(|(o, s)| {
-            let mut v = OrderView::new(o, s);
-            let (mine, rest): (Vec<_>, Vec<_>) =
-                refunds.drain(..).partition(|r| r.order_id.as_deref() == Some(v.order.id.as_str()));
-            refunds = rest;
-            v.refunds = mine;
-            v
-        })
-        .collect();
-    Ok((views, next))
 }

@@ -25,9 +25,10 @@ use super::{
 };
 use crate::{
     App, Error, Result,
+    audit::{self, FindingKind},
     discrepancies::Status as DiscrepancyStatus,
     orders,
-    schema::{orders as orders_table, payment_discrepancies as pd, reconcile_audit, refunds},
+    schema::{orders as orders_table, payment_discrepancies as pd, refunds},
 };
 
 /// What reconciliation's refund of a discrepancy came to.
@@ -164,16 +165,8 @@ async fn begin_discrepancy(
 }
 
 async fn audit(c: &mut Conn, discrepancy_id: i64, action: &str, note: &str, now: DateTime<Utc>) -> Result<()> {
-    diesel::insert_into(reconcile_audit::table)
-        .values((
-            reconcile_audit::kind.eq(crate::reconcile::FindingKind::PaymentDiscrepancy.as_str()),
-            reconcile_audit::subject_id.eq(discrepancy_id.to_string()),
-            reconcile_audit::action.eq(action),
-            reconcile_audit::note.eq(note),
-            reconcile_audit::created_at.eq(now),
-        ))
-        .execute(c)
-        .await?;
+    let kind = FindingKind::PaymentDiscrepancy.as_str();
+    audit::record(c, kind, &discrepancy_id.to_string(), action, Some(note), now).await?;
     tracing::info!(discrepancy_id, action, note, "payment discrepancy");
     Ok(())
 }

@@ -95,11 +95,11 @@ pub struct Request {
     pub refund_id: String,
 }
 
-/// What a refund request came to.
+/// What a refund request came to (the order as it is now is the caller's
+/// to read: `views::order`).
 #[derive(Debug, Clone)]
 pub struct Refunded {
     pub refund: Refund,
-    pub order: orders::OrderView,
     pub replayed: bool,
 }
 

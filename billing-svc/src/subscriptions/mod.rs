@@ -120,11 +120,12 @@ pub use crate::gateway::SavedMethod;
 mod ending;
 mod periods;
 mod saved_method;
+pub use crate::orders::MandateLimits;
 pub use ending::{
     Cancelled, cancel, end_now, forfeit_carried, refund_unused_renewal, refund_unused_renewals, set_cancel_at_period_end,
 };
 pub use periods::{as_of, current, current_locked, roll, roll_due, roll_if_due};
-pub use saved_method::{MandateLimits, complete_contact, forget_method, mandate_limits, save_method, saved_method};
+pub use saved_method::{complete_contact, forget_method, mandate_limits, save_method, saved_method};
 
 /// The calendar month containing `now` (free plan periods).
 pub fn calendar_month(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
@@ -293,10 +294,4 @@ pub async fn create_paid(
         return get(conn, id).await;
     }
     Ok(sub)
-}
-
-/// The open renewal orders of these subscriptions, for their views.
-pub async fn renewals_of(conn: &mut Conn, subs: &[Subscription]) -> Result<Vec<orders::Order>> {
-    let ids: Vec<Uuid> = subs.iter().map(|s| s.id).collect();
-    orders::open_renewals(conn, &ids).await
 }

@@ -7,14 +7,11 @@ use shared::db::Conn;
 use uuid::Uuid;
 
 use super::{SavedMethod, Subscription};
-use crate::{Result, orders, schema::subscriptions};
-
-/// The limits of a recurring mandate a purchase order registered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MandateLimits {
-    pub max_amount_minor: i64,
-    pub expires_at: DateTime<Utc>,
-}
+use crate::{
+    Result,
+    orders::{self, MandateLimits},
+    schema::subscriptions,
+};
 
 /// Remembers the payment method saved with a payment (the newest one is
 /// charged next time), with the limits of the mandate its order registered.

@@ -51,7 +51,8 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
     let (app, clock, db, server) = app_with_fake(&base).await;
     let signer = Sandbox::new(config(&base));
 
-    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-recurring", "basic-monthly").await.unwrap();
+    let order =
+        billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-recurring", "basic-monthly").await.unwrap();
     let customers = fake.seen("POST", "/v1/customers");
     assert_eq!(customers.len(), 1);
     assert_eq!(customers[0].body["fail_existing"], "0", "as documented; it matches on email and contact, never sent");
@@ -76,7 +77,7 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
         "what a later charge needs, from the payment entity and the order"
     );
     // A second purchase of the user reuses the stored customer.
-    billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-recurring", "pro-monthly").await.unwrap();
+    billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-recurring", "pro-monthly").await.unwrap();
     assert_eq!(fake.seen("POST", "/v1/customers").len(), 1);
 
     // Renewal: the recurring call reaches Razorpay, which charges, but the
@@ -307,7 +308,7 @@ async fn card_mandates_are_registered_only_when_configured() {
     let (fake, base) = start_fake().await;
     assert!(!billing_svc::Config::from_env().unwrap().gateway.card_mandates, "off unless configured");
     let (app, clock, db, server) = app_with_fake_mandates(&base, false).await;
-    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-upi", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-upi", "basic-monthly").await.unwrap();
     let posted = &fake.seen("POST", "/v1/orders")[0].body;
     for field in ["method", "token", "customer_id"] {
         assert!(posted[field].is_null(), "a plain order: no {field} in {posted}");
@@ -337,7 +338,7 @@ async fn card_mandates_are_registered_only_when_configured() {
 
     // Configured: the purchase registers a card mandate.
     let (app, _clock, db, server) = app_with_fake_mandates(&base, true).await;
-    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-card", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-card", "basic-monthly").await.unwrap();
     let posted = fake.seen("POST", "/v1/orders").last().unwrap().body.clone();
     assert_eq!(posted["method"], "card");
     assert_eq!(posted["token"]["max_amount"], 49_900);
@@ -359,8 +360,8 @@ async fn a_customer_is_never_shared_between_users() {
     let (app, _clock, db, server) = app_with_fake(&base).await;
     let long = "u".repeat(60);
     let (a, b) = (format!("{long}-a"), format!("{long}-b"));
-    billing_svc::orders::create(&app, uuid::Uuid::new_v4(), &a, "basic-monthly").await.unwrap();
-    billing_svc::orders::create(&app, uuid::Uuid::new_v4(), &b, "basic-monthly").await.unwrap();
+    billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), &a, "basic-monthly").await.unwrap();
+    billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), &b, "basic-monthly").await.unwrap();
     let posts = fake.seen("POST", "/v1/customers");
     assert_eq!(posts.len(), 2);
     for p in &posts {
@@ -372,7 +373,7 @@ async fn a_customer_is_never_shared_between_users() {
     // Razorpay answers with another user's customer: not used, not stored.
     let foreign = fake.customers.lock().unwrap()[0].clone();
     fake.script("POST /v1/customers", Script::Answer(200, None, foreign.to_string()));
-    let order = billing_svc::orders::create(&app, uuid::Uuid::new_v4(), "user-c", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-c", "basic-monthly").await.unwrap();
     assert_eq!(order.mandate_max_amount_minor, None, "a plain order");
     assert!(fake.seen("POST", "/v1/orders").last().unwrap().body["customer_id"].is_null());
     assert_eq!(scalar(&app, "SELECT count(*) AS n FROM gateway_customers WHERE user_id = 'user-c'").await, 0);

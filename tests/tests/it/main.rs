@@ -4,27 +4,23 @@
 #![allow(deprecated)]
 //! The system tests, one binary (one link of the whole stack instead of one
 //! per file): both services over real sockets, fresh PostgreSQL databases,
-//! the injected clock. A module per concern; `tests/tests/telemetry.rs`
-//! stays its own binary because it installs process-wide tracing and
-//! metrics providers.
-mod cancellation;
-mod checkout_races;
-mod checkout_sessions;
-mod completion_sync;
-mod deduct_batch;
-mod guards;
-mod hardening_billing;
-mod hardening_checkout;
-mod lifecycle;
-mod pagination;
+//! the injected clock. A module per area, a file per concern in it:
+//! `checkout` (sessions, races and idempotency keys, completion sync, retired
+//! orders), `payments` (captures and discrepancies), `subscriptions`
+//! (periods, renewals, cancellation, reopening), `refunds`, `usage` (limits,
+//! deductions, balances), `webhooks`, `reconcile`, `contract` (the API's
+//! error shape, bad input, pagination, the schema) and `ops` (serving,
+//! held rows, jobs, secrets, the `stack` binary). Each area's `guards.rs`
+//! holds one test per defence (helpers in `support::guards`).
+//! `tests/tests/telemetry.rs` stays its own binary because it installs
+//! process-wide tracing and metrics providers.
+mod checkout;
+mod contract;
+mod ops;
 mod payments;
-mod refund_outcome;
+mod reconcile;
 mod refunds;
-mod reopening;
-mod retired_orders;
-mod schema;
-mod secrets;
-mod smoke;
 mod subscriptions;
+mod support;
 mod usage;
-mod webhook_http;
+mod webhooks;

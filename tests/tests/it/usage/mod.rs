@@ -3,7 +3,9 @@
 //! races and bad input.
 //!
 //! `limits`: plan limits per period; `charging`: ticks, ends and Deducts
-//! under concurrency, and what they leave in the ledger.
+//! under concurrency, and what they leave in the ledger; `deduct_batch`:
+//! group commit of Deducts; `balances`: a charge racing a purchase, and
+//! reads beside a writer; `guards`: one test per defence.
 use std::collections::HashMap;
 
 use chrono::{Duration, TimeZone, Utc};
@@ -16,7 +18,10 @@ use tests::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
+mod balances;
 mod charging;
+mod deduct_batch;
+mod guards;
 mod limits;
 
 /// The reason and metadata of a RESOURCE_EXHAUSTED answer (a plan limit),

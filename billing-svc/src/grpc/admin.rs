@@ -1,0 +1,75 @@
+//! Operator handlers (admin token only): reconciliation and usage
+//! statistics.
+use chrono::Duration;
+use proto::billing::v1 as pb;
+use shared::{auth::require_admin, status::Violations};
+use tonic::{Request, Response};
+use tracing::instrument;
+
+use super::{
+    RpcResult, convert,
+    params::{day, page_after, page_size, parse_stats_page_token, stats_page_token},
+    run,
+};
+use crate::{App, reconcile, stats};
+
+#[instrument(skip_all, fields(fix = req.get_ref().fix))]
+#[allow(deprecated)] // `Finding.kind` stays filled for callers that read it
+pub(super) async fn run_reconciliation(
+    app: &App,
+    req: Request<pb::RunReconciliationRequest>,
+) -> RpcResult<pb::RunReconciliationResponse> {
+    require_admin(&req)?;
+    let fix = req.into_inner().fix;
+    let app = app.clone();
+    let report = run(async move {
+        let stuck = app.config.stuck_session_after;
+        reconcile::run(&app, app.clock.now(), stuck, fix).await
+    })
+    .await?;
+    Ok(Response::new(pb::RunReconciliationResponse {
+        fixed: report.fixed as i64,
+        findings: report
+            .findings
+            .into_iter()
+            .map(|f| pb::Finding {
+                kind: f.kind.as_str().to_owned(),
+                kind_code: convert::finding_kind(f.kind) as i32,
+                subject_id: f.subject_id,
+                detail: f.detail,
+                fixed: f.fixed,
+            })
+            .collect(),
+    }))
+}
+
+#[instrument(skip_all)]
+pub(super) async fn get_usage_stats(app: &App, req: Request<pb::GetUsageStatsRequest>) -> RpcResult<pb::GetUsageStatsResponse> {
+    require_admin(&req)?;
+    let r = req.into_inner();
+    let today = app.clock.now().date_naive();
+    let mut v = Violations::new();
+    let from = day("from_day", &r.from_day, today - Duration::days(30), &mut v);
+    let to = day("to_day", &r.to_day, today, &mut v);
+    if from > to {
+        v.add("from_day", "must not be after to_day");
+    }
+    let size = page_size(r.page_size, &mut v);
+    let after = page_after(&r.page_token, parse_stats_page_token, &mut v);
+    v.finish()?;
+    let app = app.clone();
+    let (rows, next) = run(async move { stats::list(&mut *app.conn().await?, from, to, size, after).await }).await?;
+    Ok(Response::new(pb::GetUsageStatsResponse {
+        next_page_token: next.map(|(d, plan_id)| stats_page_token(d, &plan_id)).unwrap_or_default(),
+        stats: rows
+            .into_iter()
+            .map(|s| pb::UsageStat {
+                day: s.day.to_string(),
+                plan_id: s.plan_id,
+                sessions: s.sessions,
+                minutes: s.minutes,
+                credits: s.credits,
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,26 @@
+//! Plan handlers: the catalogue of plans.
+use proto::billing::v1 as pb;
+use shared::status::{MAX_ID_LEN, Violations};
+use tonic::{Request, Response};
+use tracing::instrument;
+
+use super::{RpcResult, convert, run};
+use crate::{App, plans};
+
+#[instrument(skip_all)]
+pub(super) async fn list_plans(app: &App, _req: Request<pb::ListPlansRequest>) -> RpcResult<pb::ListPlansResponse> {
+    let app = app.clone();
+    let plans = run(async move { plans::list(&mut *app.conn().await?).await }).await?;
+    Ok(Response::new(pb::ListPlansResponse { plans: plans.iter().map(convert::plan).collect() }))
+}
+
+#[instrument(skip_all, fields(plan_id = %req.get_ref().id))]
+pub(super) async fn get_plan(app: &App, req: Request<pb::GetPlanRequest>) -> RpcResult<pb::GetPlanResponse> {
+    let r = req.into_inner();
+    let mut v = Violations::new();
+    v.text("id", &r.id, MAX_ID_LEN);
+    v.finish()?;
+    let app = app.clone();
+    let plan = run(async move { plans::get(&mut *app.conn().await?, &r.id).await }).await?;
+    Ok(Response::new(pb::GetPlanResponse { plan: Some(convert::plan(&plan)) }))
+}

@@ -1,0 +1,9 @@
+//! checkout.v1: sessions end to end, races and idempotency keys, the
+//! completion sync with billing, orders of retired sessions, and the edges
+//! where checkout meets billing.
+mod completion_sync;
+mod edge_cases;
+mod guards;
+mod races;
+mod retired_orders;
+mod sessions;

@@ -1,0 +1,8 @@
+//! What operators rely on: health, reflection, load shedding and pooled
+//! connections, one held row not taking billing down, jobs across a
+//! database outage, secrets kept out of Debug, and the `stack` binary.
+mod held_rows;
+mod jobs;
+mod secrets;
+mod serving;
+mod stack;
