@@ -27,7 +27,7 @@ pub struct SqlFunction {
 impl SqlFunction {
     /// Hex SHA-256 of the definition's text, as recorded in `schema_functions`.
     pub fn sha256(&self) -> String {
-        hex::encode(Sha256::digest(self.sql.as_bytes()))
+        Sha256::digest(self.sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
