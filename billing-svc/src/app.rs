@@ -26,6 +26,7 @@ pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![
     touch_updated_at,
     billing_period_at,
     billing_renewal_paid,
+    billing_roll_steps,
     billing_roll_period,
     billing_charge_lock,
     billing_charge_subscription,
