@@ -72,7 +72,8 @@ fn hash_dir(dir: &Path, h: &mut DefaultHasher) {
 }
 
 /// A fresh database for `service`, copied from a template migrated once per
-/// schema version (the template name carries a hash of the migrations).
+/// schema version (the template name carries a hash of the migrations and of
+/// the SQL function files, docs/design.md "SQL functions").
 pub async fn fresh_database(
     service: &str,
     migrate: fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<Vec<String>>>,
@@ -80,6 +81,7 @@ pub async fn fresh_database(
     let server = pg().await?;
     let mut h = DefaultHasher::new();
     hash_dir(&workspace_root().join(format!("{service}/migrations")), &mut h);
+    hash_dir(&workspace_root().join(format!("{service}/sql")), &mut h);
     let template = format!("tmpl_{}_{:016x}", service.replace('-', "_"), h.finish());
     let name = format!("test_{}_{}", service.replace('-', "_"), uuid::Uuid::new_v4().simple());
     // One lock for template creation and copies: CREATE DATABASE ... TEMPLATE

@@ -15,7 +15,7 @@ use shared::{
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{ChargeRow, Charged, Mode, charge_admitted, outcome};
+use super::{ChargeMode, ChargeRow, Charged, Mode, charge_admitted, outcome};
 use crate::{Error, Result};
 
 /// One Deduct call waiting for its batch.
@@ -175,7 +175,7 @@ async fn run_batch(ctx: &Arc<Ctx>, queue: &Mutex<Queue>, batch: Vec<Item>) {
     };
     let mut requeue = Vec::new();
     for (mut item, row) in batch.into_iter().zip(rows) {
-        match outcome(row, item.session_id, "EXPLICIT") {
+        match outcome(row, item.session_id, ChargeMode::Explicit) {
             Ok(Some(c)) => {
                 let _ = item.reply.send(Ok(c));
             }
