@@ -70,11 +70,19 @@ pub(super) async fn refund_payment(app: &App, req: Request<pb::RefundPaymentRequ
     v.text("refund_id", &r.refund_id, MAX_ID_LEN);
     v.text("reason", &r.reason, refunds::MAX_REASON);
     v.range("amount_minor", r.amount_minor, 0, i64::MAX / 4);
+    // No zero value moves money: "everything" is said with refund_all, and
+    // amount_minor = 0 alone (once "all that is left") is refused.
+    match (r.refund_all, r.amount_minor) {
+        (false, 0) => v.add("amount_minor", "must be > 0; to refund all that is left set refund_all = true instead"),
+        (true, a) if a != 0 => v.add("refund_all", "refunds all that is left: leave amount_minor 0"),
+        _ => {}
+    }
     if r.refund_id.starts_with(refunds::DISCREPANCY_PREFIX) {
         v.add("refund_id", format!("must not start with {:?} (reconciliation's refunds)", refunds::DISCREPANCY_PREFIX));
     }
     v.finish()?;
     let app = app.clone();
+    // The domain's amount 0 is "all that is left" (refund_all, checked above).
     let request =
         refunds::Request { order_id: r.order_id, amount_minor: r.amount_minor, reason: r.reason, refund_id: r.refund_id };
     let (done, order) = run(async move {

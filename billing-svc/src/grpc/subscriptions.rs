@@ -45,7 +45,7 @@ pub(super) async fn list_subscriptions(
     }))
 }
 
-#[instrument(skip_all, fields(subscription_id = %req.get_ref().id, at_period_end = req.get_ref().at_period_end))]
+#[instrument(skip_all, fields(subscription_id = %req.get_ref().id, policy = req.get_ref().policy))]
 pub(super) async fn cancel_subscription(
     app: &App,
     req: Request<pb::CancelSubscriptionRequest>,
@@ -54,15 +54,46 @@ pub(super) async fn cancel_subscription(
     let mut v = Violations::new();
     let id = v.uuid("id", &r.id);
     v.text("user_id", &r.user_id, MAX_ID_LEN);
+    let at_period_end = cancellation_at_period_end(&r, &mut v);
     v.finish()?;
     let app = app.clone();
     let c = run(async move {
         let _pass = app.gate.enter(&format!("user:{}", r.user_id)).await?;
         let mut conn = app.conn().await?;
-        let c = subscriptions::cancel(&mut conn, id, &r.user_id, r.at_period_end, app.clock.now()).await?;
+        let c = subscriptions::cancel(&mut conn, id, &r.user_id, at_period_end, app.clock.now()).await?;
         Ok((views::subscription_of(&mut conn, c.subscription).await?, c.replayed))
     })
     .await?;
     let (view, replayed) = c;
     Ok(Response::new(pb::CancelSubscriptionResponse { subscription: Some(convert::subscription_view(&view)), replayed }))
+}
+
+/// Whether the cancellation waits for period_end. An unset
+/// `at_period_end` once meant "now, forfeiting the credits": the zero value
+/// of the request cancelled at once, so the server now asks for the policy
+/// and refuses the ambiguous form; the legacy `at_period_end = true` is
+/// unambiguous and still accepted.
+#[allow(deprecated)] // reads the legacy at_period_end
+fn cancellation_at_period_end(r: &pb::CancelSubscriptionRequest, v: &mut Violations) -> bool {
+    use pb::CancellationPolicy as P;
+    match (P::try_from(r.policy), r.at_period_end) {
+        (Ok(P::AtPeriodEnd), _) | (Ok(P::Unspecified), true) => true,
+        (Ok(P::Immediately), false) => false,
+        (Ok(P::Immediately), true) => {
+            v.add("policy", "CANCELLATION_POLICY_IMMEDIATELY contradicts at_period_end = true");
+            false
+        }
+        (Ok(P::Unspecified), false) => {
+            v.add(
+                "policy",
+                "is required: CANCELLATION_POLICY_IMMEDIATELY or CANCELLATION_POLICY_AT_PERIOD_END \
+                 (an unset at_period_end no longer cancels now)",
+            );
+            false
+        }
+        (Err(_), _) => {
+            v.add("policy", "unknown cancellation policy");
+            false
+        }
+    }
 }
