@@ -23,12 +23,15 @@ use tests::{
 };
 use tonic::{Code, Status};
 
+/// A RefundPayment request; `amount_minor` 0 asks for all that is left
+/// (refund_all), any other amount for exactly that.
 pub(crate) fn request(order_id: &str, amount_minor: i64, refund_id: &str) -> bpb::RefundPaymentRequest {
     bpb::RefundPaymentRequest {
         order_id: order_id.into(),
         amount_minor,
         reason: "customer asked".into(),
         refund_id: refund_id.into(),
+        refund_all: amount_minor == 0,
     }
 }
 
