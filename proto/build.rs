@@ -10,11 +10,14 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/checkout/v1/checkout.proto", "proto/billing/v1/billing.proto"];
+    let files = ["proto/checkout/v1/checkout.proto", "proto/billing/v1/billing.proto", "proto/payments/errors/v1/errors.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
-    let fds = protox::compile(files, ["proto"])?;
+    // `vendor` holds third-party imports (google/api/field_behavior.proto),
+    // outside the module buf lints and holds to compatibility (buf.yaml).
+    println!("cargo:rerun-if-changed=vendor");
+    let fds = protox::compile(files, ["proto", "vendor"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure().build_client(true).build_server(false).compile_fds(fds.clone())?;

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use proto::billing::v1::billing_service_server::BillingServiceServer;
-use shared::{Clock, auth::Authenticator, db, gate::Gate, server::Shutdown};
+use shared::{Clock, auth::Authenticator, db, gate::Gate, server::Shutdown, service::Serving};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -94,31 +94,26 @@ pub async fn serve_app(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let http = tokio::spawn(crate::http::serve(app.clone(), http_listener, shutdown.clone(), app.config.common.shutdown_grace));
-    let _pool_gauge = shared::metrics::observe_pool("billing", app.pool.clone());
-    let auth = Authenticator::new(
-        &shared::config::Secret::expose_all(&app.config.auth_tokens),
-        &shared::config::Secret::expose_all(&app.config.admin_tokens),
-    );
+    let auth = Authenticator::from_secrets(&app.config.auth_tokens, &app.config.admin_tokens);
     let svc = BillingServiceServer::with_interceptor(crate::grpc::BillingGrpc::new(app.clone()), auth);
     let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };
-    let result = shared::server::serve(
-        proto::BILLING_SERVICE_NAME,
-        listener,
+    let serving = Serving {
+        service_name: proto::BILLING_SERVICE_NAME,
+        pool_name: "billing",
         svc,
-        &app.config.common,
-        shutdown.clone(),
+        listener,
         database_url,
-        app.pool.clone(),
-        |url| async move { migrate(&url).await },
-    )
-    .await;
-    // The gRPC server stopped (shutdown, or an error): the webhook endpoint too.
-    shutdown.trigger();
+        pool: app.pool.clone(),
+        migrate: |url: String| async move { migrate(&url).await },
+        jobs,
+    };
+    // Once the gRPC server stopped (shutdown, or an error), `shutdown` has
+    // fired: the webhook endpoint stops too.
+    let result = shared::service::serve(serving, &app.config.common, shutdown).await;
     match http.await {
         Ok(Err(e)) => tracing::error!(error = %e, "webhook endpoint failed"),
         Err(e) => tracing::error!(error = %e, "webhook endpoint task failed"),
         Ok(Ok(())) => {}
     }
-    shared::jobs::drain(jobs, app.config.common.shutdown_grace).await;
     result
 }

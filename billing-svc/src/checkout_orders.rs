@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use shared::db::Conn;
+use shared::status::ErrorReason;
 use uuid::Uuid;
 
 use crate::{
@@ -39,7 +40,7 @@ pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -
     };
     if !plan.active || plan.price_minor <= 0 {
         return Err(Error::precondition(
-            "PLAN_NOT_PURCHASABLE",
+            ErrorReason::PlanNotPurchasable,
             format!("plan:{plan_id}"),
             format!("plan {plan_id} cannot be bought"),
         ));
@@ -148,7 +149,7 @@ fn reuse(existing: Order, session_id: Uuid, user_id: &str, plan_id: &str) -> Res
     let subject = format!("checkout_session:{session_id}");
     if existing.user_id != user_id || existing.plan_id != plan_id {
         return Err(Error::precondition(
-            "ORDER_EXISTS",
+            ErrorReason::OrderExists,
             subject,
             "this checkout session already has an order for another user or plan",
         ));
@@ -157,15 +158,17 @@ fn reuse(existing: Order, session_id: Uuid, user_id: &str, plan_id: &str) -> Res
     // cancelled order would be refused, and a paid one is spent.
     match existing.status {
         Status::Cancelled => Err(Error::precondition(
-            "ORDER_CANCELLED",
+            ErrorReason::OrderCancelled,
             subject,
             format!(
                 "the order of checkout session {session_id} was cancelled; start a new checkout (with a new idempotency key)"
             ),
         )),
-        Status::Paid => {
-            Err(Error::precondition("ORDER_PAID", subject, format!("the order of checkout session {session_id} is already paid")))
-        }
+        Status::Paid => Err(Error::precondition(
+            ErrorReason::OrderPaid,
+            subject,
+            format!("the order of checkout session {session_id} is already paid"),
+        )),
         Status::Created => Ok(existing),
     }
 }

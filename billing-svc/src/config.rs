@@ -4,7 +4,7 @@
 //! README.md's table against them.
 use std::time::Duration;
 
-use shared::config::{CommonConfig, ConfigError, Secret, parse};
+use shared::config::{CommonConfig, ConfigError, Secret, ServiceArgs, ServiceConfig, parse};
 
 /// Which payment gateway billing talks to (`GATEWAY`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,23 +174,11 @@ pub struct Config {
 
 /// Everything billing-svc reads from the environment: [`Config`] and the
 /// variables only the binary uses.
-#[derive(Clone, Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub config: Config,
-    /// Database URL used when the service's own variable is unset.
-    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true, value_parser = parse::secret)]
-    pub fallback_database_url: Option<Secret>,
-    #[command(flatten)]
-    pub telemetry: shared::config::TelemetryArgs,
-}
+pub type Args = ServiceArgs<Config>;
 
-impl Args {
-    /// The service's configuration, `DATABASE_URL` applied.
-    pub fn into_config(self) -> Config {
-        let mut config = self.config;
-        config.database_url = config.database_url.or(self.fallback_database_url);
-        config
+impl ServiceConfig for Config {
+    fn database_url_mut(&mut self) -> &mut Option<Secret> {
+        &mut self.database_url
     }
 }
 
@@ -203,7 +191,7 @@ impl Config {
     /// What `serve` needs beyond the other subcommands (migrate and reconcile
     /// run without tokens or gateway secrets).
     pub fn check_serving(&self) -> Result<(), ConfigError> {
-        let missing = |name: &str, reason: &str| ConfigError { name: name.into(), value: String::new(), reason: reason.into() };
+        let missing = ConfigError::missing;
         if self.auth_tokens.is_empty() {
             return Err(missing("BILLING_AUTH_TOKENS", "at least one token must be set"));
         }

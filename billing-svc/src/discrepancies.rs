@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::db::Conn;
+use shared::{db::Conn, status::ErrorReason};
 
 use crate::{Error, Result, schema::payment_discrepancies as pd};
 
@@ -30,6 +30,22 @@ shared::text_enum! {
         /// A renewal paid for a period its subscription will not have (it
         /// was cancelled, fully refunded or replaced first).
         SubscriptionEnded = "SUBSCRIPTION_ENDED",
+    }
+}
+
+impl Kind {
+    /// The error reason VerifyPayment answers a payment of this kind with:
+    /// the same name, so PreconditionFailure.type and ErrorInfo.reason agree.
+    pub fn reason(self) -> ErrorReason {
+        match self {
+            Kind::OrderSuperseded => ErrorReason::OrderSuperseded,
+            Kind::OrderCancelled => ErrorReason::OrderCancelled,
+            Kind::SecondPayment => ErrorReason::SecondPayment,
+            Kind::AmountMismatch => ErrorReason::AmountMismatch,
+            Kind::UnknownOrder => ErrorReason::UnknownOrder,
+            Kind::RecordedBeforeClassification => ErrorReason::RecordedBeforeClassification,
+            Kind::SubscriptionEnded => ErrorReason::SubscriptionEnded,
+        }
     }
 }
 
@@ -69,7 +85,7 @@ impl Discrepancy {
     /// money is recorded for a refund, no subscription was created.
     pub fn to_error(&self) -> Error {
         Error::precondition(
-            self.kind.as_str(),
+            self.kind.reason(),
             format!("payment:{}", self.payment_id),
             format!("{}; the payment is recorded for a refund and bought no subscription", self.detail),
         )

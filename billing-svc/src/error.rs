@@ -1,10 +1,14 @@
 //! billing-svc's one error enum and its one mapping to gRPC statuses
 //! (docs/design.md, Error model). The failures both services share are
 //! [`ServiceError`], mapped in `shared`; only billing's own are mapped here.
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
-use shared::{db::DbError, error::ServiceError, status};
-use tonic::{Code, Status};
+use shared::{
+    db::DbError,
+    error::ServiceError,
+    status::{self, ErrorReason},
+};
+use tonic::Status;
 
 use crate::gateway::GatewayError;
 
@@ -15,7 +19,7 @@ pub enum Error {
     /// A plan limit or an empty balance: RESOURCE_EXHAUSTED with QuotaFailure
     /// and ErrorInfo {reason, plan, current_usage, limit}.
     #[error("{description}")]
-    QuotaExceeded { reason: &'static str, plan: String, current_usage: i64, limit: i64, description: String },
+    QuotaExceeded { reason: ErrorReason, plan: String, current_usage: i64, limit: i64, description: String },
     #[error("gateway signature does not match")]
     BadSignature,
     #[error(transparent)]
@@ -29,24 +33,25 @@ impl From<Error> for Status {
         match e {
             Error::Service(e) => e.into(),
             Error::QuotaExceeded { reason, plan, current_usage, limit, description } => {
-                let metadata = HashMap::from([
-                    ("plan".to_owned(), plan),
-                    ("current_usage".to_owned(), current_usage.to_string()),
-                    ("limit".to_owned(), limit.to_string()),
-                ]);
-                status::quota_exceeded(reason, reason, description, metadata)
+                let metadata = [("plan", plan), ("current_usage", current_usage.to_string()), ("limit", limit.to_string())];
+                status::quota_exceeded(reason, reason.as_str_name(), description, metadata)
             }
             Error::BadSignature => {
                 tracing::warn!("rejected a bad gateway signature");
-                status::with_reason(Code::InvalidArgument, "BAD_SIGNATURE", "gateway signature does not match")
+                status::with_reason(ErrorReason::BadSignature, "gateway signature does not match")
             }
             Error::Gateway(GatewayError::Unavailable { message, retry_after }) => {
                 tracing::warn!(error = %message, "payment gateway unavailable");
-                status::unavailable("payment gateway unavailable, retry later", retry_after.unwrap_or(Duration::from_secs(1)))
+                status::unavailable(
+                    ErrorReason::GatewayUnavailable,
+                    "payment gateway unavailable, retry later",
+                    retry_after.unwrap_or(Duration::from_secs(1)),
+                    [],
+                )
             }
             Error::Gateway(GatewayError::Refused { code, message }) => {
                 tracing::warn!(%code, %message, "payment gateway refused a request");
-                status::precondition("GATEWAY_REFUSED", &code, message)
+                status::precondition(ErrorReason::GatewayRefused, &code, message, [("gateway_code", code.clone())])
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Plan limits, counted only inside the subscription's current billing period
 //! (docs/design.md, Invariants 13): counting all history would lock users
 //! out after a period reset.
+use shared::status::ErrorReason;
 use std::fmt::Display;
 
 use chrono::{DateTime, Utc};
@@ -45,7 +46,7 @@ pub async fn period_usage(conn: &mut Conn, user_id: &str, sub: &Subscription, no
     Ok(PeriodUsage { sessions: row.sessions, minutes: row.minutes.max(0) })
 }
 
-fn exceeded(reason: &'static str, plan: &Plan, current: i64, limit: i64, what: impl Display) -> Error {
+fn exceeded(reason: ErrorReason, plan: &Plan, current: i64, limit: i64, what: impl Display) -> Error {
     Error::QuotaExceeded {
         reason,
         plan: plan.id.clone(),
@@ -59,15 +60,15 @@ fn exceeded(reason: &'static str, plan: &Plan, current: i64, limit: i64, what: i
 pub fn check_start(plan: &Plan, sub: &Subscription, used: &PeriodUsage) -> Result<()> {
     let max_sessions = i64::from(plan.max_sessions_per_period);
     if max_sessions > 0 && used.sessions >= max_sessions {
-        return Err(exceeded("SESSION_LIMIT_EXCEEDED", plan, used.sessions, max_sessions, "session limit reached"));
+        return Err(exceeded(ErrorReason::SessionLimitExceeded, plan, used.sessions, max_sessions, "session limit reached"));
     }
     let max_minutes = i64::from(plan.max_minutes_per_period);
     if max_minutes > 0 && used.minutes >= max_minutes {
-        return Err(exceeded("MINUTES_LIMIT_EXCEEDED", plan, used.minutes, max_minutes, "minutes limit reached"));
+        return Err(exceeded(ErrorReason::MinutesLimitExceeded, plan, used.minutes, max_minutes, "minutes limit reached"));
     }
     if sub.credits_remaining <= 0 {
         return Err(Error::QuotaExceeded {
-            reason: "NO_CREDITS",
+            reason: ErrorReason::NoCredits,
             plan: plan.id.clone(),
             current_usage: sub.credits_granted - sub.credits_remaining,
             limit: sub.credits_granted,
@@ -103,7 +104,7 @@ pub async fn authorize_upload(app: &App, user_id: &str, size_bytes: i64) -> Resu
     let max = report.plan.max_upload_bytes;
     if size_bytes > max {
         return Err(Error::QuotaExceeded {
-            reason: "UPLOAD_TOO_LARGE",
+            reason: ErrorReason::UploadTooLarge,
             plan: report.plan.id.clone(),
             current_usage: size_bytes,
             limit: max,
@@ -160,7 +161,7 @@ mod tests {
 
     fn reason(r: Result<()>) -> Option<&'static str> {
         match r {
-            Err(Error::QuotaExceeded { reason, .. }) => Some(reason),
+            Err(Error::QuotaExceeded { reason, .. }) => Some(reason.as_str_name()),
             _ => None,
         }
     }

@@ -2,12 +2,11 @@
 use std::process::ExitCode;
 
 use billing_svc::{App, Config, gateway::Sandbox};
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use proto::billing::v1::{self as pb, billing_service_client::BillingServiceClient};
 use shared::{
     Clock,
     config::{Secret, parse},
-    server::Shutdown,
 };
 
 #[derive(Parser)]
@@ -104,30 +103,7 @@ enum SandboxCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // A bad value is one line naming its variable; help, version and unknown
-    // arguments are clap's as usual.
-    let cli = match shared::config::matches_from(Cli::command(), std::env::args_os()) {
-        Ok(m) => Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit()),
-        Err(Ok(bad)) => {
-            eprintln!("billing-svc: {bad}");
-            return ExitCode::FAILURE;
-        }
-        Err(Err(e)) => e.exit(),
-    };
-    let _telemetry = match shared::telemetry::init("billing-svc") {
-        Ok(g) => Some(g),
-        Err(e) => {
-            eprintln!("billing-svc: telemetry: {e}");
-            None
-        }
-    };
-    match run(cli).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("billing-svc: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    shared::service::main("billing-svc", run).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -143,19 +119,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => {
             config.check_serving()?;
             let listener = shared::server::bind(&config.listen_addr, "BILLING_LISTEN_ADDR").await?;
-            let shutdown = Shutdown::new();
-            let trigger = shutdown.clone();
-            tokio::spawn(async move {
-                shared::server::termination_signal().await;
-                trigger.trigger();
-            });
+            let shutdown = shared::service::shutdown_on_signal();
             let http_listener = shared::server::bind(&config.http_addr, "BILLING_HTTP_ADDR").await?;
             billing_svc::serve(config, url, listener, http_listener, Clock::system(), shutdown).await?;
         }
-        Command::Migrate => {
-            let done = billing_svc::app::migrate(&url).await?;
-            println!("billing-svc: {} migration(s) applied", done.len());
-        }
+        Command::Migrate => shared::service::migrate_command("billing-svc", billing_svc::app::migrate(&url)).await?,
         Command::Reconcile { fix, json, checkout_endpoint, checkout_token } => {
             billing_svc::app::migrate(&url).await?;
             let app = App::new(config, &url, Clock::system());

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use shared::db::{Conn, Races};
+use shared::status::ErrorReason;
 
 use crate::{
     App, Error, Result,
@@ -145,7 +146,7 @@ async fn payment_unused(conn: &mut Conn, payment_id: &str) -> Result<()> {
         orders_t::table.filter(orders_t::payment_id.eq(payment_id)).select(orders_t::id).first(conn).await.optional()?;
     if used_by.is_some() {
         return Err(Error::precondition(
-            "PAYMENT_USED",
+            ErrorReason::PaymentUsed,
             format!("payment:{payment_id}"),
             "this payment id already paid another order",
         ));
@@ -323,16 +324,18 @@ pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str
         if p.order_id.as_deref() != Some(order.id.as_str()) {
             tracing::warn!(order_id = %order.id, payment_id, gateway_order_id = ?p.order_id, "payment belongs to another order");
             return Err(Error::precondition(
-                "PAYMENT_ORDER_MISMATCH",
+                ErrorReason::PaymentOrderMismatch,
                 format!("payment:{payment_id}"),
                 format!("the gateway records this payment against another order than {}", order.id),
             ));
         }
         if p.status != PaymentStatus::Captured {
-            return Err(Error::precondition(
-                "PAYMENT_NOT_CAPTURED",
+            let gateway_status = format!("{:?}", p.status).to_lowercase();
+            return Err(Error::precondition_with(
+                ErrorReason::PaymentNotCaptured,
                 format!("payment:{payment_id}"),
-                format!("the gateway reports this payment as {:?}, not captured; verify again later", p.status).to_lowercase(),
+                format!("the gateway reports this payment as {gateway_status}, not captured; verify again later"),
+                vec![("gateway_status", gateway_status)],
             ));
         }
     }

@@ -14,7 +14,7 @@ use std::{
 use proto::billing::v1::{
     DeductRequest, GetPlanRequest, StartUsageSessionRequest, UsageKind, billing_service_client::BillingServiceClient,
 };
-use shared::pg::PgServer;
+use test_support::pg::PgServer;
 use tonic::{Code, transport::Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 

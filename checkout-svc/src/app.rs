@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use proto::checkout::v1::checkout_service_server::CheckoutServiceServer;
-use shared::{Clock, auth::Authenticator, db, server::Shutdown};
+use shared::{Clock, auth::Authenticator, db, server::Shutdown, service::Serving};
 use tokio::net::TcpListener;
 
 use crate::{billing::Billing, config::Config};
@@ -46,24 +46,18 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let app = App::new(config, &database_url, clock)?;
-    let _pool_gauge = shared::metrics::observe_pool("checkout", app.pool.clone());
-    let auth = Authenticator::new(
-        &shared::config::Secret::expose_all(&app.config.auth_tokens),
-        &shared::config::Secret::expose_all(&app.config.admin_tokens),
-    );
+    let auth = Authenticator::from_secrets(&app.config.auth_tokens, &app.config.admin_tokens);
     let svc = CheckoutServiceServer::with_interceptor(crate::grpc::CheckoutGrpc::new(app.clone()), auth);
     let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };
-    let result = shared::server::serve(
-        proto::CHECKOUT_SERVICE_NAME,
-        listener,
+    let serving = Serving {
+        service_name: proto::CHECKOUT_SERVICE_NAME,
+        pool_name: "checkout",
         svc,
-        &app.config.common,
-        shutdown,
+        listener,
         database_url,
-        app.pool.clone(),
-        |url| async move { migrate(&url).await },
-    )
-    .await;
-    shared::jobs::drain(jobs, app.config.common.shutdown_grace).await;
-    result
+        pool: app.pool.clone(),
+        migrate: |url: String| async move { migrate(&url).await },
+        jobs,
+    };
+    shared::service::serve(serving, &app.config.common, shutdown).await
 }

@@ -2,8 +2,8 @@
 use std::process::ExitCode;
 
 use checkout_svc::App;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use shared::{Clock, server::Shutdown};
+use clap::{Parser, Subcommand};
+use shared::Clock;
 
 #[derive(Parser)]
 #[command(
@@ -48,33 +48,10 @@ enum JobsCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // A bad value is one line naming its variable; help, version and unknown
-    // arguments are clap's as usual.
-    let cli = match shared::config::matches_from(Cli::command(), std::env::args_os()) {
-        Ok(m) => Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit()),
-        Err(Ok(bad)) => {
-            eprintln!("checkout-svc: {bad}");
-            return ExitCode::FAILURE;
-        }
-        Err(Err(e)) => e.exit(),
-    };
-    let _telemetry = match shared::telemetry::init("checkout-svc") {
-        Ok(g) => Some(g),
-        Err(e) => {
-            eprintln!("checkout-svc: telemetry: {e}");
-            None
-        }
-    };
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("checkout-svc: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    shared::service::main("checkout-svc", run).await
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.env.into_config();
     // No database, no work: there is no embedded fallback in this binary.
     let url = shared::config::require_database_url(config.database_url.clone(), "CHECKOUT_DATABASE_URL", "checkout")?;
@@ -82,18 +59,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             config.check_serving()?;
             let listener = shared::server::bind(&config.listen_addr, "CHECKOUT_LISTEN_ADDR").await?;
-            let shutdown = Shutdown::new();
-            let trigger = shutdown.clone();
-            tokio::spawn(async move {
-                shared::server::termination_signal().await;
-                trigger.trigger();
-            });
+            let shutdown = shared::service::shutdown_on_signal();
             checkout_svc::serve(config, url, listener, Clock::system(), shutdown).await?;
         }
-        Command::Migrate => {
-            let done = checkout_svc::app::migrate(&url).await?;
-            println!("checkout-svc: {} migration(s) applied", done.len());
-        }
+        Command::Migrate => shared::service::migrate_command("checkout-svc", checkout_svc::app::migrate(&url)).await?,
         Command::Cleanup { dry_run } => {
             checkout_svc::app::migrate(&url).await?;
             let app = App::new(config, &url, Clock::system())?;
@@ -112,7 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", checkout_svc::jobs::run_once(&app, &job).await?);
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The servers' codec: tonic's prost codec, except that a request body that
 //! does not decode (invalid UTF-8 in a string, a wrong wire type, a
-//! truncated message) is the caller's error, INVALID_ARGUMENT, where tonic
-//! answers INTERNAL. Clients keep the stock codec: a response that does not
+//! truncated message) is the caller's error, INVALID_ARGUMENT
+//! `MALFORMED_REQUEST`, where tonic answers INTERNAL. Clients keep the stock codec: a response that does not
 //! decode is not the caller's fault.
 use std::marker::PhantomData;
 
@@ -54,7 +54,7 @@ impl<U: prost::Message + Default> Decoder for RequestDecoder<U> {
             if s.code() == Code::Internal {
                 let mut msg = format!("request body is not a valid protobuf message: {}", s.message());
                 msg.truncate(msg.floor_char_boundary(MAX_MESSAGE));
-                Status::invalid_argument(msg)
+                crate::error::plain(crate::error::ErrorReason::MalformedRequest, msg)
             } else {
                 s
             }

@@ -1,7 +1,8 @@
 //! The public contracts of checkout-svc and billing-svc, generated from
-//! `proto/*/v1/*.proto`.
+//! `proto/*/v1/*.proto`, and the error contract both follow ([`error`]).
 
 pub mod codec;
+pub mod error;
 
 pub mod checkout {
     pub mod v1 {
@@ -14,6 +15,14 @@ pub mod billing {
     pub mod v1 {
         tonic::include_proto!("billing.v1");
         include!(concat!(env!("OUT_DIR"), "/server/billing.v1.rs"));
+    }
+}
+
+pub mod payments {
+    pub mod errors {
+        pub mod v1 {
+            tonic::include_proto!("payments.errors.v1");
+        }
     }
 }
 

@@ -8,6 +8,8 @@ use std::{
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
+use crate::status::{ErrorReason, with_reason};
+
 /// Lets one log line through per `every`; the lines held back meanwhile are
 /// counted and reported with the next one. A flood of bad tokens must not
 /// turn into a flood of log lines (disk, log pipeline, the logging cost
@@ -82,17 +84,22 @@ impl Authenticator {
         }
     }
 
+    /// [`Authenticator::new`] from the configured secrets.
+    pub fn from_secrets(service: &[crate::config::Secret], admin: &[crate::config::Secret]) -> Self {
+        Self::new(&crate::config::Secret::expose_all(service), &crate::config::Secret::expose_all(admin))
+    }
+
     pub fn check(&self, req: &mut Request<()>) -> Result<(), Status> {
         let header = req
             .metadata()
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+            .ok_or_else(|| with_reason(ErrorReason::TokenMissing, "missing authorization: Bearer <token>"))?;
         let token = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
-            .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
+            .ok_or_else(|| with_reason(ErrorReason::TokenMissing, "authorization must be \"Bearer <token>\""))?;
         let d = digest(token);
         let role = if self.admin.contains(&d) {
             Role::Admin
@@ -105,7 +112,7 @@ impl Authenticator {
                     "rejected an unknown bearer token (suppressed: rejections not logged since the last line)"
                 );
             }
-            return Err(Status::unauthenticated("invalid token"));
+            return Err(with_reason(ErrorReason::TokenInvalid, "invalid token"));
         };
         req.extensions_mut().insert(Caller { role });
         Ok(())
@@ -123,8 +130,8 @@ impl tonic::service::Interceptor for Authenticator {
 pub fn require_admin<T>(req: &Request<T>) -> Result<(), Status> {
     match req.extensions().get::<Caller>() {
         Some(Caller { role: Role::Admin }) => Ok(()),
-        Some(_) => Err(Status::permission_denied("this RPC needs an admin token")),
-        None => Err(Status::unauthenticated("missing authorization")),
+        Some(_) => Err(with_reason(ErrorReason::AdminRequired, "this RPC needs an admin token")),
+        None => Err(with_reason(ErrorReason::TokenMissing, "missing authorization")),
     }
 }
 

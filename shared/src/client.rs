@@ -171,7 +171,8 @@ mod tests {
         assert!(std::error::Error::source(&from_io).is_some());
         assert!(is_transport_failure(&from_io));
         // Answers of the server itself.
-        let quota = crate::status::quota_exceeded("PLAN_LIMIT", "plan:basic", "limit reached", Default::default());
+        let quota =
+            crate::status::quota_exceeded(crate::status::ErrorReason::SessionLimitExceeded, "plan:basic", "limit reached", []);
         assert!(!is_transport_failure(&quota));
         assert!(!is_transport_failure(&Status::internal("internal error (trace id 0af7)")));
         assert!(!is_transport_failure(&Status::invalid_argument("bad")));

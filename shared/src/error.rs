@@ -4,9 +4,17 @@
 //! gateway failures, checkout's answers from billing);
 //! [`service_error_conversions!`](crate::service_error_conversions) gives it
 //! the shared conversions and constructors.
-use tonic::{Code, Status};
+use tonic::Status;
 
-use crate::{db::DbError, gate::Busy, idempotency::IdempotencyError, status};
+use crate::{
+    db::DbError,
+    gate::Busy,
+    idempotency::IdempotencyError,
+    status::{self, ErrorReason},
+};
+
+/// Dynamic values of an error, sent as `ErrorInfo.metadata`.
+pub type Metadata = Vec<(&'static str, String)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -14,8 +22,9 @@ pub enum ServiceError {
     InvalidArgument { field: &'static str, description: String },
     #[error("{resource} {id} not found")]
     NotFound { resource: &'static str, id: String },
+    /// A wrong state: `reason` is one of the FAILED_PRECONDITION reasons.
     #[error("{description}")]
-    FailedPrecondition { kind: &'static str, subject: String, description: String },
+    FailedPrecondition { reason: ErrorReason, subject: String, description: String, metadata: Metadata },
     #[error("idempotency key reused with a different request")]
     IdempotencyKeyReused,
     #[error("a request with this idempotency key is still in flight")]
@@ -35,8 +44,20 @@ impl ServiceError {
         ServiceError::NotFound { resource, id: id.to_string() }
     }
 
-    pub fn precondition(kind: &'static str, subject: impl ToString, description: impl Into<String>) -> Self {
-        ServiceError::FailedPrecondition { kind, subject: subject.to_string(), description: description.into() }
+    pub fn precondition(reason: ErrorReason, subject: impl ToString, description: impl Into<String>) -> Self {
+        Self::precondition_with(reason, subject, description, Metadata::new())
+    }
+
+    /// A wrong state with dynamic values for `ErrorInfo.metadata` (the
+    /// refundable amount...).
+    pub fn precondition_with(
+        reason: ErrorReason,
+        subject: impl ToString,
+        description: impl Into<String>,
+        metadata: Metadata,
+    ) -> Self {
+        debug_assert_eq!(reason.code(), tonic::Code::FailedPrecondition, "{reason:?}");
+        ServiceError::FailedPrecondition { reason, subject: subject.to_string(), description: description.into(), metadata }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -73,13 +94,15 @@ impl From<ServiceError> for Status {
         match e {
             ServiceError::InvalidArgument { field, description } => status::invalid_field(field, description),
             ServiceError::NotFound { resource, id } => status::not_found(resource, &id),
-            ServiceError::FailedPrecondition { kind, subject, description } => status::precondition(kind, &subject, description),
-            ServiceError::IdempotencyKeyReused => status::with_reason(
-                Code::InvalidArgument,
-                "IDEMPOTENCY_KEY_REUSED",
-                "idempotency key was used with a different request",
-            ),
-            ServiceError::IdempotencyKeyInFlight => status::aborted("a request with this idempotency key is in flight, retry"),
+            ServiceError::FailedPrecondition { reason, subject, description, metadata } => {
+                status::precondition(reason, &subject, description, metadata)
+            }
+            ServiceError::IdempotencyKeyReused => {
+                status::with_reason(ErrorReason::IdempotencyKeyReused, "idempotency key was used with a different request")
+            }
+            ServiceError::IdempotencyKeyInFlight => {
+                status::aborted(ErrorReason::IdempotencyKeyInFlight, "a request with this idempotency key is in flight, retry")
+            }
             ServiceError::Db(e) => status::from_db(&e),
             ServiceError::Internal(m) => status::internal(&m),
         }
@@ -147,8 +170,21 @@ macro_rules! service_error_conversions {
                 $crate::error::ServiceError::not_found(resource, id).into()
             }
 
-            pub fn precondition(kind: &'static str, subject: impl ToString, description: impl Into<String>) -> Self {
-                $crate::error::ServiceError::precondition(kind, subject, description).into()
+            pub fn precondition(
+                reason: $crate::status::ErrorReason,
+                subject: impl ToString,
+                description: impl Into<String>,
+            ) -> Self {
+                $crate::error::ServiceError::precondition(reason, subject, description).into()
+            }
+
+            pub fn precondition_with(
+                reason: $crate::status::ErrorReason,
+                subject: impl ToString,
+                description: impl Into<String>,
+                metadata: $crate::error::Metadata,
+            ) -> Self {
+                $crate::error::ServiceError::precondition_with(reason, subject, description, metadata).into()
             }
 
             pub fn internal(message: impl Into<String>) -> Self {

@@ -75,12 +75,14 @@ impl Key {
 /// INVALID_ARGUMENT IDEMPOTENCY_KEY_REUSED (the reason of a key that names
 /// another request), with a field violation on `request_id`.
 fn key_disagreement() -> Status {
-    use tonic_types::{ErrorDetails, StatusExt};
     let description = format!("disagrees with the deprecated {METADATA_KEY} header; send request_id alone");
-    let mut details =
-        ErrorDetails::with_error_info("IDEMPOTENCY_KEY_REUSED", crate::status::ERROR_DOMAIN, std::collections::HashMap::new());
-    details.add_bad_request_violation(REQUEST_ID_FIELD, description.clone());
-    Status::with_error_details(tonic::Code::InvalidArgument, format!("{REQUEST_ID_FIELD}: {description}"), details)
+    let details = tonic_types::ErrorDetails::with_bad_request_violation(REQUEST_ID_FIELD, description.clone());
+    proto::error::status(
+        crate::status::ErrorReason::IdempotencyKeyReused,
+        format!("{REQUEST_ID_FIELD}: {description}"),
+        [("field", REQUEST_ID_FIELD.to_owned())],
+        details,
+    )
 }
 
 /// The request field that carries the key (the header's successor).

@@ -1,9 +1,8 @@
 //! Plumbing shared by checkout-svc and billing-svc: configuration, the
-//! database pool and migrations, the PostgreSQL bootstrap (feature
-//! `pg-bootstrap`, for `stack` and the tests only), the clock,
-//! telemetry and metrics, gRPC server assembly (health, reflection, auth,
-//! load shedding, graceful shutdown), error helpers, client retries and
-//! periodic jobs.
+//! database pool and migrations, the clock, telemetry and metrics, gRPC
+//! server assembly (health, reflection, auth, load shedding, graceful
+//! shutdown), the binaries' start-up and `serve` scaffolding, error
+//! helpers, client retries and periodic jobs.
 
 pub mod auth;
 pub mod client;
@@ -15,8 +14,8 @@ pub mod gate;
 pub mod idempotency;
 pub mod jobs;
 pub mod metrics;
-pub mod pg;
 pub mod server;
+pub mod service;
 pub mod status;
 pub mod telemetry;
 pub mod text_enum;

@@ -141,15 +141,23 @@ where
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let max_in_flight = config.max_concurrent_requests;
+    // A shed request is retried after this (likely on another replica).
+    const OVERLOAD_RETRY: Duration = Duration::from_secs(1);
     const MAX_RESET_STREAMS: usize = 4096;
     // Beyond the global limit a request is shed at once with UNAVAILABLE
-    // (retryable, maybe on another replica) instead of queueing unbounded.
+    // OVERLOADED and RetryInfo (retryable, maybe on another replica) instead
+    // of queueing unbounded.
     // RPC metrics sit outside, so shed requests are counted too.
     let layers = ServiceBuilder::new()
         .layer(crate::metrics::RpcMetricsLayer)
         .map_err(move |e: BoxError| -> BoxError {
             if e.is::<tower::load_shed::error::Overloaded>() {
-                Box::new(tonic::Status::unavailable(format!("server overloaded ({max_in_flight} requests in flight), retry")))
+                Box::new(crate::status::unavailable(
+                    crate::status::ErrorReason::Overloaded,
+                    format!("server overloaded ({max_in_flight} requests in flight), retry"),
+                    OVERLOAD_RETRY,
+                    [("max_in_flight", max_in_flight.to_string())],
+                ))
             } else {
                 e
             }

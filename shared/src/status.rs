@@ -1,75 +1,99 @@
 //! Building the gRPC statuses of docs/design.md, Error model, with their
-//! `google.rpc` details.
-//! Each service's `error.rs` maps its domain errors through these helpers, so
-//! every status of one kind looks the same on the wire.
-use std::{collections::HashMap, time::Duration};
+//! `google.rpc` details. Each service's `error.rs` maps its domain errors
+//! through these helpers, and every helper goes through
+//! [`proto::error::status`], so every status carries `ErrorInfo` with an
+//! [`ErrorReason`], travels with that reason's one code, and every status of
+//! one kind looks the same on the wire.
+use std::time::Duration;
 
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+pub use proto::error::{ERROR_DOMAIN, ErrorReason};
+use tonic::Status;
+use tonic_types::{ErrorDetails, FieldViolation};
 
 use crate::db::DbError;
 
-pub const ERROR_DOMAIN: &str = "payments.internal";
-
-/// INVALID_ARGUMENT with BadRequest field violations.
+/// INVALID_ARGUMENT `INVALID_FIELD` with BadRequest field violations.
 pub fn invalid(violations: Vec<FieldViolation>) -> Status {
     let msg = violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
-    Status::with_error_details(Code::InvalidArgument, msg, ErrorDetails::with_bad_request(violations))
+    let first = violations.first().map(|v| ("field", v.field.clone()));
+    proto::error::status(ErrorReason::InvalidField, msg, first, ErrorDetails::with_bad_request(violations))
 }
 
-/// INVALID_ARGUMENT for one field.
+/// INVALID_ARGUMENT `INVALID_FIELD` for one field.
 pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
     invalid(vec![FieldViolation::new(field, description)])
 }
 
-/// NOT_FOUND with ResourceInfo.
+/// NOT_FOUND `RESOURCE_NOT_FOUND` with ResourceInfo.
 pub fn not_found(resource_type: &str, name: &str) -> Status {
-    Status::with_error_details(
-        Code::NotFound,
+    proto::error::status(
+        ErrorReason::ResourceNotFound,
         format!("{resource_type} {name} not found"),
+        [("resource_type", resource_type.to_owned()), ("resource_name", name.to_owned())],
         ErrorDetails::with_resource_info(resource_type, name, "", "no such resource"),
     )
 }
 
-/// FAILED_PRECONDITION with one PreconditionFailure violation.
-pub fn precondition(violation_type: &str, subject: &str, description: impl Into<String>) -> Status {
+/// FAILED_PRECONDITION with one PreconditionFailure violation whose type is
+/// the reason's name; metadata `subject` plus `metadata`.
+pub fn precondition(
+    reason: ErrorReason,
+    subject: &str,
+    description: impl Into<String>,
+    metadata: impl IntoIterator<Item = (&'static str, String)>,
+) -> Status {
     let description = description.into();
-    Status::with_error_details(
-        Code::FailedPrecondition,
-        description.clone(),
-        ErrorDetails::with_precondition_failure_violation(violation_type, subject, description),
-    )
+    let details = ErrorDetails::with_precondition_failure_violation(reason.as_str_name(), subject, description.clone());
+    let metadata = std::iter::once(("subject", subject.to_owned())).chain(metadata);
+    proto::error::status(reason, description, metadata, details)
 }
 
-/// RESOURCE_EXHAUSTED with QuotaFailure and ErrorInfo{reason, metadata}.
-pub fn quota_exceeded(reason: &str, subject: &str, description: impl Into<String>, metadata: HashMap<String, String>) -> Status {
+/// RESOURCE_EXHAUSTED with QuotaFailure {subject} and ErrorInfo{reason, metadata}.
+pub fn quota_exceeded(
+    reason: ErrorReason,
+    subject: &str,
+    description: impl Into<String>,
+    metadata: impl IntoIterator<Item = (&'static str, String)>,
+) -> Status {
     let description = description.into();
-    let mut details = ErrorDetails::with_quota_failure_violation(subject, description.clone());
-    details.set_error_info(reason, ERROR_DOMAIN, metadata);
-    Status::with_error_details(Code::ResourceExhausted, description, details)
+    let details = ErrorDetails::with_quota_failure_violation(subject, description.clone());
+    proto::error::status(reason, description, metadata, details)
 }
 
-/// Any code with an ErrorInfo reason (bad signature, reused idempotency key...).
-pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()))
+/// A status that needs nothing but its reason (bad signature, reused
+/// idempotency key, a missing token...).
+pub fn with_reason(reason: ErrorReason, message: impl Into<String>) -> Status {
+    proto::error::plain(reason, message)
 }
 
-/// UNAVAILABLE with RetryInfo.
-pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> Status {
-    Status::with_error_details(Code::Unavailable, message, ErrorDetails::with_retry_info(Some(retry_after)))
+/// UNAVAILABLE with RetryInfo `retry_after`.
+pub fn unavailable(
+    reason: ErrorReason,
+    message: impl Into<String>,
+    retry_after: Duration,
+    metadata: impl IntoIterator<Item = (&'static str, String)>,
+) -> Status {
+    proto::error::status(reason, message, metadata, ErrorDetails::with_retry_info(Some(retry_after)))
 }
 
-/// ABORTED: a conflict the caller should retry at once.
-pub fn aborted(message: impl Into<String>) -> Status {
-    Status::with_error_details(Code::Aborted, message, ErrorDetails::with_retry_info(Some(Duration::from_millis(50))))
+/// ABORTED: a conflict the caller should retry at once (the reason's
+/// RetryInfo, 50 ms).
+pub fn aborted(reason: ErrorReason, message: impl Into<String>) -> Status {
+    proto::error::plain(reason, message)
 }
 
 /// INTERNAL: a bug. The cause is logged with the trace id; the caller gets an
-/// opaque message carrying the same id so the two can be matched.
+/// opaque message carrying the same id (also metadata `trace_id`) so the two
+/// can be matched.
 pub fn internal(cause: &dyn std::fmt::Display) -> Status {
     let trace_id = crate::telemetry::current_trace_id().unwrap_or_default();
     tracing::error!(error = %cause, trace_id = %trace_id, "internal error");
-    Status::internal(format!("internal error (trace id {trace_id})"))
+    proto::error::status(
+        ErrorReason::InternalError,
+        format!("internal error (trace id {trace_id})"),
+        [("trace_id", trace_id)],
+        ErrorDetails::new(),
+    )
 }
 
 /// The database half of the mapping, shared by both services.
@@ -77,24 +101,30 @@ pub fn from_db(e: &DbError) -> Status {
     match e {
         DbError::Unavailable(m) => {
             tracing::warn!(error = %m, "database unavailable");
-            unavailable("database unavailable, retry later", Duration::from_secs(1))
+            unavailable(ErrorReason::DatabaseUnavailable, "database unavailable, retry later", Duration::from_secs(1), [])
         }
         DbError::Conflict(m) => {
             tracing::info!(error = %m, "transaction conflict");
-            aborted("concurrent update, retry")
+            aborted(ErrorReason::ConcurrentUpdate, "concurrent update, retry")
         }
         DbError::Timeout(m) => {
             tracing::info!(error = %m, "database wait past its bound");
-            aborted("the data is busy (a lock wait or statement ran past its bound), retry")
+            aborted(ErrorReason::RowBusy, "the data is busy (a lock wait or statement ran past its bound), retry")
         }
         DbError::InvalidInput(m) => {
             let mut m = m.clone();
             m.truncate(m.floor_char_boundary(MAX_DETAIL));
-            invalid_field("request", format!("a value cannot be stored: {m}"))
+            let description = format!("a value cannot be stored: {m}");
+            proto::error::status(
+                ErrorReason::ValueNotStorable,
+                format!("request: {description}"),
+                [("field", "request".to_owned())],
+                ErrorDetails::with_bad_request(vec![FieldViolation::new("request", description)]),
+            )
         }
         DbError::UniqueViolation { constraint } => {
             tracing::info!(constraint = %constraint, "unexpected unique violation");
-            aborted(format!("concurrent update ({constraint}), retry"))
+            aborted(ErrorReason::ConcurrentUpdate, format!("concurrent update ({constraint}), retry"))
         }
         DbError::Other(m) => internal(m),
     }
@@ -194,6 +224,8 @@ impl Violations {
 
 #[cfg(test)]
 mod tests {
+    use tonic_types::StatusExt;
+
     use super::*;
 
     #[test]

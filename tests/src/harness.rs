@@ -8,7 +8,8 @@ use std::{
 };
 
 use chrono::{TimeZone, Utc};
-use shared::{Clock, config::CommonConfig, pg::PgServer, server::Shutdown};
+use shared::{Clock, config::CommonConfig, server::Shutdown};
+use test_support::pg::PgServer;
 use tokio::{net::TcpListener, sync::OnceCell};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -39,7 +40,7 @@ pub fn init_telemetry(
     if ran { guard.as_ref() } else { None }
 }
 
-/// The PostgreSQL server tests use (`shared::pg`, docs/design.md
+/// The PostgreSQL server tests use (`test_support::pg`, docs/design.md
 /// "Development PostgreSQL"), once per process.
 pub async fn pg() -> anyhow::Result<&'static PgServer> {
     SERVER.get_or_try_init(|| async { PgServer::resolve(&workspace_root().join("target/pg")).await }).await

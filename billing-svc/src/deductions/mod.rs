@@ -10,6 +10,7 @@
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
+use shared::status::ErrorReason;
 use shared::{
     Clock,
     db::{self, Conn, Races},
@@ -103,7 +104,7 @@ fn outcome(row: ChargeRow, session_id: Uuid, mode: &'static str) -> Result<Optio
         Some("NOT_FOUND") => return Err(Error::not_found("usage_session", session_id)),
         Some("SESSION_ENDED") => {
             return Err(Error::precondition(
-                "SESSION_ENDED",
+                ErrorReason::SessionEnded,
                 format!("usage_session:{session_id}"),
                 "the usage session has ended",
             ));

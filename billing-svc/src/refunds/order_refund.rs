@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use shared::db::{Conn, Races};
+use shared::status::ErrorReason;
 
 use super::outcome::{self, Answer, Claim};
 use super::{Refund, Refunded, Request, Status, discrepancy, find, insert_pending, refunded_of, settled};
@@ -26,7 +27,7 @@ async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>, lease: chrono::
             && (r.amount_minor == 0 || r.amount_minor == prior.amount_minor);
         if !same {
             return Err(Error::precondition(
-                "REFUND_ID_REUSED",
+                ErrorReason::RefundIdReused,
                 format!("refund:{}", r.refund_id),
                 "this refund_id was used for another order or amount; use a new refund_id",
             ));
@@ -37,18 +38,28 @@ async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>, lease: chrono::
         return Ok(Begun::Replay(prior));
     }
     let Some(payment_id) = order.payment_id.clone().filter(|_| order.is_paid()) else {
-        return Err(Error::precondition("ORDER_NOT_PAID", subject, format!("order {} has no captured payment", order.id)));
+        return Err(Error::precondition(
+            ErrorReason::OrderNotPaid,
+            subject,
+            format!("order {} has no captured payment", order.id),
+        ));
     };
     let left = order.amount_minor - refunded_of(conn, &payment_id).await?;
     let amount = if r.amount_minor == 0 { left } else { r.amount_minor };
     if left <= 0 || amount > left {
-        return Err(Error::precondition(
-            "REFUND_EXCEEDS_CAPTURED",
+        return Err(Error::precondition_with(
+            ErrorReason::RefundExceedsCaptured,
             subject,
             format!(
                 "order {} captured {} {} and {left} is left to refund; {amount} asked",
                 order.id, order.amount_minor, order.currency
             ),
+            vec![
+                ("refundable_minor", left.max(0).to_string()),
+                ("captured_minor", order.amount_minor.to_string()),
+                ("requested_minor", amount.to_string()),
+                ("currency", order.currency.clone()),
+            ],
         ));
     }
     let pending =
@@ -87,7 +98,7 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
         Answer::Refused(why) if recorded.status == Status::Failed => {
             tracing::warn!(refund_id = %recorded.id, order_id = %r.order_id, %why, "gateway refused a refund");
             Err(Error::precondition(
-                "GATEWAY_REFUSED",
+                ErrorReason::GatewayRefused,
                 format!("refund:{}", recorded.id),
                 format!("the gateway refused the refund ({why}); it is recorded FAILED and the order is unchanged"),
             ))

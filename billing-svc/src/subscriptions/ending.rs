@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use shared::db::Conn;
+use shared::status::ErrorReason;
 use uuid::Uuid;
 
 use super::{LedgerKind, Status, Subscription, get, lock, lock_live, roll_if_due, take_credits};
@@ -135,7 +136,7 @@ pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &str, at_period_end: boo
             Status::Cancelled => return replay(sub),
             Status::Expired | Status::Replaced => {
                 return Err(Error::precondition(
-                    "SUBSCRIPTION_ENDED",
+                    ErrorReason::SubscriptionEnded,
                     format!("subscription:{id}"),
                     format!("subscription {id} is {} and cannot be cancelled", sub.status),
                 ));
@@ -144,7 +145,7 @@ pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &str, at_period_end: boo
         }
         if sub.is_free() {
             return Err(Error::precondition(
-                "FREE_PLAN",
+                ErrorReason::FreePlan,
                 format!("subscription:{id}"),
                 "the free plan has nothing to cancel: it renews at no charge",
             ));

@@ -33,16 +33,17 @@ use fake::*;
 
 /// A billing App on a fresh database whose gateway is the fake Razorpay
 /// with card mandates on (`RAZORPAY_CARD_MANDATES=true`), and a manual clock.
-async fn app_with_fake(base: &str) -> (billing_svc::App, shared::Clock, String, &'static shared::pg::PgServer) {
+async fn app_with_fake(base: &str) -> (billing_svc::App, shared::Clock, String, &'static test_support::pg::PgServer) {
     app_with_fake_mandates(base, true).await
 }
 
 async fn app_with_fake_mandates(
     base: &str,
     card_mandates: bool,
-) -> (billing_svc::App, shared::Clock, String, &'static shared::pg::PgServer) {
+) -> (billing_svc::App, shared::Clock, String, &'static test_support::pg::PgServer) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pg");
-    let server: &'static shared::pg::PgServer = Box::leak(Box::new(shared::pg::PgServer::resolve(&root).await.unwrap()));
+    let server: &'static test_support::pg::PgServer =
+        Box::leak(Box::new(test_support::pg::PgServer::resolve(&root).await.unwrap()));
     let db = format!("razorpay_{}", uuid::Uuid::new_v4().simple());
     server.ensure_database(&db, None).await.unwrap();
     let url = server.url(&db);

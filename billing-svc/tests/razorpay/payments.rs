@@ -8,7 +8,7 @@ use super::*;
 async fn verify_payment_confirms_the_payment_at_razorpay() {
     let (fake, base) = start_fake().await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pg");
-    let server = shared::pg::PgServer::resolve(&root).await.unwrap();
+    let server = test_support::pg::PgServer::resolve(&root).await.unwrap();
     let db = format!("razorpay_{}", uuid::Uuid::new_v4().simple());
     server.ensure_database(&db, None).await.unwrap();
     let url = server.url(&db);
@@ -26,7 +26,7 @@ async fn verify_payment_confirms_the_payment_at_razorpay() {
         billing_svc::payments::verify(&app, order_id, payment_id, &sig).await
     };
     let kind = |r: Result<billing_svc::payments::Captured, Error>| match r {
-        Err(Error::Service(ServiceError::FailedPrecondition { kind, .. })) => kind,
+        Err(Error::Service(ServiceError::FailedPrecondition { reason, .. })) => reason.as_str_name(),
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     };
 

@@ -7,8 +7,8 @@
 //! again; a 409 (in progress) or a 400 to a repeat is never recorded FAILED.
 use billing_svc::gateway::{Sandbox, refund_idempotency_key};
 use proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
-use shared::pg::PgServer;
 use std::time::Duration;
+use test_support::pg::PgServer;
 use tonic::{Code, Request, transport::Channel};
 
 use crate::fake::*;

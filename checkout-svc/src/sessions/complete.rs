@@ -7,6 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use proto::billing::v1 as bpb;
+use shared::status::ErrorReason;
 use shared::{
     client::Budget,
     db::Conn,
@@ -94,7 +95,7 @@ pub async fn complete(
     }
     let session = find(&mut *app.conn().await?, id).await?;
     if session.is(Status::Completed) && session.payment_id.as_deref() != Some(payment_id) {
-        return Err(Error::precondition("SESSION_COMPLETED", id, "the session was completed with another payment"));
+        return Err(Error::precondition(ErrorReason::SessionCompleted, id, "the session was completed with another payment"));
     }
     // Always through billing, even for a repeat: the signature is checked on
     // every call, and billing answers a repeat with the same subscription.

@@ -3,6 +3,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use sha2::{Digest, Sha256};
+use shared::status::ErrorReason;
 use shared::{
     client::Budget,
     db::Conn,
@@ -51,14 +52,14 @@ pub async fn recover(
         source
     };
     if source.is(Status::Completed) {
-        return Err(Error::precondition("SESSION_COMPLETED", id, "the session is paid; nothing to recover"));
+        return Err(Error::precondition(ErrorReason::SessionCompleted, id, "the session is paid; nothing to recover"));
     }
     if source.is(Status::Active) && !source.lapsed(now) {
-        return Err(Error::precondition("SESSION_ACTIVE", id, "the session is still active; nothing to recover"));
+        return Err(Error::precondition(ErrorReason::SessionActive, id, "the session is still active; nothing to recover"));
     }
     if now - source.created_at > RETENTION {
         return Err(Error::precondition(
-            "SESSION_TOO_OLD",
+            ErrorReason::SessionTooOld,
             id,
             "sessions older than 7 days cannot be recovered; create a new one",
         ));
@@ -66,7 +67,7 @@ pub async fn recover(
     // Paid at the gateway but never completed here: complete it instead of
     // selling the same purchase twice.
     if super::complete::sync_one(app, budget, &source).await? {
-        return Err(Error::precondition("SESSION_COMPLETED", id, "the session is paid; nothing to recover"));
+        return Err(Error::precondition(ErrorReason::SessionCompleted, id, "the session is paid; nothing to recover"));
     }
     let new_id = recovery_id(id);
     // Every recovery of `id` asks billing for this one session id, keyed or
@@ -84,7 +85,11 @@ pub async fn recover(
                 None => {
                     let current = lock(c, id).await?;
                     if current.is(Status::Completed) {
-                        return Err(Error::precondition("SESSION_COMPLETED", id, "the session is paid; nothing to recover"));
+                        return Err(Error::precondition(
+                            ErrorReason::SessionCompleted,
+                            id,
+                            "the session is paid; nothing to recover",
+                        ));
                     }
                     let current = expire_if_lapsed(c, current, now).await?;
                     let (_, session) = replace_active(c, new_id, &source.user_id, &q, Some(id), now).await?;

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use shared::status::ErrorReason;
 use shared::{
     client::Budget,
     db::Conn,
@@ -53,7 +54,7 @@ async fn head_of(c: &mut Conn, s: Session) -> Result<Session> {
     .ok_or_else(|| Error::not_found("checkout_session", s.id))?;
     if last.more {
         return Err(Error::precondition(
-            "REPLACEMENT_CHAIN_TOO_LONG",
+            ErrorReason::ReplacementChainTooLong,
             s.id,
             format!("the session was replaced more than {MAX_CHAIN} times; start a new session (CreateSession)"),
         ));
@@ -63,11 +64,11 @@ async fn head_of(c: &mut Conn, s: Session) -> Result<Session> {
 
 fn not_renewable(s: &Session, now: DateTime<Utc>) -> Option<Error> {
     if s.is(Status::Completed) {
-        return Some(Error::precondition("SESSION_COMPLETED", s.id, "the session is already paid"));
+        return Some(Error::precondition(ErrorReason::SessionCompleted, s.id, "the session is already paid"));
     }
     if !s.is(Status::Active) || s.lapsed(now) {
         return Some(Error::precondition(
-            "SESSION_NOT_ACTIVE",
+            ErrorReason::SessionNotActive,
             s.id,
             "the session expired or was invalidated; recover it first (RecoverSession)",
         ));
@@ -101,7 +102,7 @@ pub async fn renew(
         return Err(e);
     }
     if super::complete::sync_one(app, budget, &head).await? {
-        return Err(Error::precondition("SESSION_COMPLETED", head.id, "the session is already paid"));
+        return Err(Error::precondition(ErrorReason::SessionCompleted, head.id, "the session is already paid"));
     }
     if head.plan_id == plan_id {
         let previous = (head.id != original.id).then_some(original);
@@ -125,7 +126,11 @@ pub async fn renew(
                     Started { session: newest, previous: Some(head.clone()) }
                 } else {
                     return Err(not_renewable(&newest, now).unwrap_or_else(|| {
-                        Error::precondition("SESSION_CHANGED", head.id, "the session changed meanwhile; read it and retry")
+                        Error::precondition(
+                            ErrorReason::SessionChanged,
+                            head.id,
+                            "the session changed meanwhile; read it and retry",
+                        )
                     }));
                 }
             } else if let Some(session) = existing(c, new_id).await? {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use proto::billing::v1 as bpb;
+use shared::status::ErrorReason;
 use shared::{
     client::Budget,
     db::Conn,
@@ -71,7 +72,7 @@ pub(super) async fn quote_or_withdraw(
 
 fn order_cancelled(id: Uuid) -> Error {
     Error::precondition(
-        "ORDER_CANCELLED",
+        ErrorReason::OrderCancelled,
         format!("checkout_session:{id}"),
         "the checkout session of this request was cleaned up and its order cancelled; \
          start again with a new idempotency key",
@@ -80,7 +81,7 @@ fn order_cancelled(id: Uuid) -> Error {
 
 fn order_paid(id: Uuid) -> Error {
     Error::precondition(
-        "ORDER_PAID",
+        ErrorReason::OrderPaid,
         format!("checkout_session:{id}"),
         "the order of this checkout session is already paid; read the user's sessions instead of starting again",
     )

@@ -17,6 +17,13 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    /// `name` is required (by the command at hand) and was not given.
+    pub fn missing(name: &str, reason: &str) -> Self {
+        Self { name: name.into(), value: String::new(), reason: reason.into() }
+    }
+}
+
 /// Reads `name`, or `default` when it is unset or empty.
 pub fn env_or<T>(name: &str, default: T) -> Result<T, ConfigError>
 where
@@ -166,8 +173,8 @@ impl Default for CommonConfig {
     }
 }
 
-/// Process-wide variables that [`crate::telemetry`] and [`crate::pg`] read
-/// themselves; declared here so that `--help` and the README check know them.
+/// Process-wide variables that [`crate::telemetry`] reads itself; declared
+/// here so that `--help` and the README check know them.
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = ENV_ONLY_HEADING)]
 pub struct TelemetryArgs {
@@ -186,6 +193,37 @@ pub struct TelemetryArgs {
     /// Service name in traces and metrics [default: the binary's name].
     #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME")]
     pub otel_service_name: Option<String>,
+}
+
+/// A service's configuration, as [`ServiceArgs`] completes it.
+pub trait ServiceConfig {
+    /// The service's own database URL (e.g. `BILLING_DATABASE_URL`).
+    fn database_url_mut(&mut self) -> &mut Option<Secret>;
+}
+
+/// Everything a service binary reads from the environment: its
+/// configuration `C` and the variables only the binary uses.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServiceArgs<C: clap::Args> {
+    /// The service's configuration.
+    #[command(flatten)]
+    pub config: C,
+    /// Database URL used when the service's own variable is unset.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true, value_parser = parse::secret)]
+    pub fallback_database_url: Option<Secret>,
+    /// Logs and telemetry, read by [`crate::telemetry`] itself.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl<C: clap::Args + ServiceConfig> ServiceArgs<C> {
+    /// The service's configuration, `DATABASE_URL` applied.
+    pub fn into_config(self) -> C {
+        let mut config = self.config;
+        let url = config.database_url_mut();
+        *url = url.take().or(self.fallback_database_url);
+        config
+    }
 }
 
 /// The `after_help` of the binaries, under the generated option list.

@@ -4,13 +4,13 @@
 //! `target/stack/stack.env` for scripts. Ctrl-C or SIGTERM stops everything.
 use std::{path::Path, process::ExitCode, time::Duration};
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use shared::{
     Clock,
     config::{ENV_ONLY_HEADING, Secret, parse},
-    pg::PgServer,
     server::Shutdown,
 };
+use test_support::pg::PgServer;
 
 /// Everything is configured through the environment (each variable can also
 /// be given as the option shown in `--help`); the services' own variables
@@ -65,25 +65,10 @@ struct Settings {
 #[tokio::main]
 async fn main() -> ExitCode {
     // A bad value is one line naming its variable, before a port is bound.
-    let cli = match shared::config::matches_from(Cli::command(), std::env::args_os()) {
-        Ok(m) => Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit()),
-        Err(Ok(bad)) => {
-            eprintln!("stack: {bad}");
-            return ExitCode::FAILURE;
-        }
-        Err(Err(e)) => e.exit(),
-    };
-    let _telemetry = shared::telemetry::init("stack").ok();
-    match run(cli.settings).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("stack: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    shared::service::main("stack", |cli: Cli| run(cli.settings)).await
 }
 
-async fn run(s: Settings) -> anyhow::Result<()> {
+async fn run(s: Settings) -> anyhow::Result<ExitCode> {
     let server = PgServer::resolve(Path::new("target/pg")).await?;
     for db in ["checkout", "billing"] {
         server.ensure_database(db, None).await?;
@@ -153,7 +138,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     }
     drop(server); // stops a private cluster, if we started one
     println!("stack: stopped");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_banner(s: &Settings, checkout: &str, billing: &str, webhooks: &str, private_pg: bool) {

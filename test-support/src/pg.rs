@@ -6,11 +6,10 @@
 //! `initdb`/`pg_ctl` (as the `postgres` OS user when we run as root, since
 //! PostgreSQL refuses to run as root).
 //!
-//! Compiled only with the `pg-bootstrap` feature, which only the `tests`
-//! crate (and billing-svc's own tests) enable: the service binaries never
-//! link it, so a pod without a database URL fails at once instead of running
-//! `initdb` and `chown -R` (see `shared::config::require_database_url`).
-#![cfg(feature = "pg-bootstrap")]
+//! It lives in `test-support`, which only the `tests` crate and the
+//! services' own tests depend on: the service binaries never link it, so a
+//! pod without a database URL fails at once instead of running `initdb` and
+//! `chown -R` (see `shared::config::require_database_url`).
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -41,7 +40,7 @@ impl PgServer {
     /// Resolves the server in the order the module comment gives. `scratch`
     /// is where a private cluster lives (e.g. `target/pg`).
     pub async fn resolve(scratch: &Path) -> anyhow::Result<Self> {
-        if let Some(url) = crate::config::env_opt("DATABASE_URL") {
+        if let Some(url) = shared::config::env_opt("DATABASE_URL") {
             return Ok(Self { admin_url: with_database(&url, "postgres"), private: None });
         }
         let local: SocketAddr = ([127, 0, 0, 1], 5432).into();

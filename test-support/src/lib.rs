@@ -1,0 +1,7 @@
+//! Support for `stack` and the tests, kept out of the service binaries:
+//! finding or starting a development PostgreSQL ([`pg`]) and the check that a
+//! service binary without a database URL refuses at once
+//! ([`no_database_url`]). Only the `tests` crate and the services' own tests
+//! depend on this crate.
+pub mod no_database_url;
+pub mod pg;
