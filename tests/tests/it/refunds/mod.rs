@@ -6,9 +6,11 @@
 //! so only billing's one-caller claim and look-up keep refunds single.
 //!
 //! RefundPayment's own rules (the sum of refunds, errors, webhooks settling
-//! pending refunds) are in `refund_payment`.
+//! pending refunds) are in `refund_payment`; `refund_all` against the
+//! zero amount that used to mean everything.
 mod discrepancies;
 mod one_caller;
+mod refund_all;
 mod refund_payment;
 mod webhooks;
 
