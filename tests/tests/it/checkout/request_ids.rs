@@ -70,6 +70,10 @@ async fn create_retried_after_a_lost_response_makes_one_session() {
     assert_eq!(app.get_session(&s.id).await.status, SessionStatus::Active as i32, "the session being paid stays ACTIVE");
 }
 
+/// The retry comes late: meanwhile the customer changed plan again (a new
+/// request_id). The retry replays the lost call's answer; without its key it
+/// would renew the new head once more (another plan than the head's), a
+/// session the customer never asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn renew_retried_after_a_lost_response_makes_one_new_session() {
     let app = spawn_app_holding_rows().await;
@@ -81,6 +85,9 @@ async fn renew_retried_after_a_lost_response_makes_one_new_session() {
     let (mut c, first) = (app.checkout.clone(), req.clone());
     lose_response(holder, &mut cdb, async move { c.renew_session(short_deadline(first)).await.map(|r| r.into_inner()) }).await;
     wait_committed(&mut cdb, &sessions_of("lost-renew"), 2).await;
+    let s1 = app.get_session(&s0.id).await.replaced_by;
+    let moved_on = app.checkout.clone().renew_session(renew(&s1, "pro-monthly", &Uuid::new_v4().to_string())).await.unwrap();
+    let s2 = moved_on.into_inner().session.unwrap().id;
 
     let r = retrying(|| {
         let (mut c, req) = (app.checkout.clone(), req.clone());
@@ -88,14 +95,16 @@ async fn renew_retried_after_a_lost_response_makes_one_new_session() {
     })
     .await
     .expect("the retry answers the committed call");
-    let s1 = r.session.unwrap();
-    assert_eq!((s1.status, s1.plan_id.as_str()), (SessionStatus::Active as i32, "basic-monthly"));
+    let answered = r.session.unwrap();
+    assert_eq!((answered.id.as_str(), answered.plan_id.as_str()), (s1.as_str(), "basic-monthly"), "the lost call's answer");
     assert_eq!(r.previous.unwrap().id, s0.id);
-    assert_eq!(scalar(&mut cdb, &sessions_of("lost-renew")).await, 2, "the first session and one new one");
-    assert_eq!(scalar(&mut bdb, &orders_of("lost-renew")).await, 2);
-    assert_eq!(app.get_session(&s0.id).await.replaced_by, s1.id);
+    assert_eq!(scalar(&mut cdb, &sessions_of("lost-renew")).await, 3, "s0, the lost call's s1, the customer's s2");
+    assert_eq!(scalar(&mut bdb, &orders_of("lost-renew")).await, 3);
+    assert_eq!(app.get_session(&s2).await.status, SessionStatus::Active as i32, "the customer's session stays ACTIVE");
 }
 
+/// RecoverSession is idempotent per source session anyway; with request_id
+/// the retry is a replay of the stored answer, one recovery either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recover_retried_after_a_lost_response_makes_one_new_session() {
     let app = spawn_app_holding_rows().await;
