@@ -79,7 +79,7 @@ impl Coalescer {
     }
 
     /// Charges `units` on `session_id` idempotently on `deduction_id`, in the
-    /// next batch; the answer is the one [`charge`] would give.
+    /// next batch; the answer is the one [`charge`](super::charge) would give.
     pub async fn deduct(&self, session_id: Uuid, deduction_id: String, units: i64) -> Result<Charged> {
         let (reply, answer) = oneshot::channel();
         let start_drainer = {

@@ -1,10 +1,9 @@
 //! Plan handlers: the catalogue of plans.
 use proto::billing::v1 as pb;
-use shared::status::{MAX_ID_LEN, Violations};
 use tonic::{Request, Response};
 use tracing::instrument;
 
-use super::{RpcResult, convert, run};
+use super::{RpcResult, convert, requests::GetPlan, run};
 use crate::{App, plans};
 
 #[instrument(skip_all)]
@@ -16,11 +15,8 @@ pub(super) async fn list_plans(app: &App, _req: Request<pb::ListPlansRequest>) -
 
 #[instrument(skip_all, fields(plan_id = %req.get_ref().id))]
 pub(super) async fn get_plan(app: &App, req: Request<pb::GetPlanRequest>) -> RpcResult<pb::GetPlanResponse> {
-    let r = req.into_inner();
-    let mut v = Violations::new();
-    v.text("id", &r.id, MAX_ID_LEN);
-    v.finish()?;
+    let r = GetPlan::try_from(req.into_inner())?;
     let app = app.clone();
-    let plan = run(async move { plans::get(&mut *app.conn().await?, &r.id).await }).await?;
+    let plan = run(async move { plans::get(&mut *app.conn().await?, r.id.as_str()).await }).await?;
     Ok(Response::new(pb::GetPlanResponse { plan: Some(convert::plan(&plan)) }))
 }

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::db::Conn;
+use shared::{db::Conn, ids::UserId};
 use uuid::Uuid;
 
 use crate::{
@@ -148,11 +148,12 @@ pub async fn get(conn: &mut Conn, id: Uuid) -> Result<Subscription> {
 /// the last row when more follow.
 pub async fn list_for_user(
     conn: &mut Conn,
-    user_id: &str,
+    user_id: &UserId,
     page_size: i64,
     after: Option<(DateTime<Utc>, Uuid)>,
 ) -> Result<(Vec<Subscription>, Option<(DateTime<Utc>, Uuid)>)> {
-    let mut q = subscriptions::table.filter(subscriptions::user_id.eq(user_id)).select(Subscription::as_select()).into_boxed();
+    let mut q =
+        subscriptions::table.filter(subscriptions::user_id.eq(user_id.as_str())).select(Subscription::as_select()).into_boxed();
     if let Some((t, id)) = after {
         q = q.filter(subscriptions::created_at.lt(t).or(subscriptions::created_at.eq(t).and(subscriptions::id.lt(id))));
     }

@@ -50,7 +50,7 @@ pub async fn is_due(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> 
     }
 }
 
-/// Rolls `sub` if [`is_due`] (caller holds its row lock); whether it changed.
+/// Rolls `sub` if `is_due` (caller holds its row lock); whether it changed.
 pub async fn roll_if_due(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<bool> {
     if !is_due(conn, sub, now).await? {
         return Ok(false);
@@ -169,7 +169,7 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
     Ok(sub)
 }
 
-/// Rollover job: applies what is due ([`is_due`]) to every ACTIVE
+/// Rollover job: applies what is due (`is_due`) to every ACTIVE
 /// subscription whose period ended and every PAST_DUE one whose renewal is
 /// paid again, in batches, skipping rows another replica holds.
 pub async fn roll_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result<usize> {

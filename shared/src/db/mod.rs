@@ -11,8 +11,11 @@ use diesel_async::{
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
+/// The bb8 pool of diesel-async PostgreSQL connections.
 pub type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+/// A connection checked out of [`Pool`].
 pub type PooledConn<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
+/// A PostgreSQL connection.
 pub type Conn = AsyncPgConnection;
 
 mod error;
