@@ -9,27 +9,18 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Status};
 
 /// The incoming request's deadline as a remaining duration, if it had one.
+/// A server built by [`crate::server`] hands it over as an
+/// [`IncomingDeadline`] extension (its `grpc-timeout` header is taken off so
+/// that tonic's own timer never races the service's answer); a request that
+/// did not pass through that layer still has the header.
 pub fn incoming_timeout<T>(req: &Request<T>) -> Option<Duration> {
+    if let Some(d) = req.extensions().get::<IncomingDeadline>() {
+        return Some(d.remaining());
+    }
     parse_grpc_timeout(req.metadata().get("grpc-timeout")?.to_str().ok()?)
 }
 
-/// Parses the `grpc-timeout` wire format: up to 8 digits and a unit.
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 {
-        return None;
-    }
-    let (n, unit) = v.split_at(v.len() - 1);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
+pub use crate::deadline::{IncomingDeadline, parse_grpc_timeout};
 
 /// A time budget for all the downstream calls of one request.
 #[derive(Clone, Copy, Debug)]

@@ -1,7 +1,10 @@
 //! The caller's deadline (`grpc-timeout`), answered by the service itself:
-//! DEADLINE_EXCEEDED with ErrorInfo `DEADLINE_EXCEEDED`, a moment before
-//! tonic's own timer would answer CANCELLED "Timeout expired" without any
-//! details (docs/design.md, Error model). Dropping the handler's future is
+//! DEADLINE_EXCEEDED with ErrorInfo `DEADLINE_EXCEEDED`, instead of tonic's
+//! CANCELLED "Timeout expired" without any details (docs/design.md, Error
+//! model). The header is taken off the request and handed on as an
+//! [`IncomingDeadline`] extension: left in place, tonic's own timer would run
+//! beside this one, and on a loaded machine, where both have expired by the
+//! time the task is polled, tonic's answer would win. Dropping the handler's future is
 //! what tonic does too: an effect already started runs to its end on its own
 //! task ([`run_effect`](crate::server::run_effect)), so the caller retries
 //! with the same idempotency key.
@@ -16,10 +19,21 @@ use tower::BoxError;
 
 use crate::status::{ErrorReason, with_reason};
 
-/// How much earlier than tonic's timer this answers. tonic polls the
-/// service before its own timer, so any margin past the timer's
-/// millisecond resolution makes this answer win.
+/// How much earlier than the caller's deadline this answers, so the answer
+/// reaches a caller whose own timer is set to the same deadline.
 const MARGIN: Duration = Duration::from_millis(5);
+
+/// The caller's deadline as this service received it: set by [`Deadline`],
+/// read by [`crate::client::incoming_timeout`] to bound downstream calls.
+#[derive(Clone, Copy, Debug)]
+pub struct IncomingDeadline(tokio::time::Instant);
+
+impl IncomingDeadline {
+    /// Time left until the caller's deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(tokio::time::Instant::now())
+    }
+}
 
 /// The `grpc-timeout` header's duration (gRPC over HTTP/2: 1..8 digits and
 /// a unit), `None` when absent or malformed (then tonic ignores it too).
@@ -73,13 +87,13 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        let budget = req
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(|d| d.saturating_sub(MARGIN));
+    fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
+        let timeout = req.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        if let Some(at) = timeout.and_then(|d| tokio::time::Instant::now().checked_add(d)) {
+            req.headers_mut().remove("grpc-timeout");
+            req.extensions_mut().insert(IncomingDeadline(at));
+        }
+        let budget = timeout.map(|d| d.saturating_sub(MARGIN));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let Some(budget) = budget else { return fut.await.map_err(Into::into) };
