@@ -13,7 +13,7 @@ async fn missing_or_wrong_token_is_unauthenticated() {
     let e = anon.get_session(cpb::GetSessionRequest { id: uuid::Uuid::new_v4().to_string() }).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut wrong = billing_client(&app.billing_addr.to_string(), "not-a-token").unwrap();
-    let e = wrong.list_plans(bpb::ListPlansRequest {}).await.unwrap_err();
+    let e = wrong.list_plans(bpb::ListPlansRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }
 
@@ -79,7 +79,7 @@ async fn unknown_id_is_not_found_with_resource_info() {
 async fn typed_enum_fields_match_their_text_twins() {
     use proto::billing::v1 as bpb;
     let app = tests::spawn_app().await;
-    let plans = app.billing.clone().list_plans(bpb::ListPlansRequest {}).await.unwrap().into_inner().plans;
+    let plans = app.billing.clone().list_plans(bpb::ListPlansRequest::default()).await.unwrap().into_inner().plans;
     assert!(!plans.is_empty());
     for p in &plans {
         assert_eq!((p.period.as_str(), p.period_code), ("monthly", bpb::PlanPeriod::Monthly as i32));
