@@ -110,6 +110,25 @@ pub(super) fn parse_plan_page_token(token: &str) -> Option<(i64, String)> {
     ok.then(|| (price, plan_id.to_owned()))
 }
 
+/// ListFindings' position: the last finding's kind and subject id, as hex
+/// of "KIND|subject".
+pub(super) fn finding_page_token(kind: crate::reconcile::FindingKind, subject: &str) -> String {
+    hex::encode(format!("{}|{subject}", kind.as_str()))
+}
+
+/// Decodes a token of [`finding_page_token`]: a kind reconciliation checks
+/// and a non-empty subject (subjects are ids, short and printable).
+pub(super) fn parse_finding_page_token(token: &str) -> Option<(crate::reconcile::FindingKind, String)> {
+    if token.len() > 2 * (64 + 1 + 4 * MAX_ID_LEN) {
+        return None;
+    }
+    let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (kind, subject) = raw.split_once('|')?;
+    let kind: crate::reconcile::FindingKind = kind.parse().ok()?;
+    let ok = crate::reconcile::is_checked(kind) && !subject.is_empty() && !subject.chars().any(char::is_control);
+    ok.then(|| (kind, subject.to_owned()))
+}
+
 /// ListOrders' position: the last order's seq, as hex of its decimal.
 pub(super) fn order_page_token(seq: i64) -> String {
     hex::encode(seq.to_string())

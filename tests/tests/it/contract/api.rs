@@ -24,6 +24,8 @@ async fn service_token_on_admin_rpc_is_permission_denied() {
     assert_eq!(e.code(), Code::PermissionDenied);
     let e = app.billing.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+    let e = app.billing.list_findings(bpb::ListFindingsRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
     // Checkout's own token cannot move money out: RefundPayment is an
     // operator's call. Nothing is written.
     let order = app.order("no-refund-for-services", "basic-monthly").await;
