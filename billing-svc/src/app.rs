@@ -20,6 +20,22 @@ const GATE_PER_KEY: usize = 4;
 const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// The live SQL functions, applied after the migrations (docs/design.md,
+/// SQL functions): one file each in `sql/functions/`.
+pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![
+    touch_updated_at,
+    billing_period_at,
+    billing_renewal_paid,
+    billing_roll_steps,
+    billing_roll_period,
+    billing_charge_lock,
+    billing_charge_subscription,
+    billing_charge_item,
+    billing_charge_set_based,
+    billing_charge_many,
+    billing_charge_batch,
+    billing_charge,
+];
 /// Advisory-lock key under which replicas run migrations one at a time.
 const MIGRATION_LOCK: i64 = 0x0b11_11b6;
 
@@ -67,7 +83,7 @@ impl App {
 
 /// Runs migrations under an advisory lock (safe with many replicas).
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
-    db::migrate(database_url, MIGRATIONS, MIGRATION_LOCK).await
+    db::migrate(database_url, MIGRATIONS, FUNCTIONS, MIGRATION_LOCK).await
 }
 
 /// Serves billing's gRPC on `listener` and the gateway's webhook endpoint on
@@ -116,4 +132,13 @@ pub async fn serve_app(
         Ok(Ok(())) => {}
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_sql_function_file_is_listed_once() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/functions");
+        shared::db::check_listed(&dir, super::FUNCTIONS).unwrap();
+    }
 }

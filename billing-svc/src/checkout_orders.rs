@@ -5,8 +5,11 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::db::Conn;
-use shared::status::ErrorReason;
+use shared::{
+    db::Conn,
+    ids::{PlanId, UserId},
+    status::ErrorReason,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -22,12 +25,21 @@ use crate::{
 /// expiry ends it earlier; a new purchase registers a new one.
 const MANDATE_YEARS: u32 = 10;
 
+/// CreateOrder's input, checked at the edge.
+#[derive(Debug, Clone)]
+pub struct OrderRequest {
+    pub checkout_session_id: Uuid,
+    pub user_id: UserId,
+    pub plan_id: PlanId,
+}
+
 /// Creates the order of a checkout session, or returns the existing one.
 /// The gateway is called with no pooled connection held; two concurrent
 /// first calls for one session may each create a gateway order, but only one
 /// is stored and handed out (the other is never paid and lapses at the
 /// gateway).
-pub async fn create(app: &App, session_id: Uuid, user_id: &str, plan_id: &str) -> Result<Order> {
+pub async fn create(app: &App, r: &OrderRequest) -> Result<Order> {
+    let (session_id, user_id, plan_id) = (r.checkout_session_id, r.user_id.as_str(), r.plan_id.as_str());
     let plan = {
         let mut conn = app.conn().await?;
         if let Some(existing) = by_session(&mut conn, session_id).await? {

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use shared::{db::Conn, status::ErrorReason};
 
-use crate::{Error, Result, schema::payment_discrepancies as pd};
+use crate::{Error, Result, money::Money, schema::payment_discrepancies as pd};
 
 shared::text_enum! {
     /// Why a payment bought nothing.
@@ -107,13 +107,7 @@ pub async fn of_payment(conn: &mut Conn, payment_id: &str) -> Result<Option<Disc
 }
 
 /// Records `d` in the caller's transaction (once per payment id).
-pub async fn record(
-    conn: &mut Conn,
-    d: &Discrepancy,
-    paid: Option<(i64, &str)>,
-    source: Source,
-    now: DateTime<Utc>,
-) -> Result<()> {
+pub async fn record(conn: &mut Conn, d: &Discrepancy, paid: Option<Money<'_>>, source: Source, now: DateTime<Utc>) -> Result<()> {
     tracing::warn!(kind = d.kind.as_str(), order_id = ?d.order_id, payment_id = %d.payment_id, detail = %d.detail,
         "payment discrepancy: money taken without a subscription, refund due");
     diesel::insert_into(pd::table)
@@ -121,8 +115,8 @@ pub async fn record(
             pd::payment_id.eq(&d.payment_id),
             pd::order_id.eq(&d.order_id),
             pd::kind.eq(d.kind),
-            pd::amount_minor.eq(paid.map(|p| p.0)),
-            pd::currency.eq(paid.map(|p| p.1)),
+            pd::amount_minor.eq(paid.map(|p| p.minor)),
+            pd::currency.eq(paid.map(|p| p.currency)),
             pd::source.eq(source),
             pd::detail.eq(&d.detail),
             pd::created_at.eq(now),
@@ -146,4 +140,30 @@ pub async fn acknowledge(conn: &mut Conn, id: i64, note: &str, now: DateTime<Utc
         return Err(Error::not_found("payment_discrepancy", id));
     }
     Ok(n == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    /// VerifyPayment answers a recorded payment with its kind as both the
+    /// PreconditionFailure type and the ErrorInfo reason: the names agree.
+    #[test]
+    fn every_kind_has_the_reason_of_its_name() {
+        for name in [
+            "ORDER_SUPERSEDED",
+            "ORDER_CANCELLED",
+            "SECOND_PAYMENT",
+            "AMOUNT_MISMATCH",
+            "UNKNOWN_ORDER",
+            "RECORDED_BEFORE_CLASSIFICATION",
+            "SUBSCRIPTION_ENDED",
+        ] {
+            let kind = Kind::from_str(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(kind.reason().as_str_name(), kind.as_str());
+            assert_eq!(kind.reason().code(), tonic::Code::FailedPrecondition, "{name}");
+        }
+    }
 }

@@ -7,6 +7,34 @@ use tokio::task::JoinHandle;
 use crate::{App, deductions, renewals, stats, subscriptions};
 
 pub const NAMES: &[&str] = &["auto-deduct", "rollover", "renewals", "usage-stats", "purge-idempotency-keys"];
+
+/// A job by name, as `billing-svc jobs run-once <job>` takes it (the names of
+/// [`NAMES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Job {
+    #[value(name = "auto-deduct")]
+    AutoDeduct,
+    #[value(name = "rollover")]
+    Rollover,
+    #[value(name = "renewals")]
+    Renewals,
+    #[value(name = "usage-stats")]
+    UsageStats,
+    #[value(name = "purge-idempotency-keys")]
+    PurgeIdempotencyKeys,
+}
+
+impl Job {
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::AutoDeduct => "auto-deduct",
+            Job::Rollover => "rollover",
+            Job::Renewals => "renewals",
+            Job::UsageStats => "usage-stats",
+            Job::PurgeIdempotencyKeys => "purge-idempotency-keys",
+        }
+    }
+}
 const BATCH: i64 = 200;
 
 /// Runs one iteration of job `name`; returns a one-line summary.
@@ -64,4 +92,20 @@ pub fn spawn_all(app: &App, shutdown: &shared::server::Shutdown) -> Vec<JoinHand
         let app = app.clone();
         async move { run_once(&app, name).await }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::{Job, NAMES};
+
+    #[test]
+    fn job_names_are_the_command_line_spellings() {
+        let names: Vec<&str> = Job::value_variants().iter().map(|j| j.name()).collect();
+        assert_eq!(names, NAMES);
+        for j in Job::value_variants() {
+            assert_eq!(j.to_possible_value().map(|v| v.get_name().to_owned()), Some(j.name().to_owned()));
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::fmt::Display;
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
-use shared::db::Conn;
+use shared::{db::Conn, ids::UserId};
 
 use crate::{App, Error, Result, plans::Plan, subscriptions::Subscription};
 
@@ -88,7 +88,8 @@ pub struct UsageReport {
 
 /// A read: it neither writes (no free subscription is created for an
 /// unknown user) nor locks.
-pub async fn report(app: &App, user_id: &str) -> Result<UsageReport> {
+pub async fn report(app: &App, user_id: &UserId) -> Result<UsageReport> {
+    let user_id = user_id.as_str();
     let now = app.clock.now();
     let mut c = app.conn().await?;
     let subscription = crate::subscriptions::current(&mut c, user_id, now).await?;
@@ -99,7 +100,7 @@ pub async fn report(app: &App, user_id: &str) -> Result<UsageReport> {
 
 /// AuthorizeUpload: the plan's max upload size, read from its typed
 /// `max_upload_bytes` column.
-pub async fn authorize_upload(app: &App, user_id: &str, size_bytes: i64) -> Result<i64> {
+pub async fn authorize_upload(app: &App, user_id: &UserId, size_bytes: i64) -> Result<i64> {
     let report = report(app, user_id).await?;
     let max = report.plan.max_upload_bytes;
     if size_bytes > max {

@@ -1,7 +1,7 @@
 //! billing-svc binary: a thin CLI over the library.
 use std::process::ExitCode;
 
-use billing_svc::{App, Config, gateway::Sandbox};
+use billing_svc::{App, Config, gateway::Sandbox, jobs::Job, reconcile::AcknowledgedKind};
 use clap::{Parser, Subcommand};
 use proto::billing::v1::{self as pb, billing_service_client::BillingServiceClient};
 use shared::{
@@ -49,9 +49,9 @@ enum Command {
     /// discrepancy refunded by hand or judged not owed, or a refused webhook
     /// event), with a note; audited.
     Acknowledge {
-        /// PAYMENT_DISCREPANCY or WEBHOOK_REJECTED.
-        #[arg(long)]
-        kind: String,
+        /// What kind of finding it is, as `reconcile` prints it.
+        #[arg(long, value_enum)]
+        kind: AcknowledgedKind,
         /// The finding's subject id, as `reconcile` prints it.
         #[arg(long)]
         subject: String,
@@ -73,8 +73,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum JobsCommand {
-    /// Run one iteration of a job: auto-deduct, rollover, usage-stats, purge-idempotency-keys.
-    RunOnce { job: String },
+    /// Run one iteration of a job.
+    RunOnce {
+        #[arg(value_enum)]
+        job: Job,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,10 +158,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(if unfixed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
         Command::Acknowledge { kind, subject, note } => {
+            let kind = kind.finding_kind().as_str();
             billing_svc::app::migrate(&url).await?;
             let app = App::new(config, &url, Clock::system());
             let mut conn = app.conn().await?;
-            match billing_svc::reconcile::acknowledge(&mut conn, &kind, &subject, &note, app.clock.now()).await {
+            match billing_svc::reconcile::acknowledge(&mut conn, kind, &subject, &note, app.clock.now()).await {
                 Ok(true) => println!("acknowledged {kind} {subject}"),
                 Ok(false) => println!("{kind} {subject} was already closed; nothing changed"),
                 Err(e) => anyhow::bail!("{e}"),
@@ -166,7 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Jobs { command: JobsCommand::RunOnce { job } } => {
             let app = App::new(config, &url, Clock::system());
-            println!("{}", billing_svc::jobs::run_once(&app, &job).await?);
+            println!("{}", billing_svc::jobs::run_once(&app, job.name()).await?);
         }
         Command::Sandbox { .. } => {}
     }

@@ -16,7 +16,8 @@ use crate::{
     App, Error, Result,
     discrepancies::{self, Discrepancy, Kind, Source},
     gateway::PaymentStatus,
-    orders::{self, Order, Status as OrderStatus},
+    money::Money,
+    orders::{self, Order, OrderId, Status as OrderStatus},
     plans,
     schema::orders as orders_t,
     subscriptions::{self, SavedMethod, Subscription},
@@ -44,7 +45,7 @@ pub struct Payment<'a> {
     pub order_id: &'a str,
     pub payment_id: &'a str,
     /// Amount and currency when the gateway told them (webhooks).
-    pub paid: Option<(i64, &'a str)>,
+    pub paid: Option<Money<'a>>,
     /// The payment method the customer saved with this payment, for
     /// automatic renewals (the gateway's customer and recurring token).
     pub saved_method: Option<&'a SavedMethod>,
@@ -104,10 +105,10 @@ async fn decide(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>, mode: Mode)
         let d = discrepancy(Kind::UnknownOrder, None, format!("unknown order {}", p.order_id));
         return refuse(conn, d, p, now, mode).await;
     };
-    if let Some((amount, currency)) = p.paid
-        && (amount != order.amount_minor || !currency.eq_ignore_ascii_case(&order.currency))
+    if let Some(paid) = p.paid
+        && !paid.same_as(order.amount())
     {
-        let detail = format!("paid {amount} {currency} but order {} is {} {}", order.id, order.amount_minor, order.currency);
+        let detail = format!("paid {paid} but order {} is {}", order.id, order.amount());
         return refuse(conn, discrepancy(Kind::AmountMismatch, Some(&order.id), detail), p, now, mode).await;
     }
     if order.status == OrderStatus::Cancelled {
@@ -310,10 +311,10 @@ pub async fn capture(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>) -> Res
 /// a mismatch with the order as a discrepancy; a payment that buys nothing is
 /// recorded (committed) and answered FAILED_PRECONDITION. A gateway that
 /// keeps no readable records (the sandbox) leaves the signature as the proof.
-pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str) -> Result<Captured> {
+pub async fn verify(app: &App, order_id: &OrderId, payment_id: &str, signature: &str) -> Result<Captured> {
     let order = {
         let mut conn = app.conn().await?;
-        orders::get(&mut conn, order_id).await?
+        orders::get(&mut conn, order_id.as_str()).await?
     };
     if !app.gateway.payment_signature_valid(&order.id, payment_id, signature) {
         tracing::warn!(order_id = %order.id, "payment signature mismatch");
@@ -339,7 +340,7 @@ pub async fn verify(app: &App, order_id: &str, payment_id: &str, signature: &str
             ));
         }
     }
-    let paid = at_gateway.as_ref().map(|p| (p.amount_minor, p.currency.as_str()));
+    let paid = at_gateway.as_ref().map(|p| Money { minor: p.amount_minor, currency: &p.currency });
     let saved = at_gateway.as_ref().and_then(|p| p.saved_method.clone());
     let payment = Payment { order_id: &order.id, payment_id, paid, saved_method: saved.as_ref(), source: Source::VerifyPayment };
     let mut conn = app.conn().await?;

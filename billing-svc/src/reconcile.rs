@@ -338,6 +338,29 @@ async fn repair(c: &mut Conn, kind: FindingKind, subject: &str, now: DateTime<Ut
     })
 }
 
+/// The finding kinds an operator acknowledges (`billing-svc acknowledge
+/// --kind`), spelled as `reconcile` prints them; the rest are repaired by
+/// `--fix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcknowledgedKind {
+    #[value(name = "PAYMENT_DISCREPANCY")]
+    PaymentDiscrepancy,
+    #[value(name = "FOREIGN_PAYMENT")]
+    ForeignPayment,
+    #[value(name = "WEBHOOK_REJECTED")]
+    WebhookRejected,
+}
+
+impl AcknowledgedKind {
+    pub fn finding_kind(self) -> FindingKind {
+        match self {
+            AcknowledgedKind::PaymentDiscrepancy => PaymentDiscrepancy,
+            AcknowledgedKind::ForeignPayment => ForeignPayment,
+            AcknowledgedKind::WebhookRejected => WebhookRejected,
+        }
+    }
+}
+
 /// An operator closes a finding that `fix` never closes: a payment
 /// discrepancy (refunded at the gateway by hand, or judged not owed) or a
 /// refused webhook event, with a note, audited. Returns false when it was
@@ -387,4 +410,19 @@ pub async fn acknowledge(conn: &mut Conn, kind: &str, subject: &str, note: &str,
 async fn audit(conn: &mut Conn, kind: &str, subject: &str, action: &str, note: Option<&str>, now: DateTime<Utc>) -> Result<()> {
     tracing::info!(kind, subject, action, "reconcile repair");
     crate::audit::record(conn, kind, subject, action, note, now).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::AcknowledgedKind;
+
+    #[test]
+    fn acknowledged_kinds_are_spelled_as_reconcile_prints_them() {
+        for k in AcknowledgedKind::value_variants() {
+            let name = k.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(name.as_deref(), Some(k.finding_kind().as_str()));
+        }
+    }
 }

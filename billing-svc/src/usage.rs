@@ -3,7 +3,6 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use serde::Deserialize;
 use shared::{
     db::{Conn, Races},
     idempotency::{Encode, Key, Outcome},
@@ -32,26 +31,14 @@ shared::text_enum! {
     }
 }
 
-/// Reads a typed state from its text in `billing_charge`'s JSON.
-fn from_text<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: std::str::FromStr<Err = String>,
-{
-    let s = String::deserialize(d)?;
-    s.parse().map_err(serde::de::Error::custom)
-}
-
-/// A usage session row. Also read from the JSON that `billing_charge` returns.
-#[derive(Debug, Clone, Queryable, Selectable, Deserialize)]
+/// A usage session row.
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = usage_sessions, check_for_backend(diesel::pg::Pg))]
 pub struct UsageSession {
     pub id: Uuid,
     pub user_id: String,
     pub subscription_id: Uuid,
-    #[serde(deserialize_with = "from_text")]
     pub kind: Kind,
-    #[serde(deserialize_with = "from_text")]
     pub status: Status,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,

@@ -6,11 +6,12 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use shared::db::Conn;
+use shared::ids::UserId;
 use uuid::Uuid;
 
 use crate::{
     Result,
-    orders::{self, Order, Status},
+    orders::{self, Order, OrderId, Status},
     refunds::{self, Refund},
     schema::{orders as orders_table, subscriptions as subscriptions_table},
     subscriptions::{self, Subscription},
@@ -34,12 +35,13 @@ impl OrderView {
 
 /// Up to [`orders::MAX_BATCH`] orders by order id or checkout session id,
 /// with their subscriptions, in one query (checkout's completion sync).
-pub async fn batch_orders(conn: &mut Conn, order_ids: &[String], session_ids: &[Uuid]) -> Result<Vec<OrderView>> {
+pub async fn batch_orders(conn: &mut Conn, order_ids: &[OrderId], session_ids: &[Uuid]) -> Result<Vec<OrderView>> {
     use orders_table as o;
     use subscriptions_table as s;
+    let order_ids: Vec<&str> = order_ids.iter().map(OrderId::as_str).collect();
     let rows: Vec<(Order, Option<Uuid>)> = o::table
         .left_join(s::table.on(s::order_id.eq(o::id.nullable())))
-        .filter(o::id.eq_any(order_ids).or(o::checkout_session_id.eq_any(session_ids)))
+        .filter(o::id.eq_any(&order_ids).or(o::checkout_session_id.eq_any(session_ids)))
         .select((Order::as_select(), s::id.nullable()))
         .load(conn)
         .await?;
@@ -47,7 +49,8 @@ pub async fn batch_orders(conn: &mut Conn, order_ids: &[String], session_ids: &[
 }
 
 /// One order with its subscription and refunds.
-pub async fn order(conn: &mut Conn, id: &str) -> Result<OrderView> {
+pub async fn order(conn: &mut Conn, id: &OrderId) -> Result<OrderView> {
+    let id = id.as_str();
     use subscriptions_table as s;
     let order = orders::get(conn, id).await?;
     let sub: Option<Uuid> = s::table.filter(s::order_id.eq(id)).select(s::id).first(conn).await.optional()?;
@@ -59,7 +62,7 @@ pub async fn order(conn: &mut Conn, id: &str) -> Result<OrderView> {
 /// Filters of ListOrders.
 #[derive(Debug, Clone, Default)]
 pub struct OrderFilter {
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
     pub status: Option<Status>,
     pub payment_id: Option<String>,
 }
@@ -79,7 +82,7 @@ pub async fn list_orders(
         .select((Order::as_select(), s::id.nullable()))
         .into_boxed();
     if let Some(u) = &f.user_id {
-        q = q.filter(o::user_id.eq(u));
+        q = q.filter(o::user_id.eq(u.as_str()));
     }
     if let Some(st) = f.status {
         q = q.filter(o::status.eq(st));
@@ -152,7 +155,7 @@ pub async fn subscription(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Resu
 /// with their open renewal orders.
 pub async fn subscriptions_of_user(
     conn: &mut Conn,
-    user_id: &str,
+    user_id: &UserId,
     page_size: i64,
     after: Option<(DateTime<Utc>, Uuid)>,
 ) -> Result<(Vec<SubscriptionView>, Option<(DateTime<Utc>, Uuid)>)> {

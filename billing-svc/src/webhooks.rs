@@ -27,6 +27,7 @@ use crate::{
     discrepancies::Kind,
     discrepancies::Source,
     gateway::{GatewayError, GatewayPayment, PaymentStatus, SavedMethod},
+    money::Money,
     payments::{self, Capture, Payment},
     refunds,
     schema::webhook_events as ev,
@@ -204,7 +205,7 @@ async fn authorization(app: &App, event_id: &str, kind: String, p: PaymentFields
     let payment = Payment {
         order_id: &p.order_id,
         payment_id: &p.id,
-        paid: Some((p.amount, &p.currency)),
+        paid: Some(Money { minor: p.amount, currency: &p.currency }),
         saved_method: p.saved.as_ref(),
         source: Source::Webhook,
     };
@@ -337,9 +338,9 @@ async fn process(
             // Captured here: what the gateway says it captured is what counts.
             let (paid, saved) = match content {
                 Content::CapturedHere(_, _, g) => {
-                    ((g.amount_minor, g.currency.as_str()), p.saved.as_ref().or(g.saved_method.as_ref()))
+                    (Money { minor: g.amount_minor, currency: &g.currency }, p.saved.as_ref().or(g.saved_method.as_ref()))
                 }
-                _ => ((p.amount, p.currency.as_str()), p.saved.as_ref()),
+                _ => (Money { minor: p.amount, currency: &p.currency }, p.saved.as_ref()),
             };
             let payment = Payment {
                 order_id: &p.order_id,

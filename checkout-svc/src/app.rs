@@ -9,6 +9,9 @@ use tokio::net::TcpListener;
 use crate::{billing::Billing, config::Config};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// The live SQL functions, applied after the migrations (docs/design.md,
+/// SQL functions): one file each in `sql/functions/`.
+pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![touch_updated_at,];
 /// Advisory-lock key under which replicas run migrations one at a time.
 const MIGRATION_LOCK: i64 = 0x0c4e_c0de;
 
@@ -33,7 +36,7 @@ impl App {
 }
 
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
-    db::migrate(database_url, MIGRATIONS, MIGRATION_LOCK).await
+    db::migrate(database_url, MIGRATIONS, FUNCTIONS, MIGRATION_LOCK).await
 }
 
 /// Serves checkout on `listener` until `shutdown`; migrates on the way to
@@ -60,4 +63,13 @@ pub async fn serve(
         jobs,
     };
     shared::service::serve(serving, &app.config.common, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_sql_function_file_is_listed_once() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/functions");
+        shared::db::check_listed(&dir, super::FUNCTIONS).unwrap();
+    }
 }

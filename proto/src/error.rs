@@ -61,6 +61,7 @@ impl ErrorReason {
             R::TokenMissing | R::TokenInvalid => Code::Unauthenticated,
             R::AdminRequired => Code::PermissionDenied,
             R::InternalError => Code::Internal,
+            R::DeadlineExceeded => Code::DeadlineExceeded,
         }
     }
 
@@ -136,7 +137,7 @@ mod tests {
     #[test]
     fn every_reason_has_its_name_on_the_wire_and_a_real_code() {
         let all: Vec<ErrorReason> = all_reasons().collect();
-        assert!(all.len() >= 46, "{} reasons", all.len());
+        assert!(all.len() >= 47, "{} reasons", all.len());
         for r in all {
             let s = plain(r, "x");
             assert_eq!(s.code(), r.code(), "{r:?}");

@@ -5,6 +5,9 @@ pub mod codec;
 pub mod error;
 
 pub mod checkout {
+    // The docs below are the .proto comments, written as prose for every
+    // language (`<id>`, [brackets], bare URLs), not as rustdoc.
+    #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
     pub mod v1 {
         tonic::include_proto!("checkout.v1");
         include!(concat!(env!("OUT_DIR"), "/server/checkout.v1.rs"));
@@ -12,6 +15,9 @@ pub mod checkout {
 }
 
 pub mod billing {
+    // The docs below are the .proto comments, written as prose for every
+    // language (`<id>`, [brackets], bare URLs), not as rustdoc.
+    #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
     pub mod v1 {
         tonic::include_proto!("billing.v1");
         include!(concat!(env!("OUT_DIR"), "/server/billing.v1.rs"));

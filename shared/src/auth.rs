@@ -27,6 +27,7 @@ struct LimiterState {
 }
 
 impl LogLimiter {
+    /// A limiter that lets one line through per `every`.
     pub fn new(every: Duration) -> Self {
         Self { every, state: Mutex::new(LimiterState::default()) }
     }
@@ -48,15 +49,19 @@ impl LogLimiter {
     }
 }
 
+/// What a caller may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
+    /// Every RPC but the admin ones.
     Service,
+    /// Every RPC, the admin ones included.
     Admin,
 }
 
 /// Who called, attached to the request by [`Authenticator`].
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
+    /// The caller's role, from the token it presented.
     pub role: Role,
 }
 
@@ -89,6 +94,8 @@ impl Authenticator {
         Self::new(&crate::config::Secret::expose_all(service), &crate::config::Secret::expose_all(admin))
     }
 
+    /// Admits a request whose `authorization: Bearer <token>` is a configured
+    /// token, attaching its [`Caller`]; UNAUTHENTICATED otherwise.
     pub fn check(&self, req: &mut Request<()>) -> Result<(), Status> {
         let header = req
             .metadata()

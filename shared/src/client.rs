@@ -44,10 +44,12 @@ impl Budget {
         Self { deadline: Instant::now() + d }
     }
 
+    /// A budget of `d` from now.
     pub fn new(d: Duration) -> Self {
         Self { deadline: Instant::now() + d }
     }
 
+    /// What is left of the budget (zero once spent).
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }

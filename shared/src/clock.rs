@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 
+/// The time the services read: the system clock, or a manual one the tests
+/// move (both services of a test share one).
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
     manual: Option<Arc<Mutex<DateTime<Utc>>>>,
@@ -21,6 +23,7 @@ impl Clock {
         Self { manual: Some(Arc::new(Mutex::new(start))) }
     }
 
+    /// The current time.
     pub fn now(&self) -> DateTime<Utc> {
         match &self.manual {
             // A poisoned lock still holds a valid time.

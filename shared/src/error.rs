@@ -16,34 +16,64 @@ use crate::{
 /// Dynamic values of an error, sent as `ErrorInfo.metadata`.
 pub type Metadata = Vec<(&'static str, String)>;
 
+/// A failure either service can answer with; [`Status`] maps it to its gRPC
+/// status and details.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// A request field is invalid: INVALID_ARGUMENT with a field violation.
     #[error("{field}: {description}")]
-    InvalidArgument { field: &'static str, description: String },
+    InvalidArgument {
+        /// The field, as the request names it.
+        field: &'static str,
+        /// What is wrong with it.
+        description: String,
+    },
+    /// The named resource does not exist: NOT_FOUND with resource info.
     #[error("{resource} {id} not found")]
-    NotFound { resource: &'static str, id: String },
+    NotFound {
+        /// The resource type, e.g. `order`.
+        resource: &'static str,
+        /// The id asked for.
+        id: String,
+    },
     /// A wrong state: `reason` is one of the FAILED_PRECONDITION reasons.
     #[error("{description}")]
-    FailedPrecondition { reason: ErrorReason, subject: String, description: String, metadata: Metadata },
+    FailedPrecondition {
+        /// Why, as `ErrorInfo.reason`.
+        reason: ErrorReason,
+        /// What it is about (an id).
+        subject: String,
+        /// For the caller to read.
+        description: String,
+        /// Dynamic values, as `ErrorInfo.metadata`.
+        metadata: Metadata,
+    },
+    /// An idempotency key was reused with another request: INVALID_ARGUMENT.
     #[error("idempotency key reused with a different request")]
     IdempotencyKeyReused,
+    /// The first request with this idempotency key is still running: ABORTED.
     #[error("a request with this idempotency key is still in flight")]
     IdempotencyKeyInFlight,
+    /// A database failure, mapped by its kind.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// A bug: INTERNAL.
     #[error("internal: {0}")]
     Internal(String),
 }
 
 impl ServiceError {
+    /// [`ServiceError::InvalidArgument`].
     pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
         ServiceError::InvalidArgument { field, description: description.into() }
     }
 
+    /// [`ServiceError::NotFound`].
     pub fn not_found(resource: &'static str, id: impl ToString) -> Self {
         ServiceError::NotFound { resource, id: id.to_string() }
     }
 
+    /// [`ServiceError::FailedPrecondition`] without metadata.
     pub fn precondition(reason: ErrorReason, subject: impl ToString, description: impl Into<String>) -> Self {
         Self::precondition_with(reason, subject, description, Metadata::new())
     }
@@ -60,6 +90,7 @@ impl ServiceError {
         ServiceError::FailedPrecondition { reason, subject: subject.to_string(), description: description.into(), metadata }
     }
 
+    /// [`ServiceError::Internal`].
     pub fn internal(message: impl Into<String>) -> Self {
         ServiceError::Internal(message.into())
     }
@@ -112,6 +143,7 @@ impl From<ServiceError> for Status {
 /// An error that may carry a database failure: what [`retry_tx!`](crate::retry_tx)
 /// looks at to tell a lost race from a real failure.
 pub trait AsDbError {
+    /// The database failure inside, if any.
     fn as_db_error(&self) -> Option<&DbError>;
 }
 

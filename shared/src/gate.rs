@@ -1,4 +1,4 @@
-//! Per-key admission: at most [`Gate::per_key`] requests that name the same
+//! Per-key admission: at most `per_key` requests (see [`Gate::new`]) that name the same
 //! row (a user, a usage session, an order) hold a pooled connection at once.
 //! The rest wait here, without a connection, for at most the lock bound, and
 //! then answer ABORTED. Without it, one row held for long (an operator's
@@ -12,6 +12,7 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Per-key admission (see the module docs).
 #[derive(Debug)]
 pub struct Gate {
     per_key: usize,
@@ -31,10 +32,12 @@ pub struct Pass {
 pub struct Busy(pub String);
 
 impl Gate {
+    /// At most `per_key` requests per key at once; the rest wait at most `wait`.
     pub fn new(per_key: usize, wait: Duration) -> Self {
         Self { per_key: per_key.max(1), wait, keys: Mutex::new(HashMap::new()) }
     }
 
+    /// Waits for a slot of `key`'s; [`Busy`] when none frees within the wait.
     pub async fn enter(&self, key: &str) -> Result<Pass, Busy> {
         let sem = {
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());

@@ -15,14 +15,18 @@ use tonic::{Request, Status};
 
 use crate::db::{Conn, DbError};
 
+/// The request metadata entry that carries the key.
 pub const METADATA_KEY: &str = "idempotency-key";
 const MAX_KEY_LEN: usize = 200;
 
 /// A claimed or claimable key for one RPC method.
 #[derive(Clone, Debug)]
 pub struct Key {
+    /// The RPC method the key belongs to.
     pub method: &'static str,
+    /// The caller's key.
     pub key: String,
+    /// SHA-256 of the encoded request: a key belongs to one request.
     pub request_hash: Vec<u8>,
 }
 
@@ -39,6 +43,7 @@ impl Key {
     }
 }
 
+/// What claiming a key found.
 #[derive(Debug)]
 pub enum Begin {
     /// The key is ours: run the effect, then [`finish`].
@@ -47,12 +52,16 @@ pub enum Begin {
     Replay(Vec<u8>),
 }
 
+/// Why a key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum IdempotencyError {
+    /// The key was used before with another request.
     #[error("idempotency key reused with a different request")]
     Reused,
+    /// The first request with this key has not finished.
     #[error("a request with this idempotency key is still in flight")]
     InFlight,
+    /// A database failure.
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -60,10 +69,15 @@ pub enum IdempotencyError {
 diesel::table! {
     /// The same table in each service's database (see its migrations).
     idempotency_keys (method, key) {
+        /// The RPC method.
         method -> Text,
+        /// The caller's key.
         key -> Text,
+        /// SHA-256 of the encoded request.
         request_hash -> Bytea,
+        /// The encoded response, once the effect committed.
         response -> Bytea,
+        /// When the key was claimed (purged after 24 h).
         created_at -> Timestamptz,
     }
 }
@@ -138,7 +152,9 @@ pub async fn purge(conn: &mut Conn, before: DateTime<Utc>) -> Result<usize, DbEr
 /// response of an earlier identical request.
 #[derive(Debug)]
 pub enum Outcome<T> {
+    /// The effect ran now and produced this.
     Fresh(T),
+    /// An earlier identical request produced this encoded response.
     Replay(Vec<u8>),
 }
 

@@ -199,6 +199,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     }
 }
 
+/// The service [`RpcMetricsLayer`] wraps.
 #[derive(Clone, Debug)]
 pub struct RpcMetrics<S> {
     inner: S,

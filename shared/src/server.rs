@@ -1,9 +1,12 @@
 //! The gRPC server every service runs: health, reflection (v1 and v1alpha),
 //! request tracing and metrics, load shedding, HTTP/2 connection ageing, and
 //! graceful shutdown (NOT_SERVING first, then a bounded drain).
-use std::{convert::Infallible, future::Future, time::Duration};
+use std::{convert::Infallible, future::Future, io, net::SocketAddr, time::Duration};
 
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::watch,
+};
 use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{BoxError, ServiceBuilder};
@@ -23,14 +26,17 @@ impl Default for Shutdown {
 }
 
 impl Shutdown {
+    /// A shutdown not triggered yet.
     pub fn new() -> Self {
         Self { tx: watch::channel(false).0 }
     }
 
+    /// Fires the shutdown (repeats are no-ops).
     pub fn trigger(&self) {
         let _ = self.tx.send(true);
     }
 
+    /// Whether [`Shutdown::trigger`] was called.
     pub fn is_triggered(&self) -> bool {
         *self.tx.borrow()
     }
@@ -67,9 +73,49 @@ pub async fn termination_signal() {
     }
 }
 
-/// Binds a listener with a one-line error naming the variable on failure.
+/// Binds a listener ([`listen`]) on the first address `addr` resolves to
+/// that binds, with a one-line error naming the variable on failure.
 pub async fn bind(addr: &str, var: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({var}): {e}"))
+    let fail = |e: io::Error| {
+        // Linux refuses a port that an outbound connection left in TIME-WAIT
+        // (up to 60 s) whatever the listener sets; only ports in the
+        // kernel's ephemeral range are ever used for outbound connections.
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            "; a listener holds it, or (for a port in net.ipv4.ip_local_port_range) a closed outbound connection for up to 60 s"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot listen on {addr} ({var}): {e}{hint}")
+    };
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "the address resolves to nothing");
+    for a in tokio::net::lookup_host(addr).await.map_err(fail)? {
+        match listen(a) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(fail(last))
+}
+
+/// The listen backlog, as `TcpListener::bind` of std and tokio has it.
+const LISTEN_BACKLOG: u32 = 128;
+
+/// A listener on `addr` with SO_REUSEADDR, set here rather than left to
+/// whatever `TcpListener::bind` does: a server restarted on its port binds
+/// while the connections its predecessor closed sit in TIME-WAIT. (It does
+/// not help against a TIME-WAIT left by another program's outbound
+/// connection from that port: Linux refuses that bind unless the outbound
+/// socket set SO_REUSEADDR too.)
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = reusable_socket(addr)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+fn reusable_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    Ok(socket)
 }
 
 /// Readiness of the named health service.
@@ -80,6 +126,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Reports the named health service SERVING or NOT_SERVING.
     pub async fn set(&self, serving: bool) {
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         self.reporter.set_service_status(self.name, status).await;
@@ -147,9 +194,11 @@ where
     // Beyond the global limit a request is shed at once with UNAVAILABLE
     // OVERLOADED and RetryInfo (retryable, maybe on another replica) instead
     // of queueing unbounded.
-    // RPC metrics sit outside, so shed requests are counted too.
+    // RPC metrics sit outside, so shed requests are counted too. The
+    // caller's deadline is answered here, with its reason (crate::deadline).
     let layers = ServiceBuilder::new()
         .layer(crate::metrics::RpcMetricsLayer)
+        .layer(crate::deadline::DeadlineLayer)
         .map_err(move |e: BoxError| -> BoxError {
             if e.is::<tower::load_shed::error::Overloaded>() {
                 Box::new(crate::status::unavailable(
@@ -255,5 +304,46 @@ where
     match tokio::spawn(tracing::Instrument::in_current_span(f)).await {
         Ok(r) => r.map_err(Into::into),
         Err(e) => Err(crate::status::internal(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::{io, net::SocketAddr};
+
+    use tokio::{io::AsyncReadExt, net::TcpSocket};
+
+    use super::{listen, reusable_socket};
+
+    #[test]
+    fn listener_sockets_set_so_reuseaddr() {
+        let socket = reusable_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(socket.reuseaddr().unwrap());
+    }
+
+    /// A server restarted on its port while the connections the previous one
+    /// closed (the server closing first, as at shutdown) sit in TIME-WAIT:
+    /// [`listen`] binds it; a socket without SO_REUSEADDR is refused, which
+    /// shows the port was held.
+    #[tokio::test]
+    async fn a_restarted_server_binds_its_port_held_in_time_wait() {
+        let first = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr: SocketAddr = first.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server_side, _) = first.accept().await.unwrap();
+        drop(server_side);
+        // The client reads the server's FIN and closes: the server's side
+        // of the connection, on `addr`'s port, goes to TIME-WAIT.
+        assert_eq!(client.read(&mut [0u8; 1]).await.unwrap(), 0);
+        drop(client);
+        drop(first);
+
+        let plain = TcpSocket::new_v4().unwrap();
+        plain.set_reuseaddr(false).unwrap();
+        let refused = plain.bind(addr).map(|_| ()).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AddrInUse, "the closed connection holds the port: {refused}");
+        let again = listen(addr).expect("SO_REUSEADDR binds beside the TIME-WAIT");
+        assert_eq!(again.local_addr().unwrap(), addr);
     }
 }

@@ -145,6 +145,7 @@ pub struct Violations {
     dropped: usize,
 }
 
+/// Longest id accepted in a request.
 pub const MAX_ID_LEN: usize = 128;
 /// Violations listed in one error.
 pub const MAX_VIOLATIONS: usize = 10;
@@ -160,10 +161,12 @@ fn clip(mut s: String) -> String {
 }
 
 impl Violations {
+    /// No violations yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Records that `field` is invalid (at most [`MAX_VIOLATIONS`] are kept).
     pub fn add(&mut self, field: &str, description: impl Into<String>) {
         if self.kept.len() < MAX_VIOLATIONS {
             self.kept.push(FieldViolation::new(clip(field.to_owned()), clip(description.into())));
@@ -172,6 +175,7 @@ impl Violations {
         }
     }
 
+    /// Whether no violation was recorded.
     pub fn is_empty(&self) -> bool {
         self.kept.is_empty()
     }
@@ -211,6 +215,7 @@ impl Violations {
         value
     }
 
+    /// INVALID_ARGUMENT with the recorded violations, or `Ok` when there are none.
     pub fn finish(mut self) -> Result<(), Status> {
         if self.kept.is_empty() {
             return Ok(());
@@ -244,6 +249,25 @@ mod tests {
             })
             .unwrap_or_default();
         assert_eq!(fields, vec!["id".to_owned(), "user_id".to_owned()]);
+    }
+
+    #[test]
+    fn database_failures_carry_their_reasons() {
+        let cases = [
+            (DbError::Unavailable("down".into()), ErrorReason::DatabaseUnavailable),
+            (DbError::Conflict("40001".into()), ErrorReason::ConcurrentUpdate),
+            (DbError::UniqueViolation { constraint: "c".into() }, ErrorReason::ConcurrentUpdate),
+            (DbError::Timeout("lock".into()), ErrorReason::RowBusy),
+            (DbError::InvalidInput("date out of range".into()), ErrorReason::ValueNotStorable),
+            (DbError::Other("bug".into()), ErrorReason::InternalError),
+        ];
+        for (e, want) in cases {
+            let s = from_db(&e);
+            assert_eq!((s.code(), proto::error::reason_of(&s)), (want.code(), Some(want)), "{e:?}");
+        }
+        let s = from_db(&DbError::InvalidInput("date out of range".into()));
+        let field = s.get_error_details().bad_request().and_then(|b| b.field_violations.first().map(|v| v.field.clone()));
+        assert_eq!(field.as_deref(), Some("request"), "BadRequest stays");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Typed states stored in checked text columns (`CHECK (status IN (…))`):
-//! [`text_enum!`] declares an enum with its database spelling, and diesel
+//! [`text_enum!`](crate::text_enum!) declares an enum with its database spelling, and diesel
 //! reads and writes it as `Text`. A value the enum does not know fails the
 //! read as a deserialization error; nothing invents a state.
 

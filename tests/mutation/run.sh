@@ -13,6 +13,8 @@
 #   MUTATION_OVERLAY     space-separated paths copied from this working tree
 #                        over the clone (to try tests before committing them)
 #   MUTATION_BASELINE=0  skip the unmutated run of all suites
+#   MUTATION_PG          PostgreSQL server for the liveness check of SQL
+#                        mutants (default postgres://postgres@127.0.0.1:5432)
 # Exit status: 0 when every mutation that ran was caught, 1 otherwise.
 set -uo pipefail
 
@@ -61,6 +63,22 @@ run_suites() {
   if [ $rc -eq 0 ]; then echo "pass"; else echo "fail ${failed:-?}"; fi
 }
 
+# The schema a service's binary migrates a scratch database to (tables,
+# constraints, indexes and every function's definition): an SQL mutant is
+# live only if it changes this. The binary is built with the tests' feature
+# set (-p tests), so the suites reuse its build.
+PG=${MUTATION_PG:-postgres://postgres@127.0.0.1:5432}
+migrated_schema() {
+  local svc=$1 out=$2 db var
+  db="mutation_scratch_${svc//-/_}"
+  var=$(tr 'a-z-' 'A-Z_' <<<"${svc%-svc}")_DATABASE_URL
+  (cd "$SRC" && cargo build --quiet -p "$svc" -p tests --bin "$svc") >"$out.build" 2>&1 || return 1
+  psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null || return 1
+  env "$var=$PG/$db" "$CARGO_TARGET_DIR/debug/$svc" migrate >"$out.migrate" 2>&1 || return 1
+  pg_dump --schema-only --no-owner --no-privileges "$PG/$db" | grep -v '^--' >"$out"
+  psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $db" >/dev/null
+}
+
 mapfile -t MUTATIONS < <(python3 "$HERE/mutate.py" list)
 START_ALL=$(date +%s)
 echo "mutation check of $HEAD_SHA in $SRC (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
@@ -78,6 +96,14 @@ if [ "${MUTATION_BASELINE:-1}" != 0 ]; then
   fi
 fi
 
+reset_tree
+for svc in billing-svc checkout-svc; do
+  if ! migrated_schema "$svc" "$LOGS/schema-$svc.sql"; then
+    echo "cannot migrate a scratch database with the unmutated $svc: see $LOGS/schema-$svc.sql.*" >&2
+    exit 1
+  fi
+done
+
 ROWS=()
 missed=0
 for line in "${MUTATIONS[@]}"; do
@@ -89,9 +115,26 @@ for line in "${MUTATIONS[@]}"; do
   fi
   reset_tree
   t0=$(date +%s)
-  if ! python3 "$HERE/mutate.py" apply "$name" "$SRC" 2>"$LOGS/$name.apply"; then
+  if ! sql_svcs=$(python3 "$HERE/mutate.py" apply "$name" "$SRC" 2>"$LOGS/$name.apply"); then
     ROWS+=("$name|does not apply: $(tr '\n' ' ' <"$LOGS/$name.apply")|-|0")
     missed=$((missed + 1))
+    continue
+  fi
+  # An SQL mutant must change what the migration runner leaves in a fresh
+  # database (a function file not applied, a dead migration copy, a
+  # definition replaced later would not).
+  dead=""
+  for svc in $sql_svcs; do
+    if ! migrated_schema "$svc" "$LOGS/$name.schema-$svc.sql"; then
+      dead="$dead $svc: the mutant does not migrate (see $LOGS/$name.schema-$svc.sql.*);"
+    elif cmp -s "$LOGS/schema-$svc.sql" "$LOGS/$name.schema-$svc.sql"; then
+      dead="$dead $svc: the migrated schema is unchanged;"
+    fi
+  done
+  if [ -n "$dead" ]; then
+    ROWS+=("$name|not live:$dead|-|$(( $(date +%s) - t0 ))")
+    missed=$((missed + 1))
+    echo "  $name: not live:$dead"
     continue
   fi
   # shellcheck disable=SC2086

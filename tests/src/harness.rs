@@ -8,9 +8,13 @@ use std::{
 };
 
 use chrono::{TimeZone, Utc};
-use shared::{Clock, config::CommonConfig, server::Shutdown};
+use shared::{
+    Clock,
+    config::CommonConfig,
+    server::{Shutdown, listen},
+};
 use test_support::pg::PgServer;
-use tokio::{net::TcpListener, sync::OnceCell};
+use tokio::sync::OnceCell;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::clients::{BillingClient, CheckoutClient, billing_client, checkout_client};
@@ -20,6 +24,10 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const CHECKOUT_TO_BILLING_TOKEN: &str = "test-checkout-to-billing-token";
 pub const GATEWAY_KEY_SECRET: &str = "test-gateway-key-secret";
 pub const GATEWAY_WEBHOOK_SECRET: &str = "test-gateway-webhook-secret";
+
+/// Where the services under test listen: a fresh port each.
+const LOCALHOST_ANY_PORT: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 static SERVER: OnceCell<PgServer> = OnceCell::const_new();
 static TELEMETRY: std::sync::OnceLock<Option<shared::telemetry::TelemetryGuard>> = std::sync::OnceLock::new();
@@ -64,7 +72,8 @@ fn hash_dir(dir: &Path, h: &mut DefaultHasher) {
 }
 
 /// A fresh database for `service`, copied from a template migrated once per
-/// schema version (the template name carries a hash of the migrations).
+/// schema version (the template name carries a hash of the migrations and of
+/// the SQL function files, docs/design.md "SQL functions").
 pub async fn fresh_database(
     service: &str,
     migrate: fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<Vec<String>>>,
@@ -72,6 +81,7 @@ pub async fn fresh_database(
     let server = pg().await?;
     let mut h = DefaultHasher::new();
     hash_dir(&workspace_root().join(format!("{service}/migrations")), &mut h);
+    hash_dir(&workspace_root().join(format!("{service}/sql")), &mut h);
     let template = format!("tmpl_{}_{:016x}", service.replace('-', "_"), h.finish());
     let name = format!("test_{}_{}", service.replace('-', "_"), uuid::Uuid::new_v4().simple());
     // One lock for template creation and copies: CREATE DATABASE ... TEMPLATE
@@ -204,9 +214,9 @@ async fn try_spawn(opts: Options) -> anyhow::Result<TestApp> {
     let checkout_db_url =
         fresh_database("checkout-svc", |u| Box::pin(async move { checkout_svc::app::migrate(&u).await })).await?;
 
-    let billing_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let billing_listener = listen(LOCALHOST_ANY_PORT)?;
     let billing_addr = billing_listener.local_addr()?;
-    let billing_http_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let billing_http_listener = listen(LOCALHOST_ANY_PORT)?;
     let billing_http_addr = billing_http_listener.local_addr()?;
     let billing_shutdown = Shutdown::new();
     let bcfg = billing_config(&opts);
@@ -221,7 +231,7 @@ async fn try_spawn(opts: Options) -> anyhow::Result<TestApp> {
         billing_shutdown.clone(),
     ));
 
-    let checkout_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let checkout_listener = listen(LOCALHOST_ANY_PORT)?;
     let checkout_addr = checkout_listener.local_addr()?;
     let checkout_shutdown = Shutdown::new();
     let ccfg = checkout_config(&opts, billing_addr);
@@ -305,7 +315,7 @@ impl TestApp {
     /// restart); clients are rebuilt.
     pub async fn restart_checkout(&mut self) -> anyhow::Result<()> {
         self.stop_checkout().await;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = listen(LOCALHOST_ANY_PORT)?;
         self.checkout_addr = listener.local_addr()?;
         self.checkout_shutdown = Shutdown::new();
         let cfg = checkout_config(&self.opts, self.billing_addr);
@@ -324,8 +334,8 @@ impl TestApp {
 
     /// Starts billing-svc again on the same database and port.
     pub async fn start_billing_again(&mut self) -> anyhow::Result<()> {
-        let listener = TcpListener::bind(self.billing_addr).await?;
-        let http_listener = TcpListener::bind(self.billing_http_addr).await?;
+        let listener = listen(self.billing_addr)?;
+        let http_listener = listen(self.billing_http_addr)?;
         self.billing_shutdown = Shutdown::new();
         let app = billing_svc::App::with_gateway(
             billing_config(&self.opts),

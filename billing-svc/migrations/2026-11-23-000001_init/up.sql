@@ -1,5 +1,8 @@
 -- billing-svc schema. Money is bigint minor units; times are timestamptz (UTC).
 
+-- Bootstrap: the triggers below need it now. The live definition is
+-- billing-svc/sql/functions/touch_updated_at.sql, applied after the
+-- migrations (docs/design.md, SQL functions).
 CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   -- Keep an explicitly set updated_at (the injected clock); default to now().

@@ -64,49 +64,8 @@ ALTER TABLE orders ADD CONSTRAINT orders_seq_key UNIQUE (seq);
 -- Audit rows of operators' acknowledgements carry their note.
 ALTER TABLE reconcile_audit ADD COLUMN note text;
 
--- The billing period of a subscription that contains `at`, without writing:
--- calendar months for the free plan, anniversary months from the anchor for
--- paid plans (computed from the anchor each time so month ends never drift).
-CREATE FUNCTION billing_period_at(p_anchor timestamptz, p_calendar boolean, p_at timestamptz,
-                                  OUT period_start timestamptz, OUT period_end timestamptz)
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-  k integer;
-  a timestamp;
-BEGIN
-  IF p_calendar THEN
-    period_start := date_trunc('month', p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
-    period_end := (date_trunc('month', p_at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
-    RETURN;
-  END IF;
-  a := p_anchor AT TIME ZONE 'UTC';
-  k := (extract(year FROM age(p_at AT TIME ZONE 'UTC', a)) * 12
-        + extract(month FROM age(p_at AT TIME ZONE 'UTC', a)))::integer;
-  LOOP
-    period_start := (a + make_interval(months => k)) AT TIME ZONE 'UTC';
-    period_end := (a + make_interval(months => k + 1)) AT TIME ZONE 'UTC';
-    EXIT WHEN period_start <= p_at AND p_at < period_end;
-    IF period_start > p_at THEN k := k - 1; ELSE k := k + 1; END IF;
-  END LOOP;
-END $$;
+-- billing_period_at: defined by billing-svc/sql/functions/billing_period_at.sql, applied by the
+-- migration runner after the migrations (docs/design.md, SQL functions).
 
-CREATE OR REPLACE FUNCTION billing_roll_period(p_sub uuid, p_now timestamptz) RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-  s subscriptions;
-  p record;
-  grant_credits bigint;
-BEGIN
-  SELECT * INTO s FROM subscriptions WHERE id = p_sub;
-  IF NOT FOUND OR s.status <> 'ACTIVE' OR p_now < s.period_end THEN
-    RETURN false;
-  END IF;
-  SELECT * INTO p FROM billing_period_at(s.anchor_at, s.calendar_periods, p_now);
-  SELECT credits_per_period INTO grant_credits FROM plans WHERE id = s.plan_id;
-  UPDATE subscriptions
-     SET period_start = p.period_start, period_end = p.period_end,
-         credits_granted = grant_credits, credits_remaining = grant_credits,
-         updated_at = p_now
-   WHERE id = p_sub;
-  RETURN true;
-END $$;
+-- billing_roll_period: defined by billing-svc/sql/functions/billing_roll_period.sql, applied by the
+-- migration runner after the migrations (docs/design.md, SQL functions).

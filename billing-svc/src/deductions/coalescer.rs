@@ -15,7 +15,7 @@ use shared::{
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{ChargeRow, Charged, Mode, charge_admitted, outcome};
+use super::{ChargeMode, ChargeRow, Charged, Mode, charge_admitted, outcome};
 use crate::{Error, Result};
 
 /// One Deduct call waiting for its batch.
@@ -79,7 +79,7 @@ impl Coalescer {
     }
 
     /// Charges `units` on `session_id` idempotently on `deduction_id`, in the
-    /// next batch; the answer is the one [`charge`] would give.
+    /// next batch; the answer is the one [`charge`](super::charge) would give.
     pub async fn deduct(&self, session_id: Uuid, deduction_id: String, units: i64) -> Result<Charged> {
         let (reply, answer) = oneshot::channel();
         let start_drainer = {
@@ -175,7 +175,7 @@ async fn run_batch(ctx: &Arc<Ctx>, queue: &Mutex<Queue>, batch: Vec<Item>) {
     };
     let mut requeue = Vec::new();
     for (mut item, row) in batch.into_iter().zip(rows) {
-        match outcome(row, item.session_id, "EXPLICIT") {
+        match outcome(row, item.session_id, ChargeMode::Explicit) {
             Ok(Some(c)) => {
                 let _ = item.reply.send(Ok(c));
             }

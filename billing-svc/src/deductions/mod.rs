@@ -30,6 +30,33 @@ use crate::{
 
 pub const MAX_UNITS: i64 = 1000;
 
+shared::text_enum! {
+    /// How `billing_charge_many` works out an item's units (its `p_modes`).
+    pub enum ChargeMode {
+        Auto = "AUTO",
+        Explicit = "EXPLICIT",
+        End = "END",
+    }
+}
+
+shared::text_enum! {
+    /// Why `billing_charge_many` did not charge an item (its `r_error`
+    /// column; docs/design.md, Deductions). A code this enum does not know
+    /// fails the read (INTERNAL), never a panic nor a silent success.
+    pub enum ChargeError {
+        /// Someone else holds the session, or (a coalesced item) its
+        /// subscription or the user's live one: AUTO skips it, a batch item
+        /// is charged on its own.
+        Busy = "BUSY",
+        NotFound = "NOT_FOUND",
+        SessionEnded = "SESSION_ENDED",
+        /// The `deduction_id` was charged before with other units.
+        DeductionIdReused = "DEDUCTION_ID_REUSED",
+        /// A mode the function does not know: a bug of the caller.
+        BadMode = "BAD_MODE",
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// Complete intervals elapsed since the last auto charge.
@@ -57,7 +84,7 @@ struct ChargeRow {
     #[diesel(sql_type = sql_types::Integer)]
     r_item: i32,
     #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
-    r_error: Option<String>,
+    r_error: Option<ChargeError>,
     #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
     r_charged: Option<i64>,
     #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
@@ -97,20 +124,20 @@ struct ChargeRow {
 /// someone else holds the session (AUTO: skipped until the next tick), or,
 /// for a batch item, its session, its subscription or the user's live
 /// subscription (charged on its own, waiting for the lock).
-fn outcome(row: ChargeRow, session_id: Uuid, mode: &'static str) -> Result<Option<Charged>> {
-    match row.r_error.as_deref() {
+fn outcome(row: ChargeRow, session_id: Uuid, mode: ChargeMode) -> Result<Option<Charged>> {
+    match row.r_error {
         None => {}
-        Some("BUSY") => return Ok(None),
-        Some("NOT_FOUND") => return Err(Error::not_found("usage_session", session_id)),
-        Some("SESSION_ENDED") => {
+        Some(ChargeError::Busy) => return Ok(None),
+        Some(ChargeError::NotFound) => return Err(Error::not_found("usage_session", session_id)),
+        Some(ChargeError::SessionEnded) => {
             return Err(Error::precondition(
                 ErrorReason::SessionEnded,
                 format!("usage_session:{session_id}"),
                 "the usage session has ended",
             ));
         }
-        Some("DEDUCTION_ID_REUSED") => return Err(ServiceError::IdempotencyKeyReused.into()),
-        Some(other) => return Err(Error::internal(format!("billing_charge: {other}"))),
+        Some(ChargeError::DeductionIdReused) => return Err(ServiceError::IdempotencyKeyReused.into()),
+        Some(e @ ChargeError::BadMode) => return Err(Error::internal(format!("billing_charge_many: {e}"))),
     }
     let missing = || Error::internal("billing_charge returned no session");
     let session = UsageSession {
@@ -127,7 +154,7 @@ fn outcome(row: ChargeRow, session_id: Uuid, mode: &'static str) -> Result<Optio
         units_unpaid: row.s_units_unpaid.unwrap_or_default(),
         final_units_charged: row.s_final_units_charged,
     };
-    shared::metrics::credits_charged(mode, row.r_charged, row.r_unpaid, row.r_replayed);
+    shared::metrics::credits_charged(mode.as_str(), row.r_charged, row.r_unpaid, row.r_replayed);
     Ok(Some(Charged {
         view: SessionView { session, credits_remaining: row.r_credits_remaining.unwrap_or_default() },
         charged: row.r_charged.unwrap_or_default(),
@@ -156,9 +183,9 @@ pub async fn charge(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateTim
 /// someone else.
 async fn charge_inner(conn: &mut Conn, session_id: Uuid, mode: &Mode, now: DateTime<Utc>) -> Result<Option<Charged>> {
     let (name, units, deduction_id) = match mode {
-        Mode::Auto => ("AUTO", 0, None),
-        Mode::Explicit { deduction_id, units } => ("EXPLICIT", *units, Some(deduction_id.as_str())),
-        Mode::End { manual } => ("END", *manual, None),
+        Mode::Auto => (ChargeMode::Auto, 0, None),
+        Mode::Explicit { deduction_id, units } => (ChargeMode::Explicit, *units, Some(deduction_id.as_str())),
+        Mode::End { manual } => (ChargeMode::End, *manual, None),
     };
     // One statement, its own transaction; inside a caller's transaction
     // (reconcile's repair) it runs once. AUTO never waits for a session.
@@ -225,4 +252,38 @@ pub async fn auto_deduct_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) ->
         }
     }
     Ok((sessions, credits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code the charge functions write into `r_error` is one
+    /// [`ChargeError`] knows, and every mode the Rust side sends is one they
+    /// handle: the SQL and the enums cannot drift apart unnoticed.
+    #[test]
+    fn the_charge_functions_and_the_enums_agree() {
+        let mut codes = std::collections::BTreeSet::new();
+        let mut sql = String::new();
+        for f in crate::app::FUNCTIONS.iter().filter(|f| f.name.starts_with("billing_charge")) {
+            sql.push_str(f.sql);
+            for part in f.sql.split("r_error := '").skip(1) {
+                codes.insert(part.split('\'').next().unwrap_or_default().to_owned());
+            }
+        }
+        assert!(codes.len() >= 5, "{codes:?}");
+        for code in &codes {
+            assert!(
+                code.parse::<ChargeError>().is_ok(),
+                "billing_charge_*.sql writes r_error {code}, ChargeError does not know it"
+            );
+        }
+        for e in ChargeError::ALL {
+            assert!(codes.contains(e.as_str()), "ChargeError::{e:?} is never written by the SQL functions");
+        }
+        for m in ChargeMode::ALL {
+            assert!(sql.contains(&format!("mode = '{m}'")), "no charge function handles mode {m}");
+        }
+        assert!("SOMETHING_NEW".parse::<ChargeError>().is_err());
+    }
 }

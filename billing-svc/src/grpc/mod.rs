@@ -8,6 +8,7 @@ mod orders;
 mod params;
 mod payments;
 mod plans;
+mod requests;
 mod subscriptions;
 mod usage;
 

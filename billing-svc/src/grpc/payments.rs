@@ -8,20 +8,19 @@ use shared::{
 use tonic::{Request, Response};
 use tracing::instrument;
 
-use super::{RpcResult, convert, run};
-use crate::{App, payments, refunds, views, webhooks};
+use super::{RpcResult, convert, requests::VerifyPayment, run};
+use crate::{
+    App, payments, refunds,
+    row::{self, Row},
+    views, webhooks,
+};
 
 #[instrument(skip_all, fields(order_id = %req.get_ref().order_id))]
 pub(super) async fn verify_payment(app: &App, req: Request<pb::VerifyPaymentRequest>) -> RpcResult<pb::VerifyPaymentResponse> {
-    let r = req.into_inner();
-    let mut v = Violations::new();
-    v.text("order_id", &r.order_id, MAX_ID_LEN);
-    v.text("payment_id", &r.payment_id, MAX_ID_LEN);
-    v.text("signature", &r.signature, 256);
-    v.finish()?;
+    let r = VerifyPayment::try_from(req.into_inner())?;
     let app = app.clone();
     let c = run(async move {
-        let _pass = app.gate.enter(&format!("order:{}", r.order_id)).await?;
+        let _pass = row::admit(&app.gate, Row::Order(&r.order_id)).await?;
         payments::verify(&app, &r.order_id, &r.payment_id, &r.signature).await
     })
     .await?;
@@ -64,21 +63,10 @@ pub(super) async fn handle_gateway_webhook(
 pub(super) async fn refund_payment(app: &App, req: Request<pb::RefundPaymentRequest>) -> RpcResult<pb::RefundPaymentResponse> {
     // Money leaves: operators only, never a service token (checkout's).
     require_admin(&req)?;
-    let r = req.into_inner();
-    let mut v = Violations::new();
-    v.text("order_id", &r.order_id, MAX_ID_LEN);
-    v.text("refund_id", &r.refund_id, MAX_ID_LEN);
-    v.text("reason", &r.reason, refunds::MAX_REASON);
-    v.range("amount_minor", r.amount_minor, 0, i64::MAX / 4);
-    if r.refund_id.starts_with(refunds::DISCREPANCY_PREFIX) {
-        v.add("refund_id", format!("must not start with {:?} (reconciliation's refunds)", refunds::DISCREPANCY_PREFIX));
-    }
-    v.finish()?;
+    let request = refunds::Request::try_from(req.into_inner())?;
     let app = app.clone();
-    let request =
-        refunds::Request { order_id: r.order_id, amount_minor: r.amount_minor, reason: r.reason, refund_id: r.refund_id };
     let (done, order) = run(async move {
-        let _pass = app.gate.enter(&format!("order:{}", request.order_id)).await?;
+        let _pass = row::admit(&app.gate, Row::Order(&request.order_id)).await?;
         let done = refunds::refund_order(&app, &request).await?;
         Ok((done, views::order(&mut *app.conn().await?, &request.order_id).await?))
     })

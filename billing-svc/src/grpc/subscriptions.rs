@@ -1,15 +1,21 @@
 //! Subscription handlers: reading, listing and cancelling subscriptions.
 use proto::billing::v1 as pb;
-use shared::status::{MAX_ID_LEN, Violations};
 use tonic::{Request, Response};
 use tracing::instrument;
 
+use shared::status::Violations;
+
 use super::{
     RpcResult, convert,
-    params::{page_after, page_size, parse_subscription_page_token, subscription_page_token},
+    params::subscription_page_token,
+    requests::{CancelSubscription, ListSubscriptions},
     run,
 };
-use crate::{App, subscriptions, views};
+use crate::{
+    App,
+    row::{self, Row},
+    subscriptions, views,
+};
 
 #[instrument(skip_all, fields(subscription_id = %req.get_ref().id))]
 pub(super) async fn get_subscription(
@@ -30,15 +36,10 @@ pub(super) async fn list_subscriptions(
     app: &App,
     req: Request<pb::ListSubscriptionsRequest>,
 ) -> RpcResult<pb::ListSubscriptionsResponse> {
-    let r = req.into_inner();
-    let mut v = Violations::new();
-    v.text("user_id", &r.user_id, MAX_ID_LEN);
-    let size = page_size(r.page_size, &mut v);
-    let after = page_after(&r.page_token, parse_subscription_page_token, &mut v);
-    v.finish()?;
+    let r = ListSubscriptions::try_from(req.into_inner())?;
     let app = app.clone();
     let (subs, next) =
-        run(async move { views::subscriptions_of_user(&mut *app.conn().await?, &r.user_id, size, after).await }).await?;
+        run(async move { views::subscriptions_of_user(&mut *app.conn().await?, &r.user_id, r.size, r.after).await }).await?;
     Ok(Response::new(pb::ListSubscriptionsResponse {
         subscriptions: subs.iter().map(convert::subscription_view).collect(),
         next_page_token: next.map(|(t, id)| subscription_page_token(t, id)).unwrap_or_default(),
@@ -50,16 +51,12 @@ pub(super) async fn cancel_subscription(
     app: &App,
     req: Request<pb::CancelSubscriptionRequest>,
 ) -> RpcResult<pb::CancelSubscriptionResponse> {
-    let r = req.into_inner();
-    let mut v = Violations::new();
-    let id = v.uuid("id", &r.id);
-    v.text("user_id", &r.user_id, MAX_ID_LEN);
-    v.finish()?;
+    let r = CancelSubscription::try_from(req.into_inner())?;
     let app = app.clone();
     let c = run(async move {
-        let _pass = app.gate.enter(&format!("user:{}", r.user_id)).await?;
+        let _pass = row::admit(&app.gate, Row::User(&r.user_id)).await?;
         let mut conn = app.conn().await?;
-        let c = subscriptions::cancel(&mut conn, id, &r.user_id, r.at_period_end, app.clock.now()).await?;
+        let c = subscriptions::cancel(&mut conn, r.id, &r.user_id, r.at_period_end, app.clock.now()).await?;
         Ok((views::subscription_of(&mut conn, c.subscription).await?, c.replayed))
     })
     .await?;

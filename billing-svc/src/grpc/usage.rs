@@ -7,10 +7,15 @@ use shared::{
 use tonic::{Request, Response};
 use tracing::instrument;
 
-use super::{RpcResult, convert, params::usage_kind, run};
+use super::{
+    RpcResult, convert,
+    requests::{AuthorizeUpload, GetUsage, StartUsageSession},
+    run,
+};
 use crate::{
     App, deductions, limits,
-    usage::{self, Kind},
+    row::{self, Row},
+    usage,
 };
 
 fn start_usage_session_response(view: &usage::SessionView) -> pb::StartUsageSessionResponse {
@@ -19,14 +24,11 @@ fn start_usage_session_response(view: &usage::SessionView) -> pb::StartUsageSess
 
 #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
 pub(super) async fn get_usage(app: &App, req: Request<pb::GetUsageRequest>) -> RpcResult<pb::GetUsageResponse> {
-    let r = req.into_inner();
-    let mut v = Violations::new();
-    v.text("user_id", &r.user_id, MAX_ID_LEN);
-    v.finish()?;
+    let r = GetUsage::try_from(req.into_inner())?;
     let app = app.clone();
     let user_id = r.user_id.clone();
     let report = run(async move { limits::report(&app, &user_id).await }).await?;
-    Ok(Response::new(pb::GetUsageResponse { usage: Some(convert::usage(&r.user_id, &report)) }))
+    Ok(Response::new(pb::GetUsageResponse { usage: Some(convert::usage(r.user_id.as_str(), &report)) }))
 }
 
 #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
@@ -35,20 +37,13 @@ pub(super) async fn start_usage_session(
     req: Request<pb::StartUsageSessionRequest>,
 ) -> RpcResult<pb::StartUsageSessionResponse> {
     let key = Key::from_request(&req, "billing.StartUsageSession")?;
-    let r = req.into_inner();
-    let mut v = Violations::new();
-    v.text("user_id", &r.user_id, MAX_ID_LEN);
-    let kind = usage_kind(r.kind);
-    if kind.is_none() {
-        v.add("kind", "must be USAGE_KIND_TEXT or USAGE_KIND_CALL");
-    }
-    v.finish()?;
-    let kind = kind.unwrap_or(Kind::Text);
+    let r = StartUsageSession::try_from(req.into_inner())?;
     let app = app.clone();
     let out = run(async move {
-        let _pass = app.gate.enter(&format!("user:{}", r.user_id)).await?;
+        let _pass = row::admit(&app.gate, Row::User(&r.user_id)).await?;
         let encode = encode_with(start_usage_session_response);
-        usage::start(&app, &r.user_id, kind, key.as_ref(), &encode).await
+        // usage::start takes the id as text (its module is not typed yet).
+        usage::start(&app, r.user_id.as_str(), r.kind, key.as_ref(), &encode).await
     })
     .await?;
     respond(out, start_usage_session_response)
@@ -59,11 +54,7 @@ pub(super) async fn authorize_upload(
     app: &App,
     req: Request<pb::AuthorizeUploadRequest>,
 ) -> RpcResult<pb::AuthorizeUploadResponse> {
-    let r = req.into_inner();
-    let mut v = Violations::new();
-    v.text("user_id", &r.user_id, MAX_ID_LEN);
-    v.range("size_bytes", r.size_bytes, 1, 1 << 40);
-    v.finish()?;
+    let r = AuthorizeUpload::try_from(req.into_inner())?;
     let app = app.clone();
     let max = run(async move { limits::authorize_upload(&app, &r.user_id, r.size_bytes).await }).await?;
     Ok(Response::new(pb::AuthorizeUploadResponse { allowed: true, max_upload_bytes: max }))

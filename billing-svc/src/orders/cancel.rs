@@ -5,7 +5,7 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use super::Status;
+use super::{OrderId, Status};
 use crate::{Result, schema::orders};
 
 /// Cancels the CREATED orders among `order_ids` (each under its row lock: a
@@ -17,10 +17,11 @@ use crate::{Result, schema::orders};
 /// checkouts may offer it), only detached from a session recorded on it
 /// before renewal checkouts stopped recording one, and left out of the
 /// answer, as it is not the retired or deleted session's to cancel.
-pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>> {
+pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[OrderId], now: DateTime<Utc>) -> Result<Vec<OrderId>> {
+    let ids: Vec<&str> = order_ids.iter().map(OrderId::as_str).collect();
     let detached: Vec<String> = diesel::update(
         orders::table
-            .filter(orders::id.eq_any(order_ids))
+            .filter(orders::id.eq_any(&ids))
             .filter(orders::status.eq(Status::Created))
             .filter(orders::renews_subscription_id.is_not_null()),
     )
@@ -30,12 +31,12 @@ pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[String], now: DateTime<
     .await?;
     diesel::update(
         orders::table
-            .filter(orders::id.eq_any(order_ids))
+            .filter(orders::id.eq_any(&ids))
             .filter(orders::status.eq(Status::Created))
             .filter(orders::renews_subscription_id.is_null()),
     )
     .set((orders::status.eq(Status::Cancelled), orders::updated_at.eq(now)))
     .execute(conn)
     .await?;
-    Ok(order_ids.iter().filter(|id| !detached.contains(id)).cloned().collect())
+    Ok(order_ids.iter().filter(|id| !detached.iter().any(|d| d == id.as_str())).cloned().collect())
 }

@@ -10,7 +10,7 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use crate::{Error, Result, schema::orders};
+use crate::{Error, Result, money::Money, schema::orders};
 
 mod cancel;
 mod renewals;
@@ -22,6 +22,11 @@ pub use renewals::{
 };
 
 pub const MAX_BATCH: usize = 500;
+
+shared::text_id! {
+    /// A gateway order's id, as a caller names it (checked at the edge).
+    OrderId
+}
 
 shared::text_enum! {
     /// Where an order is: CREATED moves to PAID or CANCELLED, both final.
@@ -78,6 +83,11 @@ pub struct MandateLimits {
 impl Order {
     pub fn is_paid(&self) -> bool {
         self.status == Status::Paid
+    }
+
+    /// What the order costs.
+    pub fn amount(&self) -> Money<'_> {
+        Money { minor: self.amount_minor, currency: &self.currency }
     }
 
     pub fn mandate_limits(&self) -> Option<MandateLimits> {

@@ -6,7 +6,7 @@
 //!    known order) the refund is checked against what is left and recorded
 //!    PENDING, so racing refunds never add up to more than was captured,
 //!    and the caller claims it: one caller at a time asks the gateway about
-//!    one refund ([`outcome`]);
+//!    one refund (`outcome`);
 //! 2. the gateway is consulted, with no pooled connection held: a refund
 //!    whose earlier outcome is unknown is looked up first, and asked again
 //!    (same key) only when the gateway has none;
@@ -30,7 +30,7 @@ use shared::db::Conn;
 use crate::{
     Result,
     gateway::RefundStatus,
-    orders::{self, Order},
+    orders::{self, Order, OrderId},
     schema::refunds,
 };
 
@@ -88,7 +88,7 @@ pub struct Refund {
 /// A RefundPayment request, checked by the handler.
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub order_id: String,
+    pub order_id: OrderId,
     /// 0: everything that is left.
     pub amount_minor: i64,
     pub reason: String,

@@ -19,7 +19,7 @@ enum Begun {
 }
 
 async fn begin(conn: &mut Conn, r: &Request, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Begun> {
-    let order = orders::lock_optional(conn, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
+    let order = orders::lock_optional(conn, r.order_id.as_str()).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
     let subject = format!("order:{}", order.id);
     if let Some(prior) = find(conn, &r.refund_id).await? {
         let same = prior.order_id.as_deref() == Some(order.id.as_str())
@@ -82,7 +82,7 @@ pub async fn refund_order(app: &App, r: &Request) -> Result<Refunded> {
     let answer = outcome::consult(app, &claim).await;
     let mut conn = app.conn().await?;
     let recorded = shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
-        let order = orders::lock_optional(c, &r.order_id).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
+        let order = orders::lock_optional(c, r.order_id.as_str()).await?.ok_or_else(|| Error::not_found("order", &r.order_id))?;
         discrepancy::lock_of_payment(c, &claim.refund.payment_id).await?;
         let (recorded, settled_here) = outcome::record(c, &claim, &answer, now).await?;
         if settled_here {

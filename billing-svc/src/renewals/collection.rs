@@ -10,6 +10,7 @@ use crate::{
     App, Result,
     discrepancies::Source,
     gateway::{GatewayError, GatewayPayment, METHOD_UNUSABLE, PaymentStatus},
+    money::Money,
     orders::{Order, Status as OrderStatus},
     payments::{self, Capture, Payment},
     schema::orders as o,
@@ -93,7 +94,7 @@ async fn collect_one(app: &App, order: &Order, now: DateTime<Utc>) -> Result<boo
             },
             // A gateway without readable records (the sandbox) captures its
             // charges at once: the payment is captured.
-            None => return capture_charge(app, order, pending, (order.amount_minor, &order.currency), now).await,
+            None => return capture_charge(app, order, pending, order.amount(), now).await,
         }
     }
     if order.charge_attempts > 1 {
@@ -206,12 +207,21 @@ async fn settle_known(app: &App, order: &Order, p: &GatewayPayment, now: DateTim
     match p.status {
         PaymentStatus::Captured => {
             remember_pending(app, &order.id, &p.id, now).await?;
-            Ok(Known::Done(capture_charge(app, order, &p.id, (p.amount_minor, &p.currency), now).await?))
+            Ok(Known::Done(capture_charge(app, order, &p.id, Money { minor: p.amount_minor, currency: &p.currency }, now).await?))
         }
         PaymentStatus::Authorized => {
             remember_pending(app, &order.id, &p.id, now).await?;
             let captured = app.gateway.capture_payment(&p.id, order.amount_minor, &order.currency).await?;
-            Ok(Known::Done(capture_charge(app, order, &captured.id, (captured.amount_minor, &captured.currency), now).await?))
+            Ok(Known::Done(
+                capture_charge(
+                    app,
+                    order,
+                    &captured.id,
+                    Money { minor: captured.amount_minor, currency: &captured.currency },
+                    now,
+                )
+                .await?,
+            ))
         }
         PaymentStatus::Created => {
             remember_pending(app, &order.id, &p.id, now).await?;
@@ -232,7 +242,7 @@ async fn remember_pending(app: &App, order_id: &str, payment_id: &str, now: Date
     Ok(())
 }
 
-async fn capture_charge(app: &App, order: &Order, payment_id: &str, paid: (i64, &str), now: DateTime<Utc>) -> Result<bool> {
+async fn capture_charge(app: &App, order: &Order, payment_id: &str, paid: Money<'_>, now: DateTime<Utc>) -> Result<bool> {
     let p = Payment { order_id: &order.id, payment_id, paid: Some(paid), saved_method: None, source: Source::RenewalCharge };
     match payments::capture(&mut *app.conn().await?, p, now).await? {
         Capture::Captured(_) => Ok(true),

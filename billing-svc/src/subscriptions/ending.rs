@@ -5,8 +5,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::db::Conn;
-use shared::status::ErrorReason;
+use shared::{db::Conn, ids::UserId, status::ErrorReason};
 use uuid::Uuid;
 
 use super::{LedgerKind, Status, Subscription, get, lock, lock_live, roll_if_due, take_credits};
@@ -96,7 +95,7 @@ pub async fn refund_unused_renewal(conn: &mut Conn, sub: &Subscription, order: &
         ),
         payment_id,
     };
-    discrepancies::record(conn, &d, Some((order.amount_minor, &order.currency)), Source::SubscriptionEnded, now).await
+    discrepancies::record(conn, &d, Some(order.amount()), Source::SubscriptionEnded, now).await
 }
 
 /// What CancelSubscription came to.
@@ -113,7 +112,7 @@ pub struct Cancelled {
 /// are locked before the subscription, the capture path's lock order, so a
 /// renewal being paid right now either commits first (and is then refunded
 /// by whoever cancels) or finds its order CANCELLED.
-pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &str, at_period_end: bool, now: DateTime<Utc>) -> Result<Cancelled> {
+pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &UserId, at_period_end: bool, now: DateTime<Utc>) -> Result<Cancelled> {
     use crate::schema::orders as o;
     shared::retry_tx!(conn, shared::db::Races::Conflicts, |c| {
         let _renewals: Vec<String> = o::table
@@ -124,7 +123,7 @@ pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &str, at_period_end: boo
             .load(c)
             .await?;
         let mut sub = lock(c, id).await?;
-        if sub.user_id != user_id {
+        if sub.user_id != user_id.as_str() {
             // Someone else's subscription reads as unknown.
             return Err(Error::not_found("subscription", id));
         }

@@ -4,10 +4,10 @@
 //! months. At most one live (ACTIVE or PAST_DUE) subscription per user, so
 //! every balance lives in one row with one lock (docs/design.md,
 //! Invariants 6, and "Subscription lifecycle").
-use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::db::Conn;
+use shared::{db::Conn, ids::UserId};
 use uuid::Uuid;
 
 use crate::{
@@ -53,7 +53,7 @@ shared::text_enum! {
     }
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = subscriptions, check_for_backend(diesel::pg::Pg))]
 pub struct Subscription {
     pub id: Uuid,
@@ -87,9 +87,10 @@ impl Subscription {
         self.calendar_periods || self.order_id.is_none()
     }
 
-    /// The free plan's first month for a user who has no row yet (nil id).
-    fn free_preview(user_id: &str, free: &Plan, now: DateTime<Utc>) -> Self {
-        let (start, end) = calendar_month(now);
+    /// The free plan's first month (`month`, from [`periods::calendar_month`])
+    /// for a user who has no row yet (nil id).
+    fn free_preview(user_id: &str, free: &Plan, month: (DateTime<Utc>, DateTime<Utc>), now: DateTime<Utc>) -> Self {
+        let (start, end) = month;
         Subscription {
             id: Uuid::nil(),
             user_id: user_id.to_owned(),
@@ -124,14 +125,8 @@ pub use crate::orders::MandateLimits;
 pub use ending::{
     Cancelled, cancel, end_now, forfeit_carried, refund_unused_renewal, refund_unused_renewals, set_cancel_at_period_end,
 };
-pub use periods::{as_of, current, current_locked, roll, roll_due, roll_if_due};
+pub use periods::{as_of, calendar_month, current, current_locked, roll, roll_due, roll_if_due};
 pub use saved_method::{complete_contact, forget_method, mandate_limits, save_method, saved_method};
-
-/// The calendar month containing `now` (free plan periods).
-pub fn calendar_month(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-    let start = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().unwrap_or(now);
-    (start, start.checked_add_months(Months::new(1)).unwrap_or(start))
-}
 
 pub async fn get(conn: &mut Conn, id: Uuid) -> Result<Subscription> {
     subscriptions::table
@@ -148,11 +143,12 @@ pub async fn get(conn: &mut Conn, id: Uuid) -> Result<Subscription> {
 /// the last row when more follow.
 pub async fn list_for_user(
     conn: &mut Conn,
-    user_id: &str,
+    user_id: &UserId,
     page_size: i64,
     after: Option<(DateTime<Utc>, Uuid)>,
 ) -> Result<(Vec<Subscription>, Option<(DateTime<Utc>, Uuid)>)> {
-    let mut q = subscriptions::table.filter(subscriptions::user_id.eq(user_id)).select(Subscription::as_select()).into_boxed();
+    let mut q =
+        subscriptions::table.filter(subscriptions::user_id.eq(user_id.as_str())).select(Subscription::as_select()).into_boxed();
     if let Some((t, id)) = after {
         q = q.filter(subscriptions::created_at.lt(t).or(subscriptions::created_at.eq(t).and(subscriptions::id.lt(id))));
     }
@@ -265,7 +261,8 @@ pub async fn create_paid(
         orders::cancel_renewals_of(conn, old.id, now).await?;
         refund_unused_renewals(conn, old, now).await?;
     }
-    let end = now.checked_add_months(Months::new(1)).unwrap_or(now);
+    // The first anniversary period, [now, now + 1 month), as SQL computes it.
+    let (_, end) = periods::period_at(conn, now, false, now).await?;
     let credits = plan.credits_per_period + carried;
     let sub = diesel::insert_into(subscriptions::table)
         .values((

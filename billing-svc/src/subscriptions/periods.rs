@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use super::{LIVE, Status, Subscription, calendar_month, get, lock_live};
+use super::{LIVE, Status, Subscription, get, lock_live};
 use crate::{
     Error, Result, orders,
     plans::{self, FREE_PLAN_ID},
@@ -50,7 +50,7 @@ pub async fn is_due(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> 
     }
 }
 
-/// Rolls `sub` if [`is_due`] (caller holds its row lock); whether it changed.
+/// Rolls `sub` if `is_due` (caller holds its row lock); whether it changed.
 pub async fn roll_if_due(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> Result<bool> {
     if !is_due(conn, sub, now).await? {
         return Ok(false);
@@ -58,51 +58,57 @@ pub async fn roll_if_due(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>
     roll(conn, sub.id, now).await
 }
 
-/// `sub` as it reads at `now`, without writing or locking: an ACTIVE
-/// subscription whose period ended shows what the next locked use will do
-/// ([`roll`]): the free plan's current month, the next paid period if its
-/// renewal is paid, CANCELLED if cancelled at period end, else PAST_DUE with
-/// no credits.
+/// `sub` as it reads at `now`, without writing or locking: what the next
+/// locked use will do ([`roll`]), asked of the same SQL that does it
+/// (`billing_roll_steps`, the one statement of what a period end does:
+/// docs/design.md, SQL functions): the free plan's current month, the next
+/// paid period if its renewal is paid, CANCELLED if cancelled at period
+/// end, else PAST_DUE with no credits.
 pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Result<Subscription> {
     if !is_due(conn, &sub, now).await? {
         return Ok(sub);
     }
-    // PAST_DUE rows are due only when their renewal is paid (see is_due).
-    if sub.status == Status::Active && !sub.calendar_periods && !orders::renewal_paid(conn, sub.id, sub.period_end).await? {
-        if sub.cancel_at_period_end {
-            return Ok(Subscription { status: Status::Cancelled, ended_at: Some(sub.period_end), credits_remaining: 0, ..sub });
-        }
-        return Ok(Subscription { status: Status::PastDue, credits_remaining: 0, ..sub });
-    }
-    // The free plan's month containing `now`, or the paid next period.
-    let at = if sub.calendar_periods { now } else { sub.period_end };
+    let last: Option<Subscription> = diesel::sql_query(
+        "SELECT st.* FROM subscriptions s CROSS JOIN LATERAL billing_roll_steps(s, $2) WITH ORDINALITY AS st \
+          WHERE s.id = $1 ORDER BY st.ordinality DESC LIMIT 1",
+    )
+    .bind::<sql_types::Uuid, _>(sub.id)
+    .bind::<sql_types::Timestamptz, _>(now)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(last.unwrap_or(sub))
+}
+
+/// The calendar month containing `now` (the free plan's periods), as the
+/// SQL that opens them computes it (`billing_period_at`).
+pub async fn calendar_month(conn: &mut Conn, now: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    period_at(conn, now, true, now).await
+}
+
+/// The billing period containing `at` of a subscription anchored at
+/// `anchor` (calendar months, or anniversary months from the anchor), as
+/// `billing_period_at` computes it: periods are SQL's arithmetic only.
+pub async fn period_at(
+    conn: &mut Conn,
+    anchor: DateTime<Utc>,
+    calendar: bool,
+    at: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
     #[derive(QueryableByName)]
     struct Period {
         #[diesel(sql_type = sql_types::Timestamptz)]
         period_start: DateTime<Utc>,
         #[diesel(sql_type = sql_types::Timestamptz)]
         period_end: DateTime<Utc>,
-        #[diesel(sql_type = sql_types::BigInt)]
-        credits: i64,
     }
-    let p: Period = diesel::sql_query(
-        "SELECT b.period_start, b.period_end, p.credits_per_period AS credits \
-           FROM subscriptions s JOIN plans p ON p.id = s.plan_id, \
-                billing_period_at(s.anchor_at, s.calendar_periods, $2) b \
-          WHERE s.id = $1",
-    )
-    .bind::<sql_types::Uuid, _>(sub.id)
-    .bind::<sql_types::Timestamptz, _>(at)
-    .get_result(conn)
-    .await?;
-    Ok(Subscription {
-        status: Status::Active,
-        period_start: p.period_start,
-        period_end: p.period_end,
-        credits_granted: p.credits,
-        credits_remaining: p.credits,
-        ..sub
-    })
+    let p: Period = diesel::sql_query("SELECT period_start, period_end FROM billing_period_at($1, $2, $3)")
+        .bind::<sql_types::Timestamptz, _>(anchor)
+        .bind::<sql_types::Bool, _>(calendar)
+        .bind::<sql_types::Timestamptz, _>(at)
+        .get_result(conn)
+        .await?;
+    Ok((p.period_start, p.period_end))
 }
 
 /// The user's live subscription as it reads at `now`, without writing or
@@ -123,7 +129,10 @@ pub async fn current(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Resu
     match live {
         Some(sub) if sub.status.is_live() => Ok(sub),
         // No live row, or one that ends at its period end: the free plan.
-        _ => Ok(Subscription::free_preview(user_id, &plans::get(conn, FREE_PLAN_ID).await?, now)),
+        _ => {
+            let free = plans::get(conn, FREE_PLAN_ID).await?;
+            Ok(Subscription::free_preview(user_id, &free, calendar_month(conn, now).await?, now))
+        }
     }
 }
 
@@ -142,19 +151,18 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
         // It ended at its period end (cancelled then): the free plan now.
     }
     let free = plans::get(conn, FREE_PLAN_ID).await?;
-    let (start, end) = calendar_month(now);
     // Two first uses at once: the partial unique index lets one insert win.
+    // The month is the one `billing_period_at` computes (calendar months).
     diesel::sql_query(
         "INSERT INTO subscriptions (id, user_id, plan_id, status, anchor_at, calendar_periods, period_start, period_end, \
              credits_granted, credits_remaining, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'ACTIVE', $4, true, $4, $5, $6, $6, $7, $7) \
+         SELECT $1, $2, $3, 'ACTIVE', m.period_start, true, m.period_start, m.period_end, $4, $4, $5, $5 \
+           FROM billing_period_at($5, true, $5) m \
              ON CONFLICT (user_id) WHERE status IN ('ACTIVE', 'PAST_DUE') DO NOTHING",
     )
     .bind::<sql_types::Uuid, _>(Uuid::new_v4())
     .bind::<sql_types::Text, _>(user_id)
     .bind::<sql_types::Text, _>(&free.id)
-    .bind::<sql_types::Timestamptz, _>(start)
-    .bind::<sql_types::Timestamptz, _>(end)
     .bind::<sql_types::BigInt, _>(free.credits_per_period)
     .bind::<sql_types::Timestamptz, _>(now)
     .execute(conn)
@@ -169,7 +177,7 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
     Ok(sub)
 }
 
-/// Rollover job: applies what is due ([`is_due`]) to every ACTIVE
+/// Rollover job: applies what is due (`is_due`) to every ACTIVE
 /// subscription whose period ended and every PAST_DUE one whose renewal is
 /// paid again, in batches, skipping rows another replica holds.
 pub async fn roll_due(conn: &mut Conn, now: DateTime<Utc>, batch: i64) -> Result<usize> {

@@ -94,10 +94,23 @@ async fn subscribe_with_mandate(
     payment_id: &str,
     token_id: &str,
 ) -> (billing_svc::subscriptions::Subscription, String) {
-    let order = billing_svc::checkout_orders::create(app, uuid::Uuid::new_v4(), user, "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(app, &order_request(user, "basic-monthly")).await.unwrap();
     let customer = customer_pays_and_registers(fake, &order.id, payment_id, token_id);
     let sig = Sandbox::new(config(base)).sign_payment(&order.id, payment_id);
-    let captured = billing_svc::payments::verify(app, &order.id, payment_id, &sig).await.unwrap();
+    let captured = billing_svc::payments::verify(app, &order_id(&order.id), payment_id, &sig).await.unwrap();
     assert_eq!(captured.subscription.gateway_token_id.as_deref(), Some(token_id));
     (captured.subscription, customer)
+}
+
+/// CreateOrder's checked input for a new checkout session.
+fn order_request(user_id: &str, plan_id: &str) -> billing_svc::checkout_orders::OrderRequest {
+    billing_svc::checkout_orders::OrderRequest {
+        checkout_session_id: uuid::Uuid::new_v4(),
+        user_id: shared::ids::UserId::parse(user_id).unwrap(),
+        plan_id: shared::ids::PlanId::parse(plan_id).unwrap(),
+    }
+}
+
+fn order_id(id: &str) -> billing_svc::orders::OrderId {
+    billing_svc::orders::OrderId::parse(id).unwrap()
 }

@@ -23,14 +23,14 @@ async fn verify_payment_confirms_the_payment_at_razorpay() {
     let signer = Sandbox::new(config(&base));
     let verify = async |order_id: &str, payment_id: &str| {
         let sig = signer.sign_payment(order_id, payment_id);
-        billing_svc::payments::verify(&app, order_id, payment_id, &sig).await
+        billing_svc::payments::verify(&app, &super::order_id(order_id), payment_id, &sig).await
     };
     let kind = |r: Result<billing_svc::payments::Captured, Error>| match r {
         Err(Error::Service(ServiceError::FailedPrecondition { reason, .. })) => reason.as_str_name(),
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     };
 
-    let order = billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-razorpay", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, &order_request("user-razorpay", "basic-monthly")).await.unwrap();
     assert!(order.id.starts_with("order_Fk"), "the order id comes from Razorpay: {}", order.id);
     assert_eq!(fake.orders.lock().unwrap().len(), 1);
 
@@ -73,8 +73,7 @@ async fn a_late_authorization_is_captured_once_through_the_capture_api() {
     let (fake, base) = start_fake().await;
     let (app, clock, db, server) = app_with_fake(&base).await;
     let signer = Sandbox::new(config(&base));
-    let order =
-        billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-late-auth", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, &order_request("user-late-auth", "basic-monthly")).await.unwrap();
     fake.add_payment("pay_LateAuth00001", &order.id, order.amount_minor, "INR", "authorized");
     let body = Sandbox::authorized_event_body(&order.id, "pay_LateAuth00001", order.amount_minor, "INR");
     let sig = signer.sign_webhook(&body);
@@ -149,8 +148,7 @@ async fn a_refused_authorization_is_checked_at_razorpay_before_it_is_stored_not_
     let (fake, base) = start_fake().await;
     let (app, clock, db, server) = app_with_fake(&base).await;
     let signer = Sandbox::new(config(&base));
-    let order =
-        billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-late-auth-2", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, &order_request("user-late-auth-2", "basic-monthly")).await.unwrap();
     let deliver = |payment: &str, event: &str| {
         let body = Sandbox::authorized_event_body(&order.id, payment, order.amount_minor, "INR");
         let (app, sig, event) = (&app, signer.sign_webhook(&body), event.to_owned());

@@ -51,8 +51,7 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
     let (app, clock, db, server) = app_with_fake(&base).await;
     let signer = Sandbox::new(config(&base));
 
-    let order =
-        billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-recurring", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, &order_request("user-recurring", "basic-monthly")).await.unwrap();
     let customers = fake.seen("POST", "/v1/customers");
     assert_eq!(customers.len(), 1);
     assert_eq!(customers[0].body["fail_existing"], "0", "as documented; it matches on email and contact, never sent");
@@ -65,7 +64,7 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
 
     let customer = customer_pays_and_registers(&fake, &order.id, "pay_Register0001", "token_Mandate00001");
     let sig = signer.sign_payment(&order.id, "pay_Register0001");
-    let captured = billing_svc::payments::verify(&app, &order.id, "pay_Register0001", &sig).await.unwrap();
+    let captured = billing_svc::payments::verify(&app, &order_id(&order.id), "pay_Register0001", &sig).await.unwrap();
     let sub = captured.subscription;
     assert_eq!(
         (sub.gateway_customer_id.as_deref(), sub.gateway_token_id.as_deref()),
@@ -77,7 +76,7 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
         "what a later charge needs, from the payment entity and the order"
     );
     // A second purchase of the user reuses the stored customer.
-    billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-recurring", "pro-monthly").await.unwrap();
+    billing_svc::checkout_orders::create(&app, &order_request("user-recurring", "pro-monthly")).await.unwrap();
     assert_eq!(fake.seen("POST", "/v1/customers").len(), 1);
 
     // Renewal: the recurring call reaches Razorpay, which charges, but the
@@ -308,7 +307,7 @@ async fn card_mandates_are_registered_only_when_configured() {
     let (fake, base) = start_fake().await;
     assert!(!billing_svc::Config::from_env().unwrap().gateway.card_mandates, "off unless configured");
     let (app, clock, db, server) = app_with_fake_mandates(&base, false).await;
-    let order = billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-upi", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, &order_request("user-upi", "basic-monthly")).await.unwrap();
     let posted = &fake.seen("POST", "/v1/orders")[0].body;
     for field in ["method", "token", "customer_id"] {
         assert!(posted[field].is_null(), "a plain order: no {field} in {posted}");
@@ -319,7 +318,7 @@ async fn card_mandates_are_registered_only_when_configured() {
     fake.add_payment("pay_UpiPayment001", &order.id, 49_900, "INR", "captured");
     fake.payments.lock().unwrap().get_mut("pay_UpiPayment001").unwrap()["method"] = json!("upi");
     let sig = Sandbox::new(config(&base)).sign_payment(&order.id, "pay_UpiPayment001");
-    let sub = billing_svc::payments::verify(&app, &order.id, "pay_UpiPayment001", &sig).await.unwrap().subscription;
+    let sub = billing_svc::payments::verify(&app, &order_id(&order.id), "pay_UpiPayment001", &sig).await.unwrap().subscription;
     assert_eq!(sub.gateway_token_id, None);
     clock.set(sub.period_end - chrono::Duration::hours(72));
     let out = billing_svc::jobs::run_once(&app, "renewals").await.unwrap();
@@ -338,7 +337,7 @@ async fn card_mandates_are_registered_only_when_configured() {
 
     // Configured: the purchase registers a card mandate.
     let (app, _clock, db, server) = app_with_fake_mandates(&base, true).await;
-    let order = billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-card", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, &order_request("user-card", "basic-monthly")).await.unwrap();
     let posted = fake.seen("POST", "/v1/orders").last().unwrap().body.clone();
     assert_eq!(posted["method"], "card");
     assert_eq!(posted["token"]["max_amount"], 49_900);
@@ -360,8 +359,8 @@ async fn a_customer_is_never_shared_between_users() {
     let (app, _clock, db, server) = app_with_fake(&base).await;
     let long = "u".repeat(60);
     let (a, b) = (format!("{long}-a"), format!("{long}-b"));
-    billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), &a, "basic-monthly").await.unwrap();
-    billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), &b, "basic-monthly").await.unwrap();
+    billing_svc::checkout_orders::create(&app, &order_request(&a, "basic-monthly")).await.unwrap();
+    billing_svc::checkout_orders::create(&app, &order_request(&b, "basic-monthly")).await.unwrap();
     let posts = fake.seen("POST", "/v1/customers");
     assert_eq!(posts.len(), 2);
     for p in &posts {
@@ -373,7 +372,7 @@ async fn a_customer_is_never_shared_between_users() {
     // Razorpay answers with another user's customer: not used, not stored.
     let foreign = fake.customers.lock().unwrap()[0].clone();
     fake.script("POST /v1/customers", Script::Answer(200, None, foreign.to_string()));
-    let order = billing_svc::checkout_orders::create(&app, uuid::Uuid::new_v4(), "user-c", "basic-monthly").await.unwrap();
+    let order = billing_svc::checkout_orders::create(&app, &order_request("user-c", "basic-monthly")).await.unwrap();
     assert_eq!(order.mandate_max_amount_minor, None, "a plain order");
     assert!(fake.seen("POST", "/v1/orders").last().unwrap().body["customer_id"].is_null());
     assert_eq!(scalar(&app, "SELECT count(*) AS n FROM gateway_customers WHERE user_id = 'user-c'").await, 0);

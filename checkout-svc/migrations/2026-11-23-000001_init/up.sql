@@ -1,5 +1,8 @@
 -- checkout-svc schema: checkout sessions (never billing's tables).
 
+-- Bootstrap: the trigger below needs it now. The live definition is
+-- checkout-svc/sql/functions/touch_updated_at.sql, applied after the
+-- migrations (docs/design.md, SQL functions).
 CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   -- Keep an explicitly set updated_at (the injected clock); default to now().

@@ -1,22 +1,23 @@
 //! gRPC handlers: validate and translate proto ↔ domain, nothing else.
 //! Effects run in a spawned task so a cancelled RPC cannot stop a
-//! transaction halfway.
+//! transaction halfway. Requests are parsed into domain inputs first
+//! (`requests.rs`).
 mod convert;
+mod requests;
 
 use std::future::Future;
 
-use chrono::{DateTime, Datelike, Utc};
 use proto::checkout::v1::{self as pb, checkout_service_server::CheckoutService};
 use shared::{
     auth::require_admin,
     client::Budget,
     idempotency::{Key, encode_with, respond},
-    status::{MAX_ID_LEN, Violations},
+    status::Violations,
 };
 use tonic::{Request, Response, Status};
 use tracing::instrument;
-use uuid::Uuid;
 
+use self::requests::{CompleteSession, CreateSession, ListSessions, RenewSession, page_token};
 use crate::{
     App,
     sessions::{self, Completed, Started},
@@ -58,40 +59,13 @@ fn complete_response(c: &Completed) -> pb::CompleteSessionResponse {
     pb::CompleteSessionResponse { session: Some(convert::session(&c.session)), replayed: c.replayed }
 }
 
-const PAGE_SIZE_DEFAULT: i32 = 20;
-const PAGE_SIZE_MAX: i32 = 100;
-
-fn page_token(t: DateTime<Utc>, id: Uuid) -> String {
-    hex::encode(format!("{}|{id}", t.timestamp_micros()))
-}
-
-/// Longest token [`page_token`] makes (hex of 20 digits, '|' and a UUID).
-const MAX_PAGE_TOKEN_LEN: usize = 2 * (20 + 1 + 36);
-
-/// Decodes a token of [`page_token`]. A forged token can carry any number:
-/// only instants of years 1..=9999 pass, so PostgreSQL (whose range is
-/// narrower than chrono's) never sees one it cannot hold.
-fn parse_page_token(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    if token.len() > MAX_PAGE_TOKEN_LEN {
-        return None;
-    }
-    let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
-    let (micros, id) = raw.split_once('|')?;
-    let t = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-    (1..=9999).contains(&t.year()).then_some((t, Uuid::parse_str(id).ok()?))
-}
-
 #[tonic::async_trait]
 impl CheckoutService for CheckoutGrpc {
     #[instrument(skip_all, fields(user_id = %req.get_ref().user_id, plan_id = %req.get_ref().plan_id))]
     async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> RpcResult<pb::CreateSessionResponse> {
         let key = Key::from_request(&req, "checkout.CreateSession")?;
         let budget = Budget::from_request(&req, self.app.config.billing_timeout);
-        let r = req.into_inner();
-        let mut v = Violations::new();
-        v.text("user_id", &r.user_id, MAX_ID_LEN);
-        v.text("plan_id", &r.plan_id, MAX_ID_LEN);
-        v.finish()?;
+        let r = CreateSession::try_from(req.into_inner())?;
         let app = self.app.clone();
         let out = run(async move {
             let encode = encode_with(create_response);
@@ -116,15 +90,11 @@ impl CheckoutService for CheckoutGrpc {
     async fn renew_session(&self, req: Request<pb::RenewSessionRequest>) -> RpcResult<pb::RenewSessionResponse> {
         let key = Key::from_request(&req, "checkout.RenewSession")?;
         let budget = Budget::from_request(&req, self.app.config.billing_timeout);
-        let r = req.into_inner();
-        let mut v = Violations::new();
-        let id = v.uuid("id", &r.id);
-        v.text("plan_id", &r.plan_id, MAX_ID_LEN);
-        v.finish()?;
+        let r = RenewSession::try_from(req.into_inner())?;
         let app = self.app.clone();
         let out = run(async move {
             let encode = encode_with(renew_response);
-            sessions::renew(&app, id, &r.plan_id, budget, key.as_ref(), &encode).await
+            sessions::renew(&app, r.id, &r.plan_id, budget, key.as_ref(), &encode).await
         })
         .await?;
         respond(out, renew_response)
@@ -151,16 +121,11 @@ impl CheckoutService for CheckoutGrpc {
     async fn complete_session(&self, req: Request<pb::CompleteSessionRequest>) -> RpcResult<pb::CompleteSessionResponse> {
         let key = Key::from_request(&req, "checkout.CompleteSession")?;
         let budget = Budget::from_request(&req, self.app.config.billing_timeout);
-        let r = req.into_inner();
-        let mut v = Violations::new();
-        let id = v.uuid("id", &r.id);
-        v.text("payment_id", &r.payment_id, MAX_ID_LEN);
-        v.text("signature", &r.signature, 256);
-        v.finish()?;
+        let r = CompleteSession::try_from(req.into_inner())?;
         let app = self.app.clone();
         let out = run(async move {
             let encode = encode_with(complete_response);
-            sessions::complete(&app, id, &r.payment_id, &r.signature, budget, key.as_ref(), &encode).await
+            sessions::complete(&app, r.id, &r.payment_id, &r.signature, budget, key.as_ref(), &encode).await
         })
         .await?;
         respond(out, complete_response)
@@ -168,35 +133,10 @@ impl CheckoutService for CheckoutGrpc {
 
     #[instrument(skip_all, fields(user_id = %req.get_ref().user_id))]
     async fn list_sessions(&self, req: Request<pb::ListSessionsRequest>) -> RpcResult<pb::ListSessionsResponse> {
-        let r = req.into_inner();
-        let mut v = Violations::new();
-        v.text("user_id", &r.user_id, MAX_ID_LEN);
-        let size = if r.page_size == 0 { PAGE_SIZE_DEFAULT } else { r.page_size };
-        v.range("page_size", i64::from(size), 1, i64::from(PAGE_SIZE_MAX));
-        let status = match pb::SessionStatus::try_from(r.status) {
-            Ok(pb::SessionStatus::Unspecified) => None,
-            Ok(pb::SessionStatus::Active) => Some(sessions::Status::Active),
-            Ok(pb::SessionStatus::Completed) => Some(sessions::Status::Completed),
-            Ok(pb::SessionStatus::Expired) => Some(sessions::Status::Expired),
-            Ok(pb::SessionStatus::Invalidated) => Some(sessions::Status::Invalidated),
-            Err(_) => {
-                v.add("status", "unknown status");
-                None
-            }
-        };
-        let after = if r.page_token.is_empty() {
-            None
-        } else {
-            let parsed = parse_page_token(&r.page_token);
-            if parsed.is_none() {
-                v.add("page_token", "is not a token from a previous response");
-            }
-            parsed
-        };
-        v.finish()?;
+        let r = ListSessions::try_from(req.into_inner())?;
         let app = self.app.clone();
         let (rows, next) = run(async move {
-            sessions::list(&mut *app.conn().await?, &r.user_id, status, i64::from(size), after, app.clock.now()).await
+            sessions::list(&mut *app.conn().await?, &r.user_id, r.status, r.size, r.after, app.clock.now()).await
         })
         .await?;
         Ok(Response::new(pb::ListSessionsResponse {
@@ -212,32 +152,5 @@ impl CheckoutService for CheckoutGrpc {
         let app = self.app.clone();
         let counts = run(async move { sessions::cleanup(&app, dry_run).await }).await?;
         Ok(Response::new(convert::cleanup(&counts)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_tokens_round_trip() {
-        let t = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap_or_default();
-        let id = Uuid::new_v4();
-        assert_eq!(parse_page_token(&page_token(t, id)), Some((t, id)));
-        assert_eq!(parse_page_token("zz"), None);
-        assert_eq!(parse_page_token(&hex::encode("1|nope")), None);
-    }
-
-    #[test]
-    fn page_tokens_outside_postgres_range_are_refused() {
-        let id = Uuid::new_v4();
-        // Within chrono's range, outside PostgreSQL's (before 4713 BC).
-        let ancient = DateTime::from_timestamp_micros(-8_000_000_000_000_000_000).map(|t| page_token(t, id));
-        assert!(ancient.is_some());
-        assert_eq!(ancient.and_then(|t| parse_page_token(&t)), None);
-        // Beyond chrono and PostgreSQL (around year 300000).
-        assert_eq!(parse_page_token(&hex::encode(format!("9467000000000000000|{id}"))), None);
-        assert_eq!(parse_page_token(&hex::encode(format!("{}|{id}", i64::MAX))), None);
-        assert_eq!(parse_page_token(&"ab".repeat(1000)), None);
     }
 }

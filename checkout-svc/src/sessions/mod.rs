@@ -15,6 +15,7 @@ use diesel_async::RunQueryDsl;
 use shared::{
     db::Conn,
     idempotency::{self, Key},
+    ids::UserId,
 };
 use uuid::Uuid;
 
@@ -95,11 +96,18 @@ async fn lock(conn: &mut Conn, id: Uuid) -> Result<Session> {
         .ok_or_else(|| Error::not_found("checkout_session", id))
 }
 
+/// The seed of the per-user advisory lock's key,
+/// `hashtextextended(user_id, USER_LOCK_SEED)`. Every replica must use the
+/// same one: a change splits the lock between old and new replicas during
+/// a rollout.
+const USER_LOCK_SEED: i64 = 7;
+
 /// Serializes the session changes of one user inside a transaction, so the
 /// "at most one ACTIVE" rule never turns into a race of unique violations.
 async fn lock_user(conn: &mut Conn, user_id: &str) -> Result<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
         .bind::<sql_types::Text, _>(user_id)
+        .bind::<sql_types::BigInt, _>(USER_LOCK_SEED)
         .execute(conn)
         .await?;
     Ok(())
@@ -142,13 +150,13 @@ pub async fn get(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Result<Sessio
 /// A page of a user's sessions, newest first (keyset on created_at, id).
 pub async fn list(
     conn: &mut Conn,
-    user_id: &str,
+    user_id: &UserId,
     status: Option<Status>,
     page_size: i64,
     after: Option<(DateTime<Utc>, Uuid)>,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Session>, Option<(DateTime<Utc>, Uuid)>)> {
-    let mut q = cs::table.filter(cs::user_id.eq(user_id)).select(Session::as_select()).into_boxed();
+    let mut q = cs::table.filter(cs::user_id.eq(user_id.as_str())).select(Session::as_select()).into_boxed();
     if let Some(st) = status {
         q = match st {
             // Lapsed ACTIVE sessions read as EXPIRED in lists too.

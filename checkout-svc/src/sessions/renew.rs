@@ -9,6 +9,7 @@ use shared::{
     client::Budget,
     db::Conn,
     idempotency::{Encode, Key, Outcome},
+    ids::PlanId,
     keyed_transaction,
 };
 use uuid::Uuid;
@@ -83,11 +84,12 @@ fn not_renewable(s: &Session, now: DateTime<Utc>) -> Option<Error> {
 pub async fn renew(
     app: &App,
     id: Uuid,
-    plan_id: &str,
+    plan_id: &PlanId,
     budget: Budget,
     key: Option<&Key>,
     encode: Encode<'_, Started>,
 ) -> Result<Outcome<Started>> {
+    let plan_id = plan_id.as_str();
     if let Some(bytes) = peek(app, key).await? {
         return Ok(Outcome::Replay(bytes));
     }

@@ -11,6 +11,7 @@ use shared::{
     client::Budget,
     db::Conn,
     idempotency::{Encode, Key, Outcome},
+    ids::{PlanId, UserId},
     keyed_transaction,
 };
 use tonic_types::StatusExt;
@@ -185,12 +186,13 @@ pub(super) fn keyed_id(k: &Key, salt: &str) -> Uuid {
 /// it is completed instead and the new session starts beside it.
 pub async fn create(
     app: &App,
-    user_id: &str,
-    plan_id: &str,
+    user_id: &UserId,
+    plan_id: &PlanId,
     budget: Budget,
     key: Option<&Key>,
     encode: Encode<'_, Started>,
 ) -> Result<Outcome<Started>> {
+    let (user_id, plan_id) = (user_id.as_str(), plan_id.as_str());
     if let Some(bytes) = peek(app, key).await? {
         return Ok(Outcome::Replay(bytes));
     }

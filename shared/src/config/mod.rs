@@ -9,11 +9,15 @@
 //! them. Secrets are [`Secret`]s, whose `Debug` never prints them.
 use std::{str::FromStr, time::Duration};
 
+/// A variable with a value the process cannot use, or a required one unset.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid value for {name}: {value:?} ({reason})")]
 pub struct ConfigError {
+    /// The variable, e.g. `BILLING_AUTH_TOKENS`.
     pub name: String,
+    /// The value given (empty when unset).
     pub value: String,
+    /// Why it cannot be used.
     pub reason: String,
 }
 
@@ -84,6 +88,7 @@ impl Secret {
         &self.0
     }
 
+    /// Whether the secret is empty (unset).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -161,6 +166,7 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
+    /// Reads the common variables from the environment alone.
     pub fn from_env() -> Result<Self, ConfigError> {
         from_env("common")
     }

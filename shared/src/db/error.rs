@@ -25,7 +25,10 @@ pub enum DbError {
     /// A unique constraint fired; callers that expect races turn this into a
     /// replay, the rest treat it as a conflict.
     #[error("unique violation on {constraint}")]
-    UniqueViolation { constraint: String },
+    UniqueViolation {
+        /// The constraint that fired.
+        constraint: String,
+    },
     /// Anything else is a bug: INTERNAL.
     #[error("database error: {0}")]
     Other(String),

@@ -11,14 +11,19 @@ use diesel_async::{
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
+/// The bb8 pool of diesel-async PostgreSQL connections.
 pub type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+/// A connection checked out of [`Pool`].
 pub type PooledConn<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
+/// A PostgreSQL connection.
 pub type Conn = AsyncPgConnection;
 
 mod error;
+mod functions;
 mod url;
 
 pub use error::DbError;
+pub use functions::{SqlFunction, check_listed};
 pub use url::{with_dead_peer_detection, with_session_limits};
 
 #[derive(Debug, Clone, Copy)]
@@ -164,10 +169,17 @@ pub async fn conn(pool: &Pool) -> Result<PooledConn<'_>, DbError> {
     Ok(pool.get().await?)
 }
 
-/// Runs pending embedded migrations on a dedicated connection, off the async
-/// runtime (diesel's migration harness is synchronous), holding advisory
-/// lock `lock_key` so replicas starting together migrate one at a time.
-pub async fn migrate(url: &str, migrations: EmbeddedMigrations, lock_key: i64) -> anyhow::Result<Vec<String>> {
+/// Runs pending embedded migrations, then applies the service's SQL
+/// functions (docs/design.md, SQL functions), on a dedicated connection, off
+/// the async runtime (diesel's migration harness is synchronous), holding
+/// advisory lock `lock_key` so replicas starting together migrate one at a
+/// time. Returns the migrations run; the functions (re)created are logged.
+pub async fn migrate(
+    url: &str,
+    migrations: EmbeddedMigrations,
+    functions: &'static [SqlFunction],
+    lock_key: i64,
+) -> anyhow::Result<Vec<String>> {
     use diesel::{Connection, RunQueryDsl as _};
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
     let url = url.to_owned();
@@ -176,8 +188,18 @@ pub async fn migrate(url: &str, migrations: EmbeddedMigrations, lock_key: i64) -
         diesel::sql_query(format!("SELECT pg_advisory_lock({lock_key})")).execute(&mut conn)?;
         let done = conn
             .run_pending_migrations(migrations)
-            .map(|v| v.iter().map(|v| v.to_string()).collect())
-            .map_err(|e| anyhow::anyhow!("migration failed: {e}"));
+            .map(|v| v.iter().map(|v| v.to_string()).collect::<Vec<_>>())
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+            .and_then(|done| {
+                // After any migration, every function is applied again: a
+                // migration may have replaced or dropped one.
+                let applied = functions::apply(&mut conn, functions, !done.is_empty())
+                    .map_err(|e| anyhow::anyhow!("applying SQL functions failed: {e:#}"))?;
+                if !applied.is_empty() {
+                    tracing::info!(functions = ?applied, "SQL functions applied");
+                }
+                Ok(done)
+            });
         let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({lock_key})")).execute(&mut conn);
         done
     })

@@ -12,7 +12,8 @@ use std::time::Duration;
 const DEAD_PEER: [(&str, u32); 4] =
     [("keepalives_idle", 30), ("keepalives_interval", 10), ("keepalives_retries", 3), ("tcp_user_timeout", 10)];
 
-/// Adds [`DEAD_PEER`]'s settings the connection string does not set.
+/// Adds the TCP settings that notice a vanished host (keepalives after 30 s
+/// idle, `tcp_user_timeout` 10 s) that the connection string does not set.
 pub fn with_dead_peer_detection(url: &str) -> String {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
     let set = |key: &str| {

@@ -51,7 +51,7 @@ struct Args {
     /// deduct: usage sessions (each of its own user and subscription).
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
-    /// Process trees whose CPU time to report per level, as name=pid or, for the backends of one database only, name=postmaster-pid:db (e.g. postgres=<pid>,billing-db=<pid>:billing,stack=<pid>).
+    /// Process trees whose CPU time to report per level, as name=pid or, for the backends of one database only, name=postmaster-pid:db (e.g. postgres=PID,billing-db=PID:billing,stack=PID).
     #[arg(long, value_delimiter = ',')]
     cpu: Vec<String>,
 }

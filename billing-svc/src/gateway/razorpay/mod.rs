@@ -1,14 +1,14 @@
 //! Razorpay's REST API behind the gateway trait (`GATEWAY=razorpay`).
 //!
 //! Request and response shapes follow Razorpay's public API documentation:
-//! - Orders, create: https://razorpay.com/docs/api/orders/create
-//! - Orders, fetch all (the `receipt` filter): https://razorpay.com/docs/api/orders/fetch-all
-//! - Payments, fetch with id: https://razorpay.com/docs/api/payments/fetch-with-id
-//! - Refunds, create a normal refund: https://razorpay.com/docs/api/refunds/create-normal
+//! - Orders, create: <https://razorpay.com/docs/api/orders/create>
+//! - Orders, fetch all (the `receipt` filter): <https://razorpay.com/docs/api/orders/fetch-all>
+//! - Payments, fetch with id: <https://razorpay.com/docs/api/payments/fetch-with-id>
+//! - Refunds, create a normal refund: <https://razorpay.com/docs/api/refunds/create-normal>
 //! - Refunds, idempotent request (`X-Refund-Idempotency`):
-//!   https://razorpay.com/docs/api/refunds/normal-refunds-idempotent
-//! - Refunds entity (statuses): https://razorpay.com/docs/api/refunds/entity
-//! - Recurring payments for cards (https://razorpay.com/docs/api/payments/recurring-payments/cards/):
+//!   <https://razorpay.com/docs/api/refunds/normal-refunds-idempotent>
+//! - Refunds entity (statuses): <https://razorpay.com/docs/api/refunds/entity>
+//! - Recurring payments for cards (<https://razorpay.com/docs/api/payments/recurring-payments/cards/>):
 //!   create a customer (`POST /v1/customers`; see `create_customer` for what
 //!   `fail_existing` matches on), the authorisation order (`POST
 //!   /v1/orders` with `customer_id`, `method: card` and a `token` block of
@@ -20,13 +20,13 @@
 //!   notification itself and debits about 36 hours later, so a charge made
 //!   now is captured (or fails) a day and a half later.
 //! - Orders, fetch payments of an order (`GET /v1/orders/:id/payments`):
-//!   https://razorpay.com/docs/api/orders/fetch-payments
+//!   <https://razorpay.com/docs/api/orders/fetch-payments>
 //! - Payments, capture (`POST /v1/payments/:id/capture`):
-//!   https://razorpay.com/docs/api/payments/capture
+//!   <https://razorpay.com/docs/api/payments/capture>
 //! - Refunds of a payment (`count` up to 100, `skip`):
-//!   https://razorpay.com/docs/api/refunds/fetch-multiple-refund-payment
+//!   <https://razorpay.com/docs/api/refunds/fetch-multiple-refund-payment>
 //! - Recurring payments, create subsequent payments (`POST /v1/payments/create/recurring`):
-//!   https://razorpay.com/docs/api/payments/recurring-payments/cards/create-subsequent-payments
+//!   <https://razorpay.com/docs/api/payments/recurring-payments/cards/create-subsequent-payments>
 //!
 //! Every call: basic auth with the key id and key secret, JSON bodies,
 //! amounts in the currency's minor unit (paise), one timeout per call

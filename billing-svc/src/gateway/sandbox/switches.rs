@@ -22,7 +22,7 @@ impl Sandbox {
     }
 
     /// With true, every saved method's token is revoked: charges are refused
-    /// with [`METHOD_UNUSABLE`], as Razorpay refuses a cancelled mandate.
+    /// with `METHOD_UNUSABLE`, as Razorpay refuses a cancelled mandate.
     pub fn set_tokens_revoked(&self, revoked: bool) {
         self.tokens_revoked.store(revoked, Ordering::Relaxed);
     }

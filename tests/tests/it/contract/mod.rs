@@ -1,7 +1,9 @@
-//! The API's contract: auth and the error shape, bad input that is never
+//! The API's contract: auth and the error shape (every error reason,
+//! `error_reasons`), bad input that is never
 //! INTERNAL, keyset pagination, and table definitions that match the
 //! migrations.
 mod api;
 mod bad_input;
+mod error_reasons;
 mod pagination;
 mod schema;

@@ -76,7 +76,7 @@ async fn migrated(url: &str) -> Schema {
     let mut db = connect(url).await;
     let columns: Vec<Column> = diesel::sql_query(
         "SELECT table_name::text, column_name::text, udt_name::text, is_nullable::text FROM information_schema.columns \
-          WHERE table_schema = 'public' AND table_name <> '__diesel_schema_migrations' ORDER BY table_name, ordinal_position",
+          WHERE table_schema = 'public' AND table_name NOT IN ('__diesel_schema_migrations', 'schema_functions') ORDER BY table_name, ordinal_position",
     )
     .load(&mut db)
     .await
@@ -84,7 +84,7 @@ async fn migrated(url: &str) -> Schema {
     let keys: Vec<KeyPart> = diesel::sql_query(
         "SELECT k.table_name::text, k.column_name::text FROM information_schema.table_constraints c \
            JOIN information_schema.key_column_usage k ON k.constraint_name = c.constraint_name AND k.table_schema = c.table_schema \
-          WHERE c.table_schema = 'public' AND c.constraint_type = 'PRIMARY KEY' AND c.table_name <> '__diesel_schema_migrations' \
+          WHERE c.table_schema = 'public' AND c.constraint_type = 'PRIMARY KEY' AND c.table_name NOT IN ('__diesel_schema_migrations', 'schema_functions') \
           ORDER BY k.table_name, k.ordinal_position",
     )
     .load(&mut db)
@@ -143,4 +143,165 @@ async fn checkout_table_definitions_match_the_migrations() {
         &["checkout-svc/src/schema.rs", "shared/src/idempotency.rs"],
     )
     .await;
+}
+
+// The SQL functions (docs/design.md, SQL functions): the migrated database
+// runs exactly the definitions of `sql/functions/`, an existing database
+// converges to them, and a changed signature or a removed file leaves no
+// stale function behind.
+
+#[derive(QueryableByName)]
+struct Function {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    signature: String,
+    #[diesel(sql_type = Text)]
+    body: String,
+}
+
+#[derive(QueryableByName)]
+struct Recorded {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    sha256: String,
+}
+
+/// Every function of the database's schema: name, signature, body.
+async fn functions(url: &str) -> Vec<Function> {
+    let mut db = connect(url).await;
+    diesel::sql_query(
+        "SELECT p.proname::text AS name, p.oid::regprocedure::text AS signature, p.prosrc AS body FROM pg_proc p \
+          WHERE p.pronamespace = 'public'::regnamespace ORDER BY 2",
+    )
+    .load(&mut db)
+    .await
+    .unwrap()
+}
+
+async fn recorded(url: &str) -> Vec<Recorded> {
+    let mut db = connect(url).await;
+    diesel::sql_query("SELECT name, sha256 FROM schema_functions ORDER BY name").load(&mut db).await.unwrap()
+}
+
+/// The body (between the dollar quotes) of a function file.
+fn body(sql: &str) -> &str {
+    let start = sql.find("$$").unwrap() + 2;
+    let end = sql.rfind("$$").unwrap();
+    &sql[start..end]
+}
+
+/// Each function of the database is one file's, and each file's function is
+/// in the database once, recorded with the file's hash.
+async fn assert_functions_are_the_files(url: &str, files: &[shared::db::SqlFunction]) {
+    let db = functions(url).await;
+    let names: Vec<&str> = db.iter().map(|f| f.name.as_str()).collect();
+    let mut expected: Vec<&str> = files.iter().map(|f| f.name).collect();
+    expected.sort();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "the database's functions are the files' (one overload each)");
+    for f in files {
+        let live = db.iter().find(|d| d.name == f.name).unwrap();
+        assert_eq!(live.body, body(f.sql), "{} ({}) is not its file's definition", f.name, live.signature);
+    }
+    let rec = recorded(url).await;
+    let mut want: Vec<(String, String)> = files.iter().map(|f| (f.name.to_owned(), f.sha256())).collect();
+    want.sort();
+    assert_eq!(rec.into_iter().map(|r| (r.name, r.sha256)).collect::<Vec<_>>(), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migrated_databases_run_the_function_files() {
+    let url = fresh_database("billing-svc", |u| Box::pin(async move { billing_svc::app::migrate(&u).await })).await.unwrap();
+    assert_functions_are_the_files(&url, billing_svc::app::FUNCTIONS).await;
+    let url = fresh_database("checkout-svc", |u| Box::pin(async move { checkout_svc::app::migrate(&u).await })).await.unwrap();
+    assert_functions_are_the_files(&url, checkout_svc::app::FUNCTIONS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_before_the_function_files_converges_to_them() {
+    let url = fresh_database("billing-svc", |u| Box::pin(async move { billing_svc::app::migrate(&u).await })).await.unwrap();
+    let mut db = connect(&url).await;
+    // As a database migrated by an older release: no record of function
+    // files, and definitions that differ from them (an older body, a
+    // changed one, a missing one).
+    diesel::sql_query("DROP TABLE schema_functions").execute(&mut db).await.unwrap();
+    diesel::sql_query(
+        "CREATE OR REPLACE FUNCTION billing_roll_period(p_sub uuid, p_now timestamptz) RETURNS boolean \
+         LANGUAGE sql AS 'SELECT false'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    diesel::sql_query("DROP FUNCTION billing_period_at(timestamptz, boolean, timestamptz)").execute(&mut db).await.unwrap();
+    assert!(billing_svc::app::migrate(&url).await.unwrap().is_empty(), "no migration was pending");
+    assert_functions_are_the_files(&url, billing_svc::app::FUNCTIONS).await;
+
+    // A function changed behind the runner's back but recorded as applied
+    // is left alone until its file changes or a migration runs; a recorded
+    // hash that differs from the file's re-applies it.
+    diesel::sql_query("UPDATE schema_functions SET sha256 = 'stale' WHERE name = 'billing_charge_many'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    diesel::sql_query("ALTER FUNCTION billing_charge RENAME TO billing_charge_renamed").execute(&mut db).await.unwrap();
+    billing_svc::app::migrate(&url).await.unwrap();
+    let after = functions(&url).await;
+    assert!(after.iter().any(|f| f.name == "billing_charge"), "a recorded function that went missing is created again");
+    diesel::sql_query("DROP FUNCTION billing_charge_renamed").execute(&mut db).await.unwrap();
+    assert_functions_are_the_files(&url, billing_svc::app::FUNCTIONS).await;
+}
+
+#[derive(QueryableByName)]
+struct Xmin {
+    #[diesel(sql_type = Text)]
+    xmin: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_functions_are_not_recreated_and_changed_signatures_leave_no_stale_overload() {
+    let url = fresh_database("billing-svc", |u| Box::pin(async move { billing_svc::app::migrate(&u).await })).await.unwrap();
+    let mut db = connect(&url).await;
+    let xmin = async |db: &mut diesel_async::AsyncPgConnection| {
+        let x: Xmin = diesel::sql_query("SELECT xmin::text AS xmin FROM pg_proc WHERE proname = 'billing_charge_many'")
+            .get_result(db)
+            .await
+            .unwrap();
+        x.xmin
+    };
+    let before = xmin(&mut db).await;
+    billing_svc::app::migrate(&url).await.unwrap();
+    assert_eq!(xmin(&mut db).await, before, "a start with nothing changed re-creates nothing");
+
+    // A test function beside the service's: its signature changes, then its
+    // file goes away.
+    let with = |sql: &'static str| -> &'static [shared::db::SqlFunction] {
+        let mut list = billing_svc::app::FUNCTIONS.to_vec();
+        list.push(shared::db::SqlFunction { name: "test_fn", sql });
+        Box::leak(list.into_boxed_slice())
+    };
+    let run = async |list: &'static [shared::db::SqlFunction]| {
+        shared::db::migrate(&url, billing_svc::MIGRATIONS, list, 0x7e57_f00d).await.unwrap();
+    };
+    let test_fns = async |db: &mut diesel_async::AsyncPgConnection| -> Vec<String> {
+        let rows: Vec<Xmin> = diesel::sql_query(
+            "SELECT oid::regprocedure::text || ' -> ' || pg_get_function_result(oid) AS xmin FROM pg_proc \
+              WHERE proname = 'test_fn' ORDER BY 1",
+        )
+        .load(db)
+        .await
+        .unwrap();
+        rows.into_iter().map(|r| r.xmin).collect()
+    };
+    run(with("CREATE OR REPLACE FUNCTION test_fn(a int) RETURNS int LANGUAGE sql AS $$ SELECT a $$;")).await;
+    assert_eq!(test_fns(&mut db).await, ["test_fn(integer) -> integer"]);
+    run(with("CREATE OR REPLACE FUNCTION test_fn(a int, b int) RETURNS int LANGUAGE sql AS $$ SELECT a + b $$;")).await;
+    assert_eq!(test_fns(&mut db).await, ["test_fn(integer,integer) -> integer"], "the old signature is dropped");
+    run(with("CREATE OR REPLACE FUNCTION test_fn(a int, b int) RETURNS text LANGUAGE sql AS $$ SELECT (a + b)::text $$;")).await;
+    assert_eq!(test_fns(&mut db).await, ["test_fn(integer,integer) -> text"], "a changed return type is applied");
+    run(billing_svc::app::FUNCTIONS).await;
+    assert!(test_fns(&mut db).await.is_empty(), "a function whose file is gone is dropped");
+    assert_functions_are_the_files(&url, billing_svc::app::FUNCTIONS).await;
 }

@@ -1,0 +1,34 @@
+-- Applies what is due for a subscription whose period ended
+-- (billing_roll_steps: the one statement of what a period end does), the
+-- caller holding its row lock, or inside a statement that does. Credits
+-- left from each ended period expire through an EXPIRED ledger row, so
+-- sum(ledger) == credits_granted - credits_remaining in every period. A
+-- period opens at most once: after the first call nothing is due. Returns
+-- whether anything changed.
+CREATE OR REPLACE FUNCTION billing_roll_period(p_sub uuid, p_now timestamptz) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+  s subscriptions;
+  st subscriptions;
+  changed boolean := false;
+BEGIN
+  SELECT * INTO s FROM subscriptions WHERE id = p_sub;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  FOR st IN SELECT * FROM billing_roll_steps(s, p_now) LOOP
+    IF s.credits_remaining > 0 THEN
+      INSERT INTO ledger (subscription_id, period_start, kind, credits, created_at)
+      VALUES (s.id, s.period_start, 'EXPIRED', s.credits_remaining, p_now);
+    END IF;
+    s := st;
+    changed := true;
+  END LOOP;
+  IF changed THEN
+    UPDATE subscriptions
+       SET status = s.status, ended_at = s.ended_at, period_start = s.period_start, period_end = s.period_end,
+           credits_granted = s.credits_granted, credits_remaining = s.credits_remaining, updated_at = p_now
+     WHERE id = p_sub;
+  END IF;
+  RETURN changed;
+END $$;

@@ -1,0 +1,55 @@
+-- What a subscription's period ends up to p_now do to it (docs/design.md,
+-- Subscription lifecycle), one state per period end applied, in order; none
+-- when nothing is due. The one statement of the rule: billing_roll_period
+-- applies the states under the row lock (and writes the ledger rows of the
+-- credits each one expires), reads show the last one without writing
+-- (subscriptions::as_of). Writes nothing. At each period end:
+--   leftover credits expire (the state after it has none left);
+--   free (calendar months): the month containing p_now, its credits;
+--   paid, with the renewal of the next period paid (billing_renewal_paid;
+--     a cancellation at period end turns a paid renewal into money owed
+--     back, so it does not open): that period, anchored at the old
+--     period_end, with the plan's credits (repeated while further periods
+--     are paid and over);
+--   cancel_at_period_end (and nothing more paid): CANCELLED at period_end;
+--   paid, no paid renewal: PAST_DUE, no credits (the renewal job retries the
+--     charge and expires it after the grace period).
+CREATE OR REPLACE FUNCTION billing_roll_steps(s subscriptions, p_now timestamptz) RETURNS SETOF subscriptions
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  p record;
+  grant_credits bigint;
+  expired bigint;
+BEGIN
+  SELECT credits_per_period INTO grant_credits FROM plans WHERE id = s.plan_id;
+  WHILE s.status IN ('ACTIVE', 'PAST_DUE') AND p_now >= s.period_end LOOP
+    expired := s.credits_remaining;
+    s.credits_remaining := 0;
+    IF s.calendar_periods THEN
+      SELECT * INTO p FROM billing_period_at(s.anchor_at, true, p_now);
+      s.period_start := p.period_start;
+      s.period_end := p.period_end;
+      s.credits_granted := grant_credits;
+      s.credits_remaining := grant_credits;
+    ELSIF billing_renewal_paid(s.id, s.period_end) THEN
+      SELECT * INTO p FROM billing_period_at(s.anchor_at, false, s.period_end);
+      s.period_start := p.period_start;
+      s.period_end := p.period_end;
+      s.credits_granted := grant_credits;
+      s.credits_remaining := grant_credits;
+      s.status := 'ACTIVE';
+    ELSIF s.cancel_at_period_end THEN
+      s.status := 'CANCELLED';
+      s.ended_at := s.period_end;
+    ELSE
+      IF s.status = 'ACTIVE' THEN
+        s.status := 'PAST_DUE';
+        RETURN NEXT s;
+      ELSIF expired > 0 THEN
+        RETURN NEXT s;
+      END IF;
+      EXIT;
+    END IF;
+    RETURN NEXT s;
+  END LOOP;
+END $$;

@@ -1,0 +1,168 @@
+//! The live SQL functions of a service (docs/design.md, SQL functions).
+//!
+//! Each function has one definition, `<service>/sql/functions/<name>.sql`,
+//! embedded in the binary ([`sql_functions!`](crate::sql_functions)). The
+//! migration runner applies them after the pending schema migrations, under
+//! the same advisory lock, as repeatable definitions: a function is
+//! (re)created when its text differs from the one recorded in
+//! `schema_functions`, when it is missing, or when any migration ran in this
+//! call (a migration may have replaced or dropped it); a recorded function
+//! whose file is gone is dropped.
+use diesel::{
+    QueryableByName, RunQueryDsl,
+    connection::LoadConnection,
+    pg::Pg,
+    sql_types::{Bool, Text},
+};
+use sha2::{Digest, Sha256};
+
+/// One function's definition: `name` is the function's name and the file's
+/// stem; `sql` is one `CREATE OR REPLACE FUNCTION name(...)` statement.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlFunction {
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+impl SqlFunction {
+    /// Hex SHA-256 of the definition's text, as recorded in `schema_functions`.
+    pub fn sha256(&self) -> String {
+        Sha256::digest(self.sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The definitions of `sql/functions/<name>.sql` of the calling crate, in the
+/// order given (the order they are applied in: a `LANGUAGE sql` function is
+/// checked against what exists when it is created).
+///
+/// `sql_functions![touch_updated_at, billing_charge]`
+#[macro_export]
+macro_rules! sql_functions {
+    ($($name:ident),* $(,)?) => {
+        &[$($crate::db::SqlFunction {
+            name: stringify!($name),
+            sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/functions/", stringify!($name), ".sql")),
+        }),*]
+    };
+}
+
+#[derive(QueryableByName)]
+struct Recorded {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    sha256: String,
+    #[diesel(sql_type = Bool)]
+    present: bool,
+}
+
+#[derive(QueryableByName)]
+struct Overload {
+    #[diesel(sql_type = Text)]
+    signature: String,
+}
+
+/// The overloads of `name` in the current schema, as `regprocedure` text;
+/// with `droppable`, only those no other object depends on (a trigger
+/// depends on its function).
+fn overloads<C: LoadConnection<Backend = Pg>>(conn: &mut C, name: &str, droppable: bool) -> diesel::QueryResult<Vec<String>> {
+    let rows: Vec<Overload> = diesel::sql_query(
+        "SELECT p.oid::regprocedure::text AS signature FROM pg_proc p
+          WHERE p.proname = $1 AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+            AND (NOT $2 OR NOT EXISTS (SELECT 1 FROM pg_depend d
+                                        WHERE d.refclassid = 'pg_proc'::regclass AND d.refobjid = p.oid AND d.deptype = 'n'))
+          ORDER BY 1",
+    )
+    .bind::<Text, _>(name)
+    .bind::<Bool, _>(droppable)
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| r.signature).collect())
+}
+
+/// Applies `functions` (see the module docs) in one transaction; `force`
+/// re-creates every one (a migration ran). Returns the names (re)created or
+/// dropped.
+pub(crate) fn apply<C: LoadConnection<Backend = Pg>>(
+    conn: &mut C,
+    functions: &[SqlFunction],
+    force: bool,
+) -> anyhow::Result<Vec<String>> {
+    conn.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_functions (
+           name       text PRIMARY KEY,
+           sha256     text NOT NULL,
+           applied_at timestamptz NOT NULL DEFAULT now())",
+    )?;
+    conn.transaction(|c| {
+        let recorded: Vec<Recorded> = diesel::sql_query(
+            "SELECT f.name, f.sha256, EXISTS (SELECT 1 FROM pg_proc p
+                     WHERE p.proname = f.name
+                       AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())) AS present
+               FROM schema_functions f ORDER BY f.name",
+        )
+        .load(c)?;
+        let mut changed = Vec::new();
+        // Functions whose file is gone (dropped or renamed): drop what the
+        // runner created, never with CASCADE (a dependent object stops the
+        // migration instead of vanishing).
+        for r in recorded.iter().filter(|r| !functions.iter().any(|f| f.name == r.name)) {
+            for sig in overloads(c, &r.name, false)? {
+                c.batch_execute(&format!("DROP FUNCTION {sig}"))?;
+            }
+            diesel::sql_query("DELETE FROM schema_functions WHERE name = $1").bind::<Text, _>(&r.name).execute(c)?;
+            changed.push(format!("dropped {}", r.name));
+        }
+        for f in functions {
+            let sha = f.sha256();
+            let current = recorded.iter().find(|r| r.name == f.name);
+            if !force && current.is_some_and(|r| r.sha256 == sha && r.present) {
+                continue;
+            }
+            // Drop the old definition first, so that a changed signature or
+            // return type leaves no stale overload behind. A function another
+            // object depends on (a trigger function) is replaced in place by
+            // CREATE OR REPLACE instead, so it must keep its signature.
+            for sig in overloads(c, f.name, true)? {
+                c.batch_execute(&format!("DROP FUNCTION {sig}"))?;
+            }
+            c.batch_execute(f.sql).map_err(|e| anyhow::anyhow!("function {}: {e}", f.name))?;
+            if overloads(c, f.name, false)?.len() != 1 {
+                anyhow::bail!("function {}: its file must define exactly one function of that name", f.name);
+            }
+            diesel::sql_query(
+                "INSERT INTO schema_functions (name, sha256, applied_at) VALUES ($1, $2, now())
+                 ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, applied_at = EXCLUDED.applied_at",
+            )
+            .bind::<Text, _>(f.name)
+            .bind::<Text, _>(&sha)
+            .execute(c)?;
+            changed.push(f.name.to_owned());
+        }
+        Ok(changed)
+    })
+}
+
+/// Checks that `functions` lists exactly the files of `dir` (`<name>.sql`),
+/// each defining the function it is named after: for a unit test of each
+/// service, so that a file added but not listed (never applied) fails the
+/// build's tests.
+pub fn check_listed(dir: &std::path::Path, functions: &[SqlFunction]) -> Result<(), String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut listed: Vec<String> = functions.iter().map(|f| format!("{}.sql", f.name)).collect();
+    listed.sort();
+    if files != listed {
+        return Err(format!("{} holds {files:?}, the list names {listed:?}", dir.display()));
+    }
+    for f in functions {
+        let head = format!("CREATE OR REPLACE FUNCTION {}(", f.name);
+        if f.sql.matches("CREATE OR REPLACE FUNCTION").count() != 1 || !f.sql.contains(&head) {
+            return Err(format!("{}.sql must hold one `{head}...` statement", f.name));
+        }
+    }
+    Ok(())
+}

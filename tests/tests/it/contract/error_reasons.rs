@@ -1,0 +1,429 @@
+//! The error contract (docs/design.md, Error model): every value of
+//! payments.errors.v1.ErrorReason, triggered through a real RPC where it can
+//! be, arrives with the code the reason travels with, ErrorInfo.reason = the
+//! value's name, domain "payments.internal", RetryInfo when the code invites
+//! a retry, and stays a few KB. The reasons no caller can provoke on purpose
+//! are listed in [`NOT_FROM_OUTSIDE`] with why; their code and retry advice
+//! are covered by the unit checks in proto/src/error.rs.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use billing_svc::gateway::{Sandbox, SandboxRefunds};
+use proto::{
+    billing::v1 as bpb,
+    checkout::v1 as cpb,
+    error::{ErrorReason as R, all_reasons},
+};
+use tests::{
+    TestApp,
+    clients::{billing_client, checkout_client, with_key},
+    harness::{Options, SERVICE_TOKEN, checkout_config, wait_serving},
+    helpers::{exec, wait_for_waiters},
+    spawn_app, spawn_app_with,
+};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// Reasons a caller cannot provoke on purpose, and why.
+const NOT_FROM_OUTSIDE: &[(R, &str)] = &[
+    (R::SessionChanged, "RenewSession losing a race with another renew, complete or expiry between its read and its write"),
+    (R::ReplacementChainTooLong, "a session replaced more than 10,000 times"),
+    (R::ConcurrentUpdate, "a serialization failure or deadlock surviving the service's 5 attempts"),
+    (
+        R::ValueNotStorable,
+        "every field is validated before PostgreSQL sees it; its own refusal (SQLSTATE class 22) stays as a second line",
+    ),
+    (
+        R::PaymentNotCaptured,
+        "the sandbox gateway reports no uncaptured payment a VerifyPayment can name; \
+         billing-svc/tests/razorpay checks it against a fake Razorpay",
+    ),
+];
+
+/// The reasons seen so far, with the RPC that produced each.
+#[derive(Default)]
+struct Walk(BTreeMap<i32, String>);
+
+impl Walk {
+    /// Checks one error against the contract for `want`.
+    #[track_caller]
+    fn saw<T: std::fmt::Debug>(&mut self, want: R, rpc: &str, r: Result<T, Status>) -> Status {
+        let s = match r {
+            Ok(v) => panic!("{rpc}: expected {want:?}, got {v:?}"),
+            Err(s) => s,
+        };
+        assert_eq!(s.code(), want.code(), "{rpc}: {s:?}");
+        let details = s.get_error_details();
+        let info = details.error_info().unwrap_or_else(|| panic!("{rpc}: no ErrorInfo: {s:?}"));
+        assert_eq!(info.reason, want.as_str_name(), "{rpc}: {s:?}");
+        assert_eq!(info.domain, "payments.internal", "{rpc}");
+        if matches!(s.code(), Code::Unavailable | Code::Aborted) || want.retry_after().is_some() {
+            let delay = details.retry_info().and_then(|r| r.retry_delay);
+            assert!(delay.is_some(), "{rpc}: {want:?} invites a retry without RetryInfo: {s:?}");
+            assert_eq!(
+                info.metadata.get("retry_after_ms"),
+                delay.map(|d| d.as_millis().to_string()).as_ref(),
+                "{rpc}: the delay in the metadata"
+            );
+        }
+        assert!(s.message().len() + s.details().len() < 8 * 1024, "{rpc}: {} bytes of details", s.details().len());
+        self.0.entry(want as i32).or_insert_with(|| rpc.to_owned());
+        s
+    }
+
+    fn metadata(s: &Status, key: &str) -> String {
+        s.get_error_details().error_info().and_then(|i| i.metadata.get(key).cloned()).unwrap_or_default()
+    }
+}
+
+async fn verify(app: &TestApp, order_id: &str, payment_id: &str, signature: &str) -> Result<bpb::VerifyPaymentResponse, Status> {
+    let r = bpb::VerifyPaymentRequest { order_id: order_id.into(), payment_id: payment_id.into(), signature: signature.into() };
+    app.billing.clone().verify_payment(r).await.map(|r| r.into_inner())
+}
+
+async fn refund(app: &TestApp, order_id: &str, amount: i64, refund_id: &str) -> Result<bpb::RefundPaymentResponse, Status> {
+    let r = bpb::RefundPaymentRequest {
+        order_id: order_id.into(),
+        amount_minor: amount,
+        reason: "test".into(),
+        refund_id: refund_id.into(),
+    };
+    app.billing_admin.clone().refund_payment(r).await.map(|r| r.into_inner())
+}
+
+fn create_order(session: &str, user: &str, plan: &str) -> bpb::CreateOrderRequest {
+    bpb::CreateOrderRequest { checkout_session_id: session.into(), user_id: user.into(), plan_id: plan.into() }
+}
+
+/// Requests, auth, checkout sessions and refunds, on one stack.
+async fn walk_the_plain_paths(w: &mut Walk) {
+    let app = spawn_app().await;
+    let mut b = app.billing.clone();
+    let mut c = app.checkout.clone();
+
+    // Requests.
+    w.saw(R::InvalidField, "GetPlan(\"\")", b.get_plan(bpb::GetPlanRequest { id: String::new() }).await);
+    let s = w.saw(R::InvalidField, "GetSession(nope)", c.get_session(cpb::GetSessionRequest { id: "nope".into() }).await);
+    assert_eq!(Walk::metadata(&s, "field"), "id");
+    assert!(s.get_error_details().bad_request().is_some(), "BadRequest is still there");
+    let s = w.saw(R::ResourceNotFound, "GetPlan(gold)", b.get_plan(bpb::GetPlanRequest { id: "gold".into() }).await);
+    assert_eq!((Walk::metadata(&s, "resource_type"), Walk::metadata(&s, "resource_name")), ("plan".into(), "gold".into()));
+    assert!(s.get_error_details().resource_info().is_some(), "ResourceInfo is still there");
+
+    // Auth.
+    let mut anonymous = billing_client(&app.billing_addr.to_string(), "").unwrap();
+    w.saw(R::TokenMissing, "ListPlans without a token", anonymous.list_plans(bpb::ListPlansRequest::default()).await);
+    let mut wrong = checkout_client(&app.checkout_addr.to_string(), "not-a-token").unwrap();
+    w.saw(R::TokenInvalid, "GetSession with an unknown token", wrong.get_session(cpb::GetSessionRequest::default()).await);
+    let r = b.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await;
+    w.saw(R::AdminRequired, "RunReconciliation with a service token", r);
+
+    // Checkout sessions.
+    let r = c.create_session(cpb::CreateSessionRequest { user_id: "free-rider".into(), plan_id: "free".into() }).await;
+    let s = w.saw(R::PlanNotPurchasable, "CreateSession(free)", r);
+    assert!(s.get_error_details().precondition_failure().is_some(), "PreconditionFailure is still there");
+    let key = "walk-key";
+    let first = cpb::CreateSessionRequest { user_id: "keyed".into(), plan_id: "basic-monthly".into() };
+    c.create_session(with_key(first, key)).await.unwrap();
+    let other = cpb::CreateSessionRequest { user_id: "keyed".into(), plan_id: "pro-monthly".into() };
+    w.saw(R::IdempotencyKeyReused, "CreateSession, same key, other request", c.create_session(with_key(other, key)).await);
+
+    let active = app.create_session("walker", "basic-monthly").await;
+    let r = c.recover_session(cpb::RecoverSessionRequest { id: active.id.clone() }).await;
+    w.saw(R::SessionActive, "RecoverSession(active)", r);
+    let (payment_id, sig) = app.pay(&active.order_id);
+    let (first_payment, first_sig) = app.pay(&active.order_id);
+    app.complete(&active.id, &first_payment, &first_sig).await.unwrap();
+    let r = app.complete(&active.id, &payment_id, &sig).await;
+    w.saw(R::SessionCompleted, "CompleteSession with another payment", r);
+    w.saw(R::SessionCompleted, "RenewSession(completed)", app.renew(&active.id, "pro-monthly").await);
+    let lapsing = app.create_session("lapser", "basic-monthly").await;
+    let bad = app.complete(&lapsing.id, "pay_x", "00").await;
+    w.saw(R::BadSignature, "CompleteSession(bad signature)", bad);
+    app.clock.advance(chrono::Duration::hours(25));
+    w.saw(R::SessionNotActive, "RenewSession(expired)", app.renew(&lapsing.id, "pro-monthly").await);
+    app.clock.advance(chrono::Duration::days(7));
+    let r = c.recover_session(cpb::RecoverSessionRequest { id: lapsing.id.clone() }).await;
+    w.saw(R::SessionTooOld, "RecoverSession(8 days old)", r);
+
+    // Orders.
+    let session = uuid::Uuid::new_v4().to_string();
+    b.create_order(create_order(&session, "o1", "basic-monthly")).await.unwrap();
+    w.saw(
+        R::OrderExists,
+        "CreateOrder(same session, other user)",
+        b.create_order(create_order(&session, "o2", "basic-monthly")).await,
+    );
+    let cancelled = b.create_order(create_order(&uuid::Uuid::new_v4().to_string(), "o3", "basic-monthly")).await.unwrap();
+    let cancelled = cancelled.into_inner().order.unwrap();
+    b.cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![cancelled.id.clone()] }).await.unwrap();
+    let r = b.create_order(create_order(&cancelled.checkout_session_id, "o3", "basic-monthly")).await;
+    w.saw(R::OrderCancelled, "CreateOrder(cancelled)", r);
+    let (p, sig) = app.pay(&cancelled.id);
+    w.saw(R::OrderCancelled, "VerifyPayment(cancelled order)", verify(&app, &cancelled.id, &p, &sig).await);
+
+    let paid = app.order("payer", "basic-monthly").await;
+    let (p1, s1) = app.pay(&paid.id);
+    verify(&app, &paid.id, &p1, &s1).await.unwrap();
+    let r = b.create_order(create_order(&paid.checkout_session_id, "payer", "basic-monthly")).await;
+    w.saw(R::OrderPaid, "CreateOrder(paid)", r);
+    let (p2, s2) = app.pay(&paid.id);
+    w.saw(R::SecondPayment, "VerifyPayment(second payment)", verify(&app, &paid.id, &p2, &s2).await);
+    let other = app.order("payer-2", "basic-monthly").await;
+    let reused = app.gateway.sign_payment(&other.id, &p1);
+    w.saw(R::PaymentUsed, "VerifyPayment(payment of another order)", verify(&app, &other.id, &p1, &reused).await);
+
+    let old = app.order("late", "basic-monthly").await;
+    let new = app.order("late", "pro-monthly").await;
+    let (pn, sn) = app.pay(&new.id);
+    verify(&app, &new.id, &pn, &sn).await.unwrap();
+    let (po, so) = app.pay(&old.id);
+    w.saw(R::OrderSuperseded, "VerifyPayment(superseded order)", verify(&app, &old.id, &po, &so).await);
+
+    // A payment refused once stays refused with the reason it was recorded
+    // with; the kinds only older rows or webhooks produce are seeded.
+    let mut db = app.billing_db().await;
+    for (i, (kind, want)) in [
+        ("AMOUNT_MISMATCH", R::AmountMismatch),
+        ("UNKNOWN_ORDER", R::UnknownOrder),
+        ("RECORDED_BEFORE_CLASSIFICATION", R::RecordedBeforeClassification),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let order = app.order(&format!("under-{i}"), "pro-monthly").await;
+        let (p, sig) = app.pay(&order.id);
+        let hook = app.captured_webhook(&order.id, &p, 1, &order.currency, &format!("evt-under-{i}"));
+        b.handle_gateway_webhook(hook).await.unwrap();
+        exec(&mut db, &format!("UPDATE payment_discrepancies SET kind = '{kind}' WHERE payment_id = '{p}'")).await;
+        w.saw(want, "VerifyPayment(a payment recorded as a discrepancy)", verify(&app, &order.id, &p, &sig).await);
+    }
+
+    // An authorization billing captured at the gateway for one order, then
+    // presented for another.
+    let auth_order = app.order("authorized", "basic-monthly").await;
+    let pa = Sandbox::new_payment_id();
+    let body = Sandbox::authorized_event_body(&auth_order.id, &pa, auth_order.amount_minor, &auth_order.currency);
+    let hook = bpb::HandleGatewayWebhookRequest { signature: app.gateway.sign_webhook(&body), body, event_id: "evt-auth".into() };
+    b.handle_gateway_webhook(hook).await.unwrap();
+    let elsewhere = app.order("authorized-2", "basic-monthly").await;
+    let sig = app.gateway.sign_payment(&elsewhere.id, &pa);
+    w.saw(
+        R::PaymentOrderMismatch,
+        "VerifyPayment(payment of another order at the gateway)",
+        verify(&app, &elsewhere.id, &pa, &sig).await,
+    );
+
+    // Subscriptions.
+    let first = app.subscribe("switcher", "basic-monthly").await;
+    app.subscribe("switcher", "pro-monthly").await;
+    let cancel =
+        |id: &str, user: &str| bpb::CancelSubscriptionRequest { id: id.into(), user_id: user.into(), at_period_end: false };
+    w.saw(R::SubscriptionEnded, "CancelSubscription(replaced)", b.cancel_subscription(cancel(&first.id, "switcher")).await);
+    let usage = app.start_usage("freebie", bpb::UsageKind::Text).await.unwrap();
+    w.saw(R::FreePlan, "CancelSubscription(free)", b.cancel_subscription(cancel(&usage.subscription_id, "freebie")).await);
+
+    // Refunds.
+    let unpaid = app.order("refunder", "basic-monthly").await;
+    w.saw(R::OrderNotPaid, "RefundPayment(unpaid order)", refund(&app, &unpaid.id, 0, "r-unpaid").await);
+    let sub = app.subscribe("refunder", "basic-monthly").await;
+    let s = w.saw(R::RefundExceedsCaptured, "RefundPayment(too much)", refund(&app, &sub.order_id, 1_000_000, "r-big").await);
+    assert_eq!(Walk::metadata(&s, "refundable_minor"), "49900");
+    assert_eq!(Walk::metadata(&s, "currency"), "INR");
+    refund(&app, &sub.order_id, 100, "r-once").await.unwrap();
+    let sub2 = app.subscribe("refunder-2", "basic-monthly").await;
+    w.saw(R::RefundIdReused, "RefundPayment(refund_id of another order)", refund(&app, &sub2.order_id, 100, "r-once").await);
+    app.gateway.set_refunds(SandboxRefunds::Refuse);
+    let s = w.saw(R::GatewayRefused, "RefundPayment(refused)", refund(&app, &sub2.order_id, 100, "r-refused").await);
+    assert!(s.get_error_details().precondition_failure().is_some());
+    app.gateway.set_refunds(SandboxRefunds::Unreachable);
+    w.saw(R::GatewayUnavailable, "RefundPayment(gateway down)", refund(&app, &sub2.order_id, 100, "r-down").await);
+    app.gateway.set_refunds(SandboxRefunds::Process);
+
+    // A second call with one refund_id while the first is at the gateway.
+    let calls_before = app.gateway.refund_calls();
+    app.gateway.hold_refunds(true);
+    let held = {
+        let app_order = sub2.order_id.clone();
+        let mut admin = app.billing_admin.clone();
+        tokio::spawn(async move {
+            let r = bpb::RefundPaymentRequest {
+                order_id: app_order,
+                amount_minor: 100,
+                reason: "t".into(),
+                refund_id: "r-held".into(),
+            };
+            admin.refund_payment(r).await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.gateway.refund_calls() == calls_before {
+        assert!(tokio::time::Instant::now() < deadline, "the first refund never reached the gateway");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = refund(&app, &sub2.order_id, 100, "r-held").await;
+    w.saw(R::IdempotencyKeyInFlight, "RefundPayment(same refund_id in flight)", r);
+    app.gateway.hold_refunds(false);
+    held.await.unwrap().unwrap();
+
+    // Usage and limits on the free plan (5 sessions, 60 minutes, 30 credits,
+    // 10 MiB uploads).
+    let r = b.authorize_upload(bpb::AuthorizeUploadRequest { user_id: "uploader".into(), size_bytes: 20 << 20 }).await;
+    let s = w.saw(R::UploadTooLarge, "AuthorizeUpload(20 MiB)", r);
+    assert_eq!(Walk::metadata(&s, "limit"), (10 << 20).to_string());
+    assert!(s.get_error_details().quota_failure().is_some(), "QuotaFailure is still there");
+    for _ in 0..5 {
+        let u = app.start_usage("busy-bee", bpb::UsageKind::Text).await.unwrap();
+        app.end_usage(&u.id, 0).await.unwrap();
+    }
+    w.saw(R::SessionLimitExceeded, "StartUsageSession(6th)", app.start_usage("busy-bee", bpb::UsageKind::Text).await);
+    let broke = app.start_usage("spender", bpb::UsageKind::Call).await.unwrap();
+    let deduct = |id: &str, d: &str, units| bpb::DeductRequest { usage_session_id: id.into(), deduction_id: d.into(), units };
+    b.deduct(deduct(&broke.id, "all", 30)).await.unwrap();
+    w.saw(R::IdempotencyKeyReused, "Deduct(same deduction_id, other units)", b.deduct(deduct(&broke.id, "all", 2)).await);
+    w.saw(R::NoCredits, "StartUsageSession(no credits)", app.start_usage("spender", bpb::UsageKind::Call).await);
+    app.end_usage(&broke.id, 0).await.unwrap();
+    w.saw(R::SessionEnded, "Deduct(ended session)", b.deduct(deduct(&broke.id, "late", 1)).await);
+    app.start_usage("talker", bpb::UsageKind::Call).await.unwrap();
+    app.clock.advance(chrono::Duration::minutes(61));
+    w.saw(R::MinutesLimitExceeded, "StartUsageSession(61 minutes used)", app.start_usage("talker", bpb::UsageKind::Call).await);
+}
+
+/// An undecodable body, on both services.
+async fn walk_malformed_bodies(w: &mut Walk, app: &TestApp) {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WrongWire {
+        #[prost(uint64, tag = "1")]
+        field: u64,
+    }
+    for (addr, path) in
+        [(app.billing_addr, "/billing.v1.BillingService/GetPlan"), (app.checkout_addr, "/checkout.v1.CheckoutService/GetSession")]
+    {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let mut req = tonic::Request::new(WrongWire { field: 7 });
+        req.metadata_mut().insert("authorization", format!("Bearer {SERVICE_TOKEN}").parse().unwrap());
+        let codec = tonic_prost::ProstCodec::<WrongWire, WrongWire>::default();
+        let r = grpc.unary(req, tonic::codegen::http::uri::PathAndQuery::from_static(path), codec).await.map(|_| ());
+        w.saw(R::MalformedRequest, path, r);
+    }
+}
+
+/// Billing down behind checkout, and a checkout whose own token billing
+/// refuses (its misconfiguration: INTERNAL, not the caller's fault).
+async fn walk_billing_failures(w: &mut Walk) {
+    let mut app = spawn_app().await;
+    walk_malformed_bodies(w, &app).await;
+
+    let opts = Options::default();
+    let mut cfg = checkout_config(&opts, app.billing_addr);
+    cfg.billing_token = "not-billing-s-token".into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = shared::server::Shutdown::new();
+    let task = tokio::spawn(checkout_svc::serve(cfg, app.checkout_db_url.clone(), listener, app.clock.clone(), shutdown.clone()));
+    wait_serving(&addr, proto::CHECKOUT_SERVICE_NAME).await.unwrap();
+    let mut misconfigured = checkout_client(&addr, SERVICE_TOKEN).unwrap();
+    let r =
+        misconfigured.create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "basic-monthly".into() }).await;
+    let s = w.saw(R::InternalError, "CreateSession through a checkout billing refuses", r);
+    // The trace id is empty unless a tracer is installed; the key is there.
+    let has_trace_id = s.get_error_details().error_info().is_some_and(|i| i.metadata.contains_key("trace_id"));
+    assert!(has_trace_id, "{s:?}");
+    assert!(s.message().starts_with("internal error (trace id"), "{s:?}");
+    shutdown.trigger();
+    let _ = task.await;
+
+    app.stop_billing().await;
+    let mut c = app.checkout.clone();
+    let r = c.create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "basic-monthly".into() }).await;
+    let s = w.saw(R::BillingUnavailable, "CreateSession(billing down)", r);
+    assert!(!Walk::metadata(&s, "billing_code").is_empty(), "{s:?}");
+}
+
+/// One held row: callers behind it past the lock bound (ABORTED ROW_BUSY),
+/// the server full meanwhile (UNAVAILABLE OVERLOADED).
+async fn walk_a_held_row(w: &mut Walk) {
+    let opts = Options { max_concurrent_requests: 1, lock_timeout: Duration::from_secs(2), ..Options::default() };
+    let app = spawn_app_with(opts).await;
+    let u = app.start_usage("held", bpb::UsageKind::Text).await.unwrap();
+    let mut holder = app.billing_db().await;
+    let mut observer = app.billing_db().await;
+    exec(&mut holder, "BEGIN").await;
+    exec(&mut holder, &format!("SELECT 1 FROM usage_sessions WHERE id = '{}' FOR UPDATE", u.id)).await;
+    let stuck = {
+        let mut b = app.billing.clone();
+        let id = u.id.clone();
+        tokio::spawn(
+            async move { b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: "d".into(), units: 1 }).await },
+        )
+    };
+    assert!(wait_for_waiters(&mut observer, 1, Duration::from_secs(10)).await, "the deduction never waited on the row");
+    w.saw(R::Overloaded, "ListPlans(server full)", app.billing.clone().list_plans(bpb::ListPlansRequest::default()).await);
+    w.saw(R::RowBusy, "Deduct(row held past the lock bound)", stuck.await.unwrap());
+    exec(&mut holder, "COMMIT").await;
+}
+
+/// The only pooled connection waits on a held row: the next call finds
+/// none in time (UNAVAILABLE DATABASE_UNAVAILABLE), or its deadline passes
+/// first (DEADLINE_EXCEEDED).
+async fn walk_no_connection(w: &mut Walk) {
+    let opts = Options { pool_size: 1, lock_timeout: Duration::from_secs(10), ..Options::default() };
+    let app = spawn_app_with(opts).await;
+    let u = app.start_usage("pooled", bpb::UsageKind::Text).await.unwrap();
+    let mut holder = app.billing_db().await;
+    let mut observer = app.billing_db().await;
+    exec(&mut holder, "BEGIN").await;
+    exec(&mut holder, &format!("SELECT 1 FROM usage_sessions WHERE id = '{}' FOR UPDATE", u.id)).await;
+    let waiting = {
+        let mut b = app.billing.clone();
+        let id = u.id.clone();
+        tokio::spawn(
+            async move { b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: "d".into(), units: 1 }).await },
+        )
+    };
+    assert!(wait_for_waiters(&mut observer, 1, Duration::from_secs(10)).await, "the deduction never waited on the row");
+    let r = app.billing.clone().get_plan(bpb::GetPlanRequest { id: "free".into() }).await;
+    w.saw(R::DatabaseUnavailable, "GetPlan(no free connection)", r);
+    // The caller's deadline passes first: answered by the service with its
+    // reason, not tonic's bare CANCELLED.
+    let mut req = tonic::Request::new(bpb::GetPlanRequest { id: "free".into() });
+    req.set_timeout(Duration::from_millis(300));
+    let s = w.saw(R::DeadlineExceeded, "GetPlan(300 ms deadline, no free connection)", app.billing.clone().get_plan(req).await);
+    assert!(s.message().contains("same idempotency key"), "{s:?}");
+    exec(&mut holder, "COMMIT").await;
+    waiting.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_error_reason_arrives_with_its_code_and_error_info() {
+    let mut w = Walk::default();
+    walk_the_plain_paths(&mut w).await;
+    walk_billing_failures(&mut w).await;
+    walk_a_held_row(&mut w).await;
+    walk_no_connection(&mut w).await;
+
+    let excused: BTreeSet<i32> = NOT_FROM_OUTSIDE.iter().map(|(r, _)| *r as i32).collect();
+    let missing: Vec<R> = all_reasons().filter(|r| !w.0.contains_key(&(*r as i32)) && !excused.contains(&(*r as i32))).collect();
+    assert!(missing.is_empty(), "reasons no RPC produced: {missing:?}");
+    let triggered_anyway: Vec<R> = NOT_FROM_OUTSIDE.iter().map(|(r, _)| *r).filter(|r| w.0.contains_key(&(*r as i32))).collect();
+    assert!(triggered_anyway.is_empty(), "listed as not triggerable, yet seen: {triggered_anyway:?}");
+}
+
+/// The codes of the reasons the walk cannot reach are still the declared
+/// ones, and each has its reason in the list.
+#[test]
+fn reasons_not_reachable_from_outside_keep_their_contract() {
+    for (r, why) in NOT_FROM_OUTSIDE {
+        assert!(!why.is_empty());
+        let s = proto::error::plain(*r, "x");
+        assert_eq!(s.code(), r.code());
+        assert_eq!(s.get_error_details().error_info().map(|i| i.reason.clone()), Some(r.as_str_name().to_owned()));
+    }
+    assert_eq!(R::PaymentNotCaptured.code(), Code::FailedPrecondition);
+    assert!(R::PaymentNotCaptured.retry_after().is_some());
+    assert_eq!(R::ConcurrentUpdate.code(), Code::Aborted);
+}
