@@ -158,7 +158,7 @@ async fn walk_the_plain_paths(w: &mut Walk) {
     );
     let cancelled = b.create_order(create_order(&uuid::Uuid::new_v4().to_string(), "o3", "basic-monthly")).await.unwrap();
     let cancelled = cancelled.into_inner().order.unwrap();
-    b.cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![cancelled.id.clone()] }).await.unwrap();
+    b.cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![cancelled.id.clone()], ..Default::default() }).await.unwrap();
     let r = b.create_order(create_order(&cancelled.checkout_session_id, "o3", "basic-monthly")).await;
     w.saw(R::OrderCancelled, "CreateOrder(cancelled)", r);
     let (p, sig) = app.pay(&cancelled.id);
