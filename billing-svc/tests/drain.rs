@@ -131,7 +131,11 @@ async fn sigterm_under_load_drains_in_flight_requests() {
     // Requests that are certainly in flight at SIGTERM: Deducts waiting on a
     // row lock this test holds; it lets go only after the signal.
     let mut c = BillingServiceClient::new(channel.clone());
-    let mut start = tonic::Request::new(StartUsageSessionRequest { user_id: "drain".into(), kind: UsageKind::Text as i32 });
+    let mut start = tonic::Request::new(StartUsageSessionRequest {
+        user_id: "drain".into(),
+        kind: UsageKind::Text as i32,
+        ..Default::default()
+    });
     start.metadata_mut().insert("authorization", "Bearer t".parse().unwrap());
     let session = c.start_usage_session(start).await.unwrap().into_inner().session.unwrap().id;
     let mut holder = {

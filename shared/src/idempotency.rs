@@ -31,16 +31,82 @@ pub struct Key {
 }
 
 impl Key {
-    /// Reads `idempotency-key` from the request metadata, if present.
+    /// Reads `idempotency-key` from the request metadata, if present (the
+    /// RPCs whose request has no `request_id` field: CompleteSession).
     pub fn from_request<T: prost::Message>(req: &Request<T>, method: &'static str) -> Result<Option<Self>, Status> {
-        let Some(raw) = req.metadata().get(METADATA_KEY) else { return Ok(None) };
-        let key =
-            raw.to_str().map_err(|_| crate::status::invalid_field(METADATA_KEY, "must be printable ASCII"))?.trim().to_owned();
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Err(crate::status::invalid_field(METADATA_KEY, format!("must be 1..{MAX_KEY_LEN} characters")));
-        }
+        let Some(key) = header(req)? else { return Ok(None) };
         Ok(Some(Self { method, key, request_hash: Sha256::digest(req.get_ref().encode_to_vec()).to_vec() }))
     }
+
+    /// The key of a request with a `request_id` field (`request_id` gives
+    /// access to it): the field, or the deprecated `idempotency-key` header
+    /// (docs/design.md, Idempotency). Both present must be equal: a header
+    /// and a field that disagree name two keys for one call, and picking
+    /// either could run the effect twice, so the call is refused with
+    /// IDEMPOTENCY_KEY_REUSED.
+    ///
+    /// The request hash is over the request with `request_id` cleared: the
+    /// key is not part of "the same request", so the header form and the
+    /// field form of one request hash alike (a caller may move from one to
+    /// the other between retries), and the hash of a request without the
+    /// field is what it was before the field existed (a key stored then still
+    /// replays, and checkout's session ids derived from it do not move).
+    pub fn from_request_with_id<T: prost::Message + Clone>(
+        req: &Request<T>,
+        method: &'static str,
+        request_id: fn(&mut T) -> &mut String,
+    ) -> Result<Option<Self>, Status> {
+        let header = header(req)?;
+        let mut body = req.get_ref().clone();
+        let field = std::mem::take(request_id(&mut body));
+        let field = if field.is_empty() {
+            None
+        } else if is_request_id(&field) {
+            Some(field)
+        } else {
+            return Err(crate::status::invalid_field(REQUEST_ID_FIELD, "must be a UUID (8-4-4-4-12 hex digits)"));
+        };
+        let key = match (header, field) {
+            (None, None) => return Ok(None),
+            (Some(k), None) | (None, Some(k)) => k,
+            (Some(h), Some(f)) if h == f => f,
+            (Some(_), Some(_)) => return Err(key_disagreement()),
+        };
+        Ok(Some(Self { method, key, request_hash: Sha256::digest(body.encode_to_vec()).to_vec() }))
+    }
+}
+
+/// INVALID_ARGUMENT IDEMPOTENCY_KEY_REUSED (the reason of a key that names
+/// another request), with a field violation on `request_id`.
+fn key_disagreement() -> Status {
+    let description = format!("disagrees with the deprecated {METADATA_KEY} header; send request_id alone");
+    let details = tonic_types::ErrorDetails::with_bad_request_violation(REQUEST_ID_FIELD, description.clone());
+    proto::error::status(
+        crate::status::ErrorReason::IdempotencyKeyReused,
+        format!("{REQUEST_ID_FIELD}: {description}"),
+        [("field", REQUEST_ID_FIELD.to_owned())],
+        details,
+    )
+}
+
+/// The request field that carries the key (the header's successor).
+pub const REQUEST_ID_FIELD: &str = "request_id";
+
+/// A `request_id` is a UUID in its hyphenated form, used as sent: a retry
+/// sends the same text, and it can equal an `idempotency-key` header that
+/// carried it before.
+fn is_request_id(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
+}
+
+/// The deprecated `idempotency-key` metadata entry, if present.
+fn header<T>(req: &Request<T>) -> Result<Option<String>, Status> {
+    let Some(raw) = req.metadata().get(METADATA_KEY) else { return Ok(None) };
+    let key = raw.to_str().map_err(|_| crate::status::invalid_field(METADATA_KEY, "must be printable ASCII"))?.trim().to_owned();
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(crate::status::invalid_field(METADATA_KEY, format!("must be 1..{MAX_KEY_LEN} characters")));
+    }
+    Ok(Some(key))
 }
 
 /// What claiming a key found.

@@ -39,7 +39,9 @@ pub fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
 impl TestApp {
     pub async fn create_session(&self, user: &str, plan: &str) -> cpb::Session {
         let mut c = self.checkout.clone();
-        let r = c.create_session(cpb::CreateSessionRequest { user_id: user.into(), plan_id: plan.into() }).await;
+        let r = c
+            .create_session(cpb::CreateSessionRequest { user_id: user.into(), plan_id: plan.into(), ..Default::default() })
+            .await;
         match r {
             Ok(r) => r.into_inner().session.unwrap_or_default(),
             Err(e) => panic!("CreateSession: {e:?}"),
@@ -49,7 +51,9 @@ impl TestApp {
     /// RenewSession: a plan change of session `id`.
     pub async fn renew(&self, id: &str, plan: &str) -> Result<cpb::RenewSessionResponse, Status> {
         let mut c = self.checkout.clone();
-        c.renew_session(cpb::RenewSessionRequest { id: id.into(), plan_id: plan.into() }).await.map(|r| r.into_inner())
+        c.renew_session(cpb::RenewSessionRequest { id: id.into(), plan_id: plan.into(), ..Default::default() })
+            .await
+            .map(|r| r.into_inner())
     }
 
     pub async fn get_session(&self, id: &str) -> cpb::Session {
@@ -170,7 +174,7 @@ impl TestApp {
 
     pub async fn start_usage(&self, user: &str, kind: bpb::UsageKind) -> Result<bpb::UsageSession, Status> {
         let mut b = self.billing.clone();
-        b.start_usage_session(bpb::StartUsageSessionRequest { user_id: user.into(), kind: kind as i32 })
+        b.start_usage_session(bpb::StartUsageSessionRequest { user_id: user.into(), kind: kind as i32, ..Default::default() })
             .await
             .map(|r| r.into_inner().session.unwrap_or_default())
     }

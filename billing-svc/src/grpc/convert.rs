@@ -15,11 +15,23 @@ use crate::{
     webhooks::EventOutcome,
 };
 
+/// The plan's limits twice: the legacy int fields (0 = unlimited for
+/// sessions and minutes, "none" for uploads) for older readers, and the
+/// explicit [`pb::Limit`]s. Sessions and minutes are unlimited when the
+/// column is not positive, as `limits::check_start` enforces them; uploads
+/// are never unlimited.
+#[allow(deprecated)] // the legacy fields stay filled
 pub fn limits(p: &Plan) -> pb::PlanLimits {
+    let per_period = |max: i32| {
+        if max > 0 { pb::Limit { unlimited: false, max: i64::from(max) } } else { pb::Limit { unlimited: true, max: 0 } }
+    };
     pb::PlanLimits {
         max_sessions_per_period: p.max_sessions_per_period,
         max_minutes_per_period: p.max_minutes_per_period,
         max_upload_bytes: p.max_upload_bytes,
+        sessions_per_period: Some(per_period(p.max_sessions_per_period)),
+        minutes_per_period: Some(per_period(p.max_minutes_per_period)),
+        upload_bytes: Some(pb::Limit { unlimited: false, max: p.max_upload_bytes }),
     }
 }
 

@@ -157,6 +157,15 @@ impl TryFrom<pb::RefundPaymentRequest> for refunds::Request {
         v.text("refund_id", &r.refund_id, MAX_ID_LEN);
         v.text("reason", &r.reason, refunds::MAX_REASON);
         v.range("amount_minor", r.amount_minor, 0, i64::MAX / 4);
+        // No zero value moves money: "everything" is said with refund_all, and
+        // amount_minor = 0 alone (once "all that is left") is refused. The
+        // domain's amount 0 is "all that is left", reached only through
+        // refund_all.
+        match (r.refund_all, r.amount_minor) {
+            (false, 0) => v.add("amount_minor", "must be > 0; to refund all that is left set refund_all = true instead"),
+            (true, a) if a != 0 => v.add("refund_all", "refunds all that is left: leave amount_minor 0"),
+            _ => {}
+        }
         if r.refund_id.starts_with(refunds::DISCREPANCY_PREFIX) {
             v.add("refund_id", format!("must not start with {:?} (reconciliation's refunds)", refunds::DISCREPANCY_PREFIX));
         }
@@ -211,9 +220,40 @@ impl TryFrom<pb::CancelSubscriptionRequest> for CancelSubscription {
     fn try_from(r: pb::CancelSubscriptionRequest) -> Result<Self, Status> {
         let mut v = Violations::new();
         let id = v.uuid("id", &r.id);
+        let at_period_end = cancellation_at_period_end(&r, &mut v);
         let user_id = field(&mut v, "user_id", UserId::parse(r.user_id));
         v.finish()?;
-        Ok(Self { id, user_id: user_id?, at_period_end: r.at_period_end })
+        Ok(Self { id, user_id: user_id?, at_period_end })
+    }
+}
+
+/// Whether the cancellation waits for period_end. An unset
+/// `at_period_end` once meant "now, forfeiting the credits": the zero value
+/// of the request cancelled at once, so the server now asks for the policy
+/// and refuses the ambiguous form; the legacy `at_period_end = true` is
+/// unambiguous and still accepted.
+#[allow(deprecated)] // reads the legacy at_period_end
+fn cancellation_at_period_end(r: &pb::CancelSubscriptionRequest, v: &mut Violations) -> bool {
+    use pb::CancellationPolicy as P;
+    match (P::try_from(r.policy), r.at_period_end) {
+        (Ok(P::AtPeriodEnd), _) | (Ok(P::Unspecified), true) => true,
+        (Ok(P::Immediately), false) => false,
+        (Ok(P::Immediately), true) => {
+            v.add("policy", "CANCELLATION_POLICY_IMMEDIATELY contradicts at_period_end = true");
+            false
+        }
+        (Ok(P::Unspecified), false) => {
+            v.add(
+                "policy",
+                "is required: CANCELLATION_POLICY_IMMEDIATELY or CANCELLATION_POLICY_AT_PERIOD_END \
+                 (an unset at_period_end no longer cancels now)",
+            );
+            false
+        }
+        (Err(_), _) => {
+            v.add("policy", "unknown cancellation policy");
+            false
+        }
     }
 }
 

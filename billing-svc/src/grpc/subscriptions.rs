@@ -46,7 +46,7 @@ pub(super) async fn list_subscriptions(
     }))
 }
 
-#[instrument(skip_all, fields(subscription_id = %req.get_ref().id, at_period_end = req.get_ref().at_period_end))]
+#[instrument(skip_all, fields(subscription_id = %req.get_ref().id, policy = req.get_ref().policy))]
 pub(super) async fn cancel_subscription(
     app: &App,
     req: Request<pb::CancelSubscriptionRequest>,

@@ -36,7 +36,8 @@ pub(super) async fn start_usage_session(
     app: &App,
     req: Request<pb::StartUsageSessionRequest>,
 ) -> RpcResult<pb::StartUsageSessionResponse> {
-    let key = Key::from_request(&req, "billing.StartUsageSession")?;
+    let key =
+        Key::from_request_with_id(&req, "billing.StartUsageSession", |r: &mut pb::StartUsageSessionRequest| &mut r.request_id)?;
     let r = StartUsageSession::try_from(req.into_inner())?;
     let app = app.clone();
     let out = run(async move {

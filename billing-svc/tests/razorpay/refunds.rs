@@ -66,12 +66,14 @@ impl Billing {
         r
     }
 
+    /// `amount` 0 refunds all that is left (refund_all).
     async fn refund(&self, order_id: &str, amount: i64, refund_id: &str) -> Result<bpb::RefundPaymentResponse, tonic::Status> {
         let r = bpb::RefundPaymentRequest {
             order_id: order_id.into(),
             amount_minor: amount,
             reason: "customer asked".into(),
             refund_id: refund_id.into(),
+            refund_all: amount == 0,
         };
         self.client.clone().refund_payment(Self::req(r)).await.map(|r| r.into_inner())
     }

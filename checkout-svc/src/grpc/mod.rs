@@ -63,7 +63,8 @@ fn complete_response(c: &Completed) -> pb::CompleteSessionResponse {
 impl CheckoutService for CheckoutGrpc {
     #[instrument(skip_all, fields(user_id = %req.get_ref().user_id, plan_id = %req.get_ref().plan_id))]
     async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> RpcResult<pb::CreateSessionResponse> {
-        let key = Key::from_request(&req, "checkout.CreateSession")?;
+        let key =
+            Key::from_request_with_id(&req, "checkout.CreateSession", |r: &mut pb::CreateSessionRequest| &mut r.request_id)?;
         let budget = Budget::from_request(&req, self.app.config.billing_timeout);
         let r = CreateSession::try_from(req.into_inner())?;
         let app = self.app.clone();
@@ -88,7 +89,7 @@ impl CheckoutService for CheckoutGrpc {
 
     #[instrument(skip_all, fields(session_id = %req.get_ref().id, plan_id = %req.get_ref().plan_id))]
     async fn renew_session(&self, req: Request<pb::RenewSessionRequest>) -> RpcResult<pb::RenewSessionResponse> {
-        let key = Key::from_request(&req, "checkout.RenewSession")?;
+        let key = Key::from_request_with_id(&req, "checkout.RenewSession", |r: &mut pb::RenewSessionRequest| &mut r.request_id)?;
         let budget = Budget::from_request(&req, self.app.config.billing_timeout);
         let r = RenewSession::try_from(req.into_inner())?;
         let app = self.app.clone();
@@ -102,7 +103,8 @@ impl CheckoutService for CheckoutGrpc {
 
     #[instrument(skip_all, fields(session_id = %req.get_ref().id))]
     async fn recover_session(&self, req: Request<pb::RecoverSessionRequest>) -> RpcResult<pb::RecoverSessionResponse> {
-        let key = Key::from_request(&req, "checkout.RecoverSession")?;
+        let key =
+            Key::from_request_with_id(&req, "checkout.RecoverSession", |r: &mut pb::RecoverSessionRequest| &mut r.request_id)?;
         let budget = Budget::from_request(&req, self.app.config.billing_timeout);
         let r = req.into_inner();
         let mut v = Violations::new();

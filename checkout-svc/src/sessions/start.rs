@@ -76,7 +76,7 @@ fn order_cancelled(id: Uuid) -> Error {
         ErrorReason::OrderCancelled,
         format!("checkout_session:{id}"),
         "the checkout session of this request was cleaned up and its order cancelled; \
-         start again with a new idempotency key",
+         start again with a new idempotency key (request_id)",
     )
 }
 

@@ -20,9 +20,9 @@ use sha2::{Digest, Sha256};
 /// stem; `sql` is one `CREATE OR REPLACE FUNCTION name(...)` statement.
 #[derive(Debug, Clone, Copy)]
 pub struct SqlFunction {
-    /// The function's name, also its file's stem.
+    /// The function's name, and its file's stem.
     pub name: &'static str,
-    /// The `CREATE OR REPLACE FUNCTION` statement.
+    /// The file's text: one `CREATE OR REPLACE FUNCTION` statement.
     pub sql: &'static str,
 }
 

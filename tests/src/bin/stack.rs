@@ -158,13 +158,16 @@ Try it (grpcurl 1.8+, reflection is on):
   grpcurl -plaintext {checkout} list
   grpcurl -plaintext -d '{{"service":"checkout.v1.CheckoutService"}}' {checkout} grpc.health.v1.Health/Check
   grpcurl -plaintext -H 'authorization: Bearer {b}' {billing} billing.v1.BillingService/ListPlans
-  grpcurl -plaintext -H 'authorization: Bearer {c}' -d '{{"user_id":"alice","plan_id":"pro-monthly"}}' \
+  # request_id: a fresh UUID per new start (uuidgen), the same on a retry of it
+  grpcurl -plaintext -H 'authorization: Bearer {c}' \
+      -d '{{"user_id":"alice","plan_id":"pro-monthly","request_id":"6f1c2a4e-8d2b-4c1e-9a57-0b9e3d7c5a10"}}' \
       {checkout} checkout.v1.CheckoutService/CreateSession
   # pay the order_id printed above, then complete with the printed payment_id and signature:
   set -a; . target/stack/stack.env; set +a; cargo run -q --bin billing-svc -- sandbox pay --order-id <order_id>
   grpcurl -plaintext -H 'authorization: Bearer {c}' -d '{{"id":"<session id>","payment_id":"<payment_id>","signature":"<signature>"}}' \
       {checkout} checkout.v1.CheckoutService/CompleteSession
-  grpcurl -plaintext -H 'authorization: Bearer {b}' -d '{{"user_id":"alice","kind":"USAGE_KIND_CALL"}}' \
+  grpcurl -plaintext -H 'authorization: Bearer {b}' \
+      -d '{{"user_id":"alice","kind":"USAGE_KIND_CALL","request_id":"0c7e9b52-3f4a-4d8e-b1a6-5e2f7c9d8a34"}}' \
       {billing} billing.v1.BillingService/StartUsageSession
 
 The gateway's side: a customer who pays and never comes back (the webhook arrives over HTTP,
@@ -179,7 +182,7 @@ checkout's completion sync completes the session):
 Renewals, cancellation and refunds (README.md, "Subscription lifecycle"):
   cargo run -q --bin billing-svc -- jobs run-once renewals      # renewal orders due within RENEWAL_LEAD_HOURS
   grpcurl -plaintext -H 'authorization: Bearer {b}' -d '{{"user_id":"alice"}}' {billing} billing.v1.BillingService/ListOrders
-  grpcurl -plaintext -H 'authorization: Bearer {a}' -d '{{"order_id":"<order_id>","amount_minor":0,"reason":"demo","refund_id":"demo-1"}}' \
+  grpcurl -plaintext -H 'authorization: Bearer {a}' -d '{{"order_id":"<order_id>","refund_all":true,"reason":"demo","refund_id":"demo-1"}}' \
       {billing} billing.v1.BillingService/RefundPayment
 
 Ctrl-C stops everything."#,

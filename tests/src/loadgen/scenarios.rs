@@ -77,6 +77,7 @@ pub async fn create_session(t: &Target, timing: &Timing) -> anyhow::Result<Repor
         let req = cpb::CreateSessionRequest {
             user_id: format!("lg-{tag}-{w}-{i}"),
             plan_id: if i % 2 == 0 { "pro-monthly" } else { "basic-monthly" }.into(),
+            ..Default::default()
         };
         async move { c.create_session(req).await.map(|_| ()) }
     })
@@ -231,9 +232,13 @@ pub async fn deduct(t: &Target, timing: &Timing, levels: &[usize], sessions: usi
             // create_orders names its users lg-<tag>-<i>; the hot user is lg-<tag>-0.
             let user = format!("lg-{tag}-{}", i / per_user);
             async move {
-                c.start_usage_session(bpb::StartUsageSessionRequest { user_id: user, kind: bpb::UsageKind::Text as i32 })
-                    .await
-                    .map(|r| r.into_inner().session.map(|s| s.id).unwrap_or_default())
+                c.start_usage_session(bpb::StartUsageSessionRequest {
+                    user_id: user,
+                    kind: bpb::UsageKind::Text as i32,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().session.map(|s| s.id).unwrap_or_default())
             }
         })
         .buffer_unordered(if hot { 1 } else { 32 })

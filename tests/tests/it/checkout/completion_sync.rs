@@ -159,7 +159,11 @@ async fn a_paid_but_unsynced_session_is_completed_not_sold_again() {
     let expired = app.create_session("twice", "pro-monthly").await;
     app.clock.advance(Duration::hours(25));
     capture_by_webhook(&mut app, &expired, "evt-twice").await;
-    let e = app.checkout.recover_session(cpb::RecoverSessionRequest { id: expired.id.clone() }).await.unwrap_err();
+    let e = app
+        .checkout
+        .recover_session(cpb::RecoverSessionRequest { id: expired.id.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert_eq!(app.get_session(&expired.id).await.status, SessionStatus::Completed as i32);
 

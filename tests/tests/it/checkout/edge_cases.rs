@@ -35,7 +35,7 @@ fn hex(s: impl AsRef<[u8]>) -> String {
 
 /// A CreateSession request with an idempotency key.
 fn keyed_create(user: &str, plan: &str, key: &str) -> tonic::Request<cpb::CreateSessionRequest> {
-    with_key(cpb::CreateSessionRequest { user_id: user.into(), plan_id: plan.into() }, key)
+    with_key(cpb::CreateSessionRequest { user_id: user.into(), plan_id: plan.into(), ..Default::default() }, key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -58,7 +58,11 @@ async fn create_completes_the_active_session_paid_at_billing_instead_of_invalida
     let created = app
         .checkout
         .clone()
-        .create_session(cpb::CreateSessionRequest { user_id: "payer".into(), plan_id: "basic-monthly".into() })
+        .create_session(cpb::CreateSessionRequest {
+            user_id: "payer".into(),
+            plan_id: "basic-monthly".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -204,12 +208,15 @@ async fn renew_finds_the_head_of_a_chain_of_70_replacements() {
     let mut head = first.clone();
     for i in 0..70 {
         let plan = if i % 2 == 0 { "basic-monthly" } else { "pro-monthly" };
-        let r = checkout.renew_session(cpb::RenewSessionRequest { id: head.id.clone(), plan_id: plan.into() }).await.unwrap();
+        let r = checkout
+            .renew_session(cpb::RenewSessionRequest { id: head.id.clone(), plan_id: plan.into(), ..Default::default() })
+            .await
+            .unwrap();
         head = r.into_inner().session.unwrap();
     }
     // The head's plan: the head itself.
     let same = checkout
-        .renew_session(cpb::RenewSessionRequest { id: first.id.clone(), plan_id: head.plan_id.clone() })
+        .renew_session(cpb::RenewSessionRequest { id: first.id.clone(), plan_id: head.plan_id.clone(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -217,7 +224,7 @@ async fn renew_finds_the_head_of_a_chain_of_70_replacements() {
     // Another plan: the head is replaced.
     let other = if head.plan_id == "pro-monthly" { "basic-monthly" } else { "pro-monthly" };
     let next = checkout
-        .renew_session(cpb::RenewSessionRequest { id: first.id.clone(), plan_id: other.into() })
+        .renew_session(cpb::RenewSessionRequest { id: first.id.clone(), plan_id: other.into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -334,7 +341,10 @@ async fn billing_stall_answers_unavailable_then_recovers_never_a_plan_limit_code
     let checkout = tests::checkout_client(&addr, tests::harness::SERVICE_TOKEN).unwrap();
     let create = |user: String| {
         let mut c = checkout.clone();
-        async move { c.create_session(cpb::CreateSessionRequest { user_id: user, plan_id: "pro-monthly".into() }).await }
+        async move {
+            c.create_session(cpb::CreateSessionRequest { user_id: user, plan_id: "pro-monthly".into(), ..Default::default() })
+                .await
+        }
     };
     create("warm-up".into()).await.unwrap();
 

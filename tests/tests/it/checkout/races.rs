@@ -17,7 +17,14 @@ async fn race_50_concurrent_creates_for_one_user_leave_exactly_one_active() {
     let app = spawn_app().await;
     let calls = (0..50).map(|_| {
         let mut c = app.checkout.clone();
-        async move { c.create_session(cpb::CreateSessionRequest { user_id: "racer".into(), plan_id: "pro-monthly".into() }).await }
+        async move {
+            c.create_session(cpb::CreateSessionRequest {
+                user_id: "racer".into(),
+                plan_id: "pro-monthly".into(),
+                ..Default::default()
+            })
+            .await
+        }
     });
     let results = join_all(calls).await;
     for r in &results {
@@ -39,11 +46,14 @@ async fn race_50_concurrent_creates_for_one_user_leave_exactly_one_active() {
 async fn race_concurrent_renews_of_one_session_agree() {
     let app = spawn_app().await;
     let a = app.create_session("renewer", "pro-monthly").await;
-    let calls = (0..20).map(|_| {
-        let mut c = app.checkout.clone();
-        let id = a.id.clone();
-        async move { c.renew_session(cpb::RenewSessionRequest { id, plan_id: "basic-monthly".into() }).await }
-    });
+    let calls =
+        (0..20).map(|_| {
+            let mut c = app.checkout.clone();
+            let id = a.id.clone();
+            async move {
+                c.renew_session(cpb::RenewSessionRequest { id, plan_id: "basic-monthly".into(), ..Default::default() }).await
+            }
+        });
     let ids: Vec<String> = join_all(calls).await.into_iter().map(|r| r.unwrap().into_inner().session.unwrap().id).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "every renew returns the same new session: {ids:?}");
     let mut db = app.checkout_db().await;
@@ -62,7 +72,7 @@ async fn race_concurrent_recovers_create_one_session() {
     let calls = (0..20).map(|_| {
         let mut c = app.checkout.clone();
         let id = a.id.clone();
-        async move { c.recover_session(cpb::RecoverSessionRequest { id }).await }
+        async move { c.recover_session(cpb::RecoverSessionRequest { id, ..Default::default() }).await }
     });
     let ids: Vec<String> = join_all(calls).await.into_iter().map(|r| r.unwrap().into_inner().session.unwrap().id).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
@@ -107,10 +117,13 @@ async fn race_renew_recover_complete_on_one_session_stay_consistent() {
         futs.push(Box::pin(async move {
             match i % 3 {
                 0 => c
-                    .renew_session(cpb::RenewSessionRequest { id, plan_id: "basic-monthly".into() })
+                    .renew_session(cpb::RenewSessionRequest { id, plan_id: "basic-monthly".into(), ..Default::default() })
                     .await
                     .map(|r| r.into_inner().session.map(|s| s.id)),
-                1 => c.recover_session(cpb::RecoverSessionRequest { id }).await.map(|r| r.into_inner().session.map(|s| s.id)),
+                1 => c
+                    .recover_session(cpb::RecoverSessionRequest { id, ..Default::default() })
+                    .await
+                    .map(|r| r.into_inner().session.map(|s| s.id)),
                 _ => c
                     .complete_session(cpb::CompleteSessionRequest { id, payment_id: p, signature: sig })
                     .await
@@ -188,7 +201,7 @@ async fn race_two_cleanup_runs_at_once_count_like_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_replay_returns_the_identical_response() {
     let mut app = spawn_app().await;
-    let req = cpb::CreateSessionRequest { user_id: "idem".into(), plan_id: "pro-monthly".into() };
+    let req = cpb::CreateSessionRequest { user_id: "idem".into(), plan_id: "pro-monthly".into(), ..Default::default() };
     let first = app.checkout.create_session(with_key(req.clone(), "key-1")).await.unwrap().into_inner();
     app.clock.advance(Duration::minutes(5));
     let second = app.checkout.create_session(with_key(req.clone(), "key-1")).await.unwrap().into_inner();
@@ -203,7 +216,9 @@ async fn idempotency_replay_returns_the_identical_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_key_reused_with_another_request_is_invalid_argument() {
     let mut app = spawn_app().await;
-    let req = |plan: &str| with_key(cpb::CreateSessionRequest { user_id: "idem2".into(), plan_id: plan.into() }, "same-key");
+    let req = |plan: &str| {
+        with_key(cpb::CreateSessionRequest { user_id: "idem2".into(), plan_id: plan.into(), ..Default::default() }, "same-key")
+    };
     app.checkout.create_session(req("pro-monthly")).await.unwrap();
     let e = app.checkout.create_session(req("basic-monthly")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -227,7 +242,10 @@ async fn idempotency_same_key_in_flight_is_aborted() {
     .unwrap();
     let e = app
         .checkout
-        .create_session(with_key(cpb::CreateSessionRequest { user_id: "idem3".into(), plan_id: "pro-monthly".into() }, "busy"))
+        .create_session(with_key(
+            cpb::CreateSessionRequest { user_id: "idem3".into(), plan_id: "pro-monthly".into(), ..Default::default() },
+            "busy",
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Aborted, "{e:?}");
@@ -240,7 +258,7 @@ async fn idempotency_same_key_in_flight_is_aborted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_keys_are_purged_after_24h() {
     let mut app = spawn_app().await;
-    let req = cpb::CreateSessionRequest { user_id: "idem4".into(), plan_id: "pro-monthly".into() };
+    let req = cpb::CreateSessionRequest { user_id: "idem4".into(), plan_id: "pro-monthly".into(), ..Default::default() };
     app.checkout.create_session(with_key(req, "k")).await.unwrap();
     let mut db = app.checkout_db().await;
     checkout_svc::jobs::run_once(&app.checkout_app, "purge-idempotency-keys").await.unwrap();
@@ -253,7 +271,7 @@ async fn idempotency_keys_are_purged_after_24h() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_reused_after_its_record_was_purged_returns_the_same_session() {
     let mut app = spawn_app().await;
-    let req = cpb::CreateSessionRequest { user_id: "idem5".into(), plan_id: "pro-monthly".into() };
+    let req = cpb::CreateSessionRequest { user_id: "idem5".into(), plan_id: "pro-monthly".into(), ..Default::default() };
     let first = app.checkout.create_session(with_key(req.clone(), "old-key")).await.unwrap().into_inner().session.unwrap();
     app.clock.advance(Duration::hours(25));
     checkout_svc::jobs::run_once(&app.checkout_app, "purge-idempotency-keys").await.unwrap();

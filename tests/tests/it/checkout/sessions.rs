@@ -90,7 +90,7 @@ async fn expired_then_recover_then_complete() {
     assert!(e.get_error_details().precondition_failure().is_some());
     let r = app
         .checkout
-        .recover_session(cpb::RecoverSessionRequest { id: a.id.clone() })
+        .recover_session(cpb::RecoverSessionRequest { id: a.id.clone(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -101,7 +101,7 @@ async fn expired_then_recover_then_complete() {
     assert_eq!(r.expires_at.unwrap().seconds - r.created_at.unwrap().seconds, 24 * 3600);
     let r2 = app
         .checkout
-        .recover_session(cpb::RecoverSessionRequest { id: a.id.clone() })
+        .recover_session(cpb::RecoverSessionRequest { id: a.id.clone(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -111,7 +111,8 @@ async fn expired_then_recover_then_complete() {
     let (p, sig) = app.pay(&r.order_id);
     assert_eq!(status(&app.complete(&r.id, &p, &sig).await.unwrap().session.unwrap()), SessionStatus::Completed);
     // A completed session cannot be recovered.
-    let e = app.checkout.recover_session(cpb::RecoverSessionRequest { id: r.id.clone() }).await.unwrap_err();
+    let e =
+        app.checkout.recover_session(cpb::RecoverSessionRequest { id: r.id.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert_eq!(e.get_error_details().precondition_failure().unwrap().violations[0].r#type, "SESSION_COMPLETED");
 }
@@ -121,7 +122,8 @@ async fn recover_refuses_sessions_older_than_seven_days() {
     let mut app = spawn_app().await;
     let a = app.create_session("dave", "basic-monthly").await;
     app.clock.advance(Duration::days(8));
-    let e = app.checkout.recover_session(cpb::RecoverSessionRequest { id: a.id.clone() }).await.unwrap_err();
+    let e =
+        app.checkout.recover_session(cpb::RecoverSessionRequest { id: a.id.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert_eq!(e.get_error_details().precondition_failure().unwrap().violations[0].r#type, "SESSION_TOO_OLD");
 }
@@ -131,9 +133,20 @@ async fn unknown_ids_are_not_found_and_malformed_ids_invalid_argument() {
     let mut app = spawn_app().await;
     let unknown = uuid::Uuid::new_v4().to_string();
     assert_eq!(code(app.checkout.get_session(cpb::GetSessionRequest { id: unknown.clone() }).await), Code::NotFound);
-    assert_eq!(code(app.checkout.recover_session(cpb::RecoverSessionRequest { id: unknown.clone() }).await), Code::NotFound);
     assert_eq!(
-        code(app.checkout.renew_session(cpb::RenewSessionRequest { id: unknown.clone(), plan_id: "pro-monthly".into() }).await),
+        code(app.checkout.recover_session(cpb::RecoverSessionRequest { id: unknown.clone(), ..Default::default() }).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            app.checkout
+                .renew_session(cpb::RenewSessionRequest {
+                    id: unknown.clone(),
+                    plan_id: "pro-monthly".into(),
+                    ..Default::default()
+                })
+                .await
+        ),
         Code::NotFound
     );
     assert_eq!(code(app.complete(&unknown, "pay_x", "00").await), Code::NotFound);
@@ -216,7 +229,11 @@ async fn bad_input_gets_precise_statuses_and_writes_nothing() {
     let cases: Vec<(Result<_, tonic::Status>, Code, &str)> = vec![
         (
             app.checkout
-                .create_session(cpb::CreateSessionRequest { user_id: String::new(), plan_id: "pro-monthly".into() })
+                .create_session(cpb::CreateSessionRequest {
+                    user_id: String::new(),
+                    plan_id: "pro-monthly".into(),
+                    ..Default::default()
+                })
                 .await
                 .map(|_| ()),
             Code::InvalidArgument,
@@ -224,7 +241,11 @@ async fn bad_input_gets_precise_statuses_and_writes_nothing() {
         ),
         (
             app.checkout
-                .create_session(cpb::CreateSessionRequest { user_id: long.clone(), plan_id: "pro-monthly".into() })
+                .create_session(cpb::CreateSessionRequest {
+                    user_id: long.clone(),
+                    plan_id: "pro-monthly".into(),
+                    ..Default::default()
+                })
                 .await
                 .map(|_| ()),
             Code::InvalidArgument,
@@ -232,7 +253,7 @@ async fn bad_input_gets_precise_statuses_and_writes_nothing() {
         ),
         (
             app.checkout
-                .create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: String::new() })
+                .create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: String::new(), ..Default::default() })
                 .await
                 .map(|_| ()),
             Code::InvalidArgument,
@@ -240,7 +261,11 @@ async fn bad_input_gets_precise_statuses_and_writes_nothing() {
         ),
         (
             app.checkout
-                .create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "no-such-plan".into() })
+                .create_session(cpb::CreateSessionRequest {
+                    user_id: "u".into(),
+                    plan_id: "no-such-plan".into(),
+                    ..Default::default()
+                })
                 .await
                 .map(|_| ()),
             Code::NotFound,
@@ -248,7 +273,7 @@ async fn bad_input_gets_precise_statuses_and_writes_nothing() {
         ),
         (
             app.checkout
-                .create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "free".into() })
+                .create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "free".into(), ..Default::default() })
                 .await
                 .map(|_| ()),
             Code::FailedPrecondition,
@@ -256,7 +281,11 @@ async fn bad_input_gets_precise_statuses_and_writes_nothing() {
         ),
         (
             app.checkout
-                .renew_session(cpb::RenewSessionRequest { id: "nope".into(), plan_id: "pro-monthly".into() })
+                .renew_session(cpb::RenewSessionRequest {
+                    id: "nope".into(),
+                    plan_id: "pro-monthly".into(),
+                    ..Default::default()
+                })
                 .await
                 .map(|_| ()),
             Code::InvalidArgument,
@@ -312,7 +341,11 @@ async fn billing_unreachable_means_unavailable_and_no_half_made_session() {
     app.stop_billing().await;
     let e = app
         .checkout
-        .create_session(cpb::CreateSessionRequest { user_id: "offline".into(), plan_id: "pro-monthly".into() })
+        .create_session(cpb::CreateSessionRequest {
+            user_id: "offline".into(),
+            plan_id: "pro-monthly".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");

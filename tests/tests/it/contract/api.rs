@@ -39,6 +39,7 @@ async fn service_token_on_admin_rpc_is_permission_denied() {
             amount_minor: 0,
             reason: "not mine to give".into(),
             refund_id: "service-refund".into(),
+            refund_all: true,
         };
         let e = caller.refund_payment(refund).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");

@@ -83,12 +83,14 @@ async fn verify(app: &TestApp, order_id: &str, payment_id: &str, signature: &str
     app.billing.clone().verify_payment(r).await.map(|r| r.into_inner())
 }
 
+/// RefundPayment; `amount` 0 refunds all that is left (refund_all).
 async fn refund(app: &TestApp, order_id: &str, amount: i64, refund_id: &str) -> Result<bpb::RefundPaymentResponse, Status> {
     let r = bpb::RefundPaymentRequest {
         order_id: order_id.into(),
         amount_minor: amount,
         reason: "test".into(),
         refund_id: refund_id.into(),
+        refund_all: amount == 0,
     };
     app.billing_admin.clone().refund_payment(r).await.map(|r| r.into_inner())
 }
@@ -121,17 +123,19 @@ async fn walk_the_plain_paths(w: &mut Walk) {
     w.saw(R::AdminRequired, "RunReconciliation with a service token", r);
 
     // Checkout sessions.
-    let r = c.create_session(cpb::CreateSessionRequest { user_id: "free-rider".into(), plan_id: "free".into() }).await;
+    let r = c
+        .create_session(cpb::CreateSessionRequest { user_id: "free-rider".into(), plan_id: "free".into(), ..Default::default() })
+        .await;
     let s = w.saw(R::PlanNotPurchasable, "CreateSession(free)", r);
     assert!(s.get_error_details().precondition_failure().is_some(), "PreconditionFailure is still there");
     let key = "walk-key";
-    let first = cpb::CreateSessionRequest { user_id: "keyed".into(), plan_id: "basic-monthly".into() };
+    let first = cpb::CreateSessionRequest { user_id: "keyed".into(), plan_id: "basic-monthly".into(), ..Default::default() };
     c.create_session(with_key(first, key)).await.unwrap();
-    let other = cpb::CreateSessionRequest { user_id: "keyed".into(), plan_id: "pro-monthly".into() };
+    let other = cpb::CreateSessionRequest { user_id: "keyed".into(), plan_id: "pro-monthly".into(), ..Default::default() };
     w.saw(R::IdempotencyKeyReused, "CreateSession, same key, other request", c.create_session(with_key(other, key)).await);
 
     let active = app.create_session("walker", "basic-monthly").await;
-    let r = c.recover_session(cpb::RecoverSessionRequest { id: active.id.clone() }).await;
+    let r = c.recover_session(cpb::RecoverSessionRequest { id: active.id.clone(), ..Default::default() }).await;
     w.saw(R::SessionActive, "RecoverSession(active)", r);
     let (payment_id, sig) = app.pay(&active.order_id);
     let (first_payment, first_sig) = app.pay(&active.order_id);
@@ -145,7 +149,7 @@ async fn walk_the_plain_paths(w: &mut Walk) {
     app.clock.advance(chrono::Duration::hours(25));
     w.saw(R::SessionNotActive, "RenewSession(expired)", app.renew(&lapsing.id, "pro-monthly").await);
     app.clock.advance(chrono::Duration::days(7));
-    let r = c.recover_session(cpb::RecoverSessionRequest { id: lapsing.id.clone() }).await;
+    let r = c.recover_session(cpb::RecoverSessionRequest { id: lapsing.id.clone(), ..Default::default() }).await;
     w.saw(R::SessionTooOld, "RecoverSession(8 days old)", r);
 
     // Orders.
@@ -219,8 +223,12 @@ async fn walk_the_plain_paths(w: &mut Walk) {
     // Subscriptions.
     let first = app.subscribe("switcher", "basic-monthly").await;
     app.subscribe("switcher", "pro-monthly").await;
-    let cancel =
-        |id: &str, user: &str| bpb::CancelSubscriptionRequest { id: id.into(), user_id: user.into(), at_period_end: false };
+    let cancel = |id: &str, user: &str| bpb::CancelSubscriptionRequest {
+        id: id.into(),
+        user_id: user.into(),
+        policy: bpb::CancellationPolicy::Immediately as i32,
+        ..Default::default()
+    };
     w.saw(R::SubscriptionEnded, "CancelSubscription(replaced)", b.cancel_subscription(cancel(&first.id, "switcher")).await);
     let usage = app.start_usage("freebie", bpb::UsageKind::Text).await.unwrap();
     w.saw(R::FreePlan, "CancelSubscription(free)", b.cancel_subscription(cancel(&usage.subscription_id, "freebie")).await);
@@ -254,6 +262,7 @@ async fn walk_the_plain_paths(w: &mut Walk) {
                 amount_minor: 100,
                 reason: "t".into(),
                 refund_id: "r-held".into(),
+                refund_all: false,
             };
             admin.refund_payment(r).await
         })
@@ -327,8 +336,9 @@ async fn walk_billing_failures(w: &mut Walk) {
     let task = tokio::spawn(checkout_svc::serve(cfg, app.checkout_db_url.clone(), listener, app.clock.clone(), shutdown.clone()));
     wait_serving(&addr, proto::CHECKOUT_SERVICE_NAME).await.unwrap();
     let mut misconfigured = checkout_client(&addr, SERVICE_TOKEN).unwrap();
-    let r =
-        misconfigured.create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "basic-monthly".into() }).await;
+    let r = misconfigured
+        .create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "basic-monthly".into(), ..Default::default() })
+        .await;
     let s = w.saw(R::InternalError, "CreateSession through a checkout billing refuses", r);
     // The trace id is empty unless a tracer is installed; the key is there.
     let has_trace_id = s.get_error_details().error_info().is_some_and(|i| i.metadata.contains_key("trace_id"));
@@ -339,7 +349,9 @@ async fn walk_billing_failures(w: &mut Walk) {
 
     app.stop_billing().await;
     let mut c = app.checkout.clone();
-    let r = c.create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "basic-monthly".into() }).await;
+    let r = c
+        .create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "basic-monthly".into(), ..Default::default() })
+        .await;
     let s = w.saw(R::BillingUnavailable, "CreateSession(billing down)", r);
     assert!(!Walk::metadata(&s, "billing_code").is_empty(), "{s:?}");
 }

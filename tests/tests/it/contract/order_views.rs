@@ -20,6 +20,7 @@ async fn seed(app: &TestApp) -> (bpb::Order, bpb::Order) {
             amount_minor: 100,
             reason: "goodwill".into(),
             refund_id: "views-refund".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -91,7 +91,11 @@ async fn pooled_connections_the_server_closed_are_replaced_without_failing_calls
     // Several connections in billing's pool: concurrent calls each hold one.
     let warm = (0..8).map(|i| {
         let mut b = app.billing.clone();
-        let req = bpb::StartUsageSessionRequest { user_id: format!("warm-{i}"), kind: bpb::UsageKind::Text as i32 };
+        let req = bpb::StartUsageSessionRequest {
+            user_id: format!("warm-{i}"),
+            kind: bpb::UsageKind::Text as i32,
+            ..Default::default()
+        };
         async move { b.start_usage_session(req).await }
     });
     for r in futures::future::join_all(warm).await {

@@ -59,7 +59,11 @@ async fn reconciliation_finds_each_inconsistency_fixes_it_and_then_finds_nothing
     .await;
     // 6. A usage session stuck ACTIVE.
     app.billing
-        .start_usage_session(bpb::StartUsageSessionRequest { user_id: "r-stuck".into(), kind: bpb::UsageKind::Call as i32 })
+        .start_usage_session(bpb::StartUsageSessionRequest {
+            user_id: "r-stuck".into(),
+            kind: bpb::UsageKind::Call as i32,
+            ..Default::default()
+        })
         .await
         .unwrap();
     app.clock.advance(Duration::hours(25));

@@ -6,9 +6,11 @@
 //! so only billing's one-caller claim and look-up keep refunds single.
 //!
 //! RefundPayment's own rules (the sum of refunds, errors, webhooks settling
-//! pending refunds) are in `refund_payment`.
+//! pending refunds) are in `refund_payment`; `refund_all` against the
+//! zero amount that used to mean everything.
 mod discrepancies;
 mod one_caller;
+mod refund_all;
 mod refund_payment;
 mod webhooks;
 
@@ -23,12 +25,15 @@ use tests::{
 };
 use tonic::{Code, Status};
 
+/// A RefundPayment request; `amount_minor` 0 asks for all that is left
+/// (refund_all), any other amount for exactly that.
 pub(crate) fn request(order_id: &str, amount_minor: i64, refund_id: &str) -> bpb::RefundPaymentRequest {
     bpb::RefundPaymentRequest {
         order_id: order_id.into(),
         amount_minor,
         reason: "customer asked".into(),
         refund_id: refund_id.into(),
+        refund_all: amount_minor == 0,
     }
 }
 

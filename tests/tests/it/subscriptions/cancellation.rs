@@ -18,20 +18,25 @@ async fn cancelling_at_period_end_ends_it_then_and_falls_back_to_free() {
     let app = spawn_app().await;
     let sub = subscribe_with_saved_card(&app, "leaver", "basic-monthly").await;
     let end = ts(&sub.period_end);
-    let cancel = |at_period_end: bool| {
+    let cancel = |policy: bpb::CancellationPolicy| {
         let mut b = app.billing.clone();
         let id = sub.id.clone();
         async move {
-            b.cancel_subscription(bpb::CancelSubscriptionRequest { id, user_id: "leaver".into(), at_period_end })
-                .await
-                .map(|r| r.into_inner())
+            b.cancel_subscription(bpb::CancelSubscriptionRequest {
+                id,
+                user_id: "leaver".into(),
+                policy: policy as i32,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
         }
     };
-    let first = cancel(true).await.unwrap();
+    let first = cancel(bpb::CancellationPolicy::AtPeriodEnd).await.unwrap();
     let s = first.subscription.unwrap();
     assert!(!first.replayed && s.cancel_at_period_end);
     assert_eq!((s.status, s.credits_remaining), (bpb::SubscriptionStatus::Active as i32, 300));
-    assert!(cancel(true).await.unwrap().replayed, "a repeat replays");
+    assert!(cancel(bpb::CancellationPolicy::AtPeriodEnd).await.unwrap().replayed, "a repeat replays");
 
     app.clock.set(end - Duration::hours(24));
     assert!(app.run_job("renewals").await.contains("0 renewal orders created, 0 charges captured"));
@@ -45,7 +50,7 @@ async fn cancelling_at_period_end_ends_it_then_and_falls_back_to_free() {
     let ended = app.subscription(&sub.id).await;
     assert_eq!((ended.status, ended.credits_remaining), (bpb::SubscriptionStatus::Cancelled as i32, 0));
     assert_eq!(ts(&ended.ended_at), end);
-    assert!(cancel(false).await.unwrap().replayed, "cancelling a cancelled one replays");
+    assert!(cancel(bpb::CancellationPolicy::Immediately).await.unwrap().replayed, "cancelling a cancelled one replays");
     let mut db = app.billing_db().await;
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE renews_subscription_id IS NOT NULL").await, 0);
     assert_ledger_matches_balances(&mut db).await;
@@ -63,7 +68,12 @@ async fn cancelling_now_forfeits_the_credits_through_the_ledger() {
     app.run_job("renewals").await;
     let renewal = app.subscription(&sub.id).await.renewal_order_id;
     let mut b = app.billing.clone();
-    let req = |id: &str, user: &str| bpb::CancelSubscriptionRequest { id: id.into(), user_id: user.into(), at_period_end: false };
+    let req = |id: &str, user: &str| bpb::CancelSubscriptionRequest {
+        id: id.into(),
+        user_id: user.into(),
+        policy: bpb::CancellationPolicy::Immediately as i32,
+        ..Default::default()
+    };
 
     assert_eq!(b.cancel_subscription(req(&sub.id, "someone-else")).await.unwrap_err().code(), Code::NotFound);
     let unknown = uuid::Uuid::new_v4().to_string();
@@ -111,7 +121,9 @@ async fn a_renewal_payment_racing_a_cancellation_is_either_captured_or_a_discrep
         let cancel = b2.cancel_subscription(bpb::CancelSubscriptionRequest {
             id: sub.id.clone(),
             user_id: user.clone(),
-            at_period_end: round % 2 == 0,
+            policy: if round % 2 == 0 { bpb::CancellationPolicy::AtPeriodEnd } else { bpb::CancellationPolicy::Immediately }
+                as i32,
+            ..Default::default()
         });
         let (paid, cancelled) = tokio::join!(pay, cancel);
         cancelled.unwrap();

@@ -4,6 +4,7 @@
 //! with retries, PAST_DUE and expiry, cancellation and reopening. Time moves
 //! by the injected clock; the jobs run by hand. Refunds are in `refunds`.
 mod cancellation;
+mod cancellation_policy;
 mod expiry;
 mod renewal_charges;
 mod reopening;

@@ -105,6 +105,7 @@ async fn past_due_with_pending_refund(
             amount_minor: 0,
             reason: "customer asked".into(),
             refund_id: refund_id.clone(),
+            refund_all: true,
         })
         .await;
     match r {

@@ -48,7 +48,11 @@ async fn rollover_opens_the_next_period_exactly_once() {
     // Spend some credits in the first period.
     let us = app
         .billing
-        .start_usage_session(bpb::StartUsageSessionRequest { user_id: "roller".into(), kind: bpb::UsageKind::Text as i32 })
+        .start_usage_session(bpb::StartUsageSessionRequest {
+            user_id: "roller".into(),
+            kind: bpb::UsageKind::Text as i32,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -1,5 +1,6 @@
 //! Helpers shared by more than one area.
 pub(crate) mod guards;
+pub(crate) mod lost_response;
 
 use tonic_types::StatusExt;
 

@@ -237,8 +237,11 @@ async fn bad_usage_input_gets_precise_statuses_and_writes_nothing() {
     no_id.deduction_id = String::new();
     assert_eq!(app.billing.deduct(no_id).await.unwrap_err().code(), Code::InvalidArgument);
     for kind in [0, 99] {
-        let e =
-            app.billing.start_usage_session(bpb::StartUsageSessionRequest { user_id: "badu".into(), kind }).await.unwrap_err();
+        let e = app
+            .billing
+            .start_usage_session(bpb::StartUsageSessionRequest { user_id: "badu".into(), kind, ..Default::default() })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert_eq!(e.get_error_details().bad_request().unwrap().field_violations[0].field, "kind");
     }

@@ -148,7 +148,7 @@ async fn guard_idempotency_key_of_another_users_start_usage_session_is_refused()
     let app = spawn_app().await;
     let start = |user: &str| {
         let mut b = app.billing.clone();
-        let req = bpb::StartUsageSessionRequest { user_id: user.into(), kind: UsageKind::Text as i32 };
+        let req = bpb::StartUsageSessionRequest { user_id: user.into(), kind: UsageKind::Text as i32, ..Default::default() };
         async move { b.start_usage_session(with_key(req, "shared-usage-key")).await.map(|r| r.into_inner().session.unwrap()) }
     };
     let first = start("alice").await.unwrap();

@@ -101,3 +101,32 @@ async fn concurrent_starts_never_overshoot_the_session_limit() {
         assert_eq!(quota(r.as_ref().unwrap_err()).0, "SESSION_LIMIT_EXCEEDED");
     }
 }
+
+/// PlanLimits states "unlimited" explicitly; the deprecated int fields stay
+/// filled as before for older readers (0 = unlimited sessions or minutes,
+/// but 0 upload bytes = no uploads). Pro has unlimited sessions; uploads are
+/// never unlimited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_limits_state_unlimited_explicitly_beside_the_legacy_zeros() {
+    let mut app = spawn_app().await;
+    let plans = app.billing.list_plans(bpb::ListPlansRequest::default()).await.unwrap().into_inner().plans;
+    let limits = |id: &str| plans.iter().find(|p| p.id == id).and_then(|p| p.limits).unwrap();
+    let limit = |l: Option<bpb::Limit>| l.map(|l| (l.unlimited, l.max)).unwrap();
+
+    let pro = limits("pro-monthly");
+    assert_eq!((pro.max_sessions_per_period, pro.max_minutes_per_period, pro.max_upload_bytes), (0, 3000, 1 << 30));
+    assert_eq!(limit(pro.sessions_per_period), (true, 0), "pro: unlimited sessions");
+    assert_eq!(limit(pro.minutes_per_period), (false, 3000));
+    assert_eq!(limit(pro.upload_bytes), (false, 1 << 30));
+
+    let free = limits("free");
+    assert_eq!((free.max_sessions_per_period, free.max_minutes_per_period, free.max_upload_bytes), (5, 60, 10 << 20));
+    assert_eq!((limit(free.sessions_per_period), limit(free.minutes_per_period)), ((false, 5), (false, 60)));
+
+    // A plan that forbids uploads says max 0, not unlimited.
+    let mut db = app.billing_db().await;
+    tests::helpers::exec(&mut db, "UPDATE plans SET max_upload_bytes = 0 WHERE id = 'free'").await;
+    let u = app.billing.get_usage(bpb::GetUsageRequest { user_id: "no-uploads".into() }).await.unwrap().into_inner();
+    let l = u.usage.unwrap().limits.unwrap();
+    assert_eq!((l.max_upload_bytes, limit(l.upload_bytes)), (0, (false, 0)));
+}

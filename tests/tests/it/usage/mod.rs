@@ -5,7 +5,8 @@
 //! `limits`: plan limits per period; `charging`: ticks, ends and Deducts
 //! under concurrency, and what they leave in the ledger; `deduct_batch`:
 //! group commit of Deducts; `balances`: a charge racing a purchase, and
-//! reads beside a writer; `guards`: one test per defence.
+//! reads beside a writer; `request_ids`: StartUsageSession's request_id
+//! and the deprecated header; `guards`: one test per defence.
 use std::collections::HashMap;
 
 use chrono::{Duration, TimeZone, Utc};
@@ -23,6 +24,7 @@ mod charging;
 mod deduct_batch;
 mod guards;
 mod limits;
+mod request_ids;
 
 /// The reason and metadata of a RESOURCE_EXHAUSTED answer (a plan limit),
 /// which must carry a QuotaFailure.

@@ -29,7 +29,7 @@ async fn order(app: &TestApp, id: &str) -> bpb::Order {
 
 async fn recover(app: &TestApp, id: &str) -> Result<cpb::RecoverSessionResponse, tonic::Status> {
     let mut c = app.checkout.clone();
-    c.recover_session(cpb::RecoverSessionRequest { id: id.into() }).await.map(|r| r.into_inner())
+    c.recover_session(cpb::RecoverSessionRequest { id: id.into(), ..Default::default() }).await.map(|r| r.into_inner())
 }
 
 async fn sync(app: &TestApp) -> String {

@@ -117,9 +117,11 @@ async fn racing_creates_and_renews_keep_one_active_session_and_cancel_every_reti
         async move {
             let plan = plans[i % 2].to_owned();
             let r = if i % 3 == 0 {
-                c.renew_session(cpb::RenewSessionRequest { id: first, plan_id: plan }).await.map(|_| ())
+                c.renew_session(cpb::RenewSessionRequest { id: first, plan_id: plan, ..Default::default() }).await.map(|_| ())
             } else {
-                c.create_session(cpb::CreateSessionRequest { user_id: user.into(), plan_id: plan }).await.map(|_| ())
+                c.create_session(cpb::CreateSessionRequest { user_id: user.into(), plan_id: plan, ..Default::default() })
+                    .await
+                    .map(|_| ())
             };
             match r {
                 Ok(()) => Ok(()),

@@ -53,7 +53,7 @@ async fn two_tabs_changing_plan_at_once_withdraw_the_losers_order_and_the_winner
     let mut holder = hold_users(&app, &[user]).await;
     let calls = [("tab-1", "pro-monthly"), ("tab-2", "team-monthly")].map(|(key, plan)| {
         let mut c = app.checkout.clone();
-        let req = cpb::RenewSessionRequest { id: s0.id.clone(), plan_id: plan.into() };
+        let req = cpb::RenewSessionRequest { id: s0.id.clone(), plan_id: plan.into(), ..Default::default() };
         tokio::spawn(async move { c.renew_session(tests::clients::with_key(req, key)).await.map(|r| r.into_inner()) })
     });
     let mut observer = app.checkout_db().await;
@@ -99,7 +99,7 @@ async fn a_start_refused_after_billing_made_its_order_leaves_the_users_checkout_
     let mut second = hold_users(&app, &[user]).await;
     let call = |u: &str| {
         let mut c = app.checkout.clone();
-        let req = cpb::CreateSessionRequest { user_id: u.into(), plan_id: "pro-monthly".into() };
+        let req = cpb::CreateSessionRequest { user_id: u.into(), plan_id: "pro-monthly".into(), ..Default::default() };
         tokio::spawn(async move { c.create_session(tests::clients::with_key(req, "shared-key")).await.map(|r| r.into_inner()) })
     };
     // The other user's request claims the key first, then this user's
@@ -138,7 +138,7 @@ async fn create_without_connection(app: &TestApp, user: &str, key: Option<&str>)
     exec(&mut orders_held, "LOCK TABLE orders IN EXCLUSIVE MODE").await;
     let start = {
         let mut c = app.checkout.clone();
-        let req = cpb::CreateSessionRequest { user_id: user.into(), plan_id: "pro-monthly".into() };
+        let req = cpb::CreateSessionRequest { user_id: user.into(), plan_id: "pro-monthly".into(), ..Default::default() };
         let req = match key {
             Some(k) => tests::clients::with_key(req, k),
             None => tonic::Request::new(req),
@@ -154,7 +154,11 @@ async fn create_without_connection(app: &TestApp, user: &str, key: Option<&str>)
     exec(&mut keys_held, "LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE").await;
     let other = {
         let mut c = app.checkout.clone();
-        let req = cpb::CreateSessionRequest { user_id: format!("pool-holder-{user}"), plan_id: "basic-monthly".into() };
+        let req = cpb::CreateSessionRequest {
+            user_id: format!("pool-holder-{user}"),
+            plan_id: "basic-monthly".into(),
+            ..Default::default()
+        };
         tokio::spawn(async move { c.create_session(tests::clients::with_key(req, "holder")).await.map(|r| r.into_inner()) })
     };
     let mut checkout_observer = app.checkout_db().await;
@@ -201,7 +205,7 @@ async fn a_keyed_start_that_finds_no_connection_keeps_its_order_for_the_retry() 
     let kept = open_orders(&app, user).await;
     assert_eq!(kept.len(), 2, "kept for the retry: {kept:?}");
 
-    let req = cpb::CreateSessionRequest { user_id: user.into(), plan_id: "pro-monthly".into() };
+    let req = cpb::CreateSessionRequest { user_id: user.into(), plan_id: "pro-monthly".into(), ..Default::default() };
     let s1 = app.checkout.clone().create_session(tests::clients::with_key(req, "retry-me")).await.unwrap().into_inner();
     let s1 = s1.session.unwrap();
     assert!(kept.contains(&s1.order_id) && s1.order_id != s0.order_id, "the retry stores the kept order");
@@ -226,7 +230,9 @@ async fn a_recovery_refused_after_billing_made_its_order_withdraws_it() {
     let recovery = {
         let mut c = app.checkout.clone();
         let id = s0.id.clone();
-        tokio::spawn(async move { c.recover_session(cpb::RecoverSessionRequest { id }).await.map(|r| r.into_inner()) })
+        tokio::spawn(async move {
+            c.recover_session(cpb::RecoverSessionRequest { id, ..Default::default() }).await.map(|r| r.into_inner())
+        })
     };
     let mut observer = app.checkout_db().await;
     assert!(
