@@ -154,7 +154,7 @@ pub struct Config {
     /// Comma-separated bearer tokens of callers, checkout's included (required by serve).
     #[arg(long = "billing-auth-tokens", env = "BILLING_AUTH_TOKENS", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret_list)]
     pub auth_tokens: std::vec::Vec<Secret>,
-    /// Comma-separated admin bearer tokens (RunReconciliation, GetUsageStats).
+    /// Comma-separated admin bearer tokens (RunReconciliation, ListFindings, GetUsageStats).
     #[arg(long = "billing-admin-tokens", env = "BILLING_ADMIN_TOKENS", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret_list)]
     pub admin_tokens: std::vec::Vec<Secret>,
     #[command(flatten)]

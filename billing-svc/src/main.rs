@@ -204,10 +204,14 @@ async fn sandbox_pay(
         .map_err(|e| anyhow::anyhow!("cannot reach billing at {endpoint} (BILLING_ENDPOINT): {e}"))?;
     let budget = shared::client::Budget::new(std::time::Duration::from_secs(10));
     let found = client
-        .batch_get_orders(
-            budget
-                .request(pb::BatchGetOrdersRequest { order_ids: vec![order_id.to_owned()], checkout_session_ids: vec![] }, token),
-        )
+        .batch_get_orders(budget.request(
+            pb::BatchGetOrdersRequest {
+                order_ids: vec![order_id.to_owned()],
+                checkout_session_ids: vec![],
+                ..Default::default()
+            },
+            token,
+        ))
         .await?
         .into_inner();
     let order = found.orders.first().ok_or_else(|| anyhow::anyhow!("order {order_id} not found at billing"))?;

@@ -30,8 +30,28 @@ pub struct Plan {
     pub active: bool,
 }
 
-pub async fn list(conn: &mut Conn) -> Result<Vec<Plan>> {
-    Ok(plans::table.select(Plan::as_select()).order((plans::price_minor, plans::id)).load(conn).await?)
+/// A page of plans by (price, id), after the given (price, id), and the key
+/// to continue after when more follow. `page_size` None reads them all.
+pub async fn page(
+    conn: &mut Conn,
+    page_size: Option<i64>,
+    after: Option<(i64, String)>,
+) -> Result<(Vec<Plan>, Option<(i64, String)>)> {
+    let mut q = plans::table.select(Plan::as_select()).order((plans::price_minor, plans::id)).into_boxed();
+    if let Some((price, id)) = after {
+        q = q.filter(plans::price_minor.gt(price).or(plans::price_minor.eq(price).and(plans::id.gt(id))));
+    }
+    let Some(size) = page_size else {
+        return Ok((q.load(conn).await?, None));
+    };
+    let mut rows: Vec<Plan> = q.limit(size + 1).load(conn).await?;
+    let next = if rows.len() as i64 > size {
+        rows.truncate(size as usize);
+        rows.last().map(|p| (p.price_minor, p.id.clone()))
+    } else {
+        None
+    };
+    Ok((rows, next))
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Plan> {

@@ -128,11 +128,7 @@ const CHECKS: &[(FindingKind, &str)] = &[
 pub async fn run(app: &App, now: DateTime<Utc>, stuck_after: chrono::Duration, fix: bool) -> Result<Report> {
     let mut report = Report::default();
     for (kind, sql) in CHECKS {
-        let rows: Vec<Subject> = diesel::sql_query(*sql)
-            .bind::<sql_types::Timestamptz, _>(now)
-            .bind::<sql_types::Timestamptz, _>(now - stuck_after)
-            .load(&mut *app.conn().await?)
-            .await?;
+        let rows = check(app, sql, now, stuck_after).await?;
         for mut row in rows {
             let fixed = if !fix {
                 false
@@ -160,6 +156,57 @@ pub async fn run(app: &App, now: DateTime<Utc>, stuck_after: chrono::Duration, f
         tracing::warn!(findings = report.findings.len(), fixed = report.fixed, "reconciliation found inconsistencies");
     }
     Ok(report)
+}
+
+/// One check's rows, by subject id: with the checks' order, the stable
+/// order of a run's findings and of [`page`].
+async fn check(app: &App, sql: &str, now: DateTime<Utc>, stuck_after: chrono::Duration) -> Result<Vec<Subject>> {
+    let mut rows: Vec<Subject> = diesel::sql_query(sql)
+        .bind::<sql_types::Timestamptz, _>(now)
+        .bind::<sql_types::Timestamptz, _>(now - stuck_after)
+        .load(&mut *app.conn().await?)
+        .await?;
+    rows.sort_by(|a, b| a.subject.cmp(&b.subject));
+    Ok(rows)
+}
+
+/// A page of what a run without `fix` would report now, after `after`
+/// (kind, subject), and the position to continue after when more follow.
+/// Findings are not stored, so each page runs the checks again (they only
+/// read); checks before the token's kind are skipped.
+pub async fn page(
+    app: &App,
+    now: DateTime<Utc>,
+    stuck_after: chrono::Duration,
+    page_size: usize,
+    after: Option<(FindingKind, String)>,
+) -> Result<(Vec<Finding>, Option<(FindingKind, String)>)> {
+    let start = match &after {
+        Some((k, _)) => CHECKS.iter().position(|(c, _)| c == k).unwrap_or(CHECKS.len()),
+        None => 0,
+    };
+    let mut out = Vec::new();
+    for (kind, sql) in &CHECKS[start..] {
+        for row in check(app, sql, now, stuck_after).await? {
+            if let Some((k, subject)) = &after
+                && k == kind
+                && row.subject.as_str() <= subject.as_str()
+            {
+                continue;
+            }
+            if out.len() == page_size {
+                let next = out.last().map(|f: &Finding| (f.kind, f.subject_id.clone()));
+                return Ok((out, next));
+            }
+            out.push(Finding { kind: *kind, subject_id: row.subject, detail: row.detail, fixed: false });
+        }
+    }
+    Ok((out, None))
+}
+
+/// Whether reconciliation has a check of this kind (a page token names one).
+pub fn is_checked(kind: FindingKind) -> bool {
+    CHECKS.iter().any(|(k, _)| *k == kind)
 }
 
 async fn refund_discrepancy(app: &App, subject: &str) -> Result<DiscrepancyRefund> {

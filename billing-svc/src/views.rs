@@ -48,6 +48,16 @@ pub async fn batch_orders(conn: &mut Conn, order_ids: &[OrderId], session_ids: &
     Ok(rows.into_iter().map(|(order, subscription_id)| OrderView::new(order, subscription_id)).collect())
 }
 
+/// Loads the refunds of `views` (the FULL view of a batch), one query.
+pub async fn with_refunds(conn: &mut Conn, views: &mut [OrderView]) -> Result<()> {
+    let ids: Vec<String> = views.iter().map(|v| v.order.id.clone()).collect();
+    let refunds = refunds::of_orders(conn, &ids).await?;
+    for v in views.iter_mut() {
+        v.refunds = refunds.iter().filter(|r| r.order_id.as_deref() == Some(v.order.id.as_str())).cloned().collect();
+    }
+    Ok(())
+}
+
 /// One order with its subscription and refunds.
 pub async fn order(conn: &mut Conn, id: &OrderId) -> Result<OrderView> {
     let id = id.as_str();

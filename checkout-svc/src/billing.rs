@@ -91,7 +91,7 @@ impl Billing {
         let resp = retry(budget, ATTEMPTS, || {
             let mut c = self.client.clone();
             let req = budget.request(
-                pb::BatchGetOrdersRequest { order_ids: order_ids.to_vec(), checkout_session_ids: vec![] },
+                pb::BatchGetOrdersRequest { order_ids: order_ids.to_vec(), checkout_session_ids: vec![], ..Default::default() },
                 self.token.expose(),
             );
             async move { c.batch_get_orders(req).await }
@@ -107,8 +107,10 @@ impl Billing {
         let ids: Vec<String> = session_ids.iter().map(Uuid::to_string).collect();
         let resp = retry(budget, ATTEMPTS, || {
             let mut c = self.client.clone();
-            let req = budget
-                .request(pb::BatchGetOrdersRequest { order_ids: vec![], checkout_session_ids: ids.clone() }, self.token.expose());
+            let req = budget.request(
+                pb::BatchGetOrdersRequest { order_ids: vec![], checkout_session_ids: ids.clone(), ..Default::default() },
+                self.token.expose(),
+            );
             async move { c.batch_get_orders(req).await }
         })
         .await
@@ -121,7 +123,8 @@ impl Billing {
     pub async fn cancel_orders(&self, budget: Budget, order_ids: &[String]) -> Result<Vec<pb::Order>> {
         let resp = retry(budget, ATTEMPTS, || {
             let mut c = self.client.clone();
-            let req = budget.request(pb::CancelOrdersRequest { order_ids: order_ids.to_vec() }, self.token.expose());
+            let req = budget
+                .request(pb::CancelOrdersRequest { order_ids: order_ids.to_vec(), ..Default::default() }, self.token.expose());
             async move { c.cancel_orders(req).await }
         })
         .await

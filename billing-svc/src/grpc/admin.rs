@@ -1,5 +1,5 @@
-//! Operator handlers (admin token only): reconciliation and usage
-//! statistics.
+//! Operator handlers (admin token only): reconciliation, its findings and
+//! usage statistics.
 use chrono::Duration;
 use proto::billing::v1 as pb;
 use shared::{auth::require_admin, status::Violations};
@@ -8,13 +8,30 @@ use tracing::instrument;
 
 use super::{
     RpcResult, convert,
-    params::{day, page_after, page_size, parse_stats_page_token, stats_page_token},
+    params::{
+        day, finding_page_token, page_after, page_size, parse_finding_page_token, parse_stats_page_token, stats_page_token,
+    },
     run,
 };
 use crate::{App, reconcile, stats};
 
-#[instrument(skip_all, fields(fix = req.get_ref().fix))]
+/// Most findings one RunReconciliation answer carries: with details of a
+/// few hundred bytes each, far below tonic's 4 MiB message limit however
+/// large the incident; the rest is read with ListFindings.
+pub const RUN_FINDINGS_MAX: usize = 1000;
+
 #[allow(deprecated)] // `Finding.kind` stays filled for callers that read it
+fn finding(f: reconcile::Finding) -> pb::Finding {
+    pb::Finding {
+        kind: f.kind.as_str().to_owned(),
+        kind_code: convert::finding_kind(f.kind) as i32,
+        subject_id: f.subject_id,
+        detail: f.detail,
+        fixed: f.fixed,
+    }
+}
+
+#[instrument(skip_all, fields(fix = req.get_ref().fix))]
 pub(super) async fn run_reconciliation(
     app: &App,
     req: Request<pb::RunReconciliationRequest>,
@@ -27,19 +44,32 @@ pub(super) async fn run_reconciliation(
         reconcile::run(&app, app.clock.now(), stuck, fix).await
     })
     .await?;
+    let total = report.findings.len();
     Ok(Response::new(pb::RunReconciliationResponse {
         fixed: report.fixed as i64,
-        findings: report
-            .findings
-            .into_iter()
-            .map(|f| pb::Finding {
-                kind: f.kind.as_str().to_owned(),
-                kind_code: convert::finding_kind(f.kind) as i32,
-                subject_id: f.subject_id,
-                detail: f.detail,
-                fixed: f.fixed,
-            })
-            .collect(),
+        total_findings: total as i64,
+        truncated: total > RUN_FINDINGS_MAX,
+        findings: report.findings.into_iter().take(RUN_FINDINGS_MAX).map(finding).collect(),
+    }))
+}
+
+#[instrument(skip_all)]
+pub(super) async fn list_findings(app: &App, req: Request<pb::ListFindingsRequest>) -> RpcResult<pb::ListFindingsResponse> {
+    require_admin(&req)?;
+    let r = req.into_inner();
+    let mut v = Violations::new();
+    let size = page_size(r.page_size, &mut v);
+    let after = page_after(&r.page_token, parse_finding_page_token, &mut v);
+    v.finish()?;
+    let app = app.clone();
+    let (rows, next) = run(async move {
+        let stuck = app.config.stuck_session_after;
+        reconcile::page(&app, app.clock.now(), stuck, size as usize, after).await
+    })
+    .await?;
+    Ok(Response::new(pb::ListFindingsResponse {
+        findings: rows.into_iter().map(finding).collect(),
+        next_page_token: next.map(|(k, subject)| finding_page_token(k, &subject)).unwrap_or_default(),
     }))
 }
 

@@ -124,6 +124,10 @@ impl BillingService for BillingGrpc {
         admin::run_reconciliation(&self.app, req).await
     }
 
+    async fn list_findings(&self, req: Request<pb::ListFindingsRequest>) -> RpcResult<pb::ListFindingsResponse> {
+        admin::list_findings(&self.app, req).await
+    }
+
     async fn get_usage_stats(&self, req: Request<pb::GetUsageStatsRequest>) -> RpcResult<pb::GetUsageStatsResponse> {
         admin::get_usage_stats(&self.app, req).await
     }

@@ -30,7 +30,8 @@ pub(super) fn day(field: &str, s: &str, default: NaiveDate, v: &mut Violations) 
     }
 }
 
-/// Page sizes of ListSubscriptions and GetUsageStats: 0 means the default.
+/// Page sizes of the list RPCs: 0 means the default (ListPlans reads 0 as
+/// "all" before it gets here).
 const PAGE_SIZE_DEFAULT: i32 = 50;
 const PAGE_SIZE_MAX: i32 = 500;
 
@@ -88,6 +89,44 @@ pub(super) fn parse_stats_page_token(token: &str) -> Option<(NaiveDate, String)>
     let d = NaiveDate::parse_from_str(d, "%Y-%m-%d").ok().filter(|d| (2000..=9999).contains(&d.year()))?;
     let ok = !plan_id.is_empty() && plan_id.chars().count() <= MAX_ID_LEN && !plan_id.chars().any(char::is_control);
     ok.then(|| (d, plan_id.to_owned()))
+}
+
+/// ListPlans' position: the last plan's price and id, as hex of
+/// "price_minor|plan_id" (the same shape as the other tokens).
+pub(super) fn plan_page_token(price_minor: i64, plan_id: &str) -> String {
+    hex::encode(format!("{price_minor}|{plan_id}"))
+}
+
+/// Decodes a token of [`plan_page_token`]: a price and a plan id as GetPlan
+/// would accept it.
+pub(super) fn parse_plan_page_token(token: &str) -> Option<(i64, String)> {
+    if token.len() > 2 * (20 + 1 + 4 * MAX_ID_LEN) {
+        return None;
+    }
+    let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (price, plan_id) = raw.split_once('|')?;
+    let price: i64 = price.parse().ok()?;
+    let ok = !plan_id.is_empty() && plan_id.chars().count() <= MAX_ID_LEN && !plan_id.chars().any(char::is_control);
+    ok.then(|| (price, plan_id.to_owned()))
+}
+
+/// ListFindings' position: the last finding's kind and subject id, as hex
+/// of "KIND|subject".
+pub(super) fn finding_page_token(kind: crate::reconcile::FindingKind, subject: &str) -> String {
+    hex::encode(format!("{}|{subject}", kind.as_str()))
+}
+
+/// Decodes a token of [`finding_page_token`]: a kind reconciliation checks
+/// and a non-empty subject (subjects are ids, short and printable).
+pub(super) fn parse_finding_page_token(token: &str) -> Option<(crate::reconcile::FindingKind, String)> {
+    if token.len() > 2 * (64 + 1 + 4 * MAX_ID_LEN) {
+        return None;
+    }
+    let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (kind, subject) = raw.split_once('|')?;
+    let kind: crate::reconcile::FindingKind = kind.parse().ok()?;
+    let ok = crate::reconcile::is_checked(kind) && !subject.is_empty() && !subject.chars().any(char::is_control);
+    ok.then(|| (kind, subject.to_owned()))
 }
 
 /// ListOrders' position: the last order's seq, as hex of its decimal.

@@ -12,7 +12,9 @@ use shared::{
 use tonic::Status;
 use uuid::Uuid;
 
-use super::params::{order_status, page_after, page_size, parse_order_page_token, parse_subscription_page_token, usage_kind};
+use super::params::{
+    order_status, page_after, page_size, parse_order_page_token, parse_plan_page_token, parse_subscription_page_token, usage_kind,
+};
 use crate::{
     checkout_orders::OrderRequest,
     orders::{self, OrderId},
@@ -169,6 +171,23 @@ impl TryFrom<pb::RefundPaymentRequest> for refunds::Request {
         }
         v.finish()?;
         Ok(Self { order_id: order_id?, amount_minor: r.amount_minor, reason: r.reason, refund_id: r.refund_id })
+    }
+}
+
+pub(super) struct ListPlans {
+    /// None: every plan (page_size 0, the answer from before pagination).
+    pub size: Option<i64>,
+    pub after: Option<(i64, String)>,
+}
+
+impl TryFrom<pb::ListPlansRequest> for ListPlans {
+    type Error = Status;
+    fn try_from(r: pb::ListPlansRequest) -> Result<Self, Status> {
+        let mut v = Violations::new();
+        let size = (r.page_size != 0).then(|| page_size(r.page_size, &mut v));
+        let after = page_after(&r.page_token, parse_plan_page_token, &mut v);
+        v.finish()?;
+        Ok(Self { size, after })
     }
 }
 

@@ -52,7 +52,7 @@ impl Billing {
         let b = Self { client, fake, base, app, shutdown, server, db };
         // SERVING once migrated: the first call that answers.
         for _ in 0..300 {
-            if b.client.clone().list_plans(Self::req(bpb::ListPlansRequest {})).await.is_ok() {
+            if b.client.clone().list_plans(Self::req(bpb::ListPlansRequest::default())).await.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -122,6 +122,7 @@ async fn batch_get_orders_is_bounded_and_reports_payment_state() {
         .batch_get_orders(bpb::BatchGetOrdersRequest {
             order_ids: vec![s.order_id.clone(), "order_unknown".into()],
             checkout_session_ids: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -134,7 +135,11 @@ async fn batch_get_orders_is_bounded_and_reports_payment_state() {
     );
     let by_session = app
         .billing
-        .batch_get_orders(bpb::BatchGetOrdersRequest { order_ids: vec![], checkout_session_ids: vec![s.id.clone()] })
+        .batch_get_orders(bpb::BatchGetOrdersRequest {
+            order_ids: vec![],
+            checkout_session_ids: vec![s.id.clone()],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -142,7 +147,7 @@ async fn batch_get_orders_is_bounded_and_reports_payment_state() {
     let too_many = (0..501).map(|i| format!("order_{i}")).collect();
     let e = app
         .billing
-        .batch_get_orders(bpb::BatchGetOrdersRequest { order_ids: too_many, checkout_session_ids: vec![] })
+        .batch_get_orders(bpb::BatchGetOrdersRequest { order_ids: too_many, checkout_session_ids: vec![], ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -214,7 +219,11 @@ async fn cleanup_cancels_the_order_before_deleting_so_a_late_payment_is_a_discre
     assert_eq!(r.deleted, 1);
     let order = app
         .billing
-        .batch_get_orders(bpb::BatchGetOrdersRequest { order_ids: vec![s.order_id.clone()], checkout_session_ids: vec![] })
+        .batch_get_orders(bpb::BatchGetOrdersRequest {
+            order_ids: vec![s.order_id.clone()],
+            checkout_session_ids: vec![],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -250,7 +259,10 @@ async fn cancel_orders_keeps_paid_orders_paid() {
     let open = app.order("c-open", "basic-monthly").await;
     let r = app
         .billing
-        .cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![paid.id.clone(), open.id.clone(), "order_unknown".into()] })
+        .cancel_orders(bpb::CancelOrdersRequest {
+            order_ids: vec![paid.id.clone(), open.id.clone(), "order_unknown".into()],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -261,7 +273,11 @@ async fn cancel_orders_keeps_paid_orders_paid() {
     assert_eq!(r.len(), 2);
     let too_many = (0..501).map(|i| format!("order_{i}")).collect();
     assert_eq!(
-        app.billing.cancel_orders(bpb::CancelOrdersRequest { order_ids: too_many }).await.unwrap_err().code(),
+        app.billing
+            .cancel_orders(bpb::CancelOrdersRequest { order_ids: too_many, ..Default::default() })
+            .await
+            .unwrap_err()
+            .code(),
         Code::InvalidArgument
     );
 }

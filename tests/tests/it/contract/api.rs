@@ -13,7 +13,7 @@ async fn missing_or_wrong_token_is_unauthenticated() {
     let e = anon.get_session(cpb::GetSessionRequest { id: uuid::Uuid::new_v4().to_string() }).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut wrong = billing_client(&app.billing_addr.to_string(), "not-a-token").unwrap();
-    let e = wrong.list_plans(bpb::ListPlansRequest {}).await.unwrap_err();
+    let e = wrong.list_plans(bpb::ListPlansRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }
 
@@ -23,6 +23,8 @@ async fn service_token_on_admin_rpc_is_permission_denied() {
     let e = app.checkout.cleanup_sessions(cpb::CleanupSessionsRequest { dry_run: true }).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     let e = app.billing.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = app.billing.list_findings(bpb::ListFindingsRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     // Checkout's own token cannot move money out: RefundPayment is an
     // operator's call. Nothing is written.
@@ -80,7 +82,7 @@ async fn unknown_id_is_not_found_with_resource_info() {
 async fn typed_enum_fields_match_their_text_twins() {
     use proto::billing::v1 as bpb;
     let app = tests::spawn_app().await;
-    let plans = app.billing.clone().list_plans(bpb::ListPlansRequest {}).await.unwrap().into_inner().plans;
+    let plans = app.billing.clone().list_plans(bpb::ListPlansRequest::default()).await.unwrap().into_inner().plans;
     assert!(!plans.is_empty());
     for p in &plans {
         assert_eq!((p.period.as_str(), p.period_code), ("monthly", bpb::PlanPeriod::Monthly as i32));

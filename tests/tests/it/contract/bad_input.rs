@@ -107,17 +107,25 @@ async fn huge_repeated_fields_are_refused_at_once_with_a_small_error() {
     let mut b = app.billing.clone().max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     let ids = vec![String::new(); 2_000_000];
     let e = b
-        .batch_get_orders(bpb::BatchGetOrdersRequest { order_ids: ids.clone(), checkout_session_ids: vec![] })
+        .batch_get_orders(bpb::BatchGetOrdersRequest {
+            order_ids: ids.clone(),
+            checkout_session_ids: vec![],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().len() + e.details().len() < 4096, "error of {} bytes", e.message().len() + e.details().len());
-    let e = b.cancel_orders(bpb::CancelOrdersRequest { order_ids: ids }).await.unwrap_err();
+    let e = b.cancel_orders(bpb::CancelOrdersRequest { order_ids: ids, ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().len() + e.details().len() < 4096);
     // Many bad items within the count: every error still fits in a few KB.
     let e = b
-        .batch_get_orders(bpb::BatchGetOrdersRequest { order_ids: vec!["x".repeat(5000); 400], checkout_session_ids: vec![] })
+        .batch_get_orders(bpb::BatchGetOrdersRequest {
+            order_ids: vec!["x".repeat(5000); 400],
+            checkout_session_ids: vec![],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);

@@ -116,7 +116,7 @@ async fn walk_the_plain_paths(w: &mut Walk) {
 
     // Auth.
     let mut anonymous = billing_client(&app.billing_addr.to_string(), "").unwrap();
-    w.saw(R::TokenMissing, "ListPlans without a token", anonymous.list_plans(bpb::ListPlansRequest {}).await);
+    w.saw(R::TokenMissing, "ListPlans without a token", anonymous.list_plans(bpb::ListPlansRequest::default()).await);
     let mut wrong = checkout_client(&app.checkout_addr.to_string(), "not-a-token").unwrap();
     w.saw(R::TokenInvalid, "GetSession with an unknown token", wrong.get_session(cpb::GetSessionRequest::default()).await);
     let r = b.run_reconciliation(bpb::RunReconciliationRequest { fix: false }).await;
@@ -162,7 +162,7 @@ async fn walk_the_plain_paths(w: &mut Walk) {
     );
     let cancelled = b.create_order(create_order(&uuid::Uuid::new_v4().to_string(), "o3", "basic-monthly")).await.unwrap();
     let cancelled = cancelled.into_inner().order.unwrap();
-    b.cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![cancelled.id.clone()] }).await.unwrap();
+    b.cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![cancelled.id.clone()], ..Default::default() }).await.unwrap();
     let r = b.create_order(create_order(&cancelled.checkout_session_id, "o3", "basic-monthly")).await;
     w.saw(R::OrderCancelled, "CreateOrder(cancelled)", r);
     let (p, sig) = app.pay(&cancelled.id);
@@ -374,7 +374,7 @@ async fn walk_a_held_row(w: &mut Walk) {
         )
     };
     assert!(wait_for_waiters(&mut observer, 1, Duration::from_secs(10)).await, "the deduction never waited on the row");
-    w.saw(R::Overloaded, "ListPlans(server full)", app.billing.clone().list_plans(bpb::ListPlansRequest {}).await);
+    w.saw(R::Overloaded, "ListPlans(server full)", app.billing.clone().list_plans(bpb::ListPlansRequest::default()).await);
     w.saw(R::RowBusy, "Deduct(row held past the lock bound)", stuck.await.unwrap());
     exec(&mut holder, "COMMIT").await;
 }

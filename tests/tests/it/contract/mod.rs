@@ -5,5 +5,6 @@
 mod api;
 mod bad_input;
 mod error_reasons;
+mod order_views;
 mod pagination;
 mod schema;

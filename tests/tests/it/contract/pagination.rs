@@ -1,7 +1,8 @@
 //! Keyset pagination of billing's list RPCs (ListSubscriptions,
-//! GetUsageStats): pages cover every row once, in order, across ties of the
-//! sort key; page sizes default to 50 and stop at 500; a token that no
-//! response produced is INVALID_ARGUMENT.
+//! GetUsageStats, ListPlans; ListFindings in reconcile::findings): pages
+//! cover every row once, in order, across ties of the sort key; page sizes
+//! default to 50 (ListPlans: 0 reads every plan) and stop at 500; a token
+//! that no response produced is INVALID_ARGUMENT.
 use proto::billing::v1 as bpb;
 use std::collections::HashSet;
 use tests::{
@@ -243,4 +244,82 @@ async fn get_usage_stats_refuses_bad_page_sizes_and_tokens() {
         assert_eq!(e.code(), Code::InvalidArgument, "token {token:.40}");
         assert!(e.message().contains("page_token"), "{e:?}");
     }
+}
+
+/// Seeds `n` extra plans; every four share a price, so pages must break
+/// ties on the id.
+async fn seed_plans(db: &mut diesel_async::AsyncPgConnection, n: usize) {
+    exec(
+        db,
+        &format!(
+            "INSERT INTO plans (id, name, price_minor, currency, credits_per_period) \
+             SELECT 'extra-' || lpad(i::text, 3, '0'), 'Extra', 1000 * (i / 4), 'INR', 10 \
+               FROM generate_series(0, {}) AS i",
+            n - 1
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_plans_pages_cover_every_plan_once_and_page_size_zero_reads_all() {
+    let app = spawn_app().await;
+    let mut db = app.billing_db().await;
+    seed_plans(&mut db, 23).await;
+    let mut billing = app.billing.clone();
+
+    // Today's callers send no page_size: every plan, cheapest first, no token.
+    let all = billing.list_plans(bpb::ListPlansRequest::default()).await.unwrap().into_inner();
+    assert!(all.next_page_token.is_empty());
+    let stored = scalar(&mut db, "SELECT count(*) AS n FROM plans").await;
+    assert_eq!(all.plans.len() as i64, stored);
+    let key = |p: &bpb::Plan| (p.price_minor, p.id.clone());
+    assert!(all.plans.windows(2).all(|w| key(&w[0]) < key(&w[1])), "sorted by price then id");
+
+    // Pages of 5 give the same plans in the same order, each once.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page =
+            billing.list_plans(bpb::ListPlansRequest { page_size: 5, page_token: token.clone() }).await.unwrap().into_inner();
+        assert!(page.plans.len() <= 5);
+        pages += 1;
+        paged.extend(page.plans);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, all.plans.len().div_ceil(5));
+    let ids: Vec<_> = paged.iter().map(key).collect();
+    assert_eq!(ids, all.plans.iter().map(key).collect::<Vec<_>>());
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_plans_refuses_bad_page_sizes_and_tokens() {
+    let app = spawn_app().await;
+    let mut billing = app.billing.clone();
+    for size in [-1, 501, i32::MAX, i32::MIN] {
+        let e = billing.list_plans(bpb::ListPlansRequest { page_size: size, page_token: String::new() }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "page_size {size}");
+        assert!(e.message().contains("page_size"), "{e:?}");
+    }
+    let forged = [
+        "zz".to_owned(),
+        "not a token".to_owned(),
+        hex("cheap|free"),
+        hex("100|"),
+        hex(format!("1|{}", "x".repeat(129))),
+        "ab".repeat(1000),
+    ];
+    for token in &forged {
+        let e = billing.list_plans(bpb::ListPlansRequest { page_size: 0, page_token: token.clone() }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "token {token:.40}");
+        assert!(e.message().contains("page_token"), "{e:?}");
+    }
+    // The largest page is accepted and holds every seeded plan.
+    let page = billing.list_plans(bpb::ListPlansRequest { page_size: 500, page_token: String::new() }).await.unwrap();
+    assert!(page.into_inner().next_page_token.is_empty());
 }

@@ -67,7 +67,7 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_unavailable() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let mut b = app.billing.clone();
     // Without shedding this would queue behind the lock: bound the wait.
-    let mut req = tonic::Request::new(bpb::ListPlansRequest {});
+    let mut req = tonic::Request::new(bpb::ListPlansRequest::default());
     req.set_timeout(std::time::Duration::from_secs(3));
     let e = b.list_plans(req).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
@@ -77,7 +77,7 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_unavailable() {
         r.unwrap().unwrap();
     }
     // Capacity is back.
-    b.list_plans(bpb::ListPlansRequest {}).await.unwrap();
+    b.list_plans(bpb::ListPlansRequest::default()).await.unwrap();
 }
 
 /// Pooled connections are checked locally when handed out, without a

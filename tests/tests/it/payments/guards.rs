@@ -36,7 +36,7 @@ async fn guard_order_lock_cancel_during_capture_never_reports_a_paid_order_cance
     let capture_queued = wait_for_waiters(&mut db, 1, SEE_WAITERS).await;
     let cancel = tokio::spawn({
         let (mut b, id) = (app.billing.clone(), order.id.clone());
-        async move { b.cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![id] }).await }
+        async move { b.cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![id], ..Default::default() }).await }
     });
     // The cancel either queues behind the capture, or (no order lock)
     // returns at once.

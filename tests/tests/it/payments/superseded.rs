@@ -191,7 +191,7 @@ async fn create_order_never_hands_out_a_cancelled_or_paid_order() {
     };
     let cancelled = uuid::Uuid::new_v4().to_string();
     let order = b.create_order(create(cancelled.clone())).await.unwrap().into_inner().order.unwrap();
-    b.cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![order.id.clone()] }).await.unwrap();
+    b.cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![order.id.clone()], ..Default::default() }).await.unwrap();
     let e = b.create_order(create(cancelled)).await.unwrap_err();
     assert_eq!((e.code(), precondition_type(&e).as_str()), (Code::FailedPrecondition, "ORDER_CANCELLED"));
 

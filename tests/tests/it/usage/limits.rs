@@ -109,7 +109,7 @@ async fn concurrent_starts_never_overshoot_the_session_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plan_limits_state_unlimited_explicitly_beside_the_legacy_zeros() {
     let mut app = spawn_app().await;
-    let plans = app.billing.list_plans(bpb::ListPlansRequest {}).await.unwrap().into_inner().plans;
+    let plans = app.billing.list_plans(bpb::ListPlansRequest::default()).await.unwrap().into_inner().plans;
     let limits = |id: &str| plans.iter().find(|p| p.id == id).and_then(|p| p.limits).unwrap();
     let limit = |l: Option<bpb::Limit>| l.map(|l| (l.unlimited, l.max)).unwrap();
 

@@ -350,7 +350,7 @@ async fn a_lost_capture_of_an_order_cancelled_before_the_redelivery_is_refunded_
     let cancelled = app
         .billing
         .clone()
-        .cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![order.id.clone()] })
+        .cancel_orders(bpb::CancelOrdersRequest { order_ids: vec![order.id.clone()], ..Default::default() })
         .await
         .unwrap()
         .into_inner()
