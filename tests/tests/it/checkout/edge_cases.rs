@@ -255,6 +255,67 @@ async fn a_reused_key_whose_other_body_order_was_withdrawn_answers_key_reused() 
     assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM checkout_sessions WHERE user_id = '{user}'")).await, 1);
 }
 
+/// The same interleaving on RenewSession (a keyed renew derives its new
+/// session id from the key and the request too): two plan changes of one
+/// checkout under one key, the losing body sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reused_renew_key_whose_other_body_order_was_withdrawn_answers_key_reused() {
+    let app = spawn_app().await;
+    let user = "keyrace-renew";
+    let mut billing_db = app.billing_db().await;
+    exec(
+        &mut billing_db,
+        "INSERT INTO plans (id, name, price_minor, currency, credits_per_period) VALUES ('team-monthly', 'Team', 299900, 'INR', 3000)",
+    )
+    .await;
+    let head = app.create_session(user, "basic-monthly").await;
+    let renew = |plan: &'static str| {
+        let mut c = app.checkout.clone();
+        let req =
+            with_key(cpb::RenewSessionRequest { id: head.id.clone(), plan_id: plan.into(), ..Default::default() }, "renew-key");
+        async move { c.renew_session(req).await }
+    };
+    let mut holder = app.checkout_db().await;
+    exec(&mut holder, "BEGIN").await;
+    exec(&mut holder, &format!("SELECT pg_advisory_xact_lock(hashtextextended('{user}', 7))")).await;
+    let winner = tokio::spawn(renew("pro-monthly"));
+    let mut observer = app.checkout_db().await;
+    assert!(wait_for_waiters(&mut observer, 1, std::time::Duration::from_secs(20)).await, "the winner never waited");
+    app.gateway.hold_orders(true);
+    let first = tokio::spawn(renew("team-monthly"));
+    assert!(wait_held_orders(&app, 1).await, "the first other-body renew never reached billing");
+    let second = tokio::spawn(renew("team-monthly"));
+    assert!(wait_held_orders(&app, 2).await, "the second other-body renew never reached billing");
+    exec(&mut holder, "ROLLBACK").await;
+    let won = winner.await.unwrap().expect("the first body wins the key").into_inner().session.unwrap();
+    assert_eq!(won.plan_id, "pro-monthly");
+    app.gateway.release_order();
+    let e = first.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    app.gateway.release_order();
+    let e = second.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    app.gateway.hold_orders(false);
+    let created = scalar(
+        &mut billing_db,
+        &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'CREATED'", won.order_id),
+    )
+    .await;
+    assert_eq!(created, 1, "the winner's order must stay payable");
+    assert_eq!(
+        scalar(
+            &mut billing_db,
+            &format!(
+                "SELECT count(*) AS n FROM orders WHERE user_id = '{user}' AND plan_id = 'team-monthly' AND status = 'CANCELLED'"
+            )
+        )
+        .await,
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reused_key_on_complete_is_refused_before_billing_captures() {
     let app = spawn_app().await;
