@@ -115,7 +115,10 @@ pub async fn renew(
     // head is the same; a refusal (lost race, the session changed) means it
     // never will.
     let retry_reuses = |e: &Error| key.is_some() && super::withdraw::may_pass(e);
-    let q = quote_or_withdraw(app, budget, new_id, &head.user_id, plan_id, retry_reuses).await?;
+    let q = match quote_or_withdraw(app, budget, new_id, &head.user_id, plan_id, retry_reuses).await {
+        Ok(q) => q,
+        Err(e) => return super::start::key_answer_or(app, key, e).await,
+    };
     let out: Result<Outcome<_>> = async {
         let mut conn = app.conn().await?;
         keyed_transaction!(conn, key, now, encode, |c| {

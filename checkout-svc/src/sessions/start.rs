@@ -181,6 +181,23 @@ pub(super) fn keyed_id(k: &Key, salt: &str) -> Uuid {
     k.derived_uuid(&format!("{salt}|{}", hex::encode(&k.request_hash)))
 }
 
+/// A keyed start whose order billing reports cancelled: the answer of the
+/// key, when it committed meanwhile, is this request's. A concurrent request
+/// with the same key and body (so the same session id and order) passed the
+/// key lookup with it, was then refused IDEMPOTENCY_KEY_REUSED by the
+/// key's winner and withdrew that order (`withdraw::settle_unstored`). This
+/// request lost the same key: IDEMPOTENCY_KEY_REUSED (or the replay of an
+/// identical winner), never a cancelled order it was never shown
+/// (docs/design.md, Idempotency).
+pub(super) async fn key_answer_or(app: &App, key: Option<&Key>, e: Error) -> Result<Outcome<Started>> {
+    let cancelled =
+        matches!(&e, Error::Service(shared::error::ServiceError::FailedPrecondition { reason: ErrorReason::OrderCancelled, .. }));
+    if cancelled && let Some(bytes) = peek(app, key).await? {
+        return Ok(Outcome::Replay(bytes));
+    }
+    Err(e)
+}
+
 /// CreateSession: at most one ACTIVE session per user; the previous one is
 /// invalidated in the same transaction, unless billing reports it paid: then
 /// it is completed instead and the new session starts beside it.
@@ -217,7 +234,10 @@ pub async fn create(
     // The id of a keyed create depends on the key and request only: a retry
     // that may come asks billing for this very order again.
     let retry_reuses = |e: &Error| key.is_some() && super::withdraw::may_pass(e);
-    let q = quote_or_withdraw(app, budget, id, user_id, plan_id, retry_reuses).await?;
+    let q = match quote_or_withdraw(app, budget, id, user_id, plan_id, retry_reuses).await {
+        Ok(q) => q,
+        Err(e) => return key_answer_or(app, key, e).await,
+    };
     let now = app.clock.now();
     let out: Result<Outcome<_>> = async {
         let mut conn = app.conn().await?;

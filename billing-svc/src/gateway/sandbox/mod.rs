@@ -53,6 +53,12 @@ pub struct Sandbox {
     refund_calls: Arc<AtomicUsize>,
     /// While true, refund calls wait (after being counted) until released.
     hold: Arc<tokio::sync::watch::Sender<bool>>,
+    /// While true, order creations wait for a permit of `order_permits`
+    /// ([`Sandbox::hold_orders`]), first come first released.
+    hold_orders: Arc<AtomicBool>,
+    order_permits: Arc<tokio::sync::Semaphore>,
+    /// Order creations waiting now ([`Sandbox::held_orders`]).
+    orders_held: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -82,6 +88,9 @@ impl Sandbox {
             made: Arc::default(),
             refund_calls: Arc::default(),
             hold: Arc::new(tokio::sync::watch::channel(false).0),
+            hold_orders: Arc::default(),
+            order_permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            orders_held: Arc::default(),
         }
     }
 
@@ -105,6 +114,14 @@ impl Gateway for Sandbox {
     }
 
     async fn create_order(&self, _order: &NewOrder<'_>) -> Result<GatewayOrder, GatewayError> {
+        if self.hold_orders.load(Ordering::SeqCst) {
+            self.orders_held.fetch_add(1, Ordering::SeqCst);
+            // Closed never: a permit is consumed, one per released call.
+            if let Ok(permit) = self.order_permits.acquire().await {
+                permit.forget();
+            }
+            self.orders_held.fetch_sub(1, Ordering::SeqCst);
+        }
         Ok(GatewayOrder { id: format!("order_{}", uuid::Uuid::new_v4().simple()) })
     }
 

@@ -1,5 +1,5 @@
 //! The switches tests flip to make the sandbox fail, lose answers, refuse or
-//! hold refunds; clones share them.
+//! hold refunds and order creations; clones share them.
 
 use std::sync::atomic::Ordering;
 
@@ -50,5 +50,26 @@ impl Sandbox {
     /// method, like `SANDBOX_FAIL_CHARGES` at start-up (tests flip it).
     pub fn set_fail_charges(&self, fail: bool) {
         self.fail_charges.store(fail, Ordering::Relaxed);
+    }
+
+    /// While `held`, order creations wait inside the gateway, in arrival
+    /// order, until [`Sandbox::release_order`] lets the oldest through (tests
+    /// order the billing side of concurrent checkouts). False releases
+    /// every waiting call.
+    pub fn hold_orders(&self, held: bool) {
+        self.hold_orders.store(held, Ordering::SeqCst);
+        if !held {
+            self.order_permits.add_permits(self.orders_held.load(Ordering::SeqCst));
+        }
+    }
+
+    /// Order creations waiting in the gateway now.
+    pub fn held_orders(&self) -> usize {
+        self.orders_held.load(Ordering::SeqCst)
+    }
+
+    /// Lets the oldest held order creation through.
+    pub fn release_order(&self) {
+        self.order_permits.add_permits(1);
     }
 }

@@ -9,7 +9,11 @@ use proto::{
     billing::v1 as bpb,
     checkout::v1::{self as cpb, SessionStatus},
 };
-use tests::{clients::with_key, helpers::scalar, spawn_app};
+use tests::{
+    clients::with_key,
+    helpers::{exec, scalar, wait_for_waiters},
+    spawn_app,
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -167,6 +171,149 @@ async fn race_one_key_two_bodies_never_collide_at_billing() {
     let e = app.checkout.clone().create_session(keyed_create("twobodies", other, "shared-key")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+}
+
+/// Polls until the sandbox holds `n` order creations (false when it did not
+/// within 20 s: the interleaving did not happen).
+async fn wait_held_orders(app: &tests::TestApp, n: usize) -> bool {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.gateway.held_orders() < n {
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    true
+}
+
+/// The interleaving behind a rare failure of the race above, forced: two
+/// requests with the other body (one session id, so one billing order
+/// between them) both pass the key lookup while the winner's key is
+/// uncommitted. The first is refused IDEMPOTENCY_KEY_REUSED once the winner
+/// committed and withdraws the order it got; the second then asks billing
+/// for that same order and finds it cancelled. Its answer is the key's
+/// (IDEMPOTENCY_KEY_REUSED), never ORDER_CANCELLED (docs/design.md,
+/// Idempotency; Invariants 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reused_key_whose_other_body_order_was_withdrawn_answers_key_reused() {
+    let app = spawn_app().await;
+    let user = "keyrace";
+    // The winner claims the key, then waits on the user's lock: its key
+    // row stays uncommitted, so the others' key lookups find nothing.
+    let mut holder = app.checkout_db().await;
+    exec(&mut holder, "BEGIN").await;
+    exec(&mut holder, &format!("SELECT pg_advisory_xact_lock(hashtextextended('{user}', 7))")).await;
+    let winner = tokio::spawn({
+        let mut c = app.checkout.clone();
+        async move { c.create_session(keyed_create(user, "pro-monthly", "one-key")).await }
+    });
+    let mut observer = app.checkout_db().await;
+    assert!(wait_for_waiters(&mut observer, 1, std::time::Duration::from_secs(20)).await, "the winner never waited");
+    // Two requests with the other body reach billing's gateway call for
+    // their shared order, in this order, and wait there.
+    app.gateway.hold_orders(true);
+    let first = tokio::spawn({
+        let mut c = app.checkout.clone();
+        async move { c.create_session(keyed_create(user, "basic-monthly", "one-key")).await }
+    });
+    assert!(wait_held_orders(&app, 1).await, "the first other-body request never reached billing");
+    let second = tokio::spawn({
+        let mut c = app.checkout.clone();
+        async move { c.create_session(keyed_create(user, "basic-monthly", "one-key")).await }
+    });
+    assert!(wait_held_orders(&app, 2).await, "the second other-body request never reached billing");
+    // The winner commits its key and session.
+    exec(&mut holder, "ROLLBACK").await;
+    let won = winner.await.unwrap().expect("the first body wins the key").into_inner().session.unwrap();
+    assert_eq!(won.plan_id, "pro-monthly");
+    // The first other-body request gets the order, finds the key taken by
+    // another request, and withdraws the order.
+    app.gateway.release_order();
+    let e = first.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    // The second finds that very order cancelled at billing.
+    app.gateway.release_order();
+    let e = second.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    app.gateway.hold_orders(false);
+    // The winner's order was never touched; the loser's stays withdrawn.
+    let mut billing_db = app.billing_db().await;
+    let created = scalar(
+        &mut billing_db,
+        &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'CREATED'", won.order_id),
+    )
+    .await;
+    assert_eq!(created, 1, "the winner's order must stay payable");
+    assert_eq!(
+        scalar(&mut billing_db, &format!("SELECT count(*) AS n FROM orders WHERE user_id = '{user}' AND status = 'CANCELLED'"))
+            .await,
+        1
+    );
+    let mut db = app.checkout_db().await;
+    assert_eq!(scalar(&mut db, &format!("SELECT count(*) AS n FROM checkout_sessions WHERE user_id = '{user}'")).await, 1);
+}
+
+/// The same interleaving on RenewSession (a keyed renew derives its new
+/// session id from the key and the request too): two plan changes of one
+/// checkout under one key, the losing body sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reused_renew_key_whose_other_body_order_was_withdrawn_answers_key_reused() {
+    let app = spawn_app().await;
+    let user = "keyrace-renew";
+    let mut billing_db = app.billing_db().await;
+    exec(
+        &mut billing_db,
+        "INSERT INTO plans (id, name, price_minor, currency, credits_per_period) VALUES ('team-monthly', 'Team', 299900, 'INR', 3000)",
+    )
+    .await;
+    let head = app.create_session(user, "basic-monthly").await;
+    let renew = |plan: &'static str| {
+        let mut c = app.checkout.clone();
+        let req =
+            with_key(cpb::RenewSessionRequest { id: head.id.clone(), plan_id: plan.into(), ..Default::default() }, "renew-key");
+        async move { c.renew_session(req).await }
+    };
+    let mut holder = app.checkout_db().await;
+    exec(&mut holder, "BEGIN").await;
+    exec(&mut holder, &format!("SELECT pg_advisory_xact_lock(hashtextextended('{user}', 7))")).await;
+    let winner = tokio::spawn(renew("pro-monthly"));
+    let mut observer = app.checkout_db().await;
+    assert!(wait_for_waiters(&mut observer, 1, std::time::Duration::from_secs(20)).await, "the winner never waited");
+    app.gateway.hold_orders(true);
+    let first = tokio::spawn(renew("team-monthly"));
+    assert!(wait_held_orders(&app, 1).await, "the first other-body renew never reached billing");
+    let second = tokio::spawn(renew("team-monthly"));
+    assert!(wait_held_orders(&app, 2).await, "the second other-body renew never reached billing");
+    exec(&mut holder, "ROLLBACK").await;
+    let won = winner.await.unwrap().expect("the first body wins the key").into_inner().session.unwrap();
+    assert_eq!(won.plan_id, "pro-monthly");
+    app.gateway.release_order();
+    let e = first.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    app.gateway.release_order();
+    let e = second.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(reason(&e).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    app.gateway.hold_orders(false);
+    let created = scalar(
+        &mut billing_db,
+        &format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'CREATED'", won.order_id),
+    )
+    .await;
+    assert_eq!(created, 1, "the winner's order must stay payable");
+    assert_eq!(
+        scalar(
+            &mut billing_db,
+            &format!(
+                "SELECT count(*) AS n FROM orders WHERE user_id = '{user}' AND plan_id = 'team-monthly' AND status = 'CANCELLED'"
+            )
+        )
+        .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
