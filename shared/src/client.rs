@@ -10,9 +10,9 @@ use tonic::{Code, Request, Status};
 
 /// The incoming request's deadline as a remaining duration, if it had one.
 /// A server built by [`crate::server`] hands it over as an
-/// [`IncomingDeadline`] extension (its `grpc-timeout` header is taken off so
-/// that tonic's own timer never races the service's answer); a request that
-/// did not pass through that layer still has the header.
+/// [`IncomingDeadline`] extension (its `grpc-timeout` header is taken off,
+/// so this is the time left, not the whole original timeout); a request
+/// that did not pass through that layer still has the header.
 pub fn incoming_timeout<T>(req: &Request<T>) -> Option<Duration> {
     if let Some(d) = req.extensions().get::<IncomingDeadline>() {
         return Some(d.remaining());

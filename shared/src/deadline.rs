@@ -1,13 +1,16 @@
 //! The caller's deadline (`grpc-timeout`), answered by the service itself:
 //! DEADLINE_EXCEEDED with ErrorInfo `DEADLINE_EXCEEDED`, instead of tonic's
 //! CANCELLED "Timeout expired" without any details (docs/design.md, Error
-//! model). The header is taken off the request and handed on as an
-//! [`IncomingDeadline`] extension: left in place, tonic's own timer would run
-//! beside this one, and on a loaded machine, where both have expired by the
-//! time the task is polled, tonic's answer would win. Dropping the handler's future is
+//! model). tonic's own timer still runs around this layer, but it polls
+//! this layer first, so once this budget has passed this answer wins. The
+//! budget ends a little before the deadline ([`margin`]): the caller's own
+//! client enforces the same deadline, and the answer must reach it before
+//! that timer fires, also on a loaded machine. The header is handed on as
+//! an [`IncomingDeadline`] extension, so downstream calls get the time that
+//! is left, not the whole original timeout. Dropping the handler's future is
 //! what tonic does too: an effect already started runs to its end on its own
 //! task ([`run_effect`](crate::server::run_effect)), so the caller retries
-//! with the same idempotency key.
+//! with the same `request_id` (or idempotency key).
 use std::{
     future::Future,
     pin::Pin,
@@ -20,8 +23,12 @@ use tower::BoxError;
 use crate::status::{ErrorReason, with_reason};
 
 /// How much earlier than the caller's deadline this answers, so the answer
-/// reaches a caller whose own timer is set to the same deadline.
-const MARGIN: Duration = Duration::from_millis(5);
+/// reaches a caller whose own timer is set to the same deadline: a tenth of
+/// the timeout, at least 5 ms and at most 100 ms (a fixed 5 ms lost the race
+/// to the caller's timer on a loaded machine).
+fn margin(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100))
+}
 
 /// The caller's deadline as this service received it: set by [`Deadline`],
 /// read by [`crate::client::incoming_timeout`] to bound downstream calls.
@@ -93,7 +100,7 @@ where
             req.headers_mut().remove("grpc-timeout");
             req.extensions_mut().insert(IncomingDeadline(at));
         }
-        let budget = timeout.map(|d| d.saturating_sub(MARGIN));
+        let budget = timeout.map(|d| d.saturating_sub(margin(d)));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let Some(budget) = budget else { return fut.await.map_err(Into::into) };
@@ -111,6 +118,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_margin_is_a_tenth_within_bounds() {
+        assert_eq!(margin(Duration::from_millis(20)), Duration::from_millis(5));
+        assert_eq!(margin(Duration::from_millis(300)), Duration::from_millis(30));
+        assert_eq!(margin(Duration::from_secs(30)), Duration::from_millis(100));
+    }
 
     #[test]
     fn grpc_timeout_values() {
