@@ -3,7 +3,7 @@
 //! CANCELLED "Timeout expired" without any details (docs/design.md, Error
 //! model). tonic's own timer still runs around this layer, but it polls
 //! this layer first, so once this budget has passed this answer wins. The
-//! budget ends a little before the deadline ([`margin`]): the caller's own
+//! budget ends a little before the deadline (a tenth, 5..100 ms): the caller's own
 //! client enforces the same deadline, and the answer must reach it before
 //! that timer fires, also on a loaded machine. The header is handed on as
 //! an [`IncomingDeadline`] extension, so downstream calls get the time that
