@@ -1,7 +1,7 @@
 //! Plans: price, period, credits per period, deduction interval and limits.
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::db::Conn;
+use shared::{db::Conn, etag::Etag};
 
 use crate::{Error, Result, schema::plans};
 
@@ -28,6 +28,42 @@ pub struct Plan {
     pub max_minutes_per_period: i32,
     pub max_upload_bytes: i64,
     pub active: bool,
+}
+
+impl Plan {
+    /// The plan's etag: a digest of every stored field (docs/design.md,
+    /// "API contract: lists, views, etags").
+    pub fn etag(&self) -> Etag {
+        let Plan {
+            id,
+            name,
+            price_minor,
+            currency,
+            period,
+            credits_per_period,
+            deduction_interval_seconds,
+            max_sessions_per_period,
+            max_minutes_per_period,
+            max_upload_bytes,
+            active,
+        } = self;
+        Etag::of(
+            "plan",
+            &[
+                id as &dyn std::fmt::Debug,
+                name,
+                price_minor,
+                currency,
+                period,
+                credits_per_period,
+                deduction_interval_seconds,
+                max_sessions_per_period,
+                max_minutes_per_period,
+                max_upload_bytes,
+                active,
+            ],
+        )
+    }
 }
 
 /// A page of plans by (price, id), after the given (price, id), and the key

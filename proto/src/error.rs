@@ -56,7 +56,7 @@ impl ErrorReason {
             | R::RefundExceedsCaptured
             | R::RefundIdReused => Code::FailedPrecondition,
             R::SessionLimitExceeded | R::MinutesLimitExceeded | R::NoCredits | R::UploadTooLarge => Code::ResourceExhausted,
-            R::IdempotencyKeyInFlight | R::ConcurrentUpdate | R::RowBusy => Code::Aborted,
+            R::IdempotencyKeyInFlight | R::ConcurrentUpdate | R::RowBusy | R::EtagMismatch => Code::Aborted,
             R::DatabaseUnavailable | R::GatewayUnavailable | R::BillingUnavailable | R::Overloaded => Code::Unavailable,
             R::TokenMissing | R::TokenInvalid => Code::Unauthenticated,
             R::AdminRequired => Code::PermissionDenied,
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn every_reason_has_its_name_on_the_wire_and_a_real_code() {
         let all: Vec<ErrorReason> = all_reasons().collect();
-        assert!(all.len() >= 47, "{} reasons", all.len());
+        assert!(all.len() >= 48, "{} reasons", all.len());
         for r in all {
             let s = plain(r, "x");
             assert_eq!(s.code(), r.code(), "{r:?}");
@@ -154,7 +154,12 @@ mod tests {
         for r in all_reasons() {
             let s = plain(r, "x");
             let retry = s.get_error_details().retry_info().and_then(|i| i.retry_delay);
-            if matches!(r.code(), Code::Unavailable | Code::Aborted) {
+            // ETAG_MISMATCH is ABORTED because the caller must restart its
+            // read-modify-write: resending the same request cannot succeed,
+            // so it must not carry RetryInfo.
+            if r == ErrorReason::EtagMismatch {
+                assert_eq!(retry, None, "{r:?}");
+            } else if matches!(r.code(), Code::Unavailable | Code::Aborted) {
                 assert!(retry.is_some(), "{r:?} invites a retry without RetryInfo");
             }
             let meta = s.get_error_details().error_info().map(|i| i.metadata.clone()).unwrap_or_default();

@@ -54,6 +54,15 @@ pub enum ServiceError {
     /// The first request with this idempotency key is still running: ABORTED.
     #[error("a request with this idempotency key is still in flight")]
     IdempotencyKeyInFlight,
+    /// A mutating request's etag no longer names the resource as it is:
+    /// ABORTED `ETAG_MISMATCH` (read it again, then decide again).
+    #[error("{resource} {id} changed since the etag was read")]
+    EtagMismatch {
+        /// The resource type, e.g. `subscription`.
+        resource: &'static str,
+        /// Its id.
+        id: String,
+    },
     /// A database failure, mapped by its kind.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -133,6 +142,15 @@ impl From<ServiceError> for Status {
             }
             ServiceError::IdempotencyKeyInFlight => {
                 status::aborted(ErrorReason::IdempotencyKeyInFlight, "a request with this idempotency key is in flight, retry")
+            }
+            ServiceError::EtagMismatch { resource, id } => {
+                let message = format!("{resource} {id} changed since the etag was read; read it again and retry");
+                proto::error::status(
+                    ErrorReason::EtagMismatch,
+                    message,
+                    [("resource", resource.to_owned()), ("id", id)],
+                    tonic_types::ErrorDetails::new(),
+                )
             }
             ServiceError::Db(e) => status::from_db(&e),
             ServiceError::Internal(m) => status::internal(&m),

@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod deadline;
 pub mod error;
+pub mod etag;
 pub mod gate;
 pub mod idempotency;
 pub mod ids;

@@ -51,6 +51,7 @@ pub fn plan(p: &Plan) -> pb::Plan {
         deduction_interval_seconds: p.deduction_interval_seconds,
         limits: Some(limits(p)),
         active: p.active,
+        etag: p.etag().into(),
     }
 }
 
@@ -143,6 +144,7 @@ pub fn subscription_with(s: &Subscription, renewal: Option<&Order>) -> pb::Subsc
         next_charge_at: renewal.and_then(|o| opt_to_proto(o.next_charge_at)),
         ended_at: opt_to_proto(s.ended_at),
         has_saved_payment_method: s.gateway_token_id.is_some(),
+        etag: s.etag().into(),
     }
 }
 

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use proto::billing::v1 as pb;
 use shared::{
+    etag::Etag,
     ids::{PlanId, UserId, field},
     status::{MAX_ID_LEN, Violations, check_count},
 };
@@ -213,6 +214,7 @@ pub(super) struct CancelSubscription {
     pub id: Uuid,
     pub user_id: UserId,
     pub at_period_end: bool,
+    pub etag: Option<Etag>,
 }
 
 impl TryFrom<pb::CancelSubscriptionRequest> for CancelSubscription {
@@ -222,8 +224,9 @@ impl TryFrom<pb::CancelSubscriptionRequest> for CancelSubscription {
         let id = v.uuid("id", &r.id);
         let at_period_end = cancellation_at_period_end(&r, &mut v);
         let user_id = field(&mut v, "user_id", UserId::parse(r.user_id));
+        let etag = field(&mut v, "etag", Etag::parse_optional(r.etag));
         v.finish()?;
-        Ok(Self { id, user_id: user_id?, at_period_end })
+        Ok(Self { id, user_id: user_id?, at_period_end, etag: etag? })
     }
 }
 

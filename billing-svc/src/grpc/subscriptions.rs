@@ -56,7 +56,7 @@ pub(super) async fn cancel_subscription(
     let c = run(async move {
         let _pass = row::admit(&app.gate, Row::User(&r.user_id)).await?;
         let mut conn = app.conn().await?;
-        let c = subscriptions::cancel(&mut conn, r.id, &r.user_id, r.at_period_end, app.clock.now()).await?;
+        let c = subscriptions::cancel(&mut conn, r.id, &r.user_id, r.at_period_end, r.etag.as_ref(), app.clock.now()).await?;
         Ok((views::subscription_of(&mut conn, c.subscription).await?, c.replayed))
     })
     .await?;

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::{db::Conn, ids::UserId, status::ErrorReason};
+use shared::{db::Conn, etag::Etag, ids::UserId, status::ErrorReason};
 use uuid::Uuid;
 
 use super::{LedgerKind, Status, Subscription, get, lock, lock_live, roll_if_due, take_credits};
@@ -112,7 +112,20 @@ pub struct Cancelled {
 /// are locked before the subscription, the capture path's lock order, so a
 /// renewal being paid right now either commits first (and is then refunded
 /// by whoever cancels) or finds its order CANCELLED.
-pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &UserId, at_period_end: bool, now: DateTime<Utc>) -> Result<Cancelled> {
+///
+/// With an `etag`, the change happens only if the subscription is still as
+/// the caller read it: the stored row, or the same row rolled over to the
+/// period now open (a rollover by time alone is not someone else's change).
+/// Checked under the row lock, after the replays (a cancellation already in
+/// effect changes nothing) and before anything is written.
+pub async fn cancel(
+    conn: &mut Conn,
+    id: Uuid,
+    user_id: &UserId,
+    at_period_end: bool,
+    etag: Option<&Etag>,
+    now: DateTime<Utc>,
+) -> Result<Cancelled> {
     use crate::schema::orders as o;
     shared::retry_tx!(conn, shared::db::Races::Conflicts, |c| {
         let _renewals: Vec<String> = o::table
@@ -127,9 +140,11 @@ pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &UserId, at_period_end: 
             // Someone else's subscription reads as unknown.
             return Err(Error::not_found("subscription", id));
         }
+        let stored = sub.etag();
         if roll_if_due(c, &sub, now).await? {
             sub = get(c, id).await?;
         }
+        let as_read = |sub: &Subscription| Etag::check(etag, &[&stored, &sub.etag()], "subscription", id);
         let replay = |subscription| Ok(Cancelled { subscription, replayed: true });
         match sub.status {
             Status::Cancelled => return replay(sub),
@@ -153,6 +168,7 @@ pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &UserId, at_period_end: 
             if sub.cancel_at_period_end {
                 return replay(sub);
             }
+            as_read(&sub)?;
             orders::cancel_renewals_of(c, id, now).await?;
             // A renewal collected early is owed back: it will not open.
             refund_unused_renewals(c, &sub, now).await?;
@@ -165,6 +181,7 @@ pub async fn cancel(conn: &mut Conn, id: Uuid, user_id: &UserId, at_period_end: 
             return Ok(Cancelled { subscription: sub, replayed: false });
         }
         // Now (or PAST_DUE, whose period already ended).
+        as_read(&sub)?;
         let sub = end_now(c, &sub, now).await?;
         tracing::info!(subscription_id = %id, "cancelled now");
         Ok(Cancelled { subscription: sub, replayed: false })

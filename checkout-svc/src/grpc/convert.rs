@@ -30,6 +30,7 @@ pub fn session(s: &Session) -> pb::Session {
         recovered_from: s.recovered_from.map(|u| u.to_string()).unwrap_or_default(),
         subscription_id: s.subscription_id.clone().unwrap_or_default(),
         payment_id: s.payment_id.clone().unwrap_or_default(),
+        etag: s.etag().into(),
     }
 }
 

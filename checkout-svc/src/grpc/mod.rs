@@ -95,7 +95,7 @@ impl CheckoutService for CheckoutGrpc {
         let app = self.app.clone();
         let out = run(async move {
             let encode = encode_with(renew_response);
-            sessions::renew(&app, r.id, &r.plan_id, budget, key.as_ref(), &encode).await
+            sessions::renew(&app, r.id, &r.plan_id, r.etag.as_ref(), budget, key.as_ref(), &encode).await
         })
         .await?;
         respond(out, renew_response)

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Datelike, Utc};
 use proto::checkout::v1 as pb;
 use shared::{
+    etag::Etag,
     ids::{PlanId, UserId, field},
     status::{MAX_ID_LEN, Violations},
 };
@@ -33,6 +34,7 @@ impl TryFrom<pb::CreateSessionRequest> for CreateSession {
 pub(super) struct RenewSession {
     pub id: Uuid,
     pub plan_id: PlanId,
+    pub etag: Option<Etag>,
 }
 
 impl TryFrom<pb::RenewSessionRequest> for RenewSession {
@@ -41,8 +43,9 @@ impl TryFrom<pb::RenewSessionRequest> for RenewSession {
         let mut v = Violations::new();
         let id = v.uuid("id", &r.id);
         let plan_id = field(&mut v, "plan_id", PlanId::parse(r.plan_id));
+        let etag = field(&mut v, "etag", Etag::parse_optional(r.etag));
         v.finish()?;
-        Ok(Self { id, plan_id: plan_id? })
+        Ok(Self { id, plan_id: plan_id?, etag: etag? })
     }
 }
 

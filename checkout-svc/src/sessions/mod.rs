@@ -14,6 +14,7 @@ use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
 use shared::{
     db::Conn,
+    etag::Etag,
     idempotency::{self, Key},
     ids::UserId,
 };
@@ -67,6 +68,49 @@ pub struct Session {
 impl Session {
     pub fn is(&self, s: Status) -> bool {
         self.status == s
+    }
+
+    /// The session's etag: a digest of every stored field (`updated_at`
+    /// among them), so any change to the row changes it (docs/design.md,
+    /// "API contract: lists, views, etags"). Destructured so a new column cannot be left out.
+    pub fn etag(&self) -> Etag {
+        let Session {
+            id,
+            user_id,
+            plan_id,
+            status,
+            amount_minor,
+            currency,
+            order_id,
+            expires_at,
+            completed_at,
+            replaced_by,
+            recovered_from,
+            subscription_id,
+            payment_id,
+            created_at,
+            updated_at,
+        } = self;
+        Etag::of(
+            "checkout_session",
+            &[
+                id as &dyn std::fmt::Debug,
+                user_id,
+                plan_id,
+                status,
+                amount_minor,
+                currency,
+                order_id,
+                expires_at,
+                completed_at,
+                replaced_by,
+                recovered_from,
+                subscription_id,
+                payment_id,
+                created_at,
+                updated_at,
+            ],
+        )
     }
 
     /// ACTIVE but past its expiry: reads as EXPIRED.

@@ -8,6 +8,7 @@ use shared::status::ErrorReason;
 use shared::{
     client::Budget,
     db::Conn,
+    etag::Etag,
     idempotency::{Encode, Key, Outcome},
     ids::PlanId,
     keyed_transaction,
@@ -81,10 +82,18 @@ fn not_renewable(s: &Session, now: DateTime<Utc>) -> Option<Error> {
 /// with `replaced_by`, a new ACTIVE one starts for `plan_id` with a fresh
 /// 24 h. Renewing an already replaced session with the plan of its
 /// replacement returns the replacement.
+///
+/// With an `etag`, the plan changes only if the session named by `id` is
+/// still as the caller read it: checked before billing is asked for an
+/// order, and again under the row locks in the transaction that replaces
+/// it. Answers that change nothing (a replay, a plan the session already
+/// has) are given whatever the etag.
+#[allow(clippy::too_many_arguments)] // the request's parts, parsed
 pub async fn renew(
     app: &App,
     id: Uuid,
     plan_id: &PlanId,
+    etag: Option<&Etag>,
     budget: Budget,
     key: Option<&Key>,
     encode: Encode<'_, Started>,
@@ -110,6 +119,7 @@ pub async fn renew(
         let previous = (head.id != original.id).then_some(original);
         return Ok(Outcome::Fresh(Started { session: head, previous }));
     }
+    Etag::check(etag, &[&original.etag()], "checkout_session", id)?;
     let new_id = key.map(|k| keyed_id(k, &head.id.to_string())).unwrap_or_else(Uuid::new_v4);
     // A retry with the same key asks for this order again only while the
     // head is the same; a refusal (lost race, the session changed) means it
@@ -130,6 +140,9 @@ pub async fn renew(
                 if newest.is(Status::Active) && !newest.lapsed(now) && newest.plan_id == plan_id {
                     Started { session: newest, previous: Some(head.clone()) }
                 } else {
+                    // A caller that named the session as it read it learns
+                    // that it changed, in the words of its condition.
+                    Etag::check(etag, &[&lock(c, id).await?.etag()], "checkout_session", id)?;
                     return Err(not_renewable(&newest, now).unwrap_or_else(|| {
                         Error::precondition(
                             ErrorReason::SessionChanged,
@@ -141,6 +154,8 @@ pub async fn renew(
             } else if let Some(session) = existing(c, new_id).await? {
                 Started { session, previous: Some(head.clone()) }
             } else {
+                let named = if id == current.id { current } else { lock(c, id).await? };
+                Etag::check(etag, &[&named.etag()], "checkout_session", id)?;
                 let (previous, session) = replace_active(c, new_id, &head.user_id, &q, None, now).await?;
                 Started { session, previous }
             }

@@ -24,7 +24,7 @@ fn create(user: &str, plan: &str, request_id: &str) -> cpb::CreateSessionRequest
 }
 
 fn renew(id: &str, plan: &str, request_id: &str) -> cpb::RenewSessionRequest {
-    cpb::RenewSessionRequest { id: id.into(), plan_id: plan.into(), request_id: request_id.into() }
+    cpb::RenewSessionRequest { id: id.into(), plan_id: plan.into(), request_id: request_id.into(), ..Default::default() }
 }
 
 fn recover(id: &str, request_id: &str) -> cpb::RecoverSessionRequest {

@@ -5,6 +5,7 @@
 mod api;
 mod bad_input;
 mod error_reasons;
+mod etags;
 mod order_views;
 mod pagination;
 mod schema;

@@ -10,7 +10,7 @@ use crate::support::lost_response::violated_fields;
 
 #[allow(deprecated)] // the legacy at_period_end is what is tested
 fn cancel(id: &str, user: &str, policy: i32, at_period_end: bool) -> bpb::CancelSubscriptionRequest {
-    bpb::CancelSubscriptionRequest { id: id.into(), user_id: user.into(), at_period_end, policy }
+    bpb::CancelSubscriptionRequest { id: id.into(), user_id: user.into(), at_period_end, policy, ..Default::default() }
 }
 
 fn forfeited(sub: &str) -> String {
