@@ -21,9 +21,9 @@ const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// The live SQL functions, applied after the migrations (docs/design.md,
-/// SQL functions): one file each in `sql/functions/`.
+/// SQL functions): one file each in `sql/functions/`, after the shared ones.
 pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![
-    touch_updated_at,
+    shared touch_updated_at;
     billing_period_at,
     billing_renewal_paid,
     billing_roll_steps,

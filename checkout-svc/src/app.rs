@@ -10,8 +10,8 @@ use crate::{billing::Billing, config::Config};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// The live SQL functions, applied after the migrations (docs/design.md,
-/// SQL functions): one file each in `sql/functions/`.
-pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![touch_updated_at,];
+/// SQL functions): only the shared trigger function so far.
+pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![shared touch_updated_at;];
 /// Advisory-lock key under which replicas run migrations one at a time.
 const MIGRATION_LOCK: i64 = 0x0c4e_c0de;
 

@@ -88,6 +88,11 @@ def used(tree, path):
         return ("rust", parts[0]) if path in reachable_rust(tree, parts[0]) else None
     if len(parts) == 4 and parts[1:3] == ["sql", "functions"] and path.endswith(".sql"):
         name = parts[3][: -len(".sql")]
+        if parts[0] == "shared":
+            # A shared function file shapes the database of every service
+            # that lists it (`sql_functions![shared name; ...]`).
+            users = [s for s in ("billing-svc", "checkout-svc") if name in listed_functions(tree, s)]
+            return ("sql", users[0]) if users else None
         return ("sql", parts[0]) if name in listed_functions(tree, parts[0]) else None
     if len(parts) == 4 and parts[1] == "migrations" and parts[3] == "up.sql":
         return ("sql", parts[0])

@@ -82,6 +82,7 @@ pub async fn fresh_database(
     let mut h = DefaultHasher::new();
     hash_dir(&workspace_root().join(format!("{service}/migrations")), &mut h);
     hash_dir(&workspace_root().join(format!("{service}/sql")), &mut h);
+    hash_dir(&workspace_root().join("shared/sql"), &mut h);
     let template = format!("tmpl_{}_{:016x}", service.replace('-', "_"), h.finish());
     let name = format!("test_{}_{}", service.replace('-', "_"), uuid::Uuid::new_v4().simple());
     // One lock for template creation and copies: CREATE DATABASE ... TEMPLATE

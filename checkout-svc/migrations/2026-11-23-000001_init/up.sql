@@ -1,16 +1,10 @@
 -- checkout-svc schema: checkout sessions (never billing's tables).
 
--- Bootstrap: the trigger below needs it now. The live definition is
--- checkout-svc/sql/functions/touch_updated_at.sql, applied after the
--- migrations (docs/design.md, SQL functions).
-CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  -- Keep an explicitly set updated_at (the injected clock); default to now().
-  IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
-    NEW.updated_at := now();
-  END IF;
-  RETURN NEW;
-END $$;
+-- A placeholder the trigger below can name: touch_updated_at's one
+-- definition is shared/sql/functions/touch_updated_at.sql, which the
+-- migration runner applies over this right after the migrations
+-- (docs/design.md, SQL functions).
+CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
 
 CREATE TABLE checkout_sessions (
   id               uuid PRIMARY KEY,

@@ -33,18 +33,42 @@ impl SqlFunction {
     }
 }
 
+/// Functions both services' databases need, each defined once in
+/// `shared/sql/functions/<name>.sql`. A service names the ones it uses
+/// first in its list: `sql_functions![shared touch_updated_at; billing_charge]`.
+#[allow(non_upper_case_globals)] // named as the SQL function, for the macro
+pub mod common {
+    use super::SqlFunction;
+
+    /// Every function of this module, for [`check_listed`](super::check_listed).
+    pub const ALL: &[SqlFunction] = &[touch_updated_at];
+
+    /// The trigger function of the tables with an `updated_at` column.
+    pub const touch_updated_at: SqlFunction = SqlFunction {
+        name: "touch_updated_at",
+        sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/functions/touch_updated_at.sql")),
+    };
+}
+
 /// The definitions of `sql/functions/<name>.sql` of the calling crate, in the
 /// order given (the order they are applied in: a `LANGUAGE sql` function is
-/// checked against what exists when it is created).
+/// checked against what exists when it is created), after the shared ones
+/// ([`common`]) named before the `;`.
 ///
-/// `sql_functions![touch_updated_at, billing_charge]`
+/// `sql_functions![shared touch_updated_at; billing_charge]`
 #[macro_export]
 macro_rules! sql_functions {
+    (shared $($common:ident),* ; $($name:ident),* $(,)?) => {
+        &[
+            $($crate::db::common::$common,)*
+            $($crate::db::SqlFunction {
+                name: stringify!($name),
+                sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/functions/", stringify!($name), ".sql")),
+            },)*
+        ]
+    };
     ($($name:ident),* $(,)?) => {
-        &[$($crate::db::SqlFunction {
-            name: stringify!($name),
-            sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/functions/", stringify!($name), ".sql")),
-        }),*]
+        $crate::sql_functions!(shared ; $($name),*)
     };
 }
 
@@ -147,15 +171,18 @@ pub(crate) fn apply<C: LoadConnection<Backend = Pg>>(
 /// Checks that `functions` lists exactly the files of `dir` (`<name>.sql`),
 /// each defining the function it is named after: for a unit test of each
 /// service, so that a file added but not listed (never applied) fails the
-/// build's tests.
+/// build's tests. The shared functions ([`common`]) in the list are files of
+/// `shared/sql/functions/`, not of `dir`; a service with none of its own
+/// may have no `dir` at all.
 pub fn check_listed(dir: &std::path::Path, functions: &[SqlFunction]) -> Result<(), String> {
-    let mut files: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut files: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
     files.sort();
-    let mut listed: Vec<String> = functions.iter().map(|f| format!("{}.sql", f.name)).collect();
+    let own = functions.iter().filter(|f| !common::ALL.iter().any(|c| c.name == f.name && c.sql == f.sql));
+    let mut listed: Vec<String> = own.map(|f| format!("{}.sql", f.name)).collect();
     listed.sort();
     if files != listed {
         return Err(format!("{} holds {files:?}, the list names {listed:?}", dir.display()));
@@ -167,4 +194,31 @@ pub fn check_listed(dir: &std::path::Path, functions: &[SqlFunction]) -> Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_directory_holds_exactly_the_common_functions() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/functions");
+        let mut files: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        files.sort();
+        let mut names: Vec<String> = common::ALL.iter().map(|f| format!("{}.sql", f.name)).collect();
+        names.sort();
+        assert_eq!(files, names);
+        for f in common::ALL {
+            assert_eq!(f.sql.matches("CREATE OR REPLACE FUNCTION").count(), 1, "{}", f.name);
+            assert!(f.sql.contains(&format!("CREATE OR REPLACE FUNCTION {}(", f.name)), "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn a_service_list_with_only_shared_functions_needs_no_directory() {
+        let list: &[SqlFunction] = crate::sql_functions![shared touch_updated_at;];
+        assert_eq!(list.len(), 1);
+        assert!(check_listed(std::path::Path::new("/nonexistent/sql/functions"), list).is_ok());
+    }
 }

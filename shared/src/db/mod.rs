@@ -23,7 +23,7 @@ mod functions;
 mod url;
 
 pub use error::DbError;
-pub use functions::{SqlFunction, check_listed};
+pub use functions::{SqlFunction, check_listed, common};
 pub use url::{with_dead_peer_detection, with_session_limits};
 
 #[derive(Debug, Clone, Copy)]
