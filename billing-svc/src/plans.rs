@@ -1,7 +1,10 @@
 //! Plans: price, period, credits per period, deduction interval and limits.
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::{db::Conn, etag::Etag};
+use shared::{
+    db::Conn,
+    etag::{Etag, EtagPart},
+};
 
 use crate::{Error, Result, schema::plans};
 
@@ -50,7 +53,7 @@ impl Plan {
         Etag::of(
             "plan",
             &[
-                id as &dyn std::fmt::Debug,
+                id as &dyn EtagPart,
                 name,
                 price_minor,
                 currency,

@@ -162,13 +162,20 @@ pub async fn subscription(conn: &mut Conn, id: Uuid, now: DateTime<Utc>) -> Resu
 }
 
 /// A page of a user's subscriptions (see [`subscriptions::list_for_user`])
-/// with their open renewal orders.
+/// with their open renewal orders, each as GetSubscription shows it (past
+/// its period end: the period now open), so both show the same etag. Only
+/// the user's one live subscription can be due: at most one more query.
 pub async fn subscriptions_of_user(
     conn: &mut Conn,
     user_id: &UserId,
     page_size: i64,
     after: Option<(DateTime<Utc>, Uuid)>,
+    now: DateTime<Utc>,
 ) -> Result<(Vec<SubscriptionView>, Option<(DateTime<Utc>, Uuid)>)> {
-    let (subs, next) = subscriptions::list_for_user(conn, user_id, page_size, after).await?;
+    let (stored, next) = subscriptions::list_for_user(conn, user_id, page_size, after).await?;
+    let mut subs = Vec::with_capacity(stored.len());
+    for s in stored {
+        subs.push(subscriptions::as_of(conn, s, now).await?);
+    }
     Ok((with_renewals(conn, subs).await?, next))
 }

@@ -42,6 +42,12 @@ macro_rules! text_enum {
             }
         }
 
+        impl $crate::etag::EtagPart for $name {
+            fn put(&self, out: &mut ::std::vec::Vec<u8>) {
+                $crate::etag::EtagPart::put(self.as_str(), out)
+            }
+        }
+
         impl ::std::fmt::Display for $name {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())

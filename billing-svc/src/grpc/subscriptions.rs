@@ -38,8 +38,10 @@ pub(super) async fn list_subscriptions(
 ) -> RpcResult<pb::ListSubscriptionsResponse> {
     let r = ListSubscriptions::try_from(req.into_inner())?;
     let app = app.clone();
-    let (subs, next) =
-        run(async move { views::subscriptions_of_user(&mut *app.conn().await?, &r.user_id, r.size, r.after).await }).await?;
+    let (subs, next) = run(async move {
+        views::subscriptions_of_user(&mut *app.conn().await?, &r.user_id, r.size, r.after, app.clock.now()).await
+    })
+    .await?;
     Ok(Response::new(pb::ListSubscriptionsResponse {
         subscriptions: subs.iter().map(convert::subscription_view).collect(),
         next_page_token: next.map(|(t, id)| subscription_page_token(t, id)).unwrap_or_default(),

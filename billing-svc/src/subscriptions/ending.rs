@@ -114,10 +114,13 @@ pub struct Cancelled {
 /// by whoever cancels) or finds its order CANCELLED.
 ///
 /// With an `etag`, the change happens only if the subscription is still as
-/// the caller read it: the stored row, or the same row rolled over to the
-/// period now open (a rollover by time alone is not someone else's change).
+/// the caller read it, as every read shows it: rolled over to the period now
+/// open (GetSubscription and ListSubscriptions show that view, and this
+/// compares with the row once rolled, whoever rolled it). A rollover that
+/// opened a newly paid period therefore stales an etag read before it.
 /// Checked under the row lock, after the replays (a cancellation already in
-/// effect changes nothing) and before anything is written.
+/// effect changes nothing) and before the cancellation writes anything (a
+/// refusal rolls back the rollover too).
 pub async fn cancel(
     conn: &mut Conn,
     id: Uuid,
@@ -140,11 +143,10 @@ pub async fn cancel(
             // Someone else's subscription reads as unknown.
             return Err(Error::not_found("subscription", id));
         }
-        let stored = sub.etag();
         if roll_if_due(c, &sub, now).await? {
             sub = get(c, id).await?;
         }
-        let as_read = |sub: &Subscription| Etag::check(etag, &[&stored, &sub.etag()], "subscription", id);
+        let as_read = |sub: &Subscription| Etag::check(etag, &[&sub.etag()], "subscription", id);
         let replay = |subscription| Ok(Cancelled { subscription, replayed: true });
         match sub.status {
             Status::Cancelled => return replay(sub),

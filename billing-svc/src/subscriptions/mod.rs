@@ -7,7 +7,11 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::{db::Conn, etag::Etag, ids::UserId};
+use shared::{
+    db::Conn,
+    etag::{Etag, EtagPart},
+    ids::UserId,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -111,7 +115,7 @@ impl Subscription {
         Etag::of(
             "subscription",
             &[
-                id as &dyn std::fmt::Debug,
+                id as &dyn EtagPart,
                 user_id,
                 plan_id,
                 order_id,

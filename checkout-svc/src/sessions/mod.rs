@@ -14,7 +14,7 @@ use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
 use shared::{
     db::Conn,
-    etag::Etag,
+    etag::{Etag, EtagPart},
     idempotency::{self, Key},
     ids::UserId,
 };
@@ -70,9 +70,11 @@ impl Session {
         self.status == s
     }
 
-    /// The session's etag: a digest of every stored field (`updated_at`
-    /// among them), so any change to the row changes it (docs/design.md,
-    /// "API contract: lists, views, etags"). Destructured so a new column cannot be left out.
+    /// The session's etag: a digest of every field but `updated_at`, so
+    /// every change a caller can see changes it, while bookkeeping that only
+    /// touches `updated_at` (the withdrawal of a retired session's order)
+    /// does not (docs/design.md, "API contract: lists, views, etags").
+    /// Destructured, so a new field of the struct cannot be left out.
     pub fn etag(&self) -> Etag {
         let Session {
             id,
@@ -89,12 +91,12 @@ impl Session {
             subscription_id,
             payment_id,
             created_at,
-            updated_at,
+            updated_at: _,
         } = self;
         Etag::of(
             "checkout_session",
             &[
-                id as &dyn std::fmt::Debug,
+                id as &dyn EtagPart,
                 user_id,
                 plan_id,
                 status,
@@ -108,7 +110,6 @@ impl Session {
                 subscription_id,
                 payment_id,
                 created_at,
-                updated_at,
             ],
         )
     }

@@ -84,10 +84,14 @@ fn not_renewable(s: &Session, now: DateTime<Utc>) -> Option<Error> {
 /// replacement returns the replacement.
 ///
 /// With an `etag`, the plan changes only if the session named by `id` is
-/// still as the caller read it: checked before billing is asked for an
-/// order, and again under the row locks in the transaction that replaces
-/// it. Answers that change nothing (a replay, a plan the session already
-/// has) are given whatever the etag.
+/// the one the change retires (the head of its chain) and is still as the
+/// caller read it: checked under the row lock, in the transaction that
+/// replaces it, so of concurrent requests naming one version only one
+/// changes it; a refused request's order is withdrawn like any refused
+/// start's. A session the chain has moved past cannot be as read: the
+/// caller reads the head and names it. State errors (completed, expired)
+/// come first; answers that change nothing (a replay, a plan the session
+/// already has) are given whatever the etag.
 #[allow(clippy::too_many_arguments)] // the request's parts, parsed
 pub async fn renew(
     app: &App,
@@ -119,7 +123,6 @@ pub async fn renew(
         let previous = (head.id != original.id).then_some(original);
         return Ok(Outcome::Fresh(Started { session: head, previous }));
     }
-    Etag::check(etag, &[&original.etag()], "checkout_session", id)?;
     let new_id = key.map(|k| keyed_id(k, &head.id.to_string())).unwrap_or_else(Uuid::new_v4);
     // A retry with the same key asks for this order again only while the
     // head is the same; a refusal (lost race, the session changed) means it
@@ -136,26 +139,27 @@ pub async fn renew(
             let current = lock(c, head.id).await?;
             if !current.is(Status::Active) || current.lapsed(now) {
                 // Lost a race with another renew, a completion or expiry.
-                let newest = head_of(c, current).await?;
+                let newest = head_of(c, current.clone()).await?;
                 if newest.is(Status::Active) && !newest.lapsed(now) && newest.plan_id == plan_id {
-                    Started { session: newest, previous: Some(head.clone()) }
+                    Started { session: newest, previous: Some(current) }
+                } else if let Some(e) = not_renewable(&newest, now) {
+                    return Err(e);
                 } else {
                     // A caller that named the session as it read it learns
                     // that it changed, in the words of its condition.
                     Etag::check(etag, &[&lock(c, id).await?.etag()], "checkout_session", id)?;
-                    return Err(not_renewable(&newest, now).unwrap_or_else(|| {
-                        Error::precondition(
-                            ErrorReason::SessionChanged,
-                            head.id,
-                            "the session changed meanwhile; read it and retry",
-                        )
-                    }));
+                    return Err(Error::precondition(
+                        ErrorReason::SessionChanged,
+                        head.id,
+                        "the session changed meanwhile; read it and retry",
+                    ));
                 }
             } else if let Some(session) = existing(c, new_id).await? {
-                Started { session, previous: Some(head.clone()) }
+                Started { session, previous: Some(current) }
             } else {
-                let named = if id == current.id { current } else { lock(c, id).await? };
-                Etag::check(etag, &[&named.etag()], "checkout_session", id)?;
+                let head_etag = current.etag();
+                let as_read: &[&Etag] = if id == current.id { &[&head_etag] } else { &[] };
+                Etag::check(etag, as_read, "checkout_session", id)?;
                 let (previous, session) = replace_active(c, new_id, &head.user_id, &q, None, now).await?;
                 Started { session, previous }
             }

@@ -120,24 +120,50 @@ async fn cancel_subscription_acts_only_on_the_subscription_as_read() {
     assert!(app.subscription(&sub.id).await.status == bpb::SubscriptionStatus::Active as i32);
 }
 
+/// Past its period end a subscription reads (GetSubscription and
+/// ListSubscriptions alike) as the period now open, with that view's etag:
+/// the one a cancellation compares with, whether the cancellation or the
+/// rollover job rolls the row. An etag read before the period ended is
+/// stale: the rollover changed what the caller would cancel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rollover_by_time_alone_does_not_stale_the_etag() {
+async fn past_period_end_every_read_shows_the_etag_a_cancellation_accepts() {
     let app = spawn_app().await;
     let mut b = app.billing.clone();
     let sub = app.subscribe("etag-roll", "basic-monthly").await;
-    // Past the period end (and its grace), unrolled in the table: the
-    // etag read before the period ended still names the subscription.
     app.clock.advance(chrono::Duration::days(31));
-    let rolled = app.subscription(&sub.id).await;
-    assert_ne!(rolled.etag, sub.etag, "GetSubscription shows the subscription as it reads now: {rolled:?}");
-    let r = b.cancel_subscription(cancel(&sub.id, "etag-roll", bpb::CancellationPolicy::Immediately, &sub.etag)).await;
+    let shown = app.subscription(&sub.id).await;
+    assert_ne!(shown.etag, sub.etag, "the period ended: {shown:?}");
+    let listed = b
+        .list_subscriptions(bpb::ListSubscriptionsRequest { user_id: "etag-roll".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .subscriptions;
+    let listed = listed.iter().find(|s| s.id == sub.id).unwrap();
+    assert_eq!(listed, &shown, "ListSubscriptions shows what GetSubscription shows");
+
+    let old = b.cancel_subscription(cancel(&sub.id, "etag-roll", bpb::CancellationPolicy::Immediately, &sub.etag)).await;
+    assert_eq!(reason(&old), Some(ErrorReason::EtagMismatch), "{old:?}");
+    assert_eq!(app.subscription(&sub.id).await, shown, "the refusal rolled nothing back in");
+    let r = b.cancel_subscription(cancel(&sub.id, "etag-roll", bpb::CancellationPolicy::Immediately, &shown.etag)).await;
     let cancelled = r.unwrap().into_inner().subscription.unwrap();
     assert_eq!(cancelled.status, bpb::SubscriptionStatus::Cancelled as i32, "{cancelled:?}");
 
-    // And so does the etag of the period as GetSubscription showed it.
+    // The rollover job rolls the row first: the etag read before it still
+    // names the subscription (the job wrote what the read showed).
     let other = app.subscribe("etag-roll-2", "basic-monthly").await;
     app.clock.advance(chrono::Duration::days(31));
     let shown = app.subscription(&other.id).await;
+    app.run_job("rollover").await;
+    let mut db = app.billing_db().await;
+    let unrolled = format!(
+        "SELECT count(*) AS n FROM subscriptions WHERE id = '{}' AND status = 'ACTIVE' \
+          AND extract(epoch FROM period_end)::bigint = {}",
+        other.id,
+        other.period_end.as_ref().unwrap().seconds
+    );
+    assert_eq!(scalar(&mut db, &unrolled).await, 0, "the job rolled the row");
+    assert_eq!(app.subscription(&other.id).await.etag, shown.etag, "a read after the job shows the same");
     let r = b.cancel_subscription(cancel(&other.id, "etag-roll-2", bpb::CancellationPolicy::Immediately, &shown.etag)).await;
     assert!(r.is_ok(), "{r:?}");
 }
@@ -195,7 +221,8 @@ async fn renew_session_changes_only_the_session_as_read() {
     assert_eq!(app.get_session(&a.id).await, a, "a refused renewal changes nothing");
     let mut db = app.checkout_db().await;
     assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'etag-renew'").await, 1);
-    // No order was left open for the refused request at billing.
+    // The refused request's order (billing was asked before the check
+    // under the lock) was withdrawn.
     let mut bdb = app.billing_db().await;
     let open = "SELECT count(*) AS n FROM orders WHERE user_id = 'etag-renew' AND status = 'CREATED'";
     assert_eq!(scalar(&mut bdb, open).await, 1, "only the session's own order is payable");
@@ -215,6 +242,40 @@ async fn renew_session_changes_only_the_session_as_read() {
     let other = c.renew_session(renew(&a.id, "basic-monthly", &a.etag)).await;
     assert_eq!(reason(&other), Some(ErrorReason::EtagMismatch), "{other:?}");
     assert_eq!(app.get_session(&b.id).await.status, cpb::SessionStatus::Active as i32);
+    // The answer's sessions carry the etags they are stored with.
+    assert_eq!(app.get_session(&previous.id).await.etag, previous.etag);
+    assert_eq!(app.get_session(&b.id).await.etag, b.etag);
+}
+
+/// A conditional renewal names the session it retires. The replaced
+/// session's own etag stays fresh for ever (it no longer changes), so
+/// naming it cannot say that the live head is as the caller read it: such a
+/// request is refused, and a change someone else made to the head survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renew_by_a_replaced_id_with_an_etag_cannot_overwrite_the_head() {
+    let app = spawn_app().await;
+    add_team_plan(&app).await;
+    let mut c = app.checkout.clone();
+    let a = app.create_session("etag-chain", "basic-monthly").await;
+    let b = c.renew_session(renew(&a.id, "pro-monthly", &a.etag)).await.unwrap().into_inner().session.unwrap();
+    // X reads A (replaced by B); meanwhile Y changes B to team.
+    let a_read = app.get_session(&a.id).await;
+    assert_eq!(a_read.replaced_by, b.id);
+    let team = c.renew_session(renew(&b.id, "team-monthly", &b.etag)).await.unwrap().into_inner().session.unwrap();
+    assert_eq!(app.get_session(&a.id).await.etag, a_read.etag, "A itself did not change");
+    // X's conditional change through A is refused; Y's plan stands.
+    let x = c.renew_session(renew(&a.id, "basic-monthly", &a_read.etag)).await;
+    assert_eq!(reason(&x), Some(ErrorReason::EtagMismatch), "{x:?}");
+    let head = app.get_session(&team.id).await;
+    assert_eq!((head.status, head.plan_id.as_str()), (cpb::SessionStatus::Active as i32, "team-monthly"));
+    let mut db = app.checkout_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'etag-chain'").await, 3);
+    let mut bdb = app.billing_db().await;
+    let open = "SELECT count(*) AS n FROM orders WHERE user_id = 'etag-chain' AND status = 'CREATED'";
+    assert_eq!(scalar(&mut bdb, open).await, 1, "X's order was withdrawn; only the head's is payable");
+    // Naming the head with its etag works.
+    let r = c.renew_session(renew(&team.id, "basic-monthly", &head.etag)).await.unwrap().into_inner();
+    assert_eq!(r.session.unwrap().plan_id, "basic-monthly");
 }
 
 /// Twelve renewals of one session at once, naming the version they read,
