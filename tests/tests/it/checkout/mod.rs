@@ -1,11 +1,15 @@
 //! checkout.v1: sessions end to end, races and idempotency keys, request_id
 //! (`request_ids`), the
 //! completion sync with billing, orders of retired sessions, and the edges
-//! where checkout meets billing.
+//! where checkout meets billing: reused and purged keys (`reused_keys`),
+//! sessions at their edges (`session_edges`), billing stalling under
+//! checkout (`billing_stall`).
+mod billing_stall;
 mod completion_sync;
-mod edge_cases;
 mod guards;
 mod races;
 mod request_ids;
 mod retired_orders;
+mod reused_keys;
+mod session_edges;
 mod sessions;

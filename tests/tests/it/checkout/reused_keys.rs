@@ -1,14 +1,11 @@
-//! checkout.v1 at its edges: a paid session is never retired by a new one,
-//! purged idempotency keys never resurrect a cancelled order, one key with
-//! two bodies never collides at billing, a reused key never captures money,
-//! long replacement chains, forged page tokens, and billing's connection
-//! failing under checkout. Both services, real PostgreSQL, real sockets.
+//! checkout.v1's idempotency keys at their edges: purged keys never
+//! resurrect a cancelled order and replay without asking billing, one key
+//! with two bodies never collides at billing (the interleavings behind it
+//! forced, on CreateSession and RenewSession), a reused key never captures
+//! money. Both services, real PostgreSQL, real sockets.
 use chrono::Duration as Days;
 use futures::future::join_all;
-use proto::{
-    billing::v1 as bpb,
-    checkout::v1::{self as cpb, SessionStatus},
-};
+use proto::checkout::v1::{self as cpb, SessionStatus};
 use tests::{
     clients::with_key,
     helpers::{exec, scalar, wait_for_waiters},
@@ -32,61 +29,9 @@ fn precondition_types(s: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Lower-case hex, as page tokens are written.
-fn hex(s: impl AsRef<[u8]>) -> String {
-    s.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A CreateSession request with an idempotency key.
 fn keyed_create(user: &str, plan: &str, key: &str) -> tonic::Request<cpb::CreateSessionRequest> {
     with_key(cpb::CreateSessionRequest { user_id: user.into(), plan_id: plan.into(), ..Default::default() }, key)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn create_completes_the_active_session_paid_at_billing_instead_of_invalidating_it() {
-    let app = spawn_app().await;
-    let old = app.create_session("payer", "pro-monthly").await;
-    // The customer paid at the gateway; billing captured it (the webhook or
-    // a direct VerifyPayment), checkout has not heard of it yet.
-    let (payment_id, signature) = app.pay(&old.order_id);
-    let sub = app
-        .billing
-        .clone()
-        .verify_payment(bpb::VerifyPaymentRequest { order_id: old.order_id.clone(), payment_id, signature })
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
-
-    let created = app
-        .checkout
-        .clone()
-        .create_session(cpb::CreateSessionRequest {
-            user_id: "payer".into(),
-            plan_id: "basic-monthly".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(created.invalidated_session_id, "", "the paid session must not be reported as invalidated");
-    let new = created.session.unwrap();
-    assert_eq!(status(&new), SessionStatus::Active);
-
-    let old_now = app.get_session(&old.id).await;
-    assert_eq!(status(&old_now), SessionStatus::Completed);
-    assert_eq!(old_now.subscription_id, sub.id);
-    assert_eq!(old_now.replaced_by, "");
-    let mut db = app.checkout_db().await;
-    assert_eq!(
-        scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'payer' AND status = 'INVALIDATED'").await,
-        0
-    );
-    assert_eq!(
-        scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'payer' AND status = 'ACTIVE'").await,
-        1
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -345,185 +290,4 @@ async fn reused_key_on_complete_is_refused_before_billing_captures() {
     // The same request under the same key replays.
     let again = checkout.complete_session(req(&a.id, &pa, &sa)).await.unwrap().into_inner();
     assert_eq!(again.session.unwrap().id, a.id);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn renew_finds_the_head_of_a_chain_of_70_replacements() {
-    let app = spawn_app().await;
-    let mut checkout = app.checkout.clone();
-    let first = app.create_session("chain", "pro-monthly").await;
-    let mut head = first.clone();
-    for i in 0..70 {
-        let plan = if i % 2 == 0 { "basic-monthly" } else { "pro-monthly" };
-        let r = checkout
-            .renew_session(cpb::RenewSessionRequest { id: head.id.clone(), plan_id: plan.into(), ..Default::default() })
-            .await
-            .unwrap();
-        head = r.into_inner().session.unwrap();
-    }
-    // The head's plan: the head itself.
-    let same = checkout
-        .renew_session(cpb::RenewSessionRequest { id: first.id.clone(), plan_id: head.plan_id.clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(same.session.unwrap().id, head.id);
-    // Another plan: the head is replaced.
-    let other = if head.plan_id == "pro-monthly" { "basic-monthly" } else { "pro-monthly" };
-    let next = checkout
-        .renew_session(cpb::RenewSessionRequest { id: first.id.clone(), plan_id: other.into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(next.previous.unwrap().id, head.id);
-    let next = next.session.unwrap();
-    assert_eq!(app.get_session(&head.id).await.replaced_by, next.id);
-    let mut db = app.checkout_db().await;
-    assert_eq!(
-        scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'chain' AND status = 'ACTIVE'").await,
-        1
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn forged_page_tokens_are_invalid_argument() {
-    let app = spawn_app().await;
-    app.create_session("pager", "pro-monthly").await;
-    let id = uuid::Uuid::new_v4();
-    let tokens = [
-        // Within chrono's range but before PostgreSQL's (4713 BC).
-        hex(format!("-8000000000000000000|{id}")),
-        // Around year 300000.
-        hex(format!("9467000000000000000|{id}")),
-        hex(format!("{}|{id}", i64::MAX)),
-        "not-a-token".to_owned(),
-        hex("garbage"),
-        "ff".repeat(5000),
-    ];
-    for token in tokens {
-        let e = app
-            .checkout
-            .clone()
-            .list_sessions(cpb::ListSessionsRequest {
-                user_id: "pager".into(),
-                page_size: 10,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "{token}: {e:?}");
-        let fields: Vec<String> = e
-            .get_error_details()
-            .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-            .unwrap_or_default();
-        assert_eq!(fields, vec!["page_token".to_owned()], "{token}: {e:?}");
-    }
-}
-
-/// A TCP relay in front of billing whose client→billing direction can be
-/// held: billing stalls from checkout's point of view, and whatever checkout
-/// wrote meanwhile (requests, then the resets of the calls it gave up on)
-/// arrives in one burst on release.
-async fn stallable_relay(target: std::net::SocketAddr) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    async fn pump(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        mut held: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            if *held.borrow_and_update() {
-                if held.changed().await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            tokio::select! {
-                n = from.read(&mut buf) => match n {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => if to.write_all(&buf[..n]).await.is_err() { return },
-                },
-                _ = held.changed() => {}
-            }
-        }
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (hold, held) = tokio::sync::watch::channel(false);
-    let (never_tx, never_held) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        // The billing→checkout direction is never held; its sender lives
-        // as long as the relay.
-        let _keep_open = never_tx;
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(target).await else { continue };
-            let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
-            tokio::spawn(pump(cr, sw, held.clone()));
-            tokio::spawn(pump(sr, cw, never_held.clone()));
-        }
-    });
-    (addr, hold)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn billing_stall_answers_unavailable_then_recovers_never_a_plan_limit_code() {
-    let app = spawn_app().await;
-    // A second checkout that reaches billing through the relay.
-    let (relay, hold) = stallable_relay(app.billing_addr).await;
-    let db_url =
-        tests::harness::fresh_database("checkout-svc", |u| Box::pin(async move { checkout_svc::app::migrate(&u).await }))
-            .await
-            .unwrap();
-    let mut cfg = tests::harness::checkout_config(&tests::harness::Options::default(), relay);
-    cfg.billing_timeout = std::time::Duration::from_secs(1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let shutdown = shared::server::Shutdown::new();
-    let served = tokio::spawn(checkout_svc::serve(cfg, db_url.clone(), listener, app.clock.clone(), shutdown.clone()));
-    tests::harness::wait_serving(&addr, proto::CHECKOUT_SERVICE_NAME).await.unwrap();
-    let checkout = tests::checkout_client(&addr, tests::harness::SERVICE_TOKEN).unwrap();
-    let create = |user: String| {
-        let mut c = checkout.clone();
-        async move {
-            c.create_session(cpb::CreateSessionRequest { user_id: user, plan_id: "pro-monthly".into(), ..Default::default() })
-                .await
-        }
-    };
-    create("warm-up".into()).await.unwrap();
-
-    // Billing stalls: every call is abandoned at its deadline.
-    hold.send_replace(true);
-    let stalled = join_all((0..60).map(|i| create(format!("stalled-{i}")))).await;
-    for r in &stalled {
-        let e = r.as_ref().unwrap_err();
-        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-        assert!(e.get_error_details().retry_info().is_some(), "{e:?}");
-    }
-    // Billing resumes and receives the backlog, abandoned calls and all,
-    // while new calls arrive.
-    hold.send_replace(false);
-    let after = join_all((0..40).map(|i| create(format!("after-{i}")))).await;
-    let mut ok = 0;
-    for r in &after {
-        match r {
-            Ok(_) => ok += 1,
-            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
-        }
-    }
-    // And it serves normally again.
-    let again = tests::helpers::retrying(|| create("after-stall".into())).await;
-    assert!(again.is_ok(), "{again:?}");
-
-    let mut db = tests::harness::connect(&db_url).await;
-    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id LIKE 'stalled-%'").await, 0);
-    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id LIKE 'after-%'").await, ok + 1);
-    drop(db);
-    shutdown.trigger();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), served).await;
-    let name = db_url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_owned();
-    let _ = tests::harness::pg().await.unwrap().drop_database(&name).await;
 }

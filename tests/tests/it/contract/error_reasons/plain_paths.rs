@@ -1,86 +1,19 @@
-//! The error contract (docs/design.md, Error model): every value of
-//! payments.errors.v1.ErrorReason, triggered through a real RPC where it can
-//! be, arrives with the code the reason travels with, ErrorInfo.reason = the
-//! value's name, domain "payments.internal", RetryInfo when the code invites
-//! a retry, and stays a few KB. The reasons no caller can provoke on purpose
-//! are listed in [`NOT_FROM_OUTSIDE`] with why; their code and retry advice
-//! are covered by the unit checks in proto/src/error.rs.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+//! The plain paths, on one stack: requests, auth, checkout sessions,
+//! orders and payments, subscriptions, refunds, usage and limits.
+use std::time::Duration;
 
 use billing_svc::gateway::{Sandbox, SandboxRefunds};
-use proto::{
-    billing::v1 as bpb,
-    checkout::v1 as cpb,
-    error::{ErrorReason as R, all_reasons},
-};
+use proto::{billing::v1 as bpb, checkout::v1 as cpb, error::ErrorReason as R};
 use tests::{
     TestApp,
     clients::{billing_client, checkout_client, with_key},
-    harness::{Options, SERVICE_TOKEN, checkout_config, wait_serving},
-    helpers::{exec, wait_for_waiters},
-    spawn_app, spawn_app_with,
+    helpers::exec,
+    spawn_app,
 };
-use tonic::{Code, Status};
+use tonic::Status;
 use tonic_types::StatusExt;
 
-/// Reasons a caller cannot provoke on purpose, and why.
-const NOT_FROM_OUTSIDE: &[(R, &str)] = &[
-    (R::SessionChanged, "RenewSession losing a race with another renew, complete or expiry between its read and its write"),
-    (R::ReplacementChainTooLong, "a session replaced more than 10,000 times"),
-    (R::ConcurrentUpdate, "a serialization failure or deadlock surviving the service's 5 attempts"),
-    (
-        R::ValueNotStorable,
-        "every field is validated before PostgreSQL sees it; its own refusal (SQLSTATE class 22) stays as a second line",
-    ),
-    (
-        R::PaymentNotCaptured,
-        "the sandbox gateway reports no uncaptured payment a VerifyPayment can name; \
-         billing-svc/tests/razorpay checks it against a fake Razorpay",
-    ),
-];
-
-/// The reasons seen so far, with the RPC that produced each.
-#[derive(Default)]
-struct Walk(BTreeMap<i32, String>);
-
-impl Walk {
-    /// Checks one error against the contract for `want`.
-    #[track_caller]
-    fn saw<T: std::fmt::Debug>(&mut self, want: R, rpc: &str, r: Result<T, Status>) -> Status {
-        let s = match r {
-            Ok(v) => panic!("{rpc}: expected {want:?}, got {v:?}"),
-            Err(s) => s,
-        };
-        assert_eq!(s.code(), want.code(), "{rpc}: {s:?}");
-        let details = s.get_error_details();
-        let info = details.error_info().unwrap_or_else(|| panic!("{rpc}: no ErrorInfo: {s:?}"));
-        assert_eq!(info.reason, want.as_str_name(), "{rpc}: {s:?}");
-        assert_eq!(info.domain, "payments.internal", "{rpc}");
-        if want == R::EtagMismatch {
-            // ABORTED, but the retry is a new read-modify-write: resending
-            // the same request cannot succeed, so no RetryInfo invites it.
-            assert!(details.retry_info().is_none(), "{rpc}: {s:?}");
-        } else if matches!(s.code(), Code::Unavailable | Code::Aborted) || want.retry_after().is_some() {
-            let delay = details.retry_info().and_then(|r| r.retry_delay);
-            assert!(delay.is_some(), "{rpc}: {want:?} invites a retry without RetryInfo: {s:?}");
-            assert_eq!(
-                info.metadata.get("retry_after_ms"),
-                delay.map(|d| d.as_millis().to_string()).as_ref(),
-                "{rpc}: the delay in the metadata"
-            );
-        }
-        assert!(s.message().len() + s.details().len() < 8 * 1024, "{rpc}: {} bytes of details", s.details().len());
-        self.0.entry(want as i32).or_insert_with(|| rpc.to_owned());
-        s
-    }
-
-    fn metadata(s: &Status, key: &str) -> String {
-        s.get_error_details().error_info().and_then(|i| i.metadata.get(key).cloned()).unwrap_or_default()
-    }
-}
+use super::Walk;
 
 async fn verify(app: &TestApp, order_id: &str, payment_id: &str, signature: &str) -> Result<bpb::VerifyPaymentResponse, Status> {
     let r = bpb::VerifyPaymentRequest { order_id: order_id.into(), payment_id: payment_id.into(), signature: signature.into() };
@@ -104,7 +37,7 @@ fn create_order(session: &str, user: &str, plan: &str) -> bpb::CreateOrderReques
 }
 
 /// Requests, auth, checkout sessions and refunds, on one stack.
-async fn walk_the_plain_paths(w: &mut Walk) {
+pub(super) async fn walk_the_plain_paths(w: &mut Walk) {
     let app = spawn_app().await;
     let mut b = app.billing.clone();
     let mut c = app.checkout.clone();
@@ -307,144 +240,4 @@ async fn walk_the_plain_paths(w: &mut Walk) {
     app.start_usage("talker", bpb::UsageKind::Call).await.unwrap();
     app.clock.advance(chrono::Duration::minutes(61));
     w.saw(R::MinutesLimitExceeded, "StartUsageSession(61 minutes used)", app.start_usage("talker", bpb::UsageKind::Call).await);
-}
-
-/// An undecodable body, on both services.
-async fn walk_malformed_bodies(w: &mut Walk, app: &TestApp) {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct WrongWire {
-        #[prost(uint64, tag = "1")]
-        field: u64,
-    }
-    for (addr, path) in
-        [(app.billing_addr, "/billing.v1.BillingService/GetPlan"), (app.checkout_addr, "/checkout.v1.CheckoutService/GetSession")]
-    {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.unwrap();
-        let mut req = tonic::Request::new(WrongWire { field: 7 });
-        req.metadata_mut().insert("authorization", format!("Bearer {SERVICE_TOKEN}").parse().unwrap());
-        let codec = tonic_prost::ProstCodec::<WrongWire, WrongWire>::default();
-        let r = grpc.unary(req, tonic::codegen::http::uri::PathAndQuery::from_static(path), codec).await.map(|_| ());
-        w.saw(R::MalformedRequest, path, r);
-    }
-}
-
-/// Billing down behind checkout, and a checkout whose own token billing
-/// refuses (its misconfiguration: INTERNAL, not the caller's fault).
-async fn walk_billing_failures(w: &mut Walk) {
-    let mut app = spawn_app().await;
-    walk_malformed_bodies(w, &app).await;
-
-    let opts = Options::default();
-    let mut cfg = checkout_config(&opts, app.billing_addr);
-    cfg.billing_token = "not-billing-s-token".into();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let shutdown = shared::server::Shutdown::new();
-    let task = tokio::spawn(checkout_svc::serve(cfg, app.checkout_db_url.clone(), listener, app.clock.clone(), shutdown.clone()));
-    wait_serving(&addr, proto::CHECKOUT_SERVICE_NAME).await.unwrap();
-    let mut misconfigured = checkout_client(&addr, SERVICE_TOKEN).unwrap();
-    let r = misconfigured
-        .create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "basic-monthly".into(), ..Default::default() })
-        .await;
-    let s = w.saw(R::InternalError, "CreateSession through a checkout billing refuses", r);
-    // The trace id is empty unless a tracer is installed; the key is there.
-    let has_trace_id = s.get_error_details().error_info().is_some_and(|i| i.metadata.contains_key("trace_id"));
-    assert!(has_trace_id, "{s:?}");
-    assert!(s.message().starts_with("internal error (trace id"), "{s:?}");
-    shutdown.trigger();
-    let _ = task.await;
-
-    app.stop_billing().await;
-    let mut c = app.checkout.clone();
-    let r = c
-        .create_session(cpb::CreateSessionRequest { user_id: "u".into(), plan_id: "basic-monthly".into(), ..Default::default() })
-        .await;
-    let s = w.saw(R::BillingUnavailable, "CreateSession(billing down)", r);
-    assert!(!Walk::metadata(&s, "billing_code").is_empty(), "{s:?}");
-}
-
-/// One held row: callers behind it past the lock bound (ABORTED ROW_BUSY),
-/// the server full meanwhile (UNAVAILABLE OVERLOADED).
-async fn walk_a_held_row(w: &mut Walk) {
-    let opts = Options { max_concurrent_requests: 1, lock_timeout: Duration::from_secs(2), ..Options::default() };
-    let app = spawn_app_with(opts).await;
-    let u = app.start_usage("held", bpb::UsageKind::Text).await.unwrap();
-    let mut holder = app.billing_db().await;
-    let mut observer = app.billing_db().await;
-    exec(&mut holder, "BEGIN").await;
-    exec(&mut holder, &format!("SELECT 1 FROM usage_sessions WHERE id = '{}' FOR UPDATE", u.id)).await;
-    let stuck = {
-        let mut b = app.billing.clone();
-        let id = u.id.clone();
-        tokio::spawn(
-            async move { b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: "d".into(), units: 1 }).await },
-        )
-    };
-    assert!(wait_for_waiters(&mut observer, 1, Duration::from_secs(10)).await, "the deduction never waited on the row");
-    w.saw(R::Overloaded, "ListPlans(server full)", app.billing.clone().list_plans(bpb::ListPlansRequest::default()).await);
-    w.saw(R::RowBusy, "Deduct(row held past the lock bound)", stuck.await.unwrap());
-    exec(&mut holder, "COMMIT").await;
-}
-
-/// The only pooled connection waits on a held row: the next call finds
-/// none in time (UNAVAILABLE DATABASE_UNAVAILABLE), or its deadline passes
-/// first (DEADLINE_EXCEEDED).
-async fn walk_no_connection(w: &mut Walk) {
-    let opts = Options { pool_size: 1, lock_timeout: Duration::from_secs(10), ..Options::default() };
-    let app = spawn_app_with(opts).await;
-    let u = app.start_usage("pooled", bpb::UsageKind::Text).await.unwrap();
-    let mut holder = app.billing_db().await;
-    let mut observer = app.billing_db().await;
-    exec(&mut holder, "BEGIN").await;
-    exec(&mut holder, &format!("SELECT 1 FROM usage_sessions WHERE id = '{}' FOR UPDATE", u.id)).await;
-    let waiting = {
-        let mut b = app.billing.clone();
-        let id = u.id.clone();
-        tokio::spawn(
-            async move { b.deduct(bpb::DeductRequest { usage_session_id: id, deduction_id: "d".into(), units: 1 }).await },
-        )
-    };
-    assert!(wait_for_waiters(&mut observer, 1, Duration::from_secs(10)).await, "the deduction never waited on the row");
-    let r = app.billing.clone().get_plan(bpb::GetPlanRequest { id: "free".into() }).await;
-    w.saw(R::DatabaseUnavailable, "GetPlan(no free connection)", r);
-    // The caller's deadline passes first: answered by the service with its
-    // reason, not tonic's bare CANCELLED.
-    let mut req = tonic::Request::new(bpb::GetPlanRequest { id: "free".into() });
-    req.set_timeout(Duration::from_millis(300));
-    let s = w.saw(R::DeadlineExceeded, "GetPlan(300 ms deadline, no free connection)", app.billing.clone().get_plan(req).await);
-    assert!(s.message().contains("same idempotency key"), "{s:?}");
-    exec(&mut holder, "COMMIT").await;
-    waiting.await.unwrap().unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_error_reason_arrives_with_its_code_and_error_info() {
-    let mut w = Walk::default();
-    walk_the_plain_paths(&mut w).await;
-    walk_billing_failures(&mut w).await;
-    walk_a_held_row(&mut w).await;
-    walk_no_connection(&mut w).await;
-
-    let excused: BTreeSet<i32> = NOT_FROM_OUTSIDE.iter().map(|(r, _)| *r as i32).collect();
-    let missing: Vec<R> = all_reasons().filter(|r| !w.0.contains_key(&(*r as i32)) && !excused.contains(&(*r as i32))).collect();
-    assert!(missing.is_empty(), "reasons no RPC produced: {missing:?}");
-    let triggered_anyway: Vec<R> = NOT_FROM_OUTSIDE.iter().map(|(r, _)| *r).filter(|r| w.0.contains_key(&(*r as i32))).collect();
-    assert!(triggered_anyway.is_empty(), "listed as not triggerable, yet seen: {triggered_anyway:?}");
-}
-
-/// The codes of the reasons the walk cannot reach are still the declared
-/// ones, and each has its reason in the list.
-#[test]
-fn reasons_not_reachable_from_outside_keep_their_contract() {
-    for (r, why) in NOT_FROM_OUTSIDE {
-        assert!(!why.is_empty());
-        let s = proto::error::plain(*r, "x");
-        assert_eq!(s.code(), r.code());
-        assert_eq!(s.get_error_details().error_info().map(|i| i.reason.clone()), Some(r.as_str_name().to_owned()));
-    }
-    assert_eq!(R::PaymentNotCaptured.code(), Code::FailedPrecondition);
-    assert!(R::PaymentNotCaptured.retry_after().is_some());
-    assert_eq!(R::ConcurrentUpdate.code(), Code::Aborted);
 }
