@@ -235,7 +235,7 @@ pub async fn lock_live(conn: &mut Conn, user_id: &str) -> Result<Option<Subscrip
         .filter(subscriptions::user_id.eq(user_id))
         .filter(subscriptions::status.eq_any(LIVE))
         .select(Subscription::as_select())
-        .for_update()
+        .for_update() // every balance and limit of the user serializes on this lock
         .first(conn)
         .await
         .optional()?)
