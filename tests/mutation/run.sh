@@ -5,6 +5,7 @@
 #
 #   bash tests/mutation/run.sh              # every mutation
 #   bash tests/mutation/run.sh capture      # only names containing "capture"
+#   bash tests/mutation/run.sh etag rollover # names containing either
 #
 # Environment:
 #   MUTATION_WORK        scratch directory (default /tmp/mutation-work)
@@ -22,7 +23,7 @@ ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 HERE="$ROOT/tests/mutation"
 WORK=${MUTATION_WORK:-/tmp/mutation-work}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/mutation-target}
-FILTER=${1:-}
+FILTERS=("$@")
 SRC="$WORK/src"
 LOGS="$WORK/logs"
 HEAD_SHA=$(git -C "$ROOT" rev-parse HEAD)
@@ -108,7 +109,11 @@ ROWS=()
 missed=0
 for line in "${MUTATIONS[@]}"; do
   IFS=$'\x1f' read -r name suites skip about <<<"$line"
-  if [ -n "$FILTER" ] && [[ "$name" != *"$FILTER"* ]]; then continue; fi
+  if [ ${#FILTERS[@]} -gt 0 ]; then
+    hit=""
+    for f in "${FILTERS[@]}"; do [[ "$name" == *"$f"* ]] && hit=1; done
+    [ -n "$hit" ] || continue
+  fi
   if [ -n "$skip" ]; then
     ROWS+=("$name|skipped ($skip)|-|-")
     continue
