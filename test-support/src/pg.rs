@@ -47,6 +47,12 @@ impl PgServer {
         if TcpStream::connect_timeout(&local, Duration::from_millis(300)).is_ok() {
             return Ok(Self { admin_url: "postgres://postgres@127.0.0.1:5432/postgres".into(), private: None });
         }
+        Self::private(scratch).await
+    }
+
+    /// The private cluster under `scratch`, started unless it runs already
+    /// (whatever answers on 127.0.0.1:5432 or DATABASE_URL names).
+    pub async fn private(scratch: &Path) -> anyhow::Result<Self> {
         let cluster = PrivateCluster::start(scratch)?;
         let port = cluster.port;
         // Only the process that started the cluster stops it; others (test
@@ -59,6 +65,38 @@ impl PgServer {
 
     pub fn is_private(&self) -> bool {
         self.private.is_some()
+    }
+
+    /// `host:port` of the server, for a log line (no user or password).
+    pub fn address(&self) -> String {
+        let rest = self.admin_url.split_once("://").map_or(self.admin_url.as_str(), |(_, r)| r);
+        let host = rest.split(['/', '?']).next().unwrap_or(rest);
+        host.rsplit_once('@').map_or(host, |(_, h)| h).to_owned()
+    }
+
+    /// The comment on database `name`: `None` when there is no such
+    /// database, `Some(None)` when it has no comment.
+    pub async fn database_comment(&self, name: &str) -> anyhow::Result<Option<Option<String>>> {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            comment: Option<String>,
+        }
+        let mut c = AsyncPgConnection::establish(&self.admin_url).await?;
+        let rows: Vec<Row> =
+            diesel::sql_query("SELECT shobj_description(oid, 'pg_database') AS comment FROM pg_database WHERE datname = $1")
+                .bind::<diesel::sql_types::Text, _>(name)
+                .load(&mut c)
+                .await?;
+        Ok(rows.into_iter().next().map(|r| r.comment))
+    }
+
+    /// Sets the comment on database `name` (how `stack` marks its own).
+    pub async fn set_database_comment(&self, name: &str, comment: &str) -> anyhow::Result<()> {
+        let mut c = AsyncPgConnection::establish(&self.admin_url).await?;
+        let quoted = comment.replace('\'', "''");
+        diesel::sql_query(format!("COMMENT ON DATABASE {} IS '{quoted}'", ident(name)?)).execute(&mut c).await?;
+        Ok(())
     }
 
     async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {

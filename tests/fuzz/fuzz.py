@@ -1244,9 +1244,9 @@ def main(argv: list[str] | None = None) -> int:
     opts.webhook_secret = "" if opts.no_sign else (opts.webhook_secret or env.get("GATEWAY_WEBHOOK_SECRET", ""))
     opts.payment_secret = "" if opts.no_sign else (opts.payment_secret or env.get("GATEWAY_KEY_SECRET", ""))
     targets = {
-        "checkout": Target("checkout", opts.checkout_addr or env.get("CHECKOUT_ADDR", "127.0.0.1:50051"),
+        "checkout": Target("checkout", opts.checkout_addr or env.get("CHECKOUT_ADDR", "127.0.0.1:15051"),
                            [("ADMIN_TOKEN", admin), ("CHECKOUT_TOKEN", opts.checkout_token or env.get("CHECKOUT_TOKEN", ""))]),
-        "billing": Target("billing", opts.billing_addr or env.get("BILLING_ADDR", "127.0.0.1:50052"),
+        "billing": Target("billing", opts.billing_addr or env.get("BILLING_ADDR", "127.0.0.1:15052"),
                           [("ADMIN_TOKEN", admin), ("BILLING_TOKEN", opts.billing_token or env.get("BILLING_TOKEN", ""))]),
     }
     for t in targets.values():

@@ -1,7 +1,15 @@
-//! `cargo run --release --bin stack`: PostgreSQL (found or started), both
-//! databases migrated (demo plans are seeded by billing's migrations), both
-//! services with their jobs, ready-to-paste grpcurl lines, and
-//! `target/stack/stack.env` for scripts. Ctrl-C or SIGTERM stops everything.
+//! `cargo run --release --bin stack`: PostgreSQL (found or started), the
+//! stack's own two databases migrated (demo plans are seeded by billing's
+//! migrations), both services with their jobs, ready-to-paste grpcurl lines,
+//! and `target/stack/stack.env` for scripts. Ctrl-C or SIGTERM stops
+//! everything.
+//!
+//! The databases are the stack's own (docs/design.md, "Development
+//! PostgreSQL"): named `<prefix>_checkout` and `<prefix>_billing`, which no
+//! deployment uses, and marked with a comment when the stack creates them.
+//! A database of that name without the mark is someone else's: the stack
+//! refuses to start rather than migrate, serve or reconcile it. `--fresh`
+//! drops the stack's own databases (never one without the mark) first.
 use std::{path::Path, process::ExitCode, time::Duration};
 
 use clap::Parser;
@@ -37,13 +45,13 @@ struct Cli {
 #[command(next_help_heading = "stack (environment)")]
 struct Settings {
     /// checkout's gRPC address.
-    #[arg(long = "checkout-listen-addr", env = "CHECKOUT_LISTEN_ADDR", default_value = "127.0.0.1:50051", value_parser = parse::trimmed::<String>)]
+    #[arg(long = "checkout-listen-addr", env = "CHECKOUT_LISTEN_ADDR", default_value = "127.0.0.1:15051", value_parser = parse::trimmed::<String>)]
     checkout_listen: String,
     /// billing's gRPC address.
-    #[arg(long = "billing-listen-addr", env = "BILLING_LISTEN_ADDR", default_value = "127.0.0.1:50052", value_parser = parse::trimmed::<String>)]
+    #[arg(long = "billing-listen-addr", env = "BILLING_LISTEN_ADDR", default_value = "127.0.0.1:15052", value_parser = parse::trimmed::<String>)]
     billing_listen: String,
     /// billing's webhook endpoint (HTTP).
-    #[arg(long = "billing-http-addr", env = "BILLING_HTTP_ADDR", default_value = "127.0.0.1:50053", value_parser = parse::trimmed::<String>)]
+    #[arg(long = "billing-http-addr", env = "BILLING_HTTP_ADDR", default_value = "127.0.0.1:15053", value_parser = parse::trimmed::<String>)]
     billing_http: String,
     /// Caller token of checkout.
     #[arg(long = "checkout-token", env = "CHECKOUT_TOKEN", hide_env_values = true, default_value = "dev-checkout-token", value_parser = parse::trimmed_secret)]
@@ -60,6 +68,58 @@ struct Settings {
     /// Sandbox webhook signature key.
     #[arg(long = "gateway-webhook-secret", env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, default_value = "dev-gateway-webhook-secret", value_parser = parse::trimmed_secret)]
     webhook_secret: Secret,
+    /// Prefix of the stack's own databases: <prefix>_checkout and <prefix>_billing.
+    #[arg(long = "db-prefix", env = "STACK_DB_PREFIX", default_value = "payments_stack", value_parser = parse_prefix)]
+    db_prefix: String,
+    /// Drop the stack's own databases (only those it created) and start from empty.
+    #[arg(long = "fresh", env = "STACK_FRESH")]
+    fresh: bool,
+    /// Use the private cluster under target/pg even when a server answers on 127.0.0.1:5432.
+    #[arg(long = "private-pg", env = "STACK_PRIVATE_PG")]
+    private_pg: bool,
+}
+
+/// What marks a database as the stack's own (its `COMMENT ON DATABASE`).
+const OWN_DATABASE: &str = "created by the payments stack for local use; `stack --fresh` drops it";
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 40
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok { Ok(s.to_owned()) } else { Err("1-40 of a-z, 0-9 and _, starting with a letter".to_owned()) }
+}
+
+/// The stack's own databases `names` on `server`: created (and marked) when
+/// missing, dropped and created again with `fresh`. Refused, before any is
+/// created or dropped, when one exists without the mark. Whether each is new.
+async fn own_databases(server: &PgServer, names: &[&str], fresh: bool) -> anyhow::Result<Vec<bool>> {
+    let mut exists = Vec::new();
+    for name in names {
+        match server.database_comment(name).await? {
+            Some(Some(mark)) if mark == OWN_DATABASE => exists.push(true),
+            Some(_) => anyhow::bail!(
+                "database {name} on {} exists and was not created by stack; stack uses only databases it created. \
+                 Set STACK_DB_PREFIX (--db-prefix) to another prefix, or use the private cluster (--private-pg)",
+                server.address()
+            ),
+            None => exists.push(false),
+        }
+    }
+    let mut new = Vec::new();
+    for (name, exists) in names.iter().zip(exists) {
+        if exists && !fresh {
+            new.push(false);
+            continue;
+        }
+        if exists {
+            server.drop_database(name).await?;
+        }
+        server.ensure_database(name, None).await?;
+        server.set_database_comment(name, OWN_DATABASE).await?;
+        new.push(true);
+    }
+    Ok(new)
 }
 
 #[tokio::main]
@@ -69,12 +129,22 @@ async fn main() -> ExitCode {
 }
 
 async fn run(s: Settings) -> anyhow::Result<ExitCode> {
-    let server = PgServer::resolve(Path::new("target/pg")).await?;
-    for db in ["checkout", "billing"] {
-        server.ensure_database(db, None).await?;
-    }
-    let checkout_db = server.url("checkout");
-    let billing_db = server.url("billing");
+    let scratch = Path::new("target/pg");
+    let server = if s.private_pg { PgServer::private(scratch).await? } else { PgServer::resolve(scratch).await? };
+    let (checkout_name, billing_name) = (format!("{}_checkout", s.db_prefix), format!("{}_billing", s.db_prefix));
+    let names = [checkout_name.as_str(), billing_name.as_str()];
+    let new = own_databases(&server, &names, s.fresh).await?;
+    let said: Vec<String> = names
+        .iter()
+        .zip(new)
+        .map(|(name, new)| {
+            format!("{name} ({})", if new { "new" } else { "kept from an earlier run; --fresh starts from empty" })
+        })
+        .collect();
+    let found = if server.is_private() { "private cluster under target/pg" } else { "found" };
+    println!("stack: PostgreSQL at {} ({found}); databases {}", server.address(), said.join(", "));
+    let checkout_db = server.url(&checkout_name);
+    let billing_db = server.url(&billing_name);
     billing_svc::app::migrate(&billing_db).await?;
     checkout_svc::app::migrate(&checkout_db).await?;
 
@@ -163,7 +233,7 @@ Try it (grpcurl 1.8+, reflection is on):
       -d '{{"user_id":"alice","plan_id":"pro-monthly","request_id":"6f1c2a4e-8d2b-4c1e-9a57-0b9e3d7c5a10"}}' \
       {checkout} checkout.v1.CheckoutService/CreateSession
   # pay the order_id printed above, then complete with the printed payment_id and signature:
-  set -a; . target/stack/stack.env; set +a; cargo run -q --bin billing-svc -- sandbox pay --order-id <order_id>
+  set -a; . target/stack/stack.env; set +a; cargo run --release -q --bin billing-svc -- sandbox pay --order-id <order_id>
   grpcurl -plaintext -H 'authorization: Bearer {c}' -d '{{"id":"<session id>","payment_id":"<payment_id>","signature":"<signature>"}}' \
       {checkout} checkout.v1.CheckoutService/CompleteSession
   grpcurl -plaintext -H 'authorization: Bearer {b}' \
@@ -172,15 +242,16 @@ Try it (grpcurl 1.8+, reflection is on):
 
 The gateway's side: a customer who pays and never comes back (the webhook arrives over HTTP,
 checkout's completion sync completes the session):
-  set -a; . target/stack/stack.env; set +a; cargo run -q --bin billing-svc -- sandbox pay --order-id <order_id> --webhook
-  # or post a signed webhook yourself:
-  body='{{"event":"payment.captured","payload":{{"payment":{{"entity":{{"id":"pay_demo1","order_id":"<order_id>","amount":149900,"currency":"INR"}}}}}}}}'
-  curl -sS -X POST http://{webhooks}/webhooks/razorpay -H 'X-Razorpay-Event-Id: evt_demo1' \
+  set -a; . target/stack/stack.env; set +a; cargo run --release -q --bin billing-svc -- sandbox pay --order-id <order_id> --webhook
+  # or post a signed webhook yourself (new payment and event ids per order):
+  pay="pay_$(openssl rand -hex 7)"; evt="evt_$(openssl rand -hex 7)"
+  body='{{"event":"payment.captured","payload":{{"payment":{{"entity":{{"id":"'"$pay"'","order_id":"<order_id>","amount":149900,"currency":"INR"}}}}}}}}'
+  curl -sS -X POST http://{webhooks}/webhooks/razorpay -H "X-Razorpay-Event-Id: $evt" \
       -H "X-Razorpay-Signature: $(printf %s "$body" | openssl dgst -sha256 -hmac "$GATEWAY_WEBHOOK_SECRET" | sed 's/^.* //')" \
       --data-binary "$body"
 
 Renewals, cancellation and refunds (README.md, "Subscription lifecycle"):
-  cargo run -q --bin billing-svc -- jobs run-once renewals      # renewal orders due within RENEWAL_LEAD_HOURS
+  cargo run --release -q --bin billing-svc -- jobs run-once renewals      # renewal orders due within RENEWAL_LEAD_HOURS
   grpcurl -plaintext -H 'authorization: Bearer {b}' -d '{{"user_id":"alice"}}' {billing} billing.v1.BillingService/ListOrders
   grpcurl -plaintext -H 'authorization: Bearer {a}' -d '{{"order_id":"<order_id>","refund_all":true,"reason":"demo","refund_id":"demo-1"}}' \
       {billing} billing.v1.BillingService/RefundPayment
