@@ -1,7 +1,7 @@
 //! billing-svc configuration, from environment variables. The clap
 //! declarations below are the one source of each variable's name, default
 //! and help text: `--help` is generated from them and a unit test checks
-//! README.md's table against them.
+//! docs/configuration.md's table against them.
 use std::time::Duration;
 
 use shared::config::{CommonConfig, ConfigError, Secret, ServiceArgs, ServiceConfig, parse};

@@ -97,8 +97,9 @@ mod tests {
 
     #[test]
     fn readme_configuration_table_matches_the_declared_variables() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap_or_default();
         let problems = shared::config::check_env_table(&readme, "checkout", &Cli::command());
-        assert!(problems.is_empty(), "README.md's configuration table disagrees with checkout-svc:\n{}", problems.join("\n"));
+        assert!(problems.is_empty(), "docs/configuration.md disagrees with checkout-svc:\n{}", problems.join("\n"));
     }
 }

@@ -15,7 +15,12 @@
 # databases included, in parentheses), the service stack and the load
 # generator (pgbench or loadgen; tests/bench/cpu.py, loadgen --cpu). loadgen's deduct scenarios also
 # sweep concurrency (C and 64: p50/p99/p999 and errors per level).
-# Starts the stack if target/stack/stack.env does not point at a live one.
+# Runs against a stack of its own, never the one you use by hand: databases
+# payments_bench_checkout/_billing (STACK_DB_PREFIX), ports 16051-16053, env
+# file target/stack/bench.env; started (from empty) unless that file points
+# at a live one. The seeded benchmark subscriptions therefore never show up
+# in `reconcile` on your stack. pgbench's scratch database is
+# payments_bench_pgbench on the same server.
 #
 # Usage: bash tests/bench/compare.sh [concurrency=8] [seconds=15] [sweep=64]
 set -euo pipefail
@@ -28,19 +33,22 @@ mkdir -p "$OUT"
 
 cargo build --release --quiet --bin stack --bin loadgen
 
-stack_up() { [ -f target/stack/stack.env ] && ./target/release/loadgen --help >/dev/null 2>&1 \
-  && (. target/stack/stack.env; pg_isready -q -d "$BILLING_DATABASE_URL" && timeout 1 bash -c "</dev/tcp/${BILLING_ADDR%:*}/${BILLING_ADDR##*:}" 2>/dev/null); }
+ENV_FILE=target/stack/bench.env
+stack_up() { [ -f "$ENV_FILE" ] && ./target/release/loadgen --help >/dev/null 2>&1 \
+  && (. "$ENV_FILE"; pg_isready -q -d "$BILLING_DATABASE_URL" && timeout 1 bash -c "</dev/tcp/${BILLING_ADDR%:*}/${BILLING_ADDR##*:}" 2>/dev/null); }
 STACK_PID=""
 if ! stack_up; then
-  rm -f target/stack/stack.env
-  echo "starting the stack..."
-  ./target/release/stack >"$OUT/stack.log" 2>&1 &
+  rm -f "$ENV_FILE"
+  echo "starting the benchmark stack (payments_bench_*, ports 16051-16053)..."
+  STACK_DB_PREFIX=payments_bench STACK_ENV_FILE="$ENV_FILE" CHECKOUT_LISTEN_ADDR=127.0.0.1:16051 \
+    BILLING_LISTEN_ADDR=127.0.0.1:16052 BILLING_HTTP_ADDR=127.0.0.1:16053 \
+    ./target/release/stack --fresh >"$OUT/stack.log" 2>&1 &
   STACK_PID=$!
-  for _ in $(seq 1 120); do [ -f target/stack/stack.env ] && break; sleep 0.5; done
-  [ -f target/stack/stack.env ] || { echo "stack did not start; see $OUT/stack.log"; exit 1; }
+  for _ in $(seq 1 120); do [ -f "$ENV_FILE" ] && break; sleep 0.5; done
+  [ -f "$ENV_FILE" ] || { echo "stack did not start; see $OUT/stack.log"; exit 1; }
 fi
 trap '[ -n "$STACK_PID" ] && kill -INT $STACK_PID 2>/dev/null; wait 2>/dev/null || true' EXIT
-set -a; . target/stack/stack.env; set +a
+set -a; . "$ENV_FILE"; set +a
 
 # "cpu postgres_db=S postgres_all=S cmd=S" (tests/bench/cpu.py) as a sentence.
 cpu_split() { awk '/^cpu / {split($2, d, "="); split($3, a, "="); split($4, c, "="); printf "postgres %s s (whole server %s s), pgbench %s s", d[2], a[2], c[2]}' <<<"$1"; }
@@ -55,14 +63,15 @@ BILLING_DB=${BILLING_DB%%\?*}
 # only if bench_ledger grew by one row and bench_subs lost one credit per
 # transaction pgbench reports.
 ADMIN_URL="${BILLING_DATABASE_URL%/*}/postgres"
-BENCH_URL="${BILLING_DATABASE_URL%/*}/bench"
-psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench" >/dev/null
+BENCH_DB=payments_bench_pgbench
+BENCH_URL="${BILLING_DATABASE_URL%/*}/$BENCH_DB"
+psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $BENCH_DB" -c "CREATE DATABASE $BENCH_DB" >/dev/null
 psql -q "$BENCH_URL" -f tests/bench/schema.sql >/dev/null 2>&1
 bench_work() { psql -tA "$BENCH_URL" -c "SELECT (SELECT count(*) FROM bench_ledger) || ' ' || (SELECT sum(credits) FROM bench_subs)"; }
 declare -A PG CPU
 for s in naive single naive_hot single_hot; do
   read -r l0 c0 <<<"$(bench_work)"
-  out=$(python3 tests/bench/cpu.py run "$PG_PID" bench -- pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f "tests/bench/$s.sql" "$BENCH_URL" 2>&1)
+  out=$(python3 tests/bench/cpu.py run "$PG_PID" "$BENCH_DB" -- pgbench -n -M prepared -c "$C" -j 2 -T "$T" -f "tests/bench/$s.sql" "$BENCH_URL" 2>&1)
   read -r l1 c1 <<<"$(bench_work)"
   PG[$s]=$(awk '/^tps/ {print $3}' <<<"$out")
   done_tx=$(awk -F': ' '/number of transactions actually processed/ {split($2, a, "/"); print a[1]}' <<<"$out")
@@ -81,7 +90,7 @@ declare -A LG
 for s in deduct deduct-hot create-session verify-payment; do
   levels=$C
   case $s in deduct|deduct-hot) [ "$SWEEP" != "$C" ] && levels="$C,$SWEEP" ;; esac
-  ./target/release/loadgen --scenario $s --concurrency "$levels" --duration "$T" --json \
+  ./target/release/loadgen --env "$ENV_FILE" --scenario $s --concurrency "$levels" --duration "$T" --json \
     --cpu "postgres=$PG_PID:$BILLING_DB,server=$PG_PID,stack=$SVC_PID" >"$OUT/$s.json" 2>"$OUT/$s.log" \
     || { echo "compare.sh: loadgen $s failed (see $OUT/$s.log):" >&2; tail -3 "$OUT/$s.log" >&2; exit 1; }
   while read -r level line; do

@@ -1,4 +1,5 @@
-//! README.md's configuration table held to what the binaries declare.
+//! The configuration table (docs/configuration.md) held to what the
+//! binaries declare.
 
 /// An environment variable a command declares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub fn declared_env(cmd: &clap::Command) -> Vec<DeclaredEnv> {
     out
 }
 
-/// Checks README.md's configuration table against what `cmd` (the binary
+/// Checks the configuration table (docs/configuration.md) against what `cmd` (the binary
 /// `binary`: `billing`, `checkout` or `stack`) declares; returns the
 /// disagreements. The table has one variable a row; its service column
 /// names the binaries (`both` = billing and checkout, `all` = those and
@@ -43,24 +44,24 @@ pub fn check_env_table(readme: &str, binary: &str, cmd: &clap::Command) -> Vec<S
     let mut problems = Vec::new();
     let rows: Vec<Vec<String>> = readme
         .lines()
-        .skip_while(|l| !l.starts_with("## Configuration"))
+        .skip_while(|l| !l.starts_with("# Configuration"))
         .skip(1)
-        .take_while(|l| !l.starts_with("## "))
+        .take_while(|l| !l.starts_with("# ") && !l.starts_with("## "))
         .filter(|l| l.starts_with("| `"))
         .map(|l| l.trim().trim_matches('|').split(" | ").map(|c| c.trim().to_owned()).collect())
         .collect();
     if rows.is_empty() {
-        problems.push("README.md has no table under \"## Configuration\"".into());
+        problems.push("no table under \"# Configuration\" (docs/configuration.md)".into());
     }
     let ticked = |cell: &str| cell.strip_prefix('`').and_then(|c| c.split('`').next()).map(str::to_owned);
     let mut table = Vec::new();
     for row in &rows {
         let [var, services, default, ..] = row.as_slice() else {
-            problems.push(format!("README row {row:?} has fewer than 4 columns"));
+            problems.push(format!("table row {row:?} has fewer than 4 columns"));
             continue;
         };
         let Some(name) = ticked(var).filter(|n| var == &format!("`{n}`")) else {
-            problems.push(format!("README row {var}: one variable a row, in backticks"));
+            problems.push(format!("table row {var}: one variable a row, in backticks"));
             continue;
         };
         let mut binaries = Vec::new();
@@ -69,7 +70,7 @@ pub fn check_env_table(readme: &str, binary: &str, cmd: &clap::Command) -> Vec<S
                 "billing" | "checkout" | "stack" => binaries.push(s),
                 "both" => binaries.extend(["billing", "checkout"]),
                 "all" => binaries.extend(["billing", "checkout", "stack"]),
-                other => problems.push(format!("README row {name}: unknown service {other:?}")),
+                other => problems.push(format!("table row {name}: unknown service {other:?}")),
             }
         }
         if !binaries.contains(&binary) {
@@ -84,15 +85,16 @@ pub fn check_env_table(readme: &str, binary: &str, cmd: &clap::Command) -> Vec<S
     let declared = declared_env(cmd);
     for d in &declared {
         match table.iter().find(|(n, _)| *n == d.name) {
-            None => problems.push(format!("{} is declared by {binary} but not in README's table for {binary}", d.name)),
-            Some((_, expected)) if *expected != d.default => problems
-                .push(format!("{}: {binary} declares default {:?}, README's table says {:?}", d.name, d.default, expected)),
+            None => problems.push(format!("{} is declared by {binary} but not in the table for {binary}", d.name)),
+            Some((_, expected)) if *expected != d.default => {
+                problems.push(format!("{}: {binary} declares default {:?}, the table says {:?}", d.name, d.default, expected))
+            }
             Some(_) => {}
         }
     }
     for (name, _) in &table {
         if !declared.iter().any(|d| d.name == *name) {
-            problems.push(format!("README's table lists {name} for {binary}, which {binary} does not declare"));
+            problems.push(format!("the table lists {name} for {binary}, which {binary} does not declare"));
         }
     }
     problems

@@ -5,7 +5,7 @@
 //! (name, default and help text together): [`CommonConfig`] here and each
 //! service's `config.rs`. `--help` is generated from the declarations,
 //! [`from_env`] reads them without a command line, [`defaults`] gives the
-//! declared defaults, and [`check_env_table`] holds README.md's table to
+//! declared defaults, and [`check_env_table`] holds docs/configuration.md's table to
 //! them. Secrets are [`Secret`]s, whose `Debug` never prints them.
 use std::{str::FromStr, time::Duration};
 

@@ -77,6 +77,9 @@ struct Settings {
     /// Use the private cluster under target/pg even when a server answers on 127.0.0.1:5432.
     #[arg(long = "private-pg", env = "STACK_PRIVATE_PG")]
     private_pg: bool,
+    /// Where to write the addresses, tokens and database URLs for scripts.
+    #[arg(long = "env-file", env = "STACK_ENV_FILE", default_value = "target/stack/stack.env", value_parser = parse::trimmed::<String>)]
+    env_file: String,
 }
 
 /// What marks a database as the stack's own (its `COMMENT ON DATABASE`).
@@ -192,8 +195,10 @@ async fn run(s: Settings) -> anyhow::Result<ExitCode> {
         s.webhook_secret.expose(),
         std::process::id()
     );
-    std::fs::create_dir_all("target/stack")?;
-    std::fs::write("target/stack/stack.env", &env)?;
+    if let Some(dir) = Path::new(&s.env_file).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&s.env_file, &env)?;
     print_banner(&s, &checkout_addr.to_string(), &billing_addr.to_string(), &billing_http_addr.to_string(), server.is_private());
 
     shared::server::termination_signal().await;
@@ -212,6 +217,7 @@ async fn run(s: Settings) -> anyhow::Result<ExitCode> {
 }
 
 fn print_banner(s: &Settings, checkout: &str, billing: &str, webhooks: &str, private_pg: bool) {
+    let env_file = &s.env_file;
     let c = s.checkout_token.expose();
     let b = s.billing_token.expose();
     let a = s.admin_token.expose();
@@ -222,7 +228,7 @@ payments stack is up{pg}
   billing-svc   {billing}   token: {b}
   webhooks      http://{webhooks}/webhooks/razorpay   (GET /healthz)
   admin token   {a}
-  env file      target/stack/stack.env   (set -a; . target/stack/stack.env; set +a)
+  env file      {env_file}   (set -a; . {env_file}; set +a)
 
 Try it (grpcurl 1.8+, reflection is on):
   grpcurl -plaintext {checkout} list
@@ -274,8 +280,9 @@ mod config_tests {
 
     #[test]
     fn readme_configuration_table_matches_the_declared_variables() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap_or_default();
         let problems = shared::config::check_env_table(&readme, "stack", &Cli::command());
-        assert!(problems.is_empty(), "README.md's configuration table disagrees with stack:\n{}", problems.join("\n"));
+        assert!(problems.is_empty(), "docs/configuration.md disagrees with stack:\n{}", problems.join("\n"));
     }
 }
