@@ -6,25 +6,26 @@ use tokio::task::JoinHandle;
 
 use crate::{App, deductions, renewals, stats, subscriptions};
 
-pub const NAMES: &[&str] = &["auto-deduct", "rollover", "renewals", "usage-stats", "purge-idempotency-keys"];
-
-/// A job by name, as `billing-svc jobs run-once <job>` takes it (the names of
-/// [`NAMES`]).
+/// A periodic job, as `billing-svc jobs run-once <job>` takes it: this enum
+/// is the one list of jobs; the command line, its `--help` (each variant's
+/// first doc line), [`run_once`] and [`spawn_all`] all follow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Job {
-    #[value(name = "auto-deduct")]
+    /// Charge every ACTIVE usage session with a complete interval due.
     AutoDeduct,
-    #[value(name = "rollover")]
+    /// Roll subscriptions past their period end: open the next period, go PAST_DUE or end.
     Rollover,
-    #[value(name = "renewals")]
+    /// Expire PAST_DUE subscriptions past grace, open renewal orders, charge saved cards.
     Renewals,
-    #[value(name = "usage-stats")]
+    /// Recompute the daily usage rollup per plan for today and yesterday.
     UsageStats,
-    #[value(name = "purge-idempotency-keys")]
+    /// Delete idempotency keys older than 24 h.
     PurgeIdempotencyKeys,
 }
 
 impl Job {
+    /// The command-line spelling (clap's kebab-case of the variant; a unit
+    /// test holds the two together).
     pub fn name(self) -> &'static str {
         match self {
             Job::AutoDeduct => "auto-deduct",
@@ -34,19 +35,27 @@ impl Job {
             Job::PurgeIdempotencyKeys => "purge-idempotency-keys",
         }
     }
+
+    /// Every job's name, for messages.
+    fn names() -> String {
+        <Job as clap::ValueEnum>::value_variants().iter().map(|j| j.name()).collect::<Vec<_>>().join(", ")
+    }
 }
 const BATCH: i64 = 200;
 
 /// Runs one iteration of job `name`; returns a one-line summary.
 pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
+    let Ok(job) = <Job as clap::ValueEnum>::from_str(name, false) else {
+        anyhow::bail!("unknown job {name:?}; jobs: {}", Job::names())
+    };
     let now = app.clock.now();
     let mut conn = app.conn().await?;
-    Ok(match name {
-        "auto-deduct" => {
+    Ok(match job {
+        Job::AutoDeduct => {
             let (sessions, credits) = deductions::auto_deduct_due(&mut conn, now, BATCH).await?;
             format!("auto-deduct: {sessions} sessions, {credits} credits charged")
         }
-        "rollover" => {
+        Job::Rollover => {
             let mut rolled = 0;
             loop {
                 let n = subscriptions::roll_due(&mut conn, now, BATCH).await?;
@@ -57,7 +66,7 @@ pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
             }
             format!("rollover: {rolled} subscriptions past their period end (opened, PAST_DUE or ended)")
         }
-        "renewals" => {
+        Job::Renewals => {
             drop(conn);
             let s = renewals::run_once(app, now, BATCH).await?;
             format!(
@@ -65,27 +74,28 @@ pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
                 s.expired, s.orders_created, s.charged, s.declined
             )
         }
-        "usage-stats" => format!("usage-stats: {} (day, plan) rows", stats::rollup(&mut conn, now).await?),
-        "purge-idempotency-keys" => {
+        Job::UsageStats => format!("usage-stats: {} (day, plan) rows", stats::rollup(&mut conn, now).await?),
+        Job::PurgeIdempotencyKeys => {
             let n = shared::idempotency::purge(&mut conn, now - Duration::hours(24)).await?;
             format!("purge-idempotency-keys: {n} deleted")
         }
-        other => anyhow::bail!("unknown job {other:?}; jobs: {}", NAMES.join(", ")),
     })
 }
 
 pub fn spawn_all(app: &App, shutdown: &shared::server::Shutdown) -> Vec<JoinHandle<()>> {
     let j = &app.config.jobs;
-    let jobs: Vec<_> = NAMES
+    let jobs: Vec<_> = <Job as clap::ValueEnum>::value_variants()
         .iter()
-        .copied()
-        .zip([
-            j.auto_deduct_interval,
-            j.rollover_interval,
-            j.renewals_interval,
-            j.usage_stats_interval,
-            j.idempotency_purge_interval,
-        ])
+        .map(|&job| {
+            let every = match job {
+                Job::AutoDeduct => j.auto_deduct_interval,
+                Job::Rollover => j.rollover_interval,
+                Job::Renewals => j.renewals_interval,
+                Job::UsageStats => j.usage_stats_interval,
+                Job::PurgeIdempotencyKeys => j.idempotency_purge_interval,
+            };
+            (job.name(), every)
+        })
         .collect();
     let app = app.clone();
     shared::jobs::spawn_all(&jobs, shutdown, move |name| {
@@ -98,14 +108,13 @@ pub fn spawn_all(app: &App, shutdown: &shared::server::Shutdown) -> Vec<JoinHand
 mod tests {
     use clap::ValueEnum;
 
-    use super::{Job, NAMES};
+    use super::Job;
 
     #[test]
     fn job_names_are_the_command_line_spellings() {
-        let names: Vec<&str> = Job::value_variants().iter().map(|j| j.name()).collect();
-        assert_eq!(names, NAMES);
         for j in Job::value_variants() {
             assert_eq!(j.to_possible_value().map(|v| v.get_name().to_owned()), Some(j.name().to_owned()));
+            assert!(j.to_possible_value().and_then(|v| v.get_help().map(|h| !h.to_string().is_empty())) == Some(true), "{j:?}");
         }
     }
 }

@@ -73,8 +73,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum JobsCommand {
-    /// Run one iteration of a job.
+    /// Run one iteration of a job and print what it did.
     RunOnce {
+        /// The job to run.
         #[arg(value_enum)]
         job: Job,
     },
@@ -87,8 +88,10 @@ enum SandboxCommand {
     /// webhook over HTTP to BILLING_HTTP_ADDR, as the gateway would (the
     /// order's amount is read from BILLING_ENDPOINT with BILLING_TOKEN).
     Pay {
+        /// The order to pay (CreateSession's or a renewal's order id).
         #[arg(long)]
         order_id: String,
+        /// Also deliver the signed payment.captured webhook to BILLING_HTTP_ADDR.
         #[arg(long)]
         webhook: bool,
         /// With --webhook: the payment also saves a card (a customer and
@@ -257,5 +260,13 @@ mod tests {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap_or_default();
         let problems = shared::config::check_env_table(&readme, "billing", &Cli::command());
         assert!(problems.is_empty(), "docs/configuration.md disagrees with billing-svc:\n{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn readme_commands_match_the_declared_commands_and_help_is_complete() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let mut problems = shared::config::check_commands_section(&readme, "billing-svc", &Cli::command());
+        problems.extend(shared::config::check_help_complete(&Cli::command()));
+        assert!(problems.is_empty(), "billing-svc's commands and help:\n{}", problems.join("\n"));
     }
 }

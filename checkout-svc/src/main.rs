@@ -1,7 +1,7 @@
 //! checkout-svc binary: a thin CLI over the library.
 use std::process::ExitCode;
 
-use checkout_svc::App;
+use checkout_svc::{App, jobs::Job};
 use clap::{Parser, Subcommand};
 use shared::Clock;
 
@@ -42,8 +42,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum JobsCommand {
-    /// Run one iteration of a job: cleanup, completion-sync, purge-idempotency-keys.
-    RunOnce { job: String },
+    /// Run one iteration of a job and print what it did.
+    RunOnce {
+        /// The job to run.
+        #[arg(value_enum)]
+        job: Job,
+    },
 }
 
 #[tokio::main]
@@ -78,7 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Jobs { command: JobsCommand::RunOnce { job } } => {
             let app = App::new(config, &url, Clock::system())?;
-            println!("{}", checkout_svc::jobs::run_once(&app, &job).await?);
+            println!("{}", checkout_svc::jobs::run_once(&app, job.name()).await?);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -101,5 +105,13 @@ mod tests {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap_or_default();
         let problems = shared::config::check_env_table(&readme, "checkout", &Cli::command());
         assert!(problems.is_empty(), "docs/configuration.md disagrees with checkout-svc:\n{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn readme_commands_match_the_declared_commands_and_help_is_complete() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let mut problems = shared::config::check_commands_section(&readme, "checkout-svc", &Cli::command());
+        problems.extend(shared::config::check_help_complete(&Cli::command()));
+        assert!(problems.is_empty(), "checkout-svc's commands and help:\n{}", problems.join("\n"));
     }
 }

@@ -117,9 +117,11 @@ impl From<&str> for Secret {
     }
 }
 
+mod cli_help;
 mod env_table;
 pub mod parse;
 
+pub use cli_help::{check_commands_section, check_help_complete, command_paths, env_only_as_variables};
 pub use env_table::{DeclaredEnv, check_env_table, declared_env};
 
 /// Settings every service shares (pool, server limits, shutdown). The clap
@@ -239,7 +241,8 @@ pub const ENV_NOTE: &str = "Every option is normally given as the environment va
 
 /// The help heading of variables the process reads from the environment
 /// itself (logs, telemetry, a development database): [`matches_from`] refuses
-/// them as command-line options.
+/// them as command-line options, and [`env_only_as_variables`] shows them
+/// under it as variables, not as options.
 pub const ENV_ONLY_HEADING: &str = "Environment only (these are not accepted as options)";
 
 /// A blank variable counts as unset (clap would hand `""` to the parser).
@@ -260,7 +263,7 @@ where
     I: IntoIterator<Item = A>,
     A: Into<std::ffi::OsString> + Clone,
 {
-    let cmd = blank_env_is_unset(cmd);
+    let cmd = blank_env_is_unset(env_only_as_variables(cmd));
     let m = cmd.clone().try_get_matches_from(args).map_err(|e| config_error(&cmd, &e).ok_or(e))?;
     for a in cmd.get_arguments().filter(|a| a.get_help_heading() == Some(ENV_ONLY_HEADING)) {
         if m.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine) {

@@ -14,9 +14,13 @@ use tests::loadgen::{
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Scenario {
+    /// CreateSession, each for a new user.
     CreateSession,
+    /// VerifyPayment of fresh orders (see --orders, --storm).
     VerifyPayment,
+    /// Deduct across usage sessions of different users (see --sessions).
     Deduct,
+    /// Deduct across 100 usage sessions sharing one subscription.
     DeductHot,
     /// Signed payment.captured webhooks over HTTP, one per fresh order.
     Webhook,
@@ -25,6 +29,7 @@ enum Scenario {
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Benchmark a running stack over gRPC (start it with: cargo run --release --bin stack)")]
 struct Args {
+    /// What to drive.
     #[arg(long, value_enum)]
     scenario: Scenario,
     /// Concurrent workers (each with its own HTTP/2 connection); a comma-separated list runs one sweep level each.
@@ -116,4 +121,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::CommandFactory;
+
+    use super::Args;
+
+    #[test]
+    fn cli_declarations_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn readme_commands_list_every_scenario_and_help_is_complete() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let mut problems = shared::config::check_commands_section(&readme, "loadgen", &Args::command());
+        problems.extend(shared::config::check_help_complete(&Args::command()));
+        assert!(problems.is_empty(), "loadgen's commands and help:\n{}", problems.join("\n"));
+    }
 }

@@ -68,7 +68,7 @@ struct Settings {
     /// Sandbox webhook signature key.
     #[arg(long = "gateway-webhook-secret", env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, default_value = "dev-gateway-webhook-secret", value_parser = parse::trimmed_secret)]
     webhook_secret: Secret,
-    /// Prefix of the stack's own databases: <prefix>_checkout and <prefix>_billing.
+    /// Prefix of the stack's own databases: `<prefix>_checkout` and `<prefix>_billing`.
     #[arg(long = "db-prefix", env = "STACK_DB_PREFIX", default_value = "payments_stack", value_parser = parse_prefix)]
     db_prefix: String,
     /// Drop the stack's own databases (only those it created) and start from empty.
@@ -284,5 +284,13 @@ mod config_tests {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap_or_default();
         let problems = shared::config::check_env_table(&readme, "stack", &Cli::command());
         assert!(problems.is_empty(), "docs/configuration.md disagrees with stack:\n{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn readme_commands_match_the_declared_commands_and_help_is_complete() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let mut problems = shared::config::check_commands_section(&readme, "stack", &Cli::command());
+        problems.extend(shared::config::check_help_complete(&Cli::command()));
+        assert!(problems.is_empty(), "stack's commands and help:\n{}", problems.join("\n"));
     }
 }
