@@ -2,7 +2,7 @@
 //! usage statistics.
 use chrono::Duration;
 use proto::billing::v1 as pb;
-use shared::{auth::require_admin, status::Violations};
+use shared::{auth::require_admin, status::Violations, time::to_proto};
 use tonic::{Request, Response};
 use tracing::instrument;
 
@@ -39,16 +39,22 @@ pub(super) async fn run_reconciliation(
     require_admin(&req)?;
     let fix = req.into_inner().fix;
     let app = app.clone();
+    let now = app.clock.now();
     let report = run(async move {
         let stuck = app.config.stuck_session_after;
-        reconcile::run(&app, app.clock.now(), stuck, fix).await
+        reconcile::run(&app, now, stuck, fix).await
     })
     .await?;
     let total = report.findings.len();
+    // A clean run must not be an empty message: proto3 drops zero values,
+    // and `{}` reads as a broken answer (docs/operations.md §9).
     Ok(Response::new(pb::RunReconciliationResponse {
         fixed: report.fixed as i64,
         total_findings: total as i64,
         truncated: total > RUN_FINDINGS_MAX,
+        clean: total == 0,
+        checked_at: Some(to_proto(now)),
+        checked_kinds: reconcile::checked_kinds().map(|k| convert::finding_kind(k) as i32).collect(),
         findings: report.findings.into_iter().take(RUN_FINDINGS_MAX).map(finding).collect(),
     }))
 }
@@ -62,14 +68,16 @@ pub(super) async fn list_findings(app: &App, req: Request<pb::ListFindingsReques
     let after = page_after(&r.page_token, parse_finding_page_token, &mut v);
     v.finish()?;
     let app = app.clone();
+    let now = app.clock.now();
     let (rows, next) = run(async move {
         let stuck = app.config.stuck_session_after;
-        reconcile::page(&app, app.clock.now(), stuck, size as usize, after).await
+        reconcile::page(&app, now, stuck, size as usize, after).await
     })
     .await?;
     Ok(Response::new(pb::ListFindingsResponse {
         findings: rows.into_iter().map(finding).collect(),
         next_page_token: next.map(|(k, subject)| finding_page_token(k, &subject)).unwrap_or_default(),
+        checked_at: Some(to_proto(now)),
     }))
 }
 
@@ -89,7 +97,12 @@ pub(super) async fn get_usage_stats(app: &App, req: Request<pb::GetUsageStatsReq
     v.finish()?;
     let app = app.clone();
     let (rows, next) = run(async move { stats::list(&mut *app.conn().await?, from, to, size, after).await }).await?;
+    // The days as resolved (defaults included) go back with every page, so
+    // an empty range still says what was looked at (docs/operations.md §9).
     Ok(Response::new(pb::GetUsageStatsResponse {
+        from_day: from.to_string(),
+        to_day: to.to_string(),
+        days_in_range: i32::try_from((to - from).num_days() + 1).unwrap_or(i32::MAX),
         next_page_token: next.map(|(d, plan_id)| stats_page_token(d, &plan_id)).unwrap_or_default(),
         stats: rows
             .into_iter()

@@ -94,6 +94,12 @@ pub fn is_checked(kind: FindingKind) -> bool {
     CHECKS.iter().any(|(k, _)| *k == kind)
 }
 
+/// The kinds every run checks, in check order: what an answer with no
+/// findings vouches for.
+pub fn checked_kinds() -> impl Iterator<Item = FindingKind> {
+    CHECKS.iter().map(|(k, _)| *k)
+}
+
 /// Whether finding (`kind`, `subject`) still holds, from a fresh snapshot.
 pub(super) async fn still_holds(
     c: &mut Conn,

@@ -28,7 +28,7 @@ mod fixes;
 mod paging;
 
 pub use acknowledgements::{AcknowledgedKind, acknowledge};
-pub use checks::is_checked;
+pub use checks::{checked_kinds, is_checked};
 pub use paging::page;
 
 use checks::{CHECKS, check};

@@ -41,5 +41,10 @@ pub fn cleanup(c: &CleanupCounts) -> pb::CleanupSessionsResponse {
         completed_by_sync: c.completed_by_sync,
         skipped_billing_unavailable: c.skipped_billing_unavailable,
         dry_run: c.dry_run,
+        // Always set, so a run with nothing to do is not `{}` in JSON
+        // (proto3 drops zero values; docs/operations.md §9).
+        expired_before: Some(to_proto(c.expired_before)),
+        deleted_before: Some(to_proto(c.deleted_before)),
+        examined: c.examined,
     }
 }

@@ -19,19 +19,38 @@ use crate::{App, Error, Result, schema::checkout_sessions as cs};
 
 const PAGE: i64 = 500;
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CleanupCounts {
     pub expired: i64,
     pub deleted: i64,
     pub completed_by_sync: i64,
     pub skipped_billing_unavailable: i64,
     pub dry_run: bool,
+    /// The run's clock: ACTIVE sessions whose `expires_at` is not after it
+    /// are due to expire.
+    pub expired_before: DateTime<Utc>,
+    /// `RETENTION` before the run: non-COMPLETED sessions created before it
+    /// are due for deletion.
+    pub deleted_before: DateTime<Utc>,
+    /// Sessions either rule caught, each counted once, whatever became of
+    /// them: with the cutoffs, what tells "nothing was due" from "nothing
+    /// ran" when every count is 0.
+    pub examined: i64,
 }
 
 pub async fn cleanup(app: &App, dry_run: bool) -> Result<CleanupCounts> {
     let now = app.clock.now();
     let cutoff = now - RETENTION;
-    let mut counts = CleanupCounts { dry_run, ..Default::default() };
+    let mut counts = CleanupCounts {
+        expired: 0,
+        deleted: 0,
+        completed_by_sync: 0,
+        skipped_billing_unavailable: 0,
+        dry_run,
+        expired_before: now,
+        deleted_before: cutoff,
+        examined: 0,
+    };
     let mut after = Uuid::nil();
     loop {
         let page: Vec<Session> = {
@@ -52,6 +71,7 @@ pub async fn cleanup(app: &App, dry_run: bool) -> Result<CleanupCounts> {
         };
         let Some(last) = page.last() else { break };
         after = last.id;
+        counts.examined += page.len() as i64;
         let paid = match paid_orders(app, Budget::new(app.config.billing_timeout), &page).await {
             Ok(paid) => paid,
             Err(Error::BillingUnavailable(e)) => {

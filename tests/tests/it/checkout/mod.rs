@@ -3,7 +3,8 @@
 //! completion sync with billing, orders of retired sessions, and the edges
 //! where checkout meets billing: reused and purged keys (`reused_keys`),
 //! sessions at their edges (`session_edges`), billing stalling under
-//! checkout (`billing_stall`).
+//! checkout (`billing_stall`), what CleanupSessions answers with nothing
+//! to do (`sessions_cleanup`).
 mod billing_stall;
 mod completion_sync;
 mod guards;
@@ -13,3 +14,4 @@ mod retired_orders;
 mod reused_keys;
 mod session_edges;
 mod sessions;
+mod sessions_cleanup;

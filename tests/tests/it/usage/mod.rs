@@ -6,7 +6,8 @@
 //! under concurrency, and what they leave in the ledger; `deduct_batch`:
 //! group commit of Deducts; `balances`: a charge racing a purchase, and
 //! reads beside a writer; `request_ids`: StartUsageSession's request_id
-//! and the deprecated header; `guards`: one test per defence.
+//! and the deprecated header; `guards`: one test per defence;
+//! `stats_range`: GetUsageStats' echoed range, rows or none.
 use std::collections::HashMap;
 
 use chrono::{Duration, TimeZone, Utc};
@@ -25,6 +26,7 @@ mod deduct_batch;
 mod guards;
 mod limits;
 mod request_ids;
+mod stats_range;
 
 /// The reason and metadata of a RESOURCE_EXHAUSTED answer (a plan limit),
 /// which must carry a QuotaFailure.
