@@ -3,10 +3,12 @@
 //! completion sync with billing, orders of retired sessions, and the edges
 //! where checkout meets billing: reused and purged keys (`reused_keys`),
 //! sessions at their edges (`session_edges`), billing stalling under
-//! checkout (`billing_stall`).
+//! checkout (`billing_stall`), the payment widget the start RPCs answer
+//! with (`payment_widget`).
 mod billing_stall;
 mod completion_sync;
 mod guards;
+mod payment_widget;
 mod races;
 mod request_ids;
 mod retired_orders;
