@@ -84,7 +84,7 @@ impl Billing {
         let resp = resp.into_inner();
         let order = resp.order.ok_or_else(|| Error::internal("billing returned no order"))?;
         let account = (!resp.gateway.is_empty() && !resp.gateway_key_id.is_empty())
-            .then(|| GatewayAccount { gateway: resp.gateway, key_id: resp.gateway_key_id });
+            .then_some(GatewayAccount { gateway: resp.gateway, key_id: resp.gateway_key_id });
         if let Some(a) = &account {
             // A poisoned lock only means a writer panicked mid-assignment of
             // an Option: the value is still whole.
