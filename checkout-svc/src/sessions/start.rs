@@ -26,7 +26,7 @@ pub struct Started {
     pub session: Session,
     pub previous: Option<Session>,
     /// The gateway account the frontend opens the payment widget with;
-    /// only while `session` can take a payment (see [`Started::new`]).
+    /// only while `session` can take a payment (see `Started::new`).
     pub account: Option<GatewayAccount>,
 }
 
