@@ -1,6 +1,7 @@
 //! checkout's client of billing-svc: every call carries a deadline from the
 //! caller's remaining budget, the trace context and checkout's service token;
 //! idempotent calls retry on UNAVAILABLE / ABORTED, bounded, with jitter.
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use proto::billing::v1::{self as pb, billing_service_client::BillingServiceClient};
@@ -17,6 +18,30 @@ pub struct Billing {
     client: BillingServiceClient<Channel>,
     /// Redacted in `Debug` (it is a bearer token).
     token: shared::config::Secret,
+    /// The gateway account billing named in its latest CreateOrder answer:
+    /// what a start answered without asking billing (a repeat) hands to the
+    /// payment widget. Billing's gateway is one setting of its deployment,
+    /// so the latest answer stands for every order.
+    account: Arc<RwLock<Option<GatewayAccount>>>,
+}
+
+/// The gateway billing takes payments through, as CreateOrder names it:
+/// public values for the frontend's checkout widget (never a secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayAccount {
+    /// "razorpay" or "sandbox".
+    pub gateway: String,
+    /// The gateway's public key id.
+    pub key_id: String,
+}
+
+/// CreateOrder's answer: the session's order and, when billing named both
+/// its gateway and key id (a billing from before the gateway's name was
+/// answered names no gateway), the account the order is paid through.
+#[derive(Clone, Debug)]
+pub struct OrderAnswer {
+    pub order: pb::Order,
+    pub account: Option<GatewayAccount>,
 }
 
 impl Billing {
@@ -36,12 +61,12 @@ impl Billing {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
-        Ok(Self { client: BillingServiceClient::new(channel), token: token.into() })
+        Ok(Self { client: BillingServiceClient::new(channel), token: token.into(), account: Arc::default() })
     }
 
     /// Idempotent per checkout session id, so retries are safe.
     #[tracing::instrument(name = "billing.v1.BillingService/CreateOrder", skip_all, fields(otel.kind = "client", rpc.system = "grpc"))]
-    pub async fn create_order(&self, budget: Budget, session_id: Uuid, user_id: &str, plan_id: &str) -> Result<pb::Order> {
+    pub async fn create_order(&self, budget: Budget, session_id: Uuid, user_id: &str, plan_id: &str) -> Result<OrderAnswer> {
         let resp = retry(budget, ATTEMPTS, || {
             let mut c = self.client.clone();
             let req = budget.request(
@@ -56,7 +81,22 @@ impl Billing {
         })
         .await
         .map_err(Error::from_billing)?;
-        resp.into_inner().order.ok_or_else(|| Error::internal("billing returned no order"))
+        let resp = resp.into_inner();
+        let order = resp.order.ok_or_else(|| Error::internal("billing returned no order"))?;
+        let account = (!resp.gateway.is_empty() && !resp.gateway_key_id.is_empty())
+            .then_some(GatewayAccount { gateway: resp.gateway, key_id: resp.gateway_key_id });
+        if let Some(a) = &account {
+            // A poisoned lock only means a writer panicked mid-assignment of
+            // an Option: the value is still whole.
+            *self.account.write().unwrap_or_else(|e| e.into_inner()) = Some(a.clone());
+        }
+        Ok(OrderAnswer { order, account })
+    }
+
+    /// The gateway account of billing's latest CreateOrder answer to this
+    /// process; None before the first one.
+    pub fn last_account(&self) -> Option<GatewayAccount> {
+        self.account.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Idempotent per order (a repeat returns the same subscription).

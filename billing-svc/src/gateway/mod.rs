@@ -123,6 +123,10 @@ pub enum GatewayError {
 
 #[tonic::async_trait]
 pub trait Gateway: Send + Sync + std::fmt::Debug {
+    /// The gateway's name as callers see it ("sandbox", "razorpay"):
+    /// CreateOrder hands it out beside the key id so a frontend knows which
+    /// checkout widget to open.
+    fn name(&self) -> &'static str;
     /// Public key id handed to the customer's checkout widget.
     fn key_id(&self) -> &str;
     /// Checks a payment signature. `order_id` must be the *stored* order id.

@@ -25,6 +25,7 @@ use crate::{
 pub(super) async fn create_order(app: &App, req: Request<pb::CreateOrderRequest>) -> RpcResult<pb::CreateOrderResponse> {
     let r = OrderRequest::try_from(req.into_inner())?;
     let gateway_key_id = app.gateway.key_id().to_owned();
+    let gateway = app.gateway.name().to_owned();
     let app = app.clone();
     let order = run(async move {
         let _pass = row::admit(&app.gate, Row::CheckoutSession(r.checkout_session_id)).await?;
@@ -34,6 +35,7 @@ pub(super) async fn create_order(app: &App, req: Request<pb::CreateOrderRequest>
     Ok(Response::new(pb::CreateOrderResponse {
         order: Some(convert::order(&views::OrderView::new(order, None))),
         gateway_key_id,
+        gateway,
     }))
 }
 

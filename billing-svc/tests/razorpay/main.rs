@@ -11,13 +11,15 @@
 //! errors as `{"error": {"code": "BAD_REQUEST_ERROR", "description": …}}`.
 //! Also failures: 400, 401, 429 with Retry-After, 5xx, slow answers, a
 //! create-order that times out and is retried, and VerifyPayment confirming
-//! the payment at the gateway before granting anything.
+//! the payment at the gateway before granting anything; CreateOrder naming
+//! the gateway and its public key id for the checkout widget.
 mod failures;
 mod fake;
 mod payments;
 mod recurring;
 mod refunds;
 mod requests;
+mod widget;
 
 use std::time::{Duration, Instant};
 

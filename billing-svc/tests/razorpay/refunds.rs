@@ -15,9 +15,9 @@ use crate::fake::*;
 
 const ADMIN: &str = "razorpay-test-admin";
 
-struct Billing {
-    client: BillingServiceClient<Channel>,
-    fake: std::sync::Arc<Fake>,
+pub(crate) struct Billing {
+    pub(crate) client: BillingServiceClient<Channel>,
+    pub(crate) fake: std::sync::Arc<Fake>,
     base: String,
     app: billing_svc::App,
     shutdown: shared::server::Shutdown,
@@ -27,7 +27,7 @@ struct Billing {
 
 impl Billing {
     /// billing served on 127.0.0.1:0 with the fake Razorpay as its gateway.
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let (fake, base) = start_fake().await;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pg");
         let server = PgServer::resolve(&root).await.unwrap();
@@ -60,7 +60,7 @@ impl Billing {
         b
     }
 
-    fn req<T>(msg: T) -> Request<T> {
+    pub(crate) fn req<T>(msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.metadata_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
         r
@@ -128,7 +128,7 @@ impl Billing {
             .collect()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.trigger();
         drop(self.app);
         tokio::time::sleep(Duration::from_millis(100)).await;

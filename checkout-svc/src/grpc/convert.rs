@@ -2,7 +2,7 @@
 use proto::checkout::v1 as pb;
 use shared::time::{opt_to_proto, to_proto};
 
-use crate::sessions::{CleanupCounts, Session, Status};
+use crate::sessions::{CleanupCounts, Session, Started, Status};
 
 pub fn status(s: Status) -> pb::SessionStatus {
     match s {
@@ -32,6 +32,19 @@ pub fn session(s: &Session) -> pb::Session {
         payment_id: s.payment_id.clone().unwrap_or_default(),
         etag: s.etag().into(),
     }
+}
+
+/// What the frontend opens the gateway's checkout widget with: the
+/// session's order, amount and currency with the gateway account billing
+/// named; None when the session is not open for payment (`Started::new`).
+pub fn payment_widget(s: &Started) -> Option<pb::PaymentWidget> {
+    s.account.as_ref().map(|a| pb::PaymentWidget {
+        gateway: a.gateway.clone(),
+        key_id: a.key_id.clone(),
+        gateway_order_id: s.session.order_id.clone(),
+        amount_minor: s.session.amount_minor,
+        currency: s.session.currency.clone(),
+    })
 }
 
 pub fn cleanup(c: &CleanupCounts) -> pb::CleanupSessionsResponse {

@@ -44,15 +44,20 @@ fn create_response(s: &Started) -> pb::CreateSessionResponse {
     pb::CreateSessionResponse {
         session: Some(convert::session(&s.session)),
         invalidated_session_id: s.previous.as_ref().map(|p| p.id.to_string()).unwrap_or_default(),
+        payment_widget: convert::payment_widget(s),
     }
 }
 
 fn renew_response(s: &Started) -> pb::RenewSessionResponse {
-    pb::RenewSessionResponse { session: Some(convert::session(&s.session)), previous: s.previous.as_ref().map(convert::session) }
+    pb::RenewSessionResponse {
+        session: Some(convert::session(&s.session)),
+        previous: s.previous.as_ref().map(convert::session),
+        payment_widget: convert::payment_widget(s),
+    }
 }
 
 fn recover_response(s: &Started) -> pb::RecoverSessionResponse {
-    pb::RecoverSessionResponse { session: Some(convert::session(&s.session)) }
+    pb::RecoverSessionResponse { session: Some(convert::session(&s.session)), payment_widget: convert::payment_widget(s) }
 }
 
 fn complete_response(c: &Completed) -> pb::CompleteSessionResponse {

@@ -47,7 +47,9 @@ pub async fn recover(
         let mut c = app.conn().await?;
         let source = find(&mut c, id).await?;
         if let Some(done) = recovered_from(&mut c, id).await? {
-            return Ok(Outcome::Fresh(Started { session: done, previous: Some(source) }));
+            // A repeat, answered without asking billing (see
+            // `Billing::last_account`).
+            return Ok(Outcome::Fresh(Started::new(done, Some(source), app.billing.last_account(), now)));
         }
         source
     };
@@ -81,7 +83,7 @@ pub async fn recover(
         keyed_transaction!(conn, key, now, encode, |c| {
             lock_user(c, &source.user_id).await?;
             match recovered_from(c, id).await? {
-                Some(done) => Started { session: done, previous: Some(source.clone()) },
+                Some(done) => Started::new(done, Some(source.clone()), q.account.clone(), now),
                 None => {
                     let current = lock(c, id).await?;
                     if current.is(Status::Completed) {
@@ -95,7 +97,7 @@ pub async fn recover(
                     let (_, session) = replace_active(c, new_id, &source.user_id, &q, Some(id), now).await?;
                     // Re-read: marking the retired sessions' orders touched it.
                     let current = super::find(c, current.id).await?;
-                    Started { session, previous: Some(current) }
+                    Started::new(session, Some(current), q.account.clone(), now)
                 }
             }
         })

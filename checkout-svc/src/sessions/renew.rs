@@ -121,7 +121,9 @@ pub async fn renew(
     }
     if head.plan_id == plan_id {
         let previous = (head.id != original.id).then_some(original);
-        return Ok(Outcome::Fresh(Started { session: head, previous }));
+        // Answered without asking billing for an order: the account of
+        // billing's latest answer stands in (see `Billing::last_account`).
+        return Ok(Outcome::Fresh(Started::new(head, previous, app.billing.last_account(), now)));
     }
     let new_id = key.map(|k| keyed_id(k, &head.id.to_string())).unwrap_or_else(Uuid::new_v4);
     // A retry with the same key asks for this order again only while the
@@ -141,7 +143,7 @@ pub async fn renew(
                 // Lost a race with another renew, a completion or expiry.
                 let newest = head_of(c, current.clone()).await?;
                 if newest.is(Status::Active) && !newest.lapsed(now) && newest.plan_id == plan_id {
-                    Started { session: newest, previous: Some(current) }
+                    Started::new(newest, Some(current), q.account.clone(), now)
                 } else if let Some(e) = not_renewable(&newest, now) {
                     return Err(e);
                 } else {
@@ -155,13 +157,13 @@ pub async fn renew(
                     ));
                 }
             } else if let Some(session) = existing(c, new_id).await? {
-                Started { session, previous: Some(current) }
+                Started::new(session, Some(current), q.account.clone(), now)
             } else {
                 let head_etag = current.etag();
                 let as_read: &[&Etag] = if id == current.id { &[&head_etag] } else { &[] };
                 Etag::check(etag, as_read, "checkout_session", id)?;
                 let (previous, session) = replace_active(c, new_id, &head.user_id, &q, None, now).await?;
-                Started { session, previous }
+                Started::new(session, previous, q.account.clone(), now)
             }
         })
     }

@@ -18,13 +18,25 @@ use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use super::{Session, Status, TTL, lock_user, peek};
-use crate::{App, Error, Result, schema::checkout_sessions as cs};
+use crate::{App, Error, Result, billing::GatewayAccount, schema::checkout_sessions as cs};
 
 /// The new session and the one it replaced or recovered, if any.
 #[derive(Debug, Clone)]
 pub struct Started {
     pub session: Session,
     pub previous: Option<Session>,
+    /// The gateway account the frontend opens the payment widget with;
+    /// only while `session` can take a payment (see `Started::new`).
+    pub account: Option<GatewayAccount>,
+}
+
+impl Started {
+    /// Keeps `account` only for a session open for payment (ACTIVE, not
+    /// lapsed): a widget for any other would take money that buys nothing.
+    pub(super) fn new(session: Session, previous: Option<Session>, account: Option<GatewayAccount>, now: DateTime<Utc>) -> Self {
+        let open = session.is(Status::Active) && !session.lapsed(now);
+        Self { account: account.filter(|_| open), session, previous }
+    }
 }
 
 /// Price snapshot and gateway order from billing.
@@ -33,13 +45,16 @@ pub(super) struct Quote {
     amount_minor: i64,
     currency: String,
     pub(super) order_id: String,
+    /// The gateway account billing named with the order.
+    pub(super) account: Option<GatewayAccount>,
 }
 
 /// CreateOrder validates the plan (unknown → NOT_FOUND, not purchasable →
 /// FAILED_PRECONDITION) and is idempotent per session id, so a retried
 /// create reuses the same order.
 pub(super) async fn quote(app: &App, budget: Budget, id: Uuid, user_id: &str, plan_id: &str) -> Result<Quote> {
-    let order = app.billing.create_order(budget, id, user_id, plan_id).await.map_err(|e| settled_order(e, id))?;
+    let answer = app.billing.create_order(budget, id, user_id, plan_id).await.map_err(|e| settled_order(e, id))?;
+    let order = answer.order;
     // A new ACTIVE session must never carry an order that can no longer take
     // a payment (or already took one), whatever billing answered.
     match bpb::OrderStatus::try_from(order.status) {
@@ -48,7 +63,13 @@ pub(super) async fn quote(app: &App, budget: Budget, id: Uuid, user_id: &str, pl
         Ok(bpb::OrderStatus::Paid) => return Err(order_paid(id)),
         _ => return Err(Error::internal(format!("billing returned order {} with status {}", order.id, order.status))),
     }
-    Ok(Quote { plan_id: order.plan_id, amount_minor: order.amount_minor, currency: order.currency, order_id: order.id })
+    Ok(Quote {
+        plan_id: order.plan_id,
+        amount_minor: order.amount_minor,
+        currency: order.currency,
+        order_id: order.id,
+        account: answer.account,
+    })
 }
 
 /// [`quote`], and when it failed with an outcome checkout does not know and
@@ -222,7 +243,7 @@ pub async fn create(
         if key.is_some()
             && let Some(session) = existing(&mut c, id).await?
         {
-            return Ok(Outcome::Fresh(Started { session, previous: None }));
+            return Ok(Outcome::Fresh(Started::new(session, None, app.billing.last_account(), app.clock.now())));
         }
         active_of(&mut c, user_id).await?
     };
@@ -245,10 +266,10 @@ pub async fn create(
             lock_user(c, user_id).await?;
             match existing(c, id).await? {
                 // A concurrent identical create committed first.
-                Some(session) => Started { session, previous: None },
+                Some(session) => Started::new(session, None, q.account.clone(), now),
                 None => {
                     let (previous, session) = replace_active(c, id, user_id, &q, None, now).await?;
-                    Started { session, previous }
+                    Started::new(session, previous, q.account.clone(), now)
                 }
             }
         })

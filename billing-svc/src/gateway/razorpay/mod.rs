@@ -132,6 +132,10 @@ impl Razorpay {
 
 #[tonic::async_trait]
 impl Gateway for Razorpay {
+    fn name(&self) -> &'static str {
+        "razorpay"
+    }
+
     fn key_id(&self) -> &str {
         &self.config.key_id
     }

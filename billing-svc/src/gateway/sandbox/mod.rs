@@ -101,6 +101,10 @@ impl Sandbox {
 
 #[tonic::async_trait]
 impl Gateway for Sandbox {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+
     fn key_id(&self) -> &str {
         &self.config.key_id
     }
