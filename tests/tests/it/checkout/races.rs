@@ -85,6 +85,15 @@ async fn race_concurrent_recovers_create_one_session() {
         scalar(&mut db, "SELECT count(*) AS n FROM checkout_sessions WHERE user_id = 'recoverer' AND status = 'ACTIVE'").await,
         1
     );
+    // Every recovery of one source asks billing for the one session id
+    // derived from it: twenty concurrent recoveries made one order at the
+    // gateway, not twenty (nineteen of them withdrawn again).
+    let mut billing = app.billing_db().await;
+    assert_eq!(
+        scalar(&mut billing, "SELECT count(*) AS n FROM orders WHERE user_id = 'recoverer'").await,
+        2,
+        "the source's and the recovery's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -102,6 +102,23 @@ async fn concurrent_starts_never_overshoot_the_session_limit() {
     }
 }
 
+/// The same for a user whose subscription row exists already (the first
+/// use's insert, which also serializes, is not there to help): the live
+/// row's lock is what makes the starts count one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_starts_of_a_known_user_never_overshoot_the_session_limit() {
+    let app = spawn_app().await;
+    app.start_usage("rusher-2", UsageKind::Text).await.unwrap();
+    let results = join_all((0..20).map(|_| app.start_usage("rusher-2", UsageKind::Text))).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 4, "the free plan allows exactly 5, one of them started before");
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert_eq!(quota(r.as_ref().unwrap_err()).0, "SESSION_LIMIT_EXCEEDED");
+    }
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM usage_sessions WHERE user_id = 'rusher-2'").await, 5);
+}
+
 /// PlanLimits states "unlimited" explicitly; the deprecated int fields stay
 /// filled as before for older readers (0 = unlimited sessions or minutes,
 /// but 0 upload bytes = no uploads). Pro has unlimited sessions; uploads are
