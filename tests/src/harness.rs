@@ -143,11 +143,24 @@ pub struct Options {
     /// outlast a slow machine and the race is decided by the test's own
     /// release, not by the clock.
     pub lock_timeout: Duration,
+    /// How long a request waits for a pooled connection
+    /// (`DB_CONNECT_TIMEOUT_MS`).
+    pub connect_timeout: Duration,
+}
+
+impl Options {
+    /// For race tests that queue dozens of requests on one row: the waits
+    /// are bounded by the race, not by the production bounds, so a loaded
+    /// machine cannot turn a queued request into ABORTED or UNAVAILABLE.
+    pub fn patient() -> Self {
+        Self { lock_timeout: Duration::from_secs(30), connect_timeout: Duration::from_secs(30), ..Self::default() }
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { pool_size: 10, max_concurrent_requests: 512, lock_timeout: CommonConfig::default().lock_timeout }
+        let d = CommonConfig::default();
+        Self { pool_size: 10, max_concurrent_requests: 512, lock_timeout: d.lock_timeout, connect_timeout: d.connect_timeout }
     }
 }
 
@@ -192,6 +205,7 @@ fn common(opts: &Options) -> CommonConfig {
         max_concurrent_requests: opts.max_concurrent_requests,
         shutdown_grace: Duration::from_secs(5),
         lock_timeout: opts.lock_timeout,
+        connect_timeout: opts.connect_timeout,
         ..CommonConfig::default()
     }
 }
