@@ -17,7 +17,8 @@
 # sweep concurrency (C and 64: p50/p99/p999 and errors per level).
 # Runs against a stack of its own, never the one you use by hand: databases
 # payments_bench_checkout/_billing (STACK_DB_PREFIX), ports 16051-16053, env
-# file target/stack/bench.env; started (from empty) unless that file points
+# file target/stack/bench.env; started (databases kept between runs, so the
+# planner has statistics, as in production) unless that file points
 # at a live one. The seeded benchmark subscriptions therefore never show up
 # in `reconcile` on your stack. pgbench's scratch database is
 # payments_bench_pgbench on the same server.
@@ -42,7 +43,7 @@ if ! stack_up; then
   echo "starting the benchmark stack (payments_bench_*, ports 16051-16053)..."
   STACK_DB_PREFIX=payments_bench STACK_ENV_FILE="$ENV_FILE" CHECKOUT_LISTEN_ADDR=127.0.0.1:16051 \
     BILLING_LISTEN_ADDR=127.0.0.1:16052 BILLING_HTTP_ADDR=127.0.0.1:16053 \
-    ./target/release/stack --fresh >"$OUT/stack.log" 2>&1 &
+    ./target/release/stack >"$OUT/stack.log" 2>&1 &
   STACK_PID=$!
   for _ in $(seq 1 120); do [ -f "$ENV_FILE" ] && break; sleep 0.5; done
   [ -f "$ENV_FILE" ] || { echo "stack did not start; see $OUT/stack.log"; exit 1; }
