@@ -1,10 +1,7 @@
 //! Plans: price, period, credits per period, deduction interval and limits.
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::{
-    db::Conn,
-    etag::{Etag, EtagPart},
-};
+use shared::{db::Conn, etag::Etag};
 
 use crate::{Error, Result, schema::plans};
 
@@ -37,23 +34,11 @@ impl Plan {
     /// The plan's etag: a digest of every stored field (docs/design.md,
     /// "API contract: lists, views, etags").
     pub fn etag(&self) -> Etag {
-        let Plan {
-            id,
-            name,
-            price_minor,
-            currency,
-            period,
-            credits_per_period,
-            deduction_interval_seconds,
-            max_sessions_per_period,
-            max_minutes_per_period,
-            max_upload_bytes,
-            active,
-        } = self;
-        Etag::of(
+        shared::etag_of!(
             "plan",
-            &[
-                id as &dyn EtagPart,
+            self,
+            Plan {
+                id,
                 name,
                 price_minor,
                 currency,
@@ -63,8 +48,8 @@ impl Plan {
                 max_sessions_per_period,
                 max_minutes_per_period,
                 max_upload_bytes,
-                active,
-            ],
+                active
+            }
         )
     }
 }

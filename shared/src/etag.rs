@@ -142,6 +142,19 @@ impl<T: EtagPart> EtagPart for Option<T> {
     }
 }
 
+/// The etag of `$value`, a `$ty` whose fields are listed once: the struct
+/// is destructured without `..`, so a field added to it fails to build
+/// until it is listed here, or named after `skip` with why.
+///
+/// `shared::etag_of!("plan", self, Plan { id, name }, skip { created_at })`
+#[macro_export]
+macro_rules! etag_of {
+    ($kind:literal, $value:expr, $ty:ident { $($field:ident),* $(,)? } $(, skip { $($skip:ident),* $(,)? })?) => {{
+        let $ty { $($field,)* $($($skip: _,)*)? } = $value;
+        $crate::etag::Etag::of($kind, &[$($field as &dyn $crate::etag::EtagPart),*])
+    }};
+}
+
 impl std::fmt::Display for Etag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

@@ -7,11 +7,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::{
-    db::Conn,
-    etag::{Etag, EtagPart},
-    ids::UserId,
-};
+use shared::{db::Conn, etag::Etag, ids::UserId};
 use uuid::Uuid;
 
 use crate::{
@@ -90,32 +86,11 @@ impl Subscription {
     /// change to the row changes it (docs/design.md, "API contract: lists, views, etags").
     /// Destructured so a new column cannot be left out by accident.
     pub fn etag(&self) -> Etag {
-        let Subscription {
-            id,
-            user_id,
-            plan_id,
-            order_id,
-            status,
-            anchor_at,
-            calendar_periods,
-            period_start,
-            period_end,
-            credits_granted,
-            credits_remaining,
-            created_at,
-            cancel_at_period_end,
-            ended_at,
-            gateway_customer_id,
-            gateway_token_id,
-            gateway_email,
-            gateway_contact,
-            mandate_max_amount_minor,
-            mandate_expires_at,
-        } = self;
-        Etag::of(
+        shared::etag_of!(
             "subscription",
-            &[
-                id as &dyn EtagPart,
+            self,
+            Subscription {
+                id,
                 user_id,
                 plan_id,
                 order_id,
@@ -134,8 +109,8 @@ impl Subscription {
                 gateway_email,
                 gateway_contact,
                 mandate_max_amount_minor,
-                mandate_expires_at,
-            ],
+                mandate_expires_at
+            }
         )
     }
 

@@ -14,7 +14,7 @@ use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
 use shared::{
     db::Conn,
-    etag::{Etag, EtagPart},
+    etag::Etag,
     idempotency::{self, Key},
     ids::UserId,
 };
@@ -76,27 +76,11 @@ impl Session {
     /// does not (docs/design.md, "API contract: lists, views, etags").
     /// Destructured, so a new field of the struct cannot be left out.
     pub fn etag(&self) -> Etag {
-        let Session {
-            id,
-            user_id,
-            plan_id,
-            status,
-            amount_minor,
-            currency,
-            order_id,
-            expires_at,
-            completed_at,
-            replaced_by,
-            recovered_from,
-            subscription_id,
-            payment_id,
-            created_at,
-            updated_at: _,
-        } = self;
-        Etag::of(
+        shared::etag_of!(
             "checkout_session",
-            &[
-                id as &dyn EtagPart,
+            self,
+            Session {
+                id,
                 user_id,
                 plan_id,
                 status,
@@ -109,8 +93,9 @@ impl Session {
                 recovered_from,
                 subscription_id,
                 payment_id,
-                created_at,
-            ],
+                created_at
+            },
+            skip { updated_at }
         )
     }
 

@@ -44,8 +44,10 @@ struct Args {
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
-    /// The stack's env file.
-    #[arg(long, default_value = "target/stack/stack.env")]
+    /// The env file of the stack to drive: by default the benchmark stack's
+    /// (docs/benchmarks.md), so seeded rows never land in the stack you use
+    /// by hand.
+    #[arg(long, default_value = "target/stack/bench.env")]
     env: String,
     /// verify-payment, webhook: orders created before the run.
     #[arg(long, default_value_t = 40_000)]

@@ -118,7 +118,10 @@ async fn own_databases(server: &PgServer, names: &[&str], fresh: bool) -> anyhow
         if exists {
             server.drop_database(name).await?;
         }
-        server.ensure_database(name, None).await?;
+        // Created by someone else since the check: theirs, not ours.
+        if !server.ensure_database(name, None).await? {
+            anyhow::bail!("database {name} on {} appeared while stack was creating it; not touching it", server.address());
+        }
         server.set_database_comment(name, OWN_DATABASE).await?;
         new.push(true);
     }
@@ -239,7 +242,7 @@ Try it (grpcurl 1.8+, reflection is on):
       -d '{{"user_id":"alice","plan_id":"pro-monthly","request_id":"6f1c2a4e-8d2b-4c1e-9a57-0b9e3d7c5a10"}}' \
       {checkout} checkout.v1.CheckoutService/CreateSession
   # pay the order_id printed above, then complete with the printed payment_id and signature:
-  set -a; . target/stack/stack.env; set +a; cargo run --release -q --bin billing-svc -- sandbox pay --order-id <order_id>
+  set -a; . {env_file}; set +a; cargo run --release -q --bin billing-svc -- sandbox pay --order-id <order_id>
   grpcurl -plaintext -H 'authorization: Bearer {c}' -d '{{"id":"<session id>","payment_id":"<payment_id>","signature":"<signature>"}}' \
       {checkout} checkout.v1.CheckoutService/CompleteSession
   grpcurl -plaintext -H 'authorization: Bearer {b}' \
@@ -248,7 +251,7 @@ Try it (grpcurl 1.8+, reflection is on):
 
 The gateway's side: a customer who pays and never comes back (the webhook arrives over HTTP,
 checkout's completion sync completes the session):
-  set -a; . target/stack/stack.env; set +a; cargo run --release -q --bin billing-svc -- sandbox pay --order-id <order_id> --webhook
+  set -a; . {env_file}; set +a; cargo run --release -q --bin billing-svc -- sandbox pay --order-id <order_id> --webhook
   # or post a signed webhook yourself (new payment and event ids per order):
   pay="pay_$(openssl rand -hex 7)"; evt="evt_$(openssl rand -hex 7)"
   body='{{"event":"payment.captured","payload":{{"payment":{{"entity":{{"id":"'"$pay"'","order_id":"<order_id>","amount":149900,"currency":"INR"}}}}}}}}'

@@ -24,8 +24,8 @@ async fn stack_help_prints_help_and_exits_without_starting_anything() {
 }
 
 mod databases {
-    //! The stack works only in databases of its own (docs/operations.md,
-    //! "The local stack"): a server that also holds a deployment's
+    //! The stack works only in databases of its own (docs/design.md,
+    //! "Development PostgreSQL"): a server that also holds a deployment's
     //! `checkout` and `billing`, or a database named like the stack's that
     //! the stack did not create, is left as it was.
     use std::{process::Stdio, time::Duration};
