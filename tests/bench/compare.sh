@@ -38,6 +38,8 @@ ENV_FILE=target/stack/bench.env
 stack_up() { [ -f "$ENV_FILE" ] && ./target/release/loadgen --help >/dev/null 2>&1 \
   && (. "$ENV_FILE"; pg_isready -q -d "$BILLING_DATABASE_URL" && timeout 1 bash -c "</dev/tcp/${BILLING_ADDR%:*}/${BILLING_ADDR##*:}" 2>/dev/null); }
 STACK_PID=""
+# Set before the start-up wait, so a stack that fails to come up is stopped too.
+trap '[ -n "$STACK_PID" ] && kill -INT $STACK_PID 2>/dev/null; wait 2>/dev/null || true' EXIT
 if ! stack_up; then
   rm -f "$ENV_FILE"
   echo "starting the benchmark stack (payments_bench_*, ports 16051-16053)..."
@@ -45,10 +47,10 @@ if ! stack_up; then
     BILLING_LISTEN_ADDR=127.0.0.1:16052 BILLING_HTTP_ADDR=127.0.0.1:16053 \
     ./target/release/stack >"$OUT/stack.log" 2>&1 &
   STACK_PID=$!
-  for _ in $(seq 1 120); do [ -f "$ENV_FILE" ] && break; sleep 0.5; done
-  [ -f "$ENV_FILE" ] || { echo "stack did not start; see $OUT/stack.log"; exit 1; }
+  # Stop waiting as soon as the stack has exited (a refusal, a port in use).
+  for _ in $(seq 1 120); do [ -f "$ENV_FILE" ] && break; kill -0 "$STACK_PID" 2>/dev/null || break; sleep 0.5; done
+  [ -f "$ENV_FILE" ] || { echo "stack did not start; see $OUT/stack.log"; STACK_PID=""; exit 1; }
 fi
-trap '[ -n "$STACK_PID" ] && kill -INT $STACK_PID 2>/dev/null; wait 2>/dev/null || true' EXIT
 set -a; . "$ENV_FILE"; set +a
 
 # "cpu postgres_db=S postgres_all=S cmd=S" (tests/bench/cpu.py) as a sentence.
