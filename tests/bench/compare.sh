@@ -49,7 +49,7 @@ if ! stack_up; then
   STACK_PID=$!
   # Stop waiting as soon as the stack has exited (a refusal, a port in use).
   for _ in $(seq 1 120); do [ -f "$ENV_FILE" ] && break; kill -0 "$STACK_PID" 2>/dev/null || break; sleep 0.5; done
-  [ -f "$ENV_FILE" ] || { echo "stack did not start; see $OUT/stack.log"; STACK_PID=""; exit 1; }
+  [ -f "$ENV_FILE" ] || { echo "stack did not start; see $OUT/stack.log"; exit 1; }
 fi
 set -a; . "$ENV_FILE"; set +a
 
