@@ -1,10 +1,8 @@
 -- billing-svc schema. Money is bigint minor units; times are timestamptz (UTC).
 
--- A placeholder the triggers below can name: touch_updated_at's one
--- definition is shared/sql/functions/touch_updated_at.sql, which the
--- migration runner applies over this right after the migrations
--- (docs/design.md, SQL functions).
-CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+-- The triggers below call touch_updated_at(), whose one definition is
+-- shared/sql/functions/touch_updated_at.sql: the migration runner creates it
+-- before pending migrations run (docs/design.md, SQL functions).
 
 CREATE TABLE plans (
   id                          text PRIMARY KEY,

@@ -1,8 +1,7 @@
 -- Trigger function of the tables with an updated_at column, in both
--- services' databases: this file is its one definition. Each service's first
--- migration creates only a placeholder of the same signature, because its
--- CREATE TRIGGER needs the function to exist; the migration runner replaces
--- it with this right after (docs/design.md, SQL functions).
+-- services' databases: this file is its one definition. The migration
+-- runner creates it before pending migrations run, because the first
+-- migrations' CREATE TRIGGER names it (docs/design.md, SQL functions).
 CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   -- Keep an explicitly set updated_at (the injected clock); default to now().

@@ -105,6 +105,20 @@ fn overloads<C: LoadConnection<Backend = Pg>>(conn: &mut C, name: &str, droppabl
     Ok(rows.into_iter().map(|r| r.signature).collect())
 }
 
+/// Before pending migrations run: creates the shared functions among
+/// `functions` ([`common`]: trigger functions that read no table) that the
+/// database lacks, so that a migration's `CREATE TRIGGER` can name them and
+/// no migration has to define them. One that exists is left to [`apply`]
+/// (nothing touched when nothing changed); [`apply`] records them all.
+pub(crate) fn bootstrap<C: LoadConnection<Backend = Pg>>(conn: &mut C, functions: &[SqlFunction]) -> anyhow::Result<()> {
+    for f in functions.iter().filter(|f| common::ALL.iter().any(|c| c.name == f.name && c.sql == f.sql)) {
+        if overloads(conn, f.name, false)?.is_empty() {
+            conn.batch_execute(f.sql)?;
+        }
+    }
+    Ok(())
+}
+
 /// Applies `functions` (see the module docs) in one transaction; `force`
 /// re-creates every one (a migration ran). Returns the names (re)created or
 /// dropped.

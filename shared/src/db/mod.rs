@@ -186,8 +186,8 @@ pub async fn migrate(
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
         diesel::sql_query(format!("SELECT pg_advisory_lock({lock_key})")).execute(&mut conn)?;
-        let done = conn
-            .run_pending_migrations(migrations)
+        let done = functions::bootstrap(&mut conn, functions)
+            .and_then(|()| conn.run_pending_migrations(migrations).map_err(|e| anyhow::anyhow!("{e}")))
             .map(|v| v.iter().map(|v| v.to_string()).collect::<Vec<_>>())
             .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
             .and_then(|done| {
