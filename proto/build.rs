@@ -10,7 +10,13 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/checkout/v1/checkout.proto", "proto/billing/v1/billing.proto", "proto/payments/errors/v1/errors.proto"];
+    let files = [
+        "proto/checkout/v1/checkout.proto",
+        "proto/checkout/v1/events.proto",
+        "proto/billing/v1/billing.proto",
+        "proto/billing/v1/events.proto",
+        "proto/payments/errors/v1/errors.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -2,7 +2,7 @@
 use std::sync::Arc;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use proto::billing::v1::billing_service_server::BillingServiceServer;
+use proto::billing::v1::{billing_event_service_server::BillingEventServiceServer, billing_service_server::BillingServiceServer};
 use shared::{Clock, auth::Authenticator, db, gate::Gate, server::Shutdown, service::Serving};
 use tokio::net::TcpListener;
 
@@ -23,7 +23,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// The live SQL functions, applied after the migrations (docs/design.md,
 /// SQL functions): one file each in `sql/functions/`, after the shared ones.
 pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![
-    shared touch_updated_at;
+    shared touch_updated_at, events_emit;
     billing_period_at,
     billing_renewal_paid,
     billing_roll_steps,
@@ -35,6 +35,11 @@ pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![
     billing_charge_many,
     billing_charge_batch,
     billing_charge,
+    billing_order_events,
+    billing_subscription_events,
+    billing_refund_events,
+    billing_discrepancy_events,
+    billing_usage_session_events,
 ];
 /// Advisory-lock key under which replicas run migrations one at a time.
 const MIGRATION_LOCK: i64 = 0x0b11_11b6;
@@ -50,6 +55,8 @@ pub struct App {
     pub config: Arc<Config>,
     /// Group commit of Deduct calls (docs/design.md, Performance).
     pub deducts: Arc<crate::deductions::Coalescer>,
+    /// The replica's event tail (docs/design.md, "Events").
+    pub events: shared::events::Hub<crate::grpc::Event>,
 }
 
 impl App {
@@ -73,7 +80,8 @@ impl App {
             config.deduct.batch_max,
             config.deduct.batches_in_flight,
         ));
-        Self { pool, gate, clock, gateway, config: Arc::new(config), deducts }
+        let events = crate::grpc::event_hub(pool.clone(), &config.common.events);
+        Self { pool, gate, clock, gateway, config: Arc::new(config), deducts, events }
     }
 
     pub async fn conn(&self) -> Result<db::PooledConn<'_>, crate::Error> {
@@ -111,12 +119,16 @@ pub async fn serve_app(
 ) -> anyhow::Result<()> {
     let http = tokio::spawn(crate::http::serve(app.clone(), http_listener, shutdown.clone(), app.config.common.shutdown_grace));
     let auth = Authenticator::from_secrets(&app.config.auth_tokens, &app.config.admin_tokens);
-    let svc = BillingServiceServer::with_interceptor(crate::grpc::BillingGrpc::new(app.clone()), auth);
+    let svc = BillingServiceServer::with_interceptor(crate::grpc::BillingGrpc::new(app.clone()), auth.clone());
+    let events =
+        BillingEventServiceServer::with_interceptor(crate::grpc::BillingEventGrpc::new(app.clone(), shutdown.clone()), auth);
+    tokio::spawn(app.events.clone().run(database_url.clone(), shutdown.clone()));
     let jobs = if app.config.jobs.enabled { crate::jobs::spawn_all(&app, &shutdown) } else { Vec::new() };
     let serving = Serving {
         service_name: proto::BILLING_SERVICE_NAME,
         pool_name: "billing",
         svc,
+        events,
         listener,
         database_url,
         pool: app.pool.clone(),

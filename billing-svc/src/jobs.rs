@@ -21,6 +21,8 @@ pub enum Job {
     UsageStats,
     /// Delete idempotency keys older than 24 h.
     PurgeIdempotencyKeys,
+    /// Delete events older than EVENTS_RETENTION_DAYS.
+    PurgeEvents,
 }
 
 impl Job {
@@ -33,6 +35,7 @@ impl Job {
             Job::Renewals => "renewals",
             Job::UsageStats => "usage-stats",
             Job::PurgeIdempotencyKeys => "purge-idempotency-keys",
+            Job::PurgeEvents => "purge-events",
         }
     }
 
@@ -79,6 +82,7 @@ pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
             let n = shared::idempotency::purge(&mut conn, now - Duration::hours(24)).await?;
             format!("purge-idempotency-keys: {n} deleted")
         }
+        Job::PurgeEvents => shared::events::store::purge_job(&mut conn, now, app.config.common.events.retention_days).await?,
     })
 }
 
@@ -92,7 +96,8 @@ pub fn spawn_all(app: &App, shutdown: &shared::server::Shutdown) -> Vec<JoinHand
                 Job::Rollover => j.rollover_interval,
                 Job::Renewals => j.renewals_interval,
                 Job::UsageStats => j.usage_stats_interval,
-                Job::PurgeIdempotencyKeys => j.idempotency_purge_interval,
+                // Both purges are housekeeping on the same schedule.
+                Job::PurgeIdempotencyKeys | Job::PurgeEvents => j.idempotency_purge_interval,
             };
             (job.name(), every)
         })

@@ -32,6 +32,7 @@ shared::text_enum! {
 }
 
 /// A usage session row.
+#[derive(serde::Deserialize)] // an event's payload (crate::events)
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = usage_sessions, check_for_backend(diesel::pg::Pg))]
 pub struct UsageSession {

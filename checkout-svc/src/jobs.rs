@@ -17,6 +17,8 @@ pub enum Job {
     CompletionSync,
     /// Delete idempotency keys older than 24 h.
     PurgeIdempotencyKeys,
+    /// Delete events older than EVENTS_RETENTION_DAYS.
+    PurgeEvents,
 }
 
 impl Job {
@@ -27,6 +29,7 @@ impl Job {
             Job::Cleanup => "cleanup",
             Job::CompletionSync => "completion-sync",
             Job::PurgeIdempotencyKeys => "purge-idempotency-keys",
+            Job::PurgeEvents => "purge-events",
         }
     }
 }
@@ -56,6 +59,11 @@ pub async fn run_once(app: &App, name: &str) -> anyhow::Result<String> {
             let n = shared::idempotency::purge(&mut conn, app.clock.now() - Duration::hours(24)).await?;
             format!("purge-idempotency-keys: {n} deleted")
         }
+        Job::PurgeEvents => {
+            let mut conn = app.conn().await?;
+            let days = app.config.common.events.retention_days;
+            shared::events::store::purge_job(&mut conn, app.clock.now(), days).await?
+        }
     })
 }
 
@@ -67,7 +75,8 @@ pub fn spawn_all(app: &App, shutdown: &shared::server::Shutdown) -> Vec<JoinHand
             let every = match job {
                 Job::Cleanup => j.cleanup_interval,
                 Job::CompletionSync => j.completion_sync_interval,
-                Job::PurgeIdempotencyKeys => j.idempotency_purge_interval,
+                // Both purges are housekeeping on the same schedule.
+                Job::PurgeIdempotencyKeys | Job::PurgeEvents => j.idempotency_purge_interval,
             };
             (job.name(), every)
         })

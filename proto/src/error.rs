@@ -54,8 +54,11 @@ impl ErrorReason {
             | R::FreePlan
             | R::OrderNotPaid
             | R::RefundExceedsCaptured
-            | R::RefundIdReused => Code::FailedPrecondition,
-            R::SessionLimitExceeded | R::MinutesLimitExceeded | R::NoCredits | R::UploadTooLarge => Code::ResourceExhausted,
+            | R::RefundIdReused
+            | R::CursorExpired => Code::FailedPrecondition,
+            R::SessionLimitExceeded | R::MinutesLimitExceeded | R::NoCredits | R::UploadTooLarge | R::WatchersExhausted => {
+                Code::ResourceExhausted
+            }
             R::IdempotencyKeyInFlight | R::ConcurrentUpdate | R::RowBusy | R::EtagMismatch => Code::Aborted,
             R::DatabaseUnavailable | R::GatewayUnavailable | R::BillingUnavailable | R::Overloaded => Code::Unavailable,
             R::TokenMissing | R::TokenInvalid => Code::Unauthenticated,
@@ -73,7 +76,7 @@ impl ErrorReason {
         match self {
             // A conflict another attempt can win at once.
             R::IdempotencyKeyInFlight | R::ConcurrentUpdate | R::RowBusy => Some(Duration::from_millis(50)),
-            R::DatabaseUnavailable | R::GatewayUnavailable | R::BillingUnavailable | R::Overloaded => {
+            R::DatabaseUnavailable | R::GatewayUnavailable | R::BillingUnavailable | R::Overloaded | R::WatchersExhausted => {
                 Some(Duration::from_secs(1))
             }
             // The gateway has not captured the payment yet; its webhook

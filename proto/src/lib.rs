@@ -7,7 +7,8 @@ pub mod error;
 pub mod checkout {
     // The docs below are the .proto comments, written as prose for every
     // language (`<id>`, [brackets], bare URLs), not as rustdoc.
-    #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
+    // WatchEventsResponse's oneof holds an event or a small bookmark.
+    #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links, rustdoc::bare_urls, clippy::large_enum_variant)]
     pub mod v1 {
         tonic::include_proto!("checkout.v1");
         include!(concat!(env!("OUT_DIR"), "/server/checkout.v1.rs"));
@@ -17,7 +18,8 @@ pub mod checkout {
 pub mod billing {
     // The docs below are the .proto comments, written as prose for every
     // language (`<id>`, [brackets], bare URLs), not as rustdoc.
-    #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
+    // WatchEventsResponse's oneof holds an event or a small bookmark.
+    #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links, rustdoc::bare_urls, clippy::large_enum_variant)]
     pub mod v1 {
         tonic::include_proto!("billing.v1");
         include!(concat!(env!("OUT_DIR"), "/server/billing.v1.rs"));

@@ -15,6 +15,7 @@ pub mod db;
 pub mod deadline;
 pub mod error;
 pub mod etag;
+pub mod events;
 pub mod gate;
 pub mod idempotency;
 pub mod ids;
@@ -28,3 +29,6 @@ pub mod text_enum;
 pub mod time;
 
 pub use clock::Clock;
+/// For [`text_enum!`]'s expansion in the services.
+#[doc(hidden)]
+pub use serde;

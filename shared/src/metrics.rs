@@ -14,6 +14,9 @@
 //! | `job.runs` | counter | `job`, `outcome` (`ok`/`error`) |
 //! | `billing.credits.charged` / `billing.credits.unpaid` | counter (units) | `mode` (`AUTO`/`EXPLICIT`/`END`) |
 //! | `billing.payment.captures` | counter | `outcome` (`captured`/`replayed`) |
+//! | `events.read` | counter | `service`: events the replica's tail read (committed and settled) |
+//! | `events.watchers` | up-down counter | `service`: watchers connected |
+//! | `events.delivery.lag` (s) | histogram | `service`: from an event's commit to its sending to a watcher |
 use std::{
     future::Future,
     pin::Pin,
@@ -24,7 +27,7 @@ use std::{
 
 use opentelemetry::{
     KeyValue, global,
-    metrics::{Counter, Gauge, Histogram, Meter},
+    metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter},
 };
 use tower::BoxError;
 
@@ -43,6 +46,9 @@ struct Instruments {
     credits_unpaid: Counter<u64>,
     captures: Counter<u64>,
     pool_connections: Gauge<u64>,
+    events_read: Counter<u64>,
+    event_watchers: UpDownCounter<i64>,
+    event_lag: Histogram<f64>,
 }
 
 static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
@@ -70,6 +76,14 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
             .with_description("Payment captures, first time (captured) or repeated (replayed)")
             .build(),
         pool_connections: pool_gauge(&m),
+        events_read: m.u64_counter("events.read").with_description("Events the replica's tail read, settled").build(),
+        event_watchers: m.i64_up_down_counter("events.watchers").with_description("Event watchers connected").build(),
+        event_lag: m
+            .f64_histogram("events.delivery.lag")
+            .with_unit("s")
+            .with_description("From an event's recording to its sending to a watcher (a watcher behind shows here)")
+            .with_boundaries(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0])
+            .build(),
     }
 });
 
@@ -102,6 +116,35 @@ pub fn credits_charged(mode: &'static str, charged: Option<i64>, unpaid: Option<
     }
     if unpaid > 0 {
         INSTRUMENTS.credits_unpaid.add(unpaid.unsigned_abs(), &attrs);
+    }
+}
+
+/// `n` events read by `service`'s event tail.
+pub fn events_read(service: &'static str, n: usize) {
+    INSTRUMENTS.events_read.add(n as u64, &[KeyValue::new("service", service)]);
+}
+
+/// One event sent to a watcher of `service`, recorded at `occurred_at`.
+pub fn event_delivered(service: &'static str, occurred_at: chrono::DateTime<chrono::Utc>) {
+    let lag = (chrono::Utc::now() - occurred_at).to_std().unwrap_or_default();
+    INSTRUMENTS.event_lag.record(lag.as_secs_f64(), &[KeyValue::new("service", service)]);
+}
+
+/// Counts a watcher of `service` while held.
+#[derive(Debug)]
+pub struct EventWatcher(&'static str);
+
+impl EventWatcher {
+    /// A watcher connected.
+    pub fn connected(service: &'static str) -> Self {
+        INSTRUMENTS.event_watchers.add(1, &[KeyValue::new("service", service)]);
+        Self(service)
+    }
+}
+
+impl Drop for EventWatcher {
+    fn drop(&mut self) {
+        INSTRUMENTS.event_watchers.add(-1, &[KeyValue::new("service", self.0)]);
     }
 }
 

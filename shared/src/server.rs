@@ -141,10 +141,11 @@ impl Readiness {
 /// run and `pool` answers a ping (retried with backoff while the database is
 /// unreachable).
 #[allow(clippy::too_many_arguments)]
-pub async fn serve<S, B, M, MF>(
+pub async fn serve<S, B, V, VB, M, MF>(
     service_name: &'static str,
     listener: TcpListener,
     svc: S,
+    events: V,
     config: &CommonConfig,
     shutdown: Shutdown,
     database_url: String,
@@ -161,6 +162,15 @@ where
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    V: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<VB>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    V::Future: Send + 'static,
+    VB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    VB::Error: Into<BoxError>,
     M: Fn(String) -> MF + Send + 'static,
     MF: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
 {
@@ -182,6 +192,7 @@ where
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(service_name)
+            .with_service_name(V::NAME)
             .with_service_name("grpc.health.v1.Health")
     };
     let reflection_v1 = reflection().build_v1()?;
@@ -228,8 +239,16 @@ where
     if let Some(age) = config.max_connection_age {
         builder = builder.max_connection_age(age).max_connection_age_grace(config.shutdown_grace);
     }
-    let router =
-        builder.layer(layers).add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha).add_service(svc);
+    // The event service's watchers hold no slot of the limit while they
+    // stream: a slot is held until a call's response starts, and a stream's
+    // starts with its first message (the watchers have a cap of their own).
+    let router = builder
+        .layer(layers)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(svc)
+        .add_service(events);
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, service = service_name, "listening");

@@ -72,13 +72,16 @@ pub async fn migrate_command(name: &str, migrate: impl Future<Output = anyhow::R
 
 /// A service's gRPC server and what runs beside it, for [`serve`].
 #[derive(Debug)]
-pub struct Serving<S, M> {
+pub struct Serving<S, V, M> {
     /// The named health service (e.g. `proto::BILLING_SERVICE_NAME`).
     pub service_name: &'static str,
     /// The pool's name in metrics (`billing`, `checkout`).
     pub pool_name: &'static str,
     /// The service, its auth interceptor applied.
     pub svc: S,
+    /// The service's event stream (docs/design.md, "Events"), its auth
+    /// interceptor applied.
+    pub events: V,
     /// Where it serves.
     pub listener: TcpListener,
     /// The service's database, migrated on the way to SERVING.
@@ -95,7 +98,7 @@ pub struct Serving<S, M> {
 /// pool meanwhile; then triggers `shutdown` (the server may also have
 /// stopped with an error: whatever runs beside it stops too) and drains the
 /// jobs, at most `config.shutdown_grace`.
-pub async fn serve<S, B, M, MF>(s: Serving<S, M>, config: &CommonConfig, shutdown: Shutdown) -> anyhow::Result<()>
+pub async fn serve<S, B, V, VB, M, MF>(s: Serving<S, V, M>, config: &CommonConfig, shutdown: Shutdown) -> anyhow::Result<()>
 where
     S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
         + NamedService
@@ -106,12 +109,22 @@ where
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    V: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<VB>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    V::Future: Send + 'static,
+    VB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    VB::Error: Into<BoxError>,
     M: Fn(String) -> MF + Send + 'static,
     MF: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
 {
     let _pool_gauge = crate::metrics::observe_pool(s.pool_name, s.pool.clone());
     let result =
-        server::serve(s.service_name, s.listener, s.svc, config, shutdown.clone(), s.database_url, s.pool, s.migrate).await;
+        server::serve(s.service_name, s.listener, s.svc, s.events, config, shutdown.clone(), s.database_url, s.pool, s.migrate)
+            .await;
     shutdown.trigger();
     crate::jobs::drain(s.jobs, config.shutdown_grace).await;
     result

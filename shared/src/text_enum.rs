@@ -48,6 +48,14 @@ macro_rules! text_enum {
             }
         }
 
+        // Reads the database spelling (an event's row payload, `to_jsonb`).
+        impl<'de> $crate::serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::serde::Deserializer<'de>>(d: D) -> ::std::result::Result<Self, D::Error> {
+                let s = <::std::string::String as $crate::serde::Deserialize>::deserialize(d)?;
+                s.parse::<$name>().map_err(<D::Error as $crate::serde::de::Error>::custom)
+            }
+        }
+
         impl ::std::fmt::Display for $name {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())

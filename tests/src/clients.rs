@@ -1,6 +1,7 @@
 //! gRPC clients that present a bearer token (and optional metadata).
 use proto::{
-    billing::v1::billing_service_client::BillingServiceClient, checkout::v1::checkout_service_client::CheckoutServiceClient,
+    billing::v1::{billing_event_service_client::BillingEventServiceClient, billing_service_client::BillingServiceClient},
+    checkout::v1::{checkout_event_service_client::CheckoutEventServiceClient, checkout_service_client::CheckoutServiceClient},
 };
 use tonic::{
     Request, Status,
@@ -30,6 +31,17 @@ impl Interceptor for Bearer {
 
 pub type CheckoutClient = CheckoutServiceClient<InterceptedService<Channel, Bearer>>;
 pub type BillingClient = BillingServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub type BillingEventsClient = BillingEventServiceClient<InterceptedService<Channel, Bearer>>;
+pub type CheckoutEventsClient = CheckoutEventServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub fn billing_events_client(addr: &str, token: &str) -> anyhow::Result<BillingEventsClient> {
+    Ok(BillingEventServiceClient::with_interceptor(channel(addr)?, Bearer::new(token)))
+}
+
+pub fn checkout_events_client(addr: &str, token: &str) -> anyhow::Result<CheckoutEventsClient> {
+    Ok(CheckoutEventServiceClient::with_interceptor(channel(addr)?, Bearer::new(token)))
+}
 
 pub fn channel(addr: &str) -> anyhow::Result<Channel> {
     let url = if addr.starts_with("http") { addr.to_owned() } else { format!("http://{addr}") };

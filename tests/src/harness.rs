@@ -146,6 +146,8 @@ pub struct Options {
     /// How long a request waits for a pooled connection
     /// (`DB_CONNECT_TIMEOUT_MS`).
     pub connect_timeout: Duration,
+    /// The event streams' settings (`EVENTS_*`).
+    pub events: shared::config::EventsConfig,
 }
 
 impl Options {
@@ -160,7 +162,13 @@ impl Options {
 impl Default for Options {
     fn default() -> Self {
         let d = CommonConfig::default();
-        Self { pool_size: 10, max_concurrent_requests: 512, lock_timeout: d.lock_timeout, connect_timeout: d.connect_timeout }
+        Self {
+            pool_size: 10,
+            max_concurrent_requests: 512,
+            lock_timeout: d.lock_timeout,
+            connect_timeout: d.connect_timeout,
+            events: d.events,
+        }
     }
 }
 
@@ -206,6 +214,7 @@ fn common(opts: &Options) -> CommonConfig {
         shutdown_grace: Duration::from_secs(5),
         lock_timeout: opts.lock_timeout,
         connect_timeout: opts.connect_timeout,
+        events: opts.events.clone(),
         ..CommonConfig::default()
     }
 }

@@ -148,7 +148,7 @@ pub fn subscription_with(s: &Subscription, renewal: Option<&Order>) -> pb::Subsc
     }
 }
 
-fn session_proto(s: &UsageSession, credits_remaining: i64) -> pb::UsageSession {
+pub fn session_proto(s: &UsageSession, credits_remaining: i64) -> pb::UsageSession {
     let kind = match s.kind {
         UsageKind::Text => pb::UsageKind::Text,
         UsageKind::Call => pb::UsageKind::Call,

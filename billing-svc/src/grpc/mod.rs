@@ -4,6 +4,7 @@
 //! (docs/design.md, Idempotency).
 mod admin;
 mod convert;
+mod events;
 mod orders;
 mod params;
 mod payments;
@@ -18,6 +19,7 @@ use proto::billing::v1::{self as pb, billing_service_server::BillingService};
 use tonic::{Request, Response, Status};
 
 use crate::App;
+pub use events::{BillingEventGrpc, Event, hub as event_hub};
 
 pub struct BillingGrpc {
     app: App,

@@ -39,6 +39,7 @@ shared::text_enum! {
     }
 }
 
+#[derive(serde::Deserialize)] // an event's payload (crate::events)
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
 pub struct Order {

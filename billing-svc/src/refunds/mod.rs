@@ -65,6 +65,7 @@ impl From<RefundStatus> for Status {
     }
 }
 
+#[derive(serde::Deserialize)] // an event's payload (crate::events)
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = refunds, check_for_backend(diesel::pg::Pg))]
 pub struct Refund {

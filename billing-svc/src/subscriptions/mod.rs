@@ -53,6 +53,7 @@ shared::text_enum! {
     }
 }
 
+#[derive(serde::Deserialize)] // an event's payload (crate::events)
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = subscriptions, check_for_backend(diesel::pg::Pg))]
 pub struct Subscription {

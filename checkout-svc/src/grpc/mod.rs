@@ -3,6 +3,7 @@
 //! transaction halfway. Requests are parsed into domain inputs first
 //! (`requests.rs`).
 mod convert;
+mod events;
 mod requests;
 
 use std::future::Future;
@@ -18,6 +19,8 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use self::requests::{CompleteSession, CreateSession, ListSessions, RenewSession, page_token};
+pub use events::{CheckoutEventGrpc, Event, hub as event_hub};
+
 use crate::{
     App,
     sessions::{self, Completed, Started},

@@ -45,6 +45,7 @@ shared::text_enum! {
     }
 }
 
+#[derive(serde::Deserialize)] // an event's payload (crate::grpc::events)
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = cs, check_for_backend(diesel::pg::Pg))]
 pub struct Session {

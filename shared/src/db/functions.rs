@@ -27,6 +27,14 @@ pub struct SqlFunction {
 }
 
 impl SqlFunction {
+    /// Whether [`bootstrap`] may create it before the migrations: a shared
+    /// function, or a trigger function (its body's tables are resolved when
+    /// it fires, not when it is created).
+    fn creatable_before_migrations(&self) -> bool {
+        common::ALL.iter().any(|c| c.name == self.name && c.sql == self.sql)
+            || self.sql.to_ascii_lowercase().contains("returns trigger")
+    }
+
     /// Hex SHA-256 of the definition's text, as recorded in `schema_functions`.
     pub fn sha256(&self) -> String {
         Sha256::digest(self.sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -41,12 +49,19 @@ pub mod common {
     use super::SqlFunction;
 
     /// Every function of this module, for [`check_listed`](super::check_listed).
-    pub const ALL: &[SqlFunction] = &[touch_updated_at];
+    pub const ALL: &[SqlFunction] = &[touch_updated_at, events_emit];
 
     /// The trigger function of the tables with an `updated_at` column.
     pub const touch_updated_at: SqlFunction = SqlFunction {
         name: "touch_updated_at",
         sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/functions/touch_updated_at.sql")),
+    };
+
+    /// Writes one event row of the event stream (docs/design.md, "Events"),
+    /// called by the services' trigger functions.
+    pub const events_emit: SqlFunction = SqlFunction {
+        name: "events_emit",
+        sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/functions/events_emit.sql")),
     };
 }
 
@@ -105,13 +120,14 @@ fn overloads<C: LoadConnection<Backend = Pg>>(conn: &mut C, name: &str, droppabl
     Ok(rows.into_iter().map(|r| r.signature).collect())
 }
 
-/// Before pending migrations run: creates the shared functions among
-/// `functions` ([`common`]: trigger functions that read no table) that the
+/// Before pending migrations run: creates the trigger functions among
+/// `functions` (the shared ones of [`common`], and every `RETURNS trigger`
+/// function: PL/pgSQL resolves tables only when a trigger fires) that the
 /// database lacks, so that a migration's `CREATE TRIGGER` can name them and
 /// no migration has to define them. One that exists is left to [`apply`]
 /// (nothing touched when nothing changed); [`apply`] records them all.
 pub(crate) fn bootstrap<C: LoadConnection<Backend = Pg>>(conn: &mut C, functions: &[SqlFunction]) -> anyhow::Result<()> {
-    for f in functions.iter().filter(|f| common::ALL.iter().any(|c| c.name == f.name && c.sql == f.sql)) {
+    for f in functions.iter().filter(|f| f.creatable_before_migrations()) {
         if overloads(conn, f.name, false)?.is_empty() {
             conn.batch_execute(f.sql)?;
         }

@@ -16,6 +16,7 @@
 //! process-wide tracing and metrics providers.
 mod checkout;
 mod contract;
+mod events;
 mod ops;
 mod payments;
 mod reconcile;

@@ -1,0 +1,13 @@
+DROP TRIGGER usage_sessions_events_update ON usage_sessions;
+DROP TRIGGER usage_sessions_events ON usage_sessions;
+DROP TRIGGER payment_discrepancies_events_update ON payment_discrepancies;
+DROP TRIGGER payment_discrepancies_events ON payment_discrepancies;
+DROP TRIGGER refunds_events_update ON refunds;
+DROP TRIGGER refunds_events ON refunds;
+DROP TRIGGER subscriptions_events_update ON subscriptions;
+DROP TRIGGER subscriptions_events ON subscriptions;
+DROP TRIGGER orders_events_update ON orders;
+DROP TRIGGER orders_events ON orders;
+DROP TABLE event_versions;
+DROP TABLE events;
+DROP TABLE event_stream;

@@ -1,0 +1,115 @@
+//! CheckoutEventService: WatchEvents and ListEvents over the shared event
+//! stream (docs/design.md, "Events"), and the decoding of checkout's stored
+//! events into their messages.
+use proto::checkout::v1::{self as pb, checkout_event_service_server::CheckoutEventService};
+use shared::{
+    events::{Cursor, Hub, Item, StoredEvent, api},
+    server::Shutdown,
+    time::to_proto,
+};
+use tonic::{Request, Response};
+
+use super::{RpcResult, convert};
+use crate::{App, sessions::Session};
+
+/// The hub's message type.
+pub type Event = pb::CheckoutEvent;
+
+pub struct CheckoutEventGrpc {
+    app: App,
+    shutdown: Shutdown,
+}
+
+impl CheckoutEventGrpc {
+    pub fn new(app: App, shutdown: Shutdown) -> Self {
+        Self { app, shutdown }
+    }
+}
+
+const TYPES: api::Types =
+    api::Types { prefix: "CHECKOUT_EVENT_TYPE_", name_of: |n| pb::CheckoutEventType::try_from(n).ok().map(|t| t.as_str_name()) };
+
+fn response(item: Item<Event>) -> pb::WatchEventsResponse {
+    pb::WatchEventsResponse {
+        item: Some(match item {
+            Item::Event(e) => pb::watch_events_response::Item::Event(e),
+            Item::Bookmark { cursor, caught_up } => {
+                pb::watch_events_response::Item::Bookmark(pb::EventBookmark { cursor: cursor.to_string(), caught_up })
+            }
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl CheckoutEventService for CheckoutEventGrpc {
+    type WatchEventsStream = api::ResponseStream<pb::WatchEventsResponse>;
+
+    async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> RpcResult<Self::WatchEventsStream> {
+        let r = req.into_inner();
+        let parsed = api::parse(&r.after_cursor, &r.types, &r.user_id, TYPES)?;
+        let config = &self.app.config.common.events;
+        let stream = api::watch(&self.app.events, parsed, r.from_oldest, config, self.shutdown.clone(), response).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn list_events(&self, req: Request<pb::ListEventsRequest>) -> RpcResult<pb::ListEventsResponse> {
+        let r = req.into_inner();
+        let parsed = api::parse(&r.after_cursor, &r.types, &r.user_id, TYPES)?;
+        let page = api::list(&self.app.events, &parsed, r.page_size).await?;
+        Ok(Response::new(pb::ListEventsResponse {
+            events: page.events,
+            next_cursor: page.next.to_string(),
+            caught_up: page.caught_up,
+        }))
+    }
+}
+
+/// A stored checkout event as its message. A payload that does not decode
+/// (a bug) is logged and left out; the event itself is still sent.
+pub fn decode(e: &StoredEvent, cursor: Cursor) -> Event {
+    let ty = pb::CheckoutEventType::from_str_name(&format!("{}{}", TYPES.prefix, e.event_type))
+        .unwrap_or(pb::CheckoutEventType::Unspecified);
+    let payload = serde_json::from_value::<Session>(e.payload.clone())
+        .inspect_err(|err| tracing::error!(error = %err, event_id = %e.event_id, "event payload does not decode"))
+        .ok()
+        .map(|s| pb::checkout_event::Payload::Session(convert::session(&s)));
+    pb::CheckoutEvent {
+        event_id: e.event_id.to_string(),
+        r#type: ty as i32,
+        time: Some(to_proto(e.occurred_at)),
+        entity_kind: e.entity_kind.clone(),
+        entity_id: e.entity_id.clone(),
+        entity_version: e.entity_version,
+        user_id: e.user_id.clone(),
+        cursor: cursor.to_string(),
+        payload,
+    }
+}
+
+/// Checkout's event hub over `pool`.
+pub fn hub(pool: shared::db::Pool, config: &shared::config::EventsConfig) -> Hub<Event> {
+    let options = shared::events::HubOptions { ring: 4096, poll: config.poll, max_watchers: config.max_watchers };
+    Hub::new("checkout", pool, std::sync::Arc::new(decode), options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every type the migration lets the trigger write has a proto value,
+    /// and every proto value (but UNSPECIFIED) is one it may write.
+    #[test]
+    fn stored_types_and_proto_types_are_the_same_list() {
+        let sql = include_str!("../../migrations/2026-12-07-000003_events/up.sql");
+        let check = &sql[sql.find("events_type_known").unwrap()..];
+        let check = &check[..check.find(");").unwrap()];
+        let mut stored: Vec<String> = check.split('\'').skip(1).step_by(2).map(str::to_owned).collect();
+        stored.sort();
+        let mut proto: Vec<String> = (1..)
+            .map_while(|n| pb::CheckoutEventType::try_from(n).ok())
+            .map(|t| t.as_str_name().strip_prefix(TYPES.prefix).unwrap().to_owned())
+            .collect();
+        proto.sort();
+        assert_eq!(stored, proto);
+    }
+}
