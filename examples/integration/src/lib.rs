@@ -3,13 +3,17 @@
 //! start a checkout session, have the customer pay through the gateway's
 //! widget, complete the session, read the subscription it bought, and spend
 //! a credit of it. docs/integration.md explains each step; this crate is
-//! the same steps as code, built and tested with the workspace.
+//! the same steps as code, built and tested with the workspace; and
+//! [`Follower`], a consumer of billing's event stream.
 //!
 //! Retries follow the API's rules: every call that changes something carries
 //! an id the caller picked (`request_id`, `deduction_id`, or the session and
 //! payment ids), and a call whose outcome is unknown (DEADLINE_EXCEEDED,
 //! UNAVAILABLE, ABORTED) is sent again with the same ids.
 use std::{future::Future, time::Duration};
+
+mod events;
+pub use events::Follower;
 
 use proto::{
     billing::v1::{self as bpb, billing_service_client::BillingServiceClient},
@@ -84,6 +88,13 @@ fn channel(addr: &str) -> Result<Channel, Status> {
     let endpoint = Endpoint::from_shared(url).map_err(|e| Status::invalid_argument(format!("address {addr:?}: {e}")))?;
     // Lazy: the first call connects; a deadline per call bounds every wait.
     Ok(endpoint.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(10)).connect_lazy())
+}
+
+/// A channel for streams: no per-call timeout (a watch lives for minutes).
+fn channel_without_timeout(addr: &str) -> Result<Channel, Status> {
+    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let endpoint = Endpoint::from_shared(url).map_err(|e| Status::invalid_argument(format!("address {addr:?}: {e}")))?;
+    Ok(endpoint.connect_timeout(Duration::from_secs(2)).connect_lazy())
 }
 
 fn bearer(token: &str) -> Result<Bearer, Status> {

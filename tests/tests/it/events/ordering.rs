@@ -40,7 +40,12 @@ async fn a_purchase_yields_its_events_in_order() {
 async fn an_event_that_commits_late_is_not_skipped() {
     let app = spawn_app().await;
     let sub = app.subscribe("early", "basic-monthly").await;
-    let mut watch = billing_events(&app).watch_events(bpb::WatchEventsRequest::default()).await.unwrap().into_inner();
+    let after_cursor = settled_cursor(&app).await;
+    let mut watch = billing_events(&app)
+        .watch_events(bpb::WatchEventsRequest { after_cursor, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let first = watch.next().await.unwrap().unwrap();
     assert!(matches!(first.item, Some(Item::Bookmark(_))), "a bookmark comes first: {first:?}");
 
