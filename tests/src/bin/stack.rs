@@ -249,6 +249,10 @@ Try it (grpcurl 1.8+, reflection is on):
       -d '{{"user_id":"alice","kind":"USAGE_KIND_CALL","request_id":"0c7e9b52-3f4a-4d8e-b1a6-5e2f7c9d8a34"}}' \
       {billing} billing.v1.BillingService/StartUsageSession
 
+What happened, as it happens (README.md, "Events"; Ctrl-C to stop):
+  grpcurl -plaintext -H 'authorization: Bearer {b}' -d '{{}}' {billing} billing.v1.BillingEventService/WatchEvents
+  grpcurl -plaintext -H 'authorization: Bearer {c}' -d '{{"page_size":10}}' {checkout} checkout.v1.CheckoutEventService/ListEvents
+
 The gateway's side: a customer who pays and never comes back (the webhook arrives over HTTP,
 checkout's completion sync completes the session):
   set -a; . {env_file}; set +a; cargo run --release -q --bin billing-svc -- sandbox pay --order-id <order_id> --webhook
