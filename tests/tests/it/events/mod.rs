@@ -5,6 +5,7 @@
 //! ListEvents pages it.
 mod consumer;
 mod ordering;
+mod purged_under_a_watcher;
 
 use std::time::Duration;
 

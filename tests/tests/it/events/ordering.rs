@@ -80,3 +80,23 @@ async fn an_event_that_commits_late_is_not_skipped() {
     assert_eq!(tail, got.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>());
     assert_versions_climb(&all);
 }
+
+/// Two transactions change one subscription; the one that commits second
+/// has the lower transaction id. Its event still comes after the first
+/// one's, so the subscription's versions climb in stream order
+/// (docs/design.md, Events: versions that only go up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_later_change_with_an_older_transaction_id_still_comes_later() {
+    let app = spawn_app().await;
+    let sub = app.subscribe("contended", "basic-monthly").await;
+    let mut older = app.billing_db().await;
+    older.batch_execute("BEGIN; SELECT pg_current_xact_id();").await.unwrap();
+    let mut newer = app.billing_db().await;
+    newer.batch_execute(&format!("UPDATE subscriptions SET cancel_at_period_end = true WHERE id = '{}'", sub.id)).await.unwrap();
+    older.batch_execute(&format!("UPDATE subscriptions SET credits_remaining = 0 WHERE id = '{}'", sub.id)).await.unwrap();
+    older.batch_execute("COMMIT").await.unwrap();
+    let mine: Vec<bpb::BillingEvent> = list_all(&app).await.into_iter().filter(|e| e.entity_id == sub.id).collect();
+    let names: Vec<&str> = mine.iter().map(type_name).collect();
+    assert_eq!(names, ["SUBSCRIPTION_ACTIVATED", "SUBSCRIPTION_CANCEL_SCHEDULED", "CREDITS_LOW", "CREDITS_EXHAUSTED"]);
+    assert_versions_climb(&mine);
+}
