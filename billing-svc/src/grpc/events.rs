@@ -2,68 +2,27 @@
 //! stream (docs/design.md, "Events"), and the decoding of billing's stored
 //! events into their messages.
 use chrono::{DateTime, Utc};
-use proto::billing::v1::{self as pb, billing_event_service_server::BillingEventService};
+use proto::billing::v1 as pb;
 use shared::{
-    events::{Cursor, Hub, Item, StoredEvent, api},
-    server::Shutdown,
+    events::{Cursor, Hub, StoredEvent},
     time::{opt_to_proto, to_proto},
 };
-use tonic::{Request, Response};
 
-use super::{RpcResult, convert};
+use super::convert;
 use crate::{App, orders::Order, refunds::Refund, subscriptions::Subscription, usage::UsageSession, views::OrderView};
 
 /// The hub's message type.
 pub type Event = pb::BillingEvent;
 
-pub struct BillingEventGrpc {
-    app: App,
-    shutdown: Shutdown,
-}
-
-impl BillingEventGrpc {
-    pub fn new(app: App, shutdown: Shutdown) -> Self {
-        Self { app, shutdown }
-    }
-}
-
-const TYPES: api::Types =
-    api::Types { prefix: "BILLING_EVENT_TYPE_", name_of: |n| pb::BillingEventType::try_from(n).ok().map(|t| t.as_str_name()) };
-
-fn response(item: Item<Event>) -> pb::WatchEventsResponse {
-    pb::WatchEventsResponse {
-        item: Some(match item {
-            Item::Event(e) => pb::watch_events_response::Item::Event(e),
-            Item::Bookmark { cursor, caught_up } => {
-                pb::watch_events_response::Item::Bookmark(pb::EventBookmark { cursor: cursor.to_string(), caught_up })
-            }
-        }),
-    }
-}
-
-#[tonic::async_trait]
-impl BillingEventService for BillingEventGrpc {
-    type WatchEventsStream = api::ResponseStream<pb::WatchEventsResponse>;
-
-    async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> RpcResult<Self::WatchEventsStream> {
-        let r = req.into_inner();
-        let parsed = api::parse(&r.after_cursor, &r.types, &r.user_id, TYPES)?;
-        let config = &self.app.config.common.events;
-        let stream = api::watch(&self.app.events, parsed, r.from_oldest, config, self.shutdown.clone(), response).await?;
-        Ok(Response::new(stream))
-    }
-
-    async fn list_events(&self, req: Request<pb::ListEventsRequest>) -> RpcResult<pb::ListEventsResponse> {
-        let r = req.into_inner();
-        let parsed = api::parse(&r.after_cursor, &r.types, &r.user_id, TYPES)?;
-        let page = api::list(&self.app.events, &parsed, r.page_size).await?;
-        Ok(Response::new(pb::ListEventsResponse {
-            events: page.events,
-            next_cursor: page.next.to_string(),
-            caught_up: page.caught_up,
-        }))
-    }
-}
+shared::event_service!(
+    BillingEventGrpc,
+    App,
+    pb,
+    billing_event_service_server::BillingEventService,
+    BillingEvent,
+    BillingEventType,
+    "BILLING_EVENT_TYPE_"
+);
 
 /// A discrepancy row as its event carries it.
 #[derive(serde::Deserialize)]

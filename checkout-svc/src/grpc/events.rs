@@ -1,68 +1,27 @@
 //! CheckoutEventService: WatchEvents and ListEvents over the shared event
 //! stream (docs/design.md, "Events"), and the decoding of checkout's stored
 //! events into their messages.
-use proto::checkout::v1::{self as pb, checkout_event_service_server::CheckoutEventService};
+use proto::checkout::v1 as pb;
 use shared::{
-    events::{Cursor, Hub, Item, StoredEvent, api},
-    server::Shutdown,
+    events::{Cursor, Hub, StoredEvent},
     time::to_proto,
 };
-use tonic::{Request, Response};
 
-use super::{RpcResult, convert};
+use super::convert;
 use crate::{App, sessions::Session};
 
 /// The hub's message type.
 pub type Event = pb::CheckoutEvent;
 
-pub struct CheckoutEventGrpc {
-    app: App,
-    shutdown: Shutdown,
-}
-
-impl CheckoutEventGrpc {
-    pub fn new(app: App, shutdown: Shutdown) -> Self {
-        Self { app, shutdown }
-    }
-}
-
-const TYPES: api::Types =
-    api::Types { prefix: "CHECKOUT_EVENT_TYPE_", name_of: |n| pb::CheckoutEventType::try_from(n).ok().map(|t| t.as_str_name()) };
-
-fn response(item: Item<Event>) -> pb::WatchEventsResponse {
-    pb::WatchEventsResponse {
-        item: Some(match item {
-            Item::Event(e) => pb::watch_events_response::Item::Event(e),
-            Item::Bookmark { cursor, caught_up } => {
-                pb::watch_events_response::Item::Bookmark(pb::EventBookmark { cursor: cursor.to_string(), caught_up })
-            }
-        }),
-    }
-}
-
-#[tonic::async_trait]
-impl CheckoutEventService for CheckoutEventGrpc {
-    type WatchEventsStream = api::ResponseStream<pb::WatchEventsResponse>;
-
-    async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> RpcResult<Self::WatchEventsStream> {
-        let r = req.into_inner();
-        let parsed = api::parse(&r.after_cursor, &r.types, &r.user_id, TYPES)?;
-        let config = &self.app.config.common.events;
-        let stream = api::watch(&self.app.events, parsed, r.from_oldest, config, self.shutdown.clone(), response).await?;
-        Ok(Response::new(stream))
-    }
-
-    async fn list_events(&self, req: Request<pb::ListEventsRequest>) -> RpcResult<pb::ListEventsResponse> {
-        let r = req.into_inner();
-        let parsed = api::parse(&r.after_cursor, &r.types, &r.user_id, TYPES)?;
-        let page = api::list(&self.app.events, &parsed, r.page_size).await?;
-        Ok(Response::new(pb::ListEventsResponse {
-            events: page.events,
-            next_cursor: page.next.to_string(),
-            caught_up: page.caught_up,
-        }))
-    }
-}
+shared::event_service!(
+    CheckoutEventGrpc,
+    App,
+    pb,
+    checkout_event_service_server::CheckoutEventService,
+    CheckoutEvent,
+    CheckoutEventType,
+    "CHECKOUT_EVENT_TYPE_"
+);
 
 /// A stored checkout event as its message. A payload that does not decode
 /// (a bug) is logged and left out; the event itself is still sent.

@@ -169,3 +169,75 @@ where
     let stream = hub.watch(permit, start, req.filter, options, shutdown).map(move |item| item.map(map).map_err(status_of));
     Ok(Box::pin(stream))
 }
+
+/// Declares a service's event gRPC service: `$name { app, shutdown }`
+/// implementing `$pb::$server::$service` (WatchEvents, ListEvents) over
+/// `app.events` and `app.config.common.events`, with `$pb::$event` as the
+/// event message and `$pb::$types` (values prefixed `$prefix`) as the event
+/// types; also the `TYPES` the service's decoder uses. Both services' protos
+/// have the same shape, each in its own package; `$pb` names the package's
+/// module (`use proto::billing::v1 as pb;`).
+#[macro_export]
+macro_rules! event_service {
+    ($name:ident, $app:ty, $pb:ident, $server:ident :: $service:ident, $event:ident, $types:ident, $prefix:literal) => {
+        /// The event stream's gRPC service (docs/design.md, "Events").
+        pub struct $name {
+            app: $app,
+            shutdown: $crate::server::Shutdown,
+        }
+
+        impl $name {
+            /// Serves `app`'s event hub; streams end when `shutdown` fires.
+            pub fn new(app: $app, shutdown: $crate::server::Shutdown) -> Self {
+                Self { app, shutdown }
+            }
+        }
+
+        const TYPES: $crate::events::api::Types =
+            $crate::events::api::Types { prefix: $prefix, name_of: |n| $pb::$types::try_from(n).ok().map(|t| t.as_str_name()) };
+
+        fn response(item: $crate::events::Item<$pb::$event>) -> $pb::WatchEventsResponse {
+            use $pb::watch_events_response::Item as I;
+            $pb::WatchEventsResponse {
+                item: Some(match item {
+                    $crate::events::Item::Event(e) => I::Event(e),
+                    $crate::events::Item::Bookmark { cursor, caught_up } => {
+                        I::Bookmark($pb::EventBookmark { cursor: cursor.to_string(), caught_up })
+                    }
+                }),
+            }
+        }
+
+        #[tonic::async_trait]
+        impl $pb::$server::$service for $name {
+            type WatchEventsStream = $crate::events::api::ResponseStream<$pb::WatchEventsResponse>;
+
+            async fn watch_events(
+                &self,
+                req: tonic::Request<$pb::WatchEventsRequest>,
+            ) -> Result<tonic::Response<Self::WatchEventsStream>, tonic::Status> {
+                let r = req.into_inner();
+                let parsed = $crate::events::api::parse(&r.after_cursor, &r.types, &r.user_id, TYPES)?;
+                let config = &self.app.config.common.events;
+                let stream =
+                    $crate::events::api::watch(&self.app.events, parsed, r.from_oldest, config, self.shutdown.clone(), response)
+                        .await?;
+                Ok(tonic::Response::new(stream))
+            }
+
+            async fn list_events(
+                &self,
+                req: tonic::Request<$pb::ListEventsRequest>,
+            ) -> Result<tonic::Response<$pb::ListEventsResponse>, tonic::Status> {
+                let r = req.into_inner();
+                let parsed = $crate::events::api::parse(&r.after_cursor, &r.types, &r.user_id, TYPES)?;
+                let page = $crate::events::api::list(&self.app.events, &parsed, r.page_size).await?;
+                Ok(tonic::Response::new($pb::ListEventsResponse {
+                    events: page.events,
+                    next_cursor: page.next.to_string(),
+                    caught_up: page.caught_up,
+                }))
+            }
+        }
+    };
+}
