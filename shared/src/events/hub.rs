@@ -11,7 +11,7 @@ use std::{
 };
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{Semaphore, watch};
 
 use super::{
@@ -122,7 +122,14 @@ impl<E: Send + Sync + 'static> Hub<E> {
             {
                 let notified = async {
                     match listener.as_mut() {
-                        Some(l) => std::pin::pin!(l.notifications_stream()).next().await.is_some(),
+                        Some(l) => {
+                            let mut stream = std::pin::pin!(l.notifications_stream());
+                            let got = stream.next().await.is_some();
+                            // One read for every notification already here:
+                            // a burst of commits is one wake-up.
+                            while let Some(Some(_)) = stream.next().now_or_never() {}
+                            got
+                        }
                         None => std::future::pending().await,
                     }
                 };
@@ -141,7 +148,10 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 listener = None;
             }
             wait = match self.read_new().await {
-                Ok(true) => SETTLE_RETRY,
+                // Committed events wait behind an older transaction, which
+                // ends without a notification: look again soon, then less
+                // often while it lasts (a long transaction is no busy loop).
+                Ok(true) => (if polled { wait * 2 } else { SETTLE_RETRY }).clamp(SETTLE_RETRY, self.inner.options.poll),
                 Ok(false) => self.inner.options.poll,
                 Err(e) => {
                     tracing::warn!(error = %e, service = self.inner.service, "event tail: read failed; retrying");

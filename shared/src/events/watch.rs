@@ -47,7 +47,13 @@ pub struct Filter {
 impl Filter {
     /// Whether the event passes.
     pub fn matches<E>(&self, e: &Entry<E>) -> bool {
-        (self.types.is_empty() || self.types.contains(&e.event_type)) && self.user_id.as_ref().is_none_or(|u| *u == e.user_id)
+        self.accepts(&e.event_type, &e.user_id)
+    }
+
+    /// Whether an event of this type and user passes.
+    pub fn accepts(&self, event_type: &str, user_id: &str) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+            && self.user_id.as_deref().is_none_or(|u| u == user_id)
     }
 }
 
