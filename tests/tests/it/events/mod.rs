@@ -6,6 +6,7 @@
 mod consumer;
 mod ordering;
 mod purged_under_a_watcher;
+mod shutdown;
 
 use std::time::Duration;
 
