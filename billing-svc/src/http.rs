@@ -88,6 +88,7 @@ async fn razorpay_webhook(State(h): State<Http>, headers: HeaderMap, body: Bytes
     let app = h.app.clone();
     // On its own task: a gateway that hangs up cannot stop the transaction.
     let handled = tokio::spawn(async move { webhooks::handle(&app, &body, &signature, &id).await }).await;
+    shared::events::nudge();
     match handled {
         Ok(Ok(o)) => {
             (StatusCode::OK, Json(serde_json::json!({ "outcome": o.outcome.as_str(), "duplicate": o.duplicate }))).into_response()

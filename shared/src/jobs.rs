@@ -28,6 +28,8 @@ where
                 _ = shutdown.wait() => break,
             }
             let result = iteration().await;
+            // What it committed may have written events.
+            crate::events::nudge();
             crate::metrics::job_run(name, result.is_ok());
             match result {
                 Ok(summary) => {

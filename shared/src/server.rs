@@ -312,15 +312,18 @@ where
 
 /// Runs a handler's effect on its own task (keeping the handler's span), so
 /// a cancelled RPC cannot stop a transaction halfway (docs/design.md,
-/// Idempotency), and maps
-/// the domain error to a status.
+/// Idempotency), maps the domain error to a status, and wakes the event
+/// tails ([`crate::events::nudge`]).
 pub async fn run_effect<T, E, F>(f: F) -> Result<T, tonic::Status>
 where
     T: Send + 'static,
     E: Into<tonic::Status> + Send + 'static,
     F: Future<Output = Result<T, E>> + Send + 'static,
 {
-    match tokio::spawn(tracing::Instrument::in_current_span(f)).await {
+    let done = tokio::spawn(tracing::Instrument::in_current_span(f)).await;
+    // Whatever it committed may have written events: wake the tails.
+    crate::events::nudge();
+    match done {
         Ok(r) => r.map_err(Into::into),
         Err(e) => Err(crate::status::internal(&e)),
     }

@@ -46,18 +46,19 @@ ALTER TABLE events ADD CONSTRAINT events_type_known CHECK (event_type IN (
   'REFUND_PENDING', 'REFUND_PROCESSED', 'REFUND_FAILED',
   'USAGE_SESSION_STARTED', 'USAGE_SESSION_ENDED', 'CREDITS_LOW', 'CREDITS_EXHAUSTED'));
 
--- The triggers: AFTER, so the row is final; the WHEN clauses let through
--- only the changes that make an event (a Deduct moves credits_remaining
--- and fires nothing until a threshold is crossed). Their functions live in
--- sql/functions/.
-CREATE TRIGGER orders_events AFTER INSERT ON orders
+-- The triggers: deferred constraint triggers, so they run at commit and
+-- read the rows as the transaction commits them; the WHEN clauses (checked
+-- at each statement) queue only the changes that make an event (a Deduct
+-- moves credits_remaining and queues nothing until a threshold is
+-- crossed). Their functions live in sql/functions/.
+CREATE CONSTRAINT TRIGGER orders_events AFTER INSERT ON orders DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW EXECUTE FUNCTION billing_order_events();
-CREATE TRIGGER orders_events_update AFTER UPDATE ON orders
+CREATE CONSTRAINT TRIGGER orders_events_update AFTER UPDATE ON orders DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.payment_id IS DISTINCT FROM NEW.payment_id)
   EXECUTE FUNCTION billing_order_events();
-CREATE TRIGGER subscriptions_events AFTER INSERT ON subscriptions
+CREATE CONSTRAINT TRIGGER subscriptions_events AFTER INSERT ON subscriptions DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW EXECUTE FUNCTION billing_subscription_events();
-CREATE TRIGGER subscriptions_events_update AFTER UPDATE ON subscriptions
+CREATE CONSTRAINT TRIGGER subscriptions_events_update AFTER UPDATE ON subscriptions DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
                      OR OLD.period_start IS DISTINCT FROM NEW.period_start
                      OR (NEW.cancel_at_period_end AND NOT OLD.cancel_at_period_end)
@@ -65,15 +66,15 @@ CREATE TRIGGER subscriptions_events_update AFTER UPDATE ON subscriptions
                          AND ((OLD.credits_remaining * 5 > NEW.credits_granted AND NEW.credits_remaining * 5 <= NEW.credits_granted)
                               OR (OLD.credits_remaining > 0 AND NEW.credits_remaining <= 0))))
   EXECUTE FUNCTION billing_subscription_events();
-CREATE TRIGGER refunds_events AFTER INSERT ON refunds
+CREATE CONSTRAINT TRIGGER refunds_events AFTER INSERT ON refunds DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW EXECUTE FUNCTION billing_refund_events();
-CREATE TRIGGER refunds_events_update AFTER UPDATE ON refunds
+CREATE CONSTRAINT TRIGGER refunds_events_update AFTER UPDATE ON refunds DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION billing_refund_events();
-CREATE TRIGGER payment_discrepancies_events AFTER INSERT ON payment_discrepancies
+CREATE CONSTRAINT TRIGGER payment_discrepancies_events AFTER INSERT ON payment_discrepancies DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW EXECUTE FUNCTION billing_discrepancy_events();
-CREATE TRIGGER payment_discrepancies_events_update AFTER UPDATE ON payment_discrepancies
+CREATE CONSTRAINT TRIGGER payment_discrepancies_events_update AFTER UPDATE ON payment_discrepancies DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION billing_discrepancy_events();
-CREATE TRIGGER usage_sessions_events AFTER INSERT ON usage_sessions
+CREATE CONSTRAINT TRIGGER usage_sessions_events AFTER INSERT ON usage_sessions DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW EXECUTE FUNCTION billing_usage_session_events();
-CREATE TRIGGER usage_sessions_events_update AFTER UPDATE ON usage_sessions
+CREATE CONSTRAINT TRIGGER usage_sessions_events_update AFTER UPDATE ON usage_sessions DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION billing_usage_session_events();

@@ -1,9 +1,11 @@
 -- Trigger function of orders: the order's events (docs/design.md, "Events").
--- Created before the migrations (a trigger function reads no table when it
--- is created), so the migration's CREATE TRIGGER can name it.
+-- A deferred trigger: it runs at commit, and the payload is the row as the
+-- transaction commits it. Created before the migrations (a trigger function
+-- reads no table when it is created), so the migration's CREATE TRIGGER can
+-- name it.
 CREATE OR REPLACE FUNCTION billing_order_events() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-  p jsonb := to_jsonb(NEW);
+  p jsonb := coalesce((SELECT to_jsonb(o) FROM orders o WHERE o.id = NEW.id), to_jsonb(NEW));
   was_status text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END;
   was_payment text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.payment_id END;
 BEGIN

@@ -76,7 +76,10 @@ pub(super) async fn deduct(app: &App, req: Request<pb::DeductRequest>) -> RpcRes
         // batch, so the call neither spawns nor enters the per-row gate
         // here; a call whose session is held is charged on its own,
         // through the gate (docs/design.md, Performance).
-        app.deducts.deduct(id, r.deduction_id, r.units).await?
+        let charged = app.deducts.deduct(id, r.deduction_id, r.units).await;
+        // A batch may have crossed a credit threshold (an event).
+        shared::events::nudge();
+        charged?
     } else {
         let app = app.clone();
         let mode = deductions::Mode::Explicit { deduction_id: r.deduction_id, units: r.units };

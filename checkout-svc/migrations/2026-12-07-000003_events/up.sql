@@ -41,9 +41,10 @@ CREATE TABLE event_versions (
 ALTER TABLE events ADD CONSTRAINT events_type_known CHECK (event_type IN (
   'SESSION_CREATED', 'SESSION_RECOVERED', 'SESSION_COMPLETED', 'SESSION_EXPIRED', 'SESSION_INVALIDATED'));
 
--- AFTER, so the row is final; bookkeeping updates (updated_at, the order
--- cancellation outbox) fire nothing. The function lives in sql/functions/.
-CREATE TRIGGER checkout_sessions_events AFTER INSERT ON checkout_sessions
+-- Deferred constraint triggers: they run at commit and read the row as the
+-- transaction commits it; bookkeeping updates (updated_at, the order
+-- cancellation outbox) queue nothing. The function lives in sql/functions/.
+CREATE CONSTRAINT TRIGGER checkout_sessions_events AFTER INSERT ON checkout_sessions DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW EXECUTE FUNCTION checkout_session_events();
-CREATE TRIGGER checkout_sessions_events_update AFTER UPDATE ON checkout_sessions
+CREATE CONSTRAINT TRIGGER checkout_sessions_events_update AFTER UPDATE ON checkout_sessions DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION checkout_session_events();

@@ -110,12 +110,22 @@ pub async fn list<E: Clone + Send + Sync + 'static>(hub: &Hub<E>, req: &Request,
         n if (1..=1000).contains(&n) => n as usize,
         _ => return Err(crate::status::invalid_field("page_size", "must be 0 (100) or 1..1000")),
     };
+    let _turn = hub.page_read_turn().await;
     let mut conn = crate::db::conn(&hub.inner.pool).await.map_err(|e| crate::status::from_db(&e))?;
     let mut cursor = store::start(&mut conn, req.after, true).await.map_err(status_of)?;
     let mut out = ListPage { events: Vec::new(), next: cursor, caught_up: false };
     let mut scanned = 0;
     while scanned < SCAN_BUDGET {
-        let page = store::read_after(&mut conn, cursor, super::hub::PAGE).await.map_err(status_of)?;
+        let page = match store::read_after(&mut conn, cursor, super::hub::PAGE).await {
+            // From the oldest kept, and the purge moved on meanwhile: from
+            // the new oldest.
+            Err(CursorError::Expired { oldest, .. }) if req.after.is_none() && scanned == 0 => {
+                cursor = oldest;
+                store::read_after(&mut conn, cursor, super::hub::PAGE).await
+            }
+            other => other,
+        }
+        .map_err(status_of)?;
         let full = page.events.len() as i64 == super::hub::PAGE;
         for e in &page.events {
             cursor = Cursor { epoch: cursor.epoch, pos: e.pos, check: Cursor::check_of(&e.event_id) };

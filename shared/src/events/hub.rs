@@ -1,9 +1,15 @@
-//! One tail reader per replica (docs/design.md, "Events"): it wakes on
-//! `NOTIFY events` (and polls, in case a notification is lost), reads the
-//! newly settled events once, decodes them once, and keeps the latest in a
-//! bounded ring that every caught-up watcher reads. So the database sees one
-//! query per wake-up, however many watchers follow; a watcher behind the
-//! ring reads pages of its own, holding a connection only for the query.
+//! One tail reader per replica (docs/design.md, "Events"): it wakes when
+//! this process wrote (a [`nudge`]), on `NOTIFY events` from another
+//! replica's tail, and on a poll; reads the newly settled events once,
+//! decodes them once, and keeps the latest in a bounded ring that every
+//! caught-up watcher reads. So the database sees one query per wake-up,
+//! however many watchers follow; a watcher behind the ring reads pages of
+//! its own, a few at a time, holding a connection only for the query.
+//!
+//! The writers never NOTIFY: PostgreSQL serializes the commits of notifying
+//! transactions cluster-wide (a lock held through the commit's flush), which
+//! would cap and stall the money paths. A tail that found new events after
+//! a nudge notifies the other replicas in a transaction of its own.
 use std::{
     collections::VecDeque,
     sync::{Arc, RwLock},
@@ -12,7 +18,7 @@ use std::{
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use super::{
     cursor::{Cursor, Position},
@@ -59,8 +65,29 @@ struct Ring<E> {
     entries: VecDeque<Arc<Entry<E>>>,
 }
 
+/// Bumped after this process committed something that may have written
+/// events; every hub of the process watches it.
+static WRITES: std::sync::LazyLock<watch::Sender<u64>> = std::sync::LazyLock::new(|| watch::channel(0).0);
+
+/// Wakes this process's event tails: call after a commit that may have
+/// written events (an RPC's effect, a job's iteration, a webhook). Cheap; a
+/// wake-up that finds nothing costs one query.
+pub fn nudge() {
+    WRITES.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Replays of watchers behind the ring and ListEvents pages reading at once.
+const PAGE_READS: usize = 2;
+/// Shortest time between two reads of the tail.
+const MIN_READ_GAP: Duration = Duration::from_millis(5);
+/// Bound on connecting and on the liveness check of the LISTEN connection.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(super) struct Inner<E> {
     pub(super) pool: Pool,
+    page_reads: Semaphore,
+    /// Bumped when the database lost events the ring had (failover, restore).
+    generation: std::sync::atomic::AtomicU64,
     pub(super) decode: Decoder<E>,
     ring: RwLock<Ring<E>>,
     pub(super) wake: watch::Sender<u64>,
@@ -100,10 +127,13 @@ impl<E: Send + Sync + 'static> Hub<E> {
             inner: Arc::new(Inner {
                 pool,
                 decode,
+                page_reads: Semaphore::new(PAGE_READS),
+                generation: std::sync::atomic::AtomicU64::new(0),
                 ring: RwLock::new(Ring { base: None, tail: None, entries: VecDeque::new() }),
                 wake,
                 watchers: Arc::new(Semaphore::new(options.max_watchers)),
-                options,
+                // At least the settle retry: a shorter poll would be a busy loop.
+                options: HubOptions { poll: options.poll.max(SETTLE_RETRY), ..options },
                 service,
             }),
         }
@@ -112,13 +142,16 @@ impl<E: Send + Sync + 'static> Hub<E> {
     /// Follows the stream until `shutdown`: LISTENs on its own connection to
     /// `database_url`, reads on a pooled one. Errors are logged and retried.
     pub async fn run(self, database_url: String, shutdown: Shutdown) {
+        let url = crate::db::with_dead_peer_detection(&database_url);
         let mut listener: Option<AsyncPgConnection> = None;
+        let mut writes = WRITES.subscribe();
         let mut wait = Duration::ZERO;
+        let mut last_read = std::time::Instant::now().checked_sub(MIN_READ_GAP).unwrap_or_else(std::time::Instant::now);
         loop {
             if listener.is_none() {
-                listener = listen(&database_url).await;
+                listener = listen(&url).await;
             }
-            let mut polled = false;
+            let (mut polled, mut local) = (false, false);
             {
                 let notified = async {
                     match listener.as_mut() {
@@ -135,24 +168,46 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 };
                 tokio::select! {
                     _ = shutdown.wait() => return,
+                    changed = writes.changed() => local = changed.is_ok(),
                     got = notified => if !got { listener = None },
                     _ = tokio::time::sleep(wait) => polled = true,
                 }
             }
             // A poll is also the moment to find out whether the listening
             // connection is still there.
-            if polled
-                && let Some(l) = listener.as_mut()
-                && diesel::sql_query("SELECT 1").execute(l).await.is_err()
-            {
-                listener = None;
+            if polled && let Some(l) = listener.as_mut() {
+                let alive = tokio::time::timeout(LISTEN_TIMEOUT, diesel::sql_query("SELECT 1").execute(l)).await;
+                if !matches!(alive, Ok(Ok(_))) {
+                    listener = None;
+                }
             }
-            wait = match self.read_new().await {
+            // Under a stream of writes, at most one read per gap: the
+            // events of many commits come in one read.
+            if let Some(left) = MIN_READ_GAP.checked_sub(last_read.elapsed()) {
+                tokio::time::sleep(left).await;
+            }
+            last_read = std::time::Instant::now();
+            let read = self.read_new().await;
+            if local && matches!(read, Ok((_, true))) {
+                // New events after a write of this process: wake the other
+                // replicas' tails.
+                if let Some(l) = listener.as_mut() {
+                    let sent = tokio::time::timeout(LISTEN_TIMEOUT, diesel::sql_query("NOTIFY events").execute(l)).await;
+                    if !matches!(sent, Ok(Ok(_))) {
+                        listener = None;
+                    }
+                }
+            }
+            polled = polled || local;
+            wait = match read {
                 // Committed events wait behind an older transaction, which
-                // ends without a notification: look again soon, then less
-                // often while it lasts (a long transaction is no busy loop).
-                Ok(true) => (if polled { wait * 2 } else { SETTLE_RETRY }).clamp(SETTLE_RETRY, self.inner.options.poll),
-                Ok(false) => self.inner.options.poll,
+                // ends without a wake-up: look again soon, then less often
+                // while it lasts (a long transaction is no busy loop).
+                Ok((true, _)) => {
+                    let next = if polled { wait * 2 } else { SETTLE_RETRY };
+                    next.max(SETTLE_RETRY).min(self.inner.options.poll)
+                }
+                Ok((false, _)) => self.inner.options.poll,
                 Err(e) => {
                     tracing::warn!(error = %e, service = self.inner.service, "event tail: read failed; retrying");
                     self.inner.options.poll
@@ -161,9 +216,9 @@ impl<E: Send + Sync + 'static> Hub<E> {
         }
     }
 
-    /// Reads what settled since the tail; true when committed events still
-    /// wait behind an older transaction.
-    async fn read_new(&self) -> Result<bool, CursorError> {
+    /// Reads what settled since the tail: whether committed events still
+    /// wait behind an older transaction, and whether anything new came.
+    async fn read_new(&self) -> Result<(bool, bool), CursorError> {
         let mut conn = crate::db::conn(&self.inner.pool).await?;
         let mut tail = match self.tail() {
             Some(t) => t,
@@ -175,26 +230,31 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 start
             }
         };
+        let mut found = false;
         loop {
             let page = match store::read_after(&mut conn, tail, PAGE).await {
                 Ok(p) => p,
-                // Purged under the tail (a hub asleep for the whole
-                // retention): start over from the oldest kept.
-                Err(CursorError::Expired { oldest, .. }) => {
+                // The tail's event is gone: purged under a hub asleep for
+                // the whole retention, or lost by a failover or restore.
+                // Start over from the oldest kept; watchers of the old
+                // history end with CURSOR_EXPIRED.
+                Err(CursorError::Expired { oldest, why }) => {
+                    tracing::warn!(service = self.inner.service, why, "event tail: its position is gone; starting over");
                     self.reset(oldest);
-                    return Ok(true);
+                    return Ok((true, found));
                 }
                 Err(e) => return Err(e),
             };
             let full = page.events.len() as i64 == PAGE;
             if !page.events.is_empty() {
+                found = true;
                 crate::metrics::events_read(self.inner.service, page.events.len());
                 let entries: Vec<Arc<Entry<E>>> = page.events.iter().map(|e| Arc::new(self.entry(tail.epoch, e))).collect();
                 tail = entries.last().map(|e| e.cursor).unwrap_or(tail);
                 self.push(entries, tail);
             }
             if !full {
-                return Ok(page.pending);
+                return Ok((page.pending, found));
             }
         }
     }
@@ -225,10 +285,29 @@ impl<E: Send + Sync + 'static> Hub<E> {
     }
 
     fn reset(&self, at: Cursor) {
-        let mut ring = self.inner.ring.write().unwrap_or_else(|p| p.into_inner());
-        ring.entries.clear();
-        ring.base = Some(at);
-        ring.tail = Some(at);
+        {
+            let mut ring = self.inner.ring.write().unwrap_or_else(|p| p.into_inner());
+            ring.entries.clear();
+            ring.base = Some(at);
+            ring.tail = Some(at);
+        }
+        self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The ring's generation: it changes when the ring starts over.
+    pub(super) fn generation(&self) -> u64 {
+        std::sync::atomic::AtomicU64::load(&self.inner.generation, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Where to start again when the ring started over since `generation`.
+    pub(super) fn reset_since(&self, generation: u64) -> Option<Cursor> {
+        (self.generation() != generation).then(|| self.inner.ring.read().unwrap_or_else(|p| p.into_inner()).base).flatten()
+    }
+
+    /// A turn to read pages from the database (replays, ListEvents).
+    pub(super) async fn page_read_turn(&self) -> Option<SemaphorePermit<'_>> {
+        self.inner.page_reads.acquire().await.ok()
     }
 
     /// The last position the hub has read (None before its first read).
@@ -255,16 +334,20 @@ impl<E: Send + Sync + 'static> Hub<E> {
 }
 
 async fn listen(url: &str) -> Option<AsyncPgConnection> {
-    match AsyncPgConnection::establish(url).await {
-        Ok(mut c) => match c.batch_execute("LISTEN events").await {
-            Ok(()) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "event tail: LISTEN failed; polling meanwhile");
-                None
-            }
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "event tail: cannot connect to listen; polling meanwhile");
+    let connected = tokio::time::timeout(LISTEN_TIMEOUT, async {
+        let mut c = AsyncPgConnection::establish(url).await.map_err(|e| e.to_string())?;
+        c.batch_execute("LISTEN events").await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(c)
+    })
+    .await;
+    match connected {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "event tail: cannot listen; polling meanwhile");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("event tail: connecting to listen timed out; polling meanwhile");
             None
         }
     }

@@ -10,6 +10,6 @@ pub mod store;
 pub mod watch;
 
 pub use cursor::{Cursor, Position};
-pub use hub::{Decoder, Entry, Hub, HubOptions};
+pub use hub::{Decoder, Entry, Hub, HubOptions, nudge};
 pub use store::{CursorError, StoredEvent};
 pub use watch::{Filter, Item, WatchOptions, WatchersExhausted};

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use diesel::{
     QueryableByName,
-    sql_types::{BigInt, Bool, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+    sql_types::{BigInt, Bool, Bytea, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -105,9 +105,11 @@ struct Row {
     payload: Option<serde_json::Value>,
 }
 
-/// Reads up to `limit` settled events after `after`, in one query. `intact`
-/// in the same snapshot says nothing after `after` was purged; when it is
-/// not, the page is refused (the reader would skip what was purged).
+/// Reads up to `limit` settled events after `after`, in one query. In the
+/// same snapshot it checks that nothing after `after` was purged and that
+/// `after` is still there (its event, or the retention mark): when not, the
+/// page is refused, since the reader would skip what was purged, or follow
+/// a history the database lost (a failover or restore).
 pub async fn read_after(conn: &mut Conn, after: Cursor, limit: i64) -> Result<Page, CursorError> {
     let rows: Vec<Row> = diesel::sql_query(
         "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x),
@@ -116,7 +118,11 @@ pub async fn read_after(conn: &mut Conn, after: Cursor, limit: i64) -> Result<Pa
                         ORDER BY e.xid, e.seq LIMIT $3)
          SELECT h.x::text::bigint AS horizon,
                 EXISTS (SELECT 1 FROM events p WHERE p.xid >= h.x) AS pending,
-                (SELECT (s.purged_xid, s.purged_seq) <= ($1::text::xid8, $2) FROM event_stream s) AS intact,
+                (SELECT (s.purged_xid, s.purged_seq) <= ($1::text::xid8, $2)
+                        AND ((s.purged_xid, s.purged_seq) = ($1::text::xid8, $2)
+                             OR EXISTS (SELECT 1 FROM events a WHERE a.xid = $1::text::xid8 AND a.seq = $2
+                                                                 AND substr(uuid_send(a.event_id), 1, 4) = $4))
+                   FROM event_stream s) AS intact,
                 page.xid::text::bigint AS xid, page.seq, page.event_id, page.event_type, page.occurred_at,
                 page.entity_kind, page.entity_id, page.entity_version, page.user_id, page.payload
            FROM h LEFT JOIN page ON true
@@ -125,6 +131,7 @@ pub async fn read_after(conn: &mut Conn, after: Cursor, limit: i64) -> Result<Pa
     .bind::<Text, _>(after.pos.xid.to_string())
     .bind::<BigInt, _>(after.pos.seq)
     .bind::<BigInt, _>(limit)
+    .bind::<Bytea, _>(after.check.to_be_bytes().to_vec())
     .load(conn)
     .await
     .map_err(DbError::from)?;
@@ -132,7 +139,8 @@ pub async fn read_after(conn: &mut Conn, after: Cursor, limit: i64) -> Result<Pa
     for r in rows {
         if !r.intact {
             let info = info(conn).await?;
-            return Err(CursorError::Expired { why: "events after it were purged", oldest: info.oldest });
+            let why = "events after it were purged, or its event is gone (a failover or restore)";
+            return Err(CursorError::Expired { why, oldest: info.oldest });
         }
         page.pending = r.pending;
         let _ = r.horizon;
@@ -255,7 +263,10 @@ pub async fn purge(conn: &mut Conn, cutoff: DateTime<Utc>, batch: i64) -> Result
     let mut deleted = 0u64;
     loop {
         let head: Vec<PurgeHead> = diesel::sql_query(
-            "SELECT xid::text::bigint AS xid, seq, event_id, occurred_at FROM events ORDER BY xid, seq LIMIT $1",
+            // Settled events only: one behind a running transaction may
+            // still be waiting for its readers.
+            "SELECT xid::text::bigint AS xid, seq, event_id, occurred_at FROM events
+              WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY xid, seq LIMIT $1",
         )
         .bind::<BigInt, _>(batch)
         .load(conn)

@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::{
     cursor::Cursor,
-    hub::{Entry, Hub, PAGE},
+    hub::{Entry, Hub},
     store::{self, CursorError},
 };
 use crate::server::Shutdown;
@@ -73,6 +73,9 @@ pub struct WatchersExhausted(pub usize);
 
 /// Messages buffered per watcher before the watcher waits for its consumer.
 const BUFFER: usize = 16;
+/// Events a watcher behind the ring reads per query (and holds, decoded,
+/// while its consumer is slow).
+const WATCHER_PAGE: i64 = 100;
 
 impl<E: Clone + Send + Sync + 'static> Hub<E> {
     /// Takes a watcher slot now (so the caller can answer
@@ -135,13 +138,18 @@ impl<E: Clone + Send + Sync + 'static> Watcher<E> {
 
     async fn follow(&mut self, ends: Instant) -> Result<(), Stop> {
         let mut wake = self.hub.inner.wake.subscribe();
+        let generation = self.hub.generation();
         self.bookmark(ends).await?;
         loop {
             if self.shutdown.is_triggered() || Instant::now() >= ends {
                 return Err(Stop::End);
             }
             wake.borrow_and_update();
-            let chunk = match self.hub.ring_after(self.cursor.pos, PAGE as usize) {
+            if let Some(oldest) = self.hub.reset_since(generation) {
+                let _ = self.tx.send(Err(CursorError::Expired { why: "the database lost events this stream had (a failover or restore)", oldest })).await;
+                return Err(Stop::Gone);
+            }
+            let chunk = match self.hub.ring_after(self.cursor.pos, WATCHER_PAGE as usize) {
                 Some(c) => c,
                 None => match self.read_page().await {
                     Ok(c) => c,
@@ -168,12 +176,18 @@ impl<E: Clone + Send + Sync + 'static> Watcher<E> {
                 continue;
             }
             for e in chunk {
-                self.cursor = e.cursor;
+                // The cursor moves past an event only once it was sent (or
+                // skipped by the filters): a stream that ends mid-chunk
+                // ends with a bookmark at the last event it delivered.
                 if self.filter.matches(&e) {
-                    crate::metrics::event_delivered(self.hub.inner.service, e.occurred_at);
                     self.send(Item::Event(e.event.clone()), ends).await?;
-                } else if self.last_sent.elapsed() >= self.options.bookmark_every {
-                    self.bookmark(ends).await?;
+                    crate::metrics::event_delivered(self.hub.inner.service, e.occurred_at);
+                    self.cursor = e.cursor;
+                } else {
+                    self.cursor = e.cursor;
+                    if self.last_sent.elapsed() >= self.options.bookmark_every {
+                        self.bookmark(ends).await?;
+                    }
                 }
             }
         }
@@ -183,8 +197,11 @@ impl<E: Clone + Send + Sync + 'static> Watcher<E> {
     /// ring); the connection goes back before anything is sent.
     async fn read_page(&self) -> Result<Vec<Arc<Entry<E>>>, CursorError> {
         let page = {
+            // Replays share a few connections: they never crowd out the
+            // money paths' use of the pool.
+            let _turn = self.hub.page_read_turn().await;
             let mut conn = crate::db::conn(&self.hub.inner.pool).await?;
-            store::read_after(&mut conn, self.cursor, PAGE).await?
+            store::read_after(&mut conn, self.cursor, WATCHER_PAGE).await?
         };
         Ok(page.events.iter().map(|e| Arc::new(self.hub.entry(self.cursor.epoch, e))).collect())
     }
@@ -196,6 +213,8 @@ impl<E: Clone + Send + Sync + 'static> Watcher<E> {
 
     async fn send(&mut self, item: Item<E>, ends: Instant) -> Result<(), Stop> {
         tokio::select! {
+            // A message that can go goes first, whatever else is ready.
+            biased;
             sent = self.tx.send(Ok(item)) => sent.map_err(|_| Stop::Gone)?,
             _ = tokio::time::sleep_until(ends.into()) => return Err(Stop::End),
             _ = self.shutdown.wait() => return Err(Stop::End),

@@ -19,7 +19,7 @@ async fn a_watcher_behind_the_purge_gets_cursor_expired() {
     .await;
     assert_eq!(n, 20_000);
     // A new replica: its tail starts after these, so a replay reads them
-    // from the database, a page of 500 at a time, as its consumer reads.
+    // from the database, a page of 100 at a time, as its consumer reads.
     app.stop_billing().await;
     app.start_billing_again().await.unwrap();
 
@@ -46,6 +46,6 @@ async fn a_watcher_behind_the_purge_gets_cursor_expired() {
         }
     };
     assert_eq!(end.code(), Code::FailedPrecondition, "{end:?}");
-    assert!(received < 20_000 && received % 500 == 0, "{received} events: whole pages read before the purge");
+    assert!(received < 20_000 && received % 100 == 0, "{received} events: whole pages read before the purge");
     assert_eq!(proto::error::reason_of(&end), Some(proto::error::ErrorReason::CursorExpired), "{end:?}");
 }
