@@ -3,6 +3,7 @@
 //! handed out in an order no late commit can break, with per-entity
 //! versions that only go up; WatchEvents follows the stream with bookmarks,
 //! ListEvents pages it.
+mod lifecycle;
 mod ordering;
 
 use std::time::Duration;
@@ -83,4 +84,37 @@ pub(crate) async fn next_events(
         }
     }
     out
+}
+
+/// Every billing event kept, once every committed one has settled: pages
+/// ListEvents from the oldest and, while a page is empty but not caught up
+/// (a transaction anywhere in the cluster holds the horizon back,
+/// docs/design.md, "Events"), asks again, for at most 30 s.
+pub(crate) async fn list_settled(app: &TestApp) -> Vec<bpb::BillingEvent> {
+    let mut c = billing_events(app);
+    let (mut out, mut after) = (Vec::new(), String::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c
+            .list_events(bpb::ListEventsRequest { after_cursor: after.clone(), page_size: 50, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.next_cursor.is_empty(), "ListEvents always answers a cursor");
+        let empty = r.events.is_empty();
+        out.extend(r.events);
+        after = r.next_cursor;
+        if empty && r.caught_up {
+            return out;
+        }
+        if empty {
+            assert!(tokio::time::Instant::now() < deadline, "the stream did not settle within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The types of `user`'s events, in stream order.
+pub(crate) fn types_of<'a>(events: &'a [bpb::BillingEvent], user: &str) -> Vec<&'a str> {
+    events.iter().filter(|e| e.user_id == user).map(type_name).collect()
 }
