@@ -5,6 +5,7 @@
 //! ListEvents pages it.
 mod lifecycle;
 mod ordering;
+mod watching;
 
 use std::time::Duration;
 
