@@ -3,6 +3,7 @@
 //! handed out in an order no late commit can break, with per-entity
 //! versions that only go up; WatchEvents follows the stream with bookmarks,
 //! ListEvents pages it.
+mod checkout_stream;
 mod lifecycle;
 mod ordering;
 mod watching;
