@@ -6,6 +6,7 @@
 mod checkout_stream;
 mod lifecycle;
 mod ordering;
+mod retention;
 mod watching;
 
 use std::time::Duration;
@@ -98,7 +99,7 @@ pub(crate) async fn list_settled(app: &TestApp) -> Vec<bpb::BillingEvent> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let r = c
-            .list_events(bpb::ListEventsRequest { after_cursor: after.clone(), page_size: 50, ..Default::default() })
+            .list_events(bpb::ListEventsRequest { after_cursor: after.clone(), page_size: 1000, ..Default::default() })
             .await
             .unwrap()
             .into_inner();
