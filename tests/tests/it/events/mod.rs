@@ -4,6 +4,7 @@
 //! versions that only go up; WatchEvents follows the stream with bookmarks,
 //! ListEvents pages it.
 mod checkout_stream;
+mod credits_moved;
 mod lifecycle;
 mod ordering;
 mod retention;
