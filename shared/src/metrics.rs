@@ -16,7 +16,7 @@
 //! | `billing.payment.captures` | counter | `outcome` (`captured`/`replayed`) |
 //! | `events.read` | counter | `service`: events the replica's tail read (committed and settled) |
 //! | `events.watchers` | up-down counter | `service`: watchers connected |
-//! | `events.delivery.lag` (s) | histogram | `service`: from an event's commit to its sending to a watcher |
+//! | `events.delivery.lag` (s) | histogram | `service`: from an event's transaction start to its sending to a watcher |
 use std::{
     future::Future,
     pin::Pin,

@@ -146,7 +146,13 @@ impl<E: Clone + Send + Sync + 'static> Watcher<E> {
             }
             wake.borrow_and_update();
             if let Some(oldest) = self.hub.reset_since(generation) {
-                let _ = self.tx.send(Err(CursorError::Expired { why: "the database lost events this stream had (a failover or restore)", oldest })).await;
+                let _ = self
+                    .tx
+                    .send(Err(CursorError::Expired {
+                        why: "the database lost events this stream had (a failover or restore)",
+                        oldest,
+                    }))
+                    .await;
                 return Err(Stop::Gone);
             }
             let chunk = match self.hub.ring_after(self.cursor.pos, WATCHER_PAGE as usize) {

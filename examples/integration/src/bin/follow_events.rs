@@ -2,8 +2,8 @@
 //! last run stopped: the cursor is kept in `EVENTS_CURSOR_FILE` (default
 //! `target/stack/billing-events.cursor`) after every event. Reads the stack's
 //! env file like `integration-example` (BILLING_ADDR, BILLING_TOKEN).
-//! Restart billing meanwhile: it goes on from its cursor, nothing lost or
-//! repeated. Ctrl-C stops it.
+//! Restart billing meanwhile: it goes on from its cursor, nothing lost;
+//! a redelivered event is skipped by its version. Ctrl-C stops it.
 use std::process::ExitCode;
 
 use integration_example::{Endpoints, Follower};

@@ -3,10 +3,15 @@
 //! handed out in an order no late commit can break, with per-entity
 //! versions that only go up; WatchEvents follows the stream with bookmarks,
 //! ListEvents pages it.
+mod checkout_stream;
 mod consumer;
+mod credits_moved;
+mod lifecycle;
 mod ordering;
 mod purged_under_a_watcher;
+mod retention;
 mod shutdown;
+mod watching;
 
 use std::time::Duration;
 
@@ -38,7 +43,7 @@ pub(crate) async fn list_after(app: &TestApp, mut after: String) -> (Vec<bpb::Bi
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let r = c
-            .list_events(bpb::ListEventsRequest { after_cursor: after.clone(), page_size: 7, ..Default::default() })
+            .list_events(bpb::ListEventsRequest { after_cursor: after.clone(), page_size: 1000, ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -104,4 +109,14 @@ pub(crate) async fn next_events(
         }
     }
     out
+}
+
+/// Every billing event kept (see [`list_all`]).
+pub(crate) async fn list_settled(app: &TestApp) -> Vec<bpb::BillingEvent> {
+    list_all(app).await
+}
+
+/// The types of `user`'s events, in stream order.
+pub(crate) fn types_of<'a>(events: &'a [bpb::BillingEvent], user: &str) -> Vec<&'a str> {
+    events.iter().filter(|e| e.user_id == user).map(type_name).collect()
 }
