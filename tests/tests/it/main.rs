@@ -8,7 +8,8 @@
 //! `checkout` (sessions, races and idempotency keys, completion sync, retired
 //! orders), `payments` (captures and discrepancies), `subscriptions`
 //! (periods, renewals, cancellation, reopening), `refunds`, `usage` (limits,
-//! deductions, balances), `webhooks`, `reconcile`, `contract` (the API's
+//! deductions, balances), `webhooks`, `reconcile`, `events` (the event
+//! streams: order, versions, watching, retention), `contract` (the API's
 //! error shape, bad input, pagination, the schema) and `ops` (serving,
 //! held rows, jobs, secrets, the `stack` binary). Each area's `guards.rs`
 //! holds one test per defence (helpers in `support::guards`).
