@@ -79,7 +79,7 @@ pub fn nudge() {
 /// Replays of watchers behind the ring and ListEvents pages reading at once.
 const PAGE_READS: usize = 2;
 /// Shortest time between two reads of the tail.
-const MIN_READ_GAP: Duration = Duration::from_millis(5);
+const MIN_READ_GAP: Duration = Duration::from_millis(10);
 /// Bound on connecting and on the liveness check of the LISTEN connection.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 
