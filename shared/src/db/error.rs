@@ -36,7 +36,13 @@ pub enum DbError {
 
 impl From<DieselError> for DbError {
     fn from(e: DieselError) -> Self {
-        match &e {
+        DbError::from(&e)
+    }
+}
+
+impl From<&DieselError> for DbError {
+    fn from(e: &DieselError) -> Self {
+        match e {
             DieselError::DatabaseError(kind, info) => {
                 let msg = info.message();
                 match kind {
@@ -44,9 +50,11 @@ impl From<DieselError> for DbError {
                         DbError::UniqueViolation { constraint: info.constraint_name().unwrap_or_default().to_owned() }
                     }
                     DatabaseErrorKind::SerializationFailure => DbError::Conflict(msg.to_owned()),
-                    DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection => {
-                        DbError::Unavailable(msg.to_owned())
-                    }
+                    // 25006: the server takes no writes (a demoted primary,
+                    // a standby): another server may, so the caller retries.
+                    DatabaseErrorKind::UnableToSendCommand
+                    | DatabaseErrorKind::ClosedConnection
+                    | DatabaseErrorKind::ReadOnlyTransaction => DbError::Unavailable(msg.to_owned()),
                     _ if is_timeout_message(msg) => DbError::Timeout(msg.to_owned()),
                     _ if is_retryable_message(msg) => DbError::Conflict(msg.to_owned()),
                     _ if is_unavailable_message(msg) => DbError::Unavailable(msg.to_owned()),
@@ -55,6 +63,11 @@ impl From<DieselError> for DbError {
                 }
             }
             DieselError::BrokenTransactionManager => DbError::Unavailable(e.to_string()),
+            // COMMIT failed and so did the ROLLBACK after it: the connection
+            // is gone (the server ended it), and whether the transaction
+            // committed is unknown. The caller retries with the same
+            // idempotency key, which replays a committed effect.
+            DieselError::RollbackErrorOnCommit { .. } => DbError::Unavailable(e.to_string()),
             // A bound value the driver cannot encode for PostgreSQL (a time
             // outside its range): the value came from the caller.
             DieselError::SerializationError(inner) => DbError::InvalidInput(inner.to_string()),
@@ -101,12 +114,26 @@ fn is_data_exception_message(msg: &str) -> bool {
     PATTERNS.iter().any(|p| msg.contains(p))
 }
 
-// 57P01/57P02/57P03: the server is shutting down or starting.
+// The server ended the connection or takes no writes: 57P01
+// admin_shutdown (a fast shutdown, `pg_terminate_backend`), 57P02
+// crash_shutdown, 57P03 cannot_connect_now ("the database system is starting
+// up", "... is shutting down", "... is in recovery mode"), 57P05 idle session
+// timeout, 25006 read_only_sql_transaction and a standby refusing a write
+// ("cannot execute INSERT in a read-only transaction", "... during
+// recovery", "... while recovery is in progress").
 fn is_unavailable_message(msg: &str) -> bool {
-    msg.contains("terminating connection")
-        || msg.contains("shutting down")
-        || msg.contains("starting up")
-        || msg.contains("connection closed")
+    const PATTERNS: &[&str] = &[
+        "terminating connection",
+        "shutting down",
+        "starting up",
+        "the database system is",
+        "connection closed",
+        "server closed the connection",
+        "read-only transaction",
+        "during recovery",
+        "recovery is in progress",
+    ];
+    PATTERNS.iter().any(|p| msg.contains(p))
 }
 
 impl From<bb8::RunError<PoolError>> for DbError {
@@ -133,6 +160,39 @@ mod tests {
         assert!(is_timeout_message("canceling statement due to lock timeout"));
         assert!(is_timeout_message("canceling statement due to statement timeout"));
         assert!(!is_retryable_message("canceling statement due to lock timeout"));
+    }
+
+    fn db(kind: DatabaseErrorKind, msg: &str) -> DbError {
+        DbError::from(DieselError::DatabaseError(kind, Box::new(msg.to_owned())))
+    }
+
+    #[test]
+    fn a_server_that_ended_the_connection_or_takes_no_writes_is_unavailable() {
+        use DatabaseErrorKind::*;
+        for (kind, m) in [
+            (ReadOnlyTransaction, "cannot execute INSERT in a read-only transaction"),
+            (Unknown, "cannot execute SELECT FOR UPDATE in a read-only transaction"),
+            (Unknown, "cannot execute nextval() during recovery"),
+            (Unknown, "cannot acquire lock mode RowExclusiveLock on database objects while recovery is in progress"),
+            (Unknown, "terminating connection due to administrator command"),
+            (Unknown, "terminating connection because of crash of another server process"),
+            (Unknown, "terminating connection due to idle-session timeout"),
+            (Unknown, "the database system is shutting down"),
+            (Unknown, "the database system is starting up"),
+            (Unknown, "the database system is in recovery mode"),
+            (Unknown, "the database system is not accepting connections"),
+            (UnableToSendCommand, "error communicating with the server: Connection reset by peer (os error 104)"),
+            (ClosedConnection, "connection closed"),
+        ] {
+            assert!(matches!(db(kind, m), DbError::Unavailable(_)), "{m}");
+        }
+        let commit = DieselError::RollbackErrorOnCommit {
+            rollback_error: Box::new(DieselError::DatabaseError(UnableToSendCommand, Box::new("connection closed".to_owned()))),
+            commit_error: Box::new(DieselError::DatabaseError(Unknown, Box::new("terminating connection".to_owned()))),
+        };
+        assert!(matches!(DbError::from(commit), DbError::Unavailable(_)));
+        assert!(matches!(db(Unknown, "relation \"orders\" does not exist"), DbError::Other(_)));
+        assert!(matches!(db(Unknown, "could not serialize access due to concurrent update"), DbError::Conflict(_)));
     }
 
     #[test]
