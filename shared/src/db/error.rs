@@ -50,13 +50,13 @@ impl From<&DieselError> for DbError {
                         DbError::UniqueViolation { constraint: info.constraint_name().unwrap_or_default().to_owned() }
                     }
                     DatabaseErrorKind::SerializationFailure => DbError::Conflict(msg.to_owned()),
-                    // 25006: the server takes no writes (a demoted primary,
-                    // a standby): another server may, so the caller retries.
-                    DatabaseErrorKind::UnableToSendCommand
-                    | DatabaseErrorKind::ClosedConnection
-                    | DatabaseErrorKind::ReadOnlyTransaction => DbError::Unavailable(msg.to_owned()),
+                    DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection => {
+                        DbError::Unavailable(msg.to_owned())
+                    }
+                    DatabaseErrorKind::ReadOnlyTransaction => read_only(msg),
                     _ if is_timeout_message(msg) => DbError::Timeout(msg.to_owned()),
                     _ if is_retryable_message(msg) => DbError::Conflict(msg.to_owned()),
+                    _ if is_read_only_message(msg) => read_only(msg),
                     _ if is_unavailable_message(msg) => DbError::Unavailable(msg.to_owned()),
                     _ if is_data_exception_message(msg) => DbError::InvalidInput(msg.to_owned()),
                     _ => DbError::Other(e.to_string()),
@@ -114,13 +114,11 @@ fn is_data_exception_message(msg: &str) -> bool {
     PATTERNS.iter().any(|p| msg.contains(p))
 }
 
-// The server ended the connection or takes no writes: 57P01
+// The server ended the connection or is not ready for it: 57P01
 // admin_shutdown (a fast shutdown, `pg_terminate_backend`), 57P02
 // crash_shutdown, 57P03 cannot_connect_now ("the database system is starting
 // up", "... is shutting down", "... is in recovery mode"), 57P05 idle session
-// timeout, 25006 read_only_sql_transaction and a standby refusing a write
-// ("cannot execute INSERT in a read-only transaction", "... during
-// recovery", "... while recovery is in progress").
+// timeout.
 fn is_unavailable_message(msg: &str) -> bool {
     const PATTERNS: &[&str] = &[
         "terminating connection",
@@ -129,11 +127,24 @@ fn is_unavailable_message(msg: &str) -> bool {
         "the database system is",
         "connection closed",
         "server closed the connection",
-        "read-only transaction",
-        "during recovery",
-        "recovery is in progress",
     ];
     PATTERNS.iter().any(|p| msg.contains(p))
+}
+
+// 25006 read_only_sql_transaction, and a standby refusing a write: "cannot
+// execute INSERT in a read-only transaction", "... during recovery", "...
+// while recovery is in progress".
+fn is_read_only_message(msg: &str) -> bool {
+    msg.contains("read-only transaction") || msg.contains("during recovery") || msg.contains("recovery is in progress")
+}
+
+/// The server takes no writes (a demoted primary, a standby): another
+/// server may, so the caller retries (UNAVAILABLE). The connection stays
+/// open, so the pool is told to check its connections before it hands them
+/// out again ([`super::manager`]).
+fn read_only(msg: &str) -> DbError {
+    super::manager::note_read_only_error();
+    DbError::Unavailable(msg.to_owned())
 }
 
 impl From<bb8::RunError<PoolError>> for DbError {
