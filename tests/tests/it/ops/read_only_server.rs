@@ -1,12 +1,12 @@
 //! PostgreSQL failing over under the services (docs/design.md, Error
 //! model): a server that turned read-only (a demoted primary) or that ended
-//! a pooled connection is answered UNAVAILABLE with RetryInfo
-//! (DATABASE_UNAVAILABLE), never INTERNAL, and once the database takes
-//! writes again the same calls succeed without a restart: the pools
-//! discarded the connections that hit the read-only server. Jobs and the
-//! deduct coalescer go on (docs/design.md, Jobs). A multi-host connection
-//! string with `target_session_attrs=read-write` skips a dead host and a
-//! read-only one.
+//! a pooled connection, idle or in the middle of a statement, is answered
+//! UNAVAILABLE with RetryInfo (DATABASE_UNAVAILABLE), never INTERNAL, and
+//! once the database takes writes again the same calls succeed without a
+//! restart: the pools discarded the connections to the read-only server.
+//! Jobs and the deduct coalescer go on (docs/design.md, Jobs). A multi-host
+//! connection string with `target_session_attrs=read-write` skips a dead
+//! host and a read-only one.
 use std::time::Duration as StdDuration;
 
 use chrono::Duration;
@@ -16,7 +16,7 @@ use proto::{billing::v1 as bpb, checkout::v1 as cpb, error::ErrorReason as R};
 use shared::{config::CommonConfig, db::DbError, error::AsDbError};
 use tests::{
     TestApp, harness,
-    helpers::{exec, scalar},
+    helpers::{exec, scalar, wait_for_waiters},
     spawn_app, spawn_app_with,
 };
 use tonic::{Code, Status};
@@ -119,26 +119,9 @@ impl Budget {
     #[track_caller]
     fn spend(&self, what: &str, s: &Status) {
         assert!(is_db_unavailable(s), "{what} after the database took writes again: {s:?}");
-        self.count(what, s.message());
-    }
-
-    /// Counts a failure already known to be the database's; panics past
-    /// the budget.
-    #[track_caller]
-    fn count(&self, what: &str, why: &str) {
         let mut spent = self.spent.borrow_mut();
-        spent.push(format!("{what}: {why}"));
+        spent.push(format!("{what}: {}", s.message()));
         assert!(spent.len() as i64 <= self.read_only, "{spent:?}: more failures than read-only sessions ({})", self.read_only);
-    }
-
-    /// The auto-deduct job until it succeeds.
-    async fn auto_deduct(&self, app: &TestApp) -> String {
-        loop {
-            match auto_deduct(app).await {
-                Ok(summary) => return summary,
-                Err(e) => self.count("auto-deduct", &e.to_string()),
-            }
-        }
     }
 
     /// Calls until it succeeds, spending a failure each time it does not.
@@ -206,14 +189,12 @@ impl Writes {
     }
 }
 
-/// The auto-deduct job through the test-side App (its own pool): its
-/// failure must be the database being unavailable.
-async fn auto_deduct(app: &TestApp) -> Result<String, DbError> {
+/// The auto-deduct job through the test-side App (its own pool); a
+/// database failure as a caller would get it.
+async fn auto_deduct(app: &TestApp) -> Result<String, Status> {
     billing_svc::jobs::run_once(&app.billing_app, "auto-deduct").await.map_err(|e| {
-        match e.downcast_ref::<billing_svc::Error>().and_then(AsDbError::as_db_error) {
-            Some(DbError::Unavailable(m)) => DbError::Unavailable(m.clone()),
-            _ => panic!("auto-deduct failed otherwise than UNAVAILABLE: {e:#}"),
-        }
+        let db = e.downcast_ref::<billing_svc::Error>().and_then(AsDbError::as_db_error);
+        shared::status::from_db(db.unwrap_or_else(|| panic!("auto-deduct failed outside the database: {e:#}")))
     })
 }
 
@@ -237,7 +218,8 @@ async fn a_read_only_billing_database_answers_unavailable_and_writes_resume_with
             let s = r.expect_err(rpc);
             assert!(is_db_unavailable(&s), "{rpc} (round {round}) on a read-only database: {s:?}");
         }
-        assert!(auto_deduct(&app).await.is_err(), "auto-deduct wrote on a read-only database");
+        let job = auto_deduct(&app).await;
+        assert!(job.as_ref().is_err_and(is_db_unavailable), "auto-deduct (round {round}) on a read-only database: {job:?}");
     }
     // Reads go on from the read-only server.
     assert_eq!(app.usage_session(&writes.text).await.units_charged, 0);
@@ -273,7 +255,7 @@ async fn a_read_only_billing_database_answers_unavailable_and_writes_resume_with
             }
         }
     }
-    budget.auto_deduct(&app).await;
+    budget.until_ok("auto-deduct", || auto_deduct(&app)).await;
     assert_eq!(scalar(&mut db, &count("deductions WHERE deduction_id = 'ro-1'")).await, 1);
     assert_eq!(scalar(&mut db, &count("subscriptions WHERE user_id = 'ro-buyer'")).await, 1);
     assert_eq!(app.usage_session(&call).await.auto_deductions_processed, 1, "the due interval charged once");
@@ -282,7 +264,7 @@ async fn a_read_only_billing_database_answers_unavailable_and_writes_resume_with
     // The jobs go on, and so do the coalescer's batches: concurrent Deducts
     // of 8 users.
     app.clock.advance(Duration::minutes(10));
-    budget.auto_deduct(&app).await;
+    budget.until_ok("auto-deduct", || auto_deduct(&app)).await;
     assert_eq!(app.usage_session(&call).await.auto_deductions_processed, 2);
     let users: Vec<_> = (0..8).map(|i| format!("ro-after-{i}")).collect();
     let starts = users.iter().map(|u| budget.until_ok("StartUsageSession", || app.start_usage(u, bpb::UsageKind::Text)));
@@ -352,6 +334,35 @@ async fn an_idle_connection_ended_by_the_server_fails_at_most_the_next_call() {
         }
         b.deduct(req("b")).await.unwrap_or_else(|s| panic!("round {round}: the second call after the kill: {s:?}"));
     }
+}
+
+/// A statement whose connection the server ends while it runs (57P01, a
+/// primary shutting down at a failover): UNAVAILABLE, nothing charged, and
+/// the next call succeeds on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_statement_whose_connection_the_server_ends_answers_unavailable() {
+    let app = spawn_app_with(harness::Options::patient()).await;
+    let id = app.start_usage("ended", bpb::UsageKind::Text).await.unwrap().id;
+    let deduct = |n: &str| {
+        let mut b = app.billing.clone();
+        let req = bpb::DeductRequest { usage_session_id: id.clone(), deduction_id: n.into(), units: 1 };
+        async move { b.deduct(req).await }
+    };
+    // The Deduct waits for the session's row, which the test holds.
+    let mut holder = app.billing_db().await;
+    exec(&mut holder, "BEGIN").await;
+    exec(&mut holder, &format!("SELECT id FROM usage_sessions WHERE id = '{id}' FOR UPDATE")).await;
+    let waiting = tokio::spawn(deduct("ended-1"));
+    let mut db = app.billing_db().await;
+    assert!(wait_for_waiters(&mut db, 1, StdDuration::from_secs(10)).await, "the Deduct never waited");
+    let waiter = "FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    assert_eq!(scalar(&mut db, &format!("SELECT count(pg_terminate_backend(pid)) AS n {waiter}")).await, 1);
+    let s = waiting.await.unwrap().unwrap_err();
+    assert!(is_db_unavailable(&s), "the Deduct whose connection was ended: {s:?}");
+    exec(&mut holder, "ROLLBACK").await;
+    deduct("ended-2").await.unwrap();
+    let charged = "SELECT count(*) AS n FROM deductions WHERE deduction_id LIKE 'ended-%'";
+    assert_eq!(scalar(&mut db, charged).await, 1, "only the second Deduct charged");
 }
 
 /// A multi-host connection string (libpq's form) through the services'
