@@ -36,7 +36,13 @@ pub enum DbError {
 
 impl From<DieselError> for DbError {
     fn from(e: DieselError) -> Self {
-        match &e {
+        DbError::from(&e)
+    }
+}
+
+impl From<&DieselError> for DbError {
+    fn from(e: &DieselError) -> Self {
+        match e {
             DieselError::DatabaseError(kind, info) => {
                 let msg = info.message();
                 match kind {
@@ -47,14 +53,21 @@ impl From<DieselError> for DbError {
                     DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection => {
                         DbError::Unavailable(msg.to_owned())
                     }
+                    DatabaseErrorKind::ReadOnlyTransaction => read_only(msg),
                     _ if is_timeout_message(msg) => DbError::Timeout(msg.to_owned()),
                     _ if is_retryable_message(msg) => DbError::Conflict(msg.to_owned()),
+                    _ if is_read_only_message(msg) => read_only(msg),
                     _ if is_unavailable_message(msg) => DbError::Unavailable(msg.to_owned()),
                     _ if is_data_exception_message(msg) => DbError::InvalidInput(msg.to_owned()),
                     _ => DbError::Other(e.to_string()),
                 }
             }
             DieselError::BrokenTransactionManager => DbError::Unavailable(e.to_string()),
+            // COMMIT failed and so did the ROLLBACK after it: the connection
+            // is gone (the server ended it), and whether the transaction
+            // committed is unknown. The caller retries with the same
+            // idempotency key, which replays a committed effect.
+            DieselError::RollbackErrorOnCommit { .. } => DbError::Unavailable(e.to_string()),
             // A bound value the driver cannot encode for PostgreSQL (a time
             // outside its range): the value came from the caller.
             DieselError::SerializationError(inner) => DbError::InvalidInput(inner.to_string()),
@@ -101,12 +114,37 @@ fn is_data_exception_message(msg: &str) -> bool {
     PATTERNS.iter().any(|p| msg.contains(p))
 }
 
-// 57P01/57P02/57P03: the server is shutting down or starting.
+// The server ended the connection or is not ready for it: 57P01
+// admin_shutdown (a fast shutdown, `pg_terminate_backend`), 57P02
+// crash_shutdown, 57P03 cannot_connect_now ("the database system is starting
+// up", "... is shutting down", "... is in recovery mode"), 57P05 idle session
+// timeout.
 fn is_unavailable_message(msg: &str) -> bool {
-    msg.contains("terminating connection")
-        || msg.contains("shutting down")
-        || msg.contains("starting up")
-        || msg.contains("connection closed")
+    const PATTERNS: &[&str] = &[
+        "terminating connection",
+        "shutting down",
+        "starting up",
+        "the database system is",
+        "connection closed",
+        "server closed the connection",
+    ];
+    PATTERNS.iter().any(|p| msg.contains(p))
+}
+
+// 25006 read_only_sql_transaction, and a standby refusing a write: "cannot
+// execute INSERT in a read-only transaction", "... during recovery", "...
+// while recovery is in progress".
+fn is_read_only_message(msg: &str) -> bool {
+    msg.contains("read-only transaction") || msg.contains("during recovery") || msg.contains("recovery is in progress")
+}
+
+/// The server takes no writes (a demoted primary, a standby): another
+/// server may, so the caller retries (UNAVAILABLE). The connection stays
+/// open, so the pool is told to check its connections before it hands them
+/// out again ([`super::manager`]).
+fn read_only(msg: &str) -> DbError {
+    super::manager::note_read_only_error();
+    DbError::Unavailable(msg.to_owned())
 }
 
 impl From<bb8::RunError<PoolError>> for DbError {
@@ -133,6 +171,39 @@ mod tests {
         assert!(is_timeout_message("canceling statement due to lock timeout"));
         assert!(is_timeout_message("canceling statement due to statement timeout"));
         assert!(!is_retryable_message("canceling statement due to lock timeout"));
+    }
+
+    fn db(kind: DatabaseErrorKind, msg: &str) -> DbError {
+        DbError::from(DieselError::DatabaseError(kind, Box::new(msg.to_owned())))
+    }
+
+    #[test]
+    fn a_server_that_ended_the_connection_or_takes_no_writes_is_unavailable() {
+        use DatabaseErrorKind::*;
+        for (kind, m) in [
+            (ReadOnlyTransaction, "cannot execute INSERT in a read-only transaction"),
+            (Unknown, "cannot execute SELECT FOR UPDATE in a read-only transaction"),
+            (Unknown, "cannot execute nextval() during recovery"),
+            (Unknown, "cannot acquire lock mode RowExclusiveLock on database objects while recovery is in progress"),
+            (Unknown, "terminating connection due to administrator command"),
+            (Unknown, "terminating connection because of crash of another server process"),
+            (Unknown, "terminating connection due to idle-session timeout"),
+            (Unknown, "the database system is shutting down"),
+            (Unknown, "the database system is starting up"),
+            (Unknown, "the database system is in recovery mode"),
+            (Unknown, "the database system is not accepting connections"),
+            (UnableToSendCommand, "error communicating with the server: Connection reset by peer (os error 104)"),
+            (ClosedConnection, "connection closed"),
+        ] {
+            assert!(matches!(db(kind, m), DbError::Unavailable(_)), "{m}");
+        }
+        let commit = DieselError::RollbackErrorOnCommit {
+            rollback_error: Box::new(DieselError::DatabaseError(UnableToSendCommand, Box::new("connection closed".to_owned()))),
+            commit_error: Box::new(DieselError::DatabaseError(Unknown, Box::new("terminating connection".to_owned()))),
+        };
+        assert!(matches!(DbError::from(commit), DbError::Unavailable(_)));
+        assert!(matches!(db(Unknown, "relation \"orders\" does not exist"), DbError::Other(_)));
+        assert!(matches!(db(Unknown, "could not serialize access due to concurrent update"), DbError::Conflict(_)));
     }
 
     #[test]

@@ -4,26 +4,24 @@
 //! string, in [`with_session_limits`] and [`with_dead_peer_detection`].
 use std::time::Duration;
 
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{
-    AsyncPgConnection,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError, PoolableConnection, RecyclingMethod},
-};
+use diesel_async::{AsyncPgConnection, pooled_connection::PoolError};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 /// The bb8 pool of diesel-async PostgreSQL connections.
-pub type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+pub type Pool = bb8::Pool<Manager>;
 /// A connection checked out of [`Pool`].
-pub type PooledConn<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
+pub type PooledConn<'a> = bb8::PooledConnection<'a, Manager>;
 /// A PostgreSQL connection.
 pub type Conn = AsyncPgConnection;
 
 mod error;
 mod functions;
+mod manager;
 mod url;
 
 pub use error::DbError;
 pub use functions::{SqlFunction, check_listed, common};
+pub use manager::Manager;
 pub use url::{with_dead_peer_detection, with_session_limits};
 
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +40,8 @@ impl bb8::ErrorSink<PoolError> for LogSink {
 /// the database is down, and RPCs fail fast with UNAVAILABLE until it is back.
 /// Every pooled connection starts with the configured `lock_timeout` and
 /// `statement_timeout` as its defaults, so a request queued behind a held
-/// row lock gives its connection back (ABORTED) instead of pinning it.
+/// row lock gives its connection back (ABORTED) instead of pinning it. How
+/// connections are checked and when one is dropped: [`Manager`].
 pub fn pool(url: &str, config: &crate::config::CommonConfig) -> Pool {
     let url = with_dead_peer_detection(&with_session_limits(url, config.lock_timeout, config.statement_timeout));
     bb8::Pool::builder()
@@ -51,33 +50,7 @@ pub fn pool(url: &str, config: &crate::config::CommonConfig) -> Pool {
         .connection_timeout(config.connect_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .error_sink(Box::new(LogSink))
-        .build_unchecked(AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config()))
-}
-
-/// How a pooled connection is checked when it is handed out: locally, with
-/// no round trip. A connection whose socket the server closed (a restart,
-/// `pg_terminate_backend`, an idle timeout) or whose transaction state is
-/// broken is replaced by another; the default check (`SELECT 1` on every
-/// check-out) cost every RPC a round trip and a transaction of its own
-/// (measured with `loadgen --scenario deduct-hot`, three runs each on a new
-/// stack: one caller about 1,360 calls/s with it and 1,590 without, eight
-/// callers 4,690 and 5,030). A connection that died without the client
-/// noticing (the host vanished, no reset) fails its statement with
-/// UNAVAILABLE after the TCP user timeout that [`with_dead_peer_detection`]
-/// sets; nothing was committed, and the caller retries.
-fn manager_config() -> ManagerConfig<AsyncPgConnection> {
-    let mut config = ManagerConfig::default();
-    config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn: &mut AsyncPgConnection| {
-        let broken = conn.is_broken();
-        Box::pin(async move {
-            if broken {
-                Err(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, Box::new("connection closed".to_owned())))
-            } else {
-                Ok(())
-            }
-        })
-    }));
-    config
+        .build_unchecked(Manager::new(url))
 }
 
 /// Whether `conn` is inside an open transaction. A statement that failed in

@@ -101,6 +101,30 @@ mod tests {
     }
 
     #[test]
+    fn multi_host_connection_strings_keep_their_hosts_and_target_session_attrs() {
+        // libpq's multi-host forms, as tokio-postgres reads them: the hosts
+        // are tried in order, and `target_session_attrs=read-write` skips
+        // one that takes no writes (a standby, a demoted primary).
+        let ms = Duration::from_millis;
+        let url = "postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write";
+        assert_eq!(
+            with_dead_peer_detection(&with_session_limits(url, ms(500), ms(5000))),
+            "postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write\
+             &options=-c%20lock_timeout%3D500%20-c%20statement_timeout%3D5000\
+             &keepalives_idle=30&keepalives_interval=10&keepalives_retries=3&tcp_user_timeout=10"
+        );
+        let kv = "host=h1,h2 port=5432,5433 dbname=db target_session_attrs=read-write";
+        assert_eq!(
+            with_dead_peer_detection(&with_session_limits(kv, ms(500), Duration::ZERO)),
+            "host=h1,h2 port=5432,5433 dbname=db target_session_attrs=read-write options='-c lock_timeout=500' \
+             keepalives_idle=30 keepalives_interval=10 keepalives_retries=3 tcp_user_timeout=10"
+        );
+        // That the driver connects through such a string, skipping a dead
+        // host and a read-only one, is shown by the system test
+        // `ops::read_only_server::a_multi_host_url_skips_a_dead_host_and_a_read_only_one`.
+    }
+
+    #[test]
     fn session_limits_become_startup_options() {
         let ms = Duration::from_millis;
         assert_eq!(

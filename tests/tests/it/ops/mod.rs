@@ -3,6 +3,7 @@
 //! database outage, secrets kept out of Debug, and the `stack` binary.
 mod held_rows;
 mod jobs;
+mod read_only_server;
 mod secrets;
 mod serving;
 mod stack;
