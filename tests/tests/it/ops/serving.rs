@@ -86,7 +86,7 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_unavailable() {
 /// outage fails on one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pooled_connections_the_server_closed_are_replaced_without_failing_calls() {
-    use tests::helpers::scalar;
+    use tests::helpers::{exec, scalar};
     let app = spawn_app().await;
     // Several connections in billing's pool: concurrent calls each hold one.
     let warm = (0..8).map(|i| {
@@ -104,11 +104,18 @@ async fn pooled_connections_the_server_closed_are_replaced_without_failing_calls
     let mut db = app.billing_db().await;
     let others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
                   AND backend_type = 'client backend'";
-    let killed = scalar(&mut db, &format!("SELECT count(pg_terminate_backend(pid)) AS n {others}")).await;
+    // Remember whom it ended: the event tail's listening connection comes
+    // back at once, so "no sessions left" would never hold.
+    exec(
+        &mut db,
+        &format!("CREATE TEMP TABLE ended AS SELECT pid FROM (SELECT pid, pg_terminate_backend(pid) AS t {others}) x WHERE t"),
+    )
+    .await;
+    let killed = scalar(&mut db, "SELECT count(*) AS n FROM ended").await;
     assert!(killed >= 2, "the pool held {killed} connection(s); the outage hit too little to show anything");
     let mut gone = false;
     for _ in 0..500 {
-        if scalar(&mut db, &format!("SELECT count(*) AS n {others}")).await == 0 {
+        if scalar(&mut db, "SELECT count(*) AS n FROM pg_stat_activity WHERE pid IN (SELECT pid FROM ended)").await == 0 {
             gone = true;
             break;
         }
