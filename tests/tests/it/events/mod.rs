@@ -3,7 +3,9 @@
 //! handed out in an order no late commit can break, with per-entity
 //! versions that only go up; WatchEvents follows the stream with bookmarks,
 //! ListEvents pages it.
+mod many_watchers;
 mod ordering;
+mod restart;
 
 use std::time::Duration;
 
