@@ -1,9 +1,12 @@
-//! `cargo run --release --bin loadgen -- --scenario <name> --concurrency N[,M...] --duration S [--json] [--cpu name=pid,...]`
+//! `cargo run --release --bin loadgen -- --scenario <name> --concurrency N[,M...] --duration S [--json] [--cpu name=pid,...]
+//! [--watch-events] [--purchase-rate R]`
 //!
 //! Drives a running stack (see `target/stack/stack.env`) over real gRPC, one
 //! run per concurrency level; prints a line (or a JSON object) per level with
 //! throughput, p50/p99/p999, errors by status and, with `--cpu`, the CPU
 //! seconds each watched process tree and loadgen spent in the measured window.
+//! With `--watch-events`, the lag of billing's event stream over the measured
+//! windows; with `--purchase-rate`, purchases beside the scenario.
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -61,6 +64,12 @@ struct Args {
     /// Process trees whose CPU time to report per level, as name=pid or, for the backends of one database only, name=postmaster-pid:db (e.g. postgres=PID,billing-db=PID:billing,stack=PID).
     #[arg(long, value_delimiter = ',')]
     cpu: Vec<String>,
+    /// Follow billing's WatchEvents meanwhile and report the event lag (arrival time minus the event's time, the database's transaction time) of the events of the measured windows: p50, p99, max and the count; fails unless the events table holds as many events as the stream brought.
+    #[arg(long)]
+    watch_events: bool,
+    /// Purchases per second (CreateOrder + VerifyPayment, each for a new user) beside the scenario, from its set-up to its end, so that events flow; fails unless the database shows a paid subscription per successful purchase.
+    #[arg(long, default_value_t = 0.0)]
+    purchase_rate: f64,
 }
 
 #[tokio::main]
@@ -83,7 +92,10 @@ async fn main() -> anyhow::Result<()> {
         warmup: Duration::from_secs(args.warmup),
         duration: Duration::from_secs(args.duration.max(1)),
     };
-    let reports = match args.scenario {
+    let lag = if args.watch_events { Some(loadgen::events::watch_lag(&target).await?) } else { None };
+    let purchases =
+        if args.purchase_rate > 0.0 { Some(loadgen::events::purchase_stream(&target, args.purchase_rate)?) } else { None };
+    let mut reports = match args.scenario {
         // One set-up (thousands of usage sessions), then every level.
         Scenario::Deduct | Scenario::DeductHot => {
             let hot = matches!(args.scenario, Scenario::DeductHot);
@@ -102,6 +114,31 @@ async fn main() -> anyhow::Result<()> {
             reports
         }
     };
+    let (mut extra, mut lag_line) = (std::collections::BTreeMap::new(), None);
+    if let Some(p) = purchases {
+        let (ok, failed, in_db) = p.finish(&target).await?;
+        extra.extend([("purchases_ok", ok), ("purchases_failed", failed), ("purchases_paid_in_db", in_db)]);
+    }
+    if let Some(lag) = lag {
+        let r = lag.finish(&target, &loadgen::measured_windows()).await?;
+        let us = |ms: f64| (ms * 1000.0).round() as i64;
+        extra.extend([
+            ("events_received", r.received),
+            ("events_in_db", r.stored),
+            ("events_in_measured_windows", r.measured as i64),
+            ("event_streams", r.streams as i64),
+            ("event_lag_p50_us", us(r.p50_ms)),
+            ("event_lag_p99_us", us(r.p99_ms)),
+            ("event_lag_max_us", us(r.max_ms)),
+        ]);
+        lag_line = Some(format!(
+            "events: {} received ({} in the table, {} stream(s)), {} in the measured windows: lag p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            r.received, r.stored, r.streams, r.measured, r.p50_ms, r.p99_ms, r.max_ms
+        ));
+    }
+    if let Some(last) = reports.last_mut() {
+        last.extra.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    }
     for report in &reports {
         if args.json {
             println!("{}", serde_json::to_string(report)?);
@@ -121,6 +158,9 @@ async fn main() -> anyhow::Result<()> {
                 report.extra
             );
         }
+    }
+    if let (Some(line), false) = (lag_line, args.json) {
+        println!("{line}");
     }
     Ok(())
 }

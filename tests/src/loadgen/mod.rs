@@ -1,6 +1,7 @@
 //! The `loadgen` benchmark: drives a running stack over real gRPC with N
 //! concurrent workers for a fixed time, after a warm-up, and reports
 //! throughput, latency percentiles (hdrhistogram) and errors by status.
+pub mod events;
 pub mod scenarios;
 
 use std::{
@@ -10,7 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use hdrhistogram::Histogram;
@@ -46,6 +47,15 @@ pub struct Report {
     /// together: the work the database must show afterwards.
     #[serde(skip)]
     pub ok_total: u64,
+}
+
+/// The measured windows of the runs so far, in wall-clock time (what event
+/// times are compared with, see [`events`]).
+static WINDOWS: std::sync::Mutex<Vec<(SystemTime, SystemTime)>> = std::sync::Mutex::new(Vec::new());
+
+/// The measured windows of every run so far (warm-ups excluded).
+pub fn measured_windows() -> Vec<(SystemTime, SystemTime)> {
+    WINDOWS.lock().map(|w| w.clone()).unwrap_or_default()
 }
 
 type Watched = (String, u32, Option<String>);
@@ -154,6 +164,10 @@ where
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + duration;
+    let wall = SystemTime::now() + warmup;
+    if let Ok(mut w) = WINDOWS.lock() {
+        w.push((wall, wall + duration));
+    }
     let mut workers = Vec::new();
     for w in 0..concurrency {
         let (shared, op) = (shared.clone(), op.clone());
