@@ -3,9 +3,12 @@
 //! handed out in an order no late commit can break, with per-entity
 //! versions that only go up; WatchEvents follows the stream with bookmarks,
 //! ListEvents pages it.
+mod credit_thresholds;
 mod many_watchers;
 mod ordering;
+mod page_cost;
 mod restart;
+mod slow_watcher;
 
 use std::time::Duration;
 
