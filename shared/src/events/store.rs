@@ -117,7 +117,9 @@ pub async fn read_after(conn: &mut Conn, after: Cursor, limit: i64) -> Result<Pa
                         WHERE (e.xid, e.seq) > ($1::text::xid8, $2) AND e.xid < h.x
                         ORDER BY e.xid, e.seq LIMIT $3)
          SELECT h.x::text::bigint AS horizon,
-                EXISTS (SELECT 1 FROM events p WHERE p.xid >= h.x) AS pending,
+                -- Once per query (an init plan on the key's last entry),
+                -- not once per row: a per-row EXISTS scanned the table.
+                coalesce((SELECT max(p.xid) FROM events p) >= h.x, false) AS pending,
                 (SELECT (s.purged_xid, s.purged_seq) <= ($1::text::xid8, $2)
                         AND ((s.purged_xid, s.purged_seq) = ($1::text::xid8, $2)
                              OR EXISTS (SELECT 1 FROM events a WHERE a.xid = $1::text::xid8 AND a.seq = $2

@@ -36,6 +36,8 @@ struct Followed {
 /// A running lag watcher (see the module docs).
 pub struct LagWatcher {
     start: Position,
+    /// Events received so far (for a watcher that never catches up).
+    received: Arc<AtomicI64>,
     until: watch::Sender<Option<Position>>,
     task: JoinHandle<anyhow::Result<Followed>>,
 }
@@ -52,6 +54,8 @@ pub async fn watch_lag(t: &Target) -> anyhow::Result<LagWatcher> {
     let Some(Item::Bookmark(b)) = first.item else { anyhow::bail!("WatchEvents did not start with a bookmark: {first:?}") };
     let start = position(&b.cursor)?;
     let (until, mut target) = watch::channel(None);
+    let received = Arc::new(AtomicI64::new(0));
+    let counter = received.clone();
     let task = tokio::spawn(async move {
         let mut out = Followed { arrivals: Vec::new(), streams: 1 };
         let (mut cursor, mut at) = (b.cursor, start);
@@ -70,6 +74,7 @@ pub async fn watch_lag(t: &Target) -> anyhow::Result<LagWatcher> {
                         let time = time.ok_or_else(|| anyhow::anyhow!("event {} has no time", e.event_id))?;
                         let lag = SystemTime::now().duration_since(time).unwrap_or_default();
                         out.arrivals.push(Arrival { time, lag });
+                        counter.fetch_add(1, Ordering::Relaxed);
                         (cursor, at) = (e.cursor.clone(), position(&e.cursor)?);
                     }
                     Some(Item::Bookmark(b)) => (cursor, at) = (b.cursor.clone(), position(&b.cursor)?),
@@ -85,7 +90,7 @@ pub async fn watch_lag(t: &Target) -> anyhow::Result<LagWatcher> {
             }
         }
     });
-    Ok(LagWatcher { start, until, task })
+    Ok(LagWatcher { start, received, until, task })
 }
 
 impl LagWatcher {
@@ -102,20 +107,23 @@ impl LagWatcher {
         .await?;
         let target = last.first().map_or(Position::START, |l| Position { xid: l.xid.unsigned_abs(), seq: l.seq });
         let _ = self.until.send(Some(target.max(self.start)));
-        let followed = tokio::time::timeout(Duration::from_secs(120), self.task)
-            .await
-            .map_err(|_| anyhow::anyhow!("the event watcher did not catch up with the events table within 120 s"))???;
-        // Everything up to the target is settled now (the watcher passed it).
         let between = |p: Position| format!("('{}'::xid8, {})", p.xid, p.seq);
-        let stored = scalar(
-            &mut db,
-            &format!(
-                "SELECT count(*) AS n FROM events WHERE (xid, seq) > {} AND (xid, seq) <= {}",
-                between(self.start),
-                between(target.max(self.start))
-            ),
-        )
-        .await;
+        let range = format!(
+            "SELECT count(*) AS n FROM events WHERE (xid, seq) > {} AND (xid, seq) <= {}",
+            between(self.start),
+            between(target.max(self.start))
+        );
+        let Ok(followed) = tokio::time::timeout(Duration::from_secs(120), self.task).await else {
+            let stored = scalar(&mut db, &range).await;
+            let received = self.received.load(Ordering::Relaxed);
+            anyhow::bail!(
+                "the event watcher did not catch up with the events table within 120 s: it received {received} of the {stored} \
+                 events stored since its start: not measured"
+            );
+        };
+        let followed = followed??;
+        // Everything up to the target is settled now (the watcher passed it).
+        let stored = scalar(&mut db, &range).await;
         let received = followed.arrivals.len() as i64;
         anyhow::ensure!(
             stored == received,

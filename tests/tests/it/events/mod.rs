@@ -5,14 +5,17 @@
 //! ListEvents pages it.
 mod checkout_stream;
 mod consumer;
+mod credit_thresholds;
 mod credits_moved;
 mod lifecycle;
 mod many_watchers;
 mod ordering;
+mod page_cost;
 mod purged_under_a_watcher;
 mod restart;
 mod retention;
 mod shutdown;
+mod slow_watcher;
 mod watching;
 
 use std::time::Duration;

@@ -48,12 +48,11 @@ pub(crate) fn position(cursor: &str) -> Position {
     Cursor::parse(cursor).unwrap_or_else(|e| panic!("{cursor:?}: {e}")).pos
 }
 
-/// What a call gets while billing is away (stopping, stopped, starting). A
-/// call that met the stopping server's GOAWAY comes back INTERNAL from the
-/// client's transport, unprocessed.
+/// What a call gets while billing is away (stopping, stopped, starting):
+/// UNAVAILABLE, or a status the client's transport made (a call that met
+/// the stopping server's GOAWAY comes back INTERNAL, unprocessed).
 fn transient(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted)
-        || (s.code() == Code::Internal && s.message().starts_with("h2 protocol error"))
+    s.code() == Code::Unavailable || shared::client::is_transport_failure(s)
 }
 
 /// Retries `call` while billing is away (stopping, stopped, starting): the
