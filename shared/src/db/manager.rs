@@ -77,7 +77,7 @@ impl bb8::ManageConnection for Manager {
     /// nothing was committed, and the caller retries.
     ///
     /// Only after a statement in this process found a server taking no
-    /// writes ([`note_read_only_error`]) is a connection opened before that
+    /// writes (`note_read_only_error`) is a connection opened before that
     /// asked, once, `current_setting('transaction_read_only')`, and
     /// replaced when its server still takes no writes: after a failover the
     /// pool keeps none of the connections it had to the old primary. One
