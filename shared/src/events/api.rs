@@ -25,6 +25,24 @@ pub struct Types {
     pub name_of: fn(i32) -> Option<&'static str>,
 }
 
+impl Types {
+    /// The stored spellings of the proto enum's values (UNSPECIFIED aside),
+    /// and those a migration's `events_type_known` CHECK allows, sorted:
+    /// a service's unit test holds the two lists equal.
+    pub fn lists(&self, migration_sql: &str) -> (Vec<String>, Vec<String>) {
+        let check = migration_sql.split("events_type_known").nth(1).unwrap_or_default();
+        let check = check.split(");").next().unwrap_or_default();
+        let mut stored: Vec<String> = check.split('\'').skip(1).step_by(2).map(str::to_owned).collect();
+        stored.sort();
+        let mut proto: Vec<String> = (1..)
+            .map_while(|n| (self.name_of)(n))
+            .map(|name| name.strip_prefix(self.prefix).unwrap_or(name).to_owned())
+            .collect();
+        proto.sort();
+        (proto, stored)
+    }
+}
+
 /// A checked WatchEvents / ListEvents request.
 #[derive(Debug, Clone)]
 pub struct Request {
