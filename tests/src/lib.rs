@@ -8,6 +8,7 @@ pub mod clients;
 pub mod harness;
 pub mod helpers;
 pub mod loadgen;
+pub mod options;
 
 pub use clients::{BillingClient, CheckoutClient, billing_client, checkout_client};
 pub use harness::{TestApp, spawn_app, spawn_app_with};
