@@ -10,6 +10,11 @@
 //! transactions cluster-wide (a lock held through the commit's flush), which
 //! would cap and stall the money paths. A tail that found new events after
 //! a nudge notifies the other replicas in a transaction of its own.
+//!
+//! A replica nobody watches reads nothing: its tail keeps no ring, and a
+//! nudge only passes the wake-up on to the other replicas (at most one
+//! NOTIFY per read gap). The first watcher wakes the tail, which starts
+//! from the stream's end; the watcher reads what lies before that itself.
 use std::{
     collections::VecDeque,
     sync::{Arc, RwLock},
@@ -92,6 +97,8 @@ pub(super) struct Inner<E> {
     ring: RwLock<Ring<E>>,
     pub(super) wake: watch::Sender<u64>,
     pub(super) watchers: Arc<Semaphore>,
+    /// Told when a watcher is admitted: an idle tail starts reading.
+    pub(super) demand: tokio::sync::Notify,
     pub(super) options: HubOptions,
     pub(super) service: &'static str,
 }
@@ -132,6 +139,7 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 ring: RwLock::new(Ring { base: None, tail: None, entries: VecDeque::new() }),
                 wake,
                 watchers: Arc::new(Semaphore::new(options.max_watchers)),
+                demand: tokio::sync::Notify::new(),
                 // At least the settle retry: a shorter poll would be a busy loop.
                 options: HubOptions { poll: options.poll.max(SETTLE_RETRY), ..options },
                 service,
@@ -168,6 +176,7 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 };
                 tokio::select! {
                     _ = shutdown.wait() => return,
+                    _ = self.inner.demand.notified() => {}
                     changed = writes.changed() => local = changed.is_ok(),
                     got = notified => if !got { listener = None },
                     _ = tokio::time::sleep(wait) => polled = true,
@@ -187,6 +196,19 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 tokio::time::sleep(left).await;
             }
             last_read = std::time::Instant::now();
+            if !self.watched() {
+                // Nobody here to read for: keep no ring, and pass a local
+                // write's wake-up on to the replicas that may have watchers.
+                self.forget();
+                if local && let Some(l) = listener.as_mut() {
+                    let sent = tokio::time::timeout(LISTEN_TIMEOUT, diesel::sql_query("NOTIFY events").execute(l)).await;
+                    if !matches!(sent, Ok(Ok(_))) {
+                        listener = None;
+                    }
+                }
+                wait = self.inner.options.poll;
+                continue;
+            }
             let read = self.read_new().await;
             if local && matches!(read, Ok((_, true))) {
                 // New events after a write of this process: wake the other
@@ -282,6 +304,22 @@ impl<E: Send + Sync + 'static> Hub<E> {
             ring.tail = Some(tail);
         }
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether a watcher of this replica follows the stream.
+    fn watched(&self) -> bool {
+        self.inner.watchers.available_permits() < self.inner.options.max_watchers
+    }
+
+    /// Drops the ring of an unwatched tail: the next watcher's tail starts
+    /// from the stream's end (no generation change: nobody followed it).
+    fn forget(&self) {
+        let mut ring = self.inner.ring.write().unwrap_or_else(|p| p.into_inner());
+        if ring.base.is_some() {
+            *ring = Ring { base: None, tail: None, entries: VecDeque::new() };
+            drop(ring);
+            self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     fn reset(&self, at: Cursor) {

@@ -81,7 +81,12 @@ impl<E: Clone + Send + Sync + 'static> Hub<E> {
     /// Takes a watcher slot now (so the caller can answer
     /// RESOURCE_EXHAUSTED before the stream starts).
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, WatchersExhausted> {
-        self.inner.watchers.clone().try_acquire_owned().map_err(|_| WatchersExhausted(self.inner.options.max_watchers))
+        let permit =
+            self.inner.watchers.clone().try_acquire_owned().map_err(|_| WatchersExhausted(self.inner.options.max_watchers))?;
+        // An idle tail starts reading (notify_one keeps the wake-up if the
+        // tail is busy elsewhere right now).
+        self.inner.demand.notify_one();
+        Ok(permit)
     }
 
     /// Starts a watcher after `start` (already checked by

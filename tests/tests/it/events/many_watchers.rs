@@ -69,6 +69,9 @@ async fn fifty_watchers_cost_the_database_reads_per_wake_up_not_per_watcher() {
             ),
         )
         .await;
+        // The write came from outside this process: the tail hears of it
+        // as of another replica's write, by NOTIFY (not by a poll).
+        exec(&mut db, "NOTIFY events").await;
         // The next transaction only once every watcher has this one's
         // event: each is a wake-up of its own, none folded into another.
         let got = futures::future::join_all(streams.iter_mut().map(|s| next_events(s, 1, Duration::from_secs(30)))).await;

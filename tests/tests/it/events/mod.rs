@@ -7,6 +7,7 @@ mod checkout_stream;
 mod consumer;
 mod credit_thresholds;
 mod credits_moved;
+mod idle_tail;
 mod lifecycle;
 mod many_watchers;
 mod ordering;
