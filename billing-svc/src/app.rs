@@ -40,6 +40,8 @@ pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![
     billing_refund_events,
     billing_discrepancy_events,
     billing_usage_session_events,
+    billing_plan_version_immutable,
+    billing_plan_version_default,
 ];
 /// Advisory-lock key under which replicas run migrations one at a time.
 const MIGRATION_LOCK: i64 = 0x0b11_11b6;

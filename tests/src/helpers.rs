@@ -253,3 +253,19 @@ pub async fn wait_for_waiters(observer: &mut AsyncPgConnection, n: i64, within: 
         tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
 }
+
+impl TestApp {
+    /// Adds a paid monthly plan to billing's catalogue (600 s intervals,
+    /// unlimited sessions and minutes, 1 GiB uploads) with its version 1.
+    pub async fn create_plan(&self, id: &str, name: &str, price_minor: i64, credits_per_period: i64) {
+        let sql = format!(
+            "WITH p AS (INSERT INTO plans (id, name, price_minor, currency, credits_per_period, max_upload_bytes, \
+                                           current_version) \
+                        VALUES ('{id}', '{name}', {price_minor}, 'INR', {credits_per_period}, 1073741824, 1) RETURNING id) \
+             INSERT INTO plan_versions (plan_id, version, price_minor, currency, period, credits_per_period, \
+                                        max_upload_bytes, created_at) \
+             SELECT id, 1, {price_minor}, 'INR', 'monthly', {credits_per_period}, 1073741824, now() FROM p"
+        );
+        exec(&mut self.billing_db().await, &sql).await;
+    }
+}
