@@ -3,7 +3,8 @@
 //! price versions ([`Version`]); the plan points at its current one, which
 //! new purchases buy, and keeps that version's terms in its own columns in
 //! their old encoding, so BillingService's ListPlans and GetPlan read one
-//! row. A subscription is pinned to the version it was bought at.
+//! row. A subscription is pinned to the version it was bought at. The
+//! catalogue's changes are [`catalogue`].
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -11,6 +12,7 @@ use shared::{db::Conn, etag::Etag};
 
 use crate::{Error, Result, schema::plans};
 
+pub mod catalogue;
 mod versions;
 
 pub use versions::{Limits, Terms, UNLIMITED_UPLOAD_BYTES, Version, version, versions_of};

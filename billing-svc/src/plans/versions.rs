@@ -119,3 +119,31 @@ pub async fn versions_of(conn: &mut Conn, plan_ids: &[&str]) -> Result<Vec<Versi
         .load(conn)
         .await?)
 }
+
+/// Inserts the next version of `plan_id` with `terms` (the caller holds the
+/// plan's row lock, so versions of one plan are numbered one at a time:
+/// consecutive, never twice the same).
+pub(super) async fn insert_next(conn: &mut Conn, plan_id: &str, terms: &Terms, now: DateTime<Utc>) -> Result<Version> {
+    let last: Option<i32> = plan_versions::table
+        .filter(plan_versions::plan_id.eq(plan_id))
+        .select(diesel::dsl::max(plan_versions::version))
+        .first(conn)
+        .await?;
+    let l = terms.limits;
+    Ok(diesel::insert_into(plan_versions::table)
+        .values((
+            plan_versions::plan_id.eq(plan_id),
+            plan_versions::version.eq(last.unwrap_or(0) + 1),
+            plan_versions::price_minor.eq(terms.price_minor),
+            plan_versions::currency.eq(&terms.currency),
+            plan_versions::period.eq(terms.period),
+            plan_versions::credits_per_period.eq(terms.credits_per_period),
+            plan_versions::max_sessions_per_period.eq(l.sessions_per_period),
+            plan_versions::max_minutes_per_period.eq(l.minutes_per_period),
+            plan_versions::max_upload_bytes.eq(l.upload_bytes),
+            plan_versions::created_at.eq(now),
+        ))
+        .returning(Version::as_returning())
+        .get_result(conn)
+        .await?)
+}

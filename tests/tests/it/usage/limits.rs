@@ -142,16 +142,14 @@ async fn plan_limits_state_unlimited_explicitly_beside_the_legacy_zeros() {
 
     // A plan that forbids uploads says max 0, not unlimited (a new version
     // of the free plan; a user without a subscription reads it).
-    let mut db = app.billing_db().await;
-    tests::helpers::exec(
-        &mut db,
-        "INSERT INTO plan_versions (plan_id, version, price_minor, currency, period, credits_per_period, \
-             max_sessions_per_period, max_minutes_per_period, max_upload_bytes, created_at) \
-         SELECT plan_id, 2, price_minor, currency, period, credits_per_period, max_sessions_per_period, \
-             max_minutes_per_period, 0, now() FROM plan_versions WHERE plan_id = 'free' AND version = 1",
-    )
-    .await;
-    tests::helpers::exec(&mut db, "UPDATE plans SET current_version = 2, max_upload_bytes = 0 WHERE id = 'free'").await;
+    let no_uploads = bpb::UpdatePlanRequest {
+        plan_id: "free".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["limits.upload_bytes".into()] }),
+        limits: Some(bpb::PlanLimitsInput { upload_bytes: Some(tests::helpers::limit(Some(0))), ..Default::default() }),
+        ..Default::default()
+    };
+    app.catalog.clone().update_plan(no_uploads).await.unwrap();
     let u = app.billing.get_usage(bpb::GetUsageRequest { user_id: "no-uploads".into() }).await.unwrap().into_inner();
     let l = u.usage.unwrap().limits.unwrap();
     assert_eq!((l.max_upload_bytes, limit(l.upload_bytes)), (0, (false, 0)));
