@@ -4,9 +4,11 @@
 //! price version they bought (renewals charge it, periods grant its credits
 //! within its limits); and the races: versions of one plan numbered one at
 //! a time, a request_id applied once, a reprice during a renewal run
-//! changing nothing already created.
+//! changing nothing already created; the operator's CLI and the stack's
+//! seed.
 mod bad_input;
 mod changes;
+mod operator_cli;
 mod pinned_versions;
 mod races;
 
