@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/checkout/v1/events.proto",
         "proto/billing/v1/billing.proto",
         "proto/billing/v1/events.proto",
+        "proto/billing/v1/catalog.proto",
         "proto/payments/errors/v1/errors.proto",
     ];
     for f in &files {

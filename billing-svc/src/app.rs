@@ -2,7 +2,10 @@
 use std::sync::Arc;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use proto::billing::v1::{billing_event_service_server::BillingEventServiceServer, billing_service_server::BillingServiceServer};
+use proto::billing::v1::{
+    billing_event_service_server::BillingEventServiceServer, billing_service_server::BillingServiceServer,
+    plan_catalog_service_server::PlanCatalogServiceServer,
+};
 use shared::{Clock, auth::Authenticator, db, gate::Gate, server::Shutdown, service::Serving};
 use tokio::net::TcpListener;
 
@@ -40,6 +43,8 @@ pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![
     billing_refund_events,
     billing_discrepancy_events,
     billing_usage_session_events,
+    billing_plan_version_immutable,
+    billing_plan_version_default,
 ];
 /// Advisory-lock key under which replicas run migrations one at a time.
 const MIGRATION_LOCK: i64 = 0x0b11_11b6;
@@ -120,6 +125,7 @@ pub async fn serve_app(
     let http = tokio::spawn(crate::http::serve(app.clone(), http_listener, shutdown.clone(), app.config.common.shutdown_grace));
     let auth = Authenticator::from_secrets(&app.config.auth_tokens, &app.config.admin_tokens);
     let svc = BillingServiceServer::with_interceptor(crate::grpc::BillingGrpc::new(app.clone()), auth.clone());
+    let catalog = PlanCatalogServiceServer::with_interceptor(crate::grpc::PlanCatalogGrpc::new(app.clone()), auth.clone());
     let events =
         BillingEventServiceServer::with_interceptor(crate::grpc::BillingEventGrpc::new(app.clone(), shutdown.clone()), auth);
     tokio::spawn(app.events.clone().run(database_url.clone(), shutdown.clone()));
@@ -134,6 +140,7 @@ pub async fn serve_app(
         pool: app.pool.clone(),
         migrate: |url: String| async move { migrate(&url).await },
         jobs,
+        more: shared::server::MoreServices::none().with(catalog),
     };
     // Once the gRPC server stopped (shutdown, or an error), `shutdown` has
     // fired: the webhook endpoint stops too.

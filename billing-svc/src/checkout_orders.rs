@@ -4,7 +4,7 @@
 //! as it asks both (docs/design.md, Components).
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use shared::{
     db::Conn,
     ids::{PlanId, UserId},
@@ -50,13 +50,7 @@ pub async fn create(app: &App, r: &OrderRequest) -> Result<Order> {
         }
         plans::get(&mut conn, plan_id).await?
     };
-    if !plan.active || plan.price_minor <= 0 {
-        return Err(Error::precondition(
-            ErrorReason::PlanNotPurchasable,
-            format!("plan:{plan_id}"),
-            format!("plan {plan_id} cannot be bought"),
-        ));
-    }
+    not_purchasable(&plan)?;
     let receipt = session_id.to_string();
     let now = app.clock.now();
     // With RAZORPAY_CARD_MANDATES the purchase registers a card mandate for
@@ -86,25 +80,37 @@ pub async fn create(app: &App, r: &OrderRequest) -> Result<Order> {
         })
         .await?;
     let mut conn = app.conn().await?;
-    let inserted: Option<Order> = diesel::insert_into(orders::table)
-        .values((
-            orders::id.eq(&at_gateway.id),
-            orders::checkout_session_id.eq(session_id),
-            orders::user_id.eq(user_id),
-            orders::plan_id.eq(&plan.id),
-            orders::amount_minor.eq(plan.price_minor),
-            orders::currency.eq(&plan.currency),
-            orders::mandate_max_amount_minor.eq(limits.map(|l| l.max_amount_minor)),
-            orders::mandate_expires_at.eq(limits.map(|l| l.expires_at)),
-            orders::created_at.eq(now),
-            orders::updated_at.eq(now),
-        ))
-        .on_conflict(orders::checkout_session_id)
-        .do_nothing()
-        .returning(Order::as_returning())
-        .get_result(&mut conn)
-        .await
-        .optional()?;
+    // At the price and version read above, which the gateway order carries
+    // (a reprice meanwhile does not change what this customer was shown),
+    // unless the plan was archived meanwhile: the share lock holds off an
+    // archive until the order is in, so none is made after one.
+    let inserted: Option<Order> = conn
+        .transaction(async |c| {
+            not_purchasable(&plans::get_shared(c, plan_id).await?)?;
+            Ok::<_, Error>(
+                diesel::insert_into(orders::table)
+                    .values((
+                        orders::id.eq(&at_gateway.id),
+                        orders::checkout_session_id.eq(session_id),
+                        orders::user_id.eq(user_id),
+                        orders::plan_id.eq(&plan.id),
+                        orders::plan_version.eq(plan.current_version),
+                        orders::amount_minor.eq(plan.price_minor),
+                        orders::currency.eq(&plan.currency),
+                        orders::mandate_max_amount_minor.eq(limits.map(|l| l.max_amount_minor)),
+                        orders::mandate_expires_at.eq(limits.map(|l| l.expires_at)),
+                        orders::created_at.eq(now),
+                        orders::updated_at.eq(now),
+                    ))
+                    .on_conflict(orders::checkout_session_id)
+                    .do_nothing()
+                    .returning(Order::as_returning())
+                    .get_result(c)
+                    .await
+                    .optional()?,
+            )
+        })
+        .await?;
     match inserted {
         Some(order) => Ok(order),
         None => match by_session(&mut conn, session_id).await? {
@@ -112,6 +118,27 @@ pub async fn create(app: &App, r: &OrderRequest) -> Result<Order> {
             None => Err(Error::from(shared::db::DbError::Conflict(format!("order of {session_id} changed")))),
         },
     }
+}
+
+/// FAILED_PRECONDITION `PLAN_NOT_PURCHASABLE` for a plan nobody may buy now:
+/// archived (docs/design.md, "Catalogue"), or without a price (the free plan).
+fn not_purchasable(plan: &plans::Plan) -> Result<()> {
+    let subject = format!("plan:{}", plan.id);
+    if !plan.active {
+        return Err(Error::precondition(
+            ErrorReason::PlanNotPurchasable,
+            subject,
+            format!("plan {} is archived: no new purchases (existing subscriptions go on)", plan.id),
+        ));
+    }
+    if plan.price_minor <= 0 {
+        return Err(Error::precondition(
+            ErrorReason::PlanNotPurchasable,
+            subject,
+            format!("plan {} has no price: it cannot be bought", plan.id),
+        ));
+    }
+    Ok(())
 }
 
 /// The gateway's customer of `user_id` (stored once per user, created at the

@@ -24,6 +24,9 @@ pub enum Error {
     BadSignature,
     #[error(transparent)]
     Gateway(#[from] GatewayError),
+    /// CreatePlan with an id in use: ALREADY_EXISTS `PLAN_EXISTS`.
+    #[error("plan {id} already exists")]
+    PlanExists { id: String },
 }
 
 shared::service_error_conversions!(Error);
@@ -49,6 +52,7 @@ impl From<Error> for Status {
                     [],
                 )
             }
+            Error::PlanExists { id } => status::already_exists(ErrorReason::PlanExists, "plan", &id),
             Error::Gateway(GatewayError::Refused { code, message }) => {
                 tracing::warn!(%code, %message, "payment gateway refused a request");
                 status::precondition(ErrorReason::GatewayRefused, &code, message, [("gateway_code", code.clone())])

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod catalogue_cli;
 pub mod checkout_orders;
 pub mod config;
 pub mod cross_check;

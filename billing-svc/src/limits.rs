@@ -1,6 +1,7 @@
 //! Plan limits, counted only inside the subscription's current billing period
 //! (docs/design.md, Invariants 13): counting all history would lock users
-//! out after a period reset.
+//! out after a period reset. The limits are those of the price version the
+//! subscription is pinned to (docs/design.md, "Catalogue").
 use shared::status::ErrorReason;
 use std::fmt::Display;
 
@@ -9,7 +10,11 @@ use diesel::{prelude::*, sql_types};
 use diesel_async::RunQueryDsl;
 use shared::{db::Conn, ids::UserId};
 
-use crate::{App, Error, Result, plans::Plan, subscriptions::Subscription};
+use crate::{
+    App, Error, Result,
+    plans::{self, Limits, Version},
+    subscriptions::Subscription,
+};
 
 /// Usage inside one billing period.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,43 +51,48 @@ pub async fn period_usage(conn: &mut Conn, user_id: &str, sub: &Subscription, no
     Ok(PeriodUsage { sessions: row.sessions, minutes: row.minutes.max(0) })
 }
 
-fn exceeded(reason: ErrorReason, plan: &Plan, current: i64, limit: i64, what: impl Display) -> Error {
+fn exceeded(reason: ErrorReason, plan_id: &str, current: i64, limit: i64, what: impl Display) -> Error {
     Error::QuotaExceeded {
         reason,
-        plan: plan.id.clone(),
+        plan: plan_id.to_owned(),
         current_usage: current,
         limit,
-        description: format!("{what}: {current} of {limit} used in the current billing period of plan {}", plan.id),
+        description: format!("{what}: {current} of {limit} used in the current billing period of plan {plan_id}"),
     }
 }
 
-/// Whether one more session may start. A limit of 0 means unlimited.
-pub fn check_start(plan: &Plan, sub: &Subscription, used: &PeriodUsage) -> Result<()> {
-    let max_sessions = i64::from(plan.max_sessions_per_period);
-    if max_sessions > 0 && used.sessions >= max_sessions {
-        return Err(exceeded(ErrorReason::SessionLimitExceeded, plan, used.sessions, max_sessions, "session limit reached"));
+/// Whether one more session may start under `sub`'s limits (those of the
+/// version it is pinned to; `None` is unlimited).
+pub fn check_start(limits: &Limits, sub: &Subscription, used: &PeriodUsage) -> Result<()> {
+    let plan_id = sub.plan_id.as_str();
+    if let Some(max) = limits.sessions_per_period.map(i64::from)
+        && used.sessions >= max
+    {
+        return Err(exceeded(ErrorReason::SessionLimitExceeded, plan_id, used.sessions, max, "session limit reached"));
     }
-    let max_minutes = i64::from(plan.max_minutes_per_period);
-    if max_minutes > 0 && used.minutes >= max_minutes {
-        return Err(exceeded(ErrorReason::MinutesLimitExceeded, plan, used.minutes, max_minutes, "minutes limit reached"));
+    if let Some(max) = limits.minutes_per_period.map(i64::from)
+        && used.minutes >= max
+    {
+        return Err(exceeded(ErrorReason::MinutesLimitExceeded, plan_id, used.minutes, max, "minutes limit reached"));
     }
     if sub.credits_remaining <= 0 {
         return Err(Error::QuotaExceeded {
             reason: ErrorReason::NoCredits,
-            plan: plan.id.clone(),
+            plan: plan_id.to_owned(),
             current_usage: sub.credits_granted - sub.credits_remaining,
             limit: sub.credits_granted,
-            description: format!("no credits left in the current billing period of plan {}", plan.id),
+            description: format!("no credits left in the current billing period of plan {plan_id}"),
         });
     }
     Ok(())
 }
 
-/// The current period's usage with its subscription and plan.
+/// The current period's usage with its subscription and the terms it runs
+/// on (the version it is pinned to).
 #[derive(Debug, Clone)]
 pub struct UsageReport {
     pub subscription: Subscription,
-    pub plan: Plan,
+    pub terms: Version,
     pub used: PeriodUsage,
 }
 
@@ -93,23 +103,26 @@ pub async fn report(app: &App, user_id: &UserId) -> Result<UsageReport> {
     let now = app.clock.now();
     let mut c = app.conn().await?;
     let subscription = crate::subscriptions::current(&mut c, user_id, now).await?;
-    let plan = crate::plans::get(&mut c, &subscription.plan_id).await?;
+    let terms = plans::version(&mut c, &subscription.plan_id, subscription.plan_version).await?;
     let used = period_usage(&mut c, user_id, &subscription, now).await?;
-    Ok(UsageReport { subscription, plan, used })
+    Ok(UsageReport { subscription, terms, used })
 }
 
-/// AuthorizeUpload: the plan's max upload size, read from its typed
-/// `max_upload_bytes` column.
-pub async fn authorize_upload(app: &App, user_id: &UserId, size_bytes: i64) -> Result<i64> {
+/// AuthorizeUpload: the largest upload the user's version allows
+/// (`None`: unlimited), or RESOURCE_EXHAUSTED `UPLOAD_TOO_LARGE`.
+pub async fn authorize_upload(app: &App, user_id: &UserId, size_bytes: i64) -> Result<Option<i64>> {
     let report = report(app, user_id).await?;
-    let max = report.plan.max_upload_bytes;
-    if size_bytes > max {
+    let max = report.terms.max_upload_bytes;
+    if let Some(max) = max
+        && size_bytes > max
+    {
+        let plan_id = &report.subscription.plan_id;
         return Err(Error::QuotaExceeded {
             reason: ErrorReason::UploadTooLarge,
-            plan: report.plan.id.clone(),
+            plan: plan_id.clone(),
             current_usage: size_bytes,
             limit: max,
-            description: format!("an upload of {size_bytes} bytes exceeds the {max} bytes plan {} allows", report.plan.id),
+            description: format!("an upload of {size_bytes} bytes exceeds the {max} bytes plan {plan_id} allows"),
         });
     }
     Ok(max)
@@ -119,20 +132,8 @@ pub async fn authorize_upload(app: &App, user_id: &UserId, size_bytes: i64) -> R
 mod tests {
     use super::*;
 
-    fn plan(max_sessions: i32, max_minutes: i32) -> Plan {
-        Plan {
-            id: "p".into(),
-            name: "P".into(),
-            price_minor: 0,
-            currency: "INR".into(),
-            period: crate::plans::Period::Monthly,
-            credits_per_period: 10,
-            deduction_interval_seconds: 600,
-            max_sessions_per_period: max_sessions,
-            max_minutes_per_period: max_minutes,
-            max_upload_bytes: 1,
-            active: true,
-        }
+    fn limits(max_sessions: Option<i32>, max_minutes: Option<i32>) -> Limits {
+        Limits { sessions_per_period: max_sessions, minutes_per_period: max_minutes, upload_bytes: Some(1) }
     }
 
     fn sub(remaining: i64) -> Subscription {
@@ -157,6 +158,7 @@ mod tests {
             gateway_contact: None,
             mandate_max_amount_minor: None,
             mandate_expires_at: None,
+            plan_version: 1,
         }
     }
 
@@ -169,19 +171,35 @@ mod tests {
 
     #[test]
     fn session_limit_boundaries() {
-        let p = plan(5, 0);
-        assert_eq!(reason(check_start(&p, &sub(1), &PeriodUsage { sessions: 4, minutes: 0 })), None);
-        assert_eq!(reason(check_start(&p, &sub(1), &PeriodUsage { sessions: 5, minutes: 0 })), Some("SESSION_LIMIT_EXCEEDED"));
-        assert_eq!(reason(check_start(&p, &sub(1), &PeriodUsage { sessions: 6, minutes: 0 })), Some("SESSION_LIMIT_EXCEEDED"));
-        assert_eq!(reason(check_start(&plan(0, 0), &sub(1), &PeriodUsage { sessions: 1000, minutes: 0 })), None);
+        let l = limits(Some(5), None);
+        assert_eq!(reason(check_start(&l, &sub(1), &PeriodUsage { sessions: 4, minutes: 0 })), None);
+        assert_eq!(reason(check_start(&l, &sub(1), &PeriodUsage { sessions: 5, minutes: 0 })), Some("SESSION_LIMIT_EXCEEDED"));
+        assert_eq!(reason(check_start(&l, &sub(1), &PeriodUsage { sessions: 6, minutes: 0 })), Some("SESSION_LIMIT_EXCEEDED"));
+        assert_eq!(reason(check_start(&limits(None, None), &sub(1), &PeriodUsage { sessions: 1000, minutes: 0 })), None);
     }
 
     #[test]
     fn minutes_and_credits() {
         assert_eq!(
-            reason(check_start(&plan(0, 60), &sub(1), &PeriodUsage { sessions: 0, minutes: 60 })),
+            reason(check_start(&limits(None, Some(60)), &sub(1), &PeriodUsage { sessions: 0, minutes: 60 })),
             Some("MINUTES_LIMIT_EXCEEDED")
         );
-        assert_eq!(reason(check_start(&plan(0, 60), &sub(0), &PeriodUsage { sessions: 0, minutes: 59 })), Some("NO_CREDITS"));
+        assert_eq!(
+            reason(check_start(&limits(None, Some(60)), &sub(0), &PeriodUsage { sessions: 0, minutes: 59 })),
+            Some("NO_CREDITS")
+        );
+    }
+
+    #[test]
+    fn the_old_columns_round_trip_every_limit_a_version_can_hold() {
+        for l in [
+            Limits { sessions_per_period: None, minutes_per_period: None, upload_bytes: None },
+            Limits { sessions_per_period: Some(5), minutes_per_period: Some(60), upload_bytes: Some(0) },
+            Limits { sessions_per_period: Some(i32::MAX), minutes_per_period: None, upload_bytes: Some(1 << 30) },
+        ] {
+            let (s, m, u) = l.to_columns();
+            assert_eq!(Limits::from_columns(s, m, u), l, "{l:?}");
+        }
+        assert_eq!(Limits::from_columns(0, 0, 0).upload_bytes, Some(0), "upload 0 stays: none allowed");
     }
 }

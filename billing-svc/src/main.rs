@@ -69,6 +69,53 @@ enum Command {
         #[command(subcommand)]
         command: SandboxCommand,
     },
+    /// The plan catalogue: list, create and reprice plans through the running
+    /// service's PlanCatalogService (admin token), which checks every change.
+    Plans {
+        #[command(subcommand)]
+        command: PlansCommand,
+        /// billing-svc's address.
+        #[arg(long = "billing-endpoint", env = "BILLING_ENDPOINT", default_value = "http://127.0.0.1:50052", value_parser = parse::trimmed::<String>)]
+        billing_endpoint: String,
+        /// Admin token presented to BILLING_ENDPOINT (one of BILLING_ADMIN_TOKENS).
+        #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret)]
+        admin_token: Secret,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlansCommand {
+    /// Every plan on sale with every price version, the current one marked.
+    List {
+        /// Also the archived plans.
+        #[arg(long)]
+        archived: bool,
+    },
+    /// Create the plans of a JSON file (one plan or a list, as in
+    /// examples/plans/); the same file again within 24 h is a replay.
+    Create {
+        /// The plan file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Only check the plans: nothing is created.
+        #[arg(long)]
+        validate_only: bool,
+    },
+    /// Give a plan a new price: a new version that new purchases buy;
+    /// subscribers keep the version they bought and renew at its price.
+    Reprice {
+        /// The plan's id.
+        plan: String,
+        /// The new price per period, in minor units (49900 = ₹499.00).
+        #[arg(long)]
+        price: i64,
+        /// ISO 4217 code [default: the current version's].
+        #[arg(long)]
+        currency: Option<String>,
+        /// Only check the change: no version is made.
+        #[arg(long)]
+        validate_only: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +165,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.command
     {
         return sandbox_pay(&config, &order_id, webhook.then_some(save_card), &billing_endpoint, &billing_token).await;
+    }
+    if let Command::Plans { command, billing_endpoint, admin_token } = cli.command {
+        return plans(command, &billing_endpoint, &admin_token).await;
     }
     // No database, no work: there is no embedded fallback in this binary.
     let url = shared::config::require_database_url(config.database_url.clone(), "BILLING_DATABASE_URL", "billing")?;
@@ -175,7 +225,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = App::new(config, &url, Clock::system());
             println!("{}", billing_svc::jobs::run_once(&app, job.name()).await?);
         }
-        Command::Sandbox { .. } => {}
+        Command::Sandbox { .. } | Command::Plans { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `billing-svc plans ...` against the running service.
+async fn plans(command: PlansCommand, endpoint: &str, token: &Secret) -> anyhow::Result<ExitCode> {
+    use billing_svc::catalogue_cli::{Catalog, Repriced, describe, describe_version, plans_from_json};
+    if token.is_empty() {
+        anyhow::bail!(
+            "ADMIN_TOKEN (--admin-token) must be set: the catalogue takes an admin token (the stack's is in target/stack/stack.env)"
+        );
+    }
+    let catalog = Catalog::new(endpoint, token.expose())?;
+    let failed =
+        |e: tonic::Status| anyhow::anyhow!("billing at {endpoint} (BILLING_ENDPOINT) answered {:?}: {}", e.code(), e.message());
+    match command {
+        PlansCommand::List { archived } => {
+            for p in catalog.list(archived).await.map_err(failed)? {
+                println!("{}", describe(&p));
+            }
+        }
+        PlansCommand::Create { file, validate_only } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            for mut r in plans_from_json(&text)? {
+                r.validate_only = validate_only;
+                let id = r.plan_id.clone();
+                let plan = catalog.create(&r).await.map_err(|e| anyhow::anyhow!("plan {id}: {}", failed(e)))?;
+                let verb = if validate_only { "would create" } else { "created" };
+                println!("{verb} {}", describe(&plan));
+            }
+        }
+        PlansCommand::Reprice { plan, price, currency, validate_only } => {
+            match catalog.reprice(&plan, price, currency.as_deref(), validate_only).await? {
+                Repriced::Unchanged(_) => println!("{plan}: the current version has that price already; nothing to do"),
+                Repriced::Made(v) if validate_only => println!("{plan}: would make {}", describe_version(&v)),
+                Repriced::Made(v) => {
+                    println!("{plan}: made {} (new purchases buy it; subscribers keep theirs)", describe_version(&v))
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -254,9 +254,10 @@ async fn subscribe(
         return refuse(conn, d, p, now, mode).await;
     }
     let order = if already_paid { order } else { mark_paid(conn, &order.id, p.payment_id, now).await? };
-    let plan = plans::get(conn, &order.plan_id).await?;
+    // The version the order was priced at: what the customer bought.
+    let version = plans::version(conn, &order.plan_id, order.plan_version).await?;
     let saved = p.saved_method.map(|m| (m, order.mandate_limits()));
-    let subscription = subscriptions::create_paid(conn, &order.user_id, &plan, &order.id, live, saved, now).await?;
+    let subscription = subscriptions::create_paid(conn, &order.user_id, &version, &order.id, live, saved, now).await?;
     Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))
 }
 

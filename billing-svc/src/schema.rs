@@ -14,6 +14,24 @@ diesel::table! {
         max_upload_bytes -> BigInt,
         active -> Bool,
         created_at -> Timestamptz,
+        current_version -> Integer,
+        archived_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    plan_versions (plan_id, version) {
+        plan_id -> Text,
+        version -> Integer,
+        price_minor -> BigInt,
+        currency -> Bpchar,
+        period -> Text,
+        credits_per_period -> BigInt,
+        max_sessions_per_period -> Nullable<Integer>,
+        max_minutes_per_period -> Nullable<Integer>,
+        max_upload_bytes -> Nullable<BigInt>,
+        trial_days -> Nullable<Integer>,
+        created_at -> Timestamptz,
     }
 }
 
@@ -39,6 +57,7 @@ diesel::table! {
         pending_payment_id -> Nullable<Text>,
         mandate_max_amount_minor -> Nullable<BigInt>,
         mandate_expires_at -> Nullable<Timestamptz>,
+        plan_version -> Integer,
     }
 }
 
@@ -66,6 +85,7 @@ diesel::table! {
         gateway_contact -> Nullable<Text>,
         mandate_max_amount_minor -> Nullable<BigInt>,
         mandate_expires_at -> Nullable<Timestamptz>,
+        plan_version -> Integer,
     }
 }
 
@@ -195,5 +215,15 @@ diesel::table! {
 
 diesel::joinable!(orders -> plans (plan_id));
 diesel::joinable!(subscriptions -> plans (plan_id));
+diesel::joinable!(plan_versions -> plans (plan_id));
 diesel::joinable!(usage_sessions -> subscriptions (subscription_id));
-diesel::allow_tables_to_appear_in_same_query!(plans, orders, subscriptions, usage_sessions, ledger, deductions, refunds);
+diesel::allow_tables_to_appear_in_same_query!(
+    plans,
+    plan_versions,
+    orders,
+    subscriptions,
+    usage_sessions,
+    ledger,
+    deductions,
+    refunds
+);

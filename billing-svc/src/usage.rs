@@ -105,8 +105,9 @@ pub async fn start(
 async fn start_in_tx(c: &mut Conn, user_id: &str, kind: Kind, now: DateTime<Utc>) -> Result<SessionView> {
     let sub = subscriptions::current_locked(c, user_id, now).await?;
     let plan = plans::get(c, &sub.plan_id).await?;
+    let terms = plans::version(c, &sub.plan_id, sub.plan_version).await?;
     let used = limits::period_usage(c, user_id, &sub, now).await?;
-    limits::check_start(&plan, &sub, &used)?;
+    limits::check_start(&terms.limits(), &sub, &used)?;
     let session = insert(c, user_id, &sub, plan.deduction_interval_seconds, kind, now).await?;
     Ok(SessionView { session, credits_remaining: sub.credits_remaining })
 }

@@ -70,6 +70,7 @@ pub async fn serve(
         pool: app.pool.clone(),
         migrate: |url: String| async move { migrate(&url).await },
         jobs,
+        more: shared::server::MoreServices::none(),
     };
     shared::service::serve(serving, &app.config.common, shutdown).await
 }

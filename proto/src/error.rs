@@ -30,6 +30,7 @@ impl ErrorReason {
                 Code::InvalidArgument
             }
             R::ResourceNotFound => Code::NotFound,
+            R::PlanExists => Code::AlreadyExists,
             R::SessionCompleted
             | R::SessionNotActive
             | R::SessionChanged

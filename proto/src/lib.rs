@@ -40,3 +40,5 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// Health-check service names (the readiness signal of each service).
 pub const CHECKOUT_SERVICE_NAME: &str = "checkout.v1.CheckoutService";
 pub const BILLING_SERVICE_NAME: &str = "billing.v1.BillingService";
+/// billing's plan catalogue (admin), served beside BillingService.
+pub const PLAN_CATALOG_SERVICE_NAME: &str = "billing.v1.PlanCatalogService";

@@ -122,30 +122,68 @@ fn reusable_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
 #[derive(Clone)]
 pub struct Readiness {
     reporter: HealthReporter,
-    name: &'static str,
+    names: Vec<&'static str>,
 }
 
 impl Readiness {
-    /// Reports the named health service SERVING or NOT_SERVING.
+    /// Reports the named health services SERVING or NOT_SERVING.
     pub async fn set(&self, serving: bool) {
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
-        self.reporter.set_service_status(self.name, status).await;
+        for name in &self.names {
+            self.reporter.set_service_status(*name, status).await;
+        }
     }
 }
 
-/// Serves `svc` plus health and reflection on `listener` until `shutdown`
-/// fires, then reports NOT_SERVING and drains in-flight RPCs for at most
-/// `config.shutdown_grace`.
+/// Services a binary serves beside its main one and its event stream
+/// (billing's plan catalogue), on the same listener, layers and drain:
+/// health reports each one as it reports the main one, and reflection
+/// lists them.
+#[derive(Debug, Default)]
+pub struct MoreServices {
+    routes: tonic::service::Routes,
+    names: Vec<&'static str>,
+}
+
+impl MoreServices {
+    /// No further service.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// These services and `svc` (its auth interceptor applied).
+    pub fn with<S, B>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.names.push(S::NAME);
+        self.routes = self.routes.add_service(svc);
+        self
+    }
+}
+
+/// Serves `svc`, `events` and `more` plus health and reflection on
+/// `listener` until `shutdown` fires, then reports NOT_SERVING and drains
+/// in-flight RPCs for at most `config.shutdown_grace`.
 ///
-/// The named health service turns SERVING once `migrate(database_url)` has
-/// run and `pool` answers a ping (retried with backoff while the database is
-/// unreachable).
+/// The named health service (and each of `more`) turns SERVING once
+/// `migrate(database_url)` has run and `pool` answers a ping (retried with
+/// backoff while the database is unreachable).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<S, B, V, VB, M, MF>(
     service_name: &'static str,
     listener: TcpListener,
     svc: S,
     events: V,
+    more: MoreServices,
     config: &CommonConfig,
     shutdown: Shutdown,
     database_url: String,
@@ -175,7 +213,8 @@ where
     MF: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
 {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let readiness = Readiness { reporter: reporter.clone(), name: service_name };
+    let names = std::iter::once(service_name).chain(more.names.iter().copied()).collect();
+    let readiness = Readiness { reporter: reporter.clone(), names };
     readiness.set(false).await;
     tokio::spawn(become_ready(readiness.clone(), shutdown.clone(), move || {
         let (migrated, pool) = (migrate(database_url.clone()), pool.clone());
@@ -187,13 +226,17 @@ where
     }));
 
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(service_name)
             .with_service_name(V::NAME)
-            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.health.v1.Health");
+        for name in &more.names {
+            b = b.with_service_name(*name);
+        }
+        b
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -242,8 +285,9 @@ where
     // The event service's watchers hold no slot of the limit while they
     // stream: a slot is held until a call's response starts, and a stream's
     // starts with its first message (the watchers have a cap of their own).
-    let router = builder
-        .layer(layers)
+    let mut layered = builder.layer(layers);
+    let router = layered
+        .add_routes(more.routes)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

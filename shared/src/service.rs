@@ -92,6 +92,8 @@ pub struct Serving<S, V, M> {
     pub migrate: M,
     /// The service's periodic jobs, spawned on the same [`Shutdown`].
     pub jobs: Vec<JoinHandle<()>>,
+    /// Further services on the same listener (billing's plan catalogue).
+    pub more: server::MoreServices,
 }
 
 /// Serves `s.svc` with [`server::serve`] until `shutdown`, observing the
@@ -122,9 +124,19 @@ where
     MF: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
 {
     let _pool_gauge = crate::metrics::observe_pool(s.pool_name, s.pool.clone());
-    let result =
-        server::serve(s.service_name, s.listener, s.svc, s.events, config, shutdown.clone(), s.database_url, s.pool, s.migrate)
-            .await;
+    let result = server::serve(
+        s.service_name,
+        s.listener,
+        s.svc,
+        s.events,
+        s.more,
+        config,
+        shutdown.clone(),
+        s.database_url,
+        s.pool,
+        s.migrate,
+    )
+    .await;
     shutdown.trigger();
     crate::jobs::drain(s.jobs, config.shutdown_grace).await;
     result

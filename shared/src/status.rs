@@ -34,6 +34,16 @@ pub fn not_found(resource_type: &str, name: &str) -> Status {
     )
 }
 
+/// ALREADY_EXISTS with ResourceInfo: a create whose id is taken.
+pub fn already_exists(reason: ErrorReason, resource_type: &str, name: &str) -> Status {
+    proto::error::status(
+        reason,
+        format!("{resource_type} {name} already exists"),
+        [("resource_type", resource_type.to_owned()), ("resource_name", name.to_owned())],
+        ErrorDetails::with_resource_info(resource_type, name, "", "the id is taken"),
+    )
+}
+
 /// FAILED_PRECONDITION with one PreconditionFailure violation whose type is
 /// the reason's name; metadata `subject` plus `metadata`.
 pub fn precondition(

@@ -1,6 +1,9 @@
 //! gRPC clients that present a bearer token (and optional metadata).
 use proto::{
-    billing::v1::{billing_event_service_client::BillingEventServiceClient, billing_service_client::BillingServiceClient},
+    billing::v1::{
+        billing_event_service_client::BillingEventServiceClient, billing_service_client::BillingServiceClient,
+        plan_catalog_service_client::PlanCatalogServiceClient,
+    },
     checkout::v1::{checkout_event_service_client::CheckoutEventServiceClient, checkout_service_client::CheckoutServiceClient},
 };
 use tonic::{
@@ -32,6 +35,9 @@ impl Interceptor for Bearer {
 pub type CheckoutClient = CheckoutServiceClient<InterceptedService<Channel, Bearer>>;
 pub type BillingClient = BillingServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// billing's plan catalogue (admin RPCs).
+pub type CatalogClient = PlanCatalogServiceClient<InterceptedService<Channel, Bearer>>;
+
 pub type BillingEventsClient = BillingEventServiceClient<InterceptedService<Channel, Bearer>>;
 pub type CheckoutEventsClient = CheckoutEventServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -50,6 +56,10 @@ pub fn channel(addr: &str) -> anyhow::Result<Channel> {
 
 pub fn checkout_client(addr: &str, token: &str) -> anyhow::Result<CheckoutClient> {
     Ok(CheckoutServiceClient::with_interceptor(channel(addr)?, Bearer::new(token)))
+}
+
+pub fn catalog_client(addr: &str, token: &str) -> anyhow::Result<CatalogClient> {
+    Ok(PlanCatalogServiceClient::with_interceptor(channel(addr)?, Bearer::new(token)))
 }
 
 pub fn billing_client(addr: &str, token: &str) -> anyhow::Result<BillingClient> {

@@ -16,7 +16,7 @@ use test_support::pg::PgServer;
 use tokio::sync::OnceCell;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::clients::{BillingClient, CheckoutClient, billing_client, checkout_client};
+use crate::clients::{BillingClient, CatalogClient, CheckoutClient, billing_client, catalog_client, checkout_client};
 pub use crate::options::{Options, billing_config, checkout_config};
 
 pub const SERVICE_TOKEN: &str = "test-service-token";
@@ -119,6 +119,8 @@ pub struct TestApp {
     /// Clients with an admin token.
     pub checkout_admin: CheckoutClient,
     pub billing_admin: BillingClient,
+    /// billing's plan catalogue, with an admin token.
+    pub catalog: CatalogClient,
     pub checkout_db_url: String,
     pub billing_db_url: String,
     /// Library handles on the same databases and clock, for running jobs.
@@ -189,6 +191,7 @@ async fn try_spawn(opts: Options) -> anyhow::Result<TestApp> {
         billing: billing_client(&billing_addr.to_string(), SERVICE_TOKEN)?,
         checkout_admin: checkout_client(&checkout_addr.to_string(), ADMIN_TOKEN)?,
         billing_admin: billing_client(&billing_addr.to_string(), ADMIN_TOKEN)?,
+        catalog: catalog_client(&billing_addr.to_string(), ADMIN_TOKEN)?,
         checkout_app: checkout_svc::App::new(ccfg, &checkout_db_url, clock.clone())?,
         billing_app: billing_svc::App::with_gateway(bcfg, &billing_db_url, clock.clone(), std::sync::Arc::new(gateway.clone())),
         gateway,

@@ -253,3 +253,43 @@ pub async fn wait_for_waiters(observer: &mut AsyncPgConnection, n: i64, within: 
         tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
 }
+
+impl TestApp {
+    /// Adds a paid monthly plan through billing's catalogue, as an operator
+    /// would (600 s intervals, unlimited sessions and minutes, 1 GiB
+    /// uploads).
+    pub async fn create_plan(&self, id: &str, name: &str, price_minor: i64, credits_per_period: i64) -> bpb::CatalogPlan {
+        let r = self.catalog.clone().create_plan(new_plan(id, name, price_minor, credits_per_period)).await;
+        match r {
+            Ok(r) => r.into_inner().plan.unwrap_or_default(),
+            Err(e) => panic!("CreatePlan {id}: {e:?}"),
+        }
+    }
+}
+
+/// A limit of `max`, or unlimited.
+pub fn limit(max: Option<i64>) -> bpb::LimitValue {
+    use bpb::limit_value::Value;
+    bpb::LimitValue { value: Some(max.map_or(Value::Unlimited(true), Value::Max)) }
+}
+
+/// CreatePlan of a paid monthly plan (600 s intervals, unlimited sessions
+/// and minutes, 1 GiB uploads) with a new request_id.
+pub fn new_plan(id: &str, name: &str, price_minor: i64, credits_per_period: i64) -> bpb::CreatePlanRequest {
+    bpb::CreatePlanRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        validate_only: false,
+        plan_id: id.into(),
+        name: name.into(),
+        price_minor,
+        currency: "INR".into(),
+        period: bpb::PlanPeriod::Monthly as i32,
+        credits_per_period,
+        deduction_interval_seconds: 600,
+        limits: Some(bpb::PlanLimitsInput {
+            sessions_per_period: Some(limit(None)),
+            minutes_per_period: Some(limit(None)),
+            upload_bytes: Some(limit(Some(1 << 30))),
+        }),
+    }
+}

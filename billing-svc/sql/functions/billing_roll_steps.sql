@@ -5,12 +5,14 @@
 -- credits each one expires), reads show the last one without writing
 -- (subscriptions::as_of). Writes nothing. At each period end:
 --   leftover credits expire (the state after it has none left);
---   free (calendar months): the month containing p_now, its credits;
+--   free (calendar months): the month containing p_now, with the credits of
+--     the plan's current version, which the month is pinned to (nothing was
+--     bought, so nothing is kept: docs/design.md, "Catalogue");
 --   paid, with the renewal of the next period paid (billing_renewal_paid;
 --     a cancellation at period end turns a paid renewal into money owed
 --     back, so it does not open): that period, anchored at the old
---     period_end, with the plan's credits (repeated while further periods
---     are paid and over);
+--     period_end, with the credits of the version the subscription is
+--     pinned to (repeated while further periods are paid and over);
 --   cancel_at_period_end (and nothing more paid): CANCELLED at period_end;
 --   paid, no paid renewal: PAST_DUE, no credits (the renewal job retries the
 --     charge and expires it after the grace period).
@@ -19,9 +21,17 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
   p record;
   grant_credits bigint;
+  free_version integer;
+  free_credits bigint;
   expired bigint;
 BEGIN
-  SELECT credits_per_period INTO grant_credits FROM plans WHERE id = s.plan_id;
+  SELECT v.credits_per_period INTO grant_credits
+    FROM plan_versions v WHERE v.plan_id = s.plan_id AND v.version = s.plan_version;
+  IF s.calendar_periods THEN
+    SELECT v.version, v.credits_per_period INTO free_version, free_credits
+      FROM plans pl JOIN plan_versions v ON v.plan_id = pl.id AND v.version = pl.current_version
+     WHERE pl.id = s.plan_id;
+  END IF;
   WHILE s.status IN ('ACTIVE', 'PAST_DUE') AND p_now >= s.period_end LOOP
     expired := s.credits_remaining;
     s.credits_remaining := 0;
@@ -29,8 +39,9 @@ BEGIN
       SELECT * INTO p FROM billing_period_at(s.anchor_at, true, p_now);
       s.period_start := p.period_start;
       s.period_end := p.period_end;
-      s.credits_granted := grant_credits;
-      s.credits_remaining := grant_credits;
+      s.plan_version := free_version;
+      s.credits_granted := free_credits;
+      s.credits_remaining := free_credits;
     ELSIF billing_renewal_paid(s.id, s.period_end) THEN
       SELECT * INTO p FROM billing_period_at(s.anchor_at, false, s.period_end);
       s.period_start := p.period_start;

@@ -6,7 +6,7 @@ use crate::{
     deductions::Charged,
     limits::UsageReport,
     orders::{Order, Status as OrderStatus},
-    plans::{Period, Plan},
+    plans::{Limits, Period, Plan},
     reconcile::FindingKind,
     refunds::{Refund, Status as RefundStatus},
     subscriptions::{Status as SubStatus, Subscription},
@@ -15,23 +15,33 @@ use crate::{
     webhooks::EventOutcome,
 };
 
-/// The plan's limits twice: the legacy int fields (0 = unlimited for
-/// sessions and minutes, "none" for uploads) for older readers, and the
-/// explicit [`pb::Limit`]s. Sessions and minutes are unlimited when the
-/// column is not positive, as `limits::check_start` enforces them; uploads
-/// are never unlimited.
+/// Limits twice: the legacy int fields (0 = unlimited for sessions and
+/// minutes, "none" for uploads, whose unlimited is the largest int64) for
+/// older readers, and the explicit [`pb::Limit`]s.
 #[allow(deprecated)] // the legacy fields stay filled
-pub fn limits(p: &Plan) -> pb::PlanLimits {
-    let per_period = |max: i32| {
-        if max > 0 { pb::Limit { unlimited: false, max: i64::from(max) } } else { pb::Limit { unlimited: true, max: 0 } }
-    };
+pub fn limits(l: &Limits) -> pb::PlanLimits {
+    let (sessions, minutes, upload_bytes) = l.to_columns();
     pb::PlanLimits {
-        max_sessions_per_period: p.max_sessions_per_period,
-        max_minutes_per_period: p.max_minutes_per_period,
-        max_upload_bytes: p.max_upload_bytes,
-        sessions_per_period: Some(per_period(p.max_sessions_per_period)),
-        minutes_per_period: Some(per_period(p.max_minutes_per_period)),
-        upload_bytes: Some(pb::Limit { unlimited: false, max: p.max_upload_bytes }),
+        max_sessions_per_period: sessions,
+        max_minutes_per_period: minutes,
+        max_upload_bytes: upload_bytes,
+        sessions_per_period: Some(limit(l.sessions_per_period.map(i64::from))),
+        minutes_per_period: Some(limit(l.minutes_per_period.map(i64::from))),
+        upload_bytes: Some(limit(l.upload_bytes)),
+    }
+}
+
+/// One limit: `None` is unlimited.
+pub fn limit(max: Option<i64>) -> pb::Limit {
+    match max {
+        Some(max) => pb::Limit { unlimited: false, max },
+        None => pb::Limit { unlimited: true, max: 0 },
+    }
+}
+
+pub fn period(p: Period) -> pb::PlanPeriod {
+    match p {
+        Period::Monthly => pb::PlanPeriod::Monthly,
     }
 }
 
@@ -44,14 +54,13 @@ pub fn plan(p: &Plan) -> pb::Plan {
         price_minor: p.price_minor,
         currency: p.currency.clone(),
         period: p.period.as_str().to_owned(),
-        period_code: match p.period {
-            Period::Monthly => pb::PlanPeriod::Monthly,
-        } as i32,
+        period_code: period(p.period) as i32,
         credits_per_period: p.credits_per_period,
         deduction_interval_seconds: p.deduction_interval_seconds,
-        limits: Some(limits(p)),
+        limits: Some(limits(&p.limits())),
         active: p.active,
         etag: p.etag().into(),
+        current_version: p.current_version,
     }
 }
 
@@ -84,6 +93,7 @@ pub fn order(v: &OrderView) -> pb::Order {
             .map(|r| r.amount_minor)
             .sum(),
         refunds: v.refunds.iter().map(refund).collect(),
+        plan_version: o.plan_version,
     }
 }
 
@@ -145,6 +155,7 @@ pub fn subscription_with(s: &Subscription, renewal: Option<&Order>) -> pb::Subsc
         ended_at: opt_to_proto(s.ended_at),
         has_saved_payment_method: s.gateway_token_id.is_some(),
         etag: s.etag().into(),
+        plan_version: s.plan_version,
     }
 }
 
@@ -184,7 +195,7 @@ pub fn charged(c: &Charged) -> pb::UsageSession {
 pub fn usage(user_id: &str, r: &UsageReport) -> pb::Usage {
     pb::Usage {
         user_id: user_id.to_owned(),
-        plan_id: r.plan.id.clone(),
+        plan_id: r.subscription.plan_id.clone(),
         // Nil: a user who never used the service has no row yet.
         subscription_id: if r.subscription.id.is_nil() { String::new() } else { r.subscription.id.to_string() },
         period_start: Some(to_proto(r.subscription.period_start)),
@@ -193,7 +204,7 @@ pub fn usage(user_id: &str, r: &UsageReport) -> pb::Usage {
         minutes_used: r.used.minutes,
         credits_granted: r.subscription.credits_granted,
         credits_remaining: r.subscription.credits_remaining,
-        limits: Some(limits(&r.plan)),
+        limits: Some(limits(&r.terms.limits())),
     }
 }
 

@@ -3,6 +3,7 @@
 //! a spawned task so a cancelled RPC cannot stop a transaction halfway
 //! (docs/design.md, Idempotency).
 mod admin;
+mod catalogue;
 mod convert;
 mod events;
 mod orders;
@@ -19,6 +20,7 @@ use proto::billing::v1::{self as pb, billing_service_server::BillingService};
 use tonic::{Request, Response, Status};
 
 use crate::App;
+pub use catalogue::PlanCatalogGrpc;
 pub use events::{BillingEventGrpc, Event, hub as event_hub};
 
 pub struct BillingGrpc {

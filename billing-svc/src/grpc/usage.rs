@@ -58,7 +58,11 @@ pub(super) async fn authorize_upload(
     let r = AuthorizeUpload::try_from(req.into_inner())?;
     let app = app.clone();
     let max = run(async move { limits::authorize_upload(&app, &r.user_id, r.size_bytes).await }).await?;
-    Ok(Response::new(pb::AuthorizeUploadResponse { allowed: true, max_upload_bytes: max }))
+    Ok(Response::new(pb::AuthorizeUploadResponse {
+        allowed: true,
+        max_upload_bytes: max.unwrap_or(crate::plans::UNLIMITED_UPLOAD_BYTES),
+        upload_bytes: Some(convert::limit(max)),
+    }))
 }
 
 // The hot path: the RPC's server span (method, caller's trace) is its one

@@ -71,6 +71,10 @@ pub struct Order {
     /// saves a token later renewals charge within these limits).
     pub mandate_max_amount_minor: Option<i64>,
     pub mandate_expires_at: Option<DateTime<Utc>>,
+    /// The price version the order buys or renews: its amount is that
+    /// version's price (a foreign key says so).
+    #[serde(default = "crate::plans::version_before_the_catalogue")]
+    pub plan_version: i32,
 }
 
 /// The limits of a recurring mandate a purchase order registered (its

@@ -7,7 +7,8 @@
 //!    EXPIRED and their renewal order CANCELLED (a later payment of it is a
 //!    refundable discrepancy); the user falls back to the free plan.
 //! 2. **open**: from `RENEWAL_LEAD_HOURS` before `period_end`, one renewal
-//!    order per (subscription, next period), at the plan's current price.
+//!    order per (subscription, next period), at the price of the version
+//!    the subscription is pinned to (never the plan's current one).
 //!    The unique key (renews_subscription_id, renews_period_start) makes a
 //!    second replica's insert a no-op.
 //! 3. **collect**: renewal orders of subscriptions with a saved payment

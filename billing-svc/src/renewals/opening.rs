@@ -58,20 +58,22 @@ pub(super) async fn open_due(app: &App, now: DateTime<Utc>, st: Settings, batch:
 }
 
 async fn open_one(app: &App, sub: &Subscription, now: DateTime<Utc>) -> Result<bool> {
-    let plan = plans::get(&mut *app.conn().await?, &sub.plan_id).await?;
-    if plan.price_minor <= 0 {
-        tracing::warn!(subscription_id = %sub.id, plan_id = %plan.id, "plan has no price; nothing to renew");
+    // The version the subscription is pinned to, never the plan's current
+    // price: a subscriber keeps what they bought (docs/design.md, "Catalogue").
+    let terms = plans::version(&mut *app.conn().await?, &sub.plan_id, sub.plan_version).await?;
+    if terms.price_minor <= 0 {
+        tracing::warn!(subscription_id = %sub.id, plan_id = %terms.plan_id, "plan version has no price; nothing to renew");
         return Ok(false);
     }
     let receipt = receipt(sub.id, sub.period_end);
     let at_gateway = app
         .gateway
         .create_order(&NewOrder {
-            amount_minor: plan.price_minor,
-            currency: &plan.currency,
+            amount_minor: terms.price_minor,
+            currency: &terms.currency,
             receipt: &receipt,
             user_id: &sub.user_id,
-            plan_id: &plan.id,
+            plan_id: &terms.plan_id,
             mandate: None,
         })
         .await?;
@@ -81,16 +83,21 @@ async fn open_one(app: &App, sub: &Subscription, now: DateTime<Utc>) -> Result<b
         // Still renewing into this period (not cancelled, replaced or
         // expired meanwhile)? The lock keeps it so until the insert commits.
         let fresh = subscriptions::lock(c, sub.id).await?;
-        if !fresh.status.is_live() || fresh.cancel_at_period_end || fresh.period_end != sub.period_end {
+        if !fresh.status.is_live()
+            || fresh.cancel_at_period_end
+            || fresh.period_end != sub.period_end
+            || fresh.plan_version != sub.plan_version
+        {
             return Ok(false);
         }
         let n = diesel::insert_into(o::table)
             .values((
                 o::id.eq(&at_gateway.id),
                 o::user_id.eq(&sub.user_id),
-                o::plan_id.eq(&plan.id),
-                o::amount_minor.eq(plan.price_minor),
-                o::currency.eq(&plan.currency),
+                o::plan_id.eq(&terms.plan_id),
+                o::plan_version.eq(terms.version),
+                o::amount_minor.eq(terms.price_minor),
+                o::currency.eq(&terms.currency),
                 o::renews_subscription_id.eq(sub.id),
                 o::renews_period_start.eq(sub.period_end),
                 o::next_charge_at.eq(next_charge_at),

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     Error, Result, orders,
-    plans::Plan,
+    plans::{Plan, Version},
     schema::{ledger, subscriptions},
 };
 
@@ -80,6 +80,10 @@ pub struct Subscription {
     /// it ends (None: no limits known, as for the sandbox).
     pub mandate_max_amount_minor: Option<i64>,
     pub mandate_expires_at: Option<DateTime<Utc>>,
+    /// The price version of the plan this subscription bought (its renewals
+    /// charge it, its periods grant its credits within its limits).
+    #[serde(default = "crate::plans::version_before_the_catalogue")]
+    pub plan_version: i32,
 }
 
 impl Subscription {
@@ -111,7 +115,11 @@ impl Subscription {
                 gateway_contact,
                 mandate_max_amount_minor,
                 mandate_expires_at
-            }
+            },
+            // It moves only with a new period (period_start moves with it),
+            // and leaving it out keeps every etag as it read before the
+            // column existed (a rolling deploy's old and new replicas agree).
+            skip { plan_version }
         )
     }
 
@@ -121,7 +129,8 @@ impl Subscription {
     }
 
     /// The free plan's first month (`month`, from [`periods::calendar_month`])
-    /// for a user who has no row yet (nil id).
+    /// for a user who has no row yet (nil id), on the free plan's current
+    /// version.
     fn free_preview(user_id: &str, free: &Plan, month: (DateTime<Utc>, DateTime<Utc>), now: DateTime<Utc>) -> Self {
         let (start, end) = month;
         Subscription {
@@ -145,6 +154,7 @@ impl Subscription {
             gateway_contact: None,
             mandate_max_amount_minor: None,
             mandate_expires_at: None,
+            plan_version: free.current_version,
         }
     }
 }
@@ -259,7 +269,8 @@ async fn take_credits(conn: &mut Conn, from: &Subscription, kind: LedgerKind, no
     Ok(())
 }
 
-/// Creates the subscription a paid order buys. `old`, the user's live
+/// Creates the subscription a paid order buys, pinned to the price
+/// `version` the order was priced at. `old`, the user's live
 /// subscription as the caller locked it (and judged it replaceable), becomes
 /// REPLACED and its remaining credits carry over through a ledger entry (so
 /// the ledger still explains both balances). It is not read again here: a
@@ -269,7 +280,7 @@ async fn take_credits(conn: &mut Conn, from: &Subscription, kind: LedgerKind, no
 pub async fn create_paid(
     conn: &mut Conn,
     user_id: &str,
-    plan: &Plan,
+    version: &Version,
     order_id: &str,
     old: Option<Subscription>,
     saved: Option<(&SavedMethod, Option<MandateLimits>)>,
@@ -296,12 +307,13 @@ pub async fn create_paid(
     }
     // The first anniversary period, [now, now + 1 month), as SQL computes it.
     let (_, end) = periods::period_at(conn, now, false, now).await?;
-    let credits = plan.credits_per_period + carried;
+    let credits = version.credits_per_period + carried;
     let sub = diesel::insert_into(subscriptions::table)
         .values((
             subscriptions::id.eq(id),
             subscriptions::user_id.eq(user_id),
-            subscriptions::plan_id.eq(&plan.id),
+            subscriptions::plan_id.eq(&version.plan_id),
+            subscriptions::plan_version.eq(version.version),
             subscriptions::order_id.eq(order_id),
             subscriptions::status.eq(Status::Active),
             subscriptions::anchor_at.eq(now),

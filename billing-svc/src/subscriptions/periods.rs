@@ -152,11 +152,12 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
     }
     let free = plans::get(conn, FREE_PLAN_ID).await?;
     // Two first uses at once: the partial unique index lets one insert win.
-    // The month is the one `billing_period_at` computes (calendar months).
+    // The month is the one `billing_period_at` computes (calendar months),
+    // on the free plan's current version (its credits are the plan row's).
     diesel::sql_query(
-        "INSERT INTO subscriptions (id, user_id, plan_id, status, anchor_at, calendar_periods, period_start, period_end, \
-             credits_granted, credits_remaining, created_at, updated_at) \
-         SELECT $1, $2, $3, 'ACTIVE', m.period_start, true, m.period_start, m.period_end, $4, $4, $5, $5 \
+        "INSERT INTO subscriptions (id, user_id, plan_id, plan_version, status, anchor_at, calendar_periods, \
+             period_start, period_end, credits_granted, credits_remaining, created_at, updated_at) \
+         SELECT $1, $2, $3, $6, 'ACTIVE', m.period_start, true, m.period_start, m.period_end, $4, $4, $5, $5 \
            FROM billing_period_at($5, true, $5) m \
              ON CONFLICT (user_id) WHERE status IN ('ACTIVE', 'PAST_DUE') DO NOTHING",
     )
@@ -165,6 +166,7 @@ pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) 
     .bind::<sql_types::Text, _>(&free.id)
     .bind::<sql_types::BigInt, _>(free.credits_per_period)
     .bind::<sql_types::Timestamptz, _>(now)
+    .bind::<sql_types::Integer, _>(free.current_version)
     .execute(conn)
     .await?;
     let sub = lock_live(conn, user_id)

@@ -105,11 +105,24 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
     assert_eq!(fake.payments_of(&renewal).len(), 1);
     assert_eq!(scalar(&app, &format!("SELECT count(*) AS n FROM orders WHERE id = '{renewal}' AND status = 'PAID'")).await, 1);
 
-    // The price rises above the mandate's maximum: the next renewal is not
-    // charged; the customer pays it through a renewal checkout.
+    // The subscription moves to a price above the mandate's maximum (a new
+    // version of its plan it is moved to, as an operator's migration of
+    // subscribers does): the next renewal is not charged; the customer pays
+    // it through a renewal checkout.
     scalar(
         &app,
-        "WITH u AS (UPDATE plans SET price_minor = 59900 WHERE id = 'basic-monthly' RETURNING 1) SELECT count(*) AS n FROM u",
+        "WITH v AS (INSERT INTO plan_versions (plan_id, version, price_minor, currency, period, credits_per_period, \
+                        max_sessions_per_period, max_minutes_per_period, max_upload_bytes, created_at) \
+                    SELECT plan_id, 2, 59900, currency, period, credits_per_period, max_sessions_per_period, \
+                        max_minutes_per_period, max_upload_bytes, now() \
+                      FROM plan_versions WHERE plan_id = 'basic-monthly' AND version = 1 RETURNING 1) \
+         SELECT count(*) AS n FROM v",
+    )
+    .await;
+    scalar(
+        &app,
+        "WITH u AS (UPDATE subscriptions SET plan_version = 2 WHERE plan_id = 'basic-monthly' RETURNING 1) \
+         SELECT count(*) AS n FROM u",
     )
     .await;
     clock.set(sub.period_end + chrono::Duration::days(28));

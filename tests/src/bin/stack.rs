@@ -1,8 +1,9 @@
 //! `cargo run --release --bin stack`: PostgreSQL (found or started), the
-//! stack's own two databases migrated (demo plans are seeded by billing's
-//! migrations), both services with their jobs, ready-to-paste grpcurl lines,
-//! and `target/stack/stack.env` for scripts. Ctrl-C or SIGTERM stops
-//! everything.
+//! stack's own two databases migrated, both services with their jobs, the
+//! demo plans (`examples/plans/demo.json`) made sure of through billing's
+//! plan catalogue like any operator's plans (docs/design.md, "Catalogue"),
+//! ready-to-paste grpcurl lines, and `target/stack/stack.env` for scripts.
+//! Ctrl-C or SIGTERM stops everything.
 //!
 //! The databases are the stack's own (docs/design.md, "Development
 //! PostgreSQL"): named `<prefix>_checkout` and `<prefix>_billing`, which no
@@ -185,6 +186,7 @@ async fn run(s: Settings) -> anyhow::Result<ExitCode> {
         tokio::spawn(checkout_svc::serve(ccfg, checkout_db.clone(), checkout_listener, Clock::system(), shutdown.clone()));
     tests::harness::wait_serving(&billing_addr.to_string(), proto::BILLING_SERVICE_NAME).await?;
     tests::harness::wait_serving(&checkout_addr.to_string(), proto::CHECKOUT_SERVICE_NAME).await?;
+    seed_demo_plans(&format!("http://{billing_addr}"), s.admin_token.expose()).await?;
 
     let env = format!(
         "CHECKOUT_ADDR={checkout_addr}\nBILLING_ADDR={billing_addr}\nCHECKOUT_TOKEN={}\nADMIN_TOKEN={}\nBILLING_TOKEN={}\n\
@@ -217,6 +219,22 @@ async fn run(s: Settings) -> anyhow::Result<ExitCode> {
     drop(server); // stops a private cluster, if we started one
     println!("stack: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo plans through the catalogue (CreatePlan with each plan's
+/// request_id, so a re-run is a replay): those absent are created, those
+/// present (from an earlier run, or from billing's first migration, which
+/// created `basic-monthly` and `pro-monthly` before the catalogue existed)
+/// are left as they are.
+async fn seed_demo_plans(billing: &str, admin_token: &str) -> anyhow::Result<()> {
+    use billing_svc::catalogue_cli::{Catalog, DEMO_PLANS, Ensured, plans_from_json};
+    let catalog = Catalog::new(billing, admin_token)?;
+    let seeded =
+        catalog.ensure(&plans_from_json(DEMO_PLANS)?).await.map_err(|e| anyhow::anyhow!("seeding the demo plans: {e}"))?;
+    let said: Vec<String> =
+        seeded.iter().map(|(id, e)| format!("{id} ({})", if *e == Ensured::Created { "created" } else { "present" })).collect();
+    println!("stack: demo plans {}", said.join(", "));
+    Ok(())
 }
 
 fn print_banner(s: &Settings, checkout: &str, billing: &str, webhooks: &str, private_pg: bool) {
@@ -262,6 +280,12 @@ checkout's completion sync completes the session):
   curl -sS -X POST http://{webhooks}/webhooks/razorpay -H "X-Razorpay-Event-Id: $evt" \
       -H "X-Razorpay-Signature: $(printf %s "$body" | openssl dgst -sha256 -hmac "$GATEWAY_WEBHOOK_SECRET" | sed 's/^.* //')" \
       --data-binary "$body"
+
+The plan catalogue (README.md, "Plans"; admin token):
+  set -a; . {env_file}; set +a; cargo run --release -q --bin billing-svc -- plans list
+  cargo run --release -q --bin billing-svc -- plans create --file examples/plans/team.json
+  cargo run --release -q --bin billing-svc -- plans reprice team-monthly --price 349900
+  grpcurl -plaintext -H 'authorization: Bearer {a}' -d '{{"plan_id":"team-monthly"}}' {billing} billing.v1.PlanCatalogService/GetPlan
 
 Renewals, cancellation and refunds (README.md, "Subscription lifecycle"):
   cargo run --release -q --bin billing-svc -- jobs run-once renewals      # renewal orders due within RENEWAL_LEAD_HOURS

@@ -5,6 +5,7 @@
 //! The system tests, one binary (one link of the whole stack instead of one
 //! per file): both services over real sockets, fresh PostgreSQL databases,
 //! the injected clock. A module per area, a file per concern in it:
+//! `catalogue` (plans, price versions, subscribers pinned to theirs),
 //! `checkout` (sessions, races and idempotency keys, completion sync, retired
 //! orders), `payments` (captures and discrepancies), `subscriptions`
 //! (periods, renewals, cancellation, reopening), `refunds`, `usage` (limits,
@@ -15,6 +16,7 @@
 //! holds one test per defence (helpers in `support::guards`).
 //! `tests/tests/telemetry.rs` stays its own binary because it installs
 //! process-wide tracing and metrics providers.
+mod catalogue;
 mod checkout;
 mod contract;
 mod events;

@@ -208,11 +208,7 @@ async fn a_reused_renew_key_whose_other_body_order_was_withdrawn_answers_key_reu
     let app = spawn_app().await;
     let user = "keyrace-renew";
     let mut billing_db = app.billing_db().await;
-    exec(
-        &mut billing_db,
-        "INSERT INTO plans (id, name, price_minor, currency, credits_per_period) VALUES ('team-monthly', 'Team', 299900, 'INR', 3000)",
-    )
-    .await;
+    app.create_plan("team-monthly", "Team", 299900, 3000).await;
     let head = app.create_session(user, "basic-monthly").await;
     let renew = |plan: &'static str| {
         let mut c = app.checkout.clone();

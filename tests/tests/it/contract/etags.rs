@@ -38,11 +38,7 @@ fn renew(id: &str, plan: &str, etag: &str) -> cpb::RenewSessionRequest {
 
 /// A third paid plan, so that concurrent renewals can want different plans.
 async fn add_team_plan(app: &TestApp) {
-    exec(
-        &mut app.billing_db().await,
-        "INSERT INTO plans (id, name, price_minor, currency, credits_per_period) VALUES ('team-monthly', 'Team', 299900, 'INR', 3000)",
-    )
-    .await;
+    app.create_plan("team-monthly", "Team", 299900, 3000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -246,26 +246,19 @@ async fn get_usage_stats_refuses_bad_page_sizes_and_tokens() {
     }
 }
 
-/// Seeds `n` extra plans; every four share a price, so pages must break
-/// ties on the id.
-async fn seed_plans(db: &mut diesel_async::AsyncPgConnection, n: usize) {
-    exec(
-        db,
-        &format!(
-            "INSERT INTO plans (id, name, price_minor, currency, credits_per_period) \
-             SELECT 'extra-' || lpad(i::text, 3, '0'), 'Extra', 1000 * (i / 4), 'INR', 10 \
-               FROM generate_series(0, {}) AS i",
-            n - 1
-        ),
-    )
-    .await;
+/// Seeds `n` extra plans through the catalogue; every four share a price,
+/// so pages must break ties on the id.
+async fn seed_plans(app: &tests::TestApp, n: usize) {
+    for i in 0..n {
+        app.create_plan(&format!("extra-{i:03}"), "Extra", 1000 * (i as i64 / 4 + 1), 10).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn list_plans_pages_cover_every_plan_once_and_page_size_zero_reads_all() {
     let app = spawn_app().await;
     let mut db = app.billing_db().await;
-    seed_plans(&mut db, 23).await;
+    seed_plans(&app, 23).await;
     let mut billing = app.billing.clone();
 
     // Today's callers send no page_size: every plan, cheapest first, no token.

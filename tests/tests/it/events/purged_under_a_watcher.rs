@@ -14,7 +14,7 @@ async fn a_watcher_behind_the_purge_gets_cursor_expired() {
     let n = exec(
         &mut app.billing_db().await,
         "INSERT INTO orders (id, checkout_session_id, user_id, plan_id, amount_minor, currency)
-         SELECT 'bulk_' || g, gen_random_uuid(), 'bulk', 'basic-monthly', 100, 'INR' FROM generate_series(1, 20000) g",
+         SELECT 'bulk_' || g, gen_random_uuid(), 'bulk', 'basic-monthly', 49900, 'INR' FROM generate_series(1, 20000) g",
     )
     .await;
     assert_eq!(n, 20_000);

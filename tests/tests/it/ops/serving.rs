@@ -19,6 +19,10 @@ async fn both_services_report_serving_on_their_named_health_service() {
         let unknown = h.check(HealthCheckRequest { service: "nope.v1.Nope".into() }).await;
         assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
     }
+    // billing's plan catalogue is served beside it, ready with it.
+    let mut h = HealthClient::new(tests::clients::channel(&app.billing_addr.to_string()).unwrap());
+    let s = h.check(HealthCheckRequest { service: proto::PLAN_CATALOG_SERVICE_NAME.into() }).await.unwrap().into_inner();
+    assert_eq!(s.status, ServingStatus::Serving as i32);
 }
 
 async fn list_services(addr: &str) -> Vec<String> {
@@ -40,6 +44,8 @@ async fn reflection_v1alpha_lists_each_service_and_health() {
     assert!(checkout.contains(&"grpc.health.v1.Health".to_owned()), "{checkout:?}");
     let billing = list_services(&app.billing_addr.to_string()).await;
     assert!(billing.contains(&proto::BILLING_SERVICE_NAME.to_owned()), "{billing:?}");
+    assert!(billing.contains(&proto::PLAN_CATALOG_SERVICE_NAME.to_owned()), "{billing:?}");
+    assert!(!checkout.contains(&proto::PLAN_CATALOG_SERVICE_NAME.to_owned()), "{checkout:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

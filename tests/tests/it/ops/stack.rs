@@ -131,6 +131,8 @@ mod databases {
         let (out, up) = run_stack(server, &prefix, &[]).await;
         assert!(up, "{out}");
         assert!(out.contains(&format!("{prefix}_checkout (new)")) && out.contains(&format!("{prefix}_billing (new)")), "{out}");
+        // Billing's first migration made the demo plans; the seed finds them.
+        assert!(out.contains("stack: demo plans basic-monthly (present), pro-monthly (present)"), "{out}");
         let own = format!("{prefix}_checkout");
         exec(&mut connect(&server.url(&own)).await, "CREATE TABLE left_by_a_run (id int)").await;
         let (out, up) = run_stack(server, &prefix, &[]).await;

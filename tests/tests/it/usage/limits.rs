@@ -140,9 +140,16 @@ async fn plan_limits_state_unlimited_explicitly_beside_the_legacy_zeros() {
     assert_eq!((free.max_sessions_per_period, free.max_minutes_per_period, free.max_upload_bytes), (5, 60, 10 << 20));
     assert_eq!((limit(free.sessions_per_period), limit(free.minutes_per_period)), ((false, 5), (false, 60)));
 
-    // A plan that forbids uploads says max 0, not unlimited.
-    let mut db = app.billing_db().await;
-    tests::helpers::exec(&mut db, "UPDATE plans SET max_upload_bytes = 0 WHERE id = 'free'").await;
+    // A plan that forbids uploads says max 0, not unlimited (a new version
+    // of the free plan; a user without a subscription reads it).
+    let no_uploads = bpb::UpdatePlanRequest {
+        plan_id: "free".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["limits.upload_bytes".into()] }),
+        limits: Some(bpb::PlanLimitsInput { upload_bytes: Some(tests::helpers::limit(Some(0))), ..Default::default() }),
+        ..Default::default()
+    };
+    app.catalog.clone().update_plan(no_uploads).await.unwrap();
     let u = app.billing.get_usage(bpb::GetUsageRequest { user_id: "no-uploads".into() }).await.unwrap().into_inner();
     let l = u.usage.unwrap().limits.unwrap();
     assert_eq!((l.max_upload_bytes, limit(l.upload_bytes)), (0, (false, 0)));

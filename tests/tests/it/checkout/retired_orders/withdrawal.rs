@@ -43,11 +43,7 @@ async fn hold_users(app: &TestApp, users: &[&str]) -> diesel_async::AsyncPgConne
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_tabs_changing_plan_at_once_withdraw_the_losers_order_and_the_winner_pays() {
     let app = spawn_app_with(Options { lock_timeout: std::time::Duration::from_secs(20), ..Options::default() }).await;
-    exec(
-        &mut app.billing_db().await,
-        "INSERT INTO plans (id, name, price_minor, currency, credits_per_period) VALUES ('team-monthly', 'Team', 299900, 'INR', 3000)",
-    )
-    .await;
+    app.create_plan("team-monthly", "Team", 299900, 3000).await;
     let user = "two-tabs-renew";
     let s0 = app.create_session(user, "basic-monthly").await;
     let mut holder = hold_users(&app, &[user]).await;

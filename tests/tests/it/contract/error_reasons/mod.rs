@@ -10,7 +10,8 @@
 //! auth, sessions, orders, subscriptions, refunds, usage) in `plain_paths`,
 //! billing failing behind checkout in `billing_failures`, a held row (lock
 //! bound, full server, no free connection, deadline) in `held_rows`, the
-//! event streams' cursors and watcher cap in `events`.
+//! event streams' cursors and watcher cap in `events`, the plan catalogue
+//! in `catalogue`.
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto::error::{ErrorReason as R, all_reasons};
@@ -18,11 +19,13 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 mod billing_failures;
+mod catalogue;
 mod events;
 mod held_rows;
 mod plain_paths;
 
 use billing_failures::walk_billing_failures;
+use catalogue::walk_the_catalogue;
 use events::walk_the_event_streams;
 use held_rows::{walk_a_held_row, walk_no_connection};
 use plain_paths::walk_the_plain_paths;
@@ -91,6 +94,7 @@ async fn every_error_reason_arrives_with_its_code_and_error_info() {
     walk_a_held_row(&mut w).await;
     walk_no_connection(&mut w).await;
     walk_the_event_streams(&mut w).await;
+    walk_the_catalogue(&mut w).await;
 
     let excused: BTreeSet<i32> = NOT_FROM_OUTSIDE.iter().map(|(r, _)| *r as i32).collect();
     let missing: Vec<R> = all_reasons().filter(|r| !w.0.contains_key(&(*r as i32)) && !excused.contains(&(*r as i32))).collect();

@@ -1,0 +1,45 @@
+//! The plan catalogue's refusals (PlanCatalogService), on one stack: a
+//! taken id, bad fields, the free plan, a stale etag, a service token, and
+//! a purchase of an archived plan.
+use proto::{billing::v1 as bpb, error::ErrorReason as R};
+use tests::{clients::catalog_client, harness::SERVICE_TOKEN, helpers::new_plan, spawn_app};
+
+use super::Walk;
+
+pub(super) async fn walk_the_catalogue(w: &mut Walk) {
+    let app = spawn_app().await;
+    let mut cat = app.catalog.clone();
+    let rid = || uuid::Uuid::new_v4().to_string();
+
+    let s = w.saw(R::PlanExists, "CreatePlan(basic-monthly)", cat.create_plan(new_plan("basic-monthly", "Basic", 1, 1)).await);
+    assert_eq!(
+        (Walk::metadata(&s, "resource_type"), Walk::metadata(&s, "resource_name")),
+        ("plan".into(), "basic-monthly".into())
+    );
+    w.saw(R::InvalidField, "CreatePlan(not a slug)", cat.create_plan(new_plan("Not A Slug", "X", 1, 1)).await);
+    let r = bpb::PlanCatalogServiceGetPlanRequest { plan_id: "gold".into() };
+    w.saw(R::ResourceNotFound, "PlanCatalogService.GetPlan(gold)", cat.get_plan(r).await);
+    let archive_free = bpb::ArchivePlanRequest { plan_id: "free".into(), request_id: rid(), ..Default::default() };
+    w.saw(R::FreePlan, "ArchivePlan(free)", cat.archive_plan(archive_free).await);
+    let stale = bpb::CreatePriceVersionRequest {
+        plan_id: "pro-monthly".into(),
+        request_id: rid(),
+        etag: "0123456789abcdef".into(),
+        price_minor: 1,
+        currency: "INR".into(),
+        ..Default::default()
+    };
+    w.saw(R::EtagMismatch, "CreatePriceVersion(stale etag)", cat.create_price_version(stale).await);
+    let mut service = catalog_client(&app.billing_addr.to_string(), SERVICE_TOKEN).unwrap();
+    let r = service.list_plans(bpb::PlanCatalogServiceListPlansRequest::default()).await;
+    w.saw(R::AdminRequired, "PlanCatalogService.ListPlans with a service token", r);
+
+    let archive = bpb::ArchivePlanRequest { plan_id: "pro-monthly".into(), request_id: rid(), ..Default::default() };
+    cat.archive_plan(archive).await.unwrap();
+    let order = bpb::CreateOrderRequest {
+        checkout_session_id: uuid::Uuid::new_v4().to_string(),
+        user_id: "late".into(),
+        plan_id: "pro-monthly".into(),
+    };
+    w.saw(R::PlanNotPurchasable, "CreateOrder(archived plan)", app.billing.clone().create_order(order).await);
+}
