@@ -1,6 +1,7 @@
 //! The `loadgen` benchmark: drives a running stack over real gRPC with N
 //! concurrent workers for a fixed time, after a warm-up, and reports
 //! throughput, latency percentiles (hdrhistogram) and errors by status.
+pub mod acks;
 pub mod events;
 pub mod scenarios;
 
@@ -17,6 +18,8 @@ use std::{
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use tonic::Status;
+
+use crate::loadgen::scenarios::Timing;
 
 /// `KEY=value` lines of `target/stack/stack.env`.
 pub fn read_env_file(path: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -140,16 +143,12 @@ struct Shared {
     ok_total: AtomicU64,
 }
 
-/// Runs `op(worker, iteration)` on `concurrency` workers: `warmup` first
-/// (not measured), then `duration` measured. A progress line goes to stderr
-/// every second.
-pub async fn run<F, Fut>(
-    scenario: &str,
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-    op: F,
-) -> anyhow::Result<Report>
+/// Runs `op(worker, iteration)` on `timing.concurrency` workers: `warmup`
+/// first (not measured), then `duration` measured; with a `rate`, the
+/// workers together start at most that many operations a second (a worker
+/// that fell behind, e.g. retrying through a failover, does not catch up in
+/// a burst). A progress line goes to stderr every second.
+pub async fn run<F, Fut>(scenario: &str, timing: &Timing, op: F) -> anyhow::Result<Report>
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send,
@@ -160,6 +159,9 @@ where
         ops: AtomicU64::new(0),
         ok_total: AtomicU64::new(0),
     });
+    let Timing { concurrency, warmup, duration, rate } = *timing;
+    // Each worker's share of the rate: one start every `pace`.
+    let pace = (rate > 0.0).then(|| Duration::from_secs_f64(concurrency as f64 / rate));
     let op = Arc::new(op);
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -175,7 +177,12 @@ where
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut i = 0u64;
+            let mut next = pace.map(|p| start + p.mul_f64(w as f64 / concurrency as f64));
             loop {
+                if let (Some(at), Some(p)) = (next, pace) {
+                    tokio::time::sleep_until(at.into()).await;
+                    next = Some((at + p).max(Instant::now()));
+                }
                 let t0 = Instant::now();
                 if t0 >= end {
                     break;
@@ -260,4 +267,19 @@ where
         cpu_s,
         ok_total: shared.ok_total.load(Ordering::Relaxed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rate_caps_the_operations_started() {
+        let timing = |rate| Timing { concurrency: 2, warmup: Duration::ZERO, duration: Duration::from_millis(300), rate };
+        let paced = run("paced", &timing(50.0), |_, _| async { Ok(()) }).await.map(|r| r.ok_total).ok();
+        // 50/s for 0.3 s: 15 starts, and one more per worker at the edges.
+        assert!(paced.is_some_and(|n| n <= 17), "{paced:?} operations");
+        let free = run("free", &timing(0.0), |_, _| async { Ok(()) }).await.map(|r| r.ok_total).ok();
+        assert!(free.is_some_and(|n| n > 17), "{free:?} operations without a rate");
+    }
 }
