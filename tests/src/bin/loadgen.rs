@@ -74,7 +74,7 @@ struct Args {
     /// Operations started per second by all workers together (0: as fast as they go); a worker that fell behind does not catch up in a burst.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Send a call that failed with UNAVAILABLE, ABORTED with RetryInfo, no answer within 10 s or a broken connection again, with the same ids, after RetryInfo's delay, for up to this many seconds (0: never); the report's retried_<code> counts those failures (tests/ha/README.md).
+    /// Send a call that failed with UNAVAILABLE, ABORTED with RetryInfo, no answer within 10 s or a broken connection again, with the same ids, after RetryInfo's delay, for up to this many seconds (0: never); the report's `retried_<code>` counts those failures (tests/ha/README.md).
     #[arg(long, default_value_t = 0)]
     retry: u64,
     /// Append every acknowledged operation's ids (deduct: usage session and deduction id; verify-payment: order and payment id; webhook: event and order id) and every failed attempt's status code to this file, a line each with the time in unix milliseconds (tests/ha/README.md).
