@@ -39,7 +39,7 @@ struct Args {
     /// Concurrent workers (each with its own HTTP/2 connection); a comma-separated list runs one sweep level each.
     #[arg(long, value_delimiter = ',', default_value = "8")]
     concurrency: Vec<usize>,
-    /// Measured seconds.
+    /// Measured seconds (Ctrl-C or SIGTERM ends them early; the checks and the report still follow).
     #[arg(long, default_value_t = 15)]
     duration: u64,
     /// Warm-up seconds before measuring.
@@ -97,6 +97,15 @@ async fn main() -> anyhow::Result<()> {
     }
     loadgen::watch_cpu(watched);
     loadgen::acks::init(args.ack_log.as_deref(), Duration::from_secs(args.retry))?;
+    // Ctrl-C or SIGTERM ends the measured window early; the checks and the
+    // report follow. A second one ends loadgen at once.
+    tokio::spawn(async {
+        shared::server::termination_signal().await;
+        eprintln!("\nloadgen: stopping early (again to quit now)");
+        loadgen::stop();
+        shared::server::termination_signal().await;
+        std::process::exit(130);
+    });
     let levels: Vec<usize> = args.concurrency.iter().map(|c| (*c).max(1)).collect();
     let timing = |concurrency: usize| Timing {
         concurrency,

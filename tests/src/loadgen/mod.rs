@@ -61,6 +61,20 @@ pub fn measured_windows() -> Vec<(SystemTime, SystemTime)> {
     WINDOWS.lock().map(|w| w.clone()).unwrap_or_default()
 }
 
+/// Set by [`stop`]: the measured windows end now.
+static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Ends the measured window of the running (and any later) run early, as
+/// if its duration were over: its checks and report still follow (loadgen
+/// calls this on SIGINT or SIGTERM).
+pub fn stop() {
+    STOPPED.store(true, Ordering::Relaxed);
+}
+
+fn stopped() -> bool {
+    STOPPED.load(Ordering::Relaxed)
+}
+
 type Watched = (String, u32, Option<String>);
 static WATCHED: std::sync::OnceLock<Vec<Watched>> = std::sync::OnceLock::new();
 
@@ -147,7 +161,8 @@ struct Shared {
 /// first (not measured), then `duration` measured; with a `rate`, the
 /// workers together start at most that many operations a second (a worker
 /// that fell behind, e.g. retrying through a failover, does not catch up in
-/// a burst). A progress line goes to stderr every second.
+/// a burst). [`stop`] ends the measured window early. A progress line
+/// goes to stderr every second.
 pub async fn run<F, Fut>(scenario: &str, timing: &Timing, op: F) -> anyhow::Result<Report>
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
@@ -184,7 +199,7 @@ where
                     next = Some((at + p).max(Instant::now()));
                 }
                 let t0 = Instant::now();
-                if t0 >= end {
+                if t0 >= end || stopped() {
                     break;
                 }
                 let r = op(w, i).await;
@@ -222,7 +237,7 @@ where
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let now = Instant::now();
-                if now >= end {
+                if now >= end || stopped() {
                     break;
                 }
                 let ops = shared.ops.load(Ordering::Relaxed);
@@ -250,7 +265,8 @@ where
     let _ = progress.await;
     let hist = shared.hist.lock().await;
     let ops = shared.ops.load(Ordering::Relaxed);
-    let secs = duration.as_secs_f64();
+    // Shorter than `duration` when stopped early.
+    let secs = Instant::now().min(end).saturating_duration_since(measure_from).as_secs_f64().max(0.001);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(Report {
         scenario: scenario.to_owned(),
