@@ -197,6 +197,12 @@ else
   failed+=("reconcile found inconsistencies (above)")
 fi
 
+# A task that panicked (an event tail, a job) would go on unnoticed in a service that stays up.
+if grep -q 'panicked at' "$WORK/stack.log"; then
+  grep -A1 'panicked at' "$WORK/stack.log" >&2
+  failed+=("a task of the services panicked (above)")
+fi
+
 "$HA_PYTHON" tests/ha/check.py --work "$WORK" --port "$(ha_pg_port "$leader")" --database payments_ha_billing ||
   failed+=("check.py: violations (above)")
 if [ "${#failed[@]}" != 0 ]; then
