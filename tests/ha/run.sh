@@ -48,7 +48,9 @@ build=(cargo build -q --locked --bin stack --bin loadgen --bin billing-svc)
 "${build[@]}"
 BIN=target/$PROFILE
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/payments-ha.XXXXXX")
+# Under /tmp (not $TMPDIR, which may be a private directory the `postgres`
+# user cannot enter).
+WORK=$(mktemp -d "${HA_TMPDIR:-/tmp}/payments-ha.XXXXXX")
 chmod 755 "$WORK"
 STACK_PID= MONITOR_PID=
 LOADGEN_PIDS=()
