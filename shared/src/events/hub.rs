@@ -174,7 +174,9 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 let notified = async {
                     match listener.as_mut() {
                         Some(l) => {
-                            let mut stream = std::pin::pin!(l.notifications_stream());
+                            // Fused: once the connection is gone the stream
+                            // has ended, and polling it again would panic.
+                            let mut stream = std::pin::pin!(l.notifications_stream().fuse());
                             let got = stream.next().await.is_some();
                             // One read for every notification already here:
                             // a burst of commits is one wake-up.
