@@ -33,6 +33,15 @@ struct PlanSpec {
     credits_per_period: i64,
     deduction_interval_seconds: i32,
     limits: LimitsSpec,
+    /// Days of the trial a first purchase may start; absent or 0: none
+    /// (left out of the canonical form then, so a plan file from before
+    /// trials derives the same request_id).
+    #[serde(default, skip_serializing_if = "no_trial")]
+    trial_days: i32,
+}
+
+fn no_trial(days: &i32) -> bool {
+    *days == 0
 }
 
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
@@ -104,6 +113,7 @@ impl PlanSpec {
                 minutes_per_period: Some(self.limits.minutes_per_period.value()),
                 upload_bytes: Some(self.limits.upload_bytes.value()),
             }),
+            trial_days: self.trial_days,
         }
     }
 }
@@ -267,6 +277,8 @@ impl Catalog {
             etag: shown.etag,
             price_minor,
             currency,
+            // The current version's trial, as its credits and limits.
+            trial_days: None,
         };
         let budget = Budget::new(CALL_BUDGET);
         let out = retry(budget, ATTEMPTS, || {
