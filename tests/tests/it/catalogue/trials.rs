@@ -16,7 +16,11 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use super::{reprice_request, ts};
-use crate::{subscriptions::subscribe_with_saved_card, support::precondition_type};
+use crate::{
+    events::{list_all, type_name},
+    subscriptions::subscribe_with_saved_card,
+    support::precondition_type,
+};
 
 const PRICE: i64 = 30_000;
 const CREDITS: i64 = 200;
@@ -87,6 +91,16 @@ async fn a_trial_converts_at_its_end_by_charging_the_saved_card_the_pinned_price
     assert_eq!(scalar(&mut db, &sql).await, 1, "one charge of the pinned version's price, for the first paid period");
     assert_eq!(super::orders_off_their_version(&mut db).await, 0);
     assert!(app.reconcile(false).await.is_empty(), "a trial is no subscription without a paid order");
+
+    // Events: the existing types, the payload carrying trial_end.
+    let events = list_all(&app).await;
+    let of_trial: Vec<&bpb::BillingEvent> = events.iter().filter(|e| e.entity_id == trial.id).collect();
+    let names: Vec<&str> = of_trial.iter().map(|e| type_name(e)).collect();
+    assert_eq!(names, ["SUBSCRIPTION_ACTIVATED", "SUBSCRIPTION_RENEWED"], "a trial starts and converts");
+    for e in of_trial {
+        let Some(bpb::billing_event::Payload::Subscription(s)) = &e.payload else { panic!("{e:?}") };
+        assert_eq!(ts(&s.trial_end), trial_end, "{e:?}");
+    }
     assert_ledger_matches_balances(&mut db).await;
 }
 
