@@ -163,6 +163,33 @@ async fn a_past_due_trial_paid_through_checkout_opens_its_first_paid_period() {
     assert_ledger_matches_balances(&mut app.billing_db().await).await;
 }
 
+/// A trial cancelled at period end never converts: no renewal order, and
+/// at trial_end it is CANCELLED, nothing charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trial_cancelled_at_period_end_ends_at_trial_end_uncharged() {
+    let app = spawn_app().await;
+    plan_with_trial(&app, "trial-pro").await;
+    let trial = start_trial(&app, "quitter", "trial-pro").await.unwrap().subscription.unwrap();
+    let end = ts(&trial.trial_end);
+    let cancel = bpb::CancelSubscriptionRequest {
+        id: trial.id.clone(),
+        user_id: "quitter".into(),
+        policy: bpb::CancellationPolicy::AtPeriodEnd as i32,
+        ..Default::default()
+    };
+    let c = app.billing.clone().cancel_subscription(cancel).await.unwrap().into_inner();
+    assert!(c.subscription.unwrap().cancel_at_period_end, "a trial is cancellable, not the free plan");
+    app.clock.set(end - Duration::hours(48));
+    assert!(app.run_job("renewals").await.contains("0 renewal orders created"));
+    app.clock.set(end);
+    app.run_job("rollover").await;
+    let ended = app.subscription(&trial.id).await;
+    assert_eq!((ended.status, ts(&ended.ended_at)), (bpb::SubscriptionStatus::Cancelled as i32, end));
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE user_id = 'quitter'").await, 0);
+    assert_ledger_matches_balances(&mut db).await;
+}
+
 /// One trial per (user, plan): 20 concurrent StartTrial calls of one user
 /// start exactly one trial (the others answer it, replayed) and charge
 /// nothing; the database refuses a second trial row whatever the code does;
