@@ -156,6 +156,7 @@ pub fn subscription_with(s: &Subscription, renewal: Option<&Order>) -> pb::Subsc
         has_saved_payment_method: s.gateway_token_id.is_some(),
         etag: s.etag().into(),
         plan_version: s.plan_version,
+        trial_end: opt_to_proto(s.trial_end),
     }
 }
 
