@@ -48,6 +48,7 @@ fn no_trial(days: &i32) -> bool {
 #[serde(rename_all = "lowercase")]
 enum SpecPeriod {
     Monthly,
+    Yearly,
 }
 
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
@@ -105,6 +106,7 @@ impl PlanSpec {
             currency: self.currency.clone(),
             period: match self.period {
                 SpecPeriod::Monthly => pb::PlanPeriod::Monthly,
+                SpecPeriod::Yearly => pb::PlanPeriod::Yearly,
             } as i32,
             credits_per_period: self.credits_per_period,
             deduction_interval_seconds: self.deduction_interval_seconds,

@@ -1,4 +1,4 @@
-DROP FUNCTION billing_period_at(timestamptz, boolean, timestamptz);
+DROP FUNCTION billing_period_at;
 ALTER TABLE reconcile_audit DROP COLUMN note;
 ALTER TABLE orders DROP COLUMN seq;
 DROP INDEX webhook_events_rejected_idx;

@@ -11,8 +11,10 @@
 --   paid, with the renewal of the next period paid (billing_renewal_paid;
 --     a cancellation at period end turns a paid renewal into money owed
 --     back, so it does not open): that period, anchored at the old
---     period_end, with the credits of the version the subscription is
---     pinned to (repeated while further periods are paid and over);
+--     period_end and as long as the pinned version's period (a month or a
+--     year from the anchor: billing_period_at), with the credits of the
+--     version the subscription is pinned to (repeated while further periods
+--     are paid and over);
 --   cancel_at_period_end (and nothing more paid): CANCELLED at period_end;
 --   paid, no paid renewal: PAST_DUE, no credits (the renewal job retries the
 --     charge and expires it after the grace period).
@@ -21,11 +23,12 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
   p record;
   grant_credits bigint;
+  months integer;
   free_version integer;
   free_credits bigint;
   expired bigint;
 BEGIN
-  SELECT v.credits_per_period INTO grant_credits
+  SELECT v.credits_per_period, CASE v.period WHEN 'yearly' THEN 12 ELSE 1 END INTO grant_credits, months
     FROM plan_versions v WHERE v.plan_id = s.plan_id AND v.version = s.plan_version;
   IF s.calendar_periods THEN
     SELECT v.version, v.credits_per_period INTO free_version, free_credits
@@ -43,7 +46,7 @@ BEGIN
       s.credits_granted := free_credits;
       s.credits_remaining := free_credits;
     ELSIF billing_renewal_paid(s.id, s.period_end) THEN
-      SELECT * INTO p FROM billing_period_at(s.anchor_at, false, s.period_end);
+      SELECT * INTO p FROM billing_period_at(s.anchor_at, false, s.period_end, months);
       s.period_start := p.period_start;
       s.period_end := p.period_end;
       s.credits_granted := grant_credits;

@@ -42,6 +42,7 @@ pub fn limit(max: Option<i64>) -> pb::Limit {
 pub fn period(p: Period) -> pb::PlanPeriod {
     match p {
         Period::Monthly => pb::PlanPeriod::Monthly,
+        Period::Yearly => pb::PlanPeriod::Yearly,
     }
 }
 

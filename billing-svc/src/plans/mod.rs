@@ -26,10 +26,21 @@ pub fn version_before_the_catalogue() -> i32 {
 }
 
 shared::text_enum! {
-    /// Length of a billing period. The database allows "yearly" too, for
-    /// yearly plans, which nothing offers yet.
+    /// Length of a billing period: a paid subscription's periods are this
+    /// many months from its anchor ([`Period::months`]).
     pub enum Period {
         Monthly = "monthly",
+        Yearly = "yearly",
+    }
+}
+
+impl Period {
+    /// Months per period, as `billing_period_at` takes them.
+    pub fn months(self) -> i32 {
+        match self {
+            Period::Monthly => 1,
+            Period::Yearly => 12,
+        }
     }
 }
 

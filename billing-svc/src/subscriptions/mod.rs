@@ -316,8 +316,9 @@ pub async fn create_paid(
         orders::cancel_renewals_of(conn, old.id, now).await?;
         refund_unused_renewals(conn, old, now).await?;
     }
-    // The first anniversary period, [now, now + 1 month), as SQL computes it.
-    let (_, end) = periods::period_at(conn, now, false, now).await?;
+    // The first anniversary period, [now, now + 1 month or year), as SQL
+    // computes it from the version's period.
+    let (_, end) = periods::period_at(conn, now, false, now, version.period.months()).await?;
     let credits = version.credits_per_period + carried;
     let sub = diesel::insert_into(subscriptions::table)
         .values((

@@ -83,17 +83,19 @@ pub async fn as_of(conn: &mut Conn, sub: Subscription, now: DateTime<Utc>) -> Re
 /// The calendar month containing `now` (the free plan's periods), as the
 /// SQL that opens them computes it (`billing_period_at`).
 pub async fn calendar_month(conn: &mut Conn, now: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
-    period_at(conn, now, true, now).await
+    period_at(conn, now, true, now, 1).await
 }
 
 /// The billing period containing `at` of a subscription anchored at
-/// `anchor` (calendar months, or anniversary months from the anchor), as
-/// `billing_period_at` computes it: periods are SQL's arithmetic only.
+/// `anchor` (calendar months, or anniversary periods of `months` months from
+/// the anchor: 1 monthly, 12 yearly, [`Period::months`](crate::plans::Period::months)),
+/// as `billing_period_at` computes it: periods are SQL's arithmetic only.
 pub async fn period_at(
     conn: &mut Conn,
     anchor: DateTime<Utc>,
     calendar: bool,
     at: DateTime<Utc>,
+    months: i32,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
     #[derive(QueryableByName)]
     struct Period {
@@ -102,10 +104,11 @@ pub async fn period_at(
         #[diesel(sql_type = sql_types::Timestamptz)]
         period_end: DateTime<Utc>,
     }
-    let p: Period = diesel::sql_query("SELECT period_start, period_end FROM billing_period_at($1, $2, $3)")
+    let p: Period = diesel::sql_query("SELECT period_start, period_end FROM billing_period_at($1, $2, $3, $4)")
         .bind::<sql_types::Timestamptz, _>(anchor)
         .bind::<sql_types::Bool, _>(calendar)
         .bind::<sql_types::Timestamptz, _>(at)
+        .bind::<sql_types::Integer, _>(months)
         .get_result(conn)
         .await?;
     Ok((p.period_start, p.period_end))

@@ -133,12 +133,13 @@ impl TryFrom<pb::CreatePlanRequest> for CreatePlan {
         let currency = currency(&mut v, &r.currency);
         let period = match pb::PlanPeriod::try_from(r.period) {
             Ok(pb::PlanPeriod::Monthly) => Period::Monthly,
+            Ok(pb::PlanPeriod::Yearly) => Period::Yearly,
             Ok(pb::PlanPeriod::Unspecified) => {
-                v.add("period", "is required: PLAN_PERIOD_MONTHLY");
+                v.add("period", "is required: PLAN_PERIOD_MONTHLY or PLAN_PERIOD_YEARLY");
                 Period::Monthly
             }
             Err(_) => {
-                v.add("period", "unknown period: PLAN_PERIOD_MONTHLY");
+                v.add("period", "unknown period: PLAN_PERIOD_MONTHLY or PLAN_PERIOD_YEARLY");
                 Period::Monthly
             }
         };

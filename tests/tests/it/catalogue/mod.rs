@@ -9,6 +9,7 @@
 mod bad_input;
 mod changes;
 mod operator_cli;
+mod periods;
 mod pinned_versions;
 mod races;
 mod trials;

@@ -238,7 +238,10 @@ async fn a_database_migrated_before_the_function_files_converges_to_them() {
     .execute(&mut db)
     .await
     .unwrap();
-    diesel::sql_query("DROP FUNCTION billing_period_at(timestamptz, boolean, timestamptz)").execute(&mut db).await.unwrap();
+    diesel::sql_query("DROP FUNCTION billing_period_at(timestamptz, boolean, timestamptz, integer)")
+        .execute(&mut db)
+        .await
+        .unwrap();
     assert!(billing_svc::app::migrate(&url).await.unwrap().is_empty(), "no migration was pending");
     assert_functions_are_the_files(&url, billing_svc::app::FUNCTIONS).await;
 
