@@ -55,8 +55,10 @@ where
 pub fn shutdown_on_signal() -> Shutdown {
     let shutdown = Shutdown::new();
     let trigger = shutdown.clone();
+    // The handler is installed here, before the service says it is ready.
+    let signal = server::termination_signal();
     tokio::spawn(async move {
-        server::termination_signal().await;
+        signal.await;
         trigger.trigger();
     });
     shutdown

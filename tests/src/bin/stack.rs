@@ -204,9 +204,11 @@ async fn run(s: Settings) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&s.env_file, &env)?;
+    // Listening for SIGTERM before the banner says the stack is up.
+    let stop = shared::server::termination_signal();
     print_banner(&s, &checkout_addr.to_string(), &billing_addr.to_string(), &billing_http_addr.to_string(), server.is_private());
 
-    shared::server::termination_signal().await;
+    stop.await;
     println!("\nstack: stopping (draining in-flight requests)...");
     shutdown.trigger();
     for task in [billing, checkout] {
