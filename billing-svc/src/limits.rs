@@ -159,6 +159,7 @@ mod tests {
             mandate_max_amount_minor: None,
             mandate_expires_at: None,
             plan_version: 1,
+            next_plan_version: None,
         }
     }
 

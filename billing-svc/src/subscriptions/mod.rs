@@ -84,6 +84,11 @@ pub struct Subscription {
     /// charge it, its periods grant its credits within its limits).
     #[serde(default = "crate::plans::version_before_the_catalogue")]
     pub plan_version: i32,
+    /// The version a migration of the plan's subscribers scheduled
+    /// (docs/design.md, "Catalogue"): the next renewal order opened charges
+    /// it, and the period that order pays pins it. None: `plan_version`.
+    #[serde(default)]
+    pub next_plan_version: Option<i32>,
 }
 
 impl Subscription {
@@ -119,7 +124,9 @@ impl Subscription {
             // It moves only with a new period (period_start moves with it),
             // and leaving it out keeps every etag as it read before the
             // column existed (a rolling deploy's old and new replicas agree).
-            skip { plan_version }
+            // next_plan_version likewise: an operator's migration schedules
+            // it, not a change the subscriber makes or conditions on.
+            skip { plan_version, next_plan_version }
         )
     }
 
@@ -155,6 +162,7 @@ impl Subscription {
             mandate_max_amount_minor: None,
             mandate_expires_at: None,
             plan_version: free.current_version,
+            next_plan_version: None,
         }
     }
 }

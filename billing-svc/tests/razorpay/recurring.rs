@@ -107,8 +107,9 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
 
     // The subscription moves to a price above the mandate's maximum (a new
     // version of its plan it is moved to, as an operator's migration of
-    // subscribers does): the next renewal is not charged; the customer pays
-    // it through a renewal checkout.
+    // subscribers schedules it: next_plan_version, which the next renewal
+    // order opened charges): the next renewal is not charged; the customer
+    // pays it through a renewal checkout.
     scalar(
         &app,
         "WITH v AS (INSERT INTO plan_versions (plan_id, version, price_minor, currency, period, credits_per_period, \
@@ -121,7 +122,7 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
     .await;
     scalar(
         &app,
-        "WITH u AS (UPDATE subscriptions SET plan_version = 2 WHERE plan_id = 'basic-monthly' RETURNING 1) \
+        "WITH u AS (UPDATE subscriptions SET next_plan_version = 2 WHERE plan_id = 'basic-monthly' RETURNING 1) \
          SELECT count(*) AS n FROM u",
     )
     .await;
