@@ -394,3 +394,31 @@ async fn a_customer_is_never_shared_between_users() {
     drop(app);
     server.drop_database(&db).await.unwrap();
 }
+
+/// A yearly plan's purchase asks Razorpay for a mandate debited yearly (the
+/// plan's billing period), not monthly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yearly_plan_registers_a_yearly_mandate() {
+    let (fake, base) = start_fake().await;
+    let (app, _clock, _db, _server) = app_with_fake(&base).await;
+    // A yearly plan and its version 1, as CreatePlan makes them.
+    scalar(
+        &app,
+        "WITH p AS (INSERT INTO plans (id, name, price_minor, currency, period, credits_per_period, \
+                        deduction_interval_seconds, max_sessions_per_period, max_minutes_per_period, max_upload_bytes, \
+                        active, created_at, current_version) \
+                    VALUES ('team-yearly', 'Team yearly', 1200000, 'INR', 'yearly', 4000, 600, 0, 0, 1073741824, true, now(), 1) \
+                    RETURNING id), \
+              v AS (INSERT INTO plan_versions (plan_id, version, price_minor, currency, period, credits_per_period, \
+                        max_upload_bytes, created_at) \
+                    SELECT id, 1, 1200000, 'INR', 'yearly', 4000, 1073741824, now() FROM p RETURNING 1) \
+         SELECT count(*) AS n FROM v",
+    )
+    .await;
+    billing_svc::checkout_orders::create(&app, &order_request("user-yearly", "team-yearly")).await.unwrap();
+    let posted = &fake.seen("POST", "/v1/orders")[0].body;
+    assert_eq!(
+        (posted["token"]["frequency"].as_str(), posted["token"]["max_amount"].as_i64()),
+        (Some("yearly"), Some(1_200_000))
+    );
+}
