@@ -33,6 +33,15 @@ struct PlanSpec {
     credits_per_period: i64,
     deduction_interval_seconds: i32,
     limits: LimitsSpec,
+    /// Days of the trial a first purchase may start; absent or 0: none
+    /// (left out of the canonical form then, so a plan file from before
+    /// trials derives the same request_id).
+    #[serde(default, skip_serializing_if = "no_trial")]
+    trial_days: i32,
+}
+
+fn no_trial(days: &i32) -> bool {
+    *days == 0
 }
 
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
@@ -106,6 +115,7 @@ impl PlanSpec {
                 minutes_per_period: Some(self.limits.minutes_per_period.value()),
                 upload_bytes: Some(self.limits.upload_bytes.value()),
             }),
+            trial_days: self.trial_days,
         }
     }
 }
@@ -130,7 +140,7 @@ pub fn plans_from_json(text: &str) -> anyhow::Result<Vec<pb::CreatePlanRequest>>
         anyhow::anyhow!(
             "not a plan file ({e}): a JSON object with id, name, price_minor, currency, period (\"monthly\"), \
              credits_per_period, deduction_interval_seconds and limits {{sessions_per_period, minutes_per_period, \
-             upload_bytes}}, each a number or \"unlimited\"; or a list of them (examples/plans/)"
+             upload_bytes}}, each a number or \"unlimited\", and optionally trial_days; or a list of them (examples/plans/)"
         )
     })?;
     let specs = match file {
@@ -269,6 +279,8 @@ impl Catalog {
             etag: shown.etag,
             price_minor,
             currency,
+            // The current version's trial, as its credits and limits.
+            trial_days: None,
         };
         let budget = Budget::new(CALL_BUDGET);
         let out = retry(budget, ATTEMPTS, || {
@@ -293,8 +305,9 @@ fn limit(l: Option<pb::Limit>) -> String {
 pub fn describe_version(v: &pb::PriceVersion) -> String {
     let l = v.limits.unwrap_or_default();
     let period = pb::PlanPeriod::try_from(v.period).map(|p| p.as_str_name().trim_start_matches("PLAN_PERIOD_").to_lowercase());
+    let trial = if v.trial_days > 0 { format!(", trial {} days", v.trial_days) } else { String::new() };
     format!(
-        "v{} {} {}/{}, {} credits, sessions {}, minutes {}, upload bytes {}",
+        "v{} {} {}/{}, {} credits, sessions {}, minutes {}, upload bytes {}{trial}",
         v.version,
         v.price_minor,
         v.currency,
@@ -356,5 +369,18 @@ mod tests {
         assert_eq!(b[0].price_minor, 59900);
         assert_ne!(a[0].request_id, b[0].request_id);
         assert_eq!(a[1].request_id, b[1].request_id);
+    }
+
+    #[test]
+    fn a_trial_is_optional_and_no_trial_keeps_the_request_id() {
+        let a = plans_from_json(DEMO_PLANS).unwrap_or_default();
+        let zero = plans_from_json(&DEMO_PLANS.replace("\"price_minor\": 49900,", "\"price_minor\": 49900, \"trial_days\": 0,"))
+            .unwrap_or_default();
+        assert_eq!(a, zero, "absent and 0 are the same plan, the same request_id");
+        let trial =
+            plans_from_json(&DEMO_PLANS.replace("\"price_minor\": 49900,", "\"price_minor\": 49900, \"trial_days\": 14,"))
+                .unwrap_or_default();
+        assert_eq!((trial[0].trial_days, a[0].trial_days), (14, 0));
+        assert_ne!(trial[0].request_id, a[0].request_id);
     }
 }

@@ -123,7 +123,7 @@ pub async fn create(app: &App, r: &OrderRequest) -> Result<Order> {
 
 /// FAILED_PRECONDITION `PLAN_NOT_PURCHASABLE` for a plan nobody may buy now:
 /// archived (docs/design.md, "Catalogue"), or without a price (the free plan).
-fn not_purchasable(plan: &plans::Plan) -> Result<()> {
+pub(crate) fn not_purchasable(plan: &plans::Plan) -> Result<()> {
     let subject = format!("plan:{}", plan.id);
     if !plan.active {
         return Err(Error::precondition(

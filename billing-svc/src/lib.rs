@@ -27,6 +27,7 @@ pub mod row;
 pub mod schema;
 pub mod stats;
 pub mod subscriptions;
+pub mod trials;
 pub mod usage;
 pub mod views;
 pub mod webhooks;

@@ -158,6 +158,7 @@ mod tests {
             gateway_contact: None,
             mandate_max_amount_minor: None,
             mandate_expires_at: None,
+            trial_end: None,
             plan_version: 1,
             next_plan_version: None,
         }

@@ -106,6 +106,7 @@ diesel::table! {
         mandate_max_amount_minor -> Nullable<BigInt>,
         mandate_expires_at -> Nullable<Timestamptz>,
         plan_version -> Integer,
+        trial_end -> Nullable<Timestamptz>,
         next_plan_version -> Nullable<Integer>,
     }
 }

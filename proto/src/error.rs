@@ -38,6 +38,7 @@ impl ErrorReason {
             | R::SessionTooOld
             | R::ReplacementChainTooLong
             | R::PlanNotPurchasable
+            | R::TrialNotAvailable
             | R::OrderExists
             | R::OrderCancelled
             | R::OrderPaid

@@ -291,5 +291,6 @@ pub fn new_plan(id: &str, name: &str, price_minor: i64, credits_per_period: i64)
             minutes_per_period: Some(limit(None)),
             upload_bytes: Some(limit(Some(1 << 30))),
         }),
+        trial_days: 0,
     }
 }

@@ -88,6 +88,10 @@ impl BillingService for BillingGrpc {
         subscriptions::cancel_subscription(&self.app, req).await
     }
 
+    async fn start_trial(&self, req: Request<pb::StartTrialRequest>) -> RpcResult<pb::StartTrialResponse> {
+        subscriptions::start_trial(&self.app, req).await
+    }
+
     async fn refund_payment(&self, req: Request<pb::RefundPaymentRequest>) -> RpcResult<pb::RefundPaymentResponse> {
         payments::refund_payment(&self.app, req).await
     }

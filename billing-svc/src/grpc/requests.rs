@@ -260,6 +260,22 @@ fn cancellation_at_period_end(r: &pb::CancelSubscriptionRequest, v: &mut Violati
     }
 }
 
+pub(super) struct StartTrial {
+    pub user_id: UserId,
+    pub plan_id: PlanId,
+}
+
+impl TryFrom<pb::StartTrialRequest> for StartTrial {
+    type Error = Status;
+    fn try_from(r: pb::StartTrialRequest) -> Result<Self, Status> {
+        let mut v = Violations::new();
+        let user_id = field(&mut v, "user_id", UserId::parse(r.user_id));
+        let plan_id = field(&mut v, "plan_id", PlanId::parse(r.plan_id));
+        v.finish()?;
+        Ok(Self { user_id: user_id?, plan_id: plan_id? })
+    }
+}
+
 pub(super) struct GetUsage {
     pub user_id: UserId,
 }

@@ -1,4 +1,5 @@
-//! Subscription handlers: reading, listing and cancelling subscriptions.
+//! Subscription handlers: reading, listing and cancelling subscriptions,
+//! starting a trial.
 use proto::billing::v1 as pb;
 use tonic::{Request, Response};
 use tracing::instrument;
@@ -8,13 +9,13 @@ use shared::status::Violations;
 use super::{
     RpcResult, convert,
     params::subscription_page_token,
-    requests::{CancelSubscription, ListSubscriptions},
+    requests::{CancelSubscription, ListSubscriptions, StartTrial},
     run,
 };
 use crate::{
     App,
     row::{self, Row},
-    subscriptions, views,
+    subscriptions, trials, views,
 };
 
 #[instrument(skip_all, fields(subscription_id = %req.get_ref().id))]
@@ -64,4 +65,17 @@ pub(super) async fn cancel_subscription(
     .await?;
     let (view, replayed) = c;
     Ok(Response::new(pb::CancelSubscriptionResponse { subscription: Some(convert::subscription_view(&view)), replayed }))
+}
+
+#[instrument(skip_all, fields(user_id = %req.get_ref().user_id, plan_id = %req.get_ref().plan_id))]
+pub(super) async fn start_trial(app: &App, req: Request<pb::StartTrialRequest>) -> RpcResult<pb::StartTrialResponse> {
+    let r = StartTrial::try_from(req.into_inner())?;
+    let app = app.clone();
+    let (view, replayed) = run(async move {
+        let _pass = row::admit(&app.gate, Row::User(&r.user_id)).await?;
+        let t = trials::start(&app, &r.user_id, &r.plan_id).await?;
+        Ok((views::subscription_of(&mut *app.conn().await?, t.subscription).await?, t.replayed))
+    })
+    .await?;
+    Ok(Response::new(pb::StartTrialResponse { subscription: Some(convert::subscription_view(&view)), replayed }))
 }

@@ -52,6 +52,9 @@ pub struct Changes {
 pub struct NewPrice {
     pub price_minor: i64,
     pub currency: String,
+    /// The new version's trial: None keeps the current version's, Some(None)
+    /// offers none.
+    pub trial_days: Option<Option<i32>>,
 }
 
 /// A plan with every version, oldest first (the last is the current one).
@@ -211,7 +214,10 @@ async fn reprice_in(c: &mut Conn, id: &str, etag: Option<&Etag>, price: &NewPric
         ));
     }
     let current = versions::version(c, id, plan.current_version).await?;
-    let terms = Terms { price_minor: price.price_minor, currency: price.currency.clone(), ..current.terms() };
+    let mut terms = Terms { price_minor: price.price_minor, currency: price.currency.clone(), ..current.terms() };
+    if let Some(trial_days) = price.trial_days {
+        terms.trial_days = trial_days;
+    }
     if terms.credits_per_period == 0 {
         return Err(Error::invalid("price_minor", "the plan grants no credits: give it credits (UpdatePlan) before a price"));
     }

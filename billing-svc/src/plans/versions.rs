@@ -54,6 +54,9 @@ pub struct Terms {
     pub period: Period,
     pub credits_per_period: i64,
     pub limits: Limits,
+    /// Days of the trial a first purchase may start (StartTrial); None: no
+    /// trial.
+    pub trial_days: Option<i32>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -68,8 +71,8 @@ pub struct Version {
     pub max_sessions_per_period: Option<i32>,
     pub max_minutes_per_period: Option<i32>,
     pub max_upload_bytes: Option<i64>,
-    /// Days of a first purchase's trial: room for trials, which nothing
-    /// offers yet (always None).
+    /// Days of the trial a first purchase may start (StartTrial); None: no
+    /// trial.
     pub trial_days: Option<i32>,
     pub created_at: DateTime<Utc>,
 }
@@ -90,6 +93,7 @@ impl Version {
             period: self.period,
             credits_per_period: self.credits_per_period,
             limits: self.limits(),
+            trial_days: self.trial_days,
         }
     }
 
@@ -141,6 +145,7 @@ pub(super) async fn insert_next(conn: &mut Conn, plan_id: &str, terms: &Terms, n
             plan_versions::max_sessions_per_period.eq(l.sessions_per_period),
             plan_versions::max_minutes_per_period.eq(l.minutes_per_period),
             plan_versions::max_upload_bytes.eq(l.upload_bytes),
+            plan_versions::trial_days.eq(terms.trial_days),
             plan_versions::created_at.eq(now),
         ))
         .returning(Version::as_returning())

@@ -29,7 +29,8 @@ pub(super) const CHECKS: &[(FindingKind, &str)] = &[
         SubscriptionWithoutPaidOrder,
         "SELECT s.id::text AS subject, 'plan ' || s.plan_id || ' without a paid order' AS detail \
            FROM subscriptions s JOIN plans p ON p.id = s.plan_id LEFT JOIN orders o ON o.id = s.order_id \
-          WHERE s.status <> 'CANCELLED' AND p.price_minor > 0 AND (o.id IS NULL OR o.status <> 'PAID')",
+          WHERE s.status <> 'CANCELLED' AND p.price_minor > 0 AND (o.id IS NULL OR o.status <> 'PAID') \
+            AND s.trial_end IS NULL",
     ),
     (
         DuplicateSubscriptionsForOrder,

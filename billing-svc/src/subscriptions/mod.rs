@@ -84,6 +84,11 @@ pub struct Subscription {
     /// charge it, its periods grant its credits within its limits).
     #[serde(default = "crate::plans::version_before_the_catalogue")]
     pub plan_version: i32,
+    /// Set on a trial (StartTrial): when the free trial ends and the first
+    /// paid period begins (docs/design.md, "Catalogue"). Kept after the
+    /// conversion.
+    #[serde(default)]
+    pub trial_end: Option<DateTime<Utc>>,
     /// The version a migration of the plan's subscribers scheduled
     /// (docs/design.md, "Catalogue"): the next renewal order opened charges
     /// it, and the period that order pays pins it. None: `plan_version`.
@@ -126,13 +131,16 @@ impl Subscription {
             // column existed (a rolling deploy's old and new replicas agree).
             // next_plan_version likewise: an operator's migration schedules
             // it, not a change the subscriber makes or conditions on.
-            skip { plan_version, next_plan_version }
+            // trial_end is set at insert and never changes (and leaving it
+            // out keeps the etags of every purchase as they read before it).
+            skip { plan_version, trial_end, next_plan_version }
         )
     }
 
-    /// The free plan's row (calendar months, no order).
+    /// The free plan's row (calendar months, no order; a trial has no
+    /// order either, but anniversary periods and a trial_end).
     pub fn is_free(&self) -> bool {
-        self.calendar_periods || self.order_id.is_none()
+        self.calendar_periods || (self.order_id.is_none() && self.trial_end.is_none())
     }
 
     /// The free plan's first month (`month`, from [`periods::calendar_month`])
@@ -162,6 +170,7 @@ impl Subscription {
             mandate_max_amount_minor: None,
             mandate_expires_at: None,
             plan_version: free.current_version,
+            trial_end: None,
             next_plan_version: None,
         }
     }
@@ -172,12 +181,14 @@ pub use crate::gateway::SavedMethod;
 mod ending;
 mod periods;
 mod saved_method;
+mod trials;
 pub use crate::orders::MandateLimits;
 pub use ending::{
     Cancelled, cancel, end_now, forfeit_carried, refund_unused_renewal, refund_unused_renewals, set_cancel_at_period_end,
 };
 pub use periods::{as_of, calendar_month, current, current_locked, roll, roll_due, roll_if_due};
 pub use saved_method::{complete_contact, forget_method, mandate_limits, save_method, saved_method};
+pub use trials::{Trial, had_plan, start_trial};
 
 pub async fn get(conn: &mut Conn, id: Uuid) -> Result<Subscription> {
     subscriptions::table

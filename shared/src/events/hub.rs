@@ -125,6 +125,10 @@ pub(super) const PAGE: i64 = 500;
 /// How soon to look again when committed events wait behind an older
 /// running transaction (no notification comes when that one ends).
 const SETTLE_RETRY: Duration = Duration::from_millis(20);
+/// The longest wait between settle retries (or the poll, if shorter): the
+/// horizon is the whole cluster's, so any database's long transaction
+/// holds events back, and they go out within this of its end.
+const SETTLE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl<E: Send + Sync + 'static> Hub<E> {
     /// A hub over `pool`'s database; [`Hub::run`] follows the stream.
@@ -155,6 +159,12 @@ impl<E: Send + Sync + 'static> Hub<E> {
         let mut writes = WRITES.subscribe();
         let mut wait = Duration::ZERO;
         let mut last_read = std::time::Instant::now().checked_sub(MIN_READ_GAP).unwrap_or_else(std::time::Instant::now);
+        // A local write not yet passed on to the other replicas (sent with
+        // the first read that finds events, whatever woke that read).
+        let mut owe_notify = false;
+        // The events' sequence as an unwatched tail last saw it (it notifies
+        // only when that moved).
+        let mut last_seen: Option<String> = None;
         loop {
             if listener.is_none() {
                 listener = listen(&url).await;
@@ -164,7 +174,9 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 let notified = async {
                     match listener.as_mut() {
                         Some(l) => {
-                            let mut stream = std::pin::pin!(l.notifications_stream());
+                            // Fused: once the connection is gone the stream
+                            // has ended, and polling it again would panic.
+                            let mut stream = std::pin::pin!(l.notifications_stream().fuse());
                             let got = stream.next().await.is_some();
                             // One read for every notification already here:
                             // a burst of commits is one wake-up.
@@ -196,23 +208,32 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 tokio::time::sleep(left).await;
             }
             last_read = std::time::Instant::now();
+            // A write of this process that another wake-up got to first.
+            if writes.has_changed().unwrap_or(false) {
+                writes.borrow_and_update();
+                local = true;
+            }
+            owe_notify |= local;
             if !self.watched() {
                 // Nobody here to read for: keep no ring, and pass a local
-                // write's wake-up on to the replicas that may have watchers.
+                // write on to the replicas that may have watchers, only if
+                // it wrote events (most Deducts write none).
                 self.forget();
-                if local && let Some(l) = listener.as_mut() {
-                    let sent = tokio::time::timeout(LISTEN_TIMEOUT, diesel::sql_query("NOTIFY events").execute(l)).await;
-                    if !matches!(sent, Ok(Ok(_))) {
+                if owe_notify && let Some(l) = listener.as_mut() {
+                    owe_notify = false;
+                    if !notify_if_moved(l, &mut last_seen).await {
                         listener = None;
                     }
                 }
                 wait = self.inner.options.poll;
                 continue;
             }
+            last_seen = None;
             let read = self.read_new().await;
-            if local && matches!(read, Ok((_, true))) {
+            if owe_notify && matches!(read, Ok((_, true))) {
                 // New events after a write of this process: wake the other
                 // replicas' tails.
+                owe_notify = false;
                 if let Some(l) = listener.as_mut() {
                     let sent = tokio::time::timeout(LISTEN_TIMEOUT, diesel::sql_query("NOTIFY events").execute(l)).await;
                     if !matches!(sent, Ok(Ok(_))) {
@@ -220,14 +241,17 @@ impl<E: Send + Sync + 'static> Hub<E> {
                     }
                 }
             }
-            polled = polled || local;
+            // Woken by the settle retry's own timer (not a poll, a write or
+            // a notification).
+            let retrying = polled && wait < self.inner.options.poll;
             wait = match read {
                 // Committed events wait behind an older transaction, which
                 // ends without a wake-up: look again soon, then less often
-                // while it lasts (a long transaction is no busy loop).
+                // while it lasts (a long transaction is no busy loop). A
+                // wake-up of another kind starts over at the shortest wait.
                 Ok((true, _)) => {
-                    let next = if polled { wait * 2 } else { SETTLE_RETRY };
-                    next.max(SETTLE_RETRY).min(self.inner.options.poll)
+                    let next = if retrying { wait * 2 } else { SETTLE_RETRY };
+                    next.max(SETTLE_RETRY).min(SETTLE_RETRY_MAX).min(self.inner.options.poll)
                 }
                 Ok((false, _)) => self.inner.options.poll,
                 Err(e) => {
@@ -246,9 +270,14 @@ impl<E: Send + Sync + 'static> Hub<E> {
             Some(t) => t,
             None => {
                 let start = store::start(&mut conn, None, false).await?;
-                let mut ring = self.inner.ring.write().unwrap_or_else(|p| p.into_inner());
-                ring.base = Some(start);
-                ring.tail = Some(start);
+                {
+                    let mut ring = self.inner.ring.write().unwrap_or_else(|p| p.into_inner());
+                    ring.base = Some(start);
+                    ring.tail = Some(start);
+                }
+                // Watchers that found the ring empty look again: what lies
+                // before `start` is theirs to read, and they may be caught up.
+                self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
                 start
             }
         };
@@ -369,6 +398,36 @@ impl<E: Send + Sync + 'static> Hub<E> {
     pub(super) fn caught_up(&self, pos: Position) -> bool {
         self.tail().is_some_and(|t| pos >= t.pos)
     }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Newest {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    xid: String,
+}
+
+/// Sends `NOTIFY events` on `l` when an event was written since
+/// `last_seen` (None: not known, as after a spell of reading; then it
+/// notifies): the events' sequence moved. A read of the sequence, not of
+/// the table; an event committed behind a newer one is found by the
+/// readers' settle retries. False when the connection failed.
+async fn notify_if_moved(l: &mut AsyncPgConnection, last_seen: &mut Option<String>) -> bool {
+    let newest = tokio::time::timeout(
+        LISTEN_TIMEOUT,
+        diesel::sql_query("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'seq'))::text, '') AS xid")
+            .get_result::<Newest>(l),
+    )
+    .await;
+    let newest = match newest {
+        Ok(Ok(n)) => n.xid,
+        _ => return false,
+    };
+    if last_seen.as_ref() == Some(&newest) {
+        return true;
+    }
+    *last_seen = Some(newest);
+    let sent = tokio::time::timeout(LISTEN_TIMEOUT, diesel::sql_query("NOTIFY events").execute(l)).await;
+    matches!(sent, Ok(Ok(_)))
 }
 
 async fn listen(url: &str) -> Option<AsyncPgConnection> {

@@ -105,7 +105,9 @@ impl<E: Clone + Send + Sync + 'static> Hub<E> {
         tokio::spawn(async move {
             let _permit = permit;
             let _gauge = crate::metrics::EventWatcher::connected(hub.inner.service);
-            Watcher { hub, cursor: start, filter, options, shutdown, tx, last_sent: Instant::now() }.run().await;
+            Watcher { hub, cursor: start, filter, options, shutdown, tx, last_sent: Instant::now(), said_caught_up: false }
+                .run()
+                .await;
         });
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
     }
@@ -119,6 +121,8 @@ struct Watcher<E> {
     shutdown: Shutdown,
     tx: mpsc::Sender<Result<Item<E>, CursorError>>,
     last_sent: Instant,
+    /// What the last bookmark said of `caught_up`.
+    said_caught_up: bool,
 }
 
 /// Why a watcher stops.
@@ -176,6 +180,12 @@ impl<E: Clone + Send + Sync + 'static> Watcher<E> {
                 },
             };
             if chunk.is_empty() {
+                // Caught up since the last bookmark said otherwise (a tail
+                // that just started): say so now, not at the next idle one.
+                if !self.said_caught_up && self.hub.caught_up(self.cursor.pos) {
+                    self.bookmark(ends).await?;
+                    continue;
+                }
                 let idle = self.options.bookmark_every.saturating_sub(self.last_sent.elapsed());
                 tokio::select! {
                     _ = wake.changed() => {}
@@ -219,6 +229,7 @@ impl<E: Clone + Send + Sync + 'static> Watcher<E> {
 
     async fn bookmark(&mut self, ends: Instant) -> Result<(), Stop> {
         let caught_up = self.hub.caught_up(self.cursor.pos);
+        self.said_caught_up = caught_up;
         self.send(Item::Bookmark { cursor: self.cursor, caught_up }, ends).await
     }
 

@@ -1,12 +1,13 @@
 //! `cargo run --release --bin loadgen -- --scenario <name> --concurrency N[,M...] --duration S [--json] [--cpu name=pid,...]
-//! [--watch-events] [--purchase-rate R]`
+//! [--watch-events] [--purchase-rate R] [--retry S] [--ack-log FILE]`
 //!
 //! Drives a running stack (see `target/stack/stack.env`) over real gRPC, one
 //! run per concurrency level; prints a line (or a JSON object) per level with
 //! throughput, p50/p99/p999, errors by status and, with `--cpu`, the CPU
 //! seconds each watched process tree and loadgen spent in the measured window.
 //! With `--watch-events`, the lag of billing's event stream over the measured
-//! windows; with `--purchase-rate`, purchases beside the scenario.
+//! windows; with `--purchase-rate`, purchases beside the scenario; with
+//! `--retry` and `--ack-log`, the caller's side of a failover (tests/ha/).
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -38,7 +39,7 @@ struct Args {
     /// Concurrent workers (each with its own HTTP/2 connection); a comma-separated list runs one sweep level each.
     #[arg(long, value_delimiter = ',', default_value = "8")]
     concurrency: Vec<usize>,
-    /// Measured seconds.
+    /// Measured seconds (Ctrl-C or SIGTERM ends them early; the checks and the report still follow).
     #[arg(long, default_value_t = 15)]
     duration: u64,
     /// Warm-up seconds before measuring.
@@ -70,6 +71,15 @@ struct Args {
     /// Purchases per second (CreateOrder + VerifyPayment, each for a new user) beside the scenario, from its set-up to its end, so that events flow; fails unless the database shows a paid subscription per successful purchase.
     #[arg(long, default_value_t = 0.0)]
     purchase_rate: f64,
+    /// Operations started per second by all workers together (0: as fast as they go); a worker that fell behind does not catch up in a burst.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Send a call that failed with UNAVAILABLE, ABORTED with RetryInfo, no answer within 10 s or a broken connection again, with the same ids, after RetryInfo's delay, for up to this many seconds (0: never); the report's `retried_<code>` counts those failures (tests/ha/README.md).
+    #[arg(long, default_value_t = 0)]
+    retry: u64,
+    /// Append every acknowledged operation's ids (deduct: usage session and deduction id; verify-payment: order and payment id; webhook: event and order id) and every failed attempt's status code to this file, a line each with the time in unix milliseconds (tests/ha/README.md).
+    #[arg(long)]
+    ack_log: Option<String>,
 }
 
 #[tokio::main]
@@ -86,11 +96,22 @@ async fn main() -> anyhow::Result<()> {
         watched.push((name.to_owned(), pid.parse::<u32>().map_err(|e| anyhow::anyhow!("--cpu {w:?}: {e}"))?, db));
     }
     loadgen::watch_cpu(watched);
+    loadgen::acks::init(args.ack_log.as_deref(), Duration::from_secs(args.retry))?;
+    // Ctrl-C or SIGTERM ends the measured window early; the checks and the
+    // report follow. A second one ends loadgen at once.
+    tokio::spawn(async {
+        shared::server::termination_signal().await;
+        eprintln!("\nloadgen: stopping early (again to quit now)");
+        loadgen::stop();
+        shared::server::termination_signal().await;
+        std::process::exit(130);
+    });
     let levels: Vec<usize> = args.concurrency.iter().map(|c| (*c).max(1)).collect();
     let timing = |concurrency: usize| Timing {
         concurrency,
         warmup: Duration::from_secs(args.warmup),
         duration: Duration::from_secs(args.duration.max(1)),
+        rate: args.rate,
     };
     let lag = if args.watch_events { Some(loadgen::events::watch_lag(&target).await?) } else { None };
     let purchases =
@@ -138,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(last) = reports.last_mut() {
         last.extra.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        last.extra.extend(loadgen::acks::retried().into_iter().map(|(code, n)| (format!("retried_{code}"), n as i64)));
     }
     for report in &reports {
         if args.json {

@@ -1,6 +1,7 @@
 //! The `loadgen` benchmark: drives a running stack over real gRPC with N
 //! concurrent workers for a fixed time, after a warm-up, and reports
 //! throughput, latency percentiles (hdrhistogram) and errors by status.
+pub mod acks;
 pub mod events;
 pub mod scenarios;
 
@@ -17,6 +18,8 @@ use std::{
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use tonic::Status;
+
+use crate::loadgen::scenarios::Timing;
 
 /// `KEY=value` lines of `target/stack/stack.env`.
 pub fn read_env_file(path: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -56,6 +59,20 @@ static WINDOWS: std::sync::Mutex<Vec<(SystemTime, SystemTime)>> = std::sync::Mut
 /// The measured windows of every run so far (warm-ups excluded).
 pub fn measured_windows() -> Vec<(SystemTime, SystemTime)> {
     WINDOWS.lock().map(|w| w.clone()).unwrap_or_default()
+}
+
+/// Set by [`stop`]: the measured windows end now.
+static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Ends the measured window of the running (and any later) run early, as
+/// if its duration were over: its checks and report still follow (loadgen
+/// calls this on SIGINT or SIGTERM).
+pub fn stop() {
+    STOPPED.store(true, Ordering::Relaxed);
+}
+
+fn stopped() -> bool {
+    STOPPED.load(Ordering::Relaxed)
 }
 
 type Watched = (String, u32, Option<String>);
@@ -140,16 +157,13 @@ struct Shared {
     ok_total: AtomicU64,
 }
 
-/// Runs `op(worker, iteration)` on `concurrency` workers: `warmup` first
-/// (not measured), then `duration` measured. A progress line goes to stderr
-/// every second.
-pub async fn run<F, Fut>(
-    scenario: &str,
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-    op: F,
-) -> anyhow::Result<Report>
+/// Runs `op(worker, iteration)` on `timing.concurrency` workers: `warmup`
+/// first (not measured), then `duration` measured; with a `rate`, the
+/// workers together start at most that many operations a second (a worker
+/// that fell behind, e.g. retrying through a failover, does not catch up in
+/// a burst). [`stop`] ends the measured window early. A progress line
+/// goes to stderr every second.
+pub async fn run<F, Fut>(scenario: &str, timing: &Timing, op: F) -> anyhow::Result<Report>
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send,
@@ -160,6 +174,9 @@ where
         ops: AtomicU64::new(0),
         ok_total: AtomicU64::new(0),
     });
+    let Timing { concurrency, warmup, duration, rate } = *timing;
+    // Each worker's share of the rate: one start every `pace`.
+    let pace = (rate > 0.0).then(|| Duration::from_secs_f64(concurrency as f64 / rate));
     let op = Arc::new(op);
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -175,9 +192,14 @@ where
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut i = 0u64;
+            let mut next = pace.map(|p| start + p.mul_f64(w as f64 / concurrency as f64));
             loop {
+                if let (Some(at), Some(p)) = (next, pace) {
+                    tokio::time::sleep_until(at.into()).await;
+                    next = Some((at + p).max(Instant::now()));
+                }
                 let t0 = Instant::now();
-                if t0 >= end {
+                if t0 >= end || stopped() {
                     break;
                 }
                 let r = op(w, i).await;
@@ -215,7 +237,7 @@ where
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let now = Instant::now();
-                if now >= end {
+                if now >= end || stopped() {
                     break;
                 }
                 let ops = shared.ops.load(Ordering::Relaxed);
@@ -243,7 +265,8 @@ where
     let _ = progress.await;
     let hist = shared.hist.lock().await;
     let ops = shared.ops.load(Ordering::Relaxed);
-    let secs = duration.as_secs_f64();
+    // Shorter than `duration` when stopped early.
+    let secs = Instant::now().min(end).saturating_duration_since(measure_from).as_secs_f64().max(0.001);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(Report {
         scenario: scenario.to_owned(),
@@ -260,4 +283,19 @@ where
         cpu_s,
         ok_total: shared.ok_total.load(Ordering::Relaxed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rate_caps_the_operations_started() {
+        let timing = |rate| Timing { concurrency: 2, warmup: Duration::ZERO, duration: Duration::from_millis(300), rate };
+        let paced = run("paced", &timing(50.0), |_, _| async { Ok(()) }).await.map(|r| r.ok_total).ok();
+        // 50/s for 0.3 s: 15 starts, and one more per worker at the edges.
+        assert!(paced.is_some_and(|n| n <= 17), "{paced:?} operations");
+        let free = run("free", &timing(0.0), |_, _| async { Ok(()) }).await.map(|r| r.ok_total).ok();
+        assert!(free.is_some_and(|n| n > 17), "{free:?} operations without a rate");
+    }
 }

@@ -13,7 +13,7 @@ use futures::{StreamExt, stream};
 use proto::{billing::v1 as bpb, checkout::v1 as cpb};
 use tonic::Status;
 
-use super::Report;
+use super::{Report, acks};
 use crate::{BillingClient, CheckoutClient, billing_client, checkout_client, helpers::scalar};
 
 /// Where the stack is, from `target/stack/stack.env`.
@@ -61,10 +61,13 @@ fn run_tag() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
+#[derive(Clone, Copy, Debug)]
 pub struct Timing {
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Operations started per second by all workers together; 0: no limit.
+    pub rate: f64,
 }
 
 pub async fn create_session(t: &Target, timing: &Timing) -> anyhow::Result<Report> {
@@ -72,7 +75,7 @@ pub async fn create_session(t: &Target, timing: &Timing) -> anyhow::Result<Repor
     let clients: Arc<Vec<CheckoutClient>> = Arc::new(
         (0..timing.concurrency).map(|_| checkout_client(&t.checkout_addr, &t.checkout_token)).collect::<anyhow::Result<_>>()?,
     );
-    super::run("create-session", timing.concurrency, timing.warmup, timing.duration, move |w, i| {
+    super::run("create-session", timing, move |w, i| {
         let mut c = clients[w].clone();
         let req = cpb::CreateSessionRequest {
             user_id: format!("lg-{tag}-{w}-{i}"),
@@ -88,13 +91,18 @@ async fn create_orders(t: &Target, n: usize, tag: &str) -> anyhow::Result<Vec<bp
     let client = t.billing()?;
     let orders: Vec<Result<bpb::Order, Status>> = stream::iter(0..n)
         .map(|i| {
-            let mut c = client.clone();
+            let client = client.clone();
             let req = bpb::CreateOrderRequest {
                 checkout_session_id: uuid::Uuid::new_v4().to_string(),
                 user_id: format!("lg-{tag}-{i}"),
                 plan_id: "pro-monthly".into(),
             };
-            async move { c.create_order(req).await.map(|r| r.into_inner().order.unwrap_or_default()) }
+            // A retry of the same session, user and plan is handed the same order.
+            let order = acks::call("setup", move || {
+                let (mut c, req) = (client.clone(), req.clone());
+                async move { c.create_order(req).await }
+            });
+            async move { order.await.map(|(r, _)| r.into_inner().order.unwrap_or_default()) }
         })
         .buffer_unordered(32)
         .collect()
@@ -114,7 +122,7 @@ pub async fn verify_payment(t: &Target, timing: &Timing, orders: usize, storm: u
     let clients = t.billing_pool(timing.concurrency)?;
     let gateway = t.gateway.clone();
     let (n2, b2) = (next.clone(), bad_storms.clone());
-    let mut report = super::run("verify-payment", timing.concurrency, timing.warmup, timing.duration, move |w, _| {
+    let mut report = super::run("verify-payment", timing, move |w, _| {
         let (orders, next, bad, gateway) = (orders.clone(), n2.clone(), b2.clone(), gateway.clone());
         let client = clients[w].clone();
         async move {
@@ -128,14 +136,22 @@ pub async fn verify_payment(t: &Target, timing: &Timing, orders: usize, storm: u
                 payment_id,
             };
             let calls = (0..storm.max(1)).map(|_| {
-                let mut c = client.clone();
-                let req = req.clone();
-                async move { c.verify_payment(req).await.map(|r| r.into_inner()) }
+                let (client, req) = (client.clone(), req.clone());
+                acks::call("verify-payment", move || {
+                    let (mut c, req) = (client.clone(), req.clone());
+                    async move { c.verify_payment(req).await.map(|r| r.into_inner()) }
+                })
             });
             let answers = futures::future::join_all(calls).await.into_iter().collect::<Result<Vec<_>, _>>()?;
-            let fresh = answers.iter().filter(|a| !a.replayed).count();
-            let first = answers.first().and_then(|a| a.subscription.as_ref()).map(|s| s.id.clone());
-            if fresh != 1 || answers.iter().any(|a| a.subscription.as_ref().map(|s| s.id.clone()) != first) {
+            acks::acknowledged("verify-payment", &format!("{} {}", req.order_id, req.payment_id));
+            let fresh = answers.iter().filter(|(a, _)| !a.replayed).count();
+            // A failed attempt may have committed: its retry is answered as a replay.
+            let retried = answers.iter().any(|(_, retried)| *retried);
+            let first = answers.first().and_then(|(a, _)| a.subscription.as_ref()).map(|s| s.id.clone());
+            if fresh > 1
+                || (fresh == 0 && !retried)
+                || answers.iter().any(|(a, _)| a.subscription.as_ref().map(|s| s.id.clone()) != first)
+            {
                 bad.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
@@ -166,7 +182,7 @@ pub async fn webhook(t: &Target, timing: &Timing, orders: usize) -> anyhow::Resu
     let (next, acked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicI64::new(0)));
     let gateway = t.gateway.clone();
     let (n2, a2) = (next.clone(), acked.clone());
-    let mut report = super::run("webhook", timing.concurrency, timing.warmup, timing.duration, move |_, _| {
+    let mut report = super::run("webhook", timing, move |_, _| {
         let (orders, next, acked, gateway, http, url) =
             (orders.clone(), n2.clone(), a2.clone(), gateway.clone(), http.clone(), url.clone());
         async move {
@@ -174,23 +190,28 @@ pub async fn webhook(t: &Target, timing: &Timing, orders: usize) -> anyhow::Resu
                 return Err(Status::resource_exhausted("loadgen ran out of pre-created orders; raise --orders"));
             };
             let body = Sandbox::captured_event_body(&order.id, &Sandbox::new_payment_id(), order.amount_minor, &order.currency);
-            let resp = http
-                .post(url.as_str())
-                .header("X-Razorpay-Signature", gateway.sign_webhook(&body))
-                .header("X-Razorpay-Event-Id", format!("evt_{}", uuid::Uuid::new_v4().simple()))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            match resp.status().as_u16() {
-                200 => {
-                    acked.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
+            let (signature, event_id) = (gateway.sign_webhook(&body), format!("evt_{}", uuid::Uuid::new_v4().simple()));
+            // The gateway's redelivery: the same event id and body.
+            acks::call("webhook", || {
+                let request = http
+                    .post(url.as_str())
+                    .header("X-Razorpay-Signature", signature.as_str())
+                    .header("X-Razorpay-Event-Id", event_id.as_str())
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                async move {
+                    let resp = request.send().await.map_err(|e| Status::unavailable(e.to_string()))?;
+                    match resp.status().as_u16() {
+                        200 => Ok(()),
+                        503 => Err(retry_after(&resp)),
+                        code => Err(Status::unknown(format!("HTTP {code}"))),
+                    }
                 }
-                503 => Err(Status::unavailable("HTTP 503")),
-                code => Err(Status::unknown(format!("HTTP {code}"))),
-            }
+            })
+            .await?;
+            acks::acknowledged("webhook", &format!("{event_id} {}", order.id));
+            acked.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         }
     })
     .await?;
@@ -228,18 +249,18 @@ pub async fn deduct(t: &Target, timing: &Timing, levels: &[usize], sessions: usi
     eprintln!("deduct: starting {} usage sessions for {users} user(s)...", users * per_user);
     let ids: Vec<Result<String, Status>> = stream::iter(0..users * per_user)
         .map(|i| {
-            let mut c = client.clone();
+            let client = client.clone();
             // create_orders names its users lg-<tag>-<i>; the hot user is lg-<tag>-0.
-            let user = format!("lg-{tag}-{}", i / per_user);
-            async move {
-                c.start_usage_session(bpb::StartUsageSessionRequest {
-                    user_id: user,
-                    kind: bpb::UsageKind::Text as i32,
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().session.map(|s| s.id).unwrap_or_default())
-            }
+            let req = bpb::StartUsageSessionRequest {
+                user_id: format!("lg-{tag}-{}", i / per_user),
+                kind: bpb::UsageKind::Text as i32,
+                request_id: uuid::Uuid::new_v4().to_string(),
+            };
+            let session = acks::call("setup", move || {
+                let (mut c, req) = (client.clone(), req.clone());
+                async move { c.start_usage_session(req).await }
+            });
+            async move { session.await.map(|(r, _)| r.into_inner().session.map(|s| s.id).unwrap_or_default()) }
         })
         .buffer_unordered(if hot { 1 } else { 32 })
         .collect()
@@ -268,19 +289,31 @@ pub async fn deduct(t: &Target, timing: &Timing, levels: &[usize], sessions: usi
     for &concurrency in levels {
         let clients = t.billing_pool(concurrency)?;
         let run_ids = ids.clone();
-        let report = super::run(name, concurrency, timing.warmup, timing.duration, move |w, i| {
-            let mut c = clients[w].clone();
+        let report = super::run(name, &Timing { concurrency, ..*timing }, move |w, i| {
+            let c = clients[w].clone();
             let n = run_ids.len();
             let req = bpb::DeductRequest {
                 usage_session_id: run_ids[(w * 7919 + i as usize * 31) % n].clone(),
                 deduction_id: format!("c{concurrency}-{w}-{i}"),
                 units: 1,
             };
-            async move { c.deduct(req).await.map(|_| ()) }
+            async move {
+                let ids = format!("{} {}", req.usage_session_id, req.deduction_id);
+                acks::call("deduct", || {
+                    let req = req.clone();
+                    let mut c = c.clone();
+                    async move { c.deduct(req).await }
+                })
+                .await?;
+                acks::acknowledged("deduct", &ids);
+                Ok(())
+            }
         })
         .await?;
         reports.push(report);
     }
+    // A new connection: the primary of the first one may have failed over meanwhile.
+    let mut db = crate::harness::connect(&t.billing_db_url).await;
     // The work done: every successful call wrote its deductions row and its
     // ledger row and took one credit (units = 1, balances that cannot run out).
     let ok: i64 = reports.iter().map(|r| r.ok_total as i64).sum();
@@ -310,4 +343,15 @@ pub async fn deduct(t: &Target, timing: &Timing, levels: &[usize], sessions: usi
         .collect()
         .await;
     Ok(reports)
+}
+
+/// A 503 from the webhook endpoint as the status a gRPC caller would get:
+/// UNAVAILABLE with its `Retry-After` (seconds) as RetryInfo.
+fn retry_after(resp: &reqwest::Response) -> Status {
+    let secs = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok()).unwrap_or(1);
+    <Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::Unavailable,
+        "HTTP 503",
+        tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_secs(secs))),
+    )
 }

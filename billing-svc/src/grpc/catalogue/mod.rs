@@ -53,6 +53,7 @@ fn price_version(v: &Version) -> pb::PriceVersion {
         credits_per_period: v.credits_per_period,
         limits: Some(convert::limits(&v.limits())),
         created_at: Some(to_proto(v.created_at)),
+        trial_days: v.trial_days.unwrap_or(0),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::{
         Limits, Period, Terms,
         catalogue::{Changes, NewPlan, NewPrice},
     },
+    trials::MAX_TRIAL_DAYS,
 };
 
 /// The most a price or a period's credits may be, in minor units / credits.
@@ -95,6 +96,12 @@ fn upload_bytes(v: &mut Violations, l: Option<&pb::LimitValue>) -> Option<Option
     limit(v, "limits.upload_bytes", l, 0, MAX_UPLOAD_BYTES)
 }
 
+/// A version's trial in days, 0 (none: None) .. [`MAX_TRIAL_DAYS`].
+fn trial_days(v: &mut Violations, days: i32) -> Option<i32> {
+    let days = v.range("trial_days", i64::from(days), 0, MAX_TRIAL_DAYS);
+    i32::try_from(days).ok().filter(|d| (1..=MAX_TRIAL_DAYS).contains(&i64::from(*d)))
+}
+
 /// Every limit of `l`, each stated.
 fn limits(v: &mut Violations, l: Option<&pb::PlanLimitsInput>) -> Limits {
     if l.is_none() {
@@ -140,6 +147,7 @@ impl TryFrom<pb::CreatePlanRequest> for CreatePlan {
         let credits_per_period = v.range("credits_per_period", r.credits_per_period, 1, MAX_AMOUNT);
         let interval = v.range("deduction_interval_seconds", i64::from(r.deduction_interval_seconds), 1, MAX_INTERVAL_SECONDS);
         let limits = limits(&mut v, r.limits.as_ref());
+        let trial_days = trial_days(&mut v, r.trial_days);
         v.finish()?;
         let id = id.ok_or_else(|| shared::status::invalid_field("plan_id", "must be a slug"))?;
         Ok(Self {
@@ -148,7 +156,7 @@ impl TryFrom<pb::CreatePlanRequest> for CreatePlan {
                 id,
                 name: r.name,
                 deduction_interval_seconds: i32::try_from(interval).unwrap_or(1),
-                terms: Terms { price_minor, currency, period, credits_per_period, limits },
+                terms: Terms { price_minor, currency, period, credits_per_period, limits, trial_days },
             },
         })
     }
@@ -223,8 +231,9 @@ impl TryFrom<pb::CreatePriceVersionRequest> for CreatePriceVersion {
         let etag = etag(&mut v, r.etag);
         let price_minor = price(&mut v, r.price_minor);
         let currency = currency(&mut v, &r.currency);
+        let trial_days = r.trial_days.map(|d| trial_days(&mut v, d));
         v.finish()?;
-        Ok(Self { id: id?, validate_only: r.validate_only, etag, price: NewPrice { price_minor, currency } })
+        Ok(Self { id: id?, validate_only: r.validate_only, etag, price: NewPrice { price_minor, currency, trial_days } })
     }
 }
 

@@ -13,6 +13,7 @@ mod operator_cli;
 mod periods;
 mod pinned_versions;
 mod races;
+mod trials;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
@@ -53,6 +54,7 @@ pub(crate) fn reprice_request(id: &str, price_minor: i64, etag: &str) -> bpb::Cr
         etag: etag.into(),
         price_minor,
         currency: "INR".into(),
+        trial_days: None,
     }
 }
 

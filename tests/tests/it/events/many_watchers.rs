@@ -41,11 +41,13 @@ pub(super) async fn event_scans_after_stop(app: &mut TestApp, db: &mut diesel_as
 }
 
 /// 50 watchers follow the stream while transactions commit one at a time;
-/// every watcher gets every event. The `events` table is scanned a few
-/// times per wake-up (the tail's page and its horizon check, a poll now and
-/// then, each watcher's start), never once per watcher and event: fewer
-/// than 10 scans per transaction where reading per watcher would take 50
-/// or more.
+/// every watcher gets every event. A read scans the `events` table three
+/// times (its page, the pending check, the cursor's event); the tail reads
+/// once per wake-up, and again while other transactions of the cluster
+/// (other tests' databases included: the horizon is the cluster's) hold the
+/// event back, at 20 ms, 40 ms... up to 1 s: a few reads per transaction,
+/// never one per watcher and event. Fewer than 30 scans per transaction
+/// (10 reads) where reading per watcher would take 150 (50 reads) or more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_watchers_cost_the_database_reads_per_wake_up_not_per_watcher() {
     let mut app = spawn_app().await;
@@ -86,10 +88,11 @@ async fn fifty_watchers_cost_the_database_reads_per_wake_up_not_per_watcher() {
     // Each event needed a read of its own (the statistics do count).
     assert!(scans >= n, "{scans} scans of events for {n} transactions: are the statistics counted?");
     assert!(
-        scans < 10 * n,
+        scans < 30 * n,
         "{scans} scans of events for {n} transactions and {WATCHERS} watchers: {:.1} per transaction, \
-         where the tail reader alone needs a few; reading per watcher would be {WATCHERS} or more",
-        scans as f64 / n as f64
+         where the tail reader alone needs a few reads of 3 scans; reading per watcher would be {} or more",
+        scans as f64 / n as f64,
+        3 * WATCHERS
     );
     eprintln!("many_watchers: {scans} scans of events for {n} transactions and {WATCHERS} watchers");
 }

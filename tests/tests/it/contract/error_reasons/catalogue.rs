@@ -1,7 +1,8 @@
 //! The plan catalogue's refusals (PlanCatalogService), on one stack: a
 //! taken id, bad fields, the free plan, a stale etag, a migration of the
 //! free plan, of an unknown version or to the same version, a service
-//! token, and a purchase of an archived plan.
+//! token, a purchase of an archived plan, and a trial of a plan that
+//! offers none.
 use proto::{billing::v1 as bpb, error::ErrorReason as R};
 use tests::{clients::catalog_client, harness::SERVICE_TOKEN, helpers::new_plan, spawn_app};
 
@@ -60,4 +61,6 @@ pub(super) async fn walk_the_catalogue(w: &mut Walk) {
         plan_id: "pro-monthly".into(),
     };
     w.saw(R::PlanNotPurchasable, "CreateOrder(archived plan)", app.billing.clone().create_order(order).await);
+    let trial = bpb::StartTrialRequest { user_id: "curious".into(), plan_id: "basic-monthly".into() };
+    w.saw(R::TrialNotAvailable, "StartTrial(basic-monthly: no trial)", app.billing.clone().start_trial(trial).await);
 }
