@@ -67,6 +67,7 @@ pub async fn create(app: &App, r: &OrderRequest) -> Result<Order> {
         customer_id,
         max_amount_minor: l.max_amount_minor,
         expire_at: l.expires_at.timestamp(),
+        period: plan.period,
     });
     let at_gateway = app
         .gateway

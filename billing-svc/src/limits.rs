@@ -160,6 +160,7 @@ mod tests {
             mandate_expires_at: None,
             trial_end: None,
             plan_version: 1,
+            next_plan_version: None,
         }
     }
 

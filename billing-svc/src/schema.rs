@@ -35,6 +35,26 @@ diesel::table! {
     }
 }
 
+// Migrations of subscribers between versions (plans::migrations reads
+// them with SQL).
+diesel::table! {
+    plan_migrations (id) {
+        id -> Uuid,
+        seq -> BigInt,
+        plan_id -> Text,
+        from_version -> Integer,
+        to_version -> Integer,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    plan_migration_subscriptions (migration_id, subscription_id) {
+        migration_id -> Uuid,
+        subscription_id -> Uuid,
+    }
+}
+
 diesel::table! {
     orders (id) {
         id -> Text,
@@ -87,6 +107,7 @@ diesel::table! {
         mandate_expires_at -> Nullable<Timestamptz>,
         plan_version -> Integer,
         trial_end -> Nullable<Timestamptz>,
+        next_plan_version -> Nullable<Integer>,
     }
 }
 

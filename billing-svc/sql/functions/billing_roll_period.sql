@@ -27,7 +27,7 @@ BEGIN
   IF changed THEN
     UPDATE subscriptions
        SET status = s.status, ended_at = s.ended_at, period_start = s.period_start, period_end = s.period_end,
-           plan_version = s.plan_version, credits_granted = s.credits_granted, credits_remaining = s.credits_remaining, updated_at = p_now
+           plan_version = s.plan_version, next_plan_version = s.next_plan_version, credits_granted = s.credits_granted, credits_remaining = s.credits_remaining, updated_at = p_now
      WHERE id = p_sub;
   END IF;
   RETURN changed;

@@ -12,9 +12,11 @@
 --     a cancellation at period end turns a paid renewal into money owed
 --     back, so it does not open): that period, anchored at the old
 --     period_end and as long as the pinned version's period (a month or a
---     year from the anchor: billing_period_at), with the credits of the
---     version the subscription is pinned to (repeated while further periods
---     are paid and over);
+--     year from the anchor: billing_period_at), pinned to the version its
+--     renewal order charged (the subscription's, or the one a migration
+--     scheduled before the order was opened: next_plan_version, cleared
+--     once reached), with that version's credits (repeated while further
+--     periods are paid and over);
 --   cancel_at_period_end (and nothing more paid): CANCELLED at period_end;
 --   paid, no paid renewal: PAST_DUE, no credits (the renewal job retries the
 --     charge and expires it after the grace period).
@@ -24,6 +26,7 @@ DECLARE
   p record;
   grant_credits bigint;
   months integer;
+  paid_version integer;
   free_version integer;
   free_credits bigint;
   expired bigint;
@@ -46,6 +49,16 @@ BEGIN
       s.credits_granted := free_credits;
       s.credits_remaining := free_credits;
     ELSIF billing_renewal_paid(s.id, s.period_end) THEN
+      SELECT o.plan_version INTO paid_version FROM orders o
+       WHERE o.renews_subscription_id = s.id AND o.renews_period_start = s.period_end;
+      IF paid_version IS NOT NULL AND paid_version <> s.plan_version THEN
+        s.plan_version := paid_version;
+        SELECT v.credits_per_period, CASE v.period WHEN 'yearly' THEN 12 ELSE 1 END INTO grant_credits, months
+          FROM plan_versions v WHERE v.plan_id = s.plan_id AND v.version = s.plan_version;
+      END IF;
+      IF s.next_plan_version = s.plan_version THEN
+        s.next_plan_version := NULL;
+      END IF;
       SELECT * INTO p FROM billing_period_at(s.anchor_at, false, s.period_end, months);
       s.period_start := p.period_start;
       s.period_end := p.period_end;

@@ -40,6 +40,8 @@ pub struct Mandate<'a> {
     pub max_amount_minor: i64,
     /// When the mandate ends (unix seconds).
     pub expire_at: i64,
+    /// The plan's billing period: how often the mandate may be debited.
+    pub period: crate::plans::Period,
 }
 
 /// `GatewayError::Refused` code of a charge that must not be retried with this

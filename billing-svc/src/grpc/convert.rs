@@ -157,6 +157,7 @@ pub fn subscription_with(s: &Subscription, renewal: Option<&Order>) -> pb::Subsc
         has_saved_payment_method: s.gateway_token_id.is_some(),
         etag: s.etag().into(),
         plan_version: s.plan_version,
+        scheduled_plan_version: s.next_plan_version.unwrap_or_default(),
         trial_end: opt_to_proto(s.trial_end),
     }
 }

@@ -13,6 +13,7 @@ use shared::{db::Conn, etag::Etag};
 use crate::{Error, Result, schema::plans};
 
 pub mod catalogue;
+pub mod migrations;
 mod versions;
 
 pub use versions::{Limits, Terms, UNLIMITED_UPLOAD_BYTES, Version, version, versions_of};

@@ -58,9 +58,11 @@ pub(super) async fn open_due(app: &App, now: DateTime<Utc>, st: Settings, batch:
 }
 
 async fn open_one(app: &App, sub: &Subscription, now: DateTime<Utc>) -> Result<bool> {
-    // The version the subscription is pinned to, never the plan's current
-    // price: a subscriber keeps what they bought (docs/design.md, "Catalogue").
-    let terms = plans::version(&mut *app.conn().await?, &sub.plan_id, sub.plan_version).await?;
+    // The version the subscription is pinned to, or the one a migration of
+    // its plan scheduled, never the plan's current price: a subscriber keeps
+    // what they bought or were migrated to (docs/design.md, "Catalogue").
+    let version = sub.next_plan_version.unwrap_or(sub.plan_version);
+    let terms = plans::version(&mut *app.conn().await?, &sub.plan_id, version).await?;
     if terms.price_minor <= 0 {
         tracing::warn!(subscription_id = %sub.id, plan_id = %terms.plan_id, "plan version has no price; nothing to renew");
         return Ok(false);
@@ -87,6 +89,9 @@ async fn open_one(app: &App, sub: &Subscription, now: DateTime<Utc>) -> Result<b
             || fresh.cancel_at_period_end
             || fresh.period_end != sub.period_end
             || fresh.plan_version != sub.plan_version
+            // A migration committed since it was read: the next run opens
+            // the order at the version it scheduled.
+            || fresh.next_plan_version != sub.next_plan_version
         {
             return Ok(false);
         }

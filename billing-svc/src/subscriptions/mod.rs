@@ -89,6 +89,11 @@ pub struct Subscription {
     /// conversion.
     #[serde(default)]
     pub trial_end: Option<DateTime<Utc>>,
+    /// The version a migration of the plan's subscribers scheduled
+    /// (docs/design.md, "Catalogue"): the next renewal order opened charges
+    /// it, and the period that order pays pins it. None: `plan_version`.
+    #[serde(default)]
+    pub next_plan_version: Option<i32>,
 }
 
 impl Subscription {
@@ -124,9 +129,11 @@ impl Subscription {
             // It moves only with a new period (period_start moves with it),
             // and leaving it out keeps every etag as it read before the
             // column existed (a rolling deploy's old and new replicas agree).
+            // next_plan_version likewise: an operator's migration schedules
+            // it, not a change the subscriber makes or conditions on.
             // trial_end is set at insert and never changes (and leaving it
             // out keeps the etags of every purchase as they read before it).
-            skip { plan_version, trial_end }
+            skip { plan_version, trial_end, next_plan_version }
         )
     }
 
@@ -164,6 +171,7 @@ impl Subscription {
             mandate_expires_at: None,
             plan_version: free.current_version,
             trial_end: None,
+            next_plan_version: None,
         }
     }
 }

@@ -107,8 +107,9 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
 
     // The subscription moves to a price above the mandate's maximum (a new
     // version of its plan it is moved to, as an operator's migration of
-    // subscribers does): the next renewal is not charged; the customer pays
-    // it through a renewal checkout.
+    // subscribers schedules it: next_plan_version, which the next renewal
+    // order opened charges): the next renewal is not charged; the customer
+    // pays it through a renewal checkout.
     scalar(
         &app,
         "WITH v AS (INSERT INTO plan_versions (plan_id, version, price_minor, currency, period, credits_per_period, \
@@ -121,7 +122,7 @@ async fn recurring_cards_follow_razorpays_documented_flow() {
     .await;
     scalar(
         &app,
-        "WITH u AS (UPDATE subscriptions SET plan_version = 2 WHERE plan_id = 'basic-monthly' RETURNING 1) \
+        "WITH u AS (UPDATE subscriptions SET next_plan_version = 2 WHERE plan_id = 'basic-monthly' RETURNING 1) \
          SELECT count(*) AS n FROM u",
     )
     .await;
@@ -392,4 +393,32 @@ async fn a_customer_is_never_shared_between_users() {
     assert_eq!(scalar(&app, "SELECT count(DISTINCT customer_id) AS n FROM gateway_customers").await, 2);
     drop(app);
     server.drop_database(&db).await.unwrap();
+}
+
+/// A yearly plan's purchase asks Razorpay for a mandate debited yearly (the
+/// plan's billing period), not monthly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yearly_plan_registers_a_yearly_mandate() {
+    let (fake, base) = start_fake().await;
+    let (app, _clock, _db, _server) = app_with_fake(&base).await;
+    // A yearly plan and its version 1, as CreatePlan makes them.
+    scalar(
+        &app,
+        "WITH p AS (INSERT INTO plans (id, name, price_minor, currency, period, credits_per_period, \
+                        deduction_interval_seconds, max_sessions_per_period, max_minutes_per_period, max_upload_bytes, \
+                        active, created_at, current_version) \
+                    VALUES ('team-yearly', 'Team yearly', 1200000, 'INR', 'yearly', 4000, 600, 0, 0, 1073741824, true, now(), 1) \
+                    RETURNING id), \
+              v AS (INSERT INTO plan_versions (plan_id, version, price_minor, currency, period, credits_per_period, \
+                        max_upload_bytes, created_at) \
+                    SELECT id, 1, 1200000, 'INR', 'yearly', 4000, 1073741824, now() FROM p RETURNING 1) \
+         SELECT count(*) AS n FROM v",
+    )
+    .await;
+    billing_svc::checkout_orders::create(&app, &order_request("user-yearly", "team-yearly")).await.unwrap();
+    let posted = &fake.seen("POST", "/v1/orders")[0].body;
+    assert_eq!(
+        (posted["token"]["frequency"].as_str(), posted["token"]["max_amount"].as_i64()),
+        (Some("yearly"), Some(1_200_000))
+    );
 }

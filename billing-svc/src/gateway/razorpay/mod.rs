@@ -82,8 +82,13 @@ const MAX_BODY: usize = 1 << 20;
 const MAX_RECEIPT: usize = 40;
 /// Razorpay's limit on a customer's `name` (we send the user id).
 const MAX_CUSTOMER_NAME: usize = 50;
-/// How often a card mandate may be debited: once per monthly period.
-const MANDATE_FREQUENCY: &str = "monthly";
+/// How often a card mandate may be debited: once per billing period.
+fn mandate_frequency(period: crate::plans::Period) -> &'static str {
+    match period {
+        crate::plans::Period::Monthly => "monthly",
+        crate::plans::Period::Yearly => "yearly",
+    }
+}
 /// Refunds per page of a payment's refund list (Razorpay's maximum `count`).
 const REFUND_PAGE: usize = 100;
 /// Pages read before a look-up gives up.

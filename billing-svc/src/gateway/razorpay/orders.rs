@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::wire::{Collection, OrderEntity, PaymentEntity, bounded, check_id, payment_status, unavailable};
-use super::{BACKOFF, CREATE_ATTEMPTS, MANDATE_FREQUENCY, MAX_RECEIPT, Razorpay};
+use super::{BACKOFF, CREATE_ATTEMPTS, MAX_RECEIPT, Razorpay, mandate_frequency};
 use crate::gateway::{GatewayError, GatewayOrder, GatewayPayment, NewOrder, PaymentStatus, SavedMethod};
 
 impl Razorpay {
@@ -44,7 +44,7 @@ impl Razorpay {
             body["token"] = json!({
                 "max_amount": m.max_amount_minor,
                 "expire_at": m.expire_at,
-                "frequency": MANDATE_FREQUENCY,
+                "frequency": mandate_frequency(m.period),
             });
         }
         let created: OrderEntity = self.call(Method::POST, "/v1/orders", &[], Some(&body), &[]).await?;

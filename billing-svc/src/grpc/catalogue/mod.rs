@@ -2,6 +2,7 @@
 //! (docs/design.md, "Catalogue"). Handlers check the token and the fields,
 //! then run one catalogue function on its own task; every change is keyed
 //! on its `request_id`.
+mod migrations;
 mod requests;
 
 use proto::billing::v1::{self as pb, plan_catalog_service_server::PlanCatalogService};
@@ -206,5 +207,23 @@ impl PlanCatalogService for PlanCatalogGrpc {
         req: Request<pb::PlanCatalogServiceListPlansRequest>,
     ) -> RpcResult<pb::PlanCatalogServiceListPlansResponse> {
         list_plans(&self.app, req).await
+    }
+
+    async fn migrate_subscribers(
+        &self,
+        req: Request<pb::MigrateSubscribersRequest>,
+    ) -> RpcResult<pb::MigrateSubscribersResponse> {
+        migrations::migrate_subscribers(&self.app, req).await
+    }
+
+    async fn get_plan_migration(&self, req: Request<pb::GetPlanMigrationRequest>) -> RpcResult<pb::GetPlanMigrationResponse> {
+        migrations::get_plan_migration(&self.app, req).await
+    }
+
+    async fn list_plan_migrations(
+        &self,
+        req: Request<pb::ListPlanMigrationsRequest>,
+    ) -> RpcResult<pb::ListPlanMigrationsResponse> {
+        migrations::list_plan_migrations(&self.app, req).await
     }
 }

@@ -8,6 +8,7 @@
 //! seed.
 mod bad_input;
 mod changes;
+mod migrations;
 mod operator_cli;
 mod periods;
 mod pinned_versions;

@@ -1,6 +1,8 @@
 //! The plan catalogue's refusals (PlanCatalogService), on one stack: a
-//! taken id, bad fields, the free plan, a stale etag, a service token, and
-//! a purchase of an archived plan, a trial of a plan that offers none.
+//! taken id, bad fields, the free plan, a stale etag, a migration of the
+//! free plan, of an unknown version or to the same version, a service
+//! token, a purchase of an archived plan, and a trial of a plan that
+//! offers none.
 use proto::{billing::v1 as bpb, error::ErrorReason as R};
 use tests::{clients::catalog_client, harness::SERVICE_TOKEN, helpers::new_plan, spawn_app};
 
@@ -30,6 +32,23 @@ pub(super) async fn walk_the_catalogue(w: &mut Walk) {
         ..Default::default()
     };
     w.saw(R::EtagMismatch, "CreatePriceVersion(stale etag)", cat.create_price_version(stale).await);
+    let migrate = |plan: &str, from: i32, to: i32| bpb::MigrateSubscribersRequest {
+        plan_id: plan.into(),
+        request_id: rid(),
+        validate_only: false,
+        from_version: from,
+        to_version: to,
+    };
+    w.saw(R::FreePlan, "MigrateSubscribers(free)", cat.migrate_subscribers(migrate("free", 1, 2)).await);
+    let s = w.saw(
+        R::ResourceNotFound,
+        "MigrateSubscribers(no version 9)",
+        cat.migrate_subscribers(migrate("pro-monthly", 1, 9)).await,
+    );
+    assert_eq!(Walk::metadata(&s, "resource_type"), "plan_version");
+    w.saw(R::InvalidField, "MigrateSubscribers(from == to)", cat.migrate_subscribers(migrate("pro-monthly", 1, 1)).await);
+    let r = bpb::GetPlanMigrationRequest { id: uuid::Uuid::new_v4().to_string() };
+    w.saw(R::ResourceNotFound, "GetPlanMigration(unknown)", cat.get_plan_migration(r).await);
     let mut service = catalog_client(&app.billing_addr.to_string(), SERVICE_TOKEN).unwrap();
     let r = service.list_plans(bpb::PlanCatalogServiceListPlansRequest::default()).await;
     w.saw(R::AdminRequired, "PlanCatalogService.ListPlans with a service token", r);
