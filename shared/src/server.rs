@@ -3,73 +3,43 @@
 //! graceful shutdown (NOT_SERVING first, then a bounded drain).
 use std::{convert::Infallible, future::Future, io, net::SocketAddr, time::Duration};
 
-use tokio::{
-    net::{TcpListener, TcpSocket},
-    sync::watch,
-};
+use tokio::net::{TcpListener, TcpSocket};
 use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{BoxError, ServiceBuilder};
 
 use crate::config::CommonConfig;
 
-/// A shutdown signal shared by the server and the service's jobs.
-#[derive(Clone, Debug)]
-pub struct Shutdown {
-    tx: watch::Sender<bool>,
+mod shutdown;
+
+pub use shutdown::{Shutdown, termination_signal};
+
+/// A tonic service the server routes: what `Routes::add_service` asks of
+/// it, named once for every place that takes one.
+pub trait GrpcService<B>:
+    tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible, Future: Send + 'static>
+    + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
 }
 
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
-    }
+impl<S, B> GrpcService<B> for S where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible, Future: Send + 'static>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
-impl Shutdown {
-    /// A shutdown not triggered yet.
-    pub fn new() -> Self {
-        Self { tx: watch::channel(false).0 }
-    }
+/// The response body of a [`GrpcService`].
+pub trait GrpcBody: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static {}
 
-    /// Fires the shutdown (repeats are no-ops).
-    pub fn trigger(&self) {
-        let _ = self.tx.send(true);
-    }
-
-    /// Whether [`Shutdown::trigger`] was called.
-    pub fn is_triggered(&self) -> bool {
-        *self.tx.borrow()
-    }
-
-    /// Resolves once [`Shutdown::trigger`] has been called.
-    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.tx.subscribe();
-        async move {
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        }
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes) or Ctrl-C. The SIGTERM handler is
-/// installed when this is called, not when the future is first polled: a
-/// process that says it is ready after calling it never dies of the
-/// signal's default action in between.
-pub fn termination_signal() -> impl std::future::Future<Output = ()> + Send {
-    #[cfg(unix)]
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        if let Some(mut term) = term {
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-            return;
-        }
-        let _ = ctrl_c.await;
-    }
-}
+impl<B> GrpcBody for B where B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static {}
 
 /// Binds a listener ([`listen`]) on the first address `addr` resolves to
 /// that binds, with a one-line error naming the variable on failure.
@@ -152,15 +122,8 @@ impl MoreServices {
     /// These services and `svc` (its auth interceptor applied).
     pub fn with<S, B>(mut self, svc: S) -> Self
     where
-        S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: GrpcService<B>,
+        B: GrpcBody,
     {
         self.names.push(S::NAME);
         self.routes = self.routes.add_service(svc);
@@ -189,24 +152,10 @@ pub async fn serve<S, B, V, VB, M, MF>(
     migrate: M,
 ) -> anyhow::Result<()>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    V: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<VB>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    V::Future: Send + 'static,
-    VB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    VB::Error: Into<BoxError>,
+    S: GrpcService<B>,
+    B: GrpcBody,
+    V: GrpcService<VB>,
+    VB: GrpcBody,
     M: Fn(String) -> MF + Send + 'static,
     MF: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
 {

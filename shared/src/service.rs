@@ -3,12 +3,10 @@
 //! report an error as one line; stop on SIGTERM or Ctrl-C; the `migrate`
 //! command; and the part of `serve` both services share (pool metrics, the
 //! gRPC server, jobs stopped and drained after it).
-use std::{convert::Infallible, future::Future, process::ExitCode};
+use std::{future::Future, process::ExitCode};
 
 use clap::{CommandFactory, FromArgMatches};
 use tokio::{net::TcpListener, task::JoinHandle};
-use tonic::server::NamedService;
-use tower::BoxError;
 
 use crate::{
     config::{self, CommonConfig},
@@ -104,24 +102,10 @@ pub struct Serving<S, V, M> {
 /// jobs, at most `config.shutdown_grace`.
 pub async fn serve<S, B, V, VB, M, MF>(s: Serving<S, V, M>, config: &CommonConfig, shutdown: Shutdown) -> anyhow::Result<()>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    V: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<VB>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    V::Future: Send + 'static,
-    VB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    VB::Error: Into<BoxError>,
+    S: server::GrpcService<B>,
+    B: server::GrpcBody,
+    V: server::GrpcService<VB>,
+    VB: server::GrpcBody,
     M: Fn(String) -> MF + Send + 'static,
     MF: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
 {

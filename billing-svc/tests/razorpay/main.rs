@@ -15,10 +15,12 @@
 //! the gateway and its public key id for the checkout widget.
 mod failures;
 mod fake;
+mod mandates;
 mod payments;
 mod recurring;
 mod refunds;
 mod requests;
+mod saved_methods;
 mod widget;
 
 use std::time::{Duration, Instant};

@@ -21,12 +21,13 @@ use std::{
     time::Duration,
 };
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::AsyncPgConnection;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use super::{
     cursor::{Cursor, Position},
+    listener,
     store::{self, CursorError, StoredEvent},
 };
 use crate::{db::Pool, server::Shutdown};
@@ -85,8 +86,6 @@ pub fn nudge() {
 const PAGE_READS: usize = 2;
 /// Shortest time between two reads of the tail.
 const MIN_READ_GAP: Duration = Duration::from_millis(10);
-/// Bound on connecting and on the liveness check of the LISTEN connection.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(super) struct Inner<E> {
     pub(super) pool: Pool,
@@ -167,7 +166,7 @@ impl<E: Send + Sync + 'static> Hub<E> {
         let mut last_seen: Option<String> = None;
         loop {
             if listener.is_none() {
-                listener = listen(&url).await;
+                listener = listener::listen(&url).await;
             }
             let (mut polled, mut local) = (false, false);
             {
@@ -196,11 +195,11 @@ impl<E: Send + Sync + 'static> Hub<E> {
             }
             // A poll is also the moment to find out whether the listening
             // connection is still there.
-            if polled && let Some(l) = listener.as_mut() {
-                let alive = tokio::time::timeout(LISTEN_TIMEOUT, diesel::sql_query("SELECT 1").execute(l)).await;
-                if !matches!(alive, Ok(Ok(_))) {
-                    listener = None;
-                }
+            if polled
+                && let Some(l) = listener.as_mut()
+                && !listener::alive(l).await
+            {
+                listener = None;
             }
             // Under a stream of writes, at most one read per gap: the
             // events of many commits come in one read.
@@ -221,7 +220,7 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 self.forget();
                 if owe_notify && let Some(l) = listener.as_mut() {
                     owe_notify = false;
-                    if !notify_if_moved(l, &mut last_seen).await {
+                    if !listener::notify_if_moved(l, &mut last_seen).await {
                         listener = None;
                     }
                 }
@@ -234,11 +233,10 @@ impl<E: Send + Sync + 'static> Hub<E> {
                 // New events after a write of this process: wake the other
                 // replicas' tails.
                 owe_notify = false;
-                if let Some(l) = listener.as_mut() {
-                    let sent = tokio::time::timeout(LISTEN_TIMEOUT, diesel::sql_query("NOTIFY events").execute(l)).await;
-                    if !matches!(sent, Ok(Ok(_))) {
-                        listener = None;
-                    }
+                if let Some(l) = listener.as_mut()
+                    && !listener::notify(l).await
+                {
+                    listener = None;
                 }
             }
             // Woken by the settle retry's own timer (not a poll, a write or
@@ -397,55 +395,5 @@ impl<E: Send + Sync + 'static> Hub<E> {
     /// Whether nothing the hub has read lies after `pos`.
     pub(super) fn caught_up(&self, pos: Position) -> bool {
         self.tail().is_some_and(|t| pos >= t.pos)
-    }
-}
-
-#[derive(diesel::QueryableByName)]
-struct Newest {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    xid: String,
-}
-
-/// Sends `NOTIFY events` on `l` when an event was written since
-/// `last_seen` (None: not known, as after a spell of reading; then it
-/// notifies): the events' sequence moved. A read of the sequence, not of
-/// the table; an event committed behind a newer one is found by the
-/// readers' settle retries. False when the connection failed.
-async fn notify_if_moved(l: &mut AsyncPgConnection, last_seen: &mut Option<String>) -> bool {
-    let newest = tokio::time::timeout(
-        LISTEN_TIMEOUT,
-        diesel::sql_query("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'seq'))::text, '') AS xid")
-            .get_result::<Newest>(l),
-    )
-    .await;
-    let newest = match newest {
-        Ok(Ok(n)) => n.xid,
-        _ => return false,
-    };
-    if last_seen.as_ref() == Some(&newest) {
-        return true;
-    }
-    *last_seen = Some(newest);
-    let sent = tokio::time::timeout(LISTEN_TIMEOUT, diesel::sql_query("NOTIFY events").execute(l)).await;
-    matches!(sent, Ok(Ok(_)))
-}
-
-async fn listen(url: &str) -> Option<AsyncPgConnection> {
-    let connected = tokio::time::timeout(LISTEN_TIMEOUT, async {
-        let mut c = AsyncPgConnection::establish(url).await.map_err(|e| e.to_string())?;
-        c.batch_execute("LISTEN events").await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(c)
-    })
-    .await;
-    match connected {
-        Ok(Ok(c)) => Some(c),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "event tail: cannot listen; polling meanwhile");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("event tail: connecting to listen timed out; polling meanwhile");
-            None
-        }
     }
 }

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cursor;
 pub mod hub;
+mod listener;
 pub mod store;
 pub mod watch;
 
