@@ -48,6 +48,9 @@ pub async fn create(app: &App, r: &OrderRequest) -> Result<Order> {
         if let Some(renewal) = renewal_to_pay(&mut conn, user_id, plan_id).await? {
             return Ok(renewal);
         }
+        if let Some(upgrade) = upgrade_to_pay(&mut conn, user_id, plan_id).await? {
+            return Ok(upgrade);
+        }
         plans::get(&mut conn, plan_id).await?
     };
     not_purchasable(&plan)?;
@@ -213,6 +216,27 @@ fn reuse(existing: Order, session_id: Uuid, user_id: &str, plan_id: &str) -> Res
     }
 }
 
+/// An upgrade checkout: a checkout for the plan an open upgrade of the
+/// user's live subscription goes to (ChangeSubscriptionPlan IMMEDIATELY)
+/// pays that upgrade's prorated order, instead of buying the plan again at
+/// its full price. Like a renewal order, it belongs to its change, not to
+/// a checkout session (docs/design.md, "Plan changes").
+async fn upgrade_to_pay(conn: &mut Conn, user_id: &str, plan_id: &str) -> Result<Option<Order>> {
+    use crate::{plan_changes::Status as ChangeStatus, schema::plan_changes};
+    Ok(orders::table
+        .inner_join(plan_changes::table.on(orders::plan_change_id.eq(plan_changes::id.nullable())))
+        .inner_join(subscriptions::table.on(subscriptions::id.eq(plan_changes::subscription_id)))
+        .filter(subscriptions::user_id.eq(user_id))
+        .filter(subscriptions::status.eq(SubStatus::Active))
+        .filter(plan_changes::status.eq(ChangeStatus::Open))
+        .filter(plan_changes::to_plan_id.eq(plan_id))
+        .filter(orders::status.eq(Status::Created))
+        .select(Order::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
 /// A renewal checkout: a checkout for the plan of the user's live
 /// subscription while its renewal order is open pays that order (the period
 /// it renews), instead of buying a new subscription. The order belongs to
@@ -224,7 +248,9 @@ async fn renewal_to_pay(conn: &mut Conn, user_id: &str, plan_id: &str) -> Result
     Ok(orders::table
         .inner_join(subscriptions::table.on(subscriptions::id.nullable().eq(orders::renews_subscription_id)))
         .filter(subscriptions::user_id.eq(user_id))
-        .filter(subscriptions::plan_id.eq(plan_id))
+        // The subscription's plan, or the one a plan change scheduled for
+        // the period end (the renewal order charges that one).
+        .filter(subscriptions::plan_id.eq(plan_id).or(orders::plan_id.eq(plan_id)))
         .filter(subscriptions::status.eq_any([SubStatus::Active, SubStatus::PastDue]))
         .filter(orders::renews_period_start.eq(subscriptions::period_end.nullable()))
         .filter(orders::status.eq(Status::Created))

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod money;
 pub mod orders;
 pub mod payments;
+pub mod plan_changes;
 pub mod plans;
 pub mod reconcile;
 pub mod refunds;

@@ -18,7 +18,7 @@ use crate::{
     gateway::PaymentStatus,
     money::Money,
     orders::{self, Order, OrderId, Status as OrderStatus},
-    plans,
+    plan_changes, plans,
     schema::orders as orders_t,
     subscriptions::{self, SavedMethod, Subscription},
 };
@@ -114,6 +114,8 @@ async fn decide(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>, mode: Mode)
     if order.status == OrderStatus::Cancelled {
         let why = if order.renews_subscription_id.is_some() {
             "its subscription ended or was replaced before the renewal was paid"
+        } else if order.plan_change_id.is_some() {
+            "its plan change was withdrawn or replaced by another change before it was paid"
         } else {
             "its checkout session expired and was cleaned up"
         };
@@ -122,6 +124,9 @@ async fn decide(conn: &mut Conn, p: Payment<'_>, now: DateTime<Utc>, mode: Mode)
     }
     if let Some(sub_id) = order.renews_subscription_id {
         return renew(conn, order, sub_id, p, now, mode).await;
+    }
+    if let Some(change_id) = order.plan_change_id {
+        return change_plan(conn, order, change_id, p, now, mode).await;
     }
     if order.is_paid() {
         if order.payment_id.as_deref() != Some(p.payment_id) {
@@ -229,6 +234,53 @@ async fn renew(
     Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))
 }
 
+/// Captures the payment of an upgrade's prorated order (order row locked):
+/// the order becomes PAID and the subscription moves to the new plan now
+/// (docs/design.md, "Plan changes"), if it is still what the charge was
+/// priced for; otherwise the payment is a refundable discrepancy and
+/// nothing else changes.
+async fn change_plan(
+    conn: &mut Conn,
+    order: Order,
+    change_id: uuid::Uuid,
+    p: Payment<'_>,
+    now: DateTime<Utc>,
+    mode: Mode,
+) -> Result<Capture> {
+    if order.is_paid() {
+        if order.payment_id.as_deref() != Some(p.payment_id) {
+            let detail = format!("plan change order {} was already paid with another payment", order.id);
+            let d = Discrepancy {
+                kind: Kind::SecondPayment,
+                order_id: Some(order.id.clone()),
+                payment_id: p.payment_id.into(),
+                detail,
+            };
+            return refuse(conn, d, p, now, mode).await;
+        }
+        let sub_id = plan_changes::subscription_of(conn, change_id).await?;
+        let subscription = subscriptions::get(conn, sub_id).await?;
+        return Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: true })));
+    }
+    payment_unused(conn, p.payment_id).await?;
+    match plan_changes::take_effect(conn, change_id, now).await? {
+        Ok(subscription) => {
+            let order = mark_paid(conn, &order.id, p.payment_id, now).await?;
+            Ok(Capture::Captured(Box::new(Captured { order, subscription, replayed: false })))
+        }
+        Err(plan_changes::Superseded(why)) => {
+            let detail = format!("plan change order {}: {why}", order.id);
+            let d = Discrepancy {
+                kind: Kind::OrderSuperseded,
+                order_id: Some(order.id.clone()),
+                payment_id: p.payment_id.into(),
+                detail,
+            };
+            refuse(conn, d, p, now, mode).await
+        }
+    }
+}
+
 /// Marks `order` PAID (unless it is already) and creates its subscription,
 /// unless a newer purchase of the user exists (it bought the live
 /// subscription, or it is still open): then the payment is a discrepancy
@@ -280,6 +332,7 @@ async fn newer_order(conn: &mut Conn, order: &Order, live: Option<&Subscription>
         .filter(orders_t::user_id.eq(&order.user_id))
         .filter(orders_t::seq.gt(order.seq))
         .filter(orders_t::renews_subscription_id.is_null())
+        .filter(orders_t::plan_change_id.is_null())
         .filter(orders_t::status.ne(OrderStatus::Cancelled))
         .order(orders_t::seq.desc())
         .select(orders_t::id)

@@ -78,6 +78,8 @@ diesel::table! {
         mandate_max_amount_minor -> Nullable<BigInt>,
         mandate_expires_at -> Nullable<Timestamptz>,
         plan_version -> Integer,
+        plan_change_id -> Nullable<Uuid>,
+        priced_minor -> Nullable<BigInt>,
     }
 }
 
@@ -235,7 +237,28 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    plan_changes (id) {
+        id -> Uuid,
+        subscription_id -> Uuid,
+        timing -> Text,
+        status -> Text,
+        from_plan_id -> Text,
+        from_version -> Integer,
+        to_plan_id -> Text,
+        to_version -> Integer,
+        period_start -> Timestamptz,
+        period_end -> Timestamptz,
+        amount_minor -> BigInt,
+        currency -> Bpchar,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        applied_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(orders -> plans (plan_id));
+diesel::joinable!(plan_changes -> subscriptions (subscription_id));
 diesel::joinable!(subscriptions -> plans (plan_id));
 diesel::joinable!(plan_versions -> plans (plan_id));
 diesel::joinable!(usage_sessions -> subscriptions (subscription_id));
@@ -247,5 +270,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     usage_sessions,
     ledger,
     deductions,
-    refunds
+    refunds,
+    plan_changes
 );

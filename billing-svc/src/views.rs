@@ -12,8 +12,9 @@ use uuid::Uuid;
 use crate::{
     Result,
     orders::{self, Order, OrderId, Status},
+    plan_changes,
     refunds::{self, Refund},
-    schema::{orders as orders_table, subscriptions as subscriptions_table},
+    schema::{orders as orders_table, plan_changes as plan_changes_table, subscriptions as subscriptions_table},
     subscriptions::{self, Subscription},
 };
 
@@ -37,15 +38,17 @@ impl OrderView {
 /// with their subscriptions, in one query (checkout's completion sync).
 pub async fn batch_orders(conn: &mut Conn, order_ids: &[OrderId], session_ids: &[Uuid]) -> Result<Vec<OrderView>> {
     use orders_table as o;
+    use plan_changes_table as pc;
     use subscriptions_table as s;
     let order_ids: Vec<&str> = order_ids.iter().map(OrderId::as_str).collect();
-    let rows: Vec<(Order, Option<Uuid>)> = o::table
+    let rows: Vec<(Order, Option<Uuid>, Option<Uuid>)> = o::table
         .left_join(s::table.on(s::order_id.eq(o::id.nullable())))
+        .left_join(pc::table.on(o::plan_change_id.eq(pc::id.nullable())))
         .filter(o::id.eq_any(&order_ids).or(o::checkout_session_id.eq_any(session_ids)))
-        .select((Order::as_select(), s::id.nullable()))
+        .select((Order::as_select(), s::id.nullable(), pc::subscription_id.nullable()))
         .load(conn)
         .await?;
-    Ok(rows.into_iter().map(|(order, subscription_id)| OrderView::new(order, subscription_id)).collect())
+    Ok(rows.into_iter().map(|(order, bought, changed)| OrderView::new(order, bought.or(changed))).collect())
 }
 
 /// Loads the refunds of `views` (the FULL view of a batch), one query.
@@ -63,7 +66,10 @@ pub async fn order(conn: &mut Conn, id: &OrderId) -> Result<OrderView> {
     let id = id.as_str();
     use subscriptions_table as s;
     let order = orders::get(conn, id).await?;
-    let sub: Option<Uuid> = s::table.filter(s::order_id.eq(id)).select(s::id).first(conn).await.optional()?;
+    let sub: Option<Uuid> = match order.plan_change_id {
+        Some(change) => Some(plan_changes::subscription_of(conn, change).await?),
+        None => s::table.filter(s::order_id.eq(id)).select(s::id).first(conn).await.optional()?,
+    };
     let mut v = OrderView::new(order, sub);
     v.refunds = refunds::of_orders(conn, &[v.order.id.clone()]).await?;
     Ok(v)
@@ -86,10 +92,12 @@ pub async fn list_orders(
     after: Option<i64>,
 ) -> Result<(Vec<OrderView>, Option<i64>)> {
     use orders_table as o;
+    use plan_changes_table as pc;
     use subscriptions_table as s;
     let mut q = o::table
         .left_join(s::table.on(s::order_id.eq(o::id.nullable())))
-        .select((Order::as_select(), s::id.nullable()))
+        .left_join(pc::table.on(o::plan_change_id.eq(pc::id.nullable())))
+        .select((Order::as_select(), s::id.nullable(), pc::subscription_id.nullable()))
         .into_boxed();
     if let Some(u) = &f.user_id {
         q = q.filter(o::user_id.eq(u.as_str()));
@@ -103,7 +111,8 @@ pub async fn list_orders(
     if let Some(seq) = after {
         q = q.filter(o::seq.lt(seq));
     }
-    let mut rows: Vec<(Order, Option<Uuid>)> = q.order(o::seq.desc()).limit(page_size + 1).load(conn).await?;
+    let rows: Vec<(Order, Option<Uuid>, Option<Uuid>)> = q.order(o::seq.desc()).limit(page_size + 1).load(conn).await?;
+    let mut rows: Vec<(Order, Option<Uuid>)> = rows.into_iter().map(|(o, bought, changed)| (o, bought.or(changed))).collect();
     let next = if rows.len() as i64 > page_size {
         rows.truncate(page_size as usize);
         rows.last().map(|(o, _)| o.seq)
@@ -132,17 +141,23 @@ pub async fn list_orders(
 pub struct SubscriptionView {
     pub subscription: Subscription,
     pub renewal: Option<Order>,
+    /// Its open plan change (docs/design.md, "Plan changes"), shown while
+    /// it is live.
+    pub pending_change: Option<plan_changes::ChangeView>,
 }
 
 /// The subscriptions with their open renewal orders.
 async fn with_renewals(conn: &mut Conn, subs: Vec<Subscription>) -> Result<Vec<SubscriptionView>> {
     let ids: Vec<Uuid> = subs.iter().map(|s| s.id).collect();
     let renewals = orders::open_renewals(conn, &ids).await?;
+    let live: Vec<Uuid> = subs.iter().filter(|s| s.status.is_live()).map(|s| s.id).collect();
+    let changes = if live.is_empty() { Vec::new() } else { plan_changes::open_of(conn, &live).await? };
     Ok(subs
         .into_iter()
         .map(|s| {
             let renewal = renewals.iter().find(|o| o.renews_subscription_id == Some(s.id)).cloned();
-            SubscriptionView { subscription: s, renewal }
+            let pending_change = changes.iter().find(|c| c.change.subscription_id == s.id).cloned();
+            SubscriptionView { subscription: s, renewal, pending_change }
         })
         .collect())
 }
@@ -150,7 +165,8 @@ async fn with_renewals(conn: &mut Conn, subs: Vec<Subscription>) -> Result<Vec<S
 /// One subscription with its open renewal order.
 pub async fn subscription_of(conn: &mut Conn, s: Subscription) -> Result<SubscriptionView> {
     let renewal = orders::open_renewals(conn, &[s.id]).await?.into_iter().next();
-    Ok(SubscriptionView { subscription: s, renewal })
+    let pending_change = if s.status.is_live() { plan_changes::open_of(conn, &[s.id]).await?.into_iter().next() } else { None };
+    Ok(SubscriptionView { subscription: s, renewal, pending_change })
 }
 
 /// One subscription as GetSubscription shows it: past its period end it

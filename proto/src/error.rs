@@ -39,6 +39,8 @@ impl ErrorReason {
             | R::ReplacementChainTooLong
             | R::PlanNotPurchasable
             | R::TrialNotAvailable
+            | R::SubscriptionPastDue
+            | R::PlanChangeNotAllowed
             | R::OrderExists
             | R::OrderCancelled
             | R::OrderPaid

@@ -27,8 +27,23 @@ BEGIN
   IF changed THEN
     UPDATE subscriptions
        SET status = s.status, ended_at = s.ended_at, period_start = s.period_start, period_end = s.period_end,
-           plan_version = s.plan_version, next_plan_version = s.next_plan_version, credits_granted = s.credits_granted, credits_remaining = s.credits_remaining, updated_at = p_now
+           plan_id = s.plan_id, plan_version = s.plan_version, next_plan_version = s.next_plan_version, credits_granted = s.credits_granted, credits_remaining = s.credits_remaining, updated_at = p_now
      WHERE id = p_sub;
+    -- A plan change scheduled for the period end is APPLIED once the
+    -- subscription runs on its plan; one left open when the subscription
+    -- ended (or opened a period on its own plan) no longer applies, nor
+    -- does an upgrade not paid within the period it was priced for (its
+    -- late payment is refused as superseded).
+    UPDATE plan_changes c
+       SET status = CASE WHEN c.timing = 'AT_PERIOD_END' AND c.to_plan_id = s.plan_id AND c.to_version = s.plan_version
+                         THEN 'APPLIED' ELSE 'CANCELLED' END,
+           applied_at = CASE WHEN c.timing = 'AT_PERIOD_END' AND c.to_plan_id = s.plan_id AND c.to_version = s.plan_version
+                             THEN p_now END,
+           updated_at = p_now
+     WHERE c.subscription_id = p_sub AND c.status = 'OPEN'
+       AND (s.status NOT IN ('ACTIVE', 'PAST_DUE')
+            OR (c.timing = 'AT_PERIOD_END' AND s.period_start >= c.period_end)
+            OR (c.timing = 'IMMEDIATELY' AND s.period_start <> c.period_start));
   END IF;
   RETURN changed;
 END $$;

@@ -15,8 +15,10 @@
 --     year from the anchor: billing_period_at), pinned to the version its
 --     renewal order charged (the subscription's, or the one a migration
 --     scheduled before the order was opened: next_plan_version, cleared
---     once reached), with that version's credits (repeated while further
---     periods are paid and over);
+--     once reached), or to the plan and version of a plan change scheduled
+--     for the period end (the renewal order charged the new plan), with
+--     that version's credits (repeated while further periods are paid and
+--     over);
 --   cancel_at_period_end (and nothing more paid): CANCELLED at period_end;
 --   paid, no paid renewal: PAST_DUE, no credits (the renewal job retries the
 --     charge and expires it after the grace period).
@@ -27,6 +29,8 @@ DECLARE
   grant_credits bigint;
   months integer;
   paid_version integer;
+  paid_plan text;
+  plan_changed boolean;
   free_version integer;
   free_credits bigint;
   expired bigint;
@@ -49,9 +53,17 @@ BEGIN
       s.credits_granted := free_credits;
       s.credits_remaining := free_credits;
     ELSIF billing_renewal_paid(s.id, s.period_end) THEN
-      SELECT o.plan_version INTO paid_version FROM orders o
-       WHERE o.renews_subscription_id = s.id AND o.renews_period_start = s.period_end;
-      IF paid_version IS NOT NULL AND paid_version <> s.plan_version THEN
+      SELECT o.plan_id, o.plan_version INTO paid_plan, paid_version FROM orders o
+       WHERE o.renews_subscription_id = s.id AND o.renews_period_start = s.period_end AND o.status = 'PAID';
+      -- A plan change scheduled for the period end (of the same period
+      -- length): the renewal paid the new plan; a migration of the old
+      -- plan no longer applies.
+      plan_changed := paid_plan IS NOT NULL AND paid_plan <> s.plan_id;
+      IF plan_changed THEN
+        s.plan_id := paid_plan;
+        s.next_plan_version := NULL;
+      END IF;
+      IF paid_version IS NOT NULL AND (plan_changed OR paid_version <> s.plan_version) THEN
         s.plan_version := paid_version;
         SELECT v.credits_per_period, CASE v.period WHEN 'yearly' THEN 12 ELSE 1 END INTO grant_credits, months
           FROM plan_versions v WHERE v.plan_id = s.plan_id AND v.version = s.plan_version;

@@ -34,6 +34,9 @@ BEGIN
   IF TG_OP = 'INSERT' THEN
     RETURN NULL;
   END IF;
+  IF NEW.plan_id IS DISTINCT FROM OLD.plan_id AND cur.status IN ('ACTIVE', 'PAST_DUE') THEN
+    PERFORM events_emit('SUBSCRIPTION_PLAN_CHANGED', 'subscription', id, NEW.user_id, to_jsonb(cur));
+  END IF;
   IF NEW.cancel_at_period_end AND NOT OLD.cancel_at_period_end AND NEW.status IN ('ACTIVE', 'PAST_DUE') THEN
     PERFORM events_emit('SUBSCRIPTION_CANCEL_SCHEDULED', 'subscription', id, NEW.user_id, to_jsonb(cur));
   END IF;

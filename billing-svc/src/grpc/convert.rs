@@ -6,6 +6,7 @@ use crate::{
     deductions::Charged,
     limits::UsageReport,
     orders::{Order, Status as OrderStatus},
+    plan_changes::{ChangeView, Timing},
     plans::{Limits, Period, Plan},
     reconcile::FindingKind,
     refunds::{Refund, Status as RefundStatus},
@@ -125,7 +126,36 @@ pub fn subscription(s: &Subscription) -> pb::Subscription {
 /// A subscription with its open renewal order, if any (see
 /// [`subscription_with`]).
 pub fn subscription_view(v: &SubscriptionView) -> pb::Subscription {
-    subscription_with(&v.subscription, v.renewal.as_ref())
+    pb::Subscription {
+        pending_change: v.pending_change.as_ref().map(plan_change),
+        ..subscription_with(&v.subscription, v.renewal.as_ref())
+    }
+}
+
+/// A plan change with the order paying it.
+pub fn plan_change(v: &ChangeView) -> pb::PlanChange {
+    let c = &v.change;
+    let timing = match c.timing {
+        Timing::Immediately => pb::PlanChangeTiming::Immediately,
+        Timing::AtPeriodEnd => pb::PlanChangeTiming::AtPeriodEnd,
+    };
+    let effective_at = match c.timing {
+        Timing::Immediately => c.applied_at,
+        Timing::AtPeriodEnd => Some(c.period_end),
+    };
+    pb::PlanChange {
+        id: c.id.to_string(),
+        plan_id: c.to_plan_id.clone(),
+        plan_version: c.to_version,
+        from_plan_id: c.from_plan_id.clone(),
+        from_plan_version: c.from_version,
+        timing: timing as i32,
+        effective_at: opt_to_proto(effective_at),
+        order_id: v.order.as_ref().map(|o| o.id.clone()).unwrap_or_default(),
+        amount_minor: c.amount_minor,
+        currency: c.currency.clone(),
+        applied_at: opt_to_proto(c.applied_at),
+    }
 }
 
 /// A subscription with its open renewal order, if any.
@@ -159,6 +189,7 @@ pub fn subscription_with(s: &Subscription, renewal: Option<&Order>) -> pb::Subsc
         plan_version: s.plan_version,
         scheduled_plan_version: s.next_plan_version.unwrap_or_default(),
         trial_end: opt_to_proto(s.trial_end),
+        pending_change: None,
     }
 }
 

@@ -107,11 +107,12 @@ pub fn hub(pool: shared::db::Pool, config: &shared::config::EventsConfig) -> Hub
 
 #[cfg(test)]
 mod tests {
-    /// Every type the migration lets the triggers write has a proto value,
+    /// Every type the migrations let the triggers write has a proto value,
     /// and every proto value (but UNSPECIFIED) is one the triggers may write.
+    /// The check's newest definition is the plan changes migration's.
     #[test]
     fn stored_types_and_proto_types_are_the_same_list() {
-        let (proto, stored) = super::TYPES.lists(include_str!("../../migrations/2026-12-07-000017_events/up.sql"));
+        let (proto, stored) = super::TYPES.lists(include_str!("../../migrations/2026-12-09-000023_plan_changes/up.sql"));
         assert!(!proto.is_empty());
         assert_eq!(proto, stored);
     }

@@ -9,6 +9,7 @@ mod events;
 mod orders;
 mod params;
 mod payments;
+mod plan_changes;
 mod plans;
 mod requests;
 mod subscriptions;
@@ -90,6 +91,17 @@ impl BillingService for BillingGrpc {
 
     async fn start_trial(&self, req: Request<pb::StartTrialRequest>) -> RpcResult<pb::StartTrialResponse> {
         subscriptions::start_trial(&self.app, req).await
+    }
+
+    async fn change_subscription_plan(
+        &self,
+        req: Request<pb::ChangeSubscriptionPlanRequest>,
+    ) -> RpcResult<pb::ChangeSubscriptionPlanResponse> {
+        plan_changes::change_subscription_plan(&self.app, req).await
+    }
+
+    async fn cancel_plan_change(&self, req: Request<pb::CancelPlanChangeRequest>) -> RpcResult<pb::CancelPlanChangeResponse> {
+        plan_changes::cancel_plan_change(&self.app, req).await
     }
 
     async fn refund_payment(&self, req: Request<pb::RefundPaymentRequest>) -> RpcResult<pb::RefundPaymentResponse> {

@@ -23,7 +23,7 @@ pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[OrderId], now: DateTime
         orders::table
             .filter(orders::id.eq_any(&ids))
             .filter(orders::status.eq(Status::Created))
-            .filter(orders::renews_subscription_id.is_not_null()),
+            .filter(orders::renews_subscription_id.is_not_null().or(orders::plan_change_id.is_not_null())),
     )
     .set((orders::checkout_session_id.eq(None::<Uuid>), orders::updated_at.eq(now)))
     .returning(orders::id)
@@ -33,7 +33,8 @@ pub async fn cancel_unpaid(conn: &mut Conn, order_ids: &[OrderId], now: DateTime
         orders::table
             .filter(orders::id.eq_any(&ids))
             .filter(orders::status.eq(Status::Created))
-            .filter(orders::renews_subscription_id.is_null()),
+            .filter(orders::renews_subscription_id.is_null())
+            .filter(orders::plan_change_id.is_null()),
     )
     .set((orders::status.eq(Status::Cancelled), orders::updated_at.eq(now)))
     .execute(conn)

@@ -75,6 +75,11 @@ pub struct Order {
     /// version's price (a foreign key says so).
     #[serde(default = "crate::plans::version_before_the_catalogue")]
     pub plan_version: i32,
+    /// The plan change whose prorated charge this order is (an upgrade
+    /// taking effect now; docs/design.md, "Plan changes"); its amount is
+    /// that charge, not a version's price.
+    #[serde(default)]
+    pub plan_change_id: Option<Uuid>,
 }
 
 /// The limits of a recurring mandate a purchase order registered (its

@@ -22,7 +22,7 @@ pub(super) const CHECKS: &[(FindingKind, &str)] = &[
         PaidOrderWithoutSubscription,
         "SELECT o.id AS subject, 'order paid at ' || o.paid_at || ' has no subscription' AS detail \
            FROM orders o LEFT JOIN subscriptions s ON s.order_id = o.id \
-          WHERE o.status = 'PAID' AND s.id IS NULL AND o.renews_subscription_id IS NULL \
+          WHERE o.status = 'PAID' AND s.id IS NULL AND o.renews_subscription_id IS NULL AND o.plan_change_id IS NULL \
             AND NOT EXISTS (SELECT 1 FROM payment_discrepancies d WHERE d.payment_id = o.payment_id)",
     ),
     (

@@ -24,6 +24,12 @@ use crate::{
 ///   into the user's live subscription are forfeited there.
 pub async fn end_if_fully_refunded(conn: &mut Conn, order: &Order, now: DateTime<Utc>) -> Result<()> {
     let Some(payment_id) = &order.payment_id else { return Ok(()) };
+    // An upgrade's prorated charge refunded is a goodwill refund: the
+    // subscription keeps its plan and its paid period (docs/design.md,
+    // "Plan changes").
+    if order.plan_change_id.is_some() {
+        return Ok(());
+    }
     if processed_of(conn, payment_id).await? < order.amount_minor {
         return Ok(());
     }

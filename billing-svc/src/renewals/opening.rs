@@ -9,7 +9,8 @@ use super::Settings;
 use crate::{
     App, Result,
     gateway::NewOrder,
-    plans,
+    orders::Status as OrderStatus,
+    plan_changes, plans,
     schema::{orders as o, subscriptions as s},
     subscriptions::{self, Status, Subscription},
 };
@@ -18,8 +19,19 @@ use crate::{
 /// at `period_start`: deterministic (a retried create finds the order a
 /// timed-out attempt made) and within Razorpay's 40 characters.
 pub(super) fn receipt(sub: Uuid, period_start: DateTime<Utc>) -> String {
-    let digest = Sha256::digest(format!("{sub}/{}", period_start.timestamp()));
-    format!("rnw_{}", &hex::encode(digest)[..32])
+    reopened_receipt(sub, period_start, 0)
+}
+
+/// The receipt of the renewal order opened after `cancelled` orders of the
+/// same period were cancelled (a plan change repriced the period): a new
+/// one, so the gateway's look-up by receipt never hands back a cancelled
+/// order's.
+fn reopened_receipt(sub: Uuid, period_start: DateTime<Utc>, cancelled: i64) -> String {
+    let seed = match cancelled {
+        0 => format!("{sub}/{}", period_start.timestamp()),
+        n => format!("{sub}/{}/{n}", period_start.timestamp()),
+    };
+    format!("rnw_{}", &hex::encode(Sha256::digest(seed))[..32])
 }
 
 /// Creates the renewal orders that are due.
@@ -35,7 +47,10 @@ pub(super) async fn open_due(app: &App, now: DateTime<Utc>, st: Settings, batch:
             .filter(diesel::dsl::not(diesel::dsl::exists(
                 o::table
                     .filter(o::renews_subscription_id.eq(s::id.nullable()))
-                    .filter(o::renews_period_start.eq(s::period_end.nullable())),
+                    .filter(o::renews_period_start.eq(s::period_end.nullable()))
+                    // A cancelled one was priced at a plan the period will
+                    // not have (a plan change): it is opened again.
+                    .filter(o::status.ne(OrderStatus::Cancelled)),
             )))
             .select(Subscription::as_select())
             // The most urgent first; the rest on the next iterations.
@@ -58,16 +73,32 @@ pub(super) async fn open_due(app: &App, now: DateTime<Utc>, st: Settings, batch:
 }
 
 async fn open_one(app: &App, sub: &Subscription, now: DateTime<Utc>) -> Result<bool> {
-    // The version the subscription is pinned to, or the one a migration of
-    // its plan scheduled, never the plan's current price: a subscriber keeps
-    // what they bought or were migrated to (docs/design.md, "Catalogue").
-    let version = sub.next_plan_version.unwrap_or(sub.plan_version);
-    let terms = plans::version(&mut *app.conn().await?, &sub.plan_id, version).await?;
+    // The plan change the subscriber scheduled for the period end, else the
+    // version the subscription is pinned to or the one a migration of its
+    // plan scheduled, never the plan's current price: a subscriber keeps
+    // what they bought, chose or were migrated to (docs/design.md,
+    // "Catalogue", "Plan changes").
+    let (change, terms, cancelled) = {
+        let mut conn = app.conn().await?;
+        let change = plan_changes::scheduled(&mut conn, sub.id).await?;
+        let (plan_id, version) = match &change {
+            Some(c) => (c.to_plan_id.as_str(), c.to_version),
+            None => (sub.plan_id.as_str(), sub.next_plan_version.unwrap_or(sub.plan_version)),
+        };
+        let terms = plans::version(&mut conn, plan_id, version).await?;
+        let cancelled: i64 = o::table
+            .filter(o::renews_subscription_id.eq(sub.id))
+            .filter(o::renews_period_start.eq(sub.period_end))
+            .count()
+            .get_result(&mut conn)
+            .await?;
+        (change.map(|c| c.id), terms, cancelled)
+    };
     if terms.price_minor <= 0 {
         tracing::warn!(subscription_id = %sub.id, plan_id = %terms.plan_id, "plan version has no price; nothing to renew");
         return Ok(false);
     }
-    let receipt = receipt(sub.id, sub.period_end);
+    let receipt = reopened_receipt(sub.id, sub.period_end, cancelled);
     let at_gateway = app
         .gateway
         .create_order(&NewOrder {
@@ -88,10 +119,13 @@ async fn open_one(app: &App, sub: &Subscription, now: DateTime<Utc>) -> Result<b
         if !fresh.status.is_live()
             || fresh.cancel_at_period_end
             || fresh.period_end != sub.period_end
+            || fresh.plan_id != sub.plan_id
             || fresh.plan_version != sub.plan_version
             // A migration committed since it was read: the next run opens
             // the order at the version it scheduled.
             || fresh.next_plan_version != sub.next_plan_version
+            // A plan change scheduled or withdrawn since: likewise.
+            || plan_changes::scheduled(c, sub.id).await?.map(|c| c.id) != change
         {
             return Ok(false);
         }
@@ -109,8 +143,10 @@ async fn open_one(app: &App, sub: &Subscription, now: DateTime<Utc>) -> Result<b
                 o::created_at.eq(now),
                 o::updated_at.eq(now),
             ))
-            .on_conflict((o::renews_subscription_id, o::renews_period_start))
-            .do_nothing()
+            // One open or paid renewal order per period (a partial unique
+            // index), and one row per gateway order: a replica that opened
+            // it first wins.
+            .on_conflict_do_nothing()
             .execute(c)
             .await?;
         if n == 1 {

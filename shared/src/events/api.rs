@@ -30,8 +30,10 @@ impl Types {
     /// and those a migration's `events_type_known` CHECK allows, sorted:
     /// a service's unit test holds the two lists equal.
     pub fn lists(&self, migration_sql: &str) -> (Vec<String>, Vec<String>) {
-        let check = migration_sql.split("events_type_known").nth(1).unwrap_or_default();
-        let check = check.split(");").next().unwrap_or_default();
+        // The last definition of the check in the migration (a later
+        // migration drops it and adds it again with a new type).
+        let check = migration_sql.rsplit("CHECK (event_type IN (").next().unwrap_or_default();
+        let check = check.split("))").next().unwrap_or_default();
         let mut stored: Vec<String> = check.split('\'').skip(1).step_by(2).map(str::to_owned).collect();
         stored.sort();
         let mut proto: Vec<String> = (1..)

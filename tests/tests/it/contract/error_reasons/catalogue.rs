@@ -1,8 +1,9 @@
 //! The plan catalogue's refusals (PlanCatalogService), on one stack: a
 //! taken id, bad fields, the free plan, a stale etag, a migration of the
 //! free plan, of an unknown version or to the same version, a service
-//! token, a purchase of an archived plan, and a trial of a plan that
-//! offers none.
+//! token, a purchase of an archived plan, a trial of a plan that offers
+//! none, a downgrade asked for now and a plan change of a past-due
+//! subscription.
 use proto::{billing::v1 as bpb, error::ErrorReason as R};
 use tests::{clients::catalog_client, harness::SERVICE_TOKEN, helpers::new_plan, spawn_app};
 
@@ -63,4 +64,24 @@ pub(super) async fn walk_the_catalogue(w: &mut Walk) {
     w.saw(R::PlanNotPurchasable, "CreateOrder(archived plan)", app.billing.clone().create_order(order).await);
     let trial = bpb::StartTrialRequest { user_id: "curious".into(), plan_id: "basic-monthly".into() };
     w.saw(R::TrialNotAvailable, "StartTrial(basic-monthly: no trial)", app.billing.clone().start_trial(trial).await);
+
+    let sub = app.subscribe("changer", "basic-monthly").await;
+    app.create_plan("cheaper", "Cheaper", 100, 1).await;
+    let change = |timing: bpb::PlanChangeTiming, proration: bpb::ProrationBehavior| bpb::ChangeSubscriptionPlanRequest {
+        id: sub.id.clone(),
+        user_id: "changer".into(),
+        plan_id: "cheaper".into(),
+        timing: timing as i32,
+        proration: proration as i32,
+        etag: String::new(),
+    };
+    let now = change(bpb::PlanChangeTiming::Immediately, bpb::ProrationBehavior::ProrateByTime);
+    let r = app.billing.clone().change_subscription_plan(now).await;
+    w.saw(R::PlanChangeNotAllowed, "ChangeSubscriptionPlan(a downgrade IMMEDIATELY)", r);
+    let end = chrono::DateTime::from_timestamp(sub.period_end.unwrap_or_default().seconds, 0).unwrap_or_default();
+    app.clock.set(end + chrono::Duration::hours(1));
+    app.run_job("rollover").await;
+    let later = change(bpb::PlanChangeTiming::AtPeriodEnd, bpb::ProrationBehavior::None);
+    let r = app.billing.clone().change_subscription_plan(later).await;
+    w.saw(R::SubscriptionPastDue, "ChangeSubscriptionPlan(PAST_DUE)", r);
 }
