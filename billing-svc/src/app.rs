@@ -43,6 +43,8 @@ pub const FUNCTIONS: &[db::SqlFunction] = shared::sql_functions![
     billing_refund_events,
     billing_discrepancy_events,
     billing_usage_session_events,
+    billing_plan_change_events,
+    billing_subscription_ended_changes,
     billing_plan_version_immutable,
     billing_plan_version_default,
 ];

@@ -7,6 +7,7 @@ ALTER TABLE orders DROP CONSTRAINT orders_one_kind;
 ALTER TABLE orders DROP CONSTRAINT orders_origin_check,
   ADD CONSTRAINT orders_origin_check CHECK (renews_subscription_id IS NOT NULL OR checkout_session_id IS NOT NULL) NOT VALID;
 ALTER TABLE orders DROP COLUMN plan_change_id;
+DROP TRIGGER subscriptions_ended_changes ON subscriptions;
 DROP TABLE plan_changes;
 DROP INDEX orders_one_live_per_renewal_period;
 ALTER TABLE orders ADD CONSTRAINT orders_one_per_renewal_period UNIQUE (renews_subscription_id, renews_period_start);

@@ -70,13 +70,15 @@ CREATE UNIQUE INDEX orders_one_live_per_renewal_period ON orders (renews_subscri
   WHERE status <> 'CANCELLED';
 ALTER TABLE orders DROP CONSTRAINT orders_one_per_renewal_period;
 
--- A plan change is an event (SUBSCRIPTION_PLAN_CHANGED): the subscriptions'
--- update trigger also lets a change of plan_id through.
+-- A plan change is an event (SUBSCRIPTION_PLAN_CHANGED), and so is a
+-- version an operator's migration schedules (SUBSCRIPTION_CHANGE_SCHEDULED):
+-- the subscriptions' update trigger also lets those through.
 DROP TRIGGER subscriptions_events_update ON subscriptions;
 CREATE CONSTRAINT TRIGGER subscriptions_events_update AFTER UPDATE ON subscriptions DEFERRABLE INITIALLY DEFERRED
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
                      OR OLD.period_start IS DISTINCT FROM NEW.period_start
                      OR OLD.plan_id IS DISTINCT FROM NEW.plan_id
+                     OR (NEW.next_plan_version IS NOT NULL AND OLD.next_plan_version IS DISTINCT FROM NEW.next_plan_version)
                      OR (NEW.cancel_at_period_end AND NOT OLD.cancel_at_period_end)
                      OR (NEW.credits_remaining < OLD.credits_remaining AND NEW.credits_granted > 0
                          AND ((OLD.credits_remaining * 5 > NEW.credits_granted AND NEW.credits_remaining * 5 <= NEW.credits_granted)
@@ -90,5 +92,18 @@ ALTER TABLE events DROP CONSTRAINT events_type_known,
   'SUBSCRIPTION_CANCELLED', 'SUBSCRIPTION_REPLACED', 'SUBSCRIPTION_CANCEL_SCHEDULED',
   'REFUND_PENDING', 'REFUND_PROCESSED', 'REFUND_FAILED',
   'USAGE_SESSION_STARTED', 'USAGE_SESSION_ENDED', 'CREDITS_LOW', 'CREDITS_EXHAUSTED',
-  'SUBSCRIPTION_PLAN_CHANGED')) NOT VALID;
+  'SUBSCRIPTION_PLAN_CHANGED', 'SUBSCRIPTION_CHANGE_SCHEDULED', 'SUBSCRIPTION_CHANGE_CANCELLED')) NOT VALID;
 ALTER TABLE events VALIDATE CONSTRAINT events_type_known;
+
+-- A change opened, withdrawn, replaced or lapsed: SUBSCRIPTION_CHANGE_SCHEDULED
+-- and SUBSCRIPTION_CHANGE_CANCELLED (sql/functions/billing_plan_change_events.sql).
+CREATE CONSTRAINT TRIGGER plan_changes_events AFTER INSERT ON plan_changes DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION billing_plan_change_events();
+CREATE CONSTRAINT TRIGGER plan_changes_events_update AFTER UPDATE ON plan_changes DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW WHEN (OLD.status = 'OPEN' AND NEW.status = 'CANCELLED') EXECUTE FUNCTION billing_plan_change_events();
+
+-- A subscription that ends (any path) cancels its open change
+-- (sql/functions/billing_subscription_ended_changes.sql).
+CREATE TRIGGER subscriptions_ended_changes AFTER UPDATE OF status ON subscriptions
+  FOR EACH ROW WHEN (OLD.status IN ('ACTIVE', 'PAST_DUE') AND NEW.status NOT IN ('ACTIVE', 'PAST_DUE'))
+  EXECUTE FUNCTION billing_subscription_ended_changes();

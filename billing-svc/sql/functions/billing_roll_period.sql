@@ -43,7 +43,7 @@ BEGIN
      WHERE c.subscription_id = p_sub AND c.status = 'OPEN'
        AND (s.status NOT IN ('ACTIVE', 'PAST_DUE')
             OR (c.timing = 'AT_PERIOD_END' AND s.period_start >= c.period_end)
-            OR (c.timing = 'IMMEDIATELY' AND s.period_start <> c.period_start));
+            OR (c.timing = 'IMMEDIATELY' AND p_now >= c.period_end));
   END IF;
   RETURN changed;
 END $$;

@@ -34,6 +34,11 @@ BEGIN
   IF TG_OP = 'INSERT' THEN
     RETURN NULL;
   END IF;
+  -- An operator's migration scheduled the version of the next period.
+  IF NEW.next_plan_version IS NOT NULL AND NEW.next_plan_version IS DISTINCT FROM OLD.next_plan_version
+     AND NEW.period_start = OLD.period_start AND cur.status IN ('ACTIVE', 'PAST_DUE') THEN
+    PERFORM events_emit('SUBSCRIPTION_CHANGE_SCHEDULED', 'subscription', id, NEW.user_id, to_jsonb(cur));
+  END IF;
   IF NEW.plan_id IS DISTINCT FROM OLD.plan_id AND cur.status IN ('ACTIVE', 'PAST_DUE') THEN
     PERFORM events_emit('SUBSCRIPTION_PLAN_CHANGED', 'subscription', id, NEW.user_id, to_jsonb(cur));
   END IF;

@@ -6,7 +6,7 @@ use crate::{
     deductions::Charged,
     limits::UsageReport,
     orders::{Order, Status as OrderStatus},
-    plan_changes::{ChangeView, Timing},
+    plan_changes::{ChangeView, PlanChange, Timing},
     plans::{Limits, Period, Plan},
     reconcile::FindingKind,
     refunds::{Refund, Status as RefundStatus},
@@ -134,7 +134,11 @@ pub fn subscription_view(v: &SubscriptionView) -> pb::Subscription {
 
 /// A plan change with the order paying it.
 pub fn plan_change(v: &ChangeView) -> pb::PlanChange {
-    let c = &v.change;
+    plan_change_with(&v.change, v.order.as_ref().map(|o| o.id.as_str()))
+}
+
+/// A plan change with the id of the order paying it, if any.
+pub fn plan_change_with(c: &PlanChange, order_id: Option<&str>) -> pb::PlanChange {
     let timing = match c.timing {
         Timing::Immediately => pb::PlanChangeTiming::Immediately,
         Timing::AtPeriodEnd => pb::PlanChangeTiming::AtPeriodEnd,
@@ -151,7 +155,7 @@ pub fn plan_change(v: &ChangeView) -> pb::PlanChange {
         from_plan_version: c.from_version,
         timing: timing as i32,
         effective_at: opt_to_proto(effective_at),
-        order_id: v.order.as_ref().map(|o| o.id.clone()).unwrap_or_default(),
+        order_id: order_id.unwrap_or_default().to_owned(),
         amount_minor: c.amount_minor,
         currency: c.currency.clone(),
         applied_at: opt_to_proto(c.applied_at),

@@ -9,7 +9,10 @@ use shared::{
 };
 
 use super::convert;
-use crate::{App, orders::Order, refunds::Refund, subscriptions::Subscription, usage::UsageSession, views::OrderView};
+use crate::{
+    App, orders::Order, plan_changes::PlanChange, refunds::Refund, subscriptions::Subscription, usage::UsageSession,
+    views::OrderView,
+};
 
 /// The hub's message type.
 pub type Event = pb::BillingEvent;
@@ -39,6 +42,22 @@ struct DiscrepancyRow {
     resolved_at: Option<DateTime<Utc>>,
 }
 
+/// A subscription row with the pending plan change its trigger added (on
+/// SUBSCRIPTION_CHANGE_SCHEDULED of a plan change).
+#[derive(serde::Deserialize)]
+struct SubscriptionRow {
+    #[serde(flatten)]
+    subscription: Subscription,
+    pending_change: Option<ChangeRow>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChangeRow {
+    #[serde(flatten)]
+    change: PlanChange,
+    order_id: Option<String>,
+}
+
 /// A usage session row with the balance its trigger added.
 #[derive(serde::Deserialize)]
 struct SessionRow {
@@ -55,7 +74,11 @@ fn payload(e: &StoredEvent) -> Result<pb::billing_event::Payload, serde_json::Er
             let order: Order = serde_json::from_value(v)?;
             P::Order(convert::order(&OrderView { order, subscription_id: None, refunds: Vec::new() }))
         }
-        "subscription" => P::Subscription(convert::subscription(&serde_json::from_value::<Subscription>(v)?)),
+        "subscription" => {
+            let s: SubscriptionRow = serde_json::from_value(v)?;
+            let pending_change = s.pending_change.map(|c| convert::plan_change_with(&c.change, c.order_id.as_deref()));
+            P::Subscription(pb::Subscription { pending_change, ..convert::subscription(&s.subscription) })
+        }
         "refund" => P::Refund(convert::refund(&serde_json::from_value::<Refund>(v)?)),
         "usage_session" => {
             let s: SessionRow = serde_json::from_value(v)?;

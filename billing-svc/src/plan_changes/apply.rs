@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use super::{PlanChange, Status, close, lock_open_orders};
+use super::{PlanChange, Status, close, lock_open_orders, prorate, renewal_in_collection};
 use crate::{
     Result, orders, plans,
     schema::{plan_changes as pc, subscriptions as s},
@@ -59,6 +59,8 @@ async fn superseded(conn: &mut Conn, sub: &Subscription, change: &PlanChange) ->
         )
     } else if orders::renewal_paid(conn, sub.id, sub.period_end).await? {
         format!("the period from {} is already paid at plan {}'s price", sub.period_end, sub.plan_id)
+    } else if renewal_in_collection(conn, sub.id).await? {
+        format!("the period from {} is being charged to the saved payment method at plan {}'s price", sub.period_end, sub.plan_id)
     } else {
         return Ok(None);
     };
@@ -66,36 +68,39 @@ async fn superseded(conn: &mut Conn, sub: &Subscription, change: &PlanChange) ->
 }
 
 /// Moves `sub` (locked, with its open orders) to the change's plan now: the
-/// period and its anchor stay; the credits become the new plan's grant
-/// minus what was used this period, never less than what is left; the open
-/// renewal order (priced at the old plan) is cancelled, so the renewal job
-/// opens the next period's at the new price; the change is APPLIED.
-/// `granted − remaining` (what was used, which the ledger adds up to) does
-/// not change.
+/// period and its anchor stay; the credits left grow by the difference of
+/// the two plans' grants for the share of the period the charge paid for
+/// (rounded down, as the charge is: an upgrade an hour before the period
+/// ends buys an hour's worth of credits, not a month's), never shrinking;
+/// the open renewal order (priced at the old plan) is cancelled, so the
+/// renewal job opens the next period's at the new price; the change is
+/// APPLIED. `granted − remaining` (what was used, which the ledger adds up
+/// to) does not change.
 pub(super) async fn apply_in(
     conn: &mut Conn,
     sub: &Subscription,
     change: &PlanChange,
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
+    let from = plans::version(conn, &change.from_plan_id, change.from_version).await?;
     let to = plans::version(conn, &change.to_plan_id, change.to_version).await?;
-    let used = sub.credits_granted - sub.credits_remaining;
-    let remaining = sub.credits_remaining.max(to.credits_per_period - used);
+    let extra =
+        prorate(from.credits_per_period, to.credits_per_period, change.period_start, change.period_end, change.created_at);
     orders::cancel_renewals_of(conn, sub.id, now).await?;
-    close(conn, change.id, Status::Applied, now).await?;
+    close(conn, change, Status::Applied, now).await?;
     let sub = diesel::update(s::table.find(sub.id))
         .set((
             s::plan_id.eq(&to.plan_id),
             s::plan_version.eq(to.version),
             // An operator's migration of the old plan no longer applies.
             s::next_plan_version.eq(None::<i32>),
-            s::credits_granted.eq(used + remaining),
-            s::credits_remaining.eq(remaining),
+            s::credits_granted.eq(sub.credits_granted + extra),
+            s::credits_remaining.eq(sub.credits_remaining + extra),
             s::updated_at.eq(now),
         ))
         .returning(Subscription::as_returning())
         .get_result(conn)
         .await?;
-    tracing::info!(subscription_id = %sub.id, plan_id = %to.plan_id, version = to.version, change_id = %change.id, "plan changed now");
+    tracing::info!(subscription_id = %sub.id, plan_id = %to.plan_id, version = to.version, change_id = %change.id, credits = extra, "plan changed now");
     Ok(sub)
 }

@@ -45,6 +45,7 @@ shared::text_enum! {
     }
 }
 
+#[derive(serde::Deserialize)] // an event's payload (crate::grpc::events)
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = pc, check_for_backend(diesel::pg::Pg))]
 pub struct PlanChange {
@@ -143,37 +144,70 @@ async fn lock_open(conn: &mut Conn, subscription_id: Uuid) -> Result<Option<Plan
         .optional()?)
 }
 
-/// Locks the subscription's open orders (its renewal orders and the order
-/// of its open change) before the subscription itself: a capture locks its
-/// order and then the subscription, so whoever changes both takes the
-/// orders first (docs/design.md, Invariants 29).
-async fn lock_open_orders(conn: &mut Conn, subscription_id: Uuid) -> Result<Vec<String>> {
+/// Locks the subscription's open orders before the subscription itself:
+/// the order of its open change first, then its renewal orders, the order
+/// in which an upgrade's capture takes them (it holds its own order when it
+/// locks the renewals). A capture locks its order and then the
+/// subscription, so whoever changes both takes the orders first
+/// (docs/design.md, Invariants 29).
+async fn lock_open_orders(conn: &mut Conn, subscription_id: Uuid) -> Result<()> {
     let open_changes =
         pc::table.filter(pc::subscription_id.eq(subscription_id)).filter(pc::status.eq(Status::Open)).select(pc::id);
-    Ok(o::table
+    let _change_orders: Vec<String> = o::table
         .filter(o::status.eq(orders::Status::Created))
-        .filter(o::renews_subscription_id.eq(subscription_id).or(o::plan_change_id.eq_any(open_changes.nullable())))
+        .filter(o::plan_change_id.eq_any(open_changes.nullable()))
         .order(o::id)
         .select(o::id)
         .for_update()
         .load(conn)
-        .await?)
+        .await?;
+    let _renewals: Vec<String> = o::table
+        .filter(o::status.eq(orders::Status::Created))
+        .filter(o::renews_subscription_id.eq(subscription_id))
+        .order(o::id)
+        .select(o::id)
+        .for_update()
+        .load(conn)
+        .await?;
+    Ok(())
 }
 
-/// Closes an open change (APPLIED or CANCELLED); a CANCELLED change's
+/// Whether an open renewal order of the subscription is being collected:
+/// its saved method was charged (or claimed for a charge) and no answer
+/// settled it yet. Cancelling it would leave a charge that may still land;
+/// a plan change waits until it settled (docs/design.md, "Plan changes").
+/// Caller holds the renewal orders' locks, which the job's claim takes too.
+async fn renewal_in_collection(conn: &mut Conn, subscription_id: Uuid) -> Result<bool> {
+    let n: i64 = o::table
+        .filter(o::renews_subscription_id.eq(subscription_id))
+        .filter(o::status.eq(orders::Status::Created))
+        .filter(o::charge_attempts.gt(0).or(o::pending_payment_id.is_not_null()))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok(n > 0)
+}
+
+/// Closes an open change (APPLIED or CANCELLED). A CANCELLED change's
 /// unpaid order is cancelled with it, so a late payment of it is refused as
-/// a refundable discrepancy. Caller holds the locks of [`lock_open_orders`].
-async fn close(conn: &mut Conn, id: Uuid, status: Status, now: DateTime<Utc>) -> Result<()> {
+/// a refundable discrepancy; a cancelled change at period end takes the
+/// renewal order opened at its plan with it (the renewal job opens the
+/// period's order again at the subscription's own). Caller holds the locks
+/// of [`lock_open_orders`] and the subscription's.
+async fn close(conn: &mut Conn, change: &PlanChange, status: Status, now: DateTime<Utc>) -> Result<()> {
     let applied_at = (status == Status::Applied).then_some(now);
-    diesel::update(pc::table.find(id))
+    diesel::update(pc::table.find(change.id))
         .set((pc::status.eq(status), pc::applied_at.eq(applied_at), pc::updated_at.eq(now)))
         .execute(conn)
         .await?;
     if status == Status::Cancelled {
-        diesel::update(o::table.filter(o::plan_change_id.eq(id)).filter(o::status.eq(orders::Status::Created)))
+        diesel::update(o::table.filter(o::plan_change_id.eq(change.id)).filter(o::status.eq(orders::Status::Created)))
             .set((o::status.eq(orders::Status::Cancelled), o::next_charge_at.eq(None::<DateTime<Utc>>), o::updated_at.eq(now)))
             .execute(conn)
             .await?;
+        if change.timing == Timing::AtPeriodEnd {
+            orders::cancel_renewals_of(conn, change.subscription_id, now).await?;
+        }
     }
     Ok(())
 }

@@ -15,7 +15,9 @@ use shared::{
 };
 use uuid::Uuid;
 
-use super::{ChangeView, PlanChange, Status, Timing, apply::apply_in, close, lock_open, lock_open_orders, prorate};
+use super::{
+    ChangeView, PlanChange, Status, Timing, apply::apply_in, close, lock_open, lock_open_orders, prorate, renewal_in_collection,
+};
 use crate::{
     App, Error, Result, checkout_orders,
     gateway::NewOrder,
@@ -154,11 +156,16 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
     // Share lock: no new version or archive until the change is in.
     let plan = plans::get_shared(c, r.plan_id.as_str()).await?;
     if plan.id == sub.plan_id {
-        let change = match open {
-            Some(change) => Some(with_order(c, change).await?),
-            None => None,
+        // Staying on the plan: a change to it is a no-op, and withdraws a
+        // pending change to another plan (the customer's latest word).
+        let Some(open) = open else {
+            return Ok(Decision::Done(Box::new(Changed { subscription: sub, change: None, replayed: true })));
         };
-        return Ok(Decision::Done(Box::new(Changed { subscription: sub, change, replayed: true })));
+        not_while_collecting(c, &sub).await?;
+        Etag::check(r.etag.as_ref(), &[&sub.etag()], "subscription", sub.id)?;
+        close(c, &open, Status::Cancelled, now).await?;
+        tracing::info!(subscription_id = %sub.id, change_id = %open.id, "plan change withdrawn: staying on the plan");
+        return Ok(Decision::Done(Box::new(Changed { subscription: sub, change: None, replayed: false })));
     }
     checkout_orders::not_purchasable(&plan)?;
     let from = plans::version(c, &sub.plan_id, sub.plan_version).await?;
@@ -173,6 +180,17 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
             ErrorReason::PlanChangeNotAllowed,
             subject,
             "the next period is already paid at the current plan's price: change the plan once it has begun",
+        ));
+    }
+    not_while_collecting(c, &sub).await?;
+    if to.currency != from.currency {
+        return Err(Error::precondition(
+            ErrorReason::PlanChangeNotAllowed,
+            subject,
+            format!(
+                "{} is priced in {} and {} in {}: a change between currencies is not supported; cancel at period end and buy the other plan",
+                to.plan_id, to.currency, from.plan_id, from.currency
+            ),
         ));
     }
     if to.period != from.period {
@@ -203,12 +221,12 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
             })))
         }
         Timing::Immediately => {
-            if to.currency != from.currency || to.price_minor <= from.price_minor {
+            if to.price_minor <= from.price_minor {
                 return Err(Error::precondition(
                     ErrorReason::PlanChangeNotAllowed,
                     subject,
                     format!(
-                        "only an upgrade (a higher price in the same currency) takes effect now: {} at {} {} is not one from {} at {} {}; ask AT_PERIOD_END",
+                        "only an upgrade (a higher price) takes effect now: {} at {} {} is not one from {} at {} {}; ask AT_PERIOD_END",
                         to.plan_id, to.price_minor, to.currency, from.plan_id, from.price_minor, from.currency
                     ),
                 ));
@@ -248,7 +266,7 @@ async fn record(c: &mut Conn, r: &ChangeRequest, q: &Quote, order_id: &str, now:
     if current != (q.from.plan_id.as_str(), q.from.version, q.period_start) || sub.period_end != q.period_end {
         return Ok(None);
     }
-    if orders::renewal_paid(c, sub.id, sub.period_end).await? {
+    if orders::renewal_paid(c, sub.id, sub.period_end).await? || renewal_in_collection(c, sub.id).await? {
         return Ok(None);
     }
     let change = insert_with_id(c, q.change_id, &sub, &q.from, &q.to, Timing::Immediately, q.amount_minor, now).await?;
@@ -302,7 +320,7 @@ async fn insert_with_id(
     now: DateTime<Utc>,
 ) -> Result<PlanChange> {
     if let Some(open) = lock_open(c, sub.id).await? {
-        close(c, open.id, Status::Cancelled, now).await?;
+        close(c, &open, Status::Cancelled, now).await?;
     }
     let change = PlanChange {
         id,
@@ -324,8 +342,22 @@ async fn insert_with_id(
     Ok(diesel::insert_into(pc::table).values(&change).returning(PlanChange::as_returning()).get_result(c).await?)
 }
 
+/// Refuses a change while the next period's renewal is being charged to
+/// the saved method (see [`renewal_in_collection`]).
+async fn not_while_collecting(c: &mut Conn, sub: &Subscription) -> Result<()> {
+    if renewal_in_collection(c, sub.id).await? {
+        return Err(Error::precondition(
+            ErrorReason::PlanChangeNotAllowed,
+            format!("subscription:{}", sub.id),
+            "the next period's renewal is being charged to the saved payment method: change the plan once that charge settled \
+             (after the next period began)",
+        ));
+    }
+    Ok(())
+}
+
 /// CancelPlanChange: withdraws the subscription's open change (a scheduled
-/// downgrade, or an upgrade not paid yet, whose order is cancelled: a late
+/// change, or an upgrade not paid yet, whose order is cancelled: a late
 /// payment of it is a refundable discrepancy). The next period's renewal
 /// order, if already opened at the changed plan, is cancelled too and
 /// opened again at the subscription's own. Nothing open: replayed.
@@ -334,22 +366,25 @@ pub async fn withdraw(app: &App, subscription_id: Uuid, user_id: &UserId) -> Res
     let mut conn = app.conn().await?;
     shared::retry_tx!(&mut conn, Races::Conflicts, |c| {
         lock_open_orders(c, subscription_id).await?;
-        let sub = subscriptions::lock(c, subscription_id).await?;
+        let mut sub = subscriptions::lock(c, subscription_id).await?;
         if sub.user_id != user_id.as_str() {
             return Err(Error::not_found("subscription", subscription_id));
         }
+        if subscriptions::roll_if_due(c, &sub, now).await? {
+            sub = subscriptions::get(c, sub.id).await?;
+        }
         let Some(open) = lock_open(c, sub.id).await? else { return Ok((sub, true)) };
-        if open.timing == Timing::AtPeriodEnd && orders::renewal_paid(c, sub.id, sub.period_end).await? {
-            return Err(Error::precondition(
-                ErrorReason::PlanChangeNotAllowed,
-                format!("subscription:{}", sub.id),
-                "the next period is already paid at the new plan's price: the change takes effect at period end",
-            ));
-        }
-        close(c, open.id, Status::Cancelled, now).await?;
         if open.timing == Timing::AtPeriodEnd {
-            orders::cancel_renewals_of(c, sub.id, now).await?;
+            if orders::renewal_paid(c, sub.id, sub.period_end).await? {
+                return Err(Error::precondition(
+                    ErrorReason::PlanChangeNotAllowed,
+                    format!("subscription:{}", sub.id),
+                    "the next period is already paid at the new plan's price: the change takes effect at period end",
+                ));
+            }
+            not_while_collecting(c, &sub).await?;
         }
+        close(c, &open, Status::Cancelled, now).await?;
         tracing::info!(subscription_id = %sub.id, change_id = %open.id, "plan change withdrawn");
         Ok::<_, Error>((sub, false))
     })

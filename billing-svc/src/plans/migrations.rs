@@ -56,7 +56,8 @@ pub struct Migration {
     /// Of those, the ones whose current period runs on `to_version`.
     #[diesel(sql_type = sql_types::BigInt)]
     pub applied: i64,
-    /// Of those, the ones that ended (or were replaced) before reaching it.
+    /// Of those, the ones that ended (or were replaced, or changed to
+    /// another plan) before reaching it.
     #[diesel(sql_type = sql_types::BigInt)]
     pub ended: i64,
 }
@@ -170,8 +171,8 @@ async fn migrate_in(c: &mut Conn, m: &NewMigration, now: DateTime<Utc>) -> Resul
 
 const SELECT: &str = "SELECT m.id, m.plan_id, m.from_version, m.to_version, m.created_at, m.seq,
         count(ms.subscription_id) AS scheduled,
-        count(ms.subscription_id) FILTER (WHERE s.plan_version = m.to_version AND s.status IN ('ACTIVE', 'PAST_DUE')) AS applied,
-        count(ms.subscription_id) FILTER (WHERE s.status NOT IN ('ACTIVE', 'PAST_DUE')) AS ended
+        count(ms.subscription_id) FILTER (WHERE s.plan_id = m.plan_id AND s.plan_version = m.to_version AND s.status IN ('ACTIVE', 'PAST_DUE')) AS applied,
+        count(ms.subscription_id) FILTER (WHERE s.status NOT IN ('ACTIVE', 'PAST_DUE') OR s.plan_id <> m.plan_id) AS ended
    FROM plan_migrations m
    LEFT JOIN plan_migration_subscriptions ms ON ms.migration_id = m.id
    LEFT JOIN subscriptions s ON s.id = ms.subscription_id";

@@ -7,6 +7,8 @@
 //! plan's full price, ledger == balances).
 mod checkout;
 mod downgrades;
+mod events;
+mod guards;
 mod races;
 mod refusals;
 mod upgrades;

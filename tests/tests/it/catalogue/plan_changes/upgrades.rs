@@ -16,8 +16,9 @@ use crate::{
 
 /// A third into the period, lite → max is charged (max − lite) × ⅔ rounded
 /// down; until that order is paid nothing changes but `pending_change`;
-/// paid, the subscription is on max at once with the same period, credits
-/// = max's grant − used, and the next renewal charges max's price.
+/// paid, the subscription is on max at once with the same period, its
+/// credits grown by (max's grant − lite's) × ⅔, and the next renewal
+/// charges max's price with max's full grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_charges_the_prorated_difference_and_takes_effect_once_paid() {
     let app = spawn_app().await;
@@ -50,12 +51,11 @@ async fn an_upgrade_charges_the_prorated_difference_and_takes_effect_once_paid()
     let paid = pay(&app, &change.order_id).await.unwrap().subscription.unwrap();
     assert_eq!((paid.id.as_str(), paid.plan_id.as_str()), (sub.id.as_str(), "max"));
     assert_eq!((ts(&paid.period_start), ts(&paid.period_end)), (start, end), "the period and its anchor stay");
-    let used = 30;
-    assert_eq!(
-        (paid.credits_granted, paid.credits_remaining),
-        (MAX_CREDITS, MAX_CREDITS - used),
-        "max's grant minus what was used"
-    );
+    // The credits grow by the grants' difference for the share of the
+    // period the charge paid for, rounded down as the charge is.
+    let extra = expected_charge(MAX_CREDITS - LITE_CREDITS, &sub, now);
+    assert!(extra > 0 && extra < MAX_CREDITS - LITE_CREDITS, "{extra}");
+    assert_eq!((paid.credits_granted, paid.credits_remaining), (LITE_CREDITS + extra, LITE_CREDITS - 30 + extra));
     assert!(paid.pending_change.is_none());
 
     // The next period is max's, at max's price.
@@ -95,21 +95,37 @@ async fn an_upgrade_charges_the_prorated_difference_and_takes_effect_once_paid()
     assert_eq!(changed, ["max"], "one PLAN_CHANGED event, with the subscription on its new plan");
 }
 
-/// Credits: the new grant minus what was used, but never fewer than the
-/// user has left (a user who used little keeps their balance if it is
-/// higher, e.g. carried over).
+/// Credits never shrink on an upgrade: a plan that costs more but grants
+/// fewer credits leaves the balance as it is. An upgrade at the very start
+/// of the period adds the whole difference of the grants (the new grant
+/// minus what was used), whatever was carried over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_never_leaves_fewer_credits_than_were_left() {
     let app = spawn_app().await;
     plans(&app).await;
     app.create_plan("bigger-credits-cheaper", "Odd", LITE + 1, 10).await;
+    app.create_plan("odd-old", "Old", 5_000, 7).await;
     let sub = app.subscribe("keeper", "lite").await;
     assert_eq!(sub.credits_remaining, LITE_CREDITS);
     let r = upgrade(&app, &sub, "bigger-credits-cheaper").await.unwrap();
     let change = r.change.unwrap();
     let paid = pay(&app, &change.order_id).await.unwrap().subscription.unwrap();
     assert_eq!(paid.plan_id, "bigger-credits-cheaper");
-    assert_eq!((paid.credits_granted, paid.credits_remaining), (LITE_CREDITS, LITE_CREDITS), "10 − 0 used < 100 left: 100 kept");
+    assert_eq!((paid.credits_granted, paid.credits_remaining), (LITE_CREDITS, LITE_CREDITS), "fewer credits granted: 100 kept");
+
+    // Carried over: 100 of lite plus what a replaced subscription left.
+    let carried = app.subscribe("carrier", "odd-old").await;
+    assert_eq!(carried.credits_remaining, 7);
+    let sub = app.subscribe("carrier", "lite").await;
+    assert_eq!(sub.credits_remaining, LITE_CREDITS + 7, "carried over");
+    spend(&app, "carrier", 20).await;
+    let change = upgrade(&app, &sub, "max").await.unwrap().change.unwrap();
+    let paid = pay(&app, &change.order_id).await.unwrap().subscription.unwrap();
+    assert_eq!(
+        (paid.credits_granted, paid.credits_remaining),
+        (LITE_CREDITS + 7 + (MAX_CREDITS - LITE_CREDITS), LITE_CREDITS + 7 - 20 + (MAX_CREDITS - LITE_CREDITS)),
+        "the grants' difference on top of what is left, carried-over credits included"
+    );
     assert_ledger_matches_balances(&mut app.billing_db().await).await;
 }
 
