@@ -1,7 +1,7 @@
 //! billing-svc binary: a thin CLI over the library.
 use std::process::ExitCode;
 
-use billing_svc::{App, Config, gateway::Sandbox, jobs::Job, reconcile::AcknowledgedKind};
+use billing_svc::{App, Config, catalogue_cli::command::PlansCommand, gateway::Sandbox, jobs::Job, reconcile::AcknowledgedKind};
 use clap::{Parser, Subcommand};
 use proto::billing::v1::{self as pb, billing_service_client::BillingServiceClient};
 use shared::{
@@ -69,8 +69,9 @@ enum Command {
         #[command(subcommand)]
         command: SandboxCommand,
     },
-    /// The plan catalogue: list, create and reprice plans through the running
-    /// service's PlanCatalogService (admin token), which checks every change.
+    /// The plan catalogue: list, create, reprice, update, archive and
+    /// unarchive plans through the running service's PlanCatalogService
+    /// (admin token), which checks every change.
     Plans {
         #[command(subcommand)]
         command: PlansCommand,
@@ -80,41 +81,6 @@ enum Command {
         /// Admin token presented to BILLING_ENDPOINT (one of BILLING_ADMIN_TOKENS).
         #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true, default_value = "", hide_default_value = true, value_parser = parse::secret)]
         admin_token: Secret,
-    },
-}
-
-#[derive(Subcommand)]
-enum PlansCommand {
-    /// Every plan on sale with every price version, the current one marked.
-    List {
-        /// Also the archived plans.
-        #[arg(long)]
-        archived: bool,
-    },
-    /// Create the plans of a JSON file (one plan or a list, as in
-    /// examples/plans/); the same file again within 24 h is a replay.
-    Create {
-        /// The plan file.
-        #[arg(long)]
-        file: std::path::PathBuf,
-        /// Only check the plans: nothing is created.
-        #[arg(long)]
-        validate_only: bool,
-    },
-    /// Give a plan a new price: a new version that new purchases buy;
-    /// subscribers keep the version they bought and renew at its price.
-    Reprice {
-        /// The plan's id.
-        plan: String,
-        /// The new price per period, in minor units (49900 = ₹499.00).
-        #[arg(long)]
-        price: i64,
-        /// ISO 4217 code [default: the current version's].
-        #[arg(long)]
-        currency: Option<String>,
-        /// Only check the change: no version is made.
-        #[arg(long)]
-        validate_only: bool,
     },
 }
 
@@ -232,41 +198,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `billing-svc plans ...` against the running service.
 async fn plans(command: PlansCommand, endpoint: &str, token: &Secret) -> anyhow::Result<ExitCode> {
-    use billing_svc::catalogue_cli::{Catalog, Repriced, describe, describe_version, plans_from_json};
     if token.is_empty() {
         anyhow::bail!(
             "ADMIN_TOKEN (--admin-token) must be set: the catalogue takes an admin token (the stack's is in target/stack/stack.env)"
         );
     }
-    let catalog = Catalog::new(endpoint, token.expose())?;
-    let failed =
-        |e: tonic::Status| anyhow::anyhow!("billing at {endpoint} (BILLING_ENDPOINT) answered {:?}: {}", e.code(), e.message());
-    match command {
-        PlansCommand::List { archived } => {
-            for p in catalog.list(archived).await.map_err(failed)? {
-                println!("{}", describe(&p));
-            }
-        }
-        PlansCommand::Create { file, validate_only } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            for mut r in plans_from_json(&text)? {
-                r.validate_only = validate_only;
-                let id = r.plan_id.clone();
-                let plan = catalog.create(&r).await.map_err(|e| anyhow::anyhow!("plan {id}: {}", failed(e)))?;
-                let verb = if validate_only { "would create" } else { "created" };
-                println!("{verb} {}", describe(&plan));
-            }
-        }
-        PlansCommand::Reprice { plan, price, currency, validate_only } => {
-            match catalog.reprice(&plan, price, currency.as_deref(), validate_only).await? {
-                Repriced::Unchanged(_) => println!("{plan}: the current version has that price already; nothing to do"),
-                Repriced::Made(v) if validate_only => println!("{plan}: would make {}", describe_version(&v)),
-                Repriced::Made(v) => {
-                    println!("{plan}: made {} (new purchases buy it; subscribers keep theirs)", describe_version(&v))
-                }
-            }
-        }
-    }
+    let catalog = billing_svc::catalogue_cli::Catalog::new(endpoint, token.expose())?;
+    billing_svc::catalogue_cli::command::run(command, &catalog, endpoint, &mut std::io::stdout().lock()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

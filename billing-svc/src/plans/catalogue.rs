@@ -1,6 +1,7 @@
 //! The catalogue's changes (billing.v1.PlanCatalogService; docs/design.md,
 //! "Catalogue"): create a plan, change its name or its terms, give it a new
-//! price, archive it; and its read side, a plan with every version.
+//! price, archive it and put it back on sale; and its read side, a plan
+//! with every version.
 //!
 //! Every change runs in one transaction with its request's idempotency key
 //! (a replay answers the stored response, never applies twice), under the
@@ -226,29 +227,46 @@ async fn reprice_in(c: &mut Conn, id: &str, etag: Option<&Etag>, price: &NewPric
     Ok(Changed { plan: get(c, id).await?, version: Some(version) })
 }
 
-/// ArchivePlan: no new purchases (CreateOrder answers FAILED_PRECONDITION
-/// `PLAN_NOT_PURCHASABLE`); existing subscriptions renew as before, and an
-/// order made before is still paid. Archiving an archived plan changes
-/// nothing. The free plan is never archived (FAILED_PRECONDITION
-/// `FREE_PLAN`): every user falls back to it.
-pub async fn archive(conn: &mut Conn, run: &Run<'_>, id: &PlanId, etag: Option<&Etag>) -> Result<Outcome<Changed>> {
-    change!(conn, run, |c| archive_in(c, id.as_str(), etag, run.now).await)
+/// Where a plan is (docs/design.md, "Catalogue": archived ⇄ on sale);
+/// ArchivePlan and UnarchivePlan move it, through [`put`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sale {
+    /// Sold: CreateOrder prices an order at its current version.
+    OnSale,
+    /// Off sale: CreateOrder answers FAILED_PRECONDITION
+    /// `PLAN_NOT_PURCHASABLE`; existing subscriptions renew as before, and
+    /// an order made before is still paid.
+    Archived,
 }
 
-async fn archive_in(c: &mut Conn, id: &str, etag: Option<&Etag>, now: DateTime<Utc>) -> Result<Changed> {
+/// ArchivePlan (`to` Archived) and UnarchivePlan (`to` OnSale), one code
+/// path: a plan already there changes nothing (and its etag is not asked);
+/// otherwise `archived_at` and `active` move together. Its versions and
+/// subscribers are untouched either way. The free plan is always on sale
+/// (FAILED_PRECONDITION `FREE_PLAN`): every user falls back to it.
+pub async fn put(conn: &mut Conn, run: &Run<'_>, id: &PlanId, etag: Option<&Etag>, to: Sale) -> Result<Outcome<Changed>> {
+    change!(conn, run, |c| put_in(c, id.as_str(), etag, to, run.now).await)
+}
+
+async fn put_in(c: &mut Conn, id: &str, etag: Option<&Etag>, to: Sale, now: DateTime<Utc>) -> Result<Changed> {
     let plan = lock(c, id).await?;
     if plan.is_free() {
         return Err(Error::precondition(
             ErrorReason::FreePlan,
             format!("plan:{id}"),
-            "the free plan is every user's plan on first use and after a paid one ends; it cannot be archived",
+            "the free plan is every user's plan on first use and after a paid one ends; it is always on sale, never archived",
         ));
     }
-    if plan.archived_at.is_some() {
+    let now_in = if plan.archived_at.is_some() { Sale::Archived } else { Sale::OnSale };
+    if now_in == to {
         return Ok(Changed { plan: with_versions(c, plan).await?, version: None });
     }
     Etag::check(etag, &[&plan.etag()], "plan", id)?;
-    diesel::update(plans::table.find(id)).set((plans::active.eq(false), plans::archived_at.eq(now))).execute(c).await?;
+    let archived_at = (to == Sale::Archived).then_some(now);
+    diesel::update(plans::table.find(id))
+        .set((plans::active.eq(archived_at.is_none()), plans::archived_at.eq(archived_at)))
+        .execute(c)
+        .await?;
     Ok(Changed { plan: get(c, id).await?, version: None })
 }
 

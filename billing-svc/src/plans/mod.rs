@@ -101,7 +101,7 @@ impl Plan {
     }
 
     /// The free plan: every user's plan on first use. Never bought, so it
-    /// has no price to change and cannot be archived.
+    /// has no price to change and is never archived (nor unarchived).
     pub fn is_free(&self) -> bool {
         self.id == FREE_PLAN_ID
     }

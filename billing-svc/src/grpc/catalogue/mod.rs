@@ -4,6 +4,7 @@
 //! on its `request_id`.
 mod migrations;
 mod requests;
+mod sale;
 
 use proto::billing::v1::{self as pb, plan_catalog_service_server::PlanCatalogService};
 use shared::{
@@ -22,7 +23,7 @@ use crate::{
         catalogue::{self, CatalogPlan, Changed},
     },
 };
-use requests::{ArchivePlan, CreatePlan, CreatePriceVersion, GetPlan, ListPlans, UpdatePlan, page_token};
+use requests::{CreatePlan, CreatePriceVersion, GetPlan, ListPlans, UpdatePlan, page_token};
 
 pub struct PlanCatalogGrpc {
     app: App,
@@ -67,10 +68,6 @@ fn update_plan_response(c: &Changed) -> pb::UpdatePlanResponse {
 
 fn create_price_version_response(c: &Changed) -> pb::CreatePriceVersionResponse {
     pb::CreatePriceVersionResponse { plan: Some(catalog_plan(&c.plan)), version: c.version.as_ref().map(price_version) }
-}
-
-fn archive_plan_response(c: &Changed) -> pb::ArchivePlanResponse {
-    pb::ArchivePlanResponse { plan: Some(catalog_plan(&c.plan)) }
 }
 
 /// A change without its key (the request's parsing refuses that first).
@@ -131,22 +128,6 @@ async fn create_price_version(
 }
 
 #[instrument(skip_all, fields(plan_id = %req.get_ref().plan_id))]
-async fn archive_plan(app: &App, req: Request<pb::ArchivePlanRequest>) -> RpcResult<pb::ArchivePlanResponse> {
-    require_admin(&req)?;
-    let r = ArchivePlan::try_from(req.get_ref().clone())?;
-    let key = Key::from_request_with_id(&req, "billing.ArchivePlan", |r: &mut pb::ArchivePlanRequest| &mut r.request_id)?
-        .ok_or_else(no_request_id)?;
-    let app = app.clone();
-    let out = run(async move {
-        let encode = encode_with(archive_plan_response);
-        let how = catalogue::Run { key: &key, validate_only: r.validate_only, encode: &encode, now: app.clock.now() };
-        catalogue::archive(&mut *app.conn().await?, &how, &r.id, r.etag.as_ref()).await
-    })
-    .await?;
-    respond(out, archive_plan_response)
-}
-
-#[instrument(skip_all, fields(plan_id = %req.get_ref().plan_id))]
 async fn get_plan(
     app: &App,
     req: Request<pb::PlanCatalogServiceGetPlanRequest>,
@@ -192,7 +173,11 @@ impl PlanCatalogService for PlanCatalogGrpc {
     }
 
     async fn archive_plan(&self, req: Request<pb::ArchivePlanRequest>) -> RpcResult<pb::ArchivePlanResponse> {
-        archive_plan(&self.app, req).await
+        sale::put(&self.app, req).await
+    }
+
+    async fn unarchive_plan(&self, req: Request<pb::UnarchivePlanRequest>) -> RpcResult<pb::UnarchivePlanResponse> {
+        sale::put(&self.app, req).await
     }
 
     async fn get_plan(

@@ -237,21 +237,21 @@ impl TryFrom<pb::CreatePriceVersionRequest> for CreatePriceVersion {
     }
 }
 
-pub(super) struct ArchivePlan {
+/// ArchivePlan's and UnarchivePlan's request (their fields are the same).
+pub(super) struct PlanSale {
     pub id: PlanId,
     pub validate_only: bool,
     pub etag: Option<Etag>,
 }
 
-impl TryFrom<pb::ArchivePlanRequest> for ArchivePlan {
-    type Error = Status;
-    fn try_from(r: pb::ArchivePlanRequest) -> Result<Self, Status> {
+impl PlanSale {
+    pub(super) fn parse(plan_id: String, request_id_: &str, validate_only: bool, etag_: String) -> Result<Self, Status> {
         let mut v = Violations::new();
-        let id = field(&mut v, "plan_id", PlanId::parse(r.plan_id));
-        request_id(&mut v, &r.request_id);
-        let etag = etag(&mut v, r.etag);
+        let id = field(&mut v, "plan_id", PlanId::parse(plan_id));
+        request_id(&mut v, request_id_);
+        let etag = etag(&mut v, etag_);
         v.finish()?;
-        Ok(Self { id: id?, validate_only: r.validate_only, etag })
+        Ok(Self { id: id?, validate_only, etag })
     }
 }
 

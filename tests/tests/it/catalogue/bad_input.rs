@@ -165,6 +165,8 @@ async fn only_an_admin_token_reaches_the_catalogue() {
     denied(service.create_price_version(reprice_request("basic-monthly", 1, "")).await);
     let archive = bpb::ArchivePlanRequest { plan_id: "basic-monthly".into(), request_id: rid(), ..Default::default() };
     denied(service.archive_plan(archive).await);
+    let unarchive = bpb::UnarchivePlanRequest { plan_id: "basic-monthly".into(), request_id: rid(), ..Default::default() };
+    denied(service.unarchive_plan(unarchive).await);
     let update = bpb::UpdatePlanRequest { plan_id: "basic-monthly".into(), request_id: rid(), ..Default::default() };
     denied(service.update_plan(update).await);
     denied(service.get_plan(bpb::PlanCatalogServiceGetPlanRequest { plan_id: "free".into() }).await);

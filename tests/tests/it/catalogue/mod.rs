@@ -10,11 +10,13 @@ mod bad_input;
 mod changes;
 mod migrations;
 mod operator_cli;
+mod operator_cli_verbs;
 mod periods;
 mod pinned_versions;
 mod plan_changes;
 mod races;
 mod trials;
+mod unarchive;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;

@@ -24,6 +24,8 @@ pub(super) async fn walk_the_catalogue(w: &mut Walk) {
     w.saw(R::ResourceNotFound, "PlanCatalogService.GetPlan(gold)", cat.get_plan(r).await);
     let archive_free = bpb::ArchivePlanRequest { plan_id: "free".into(), request_id: rid(), ..Default::default() };
     w.saw(R::FreePlan, "ArchivePlan(free)", cat.archive_plan(archive_free).await);
+    let unarchive_free = bpb::UnarchivePlanRequest { plan_id: "free".into(), request_id: rid(), ..Default::default() };
+    w.saw(R::FreePlan, "UnarchivePlan(free)", cat.unarchive_plan(unarchive_free).await);
     let stale = bpb::CreatePriceVersionRequest {
         plan_id: "pro-monthly".into(),
         request_id: rid(),

@@ -3,14 +3,22 @@
 //! that the service checks every change in one place. A plan file is JSON
 //! (one plan or a list; `examples/plans/`), and a file's request_id is
 //! derived from its content, so running the same file twice within 24 h is a
-//! replay, never a second change. `stack` seeds its demo plans through
+//! replay, never a second change; every other change's request_id is
+//! derived from the change and the etag of the plan it was read from, which
+//! it carries as its condition. `stack` seeds its demo plans through
 //! [`Catalog::ensure`].
 use std::{fmt::Write as _, time::Duration};
 
+use prost::Message as _;
 use proto::billing::v1::{self as pb, plan_catalog_service_client::PlanCatalogServiceClient};
 use sha2::{Digest, Sha256};
 use shared::client::{Budget, retry};
 use tonic::{Code, Status, transport::Channel};
+
+pub mod command;
+mod plan_file;
+
+pub use plan_file::{LimitSpec, Unlimited, plans_from_json};
 
 /// Each call's time budget, retries included.
 const CALL_BUDGET: Duration = Duration::from_secs(10);
@@ -19,106 +27,7 @@ const CALL_BUDGET: Duration = Duration::from_secs(10);
 const ATTEMPTS: u32 = 3;
 
 /// The demo plans `stack` seeds (`examples/plans/demo.json`).
-pub const DEMO_PLANS: &str = include_str!("../../examples/plans/demo.json");
-
-/// One plan of a plan file.
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-struct PlanSpec {
-    id: String,
-    name: String,
-    price_minor: i64,
-    currency: String,
-    period: SpecPeriod,
-    credits_per_period: i64,
-    deduction_interval_seconds: i32,
-    limits: LimitsSpec,
-    /// Days of the trial a first purchase may start; absent or 0: none
-    /// (left out of the canonical form then, so a plan file from before
-    /// trials derives the same request_id).
-    #[serde(default, skip_serializing_if = "no_trial")]
-    trial_days: i32,
-}
-
-fn no_trial(days: &i32) -> bool {
-    *days == 0
-}
-
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-enum SpecPeriod {
-    Monthly,
-    Yearly,
-}
-
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsSpec {
-    sessions_per_period: LimitSpec,
-    minutes_per_period: LimitSpec,
-    upload_bytes: LimitSpec,
-}
-
-/// A limit: a number, or the word "unlimited".
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
-enum LimitSpec {
-    Max(i64),
-    Word(Unlimited),
-}
-
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-enum Unlimited {
-    #[serde(rename = "unlimited")]
-    Unlimited,
-}
-
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
-enum SpecFile {
-    One(PlanSpec),
-    Many(Vec<PlanSpec>),
-}
-
-impl LimitSpec {
-    fn value(&self) -> pb::LimitValue {
-        use pb::limit_value::Value;
-        pb::LimitValue {
-            value: Some(match self {
-                LimitSpec::Max(m) => Value::Max(*m),
-                LimitSpec::Word(Unlimited::Unlimited) => Value::Unlimited(true),
-            }),
-        }
-    }
-}
-
-impl PlanSpec {
-    /// The CreatePlan request of this plan, its request_id a UUID derived
-    /// from the plan as written: the same plan, the same key.
-    fn request(&self) -> pb::CreatePlanRequest {
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
-        pb::CreatePlanRequest {
-            request_id: derived_request_id("billing-svc plans create", &canonical),
-            validate_only: false,
-            plan_id: self.id.clone(),
-            name: self.name.clone(),
-            price_minor: self.price_minor,
-            currency: self.currency.clone(),
-            period: match self.period {
-                SpecPeriod::Monthly => pb::PlanPeriod::Monthly,
-                SpecPeriod::Yearly => pb::PlanPeriod::Yearly,
-            } as i32,
-            credits_per_period: self.credits_per_period,
-            deduction_interval_seconds: self.deduction_interval_seconds,
-            limits: Some(pb::PlanLimitsInput {
-                sessions_per_period: Some(self.limits.sessions_per_period.value()),
-                minutes_per_period: Some(self.limits.minutes_per_period.value()),
-                upload_bytes: Some(self.limits.upload_bytes.value()),
-            }),
-            trial_days: self.trial_days,
-        }
-    }
-}
+pub const DEMO_PLANS: &str = include_str!("../../../examples/plans/demo.json");
 
 /// A request_id (a UUID) that names one change: the SHA-256 of `what` and
 /// `bytes`, so a re-run of the same change sends the same key.
@@ -131,23 +40,6 @@ fn derived_request_id(what: &str, bytes: &[u8]) -> String {
     let mut b = [0u8; 16];
     b.copy_from_slice(&digest[..16]);
     uuid::Builder::from_random_bytes(b).into_uuid().to_string()
-}
-
-/// The CreatePlan requests of a plan file (one plan, or a list of them):
-/// JSON whose shape is checked here; every value is the service's to judge.
-pub fn plans_from_json(text: &str) -> anyhow::Result<Vec<pb::CreatePlanRequest>> {
-    let file: SpecFile = serde_json::from_str(text).map_err(|e| {
-        anyhow::anyhow!(
-            "not a plan file ({e}): a JSON object with id, name, price_minor, currency, period (\"monthly\"), \
-             credits_per_period, deduction_interval_seconds and limits {{sessions_per_period, minutes_per_period, \
-             upload_bytes}}, each a number or \"unlimited\", and optionally trial_days; or a list of them (examples/plans/)"
-        )
-    })?;
-    let specs = match file {
-        SpecFile::One(p) => vec![p],
-        SpecFile::Many(ps) => ps,
-    };
-    Ok(specs.iter().map(PlanSpec::request).collect())
 }
 
 /// What [`Catalog::reprice`] did.
@@ -293,6 +185,119 @@ impl Catalog {
     }
 }
 
+/// What `plans update` changes: each field given is named in UpdatePlan's
+/// update mask, the others are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanUpdate {
+    pub name: Option<String>,
+    pub credits_per_period: Option<i64>,
+    pub sessions_per_period: Option<LimitSpec>,
+    pub minutes_per_period: Option<LimitSpec>,
+    pub upload_bytes: Option<LimitSpec>,
+}
+
+impl PlanUpdate {
+    /// The UpdatePlan request of this change of `plan` (its etag as read),
+    /// without its request_id.
+    fn request(&self, plan: &str, etag: String) -> pb::UpdatePlanRequest {
+        let mut paths = Vec::new();
+        let mut limits = pb::PlanLimitsInput::default();
+        let mut path = |given: bool, p: &str| {
+            if given {
+                paths.push(p.to_owned());
+            }
+        };
+        path(self.name.is_some(), "name");
+        path(self.credits_per_period.is_some(), "credits_per_period");
+        path(self.sessions_per_period.is_some(), "limits.sessions_per_period");
+        path(self.minutes_per_period.is_some(), "limits.minutes_per_period");
+        path(self.upload_bytes.is_some(), "limits.upload_bytes");
+        limits.sessions_per_period = self.sessions_per_period.as_ref().map(LimitSpec::value);
+        limits.minutes_per_period = self.minutes_per_period.as_ref().map(LimitSpec::value);
+        limits.upload_bytes = self.upload_bytes.as_ref().map(LimitSpec::value);
+        pb::UpdatePlanRequest {
+            plan_id: plan.to_owned(),
+            request_id: String::new(),
+            validate_only: false,
+            etag,
+            update_mask: Some(prost_types::FieldMask { paths }),
+            name: self.name.clone().unwrap_or_default(),
+            credits_per_period: self.credits_per_period.unwrap_or_default(),
+            limits: Some(limits),
+        }
+    }
+}
+
+impl Catalog {
+    /// One call of `r` (a change with its request_id, safe to send again),
+    /// retried within one budget.
+    async fn send<R: Clone, T, Fut>(
+        &self,
+        r: &R,
+        call: impl Fn(PlanCatalogServiceClient<Channel>, tonic::Request<R>) -> Fut,
+    ) -> Result<tonic::Response<T>, Status>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let budget = Budget::new(CALL_BUDGET);
+        retry(budget, ATTEMPTS, || call(self.client.clone(), budget.request(r.clone(), &self.token))).await
+    }
+
+    /// The plan as read now; NOT_FOUND when there is none of that id.
+    async fn read(&self, plan: &str) -> Result<pb::CatalogPlan, Status> {
+        self.get(plan).await?.ok_or_else(|| Status::not_found(format!("no plan {plan} in the catalogue")))
+    }
+
+    /// The etag of `plan` as read now, the condition of a change of it.
+    async fn etag(&self, plan: &str) -> Result<String, Status> {
+        Ok(self.read(plan).await?.plan.unwrap_or_default().etag)
+    }
+
+    /// ArchivePlan: `plan` off sale (an archived one answered as it is).
+    pub async fn archive(&self, plan: &str, validate_only: bool) -> Result<pb::CatalogPlan, Status> {
+        let r = pb::ArchivePlanRequest { plan_id: plan.to_owned(), etag: self.etag(plan).await?, ..Default::default() };
+        let r = pb::ArchivePlanRequest {
+            request_id: derived_request_id("billing-svc plans archive", &r.encode_to_vec()),
+            validate_only,
+            ..r
+        };
+        let out = self.send(&r, |mut c, req| async move { c.archive_plan(req).await }).await?;
+        out.into_inner().plan.ok_or_else(|| Status::internal("ArchivePlan answered no plan"))
+    }
+
+    /// UnarchivePlan: `plan` back on sale (one on sale answered as it is).
+    pub async fn unarchive(&self, plan: &str, validate_only: bool) -> Result<pb::CatalogPlan, Status> {
+        let r = pb::UnarchivePlanRequest { plan_id: plan.to_owned(), etag: self.etag(plan).await?, ..Default::default() };
+        let r = pb::UnarchivePlanRequest {
+            request_id: derived_request_id("billing-svc plans unarchive", &r.encode_to_vec()),
+            validate_only,
+            ..r
+        };
+        let out = self.send(&r, |mut c, req| async move { c.unarchive_plan(req).await }).await?;
+        out.into_inner().plan.ok_or_else(|| Status::internal("UnarchivePlan answered no plan"))
+    }
+
+    /// UpdatePlan of the fields `change` gives, on the plan as read now:
+    /// the plan as changed, and the version the change made (new credits
+    /// or limits), if it made one.
+    pub async fn update(
+        &self,
+        plan: &str,
+        change: &PlanUpdate,
+        validate_only: bool,
+    ) -> Result<(pb::CatalogPlan, Option<pb::PriceVersion>), Status> {
+        let r = change.request(plan, self.etag(plan).await?);
+        let r = pb::UpdatePlanRequest {
+            request_id: derived_request_id("billing-svc plans update", &r.encode_to_vec()),
+            validate_only,
+            ..r
+        };
+        let out = self.send(&r, |mut c, req| async move { c.update_plan(req).await }).await?.into_inner();
+        let plan = out.plan.ok_or_else(|| Status::internal("UpdatePlan answered no plan"))?;
+        Ok((plan, out.created_version))
+    }
+}
+
 fn limit(l: Option<pb::Limit>) -> String {
     match l {
         Some(pb::Limit { unlimited: true, .. }) => "unlimited".to_owned(),
@@ -332,55 +337,4 @@ pub fn describe(p: &pb::CatalogPlan) -> String {
         let _ = write!(out, "\n  {}{current}", describe_version(v));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_demo_plans_parse_with_stable_request_ids() {
-        let a = plans_from_json(DEMO_PLANS).unwrap_or_default();
-        let b = plans_from_json(DEMO_PLANS).unwrap_or_default();
-        assert_eq!(a.iter().map(|p| p.plan_id.as_str()).collect::<Vec<_>>(), ["basic-monthly", "pro-monthly"]);
-        assert_eq!(a, b, "the same file, the same request_ids");
-        assert_ne!(a[0].request_id, a[1].request_id);
-        assert!(uuid::Uuid::try_parse(&a[0].request_id).is_ok());
-        use pb::limit_value::Value;
-        let pro = a[1].limits.unwrap_or_default();
-        assert_eq!(pro.sessions_per_period.and_then(|l| l.value), Some(Value::Unlimited(true)));
-        assert_eq!(pro.minutes_per_period.and_then(|l| l.value), Some(Value::Max(3000)));
-    }
-
-    #[test]
-    fn a_file_that_is_not_a_plan_is_refused_with_its_shape() {
-        for bad in ["{}", "[{\"id\": \"x\"}]", "{\"id\": \"x\", \"nme\": \"typo\"}", "not json"] {
-            let e = plans_from_json(bad).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(e.contains("not a plan file"), "{bad}: {e}");
-        }
-        let word = DEMO_PLANS.replace("\"unlimited\"", "\"endless\"");
-        assert!(plans_from_json(&word).is_err(), "a limit is a number or \"unlimited\"");
-    }
-
-    #[test]
-    fn a_changed_plan_is_another_request() {
-        let a = plans_from_json(DEMO_PLANS).unwrap_or_default();
-        let b = plans_from_json(&DEMO_PLANS.replace("\"price_minor\": 49900,", "\"price_minor\": 59900,")).unwrap_or_default();
-        assert_eq!(b[0].price_minor, 59900);
-        assert_ne!(a[0].request_id, b[0].request_id);
-        assert_eq!(a[1].request_id, b[1].request_id);
-    }
-
-    #[test]
-    fn a_trial_is_optional_and_no_trial_keeps_the_request_id() {
-        let a = plans_from_json(DEMO_PLANS).unwrap_or_default();
-        let zero = plans_from_json(&DEMO_PLANS.replace("\"price_minor\": 49900,", "\"price_minor\": 49900, \"trial_days\": 0,"))
-            .unwrap_or_default();
-        assert_eq!(a, zero, "absent and 0 are the same plan, the same request_id");
-        let trial =
-            plans_from_json(&DEMO_PLANS.replace("\"price_minor\": 49900,", "\"price_minor\": 49900, \"trial_days\": 14,"))
-                .unwrap_or_default();
-        assert_eq!((trial[0].trial_days, a[0].trial_days), (14, 0));
-        assert_ne!(trial[0].request_id, a[0].request_id);
-    }
 }
