@@ -29,9 +29,12 @@ pub async fn start(app: &App, user_id: &UserId, plan_id: &PlanId) -> Result<Tria
 async fn start_in(c: &mut Conn, user_id: &str, plan_id: &str, now: DateTime<Utc>) -> Result<Trial> {
     // Share lock: no new version or archive until the trial is in.
     let plan = plans::get_shared(c, plan_id).await?;
-    let live = subscriptions::current_locked(c, user_id, now).await?;
-    if live.plan_id == plan.id && live.trial_end.is_some() {
-        return Ok(Trial { subscription: live, replayed: true });
+    // The live subscription it replaces, if any: a user who never used the
+    // service gets no free month first (a purchase does not either), so no
+    // free credits are carried into the trial.
+    let live = subscriptions::live_locked(c, user_id, now).await?;
+    if let Some(live) = live.as_ref().filter(|l| l.plan_id == plan.id && l.trial_end.is_some()) {
+        return Ok(Trial { subscription: live.clone(), replayed: true });
     }
     checkout_orders::not_purchasable(&plan)?;
     let unavailable = |why: &str| Error::precondition(ErrorReason::TrialNotAvailable, format!("plan:{plan_id}"), why.to_owned());
@@ -45,7 +48,7 @@ async fn start_in(c: &mut Conn, user_id: &str, plan_id: &str, now: DateTime<Utc>
         return Err(unavailable("the plan's current version offers no trial; buy it with CreateOrder"));
     };
     let trial_end = now + Duration::days(i64::from(days));
-    let subscription = subscriptions::start_trial(c, &version, trial_end, live, now).await?;
+    let subscription = subscriptions::start_trial(c, &version, user_id, trial_end, live, now).await?;
     tracing::info!(subscription_id = %subscription.id, plan_id, %trial_end, "trial started");
     Ok(Trial { subscription, replayed: false })
 }

@@ -186,7 +186,7 @@ pub use crate::orders::MandateLimits;
 pub use ending::{
     Cancelled, cancel, end_now, forfeit_carried, refund_unused_renewal, refund_unused_renewals, set_cancel_at_period_end,
 };
-pub use periods::{as_of, calendar_month, current, current_locked, roll, roll_due, roll_if_due};
+pub use periods::{as_of, calendar_month, current, current_locked, live_locked, roll, roll_due, roll_if_due};
 pub use saved_method::{complete_contact, forget_method, mandate_limits, save_method, saved_method};
 pub use trials::{Trial, had_plan, start_trial};
 
@@ -296,6 +296,34 @@ async fn take_credits(conn: &mut Conn, from: &Subscription, kind: LedgerKind, no
 /// live row that appeared since makes the insert hit the one-ACTIVE-per-user
 /// index, and the caller's retry judges it afresh. Call inside the capture
 /// transaction, with the order row locked.
+/// The first half of replacing `old` (the user's live subscription, locked)
+/// by a purchase or a trial: its credits carried over through the ledger
+/// (returned, to add to the new grant), REPLACED, its open renewal
+/// cancelled (a later payment of it is a refundable discrepancy, and no job
+/// charges it) and one paid already owed back. The new row must exist
+/// before [`point_to`] can point at it, and the old one must leave ACTIVE
+/// before the new one enters it.
+async fn retire(conn: &mut Conn, old: &Subscription, now: DateTime<Utc>) -> Result<i64> {
+    let mut carried = 0;
+    if old.credits_remaining > 0 && now < old.period_end {
+        carried = old.credits_remaining;
+        carry_over(conn, old, now).await?;
+    }
+    diesel::update(subscriptions::table.find(old.id))
+        .set((subscriptions::status.eq(Status::Replaced), subscriptions::updated_at.eq(now)))
+        .execute(conn)
+        .await?;
+    orders::cancel_renewals_of(conn, old.id, now).await?;
+    refund_unused_renewals(conn, old, now).await?;
+    Ok(carried)
+}
+
+/// The second half: the retired row points at its replacement.
+async fn point_to(conn: &mut Conn, old: Uuid, new: Uuid) -> Result<()> {
+    diesel::update(subscriptions::table.find(old)).set(subscriptions::replaced_by.eq(new)).execute(conn).await?;
+    Ok(())
+}
+
 pub async fn create_paid(
     conn: &mut Conn,
     user_id: &str,
@@ -306,24 +334,10 @@ pub async fn create_paid(
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
     let id = Uuid::new_v4();
-    let mut carried = 0;
-    if let Some(old) = &old {
-        if old.credits_remaining > 0 && now < old.period_end {
-            carried = old.credits_remaining;
-            carry_over(conn, old, now).await?;
-        }
-        // The new row must exist before replaced_by can point at it, and the
-        // old one must leave ACTIVE before the new one enters it.
-        diesel::update(subscriptions::table.find(old.id))
-            .set((subscriptions::status.eq(Status::Replaced), subscriptions::updated_at.eq(now)))
-            .execute(conn)
-            .await?;
-        // Its renewal is no longer owed: a later payment of it is refused
-        // (a refundable discrepancy), and no job charges it; one paid
-        // already is owed back.
-        orders::cancel_renewals_of(conn, old.id, now).await?;
-        refund_unused_renewals(conn, old, now).await?;
-    }
+    let carried = match &old {
+        Some(old) => retire(conn, old, now).await?,
+        None => 0,
+    };
     // The first anniversary period, [now, now + 1 month or year), as SQL
     // computes it from the version's period.
     let (_, end) = periods::period_at(conn, now, false, now, version.period.months()).await?;
@@ -349,7 +363,7 @@ pub async fn create_paid(
         .get_result(conn)
         .await?;
     if let Some(old) = old {
-        diesel::update(subscriptions::table.find(old.id)).set(subscriptions::replaced_by.eq(id)).execute(conn).await?;
+        point_to(conn, old.id, id).await?;
     }
     if let Some((m, limits)) = saved {
         save_method(conn, id, m, limits, now).await?;

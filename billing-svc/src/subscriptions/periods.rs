@@ -139,20 +139,27 @@ pub async fn current(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Resu
     }
 }
 
+/// The user's live subscription, locked and rolled to `now`, if it is
+/// still live then; None for a user who has none (nothing is created: a
+/// purchase or a trial replaces no free month).
+pub async fn live_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Result<Option<Subscription>> {
+    let Some(sub) = lock_live(conn, user_id).await? else { return Ok(None) };
+    if !roll_if_due(conn, &sub, now).await? {
+        return Ok(Some(sub));
+    }
+    let rolled = get(conn, sub.id).await?;
+    Ok(rolled.status.is_live().then_some(rolled))
+}
+
 /// The user's live subscription, locked, in its current period (rolled if
 /// it ended); a free subscription is created on first use and after a paid
 /// one ended. Call inside a transaction.
 pub async fn current_locked(conn: &mut Conn, user_id: &str, now: DateTime<Utc>) -> Result<Subscription> {
-    if let Some(sub) = lock_live(conn, user_id).await? {
-        if !roll_if_due(conn, &sub, now).await? {
-            return Ok(sub);
-        }
-        let rolled = get(conn, sub.id).await?;
-        if rolled.status.is_live() {
-            return Ok(rolled);
-        }
-        // It ended at its period end (cancelled then): the free plan now.
+    if let Some(sub) = live_locked(conn, user_id, now).await? {
+        return Ok(sub);
     }
+    // None yet, or it ended at its period end (cancelled then): the free
+    // plan now.
     let free = plans::get(conn, FREE_PLAN_ID).await?;
     // Two first uses at once: the partial unique index lets one insert win.
     // The month is the one `billing_period_at` computes (calendar months),

@@ -9,8 +9,8 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use super::{Status, Subscription, carry_over, get, mandate_limits, refund_unused_renewals, save_method, saved_method};
-use crate::{Result, orders, plans::Version, schema::subscriptions};
+use super::{Status, Subscription, get, mandate_limits, point_to, retire, save_method, saved_method};
+use crate::{Result, plans::Version, schema::subscriptions};
 
 /// A started trial, or the one a repeat found.
 #[derive(Debug, Clone)]
@@ -27,37 +27,30 @@ pub async fn had_plan(conn: &mut Conn, user_id: &str, plan_id: &str) -> Result<b
 }
 
 /// Starts the trial of `version` until `trial_end`, replacing `old` (the
-/// user's live subscription as the caller locked it) as a purchase does:
-/// REPLACED, its credits carried over through the ledger, its open renewal
-/// cancelled and a paid one refunded; its saved payment method carries
-/// over, so the trial converts by charging it. The partial unique index
+/// user's live subscription as the caller locked it, if any) as a purchase
+/// does ([`retire`]); its saved payment method carries over, so the trial
+/// converts by charging it. The partial unique index
 /// `subscriptions_one_trial_per_user_and_plan` refuses a second trial of
 /// the plan (a unique violation: the caller's retry answers the first).
 /// Call inside a transaction.
 pub async fn start_trial(
     conn: &mut Conn,
     version: &Version,
+    user_id: &str,
     trial_end: DateTime<Utc>,
-    old: Subscription,
+    old: Option<Subscription>,
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
     let id = Uuid::new_v4();
-    let mut carried = 0;
-    if old.credits_remaining > 0 && now < old.period_end {
-        carried = old.credits_remaining;
-        carry_over(conn, &old, now).await?;
-    }
-    diesel::update(subscriptions::table.find(old.id))
-        .set((subscriptions::status.eq(Status::Replaced), subscriptions::updated_at.eq(now)))
-        .execute(conn)
-        .await?;
-    orders::cancel_renewals_of(conn, old.id, now).await?;
-    refund_unused_renewals(conn, &old, now).await?;
+    let carried = match &old {
+        Some(old) => retire(conn, old, now).await?,
+        None => 0,
+    };
     let credits = version.credits_per_period + carried;
     diesel::insert_into(subscriptions::table)
         .values((
             subscriptions::id.eq(id),
-            subscriptions::user_id.eq(&old.user_id),
+            subscriptions::user_id.eq(user_id),
             subscriptions::plan_id.eq(&version.plan_id),
             subscriptions::plan_version.eq(version.version),
             subscriptions::status.eq(Status::Active),
@@ -74,9 +67,11 @@ pub async fn start_trial(
         ))
         .execute(conn)
         .await?;
-    diesel::update(subscriptions::table.find(old.id)).set(subscriptions::replaced_by.eq(id)).execute(conn).await?;
-    if let Some(m) = saved_method(&old) {
-        save_method(conn, id, &m, mandate_limits(&old), now).await?;
+    if let Some(old) = old {
+        point_to(conn, old.id, id).await?;
+        if let Some(m) = saved_method(&old) {
+            save_method(conn, id, &m, mandate_limits(&old), now).await?;
+        }
     }
     get(conn, id).await
 }

@@ -113,6 +113,11 @@ async fn an_unpaid_trial_goes_past_due_then_expires() {
     plan_with_trial(&app, "trial-pro").await;
     let trial = start_trial(&app, "lapsing", "trial-pro").await.unwrap().subscription.unwrap();
     assert!(!trial.has_saved_payment_method);
+    // A new user's trial replaces no free month: only the version's credits
+    // (a purchase by a new user grants exactly its credits too).
+    assert_eq!((trial.credits_granted, trial.credits_remaining), (CREDITS, CREDITS));
+    let mut db = app.billing_db().await;
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM subscriptions WHERE user_id = 'lapsing'").await, 1);
     let end = ts(&trial.trial_end);
 
     app.clock.set(end - Duration::hours(48));
@@ -133,7 +138,6 @@ async fn an_unpaid_trial_goes_past_due_then_expires() {
     let order = app.billing.clone().get_order(bpb::GetOrderRequest { id: open.renewal_order_id }).await.unwrap();
     assert_eq!(order.into_inner().order.unwrap().status, bpb::OrderStatus::Cancelled as i32);
 
-    let mut db = app.billing_db().await;
     assert_eq!(
         scalar(&mut db, "SELECT count(*) AS n FROM orders WHERE user_id = 'lapsing' AND status = 'PAID'").await,
         0,
