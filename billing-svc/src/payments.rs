@@ -177,6 +177,18 @@ async fn mark_paid(conn: &mut Conn, order_id: &str, payment_id: &str, now: DateT
         .await?)
 }
 
+/// A discrepancy of `kind` for payment `p` of `order`.
+fn of_order(kind: Kind, order: &Order, p: &Payment<'_>, detail: String) -> Discrepancy {
+    Discrepancy { kind, order_id: Some(order.id.clone()), payment_id: p.payment_id.to_owned(), detail }
+}
+
+/// A payment of an already paid `order` (a `what`) that is not the one that
+/// paid it: SECOND_PAYMENT. None for the same payment (a replay).
+fn second_payment(order: &Order, p: &Payment<'_>, what: &str) -> Option<Discrepancy> {
+    (order.payment_id.as_deref() != Some(p.payment_id))
+        .then(|| of_order(Kind::SecondPayment, order, p, format!("{what} {} was already paid with another payment", order.id)))
+}
+
 /// Captures the payment of a renewal order (order row locked): the order
 /// becomes PAID and, once the period it pays for has begun, that period
 /// opens at the old period end with the plan's credits (a PAST_DUE
@@ -192,14 +204,7 @@ async fn renew(
     mode: Mode,
 ) -> Result<Capture> {
     if order.is_paid() {
-        if order.payment_id.as_deref() != Some(p.payment_id) {
-            let detail = format!("renewal order {} was already paid with another payment", order.id);
-            let d = Discrepancy {
-                kind: Kind::SecondPayment,
-                order_id: Some(order.id.clone()),
-                payment_id: p.payment_id.into(),
-                detail,
-            };
+        if let Some(d) = second_payment(&order, &p, "renewal order") {
             return refuse(conn, d, p, now, mode).await;
         }
         // A replayed capture is also where a renewal that counts as paid
@@ -217,13 +222,7 @@ async fn renew(
             "renewal order {} is for a period subscription {} no longer renews into (it is {}, its period ends {})",
             order.id, sub.id, sub.status, sub.period_end
         );
-        let d = Discrepancy {
-            kind: Kind::OrderSuperseded,
-            order_id: Some(order.id.clone()),
-            payment_id: p.payment_id.into(),
-            detail,
-        };
-        return refuse(conn, d, p, now, mode).await;
+        return refuse(conn, of_order(Kind::OrderSuperseded, &order, &p, detail), p, now, mode).await;
     }
     let order = mark_paid(conn, &order.id, p.payment_id, now).await?;
     if let Some(m) = p.saved_method {
@@ -248,14 +247,7 @@ async fn change_plan(
     mode: Mode,
 ) -> Result<Capture> {
     if order.is_paid() {
-        if order.payment_id.as_deref() != Some(p.payment_id) {
-            let detail = format!("plan change order {} was already paid with another payment", order.id);
-            let d = Discrepancy {
-                kind: Kind::SecondPayment,
-                order_id: Some(order.id.clone()),
-                payment_id: p.payment_id.into(),
-                detail,
-            };
+        if let Some(d) = second_payment(&order, &p, "plan change order") {
             return refuse(conn, d, p, now, mode).await;
         }
         let sub_id = plan_changes::subscription_of(conn, change_id).await?;
@@ -270,13 +262,7 @@ async fn change_plan(
         }
         Err(plan_changes::Superseded(why)) => {
             let detail = format!("plan change order {}: {why}", order.id);
-            let d = Discrepancy {
-                kind: Kind::OrderSuperseded,
-                order_id: Some(order.id.clone()),
-                payment_id: p.payment_id.into(),
-                detail,
-            };
-            refuse(conn, d, p, now, mode).await
+            refuse(conn, of_order(Kind::OrderSuperseded, &order, &p, detail), p, now, mode).await
         }
     }
 }

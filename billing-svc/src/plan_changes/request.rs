@@ -209,7 +209,7 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
     Etag::check(r.etag.as_ref(), &[&sub.etag()], "subscription", sub.id)?;
     match r.timing {
         Timing::AtPeriodEnd => {
-            let change = insert(c, &sub, &from, &to, Timing::AtPeriodEnd, 0, now).await?;
+            let change = insert(c, Uuid::new_v4(), &sub, &from, &to, Timing::AtPeriodEnd, 0, now).await?;
             // The next period's renewal order was priced at the current
             // plan: the renewal job opens it again at the new one.
             orders::cancel_renewals_of(c, sub.id, now).await?;
@@ -235,7 +235,7 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
             if amount_minor == 0 {
                 // Nothing left to charge (the period is over to the
                 // millisecond): the upgrade takes effect at once.
-                let change = insert(c, &sub, &from, &to, Timing::Immediately, 0, now).await?;
+                let change = insert(c, Uuid::new_v4(), &sub, &from, &to, Timing::Immediately, 0, now).await?;
                 let subscription = apply_in(c, &sub, &change, now).await?;
                 let change = pc::table.find(change.id).select(PlanChange::as_select()).first(c).await?;
                 return Ok(Decision::Done(Box::new(Changed {
@@ -269,7 +269,7 @@ async fn record(c: &mut Conn, r: &ChangeRequest, q: &Quote, order_id: &str, now:
     if orders::renewal_paid(c, sub.id, sub.period_end).await? || renewal_in_collection(c, sub.id).await? {
         return Ok(None);
     }
-    let change = insert_with_id(c, q.change_id, &sub, &q.from, &q.to, Timing::Immediately, q.amount_minor, now).await?;
+    let change = insert(c, q.change_id, &sub, &q.from, &q.to, Timing::Immediately, q.amount_minor, now).await?;
     let order: Order = diesel::insert_into(o::table)
         .values((
             o::id.eq(order_id),
@@ -294,22 +294,10 @@ async fn with_order(c: &mut Conn, change: PlanChange) -> Result<ChangeView> {
     Ok(ChangeView { change, order })
 }
 
-async fn insert(
-    c: &mut Conn,
-    sub: &Subscription,
-    from: &Version,
-    to: &Version,
-    timing: Timing,
-    amount_minor: i64,
-    now: DateTime<Utc>,
-) -> Result<PlanChange> {
-    insert_with_id(c, Uuid::new_v4(), sub, from, to, timing, amount_minor, now).await
-}
-
 /// Inserts an OPEN change, closing the subscription's other open change
 /// (superseded: a customer changing their mind). Caller holds the locks.
 #[allow(clippy::too_many_arguments)]
-async fn insert_with_id(
+async fn insert(
     c: &mut Conn,
     id: Uuid,
     sub: &Subscription,

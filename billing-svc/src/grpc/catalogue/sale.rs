@@ -28,41 +28,32 @@ pub(super) trait SaleRequest: prost::Message + Clone + Default + Send + 'static 
     fn response(c: &Changed) -> Self::Response;
 }
 
-impl SaleRequest for pb::ArchivePlanRequest {
-    const METHOD: &'static str = "billing.ArchivePlan";
-    const TO: Sale = Sale::Archived;
-    type Response = pb::ArchivePlanResponse;
-    fn plan_id(&self) -> &str {
-        &self.plan_id
-    }
-    fn request_id(&mut self) -> &mut String {
-        &mut self.request_id
-    }
-    fn parse(self) -> Result<PlanSale, tonic::Status> {
-        PlanSale::parse(self.plan_id, &self.request_id, self.validate_only, self.etag)
-    }
-    fn response(c: &Changed) -> pb::ArchivePlanResponse {
-        pb::ArchivePlanResponse { plan: Some(catalog_plan(&c.plan)) }
-    }
+/// The two requests have the same fields; only the RPC, the direction and
+/// the response type differ.
+macro_rules! sale_request {
+    ($request:ty, $response:ident, $method:literal, $to:expr) => {
+        impl SaleRequest for $request {
+            const METHOD: &'static str = $method;
+            const TO: Sale = $to;
+            type Response = pb::$response;
+            fn plan_id(&self) -> &str {
+                &self.plan_id
+            }
+            fn request_id(&mut self) -> &mut String {
+                &mut self.request_id
+            }
+            fn parse(self) -> Result<PlanSale, tonic::Status> {
+                PlanSale::parse(self.plan_id, &self.request_id, self.validate_only, self.etag)
+            }
+            fn response(c: &Changed) -> pb::$response {
+                pb::$response { plan: Some(catalog_plan(&c.plan)) }
+            }
+        }
+    };
 }
 
-impl SaleRequest for pb::UnarchivePlanRequest {
-    const METHOD: &'static str = "billing.UnarchivePlan";
-    const TO: Sale = Sale::OnSale;
-    type Response = pb::UnarchivePlanResponse;
-    fn plan_id(&self) -> &str {
-        &self.plan_id
-    }
-    fn request_id(&mut self) -> &mut String {
-        &mut self.request_id
-    }
-    fn parse(self) -> Result<PlanSale, tonic::Status> {
-        PlanSale::parse(self.plan_id, &self.request_id, self.validate_only, self.etag)
-    }
-    fn response(c: &Changed) -> pb::UnarchivePlanResponse {
-        pb::UnarchivePlanResponse { plan: Some(catalog_plan(&c.plan)) }
-    }
-}
+sale_request!(pb::ArchivePlanRequest, ArchivePlanResponse, "billing.ArchivePlan", Sale::Archived);
+sale_request!(pb::UnarchivePlanRequest, UnarchivePlanResponse, "billing.UnarchivePlan", Sale::OnSale);
 
 /// ArchivePlan or UnarchivePlan, as `T` says.
 #[instrument(skip_all, fields(method = T::METHOD, plan_id = %req.get_ref().plan_id()))]
