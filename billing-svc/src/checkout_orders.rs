@@ -48,7 +48,7 @@ pub async fn create(app: &App, r: &OrderRequest) -> Result<Order> {
         if let Some(renewal) = renewal_to_pay(&mut conn, user_id, plan_id).await? {
             return Ok(renewal);
         }
-        if let Some(upgrade) = upgrade_to_pay(&mut conn, user_id, plan_id).await? {
+        if let Some(upgrade) = upgrade_to_pay(&mut conn, user_id, plan_id, app.clock.now()).await? {
             return Ok(upgrade);
         }
         plans::get(&mut conn, plan_id).await?
@@ -221,7 +221,7 @@ fn reuse(existing: Order, session_id: Uuid, user_id: &str, plan_id: &str) -> Res
 /// pays that upgrade's prorated order, instead of buying the plan again at
 /// its full price. Like a renewal order, it belongs to its change, not to
 /// a checkout session (docs/design.md, "Plan changes").
-async fn upgrade_to_pay(conn: &mut Conn, user_id: &str, plan_id: &str) -> Result<Option<Order>> {
+async fn upgrade_to_pay(conn: &mut Conn, user_id: &str, plan_id: &str, now: DateTime<Utc>) -> Result<Option<Order>> {
     use crate::{plan_changes::Status as ChangeStatus, schema::plan_changes};
     Ok(orders::table
         .inner_join(plan_changes::table.on(orders::plan_change_id.eq(plan_changes::id.nullable())))
@@ -230,6 +230,9 @@ async fn upgrade_to_pay(conn: &mut Conn, user_id: &str, plan_id: &str) -> Result
         .filter(subscriptions::status.eq(SubStatus::Active))
         .filter(plan_changes::status.eq(ChangeStatus::Open))
         .filter(plan_changes::to_plan_id.eq(plan_id))
+        // Priced for a period that ended (the roll has not cancelled it
+        // yet): its payment would be refused, so it is not handed out.
+        .filter(plan_changes::period_end.gt(now))
         .filter(orders::status.eq(Status::Created))
         .select(Order::as_select())
         .first(conn)

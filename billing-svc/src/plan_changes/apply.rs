@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use super::{PlanChange, Status, close, lock_open_orders, prorate, renewal_in_collection};
+use super::{PlanChange, Status, cancel_uncharged_renewals, close, lock_open_orders, prorate, renewal_in_collection};
 use crate::{
     Result, orders, plans,
     schema::{plan_changes as pc, subscriptions as s},
@@ -38,7 +38,7 @@ pub async fn take_effect(conn: &mut Conn, change_id: Uuid, now: DateTime<Utc>) -
     if let Some(why) = superseded(conn, &sub, &change).await? {
         return Ok(Err(Superseded(why)));
     }
-    Ok(Ok(apply_in(conn, &sub, &change, now).await?))
+    apply_in(conn, &sub, &change, now).await
 }
 
 /// Why `change` can no longer apply to `sub` as priced, if it cannot.
@@ -81,12 +81,20 @@ pub(super) async fn apply_in(
     sub: &Subscription,
     change: &PlanChange,
     now: DateTime<Utc>,
-) -> Result<Subscription> {
+) -> Result<Result<Subscription, Superseded>> {
+    // First, before anything is written: the only open renewal order of an
+    // ACTIVE subscription is the next period's, so when the job claimed it
+    // for a charge since `superseded` looked, nothing was cancelled.
+    if !cancel_uncharged_renewals(conn, sub.id, now).await? {
+        return Ok(Err(Superseded(format!(
+            "the period from {} is being charged to the saved payment method at plan {}'s price",
+            sub.period_end, sub.plan_id
+        ))));
+    }
     let from = plans::version(conn, &change.from_plan_id, change.from_version).await?;
     let to = plans::version(conn, &change.to_plan_id, change.to_version).await?;
     let extra =
         prorate(from.credits_per_period, to.credits_per_period, change.period_start, change.period_end, change.created_at);
-    orders::cancel_renewals_of(conn, sub.id, now).await?;
     close(conn, change, Status::Applied, now).await?;
     let sub = diesel::update(s::table.find(sub.id))
         .set((
@@ -94,13 +102,13 @@ pub(super) async fn apply_in(
             s::plan_version.eq(to.version),
             // An operator's migration of the old plan no longer applies.
             s::next_plan_version.eq(None::<i32>),
-            s::credits_granted.eq(sub.credits_granted + extra),
-            s::credits_remaining.eq(sub.credits_remaining + extra),
+            s::credits_granted.eq(sub.credits_granted.saturating_add(extra)),
+            s::credits_remaining.eq(sub.credits_remaining.saturating_add(extra)),
             s::updated_at.eq(now),
         ))
         .returning(Subscription::as_returning())
         .get_result(conn)
         .await?;
     tracing::info!(subscription_id = %sub.id, plan_id = %to.plan_id, version = to.version, change_id = %change.id, credits = extra, "plan changed now");
-    Ok(sub)
+    Ok(Ok(sub))
 }

@@ -172,28 +172,74 @@ async fn lock_open_orders(conn: &mut Conn, subscription_id: Uuid) -> Result<()> 
     Ok(())
 }
 
-/// Whether an open renewal order of the subscription is being collected:
-/// its saved method was charged (or claimed for a charge) and no answer
-/// settled it yet. Cancelling it would leave a charge that may still land;
-/// a plan change waits until it settled (docs/design.md, "Plan changes").
-/// Caller holds the renewal orders' locks, which the job's claim takes too.
+/// Renewal orders being collected: collection not stopped
+/// (`next_charge_at` set) and a saved method's charge claimed or made (an
+/// attempt counted, or a payment remembered): a retry is scheduled, or an
+/// attempt's outcome is not known yet. Such a charge may land at any
+/// moment, so a plan change never cancels one (docs/design.md, "Plan
+/// changes"). Collection stopped (no method, the mandate's limits, a
+/// revoked token) charges nothing more.
+type InCollection = diesel::dsl::And<
+    diesel::dsl::IsNotNull<o::next_charge_at>,
+    diesel::dsl::Or<diesel::dsl::Gt<o::charge_attempts, i32>, diesel::dsl::IsNotNull<o::pending_payment_id>>,
+>;
+
+fn in_collection() -> InCollection {
+    o::next_charge_at.is_not_null().and(o::charge_attempts.gt(0).or(o::pending_payment_id.is_not_null()))
+}
+
+/// Whether an open renewal order of the subscription is being collected
+/// ([`in_collection`]). Caller holds the renewal orders' locks, which the
+/// job's claim takes too.
 async fn renewal_in_collection(conn: &mut Conn, subscription_id: Uuid) -> Result<bool> {
     let n: i64 = o::table
         .filter(o::renews_subscription_id.eq(subscription_id))
         .filter(o::status.eq(orders::Status::Created))
-        .filter(o::charge_attempts.gt(0).or(o::pending_payment_id.is_not_null()))
+        .filter(in_collection())
         .count()
         .get_result(conn)
         .await?;
     Ok(n > 0)
 }
 
+/// Cancels the subscription's open renewal orders that are not being
+/// collected, for a plan change that reprices the next period, and answers
+/// whether none is left open. The condition is re-checked on each row as
+/// the update locks it, so an order the renewal job opened and claimed
+/// after the caller looked (it is not among the rows the caller locked) is
+/// left alone and reported: the caller then refuses the change (rolling
+/// this back), and the charge settles the period.
+async fn cancel_uncharged_renewals(conn: &mut Conn, subscription_id: Uuid, now: DateTime<Utc>) -> Result<bool> {
+    diesel::update(
+        o::table
+            .filter(o::renews_subscription_id.eq(subscription_id))
+            .filter(o::status.eq(orders::Status::Created))
+            .filter(diesel::dsl::not(in_collection())),
+    )
+    .set((o::status.eq(orders::Status::Cancelled), o::next_charge_at.eq(None::<DateTime<Utc>>), o::updated_at.eq(now)))
+    .execute(conn)
+    .await?;
+    Ok(!renewal_in_collection(conn, subscription_id).await?)
+}
+
+/// The refusal of a change while the next period's renewal is being
+/// charged to the saved method.
+fn being_charged(subscription_id: Uuid) -> crate::Error {
+    crate::Error::precondition(
+        shared::status::ErrorReason::PlanChangeNotAllowed,
+        format!("subscription:{subscription_id}"),
+        "the next period's renewal is being charged to the saved payment method: change the plan once that charge settled \
+         (it is paid, or collection stopped), or after the next period began",
+    )
+}
+
 /// Closes an open change (APPLIED or CANCELLED). A CANCELLED change's
 /// unpaid order is cancelled with it, so a late payment of it is refused as
 /// a refundable discrepancy; a cancelled change at period end takes the
 /// renewal order opened at its plan with it (the renewal job opens the
-/// period's order again at the subscription's own). Caller holds the locks
-/// of [`lock_open_orders`] and the subscription's.
+/// period's order again at the subscription's own), unless that order is
+/// being charged: then the change is refused (`PLAN_CHANGE_NOT_ALLOWED`).
+/// Caller holds the locks of [`lock_open_orders`] and the subscription's.
 async fn close(conn: &mut Conn, change: &PlanChange, status: Status, now: DateTime<Utc>) -> Result<()> {
     let applied_at = (status == Status::Applied).then_some(now);
     diesel::update(pc::table.find(change.id))
@@ -205,8 +251,8 @@ async fn close(conn: &mut Conn, change: &PlanChange, status: Status, now: DateTi
             .set((o::status.eq(orders::Status::Cancelled), o::next_charge_at.eq(None::<DateTime<Utc>>), o::updated_at.eq(now)))
             .execute(conn)
             .await?;
-        if change.timing == Timing::AtPeriodEnd {
-            orders::cancel_renewals_of(conn, change.subscription_id, now).await?;
+        if change.timing == Timing::AtPeriodEnd && !cancel_uncharged_renewals(conn, change.subscription_id, now).await? {
+            return Err(being_charged(change.subscription_id));
         }
     }
     Ok(())

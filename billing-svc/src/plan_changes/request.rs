@@ -16,7 +16,8 @@ use shared::{
 use uuid::Uuid;
 
 use super::{
-    ChangeView, PlanChange, Status, Timing, apply::apply_in, close, lock_open, lock_open_orders, prorate, renewal_in_collection,
+    ChangeView, PlanChange, Status, Timing, apply::apply_in, being_charged, cancel_uncharged_renewals, close, lock_open,
+    lock_open_orders, prorate, renewal_in_collection,
 };
 use crate::{
     App, Error, Result, checkout_orders,
@@ -161,10 +162,8 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
         let Some(open) = open else {
             return Ok(Decision::Done(Box::new(Changed { subscription: sub, change: None, replayed: true })));
         };
-        not_while_collecting(c, &sub).await?;
         Etag::check(r.etag.as_ref(), &[&sub.etag()], "subscription", sub.id)?;
-        close(c, &open, Status::Cancelled, now).await?;
-        tracing::info!(subscription_id = %sub.id, change_id = %open.id, "plan change withdrawn: staying on the plan");
+        withdraw_in(c, &sub, &open, now).await?;
         return Ok(Decision::Done(Box::new(Changed { subscription: sub, change: None, replayed: false })));
     }
     checkout_orders::not_purchasable(&plan)?;
@@ -211,8 +210,12 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
         Timing::AtPeriodEnd => {
             let change = insert(c, Uuid::new_v4(), &sub, &from, &to, Timing::AtPeriodEnd, 0, now).await?;
             // The next period's renewal order was priced at the current
-            // plan: the renewal job opens it again at the new one.
-            orders::cancel_renewals_of(c, sub.id, now).await?;
+            // plan: the renewal job opens it again at the new one (unless
+            // the job claimed it for a charge meanwhile: refused, rolled
+            // back).
+            if !cancel_uncharged_renewals(c, sub.id, now).await? {
+                return Err(being_charged(sub.id));
+            }
             tracing::info!(subscription_id = %sub.id, plan_id = %to.plan_id, at = %sub.period_end, "plan change scheduled at period end");
             Ok(Decision::Done(Box::new(Changed {
                 subscription: sub,
@@ -236,7 +239,9 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
                 // Nothing left to charge (the period is over to the
                 // millisecond): the upgrade takes effect at once.
                 let change = insert(c, Uuid::new_v4(), &sub, &from, &to, Timing::Immediately, 0, now).await?;
-                let subscription = apply_in(c, &sub, &change, now).await?;
+                let Ok(subscription) = apply_in(c, &sub, &change, now).await? else {
+                    return Err(being_charged(sub.id));
+                };
                 let change = pc::table.find(change.id).select(PlanChange::as_select()).first(c).await?;
                 return Ok(Decision::Done(Box::new(Changed {
                     subscription,
@@ -334,13 +339,25 @@ async fn insert(
 /// the saved method (see [`renewal_in_collection`]).
 async fn not_while_collecting(c: &mut Conn, sub: &Subscription) -> Result<()> {
     if renewal_in_collection(c, sub.id).await? {
+        return Err(being_charged(sub.id));
+    }
+    Ok(())
+}
+
+/// Withdraws `open` (CancelPlanChange, or a change back to the plan the
+/// subscription is on). A change at period end whose renewal order at the
+/// new plan is paid already stands (it takes effect at period end), and
+/// one whose renewal is being charged waits for that charge.
+async fn withdraw_in(c: &mut Conn, sub: &Subscription, open: &PlanChange, now: DateTime<Utc>) -> Result<()> {
+    if open.timing == Timing::AtPeriodEnd && orders::renewal_paid(c, sub.id, sub.period_end).await? {
         return Err(Error::precondition(
             ErrorReason::PlanChangeNotAllowed,
             format!("subscription:{}", sub.id),
-            "the next period's renewal is being charged to the saved payment method: change the plan once that charge settled \
-             (after the next period began)",
+            "the next period is already paid at the new plan's price: the change takes effect at period end",
         ));
     }
+    close(c, open, Status::Cancelled, now).await?;
+    tracing::info!(subscription_id = %sub.id, change_id = %open.id, "plan change withdrawn");
     Ok(())
 }
 
@@ -362,18 +379,7 @@ pub async fn withdraw(app: &App, subscription_id: Uuid, user_id: &UserId) -> Res
             sub = subscriptions::get(c, sub.id).await?;
         }
         let Some(open) = lock_open(c, sub.id).await? else { return Ok((sub, true)) };
-        if open.timing == Timing::AtPeriodEnd {
-            if orders::renewal_paid(c, sub.id, sub.period_end).await? {
-                return Err(Error::precondition(
-                    ErrorReason::PlanChangeNotAllowed,
-                    format!("subscription:{}", sub.id),
-                    "the next period is already paid at the new plan's price: the change takes effect at period end",
-                ));
-            }
-            not_while_collecting(c, &sub).await?;
-        }
-        close(c, &open, Status::Cancelled, now).await?;
-        tracing::info!(subscription_id = %sub.id, change_id = %open.id, "plan change withdrawn");
+        withdraw_in(c, &sub, &open, now).await?;
         Ok::<_, Error>((sub, false))
     })
 }

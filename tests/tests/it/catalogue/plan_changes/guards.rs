@@ -144,3 +144,100 @@ async fn a_change_to_another_currency_is_refused() {
         assert_eq!(precondition_type(&e), "PLAN_CHANGE_NOT_ALLOWED", "{e:?}");
     }
 }
+
+/// A scheduled change whose renewal at the new plan is paid already stands:
+/// neither a change back to the current plan nor CancelPlanChange withdraws
+/// it (the customer paid the new plan's price for the next period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_change_paid_for_is_not_withdrawn() {
+    let app = spawn_app().await;
+    plans(&app).await;
+    let sub = app.subscribe("committed", "max").await;
+    let end = ts(&sub.period_end);
+    at_period_end(&app, &sub, "lite").await.unwrap();
+    app.clock.set(end - Duration::hours(48));
+    app.run_job("renewals").await;
+    app.pay_renewal(&sub.id).await.unwrap();
+    let back = upgrade(&app, &sub, "max").await.unwrap_err();
+    assert_eq!(precondition_type(&back), "PLAN_CHANGE_NOT_ALLOWED", "{back:?}");
+    let cancel = bpb::CancelPlanChangeRequest { id: sub.id.clone(), user_id: "committed".into() };
+    let e = app.billing.clone().cancel_plan_change(cancel).await.unwrap_err();
+    assert_eq!(precondition_type(&e), "PLAN_CHANGE_NOT_ALLOWED", "{e:?}");
+    app.clock.set(end);
+    app.run_job("rollover").await;
+    assert_eq!(app.subscription(&sub.id).await.plan_id, "lite", "the period paid at lite runs on lite");
+}
+
+/// Collection stopped (the saved method was revoked: METHOD_UNUSABLE): no
+/// charge can land any more, so a change is allowed again, and the renewal
+/// order is opened again at the new plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_is_allowed_once_collection_stopped() {
+    let app = spawn_app().await;
+    plans(&app).await;
+    let sub = subscribe_with_saved_card(&app, "revoked", "max").await;
+    let end = ts(&sub.period_end);
+    app.gateway.set_tokens_revoked(true);
+    app.clock.set(end - Duration::hours(48));
+    assert!(app.run_job("renewals").await.contains("1 renewal orders created, 0 charges captured"));
+    let old = app.subscription(&sub.id).await.renewal_order_id;
+    let r = at_period_end(&app, &sub, "lite").await.unwrap();
+    assert!(!r.replayed);
+    assert!(app.run_job("renewals").await.contains("1 renewal orders created"));
+    let mut db = app.billing_db().await;
+    let cancelled =
+        scalar(&mut db, &format!("SELECT count(*) AS n FROM orders WHERE id = '{old}' AND status = 'CANCELLED'")).await;
+    assert_eq!(cancelled, 1);
+    assert!(app.gateway.charges_of(&old).is_empty(), "the cancelled order was never charged");
+    assert_eq!(live_renewals(&mut db, &sub.id, end).await, 1);
+}
+
+/// Changes fired while the renewal job opens and charges the next
+/// periods' orders, for many subscribers with saved cards, in rounds: a
+/// renewal order the job claimed is never cancelled under its charge. No
+/// cancelled order was charged at the gateway, no payment became a
+/// discrepancy, and each period has one live renewal order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_racing_the_renewal_job_never_cancel_an_order_being_charged() {
+    use futures::future::join_all;
+    let app = spawn_app().await;
+    plans(&app).await;
+    let mut subs = Vec::new();
+    for i in 0..8 {
+        subs.push(subscribe_with_saved_card(&app, &format!("racer-{i}"), "max").await);
+    }
+    let end = ts(&subs[0].period_end);
+    app.clock.set(end - Duration::hours(48));
+    let changes = join_all(subs.iter().map(|s| at_period_end(&app, s, "lite")));
+    let (results, _) = tokio::join!(changes, app.run_job("renewals"));
+    app.run_job("renewals").await;
+    let mut db = app.billing_db().await;
+    for (sub, r) in subs.iter().zip(&results) {
+        if let Err(e) = r {
+            assert_eq!(precondition_type(e), "PLAN_CHANGE_NOT_ALLOWED", "{e:?}");
+        }
+        assert_eq!(live_renewals(&mut db, &sub.id, end).await, 1, "{}", sub.user_id);
+        let cancelled: Vec<String> = diesel_async::RunQueryDsl::load::<OrderId>(
+            diesel::sql_query(format!(
+                "SELECT id FROM orders WHERE renews_subscription_id = '{}' AND status = 'CANCELLED'",
+                sub.id
+            )),
+            &mut db,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.id)
+        .collect();
+        for id in cancelled {
+            assert!(app.gateway.charges_of(&id).is_empty(), "{}: cancelled order {id} was charged", sub.user_id);
+        }
+    }
+    assert_eq!(scalar(&mut db, "SELECT count(*) AS n FROM payment_discrepancies").await, 0);
+}
+
+#[derive(diesel::QueryableByName)]
+struct OrderId {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+}
