@@ -17,8 +17,7 @@ use crate::{
     gateway::{Mandate, NewOrder},
     orders::{MandateLimits, Order, Status},
     plans,
-    schema::{gateway_customers, orders, subscriptions},
-    subscriptions::Status as SubStatus,
+    schema::{gateway_customers, orders},
 };
 
 /// How long a card mandate registered with a purchase lasts. The card's own
@@ -45,11 +44,8 @@ pub async fn create(app: &App, r: &OrderRequest) -> Result<Order> {
         if let Some(existing) = by_session(&mut conn, session_id).await? {
             return reuse(existing, session_id, user_id, plan_id);
         }
-        if let Some(renewal) = renewal_to_pay(&mut conn, user_id, plan_id).await? {
-            return Ok(renewal);
-        }
-        if let Some(upgrade) = upgrade_to_pay(&mut conn, user_id, plan_id, app.clock.now()).await? {
-            return Ok(upgrade);
+        if let Some(order) = order_to_pay(&mut conn, user_id, plan_id, app.clock.now()).await? {
+            return Ok(order);
         }
         plans::get(&mut conn, plan_id).await?
     };
@@ -216,49 +212,38 @@ fn reuse(existing: Order, session_id: Uuid, user_id: &str, plan_id: &str) -> Res
     }
 }
 
-/// An upgrade checkout: a checkout for the plan an open upgrade of the
-/// user's live subscription goes to (ChangeSubscriptionPlan IMMEDIATELY)
-/// pays that upgrade's prorated order, instead of buying the plan again at
-/// its full price. Like a renewal order, it belongs to its change, not to
-/// a checkout session (docs/design.md, "Plan changes").
-async fn upgrade_to_pay(conn: &mut Conn, user_id: &str, plan_id: &str, now: DateTime<Utc>) -> Result<Option<Order>> {
-    use crate::{plan_changes::Status as ChangeStatus, schema::plan_changes};
-    Ok(orders::table
-        .inner_join(plan_changes::table.on(orders::plan_change_id.eq(plan_changes::id.nullable())))
-        .inner_join(subscriptions::table.on(subscriptions::id.eq(plan_changes::subscription_id)))
-        .filter(subscriptions::user_id.eq(user_id))
-        .filter(subscriptions::status.eq(SubStatus::Active))
-        .filter(plan_changes::status.eq(ChangeStatus::Open))
-        .filter(plan_changes::to_plan_id.eq(plan_id))
-        // Priced for a period that ended (the roll has not cancelled it
-        // yet): its payment would be refused, so it is not handed out.
-        .filter(plan_changes::period_end.gt(now))
-        .filter(orders::status.eq(Status::Created))
-        .select(Order::as_select())
-        .first(conn)
-        .await
-        .optional()?)
-}
-
-/// A renewal checkout: a checkout for the plan of the user's live
-/// subscription while its renewal order is open pays that order (the period
-/// it renews), instead of buying a new subscription. The order belongs to
-/// its subscription, not to a checkout session: every checkout the customer
-/// comes back with (a new one, a recovered one, a plan change back) gets the
-/// same order, and billing records none of them on it, so it never points
-/// at a session checkout did not store (docs/design.md, Invariants 26).
-async fn renewal_to_pay(conn: &mut Conn, user_id: &str, plan_id: &str) -> Result<Option<Order>> {
-    Ok(orders::table
-        .inner_join(subscriptions::table.on(subscriptions::id.nullable().eq(orders::renews_subscription_id)))
-        .filter(subscriptions::user_id.eq(user_id))
-        // The subscription's plan, or the one a plan change scheduled for
-        // the period end (the renewal order charges that one).
-        .filter(subscriptions::plan_id.eq(plan_id).or(orders::plan_id.eq(plan_id)))
-        .filter(subscriptions::status.eq_any([SubStatus::Active, SubStatus::PastDue]))
-        .filter(orders::renews_period_start.eq(subscriptions::period_end.nullable()))
-        .filter(orders::status.eq(Status::Created))
-        .select(Order::as_select())
-        .first(conn)
-        .await
-        .optional()?)
+/// The order a checkout of `plan_id` by `user_id` pays instead of buying
+/// the plan, in one query:
+/// - a renewal checkout: a checkout for the plan of the user's live
+///   subscription (or the plan a change scheduled for the period end, which
+///   its renewal order charges) while its renewal order is open pays that
+///   order (the period it renews), instead of buying a new subscription;
+/// - an upgrade checkout: a checkout for the plan an open upgrade of the
+///   user's ACTIVE subscription goes to (ChangeSubscriptionPlan IMMEDIATELY)
+///   pays that upgrade's prorated order, instead of buying the plan again at
+///   its full price (docs/design.md, "Plan changes"); not one priced for a
+///   period that has ended (the roll has not cancelled it yet), whose
+///   payment would be refused.
+///
+/// Either order belongs to its subscription or change, not to a checkout
+/// session: every checkout the customer comes back with (a new one, a
+/// recovered one, a plan change back) gets the same order, and billing
+/// records none of them on it, so it never points at a session checkout did
+/// not store (docs/design.md, Invariants 26).
+async fn order_to_pay(conn: &mut Conn, user_id: &str, plan_id: &str, now: DateTime<Utc>) -> Result<Option<Order>> {
+    use diesel::sql_types::{Text, Timestamptz};
+    Ok(diesel::sql_query(
+        "SELECT o.* FROM subscriptions s JOIN orders o ON o.status = 'CREATED' AND ( \
+             (o.renews_subscription_id = s.id AND o.renews_period_start = s.period_end AND (s.plan_id = $2 OR o.plan_id = $2)) \
+          OR (s.status = 'ACTIVE' AND o.plan_change_id = (SELECT c.id FROM plan_changes c \
+                WHERE c.subscription_id = s.id AND c.status = 'OPEN' AND c.to_plan_id = $2 AND c.period_end > $3))) \
+          WHERE s.user_id = $1 AND s.status IN ('ACTIVE', 'PAST_DUE') \
+          LIMIT 1",
+    )
+    .bind::<Text, _>(user_id)
+    .bind::<Text, _>(plan_id)
+    .bind::<Timestamptz, _>(now)
+    .get_result(conn)
+    .await
+    .optional()?)
 }

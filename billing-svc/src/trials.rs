@@ -39,6 +39,13 @@ async fn start_in(c: &mut Conn, user_id: &str, plan_id: &str, now: DateTime<Utc>
     checkout_orders::not_purchasable(&plan)?;
     let unavailable = |why: &str| Error::precondition(ErrorReason::TrialNotAvailable, format!("plan:{plan_id}"), why.to_owned());
     if subscriptions::had_plan(c, user_id, plan_id).await? {
+        // A concurrent start may have committed since the live row was
+        // read (a new user has no row to serialize on): its trial is the
+        // answer, not a refusal.
+        let now_live = subscriptions::live_locked(c, user_id, now).await?;
+        if let Some(live) = now_live.filter(|l| l.plan_id == plan.id && l.trial_end.is_some()) {
+            return Ok(Trial { subscription: live, replayed: true });
+        }
         return Err(unavailable(
             "one trial per user and plan: this user had a trial or a subscription of this plan; buy it with CreateOrder",
         ));

@@ -40,7 +40,7 @@ shared::text_enum! {
 }
 
 #[derive(serde::Deserialize)] // an event's payload (crate::events)
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
 pub struct Order {
     pub id: String,

@@ -28,7 +28,7 @@ pub async fn had_plan(conn: &mut Conn, user_id: &str, plan_id: &str) -> Result<b
 
 /// Starts the trial of `version` until `trial_end`, replacing `old` (the
 /// user's live subscription as the caller locked it, if any) as a purchase
-/// does ([`retire`]); its saved payment method carries over, so the trial
+/// does (`retire`); its saved payment method carries over, so the trial
 /// converts by charging it. The partial unique index
 /// `subscriptions_one_trial_per_user_and_plan` refuses a second trial of
 /// the plan (a unique violation: the caller's retry answers the first).
