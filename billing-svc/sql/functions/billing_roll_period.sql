@@ -30,10 +30,11 @@ BEGIN
            plan_id = s.plan_id, plan_version = s.plan_version, next_plan_version = s.next_plan_version, credits_granted = s.credits_granted, credits_remaining = s.credits_remaining, updated_at = p_now
      WHERE id = p_sub;
     -- A plan change scheduled for the period end is APPLIED once the
-    -- subscription runs on its plan; one left open when the subscription
-    -- ended (or opened a period on its own plan) no longer applies, nor
-    -- does an upgrade not paid within the period it was priced for (its
-    -- late payment is refused as superseded).
+    -- subscription runs on its plan; one left open when a period opened on
+    -- its own plan no longer applies, nor does an upgrade not paid within
+    -- the period it was priced for (its late payment is refused as
+    -- superseded). One of a subscription that ended here was cancelled by
+    -- the trigger subscriptions_ended_changes, in the UPDATE above.
     UPDATE plan_changes c
        SET status = CASE WHEN c.timing = 'AT_PERIOD_END' AND c.to_plan_id = s.plan_id AND c.to_version = s.plan_version
                          THEN 'APPLIED' ELSE 'CANCELLED' END,
@@ -41,8 +42,7 @@ BEGIN
                              THEN p_now END,
            updated_at = p_now
      WHERE c.subscription_id = p_sub AND c.status = 'OPEN'
-       AND (s.status NOT IN ('ACTIVE', 'PAST_DUE')
-            OR (c.timing = 'AT_PERIOD_END' AND s.period_start >= c.period_end)
+       AND ((c.timing = 'AT_PERIOD_END' AND s.period_start >= c.period_end)
             OR (c.timing = 'IMMEDIATELY' AND p_now >= c.period_end));
   END IF;
   RETURN changed;

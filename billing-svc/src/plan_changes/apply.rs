@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use shared::db::Conn;
 use uuid::Uuid;
 
-use super::{PlanChange, Status, cancel_uncharged_renewals, close, lock_open_orders, prorate, renewal_in_collection};
+use super::{PlanChange, Status, cancel_uncharged_renewals, close, lock_open_orders, prorate};
 use crate::{
     Result, orders, plans,
     schema::{plan_changes as pc, subscriptions as s},
@@ -59,8 +59,6 @@ async fn superseded(conn: &mut Conn, sub: &Subscription, change: &PlanChange) ->
         )
     } else if orders::renewal_paid(conn, sub.id, sub.period_end).await? {
         format!("the period from {} is already paid at plan {}'s price", sub.period_end, sub.plan_id)
-    } else if renewal_in_collection(conn, sub.id).await? {
-        format!("the period from {} is being charged to the saved payment method at plan {}'s price", sub.period_end, sub.plan_id)
     } else {
         return Ok(None);
     };

@@ -169,8 +169,9 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
     checkout_orders::not_purchasable(&plan)?;
     let from = plans::version(c, &sub.plan_id, sub.plan_version).await?;
     let to = plans::version(c, &plan.id, plan.current_version).await?;
-    if let Some(open) = open.filter(|o| o.to_plan_id == to.plan_id && o.to_version == to.version && o.timing == r.timing) {
-        let change = with_order(c, open).await?;
+    if let Some(open) = open.as_ref().filter(|o| o.to_plan_id == to.plan_id && o.to_version == to.version && o.timing == r.timing)
+    {
+        let change = with_order(c, open.clone()).await?;
         return Ok(Decision::Done(Box::new(Changed { subscription: sub, change: Some(change), replayed: true })));
     }
     let subject = format!("subscription:{}", sub.id);
@@ -208,7 +209,7 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
     Etag::check(r.etag.as_ref(), &[&sub.etag()], "subscription", sub.id)?;
     match r.timing {
         Timing::AtPeriodEnd => {
-            let change = insert(c, Uuid::new_v4(), &sub, &from, &to, Timing::AtPeriodEnd, 0, now).await?;
+            let change = insert(c, open.as_ref(), Uuid::new_v4(), &sub, &from, &to, Timing::AtPeriodEnd, 0, now).await?;
             // The next period's renewal order was priced at the current
             // plan: the renewal job opens it again at the new one (unless
             // the job claimed it for a charge meanwhile: refused, rolled
@@ -238,7 +239,7 @@ async fn decide(c: &mut Conn, r: &ChangeRequest, now: DateTime<Utc>) -> Result<D
             if amount_minor == 0 {
                 // Nothing left to charge (the period is over to the
                 // millisecond): the upgrade takes effect at once.
-                let change = insert(c, Uuid::new_v4(), &sub, &from, &to, Timing::Immediately, 0, now).await?;
+                let change = insert(c, open.as_ref(), Uuid::new_v4(), &sub, &from, &to, Timing::Immediately, 0, now).await?;
                 let Ok(subscription) = apply_in(c, &sub, &change, now).await? else {
                     return Err(being_charged(sub.id));
                 };
@@ -262,9 +263,9 @@ async fn record(c: &mut Conn, r: &ChangeRequest, q: &Quote, order_id: &str, now:
     let sub = lock_changeable(c, r, now).await?;
     let open = lock_open(c, sub.id).await?;
     if let Some(open) =
-        open.filter(|o| o.to_plan_id == q.to.plan_id && o.to_version == q.to.version && o.timing == Timing::Immediately)
+        open.as_ref().filter(|o| o.to_plan_id == q.to.plan_id && o.to_version == q.to.version && o.timing == Timing::Immediately)
     {
-        let change = with_order(c, open).await?;
+        let change = with_order(c, open.clone()).await?;
         return Ok(Some(Changed { subscription: sub, change: Some(change), replayed: true }));
     }
     let current: (&str, i32, DateTime<Utc>) = (&sub.plan_id, sub.plan_version, sub.period_start);
@@ -274,7 +275,7 @@ async fn record(c: &mut Conn, r: &ChangeRequest, q: &Quote, order_id: &str, now:
     if orders::renewal_paid(c, sub.id, sub.period_end).await? || renewal_in_collection(c, sub.id).await? {
         return Ok(None);
     }
-    let change = insert(c, q.change_id, &sub, &q.from, &q.to, Timing::Immediately, q.amount_minor, now).await?;
+    let change = insert(c, open.as_ref(), q.change_id, &sub, &q.from, &q.to, Timing::Immediately, q.amount_minor, now).await?;
     let order: Order = diesel::insert_into(o::table)
         .values((
             o::id.eq(order_id),
@@ -299,11 +300,13 @@ async fn with_order(c: &mut Conn, change: PlanChange) -> Result<ChangeView> {
     Ok(ChangeView { change, order })
 }
 
-/// Inserts an OPEN change, closing the subscription's other open change
-/// (superseded: a customer changing their mind). Caller holds the locks.
+/// Inserts an OPEN change, closing `replacing`, the subscription's open
+/// change as the caller locked it (superseded: a customer changing their
+/// mind). Caller holds the locks.
 #[allow(clippy::too_many_arguments)]
 async fn insert(
     c: &mut Conn,
+    replacing: Option<&PlanChange>,
     id: Uuid,
     sub: &Subscription,
     from: &Version,
@@ -312,8 +315,8 @@ async fn insert(
     amount_minor: i64,
     now: DateTime<Utc>,
 ) -> Result<PlanChange> {
-    if let Some(open) = lock_open(c, sub.id).await? {
-        close(c, &open, Status::Cancelled, now).await?;
+    if let Some(open) = replacing {
+        close(c, open, Status::Cancelled, now).await?;
     }
     let change = PlanChange {
         id,

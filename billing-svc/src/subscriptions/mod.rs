@@ -300,9 +300,9 @@ async fn take_credits(conn: &mut Conn, from: &Subscription, kind: LedgerKind, no
 /// by a purchase or a trial: its credits carried over through the ledger
 /// (returned, to add to the new grant), REPLACED, its open renewal
 /// cancelled (a later payment of it is a refundable discrepancy, and no job
-/// charges it) and one paid already owed back. The new row must exist
-/// before [`point_to`] can point at it, and the old one must leave ACTIVE
-/// before the new one enters it.
+/// charges it) and one paid already owed back. The old row must leave
+/// ACTIVE before the new one enters it, and the new one must exist before
+/// the old one's `replaced_by` can point at it ([`replace_with`]).
 async fn retire(conn: &mut Conn, old: &Subscription, now: DateTime<Utc>) -> Result<i64> {
     let mut carried = 0;
     if old.credits_remaining > 0 && now < old.period_end {
@@ -318,10 +318,59 @@ async fn retire(conn: &mut Conn, old: &Subscription, now: DateTime<Utc>) -> Resu
     Ok(carried)
 }
 
-/// The second half: the retired row points at its replacement.
-async fn point_to(conn: &mut Conn, old: Uuid, new: Uuid) -> Result<()> {
-    diesel::update(subscriptions::table.find(old)).set(subscriptions::replaced_by.eq(new)).execute(conn).await?;
-    Ok(())
+/// What a new live paid row (a purchase or a trial) is.
+struct NewLive<'a> {
+    version: &'a Version,
+    /// The order that bought it; None for a trial.
+    order_id: Option<&'a str>,
+    /// Anniversaries count from it.
+    anchor_at: DateTime<Utc>,
+    period_end: DateTime<Utc>,
+    trial_end: Option<DateTime<Utc>>,
+}
+
+/// Inserts `new` for `user_id` from `now`, with the version's credits plus
+/// those carried over from `old` (the user's live subscription, locked, if
+/// any), which it replaces: [`retire`] first, then the retired row points
+/// at the new one.
+async fn replace_with(
+    conn: &mut Conn,
+    user_id: &str,
+    old: Option<&Subscription>,
+    new: NewLive<'_>,
+    now: DateTime<Utc>,
+) -> Result<Subscription> {
+    let carried = match old {
+        Some(old) => retire(conn, old, now).await?,
+        None => 0,
+    };
+    let id = Uuid::new_v4();
+    let credits = new.version.credits_per_period + carried;
+    let sub = diesel::insert_into(subscriptions::table)
+        .values((
+            subscriptions::id.eq(id),
+            subscriptions::user_id.eq(user_id),
+            subscriptions::plan_id.eq(&new.version.plan_id),
+            subscriptions::plan_version.eq(new.version.version),
+            subscriptions::order_id.eq(new.order_id),
+            subscriptions::status.eq(Status::Active),
+            subscriptions::anchor_at.eq(new.anchor_at),
+            subscriptions::calendar_periods.eq(false),
+            subscriptions::period_start.eq(now),
+            subscriptions::period_end.eq(new.period_end),
+            subscriptions::trial_end.eq(new.trial_end),
+            subscriptions::credits_granted.eq(credits),
+            subscriptions::credits_remaining.eq(credits),
+            subscriptions::created_at.eq(now),
+            subscriptions::updated_at.eq(now),
+        ))
+        .returning(Subscription::as_returning())
+        .get_result(conn)
+        .await?;
+    if let Some(old) = old {
+        diesel::update(subscriptions::table.find(old.id)).set(subscriptions::replaced_by.eq(id)).execute(conn).await?;
+    }
+    Ok(sub)
 }
 
 pub async fn create_paid(
@@ -333,41 +382,14 @@ pub async fn create_paid(
     saved: Option<(&SavedMethod, Option<MandateLimits>)>,
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
-    let id = Uuid::new_v4();
-    let carried = match &old {
-        Some(old) => retire(conn, old, now).await?,
-        None => 0,
-    };
     // The first anniversary period, [now, now + 1 month or year), as SQL
     // computes it from the version's period.
     let (_, end) = periods::period_at(conn, now, false, now, version.period.months()).await?;
-    let credits = version.credits_per_period + carried;
-    let sub = diesel::insert_into(subscriptions::table)
-        .values((
-            subscriptions::id.eq(id),
-            subscriptions::user_id.eq(user_id),
-            subscriptions::plan_id.eq(&version.plan_id),
-            subscriptions::plan_version.eq(version.version),
-            subscriptions::order_id.eq(order_id),
-            subscriptions::status.eq(Status::Active),
-            subscriptions::anchor_at.eq(now),
-            subscriptions::calendar_periods.eq(false),
-            subscriptions::period_start.eq(now),
-            subscriptions::period_end.eq(end),
-            subscriptions::credits_granted.eq(credits),
-            subscriptions::credits_remaining.eq(credits),
-            subscriptions::created_at.eq(now),
-            subscriptions::updated_at.eq(now),
-        ))
-        .returning(Subscription::as_returning())
-        .get_result(conn)
-        .await?;
-    if let Some(old) = old {
-        point_to(conn, old.id, id).await?;
-    }
+    let new = NewLive { version, order_id: Some(order_id), anchor_at: now, period_end: end, trial_end: None };
+    let sub = replace_with(conn, user_id, old.as_ref(), new, now).await?;
     if let Some((m, limits)) = saved {
-        save_method(conn, id, m, limits, now).await?;
-        return get(conn, id).await;
+        save_method(conn, sub.id, m, limits, now).await?;
+        return get(conn, sub.id).await;
     }
     Ok(sub)
 }

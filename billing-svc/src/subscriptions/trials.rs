@@ -7,9 +7,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use shared::db::Conn;
-use uuid::Uuid;
 
-use super::{Status, Subscription, get, mandate_limits, point_to, retire, save_method, saved_method};
+use super::{NewLive, Subscription, get, mandate_limits, replace_with, save_method, saved_method};
 use crate::{Result, plans::Version, schema::subscriptions};
 
 /// A started trial, or the one a repeat found.
@@ -28,7 +27,7 @@ pub async fn had_plan(conn: &mut Conn, user_id: &str, plan_id: &str) -> Result<b
 
 /// Starts the trial of `version` until `trial_end`, replacing `old` (the
 /// user's live subscription as the caller locked it, if any) as a purchase
-/// does (`retire`); its saved payment method carries over, so the trial
+/// does; its saved payment method carries over, so the trial
 /// converts by charging it. The partial unique index
 /// `subscriptions_one_trial_per_user_and_plan` refuses a second trial of
 /// the plan (a unique violation: the caller's retry answers the first).
@@ -41,37 +40,14 @@ pub async fn start_trial(
     old: Option<Subscription>,
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
-    let id = Uuid::new_v4();
-    let carried = match &old {
-        Some(old) => retire(conn, old, now).await?,
-        None => 0,
-    };
-    let credits = version.credits_per_period + carried;
-    diesel::insert_into(subscriptions::table)
-        .values((
-            subscriptions::id.eq(id),
-            subscriptions::user_id.eq(user_id),
-            subscriptions::plan_id.eq(&version.plan_id),
-            subscriptions::plan_version.eq(version.version),
-            subscriptions::status.eq(Status::Active),
-            // Paid periods count from the trial's end.
-            subscriptions::anchor_at.eq(trial_end),
-            subscriptions::calendar_periods.eq(false),
-            subscriptions::period_start.eq(now),
-            subscriptions::period_end.eq(trial_end),
-            subscriptions::trial_end.eq(trial_end),
-            subscriptions::credits_granted.eq(credits),
-            subscriptions::credits_remaining.eq(credits),
-            subscriptions::created_at.eq(now),
-            subscriptions::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
-    if let Some(old) = old {
-        point_to(conn, old.id, id).await?;
-        if let Some(m) = saved_method(&old) {
-            save_method(conn, id, &m, mandate_limits(&old), now).await?;
+    // Paid periods count from the trial's end.
+    let new = NewLive { version, order_id: None, anchor_at: trial_end, period_end: trial_end, trial_end: Some(trial_end) };
+    let sub = replace_with(conn, user_id, old.as_ref(), new, now).await?;
+    match old.as_ref().and_then(|old| saved_method(old).map(|m| (m, mandate_limits(old)))) {
+        Some((m, limits)) => {
+            save_method(conn, sub.id, &m, limits, now).await?;
+            get(conn, sub.id).await
         }
+        None => Ok(sub),
     }
-    get(conn, id).await
 }

@@ -6,12 +6,13 @@
 //! ledger == balances.
 use chrono::Duration;
 use futures::future::join_all;
+use proto::billing::v1 as bpb;
 use tests::{
     helpers::{assert_ledger_matches_balances, retrying, scalar},
     spawn_app,
 };
 
-use super::{LITE, MAX, MID, at_period_end, charged_for_period, live_renewals, pay, plans, upgrade};
+use super::{LITE, LITE_CREDITS, MAX, MAX_CREDITS, MID, at_period_end, charged_for_period, live_renewals, pay, plans, upgrade};
 use crate::{catalogue::ts, subscriptions::subscribe_with_saved_card};
 
 /// Eight identical upgrades at once: one change, one order, every caller
@@ -142,5 +143,60 @@ async fn a_periods_charges_never_exceed_the_highest_plans_full_price() {
     assert!(now.plan_id == "mid" || now.plan_id == "max");
     let expected = if now.plan_id == "mid" { MID } else { MAX };
     assert!(charged <= expected, "never more than the plan it ended on: {charged} > {expected}");
+    assert_ledger_matches_balances(&mut db).await;
+}
+
+/// An upgrade's payment racing its withdrawal, and the same payment
+/// arriving twice at once (VerifyPayment and the webhook), for several
+/// users: each upgrade is applied once or not at all. Applied: its order
+/// PAID, the subscription on max with the extra credits added once, the
+/// withdrawal answered "nothing pending". Withdrawn: the order CANCELLED,
+/// the payment recorded to be refunded, the subscription untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_paid_while_withdrawn_or_paid_twice_applies_once() {
+    let app = spawn_app().await;
+    plans(&app).await;
+    let mut cases = Vec::new();
+    for i in 0..6 {
+        let sub = app.subscribe(&format!("twice-{i}"), "lite").await;
+        let change = upgrade(&app, &sub, "max").await.unwrap().change.unwrap();
+        cases.push((sub, change));
+    }
+    let fired = join_all(cases.iter().map(|(sub, change)| {
+        let app = &app;
+        async move {
+            let (payment_id, signature) = app.pay(&change.order_id);
+            let verify =
+                bpb::VerifyPaymentRequest { order_id: change.order_id.clone(), payment_id: payment_id.clone(), signature };
+            let hook =
+                app.captured_webhook(&change.order_id, &payment_id, change.amount_minor, "INR", &format!("evt-{payment_id}"));
+            let cancel = bpb::CancelPlanChangeRequest { id: sub.id.clone(), user_id: sub.user_id.clone() };
+            let (mut b1, mut b2, mut b3) = (app.billing.clone(), app.billing.clone(), app.billing.clone());
+            let (v, h, c) =
+                tokio::join!(b1.verify_payment(verify), b2.handle_gateway_webhook(hook), b3.cancel_plan_change(cancel));
+            (v.is_ok(), h.is_ok(), c.map(|r| r.into_inner().replayed))
+        }
+    }))
+    .await;
+    let mut db = app.billing_db().await;
+    for ((sub, change), (verified, hooked, cancelled)) in cases.iter().zip(fired) {
+        assert!(hooked, "{}: a signed webhook is always stored", sub.user_id);
+        let now = app.subscription(&sub.id).await;
+        let status = |s: &str| format!("SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = '{s}'", change.order_id);
+        let found = |kind: &str| {
+            format!("SELECT count(*) AS n FROM payment_discrepancies WHERE order_id = '{}' AND kind = '{kind}'", change.order_id)
+        };
+        if now.plan_id == "max" {
+            assert!(verified, "{}", sub.user_id);
+            assert_eq!(cancelled.ok(), Some(true), "{}: applied first, nothing left to withdraw", sub.user_id);
+            assert_eq!(scalar(&mut db, &status("PAID")).await, 1);
+            assert_eq!(now.credits_granted, LITE_CREDITS + (MAX_CREDITS - LITE_CREDITS), "{}: credits added once", sub.user_id);
+        } else {
+            assert_eq!(now.plan_id, "lite");
+            assert_eq!(cancelled.ok(), Some(false), "{}: withdrawn first", sub.user_id);
+            assert_eq!(scalar(&mut db, &status("CANCELLED")).await, 1);
+            assert_eq!(scalar(&mut db, &found("ORDER_CANCELLED")).await, 1, "{}: the payment is owed back", sub.user_id);
+        }
+    }
     assert_ledger_matches_balances(&mut db).await;
 }
